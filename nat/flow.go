@@ -1,0 +1,102 @@
+package nat
+
+import "net/netip"
+
+// Key identifies one direction of a flow: (protocol, source, destination) as
+// the packet carries them. A flow has two keys: (client, VIP) for packets from
+// the client and (real, client) for packets from the real server. Key is
+// comparable and allocation-free as a map key.
+type Key struct {
+	Proto uint8
+	Src   netip.AddrPort
+	Dst   netip.AddrPort
+}
+
+// Kind says how a flow came to be.
+type Kind uint8
+
+// Flow kinds.
+const (
+	KindPlain     Kind = iota // scheduled by this director (SYN, UDP, or a mid-stream segment with recovery off)
+	KindAdopted               // created from a real server's packet (recovery stage)
+	KindRecovered             // spliced into a recovery connection (recovery stage)
+)
+
+var kindNames = [...]string{"plain", "adopted", "recovered"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "kind?"
+}
+
+// Flow is one NATed connection.
+type Flow struct {
+	Proto   uint8
+	Client  netip.AddrPort
+	VIP     netip.AddrPort
+	Real    netip.AddrPort
+	State   State
+	Kind    Kind
+	Expires int64 // monotonic ns
+
+	svc  uint16 // index into Director.services
+	real uint16 // index into the service's Reals
+	used bool
+}
+
+func (f *Flow) clientKey() Key { return Key{f.Proto, f.Client, f.VIP} }
+func (f *Flow) realKey() Key   { return Key{f.Proto, f.Real, f.Client} }
+
+// side of a Key in the index.
+const (
+	sideClient = 0
+	sideReal   = 1
+)
+
+// table stores flows in a slab indexed by slot; the map holds slot<<1|side for
+// both keys of every flow, so a lookup from either side is one map access and
+// flows never move (a slot stays valid until removed).
+type table struct {
+	slab   []Flow
+	free   []uint32
+	index  map[Key]uint32
+	n      int
+	cursor int // expiry sweep position
+}
+
+func newTable() table {
+	return table{index: make(map[Key]uint32)}
+}
+
+func (t *table) lookup(k Key) (slot uint32, side int, ok bool) {
+	v, ok := t.index[k]
+	return v >> 1, int(v & 1), ok
+}
+
+func (t *table) insert(f Flow) uint32 {
+	var slot uint32
+	if n := len(t.free); n > 0 {
+		slot = t.free[n-1]
+		t.free = t.free[:n-1]
+	} else {
+		slot = uint32(len(t.slab))
+		t.slab = append(t.slab, Flow{})
+	}
+	f.used = true
+	t.slab[slot] = f
+	t.index[f.clientKey()] = slot<<1 | sideClient
+	t.index[f.realKey()] = slot<<1 | sideReal
+	t.n++
+	return slot
+}
+
+func (t *table) remove(slot uint32) {
+	f := &t.slab[slot]
+	delete(t.index, f.clientKey())
+	delete(t.index, f.realKey())
+	*f = Flow{}
+	t.free = append(t.free, slot)
+	t.n--
+}

@@ -1,0 +1,143 @@
+package nat
+
+import (
+	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// IP protocol numbers handled here.
+const (
+	protoICMP = uint8(header.ICMPv4ProtocolNumber)
+	protoTCP  = uint8(header.TCPProtocolNumber)
+	protoUDP  = uint8(header.UDPProtocolNumber)
+)
+
+// packet is a decoded view of an IPv4 packet. Its slices alias the caller's
+// buffer; decoding copies nothing and allocates nothing.
+type packet struct {
+	ip    header.IPv4
+	l4    []byte // transport header and payload, trimmed to the IP total length
+	proto uint8
+	src   netip.AddrPort // port 0 for ICMP
+	dst   netip.AddrPort
+	frag  bool
+	flags header.TCPFlags
+	seq   uint32
+	ack   uint32
+	data  int // TCP payload length
+}
+
+// decodeIP checks the IPv4 header and fills ip, l4, proto and the addresses.
+// The transport header is not looked at (see decodeL4), so that packets that
+// are not ours pass through untouched.
+func (p *packet) decodeIP(b []byte) DropReason {
+	if len(b) < 1 {
+		return DropTruncated
+	}
+	switch header.IPVersion(b) {
+	case header.IPv4Version:
+	case header.IPv6Version:
+		return DropUnsupported
+	default:
+		return DropMalformed
+	}
+	if len(b) < header.IPv4MinimumSize {
+		return DropTruncated
+	}
+	ip := header.IPv4(b)
+	hl := int(ip.HeaderLength())
+	tl := int(ip.TotalLength())
+	switch {
+	case hl < header.IPv4MinimumSize || tl < hl:
+		return DropMalformed
+	case hl > len(b) || tl > len(b):
+		return DropTruncated
+	}
+	// The device may hand us trailing bytes (link padding): the IP header's
+	// total length is the truth.
+	ip = ip[:tl]
+	if checksum.Checksum(ip[:hl], 0) != 0xffff {
+		return DropBadChecksum
+	}
+	p.ip = ip
+	p.l4 = ip[hl:]
+	p.proto = ip.Protocol()
+	p.frag = ip.More() || ip.FragmentOffset() != 0
+	p.src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), 0)
+	p.dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), 0)
+	p.data = 0
+	p.flags = 0
+	return DropNone
+}
+
+// decodeL4 checks the transport header (length, offsets, checksum) of a
+// packet that is ours, and fills in ports and TCP fields.
+func (p *packet) decodeL4() DropReason {
+	l4 := p.l4
+	switch p.proto {
+	case protoTCP:
+		if len(l4) < header.TCPMinimumSize {
+			return DropTruncated
+		}
+		t := header.TCP(l4)
+		off := int(t.DataOffset())
+		if off < header.TCPMinimumSize {
+			return DropMalformed
+		}
+		if off > len(l4) {
+			return DropTruncated
+		}
+		if !p.l4ChecksumOK() {
+			return DropBadChecksum
+		}
+		p.src = netip.AddrPortFrom(p.src.Addr(), t.SourcePort())
+		p.dst = netip.AddrPortFrom(p.dst.Addr(), t.DestinationPort())
+		p.flags = t.Flags()
+		p.seq = t.SequenceNumber()
+		p.ack = t.AckNumber()
+		p.data = len(l4) - off
+	case protoUDP:
+		if len(l4) < header.UDPMinimumSize {
+			return DropTruncated
+		}
+		u := header.UDP(l4)
+		ul := int(u.Length())
+		if ul < header.UDPMinimumSize {
+			return DropMalformed
+		}
+		if ul > len(l4) {
+			return DropTruncated
+		}
+		p.l4 = l4[:ul]
+		if u.Checksum() != 0 && !p.l4ChecksumOK() {
+			return DropBadChecksum
+		}
+		p.src = netip.AddrPortFrom(p.src.Addr(), u.SourcePort())
+		p.dst = netip.AddrPortFrom(p.dst.Addr(), u.DestinationPort())
+	case protoICMP:
+		if len(l4) < header.ICMPv4MinimumSize {
+			return DropTruncated
+		}
+		if checksum.Checksum(l4, 0) != 0xffff {
+			return DropBadChecksum
+		}
+	default:
+		return DropUnknownProto
+	}
+	return DropNone
+}
+
+// l4ChecksumOK verifies a TCP or UDP checksum over the pseudo-header and the
+// whole segment.
+func (p *packet) l4ChecksumOK() bool {
+	xsum := pseudoHeaderSum(p.ip, p.proto, len(p.l4))
+	return checksum.Checksum(p.l4, xsum) == 0xffff
+}
+
+// pseudoHeaderSum is the (uncomplemented) sum of the IPv4 pseudo-header.
+func pseudoHeaderSum(ip header.IPv4, proto uint8, l4len int) uint16 {
+	xsum := checksum.Checksum(ip[12:20], 0)
+	return checksum.Combine(checksum.Combine(xsum, uint16(proto)), uint16(l4len))
+}

@@ -1,0 +1,90 @@
+package nat
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// Rewrites update every checksum incrementally (RFC 1624) through gVisor's
+// *WithChecksumUpdate setters; only the words gVisor has no setter for (ICMP
+// payload fields) go through csumReplace16.
+
+func tcpipAddr(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }
+
+// rewriteDst sets the destination address and port of a decoded TCP or UDP
+// packet.
+func rewriteDst(p *packet, to netip.AddrPort) {
+	if old := p.dst.Addr(); old != to.Addr() {
+		oa, na := tcpipAddr(old), tcpipAddr(to.Addr())
+		p.ip.SetDestinationAddressWithChecksumUpdate(na)
+		l4PseudoAddr(p, oa, na)
+	}
+	if p.dst.Port() != to.Port() {
+		l4SetPort(p, false, to.Port())
+	}
+	p.dst = to
+}
+
+// rewriteSrc sets the source address and port of a decoded TCP or UDP packet.
+func rewriteSrc(p *packet, to netip.AddrPort) {
+	if old := p.src.Addr(); old != to.Addr() {
+		oa, na := tcpipAddr(old), tcpipAddr(to.Addr())
+		p.ip.SetSourceAddressWithChecksumUpdate(na)
+		l4PseudoAddr(p, oa, na)
+	}
+	if p.src.Port() != to.Port() {
+		l4SetPort(p, true, to.Port())
+	}
+	p.src = to
+}
+
+func l4PseudoAddr(p *packet, old, new tcpip.Address) {
+	switch p.proto {
+	case protoTCP:
+		header.TCP(p.l4).UpdateChecksumPseudoHeaderAddress(old, new, true)
+	case protoUDP:
+		header.UDP(p.l4).UpdateChecksumPseudoHeaderAddress(old, new, true)
+	}
+}
+
+func l4SetPort(p *packet, src bool, port uint16) {
+	switch {
+	case p.proto == protoTCP && src:
+		header.TCP(p.l4).SetSourcePortWithChecksumUpdate(port)
+	case p.proto == protoTCP:
+		header.TCP(p.l4).SetDestinationPortWithChecksumUpdate(port)
+	case p.proto == protoUDP && src:
+		header.UDP(p.l4).SetSourcePortWithChecksumUpdate(port)
+	case p.proto == protoUDP:
+		header.UDP(p.l4).SetDestinationPortWithChecksumUpdate(port)
+	}
+}
+
+// csumReplace16 returns checksum field value xsum (complemented, as stored)
+// after a 16-bit word of the covered data changed from old to new (RFC 1624,
+// eqn. 3: HC' = ~(~HC + ~m + m')).
+func csumReplace16(xsum, old, new uint16) uint16 {
+	if old == new {
+		return xsum
+	}
+	return ^checksum.Combine(checksum.Combine(^xsum, ^old), new)
+}
+
+// put16 writes v at b[off:] and returns the stored checksum xsum updated for
+// the change; off must be even relative to the start of the checksummed data.
+func put16(b []byte, off int, v uint16, xsum uint16) uint16 {
+	old := binary.BigEndian.Uint16(b[off:])
+	binary.BigEndian.PutUint16(b[off:], v)
+	return csumReplace16(xsum, old, v)
+}
+
+// putAddr4 writes a into b[off:off+4] and returns xsum updated for it.
+func putAddr4(b []byte, off int, a netip.Addr, xsum uint16) uint16 {
+	n := a.As4()
+	xsum = put16(b, off, binary.BigEndian.Uint16(n[0:2]), xsum)
+	return put16(b, off+2, binary.BigEndian.Uint16(n[2:4]), xsum)
+}
