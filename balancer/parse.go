@@ -1,0 +1,192 @@
+package balancer
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Parsing shared by the CLI flags and the config file. Errors name what they
+// got and what they expect but not where it came from: callers prefix them
+// with the flag (--real) or the config path (config FILE: services[1]: ...).
+
+const (
+	realSyntax    = "expected ADDR:PORT[*WEIGHT], e.g. 198.18.10.11:80*2"
+	serviceSyntax = "expected PROTO:VIP:PORT with PROTO tcp or udp, e.g. tcp:198.18.0.10:80"
+	maxWeight     = 65535 // as IPVS (ipvsadm -w).
+)
+
+// ParseReal parses ADDR:PORT[*WEIGHT], e.g. 198.18.10.11:80*2 or
+// [2001:db8::1]:80. The weight defaults to 1 and may be 0..65535 (0 quiesces
+// the real).
+func ParseReal(s string) (netip.AddrPort, int, error) {
+	addrPort, weightText, hasWeight := strings.Cut(s, "*")
+	ap, err := parseAddrPort(addrPort)
+	if err == errSyntax {
+		return netip.AddrPort{}, 0, fmt.Errorf("invalid real %q: %s", s, realSyntax)
+	}
+	if err != nil {
+		return netip.AddrPort{}, 0, fmt.Errorf("invalid real %q: %w", s, err)
+	}
+	weight := 1
+	if hasWeight {
+		weight, err = parseWeight(weightText)
+		if err != nil {
+			return netip.AddrPort{}, 0, fmt.Errorf("invalid real %q: %w", s, err)
+		}
+	}
+	return ap, weight, nil
+}
+
+// parseWeight accepts decimal digits only: strconv.Atoi would also take a
+// sign, and "+2" or "-0" in a config file is more likely a typo than intent.
+func parseWeight(s string) (int, error) {
+	if s == "" || len(s) > 5 || strings.Trim(s, "0123456789") != "" {
+		return 0, fmt.Errorf("weight %q is not a number 0..%d", s, maxWeight)
+	}
+	w, _ := strconv.Atoi(s)
+	if w > maxWeight {
+		return 0, fmt.Errorf("weight %d is above %d", w, maxWeight)
+	}
+	return w, nil
+}
+
+// ParseService parses PROTO:VIP:PORT, e.g. tcp:198.18.0.10:80 or
+// udp:[2001:db8::10]:53. PROTO is tcp or udp, in either case.
+func ParseService(s string) (Proto, netip.AddrPort, error) {
+	protoText, addrPort, _ := strings.Cut(s, ":")
+	var proto Proto
+	switch strings.ToLower(protoText) {
+	case "tcp":
+		proto = TCP
+	case "udp":
+		proto = UDP
+	default:
+		return 0, netip.AddrPort{}, fmt.Errorf("invalid service %q: %s", s, serviceSyntax)
+	}
+	ap, err := parseAddrPort(addrPort)
+	if err == errSyntax {
+		return 0, netip.AddrPort{}, fmt.Errorf("invalid service %q: %s", s, serviceSyntax)
+	}
+	if err != nil {
+		return 0, netip.AddrPort{}, fmt.Errorf("invalid service %q: %w", s, err)
+	}
+	return proto, ap, nil
+}
+
+// errSyntax is parseAddrPort's error for text that is not ADDR:PORT at all;
+// the caller then states the syntax it expects.
+var errSyntax = errors.New("not ADDR:PORT")
+
+// parseAddrPort parses ADDR:PORT and rejects what cannot be a VIP or a real:
+// port 0, the unspecified address, multicast, and IPv6 zones (a zone names a
+// host interface, which the director's TUN does not have). An IPv4-mapped IPv6
+// address becomes plain IPv4 so that it compares equal to the same address
+// written as IPv4.
+func parseAddrPort(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, errSyntax
+	}
+	a := ap.Addr()
+	switch {
+	case a.Zone() != "":
+		return netip.AddrPort{}, fmt.Errorf("address %s has a zone, which is not supported", a)
+	case a.IsUnspecified():
+		return netip.AddrPort{}, fmt.Errorf("address %s is unspecified", a)
+	case a.IsMulticast():
+		return netip.AddrPort{}, fmt.Errorf("address %s is multicast", a)
+	case ap.Port() == 0:
+		return netip.AddrPort{}, errors.New("port 0 is not allowed; expected 1..65535")
+	}
+	return netip.AddrPortFrom(a.Unmap(), ap.Port()), nil
+}
+
+// ServiceConfig is one service as written in a config file (and assembled
+// from CLI flags).
+type ServiceConfig struct {
+	Service     string   `json:"service"`     // PROTO:VIP:PORT
+	Scheduler   string   `json:"scheduler"`   // rr, wrr, sh, dh or lc; "" = wrr
+	Persistence string   `json:"persistence"` // Go duration, e.g. "30m"; "" = none
+	Reals       []string `json:"reals"`       // ADDR:PORT[*WEIGHT]
+}
+
+// DefaultScheduler is the scheduler of a ServiceConfig that names none.
+const DefaultScheduler = "wrr"
+
+// Build validates c and returns the Service it describes, with a fresh
+// scheduler and fresh Real structs (flow counts zero). An error starts with
+// the field at fault (service, scheduler, persistence, reals or reals[i]).
+func (c ServiceConfig) Build() (*Service, error) {
+	proto, vip, err := ParseService(c.Service)
+	if err != nil {
+		return nil, fmt.Errorf("service: %w", err)
+	}
+	name := c.Scheduler
+	if name == "" {
+		name = DefaultScheduler
+	}
+	sched, err := NewScheduler(name)
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: %w", err)
+	}
+	var persist time.Duration
+	if c.Persistence != "" {
+		persist, err = time.ParseDuration(c.Persistence)
+		if err != nil || persist < 0 {
+			return nil, fmt.Errorf("persistence: invalid duration %q: expected a non-negative Go duration, e.g. 30m or 1h30m", c.Persistence)
+		}
+	}
+	if len(c.Reals) == 0 {
+		return nil, fmt.Errorf("reals: no real server given for service %s; expected at least one ADDR:PORT[*WEIGHT]", c.Service)
+	}
+	svc := &Service{Proto: proto, VIP: vip, Scheduler: sched, Persistence: persist,
+		Reals: make([]*Real, 0, len(c.Reals))}
+	first := make(map[netip.AddrPort]int, len(c.Reals)) // real -> index where first given
+	for i, s := range c.Reals {
+		addr, weight, err := ParseReal(s)
+		if err != nil {
+			return nil, fmt.Errorf("reals[%d]: %w", i, err)
+		}
+		if j, dup := first[addr]; dup {
+			return nil, fmt.Errorf("reals[%d]: duplicate real %s, already given as reals[%d]", i, addr, j)
+		}
+		if addr.Addr().Is4() != vip.Addr().Is4() {
+			// VS/NAT rewrites addresses in place; it cannot translate
+			// between IPv4 and IPv6.
+			return nil, fmt.Errorf("reals[%d]: real %s and VIP %s are of different IP versions", i, addr, vip.Addr())
+		}
+		if addr == vip {
+			return nil, fmt.Errorf("reals[%d]: real %s is the service's own VIP:PORT", i, addr)
+		}
+		first[addr] = i
+		svc.Reals = append(svc.Reals, &Real{Addr: addr, Weight: weight})
+	}
+	return svc, nil
+}
+
+// ValidateServices rejects two services with the same protocol and VIP:PORT:
+// a packet could not tell which one it belongs to. Errors name the services by
+// their index in svcs, which is their position in the config file or on the
+// command line.
+func ValidateServices(svcs []*Service) error {
+	type key struct {
+		proto Proto
+		vip   netip.AddrPort
+	}
+	first := make(map[key]int, len(svcs))
+	for i, s := range svcs {
+		if s == nil {
+			return fmt.Errorf("services[%d]: missing service", i)
+		}
+		k := key{s.Proto, s.VIP}
+		if j, dup := first[k]; dup {
+			return fmt.Errorf("services[%d]: duplicate service %s, already given as services[%d]", i, s, j)
+		}
+		first[k] = i
+	}
+	return nil
+}

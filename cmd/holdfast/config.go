@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"holdfast/balancer"
+
+	"github.com/urfave/cli/v2"
+)
+
+// fileConfig is the --config file.
+type fileConfig struct {
+	Services []balancer.ServiceConfig `json:"services"`
+}
+
+// loadServices assembles the services from --config and --service/--real,
+// validated the same way. Errors name the flag or the file and field.
+func loadServices(c *cli.Context) ([]*balancer.Service, error) {
+	var svcs []*balancer.Service
+	if path := c.Path(configFlag.Name); path != "" {
+		fs, err := loadConfigFile(path)
+		if err != nil {
+			return nil, err
+		}
+		svcs = append(svcs, fs...)
+	}
+	if c.IsSet(serviceFlag.Name) || c.IsSet(realFlag.Name) {
+		s, err := serviceFromFlags(c)
+		if err != nil {
+			return nil, err
+		}
+		svcs = append(svcs, s)
+	}
+	if len(svcs) == 0 {
+		return nil, usagef("no service: give --service PROTO:VIP:PORT with --real ADDR:PORT, or --config FILE")
+	}
+	if err := balancer.ValidateServices(svcs); err != nil {
+		return nil, usagef("%v", err)
+	}
+	return svcs, nil
+}
+
+func serviceFromFlags(c *cli.Context) (*balancer.Service, error) {
+	sc := balancer.ServiceConfig{
+		Service:     c.String(serviceFlag.Name),
+		Scheduler:   c.String(schedulerFlag.Name),
+		Persistence: c.String(persistenceFlag.Name),
+		Reals:       c.StringSlice(realFlag.Name),
+	}
+	// Check each flag on its own first so the message names the flag.
+	if sc.Service == "" {
+		return nil, usagef("--real given without --service PROTO:VIP:PORT")
+	}
+	if _, _, err := balancer.ParseService(sc.Service); err != nil {
+		return nil, usagef("--service: %v", err)
+	}
+	if _, err := balancer.NewScheduler(sc.Scheduler); err != nil {
+		return nil, usagef("--scheduler: %v", err)
+	}
+	if len(sc.Reals) == 0 {
+		return nil, usagef("--service %s has no --real ADDR:PORT[*WEIGHT]", sc.Service)
+	}
+	for _, r := range sc.Reals {
+		if _, _, err := balancer.ParseReal(r); err != nil {
+			return nil, usagef("--real: %v", err)
+		}
+	}
+	s, err := sc.Build()
+	if err != nil {
+		flag := strings.SplitN(err.Error(), ":", 2)[0]
+		switch {
+		case strings.HasPrefix(flag, "reals"):
+			flag = "real"
+		case flag != "persistence" && flag != "scheduler" && flag != "service":
+			return nil, usagef("--service %s: %v", sc.Service, err)
+		}
+		return nil, usagef("--%s: %v", flag, err)
+	}
+	return s, nil
+}
+
+// loadConfigFile reads and validates a --config file whole: one bad field
+// rejects the file.
+func loadConfigFile(path string) ([]*balancer.Service, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usagef("--config: %v", err)
+	}
+	var fc fileConfig
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&fc); err != nil {
+		return nil, usagef("config %s: %s", path, jsonError(data, err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, usagef("config %s: unexpected data after the top-level object", path)
+	}
+	if len(fc.Services) == 0 {
+		return nil, usagef("config %s: no services; expected {\"services\":[{\"service\":\"tcp:VIP:PORT\",\"reals\":[\"ADDR:PORT\"]}]}", path)
+	}
+	svcs := make([]*balancer.Service, 0, len(fc.Services))
+	for i, sc := range fc.Services {
+		s, err := sc.Build()
+		if err != nil {
+			return nil, usagef("config %s: services[%d].%v", path, i, err)
+		}
+		svcs = append(svcs, s)
+	}
+	if err := balancer.ValidateServices(svcs); err != nil {
+		return nil, usagef("config %s: %v", path, err)
+	}
+	return svcs, nil
+}
+
+// jsonError turns a decoder error into "line L col C: what".
+func jsonError(data []byte, err error) string {
+	var off int64 = -1
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		off = se.Offset
+	case errors.As(err, &te):
+		off = te.Offset
+	}
+	if off < 0 {
+		return strings.TrimPrefix(err.Error(), "json: ")
+	}
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	line := 1 + bytes.Count(data[:off], []byte("\n"))
+	col := off - int64(bytes.LastIndexByte(data[:off], '\n'))
+	return fmt.Sprintf("line %d col %d: %s (expected JSON as in the README)", line, col, strings.TrimPrefix(err.Error(), "json: "))
+}

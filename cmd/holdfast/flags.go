@@ -1,0 +1,100 @@
+package main
+
+import (
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Every flag of every subcommand, in one place, with its category and its
+// HOLDFAST_* environment variable.
+
+const envPrefix = "HOLDFAST_"
+
+func env(name string) []string { return []string{envPrefix + name} }
+
+const (
+	catService = "Service"
+	catDevice  = "Device and routes"
+	catTable   = "Flow table"
+	catLog     = "Logging"
+)
+
+var (
+	tunFlag = &cli.StringFlag{
+		Name: "tun", Value: "hf0", Category: catDevice, EnvVars: env("TUN"),
+		Usage: "name of the TUN device to create or attach to",
+	}
+	setupRoutesFlag = &cli.BoolFlag{
+		Name: "setup-routes", Category: catDevice, EnvVars: env("SETUP_ROUTES"),
+		Usage: "route the VIPs and the real-server side into the TUN, set its MTU and sysctls; undone on exit (needs --real-iface)",
+	}
+	realIfaceFlag = &cli.StringFlag{
+		Name: "real-iface", Category: catDevice, EnvVars: env("REAL_IFACE"),
+		Usage: "interface facing the real servers (packets arriving on it are policy-routed into the TUN)",
+	}
+	routeTableFlag = &cli.IntFlag{
+		Name: "route-table", Value: 100, Category: catDevice, EnvVars: env("ROUTE_TABLE"),
+		Usage: "policy routing table used by --setup-routes",
+	}
+	tunMTUFlag = &cli.IntFlag{
+		Name: "tun-mtu", Category: catDevice, EnvVars: env("TUN_MTU"),
+		Usage: "TUN MTU set by --setup-routes (0 = the smallest MTU of the other links)",
+	}
+
+	serviceFlag = &cli.StringFlag{
+		Name: "service", Category: catService, EnvVars: env("SERVICE"),
+		Usage: "virtual service PROTO:VIP:PORT, PROTO tcp or udp",
+	}
+	schedulerFlag = &cli.StringFlag{
+		Name: "scheduler", Value: "wrr", Category: catService, EnvVars: env("SCHEDULER"),
+		Usage: "scheduler of --service: rr, wrr, sh, dh or lc",
+	}
+	realFlag = &cli.StringSliceFlag{
+		Name: "real", Category: catService, EnvVars: env("REAL"),
+		Usage: "real server ADDR:PORT[*WEIGHT] of --service (repeatable; weight 1 by default, 0 = no new flows)",
+	}
+	persistenceFlag = &cli.StringFlag{
+		Name: "persistence", Category: catService, EnvVars: env("PERSISTENCE"),
+		Usage: "keep a client address on its real this long after its last flow (as ipvsadm -p), e.g. 10m",
+	}
+	configFlag = &cli.PathFlag{
+		Name: "config", Category: catService, EnvVars: env("CONFIG"),
+		Usage: "JSON file with several services: {\"services\":[{\"service\":..,\"scheduler\":..,\"persistence\":..,\"reals\":[..]}]}",
+	}
+
+	timeoutTCPFlag = &cli.DurationFlag{
+		Name: "timeout-tcp", Value: 15 * time.Minute, Category: catTable, EnvVars: env("TIMEOUT_TCP"),
+		Usage: "idle timeout of an ESTABLISHED TCP flow",
+	}
+	timeoutTCPFinFlag = &cli.DurationFlag{
+		Name: "timeout-tcpfin", Value: 2 * time.Minute, Category: catTable, EnvVars: env("TIMEOUT_TCPFIN"),
+		Usage: "idle timeout of a TCP flow after a FIN (FIN_WAIT, TIME_WAIT)",
+	}
+	timeoutUDPFlag = &cli.DurationFlag{
+		Name: "timeout-udp", Value: 5 * time.Minute, Category: catTable, EnvVars: env("TIMEOUT_UDP"),
+		Usage: "idle timeout of a UDP flow",
+	}
+	maxFlowsFlag = &cli.IntFlag{
+		Name: "max-flows", Value: 1_000_000, Category: catTable, EnvVars: env("MAX_FLOWS"),
+		Usage: "most flows held at once; new flows beyond it are dropped and counted",
+	}
+
+	logLevelFlag = &cli.StringFlag{
+		Name: "log-level", Value: "info", Category: catLog, EnvVars: env("LOG_LEVEL"),
+		Usage: "debug, info, warn or error",
+	}
+	logFormatFlag = &cli.StringFlag{
+		Name: "log-format", Category: catLog, EnvVars: env("LOG_FORMAT"),
+		Usage: "json or console (default: console on a terminal, json otherwise)",
+	}
+)
+
+func runFlags() []cli.Flag {
+	return []cli.Flag{
+		tunFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
+		serviceFlag, schedulerFlag, realFlag, persistenceFlag, configFlag,
+		timeoutTCPFlag, timeoutTCPFinFlag, timeoutUDPFlag, maxFlowsFlag,
+		logLevelFlag, logFormatFlag,
+	}
+}

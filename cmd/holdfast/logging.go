@@ -1,0 +1,47 @@
+package main
+
+import (
+	"os"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v2"
+)
+
+// Log field names.
+const (
+	fService   = "service"
+	fScheduler = "scheduler"
+	fReals     = "reals"
+	fTUN       = "tun"
+	fFlows     = "flows"
+	fSignal    = "signal"
+)
+
+// newLogger builds the one logger of the process from --log-level and
+// --log-format; it is passed down from here.
+func newLogger(c *cli.Context) (zerolog.Logger, error) {
+	level, err := zerolog.ParseLevel(c.String(logLevelFlag.Name))
+	if err != nil || level == zerolog.NoLevel {
+		return zerolog.Nop(), usagef("--log-level %q: expected debug, info, warn or error", c.String(logLevelFlag.Name))
+	}
+	var w = os.Stderr
+	format := c.String(logFormatFlag.Name)
+	switch format {
+	case "":
+		format = "json"
+		if isatty.IsTerminal(w.Fd()) {
+			format = "console"
+		}
+	case "json", "console":
+	default:
+		return zerolog.Nop(), usagef("--log-format %q: expected json or console", format)
+	}
+	var l zerolog.Logger
+	if format == "console" {
+		l = zerolog.New(zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"})
+	} else {
+		l = zerolog.New(w)
+	}
+	return l.Level(level).With().Timestamp().Logger(), nil
+}
