@@ -64,10 +64,10 @@ type Director struct {
 	// servesProto marks the protocols of the services: a fragment from a real
 	// in such a protocol may belong to a flow (it carries no ports to tell).
 	servesProto [256]bool
-	timeouts  Timeouts
-	maxFlows  int
-	flows     table
-	stats     Stats
+	timeouts    Timeouts
+	maxFlows    int
+	flows       table
+	stats       Stats
 }
 
 // New builds a Director. It validates that services do not overlap.
