@@ -1,118 +1,22 @@
 package nat
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"testing"
 
 	"holdfast/balancer"
-
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"holdfast/nat/nattest"
 )
 
-// Packet builders for tests: every packet leaves with checksums computed
-// from scratch.
-
-func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
-
-func ipv4(src, dst netip.Addr, proto uint8, l4 []byte) []byte {
-	b := make([]byte, header.IPv4MinimumSize+len(l4))
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{
-		TotalLength: uint16(len(b)),
-		TTL:         64,
-		Protocol:    proto,
-		SrcAddr:     tcpipAddr(src),
-		DstAddr:     tcpipAddr(dst),
-		ID:          1,
-	})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	copy(b[header.IPv4MinimumSize:], l4)
-	return b
-}
-
-func tcp4(src, dst string, flags header.TCPFlags, seq, ack uint32, payload []byte, opts ...byte) []byte {
-	s, d := ap(src), ap(dst)
-	hl := header.TCPMinimumSize + len(opts)
-	l4 := make([]byte, hl+len(payload))
-	t := header.TCP(l4)
-	t.Encode(&header.TCPFields{
-		SrcPort: s.Port(), DstPort: d.Port(), SeqNum: seq, AckNum: ack,
-		DataOffset: uint8(hl), Flags: flags, WindowSize: 502,
-	})
-	copy(l4[header.TCPMinimumSize:], opts)
-	copy(l4[hl:], payload)
-	b := ipv4(s.Addr(), d.Addr(), protoTCP, l4)
-	fixL4Checksum(b)
-	return b
-}
-
-func udp4(src, dst string, payload []byte) []byte {
-	s, d := ap(src), ap(dst)
-	l4 := make([]byte, header.UDPMinimumSize+len(payload))
-	u := header.UDP(l4)
-	u.Encode(&header.UDPFields{SrcPort: s.Port(), DstPort: d.Port(), Length: uint16(len(l4))})
-	copy(l4[header.UDPMinimumSize:], payload)
-	b := ipv4(s.Addr(), d.Addr(), protoUDP, l4)
-	fixL4Checksum(b)
-	return b
-}
-
-func icmp4(src, dst string, typ header.ICMPv4Type, code header.ICMPv4Code, rest uint32, body []byte) []byte {
-	l4 := make([]byte, header.ICMPv4MinimumSize+len(body))
-	l4[0], l4[1] = byte(typ), byte(code)
-	binary.BigEndian.PutUint32(l4[4:], rest)
-	copy(l4[8:], body)
-	header.ICMPv4(l4).SetChecksum(^checksum.Checksum(l4, 0))
-	return ipv4(netip.MustParseAddr(src), netip.MustParseAddr(dst), protoICMP, l4)
-}
-
-// fixL4Checksum recomputes the TCP or UDP checksum from scratch.
-func fixL4Checksum(b []byte) {
-	ip := header.IPv4(b)
-	l4 := ip.Payload()
-	var off int
-	switch ip.Protocol() {
-	case protoTCP:
-		off = 16
-	case protoUDP:
-		off = 6
-	default:
-		return
-	}
-	l4[off], l4[off+1] = 0, 0
-	xsum := ^checksum.Checksum(l4, pseudoHeaderSum(ip, ip.Protocol(), len(l4)))
-	if ip.Protocol() == protoUDP && xsum == 0 {
-		xsum = 0xffff
-	}
-	binary.BigEndian.PutUint16(l4[off:], xsum)
-}
-
-// checkChecksums fails the test unless every checksum of b verifies when
-// recomputed from scratch (IP header, and TCP/UDP/ICMP).
-func checkChecksums(t testing.TB, b []byte) {
-	t.Helper()
-	ip := header.IPv4(b)
-	if checksum.Checksum(b[:ip.HeaderLength()], 0) != 0xffff {
-		t.Fatalf("IP header checksum does not verify")
-	}
-	l4 := ip.Payload()
-	switch ip.Protocol() {
-	case protoTCP:
-		if checksum.Checksum(l4, pseudoHeaderSum(ip, protoTCP, len(l4))) != 0xffff {
-			t.Fatalf("TCP checksum does not verify")
-		}
-	case protoUDP:
-		if binary.BigEndian.Uint16(l4[6:]) != 0 && checksum.Checksum(l4, pseudoHeaderSum(ip, protoUDP, len(l4))) != 0xffff {
-			t.Fatalf("UDP checksum does not verify")
-		}
-	case protoICMP:
-		if checksum.Checksum(l4, 0) != 0xffff {
-			t.Fatalf("ICMP checksum does not verify")
-		}
-	}
-}
+// Short names for the shared builders.
+var (
+	ap             = nattest.AP
+	ipv4           = nattest.IPv4
+	tcp4           = nattest.TCP4
+	udp4           = nattest.UDP4
+	icmp4          = nattest.ICMP4
+	checkChecksums = nattest.CheckChecksums
+)
 
 func addrs(b []byte) (src, dst netip.AddrPort) {
 	var p packet

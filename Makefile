@@ -1,0 +1,39 @@
+# holdfast. `make demo` shows the failover story; `make test` runs every test
+# (integration tests need root: they build network namespaces).
+
+GO      ?= go
+BIN     ?= bin/holdfast
+FUZZTIME ?= 30s
+
+.PHONY: all build test unit integration lint fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/holdfast
+
+# The one test command: unit and integration tests, race detector on.
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+
+integration:
+	$(GO) test -race -count=1 -timeout 30m -v ./integration/...
+
+lint:
+	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt: $$fmt"; exit 1; fi
+	$(GO) vet ./...
+
+fuzz:
+	$(GO) test -run XXX -fuzz FuzzHandle -fuzztime $(FUZZTIME) ./nat/
+	$(GO) test -run XXX -fuzz FuzzRewriteRoundTrip -fuzztime $(FUZZTIME) ./nat/
+	$(GO) test -run XXX -fuzz FuzzParseReal -fuzztime $(FUZZTIME) ./balancer/
+
+bench:
+	$(GO) test -run XXX -bench . -benchmem ./nat/ ./balancer/
+
+clean:
+	rm -rf bin
