@@ -1,0 +1,382 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/rs/zerolog"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+const nicID = 1
+
+// Netstack is a gVisor TCP/IP stack used only to perform recovery handshakes:
+// it dials a real server from a recovery address, the link tap captures the
+// SYN, the SYN-ACK and the final ACK, and the endpoint is aborted right after.
+// From then on the director splices the client's segments into that
+// connection itself.
+//
+// The stack sees nothing but its own handshakes: Inject accepts a packet only
+// for a dial in progress, and the tap lets nothing out for a tuple once its
+// final ACK has left (so Abort's RST never reaches the real).
+type Netstack struct {
+	s   *gstack.Stack
+	ep  *linkEP
+	out func([]byte) // writes a packet toward the real servers (the TUN)
+	log zerolog.Logger
+
+	mu       sync.Mutex
+	dials    map[tuple]*dial     // handshakes in progress
+	silenced map[tuple]struct{} // handed over: nothing more leaves for these
+
+	stray atomic.Uint64 // netstack packets dropped by the tap
+}
+
+type tuple struct{ local, remote netip.AddrPort }
+
+// DialOptions describe one recovery handshake.
+type DialOptions struct {
+	Local      netip.AddrPort // recovery address and a port reserved by the caller
+	Remote     netip.AddrPort // the real server
+	Timestamps bool           // offer TCP timestamps in the SYN (only if the client uses them)
+	WScale     int            // window scale shift to advertise, 0..14
+	MSS        int            // MSS to advertise
+}
+
+// Handshake is what the tap captured. Sequence numbers and timestamps are raw
+// wire values.
+type Handshake struct {
+	ISS       uint32 // our SYN's sequence number
+	SynTSval  uint32 // our SYN's TSval (0 if timestamps were not offered)
+	OurWScale int    // window scale we advertised (-1: none)
+
+	IRS           uint32 // the real's SYN-ACK sequence number
+	TS            bool   // timestamps negotiated
+	SynAckTSval   uint32
+	SynAckTSecr   uint32
+	PeerWScale    int // the real's window scale (-1: none)
+	PeerMSS       int
+	SACKPermitted bool
+
+	// The final ACK of the handshake, sent by the director.
+	AckSeq, AckAck     uint32
+	AckTSval, AckTSecr uint32
+	AckWindow          uint16
+}
+
+type dial struct {
+	opts   DialOptions
+	hs     Handshake
+	synAck bool
+	done   chan struct{} // closed when the final ACK has left
+}
+
+// NewNetstack builds the stack with the recovery addresses on one NIC whose
+// packets go to out. mtu is the TUN's MTU.
+func NewNetstack(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logger) (*Netstack, error) {
+	s := gstack.New(gstack.Options{
+		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
+		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
+	})
+	n := &Netstack{
+		s:        s,
+		out:      out,
+		log:      log,
+		dials:    make(map[tuple]*dial),
+		silenced: make(map[tuple]struct{}),
+	}
+	n.ep = &linkEP{Endpoint: channel.New(1, uint32(mtu), ""), n: n}
+	if err := s.CreateNIC(nicID, n.ep); err != nil {
+		return nil, fmt.Errorf("netstack: create NIC: %s", err)
+	}
+	for _, a := range addrs {
+		if !a.Is4() {
+			return nil, fmt.Errorf("netstack: recovery address %s: only IPv4 is supported", a)
+		}
+		pa := tcpip.ProtocolAddress{
+			Protocol:          ipv4.ProtocolNumber,
+			AddressWithPrefix: tcpip.AddrFrom4(a.As4()).WithPrefix(),
+		}
+		if err := s.AddProtocolAddress(nicID, pa, gstack.AddressProperties{}); err != nil {
+			return nil, fmt.Errorf("netstack: add recovery address %s: %s", a, err)
+		}
+	}
+	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}})
+	sack := tcpip.TCPSACKEnabled(true)
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
+		return nil, fmt.Errorf("netstack: enable SACK: %s", err)
+	}
+	// The SYN's window scale follows the receive buffer (see Dial); allow
+	// buffers big enough for shift 14.
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: 1 << 20, Max: 1 << 30}
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
+		return nil, fmt.Errorf("netstack: receive buffer range: %s", err)
+	}
+	return n, nil
+}
+
+// Close stops the stack.
+func (n *Netstack) Close() {
+	n.s.Close()
+	n.s.Wait()
+}
+
+// Stray counts packets the tap dropped: anything the stack sent that was not
+// part of a handshake in progress (RSTs after Abort, retransmissions).
+func (n *Netstack) Stray() uint64 { return n.stray.Load() }
+
+// rcvBufForShift is the receive buffer that makes gVisor advertise shift s
+// (tcp.FindWndScale: the smallest shift that fits the buffer in 16 bits).
+func rcvBufForShift(s int) int64 {
+	if s <= 0 {
+		return 65535
+	}
+	return int64(0xffff) << s
+}
+
+// Dial performs one recovery handshake and returns what it captured. The
+// endpoint is aborted before Dial returns; the tuple stays silenced until
+// Release.
+func (n *Netstack) Dial(ctx context.Context, o DialOptions) (Handshake, error) {
+	t := tuple{o.Local, o.Remote}
+	d := &dial{opts: o, done: make(chan struct{})}
+	n.mu.Lock()
+	if _, busy := n.dials[t]; busy {
+		n.mu.Unlock()
+		return Handshake{}, fmt.Errorf("dial %s -> %s: tuple already dialing", o.Local, o.Remote)
+	}
+	delete(n.silenced, t)
+	n.dials[t] = d
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.dials, t)
+		n.mu.Unlock()
+	}()
+
+	var wq waiter.Queue
+	ep, terr := n.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return Handshake{}, fmt.Errorf("dial %s -> %s: new endpoint: %s", o.Local, o.Remote, terr)
+	}
+	abort := func() {
+		// Silence first: Abort sends a RST that must not reach the real.
+		n.mu.Lock()
+		n.silenced[t] = struct{}{}
+		n.mu.Unlock()
+		ep.Abort()
+		ep.Close()
+	}
+	ep.SocketOptions().SetReceiveBufferSize(rcvBufForShift(o.WScale), true)
+	if o.MSS > 0 {
+		if err := ep.SetSockOptInt(tcpip.MaxSegOption, o.MSS); err != nil {
+			abort()
+			return Handshake{}, fmt.Errorf("dial %s -> %s: set MSS %d: %s", o.Local, o.Remote, o.MSS, err)
+		}
+	}
+	ep.SocketOptions().SetReuseAddress(true)
+	if err := ep.Bind(tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(o.Local.Addr().As4()), Port: o.Local.Port()}); err != nil {
+		abort()
+		return Handshake{}, fmt.Errorf("dial %s -> %s: bind: %s", o.Local, o.Remote, err)
+	}
+	we, ch := waiter.NewChannelEntry(waiter.EventOut | waiter.EventErr | waiter.EventHUp)
+	wq.EventRegister(&we)
+	defer wq.EventUnregister(&we)
+	err := ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(o.Remote.Addr().As4()), Port: o.Remote.Port()})
+	if _, started := err.(*tcpip.ErrConnectStarted); !started && err != nil {
+		abort()
+		return Handshake{}, fmt.Errorf("dial %s -> %s: connect: %s", o.Local, o.Remote, err)
+	}
+	for {
+		select {
+		case <-d.done:
+			// The final ACK has left and the tuple is silenced.
+			hs := d.hs
+			ep.Abort()
+			ep.Close()
+			return hs, nil
+		case <-ch:
+			// Writable fires before the final ACK is written: only an
+			// error ends the wait here.
+			if err := ep.LastError(); err != nil {
+				abort()
+				return Handshake{}, &DialError{Local: o.Local, Remote: o.Remote, Err: errors.New(err.String()), Refused: isRefused(err)}
+			}
+			if st := tcp.EndpointState(ep.State()); st == tcp.StateClose || st == tcp.StateError {
+				abort()
+				return Handshake{}, &DialError{Local: o.Local, Remote: o.Remote, Err: errors.New("connection closed"), Refused: true}
+			}
+		case <-ctx.Done():
+			abort()
+			return Handshake{}, &DialError{Local: o.Local, Remote: o.Remote, Err: ctx.Err()}
+		}
+	}
+}
+
+func isRefused(err tcpip.Error) bool {
+	_, ok := err.(*tcpip.ErrConnectionRefused)
+	return ok
+}
+
+// DialError is a failed recovery handshake.
+type DialError struct {
+	Local, Remote netip.AddrPort
+	Refused       bool // the real answered RST
+	Err           error
+}
+
+func (e *DialError) Error() string {
+	return fmt.Sprintf("recovery dial %s -> %s: %v", e.Local, e.Remote, e.Err)
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
+
+// Release forgets a silenced tuple once its flow has ended.
+func (n *Netstack) Release(local, remote netip.AddrPort) {
+	n.mu.Lock()
+	delete(n.silenced, tuple{local, remote})
+	n.mu.Unlock()
+}
+
+// Inject hands a packet from a real to the stack if it belongs to a dial in
+// progress, and reports whether it did. pkt is copied.
+func (n *Netstack) Inject(pkt []byte) bool {
+	ip := header.IPv4(pkt)
+	if !ip.IsValid(len(pkt)) || ip.TransportProtocol() != header.TCPProtocolNumber {
+		return false
+	}
+	tcph := header.TCP(ip.Payload())
+	if len(tcph) < header.TCPMinimumSize || int(tcph.DataOffset()) > len(tcph) {
+		return false
+	}
+	t := tuple{
+		local:  netip.AddrPortFrom(netip.AddrFrom4(ip.DestinationAddress().As4()), tcph.DestinationPort()),
+		remote: netip.AddrPortFrom(netip.AddrFrom4(ip.SourceAddress().As4()), tcph.SourcePort()),
+	}
+	n.mu.Lock()
+	d := n.dials[t]
+	if d == nil {
+		n.mu.Unlock()
+		return false
+	}
+	if f := tcph.Flags(); f&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn|header.TCPFlagAck && !d.synAck {
+		o := header.ParseSynOptions(tcph.Options(), true)
+		d.synAck = true
+		d.hs.IRS = tcph.SequenceNumber()
+		d.hs.TS = o.TS && d.opts.Timestamps
+		d.hs.SynAckTSval, d.hs.SynAckTSecr = o.TSVal, o.TSEcr
+		d.hs.PeerWScale = o.WS
+		d.hs.PeerMSS = int(o.MSS)
+		d.hs.SACKPermitted = o.SACKPermitted
+	}
+	n.mu.Unlock()
+	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	n.ep.InjectInbound(ipv4.ProtocolNumber, pb)
+	pb.DecRef()
+	return true
+}
+
+// linkEP is the netstack's NIC: a channel endpoint whose WritePackets taps
+// every outbound packet instead of queueing it.
+type linkEP struct {
+	*channel.Endpoint
+	n *Netstack
+}
+
+// WritePackets is called synchronously by the stack for each outbound packet.
+func (e *linkEP) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
+	for _, pkt := range pkts.AsSlice() {
+		var b []byte
+		for _, s := range pkt.AsSlices() {
+			b = append(b, s...)
+		}
+		e.n.tap(b)
+	}
+	return pkts.Len(), nil
+}
+
+// tap decides one outbound packet of the stack: a SYN of a dial in progress
+// (timestamps stripped if the client has none), the final ACK (captured, and
+// the tuple silenced in the same step), or anything else (dropped).
+func (n *Netstack) tap(b []byte) {
+	ip := header.IPv4(b)
+	if !ip.IsValid(len(b)) || ip.TransportProtocol() != header.TCPProtocolNumber {
+		n.stray.Add(1)
+		return
+	}
+	tcph := header.TCP(ip.Payload())
+	t := tuple{
+		local:  netip.AddrPortFrom(netip.AddrFrom4(ip.SourceAddress().As4()), tcph.SourcePort()),
+		remote: netip.AddrPortFrom(netip.AddrFrom4(ip.DestinationAddress().As4()), tcph.DestinationPort()),
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	d := n.dials[t]
+	if _, silenced := n.silenced[t]; silenced || d == nil {
+		n.stray.Add(1)
+		return
+	}
+	f := tcph.Flags()
+	switch {
+	case f&header.TCPFlagSyn != 0 && f&header.TCPFlagAck == 0:
+		o := header.ParseSynOptions(tcph.Options(), false)
+		d.hs.ISS = tcph.SequenceNumber()
+		d.hs.OurWScale = o.WS
+		if d.opts.Timestamps {
+			d.hs.SynTSval = o.TSVal
+		} else {
+			stripTimestamp(ip, tcph)
+		}
+	case d.synAck && f == header.TCPFlagAck && len(tcph.Payload()) == 0:
+		o := header.ParseTCPOptions(tcph.Options())
+		d.hs.AckSeq, d.hs.AckAck = tcph.SequenceNumber(), tcph.AckNumber()
+		d.hs.AckTSval, d.hs.AckTSecr = o.TSVal, o.TSEcr
+		d.hs.AckWindow = tcph.WindowSize()
+		n.silenced[t] = struct{}{}
+		n.out(b)
+		close(d.done)
+		return
+	}
+	n.out(b)
+}
+
+// stripTimestamp replaces the timestamp option of a SYN with NOPs (gVisor
+// always offers timestamps; a client without them must not get a server that
+// uses them) and recomputes the TCP checksum.
+func stripTimestamp(ip header.IPv4, tcph header.TCP) {
+	opts := tcph.Options()
+	for i := 0; i < len(opts); {
+		switch kind := opts[i]; kind {
+		case header.TCPOptionEOL:
+			return
+		case header.TCPOptionNOP:
+			i++
+			continue
+		}
+		if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
+			return
+		}
+		l := int(opts[i+1])
+		if opts[i] == header.TCPOptionTS {
+			for j := i; j < i+l; j++ {
+				opts[j] = header.TCPOptionNOP
+			}
+		}
+		i += l
+	}
+	tcph.SetChecksum(0)
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcph)))
+	tcph.SetChecksum(^checksum.Checksum(tcph, xsum))
+}

@@ -1,0 +1,197 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// peer is a second gVisor stack playing the real server, wired back to back
+// with the recovery Netstack: what the tap lets out reaches the peer, what the
+// peer sends goes through Netstack.Inject (as the director's NAT would).
+type peer struct {
+	s    *gstack.Stack
+	ep   *channel.Endpoint
+	seen chan []byte // every packet the peer received, copied
+}
+
+func newPeer(t *testing.T, addr netip.Addr, n **Netstack) *peer {
+	t.Helper()
+	s := gstack.New(gstack.Options{
+		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
+		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
+	})
+	p := &peer{s: s, ep: channel.New(64, 1500, ""), seen: make(chan []byte, 64)}
+	if err := s.CreateNIC(1, p.ep); err != nil {
+		t.Fatal(err)
+	}
+	s.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddrFrom4(addr.As4()).WithPrefix()}, gstack.AddressProperties{})
+	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			pkt := p.ep.ReadContext(ctx)
+			if pkt == nil {
+				return
+			}
+			var b []byte
+			for _, s := range pkt.AsSlices() {
+				b = append(b, s...)
+			}
+			pkt.DecRef()
+			(*n).Inject(b)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; s.Close(); s.Wait() })
+	return p
+}
+
+func (p *peer) deliver(b []byte) {
+	select {
+	case p.seen <- append([]byte(nil), b...):
+	default:
+	}
+	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
+	p.ep.InjectInbound(ipv4.ProtocolNumber, pb)
+	pb.DecRef()
+}
+
+func (p *peer) listen(t *testing.T, port uint16) (tcpip.Endpoint, *waiter.Queue) {
+	var wq waiter.Queue
+	ep, err := p.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ep.Bind(tcpip.FullAddress{Port: port}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ep.Listen(8); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ep.Close)
+	return ep, &wq
+}
+
+func TestNetstackDialCapturesHandshake(t *testing.T) {
+	rec := netip.MustParseAddr("198.18.200.1")
+	real := netip.MustParseAddrPort("198.18.10.11:8080")
+	var n *Netstack
+	p := newPeer(t, real.Addr(), &n)
+	var err error
+	n, err = NewNetstack([]netip.Addr{rec}, 1500, p.deliver, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	ln, lwq := p.listen(t, real.Port())
+
+	for _, ts := range []bool{true, false} {
+		local := netip.AddrPortFrom(rec, 20000)
+		if !ts {
+			local = netip.AddrPortFrom(rec, 20001)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		hs, err := n.Dial(ctx, DialOptions{Local: local, Remote: real, Timestamps: ts, WScale: 7, MSS: 1400})
+		cancel()
+		if err != nil {
+			t.Fatalf("ts=%v: dial: %v", ts, err)
+		}
+		if hs.OurWScale != 7 || hs.PeerWScale < 0 || hs.PeerMSS == 0 || !hs.SACKPermitted {
+			t.Fatalf("ts=%v: handshake options %+v", ts, hs)
+		}
+		if hs.AckSeq != hs.ISS+1 || hs.AckAck != hs.IRS+1 {
+			t.Fatalf("ts=%v: final ACK seq/ack %d/%d, want %d/%d", ts, hs.AckSeq, hs.AckAck, hs.ISS+1, hs.IRS+1)
+		}
+		if hs.TS != ts || (ts && hs.AckTSecr != hs.SynAckTSval) {
+			t.Fatalf("ts=%v: timestamps %+v", ts, hs)
+		}
+		// The peer saw SYN and final ACK; with ts off its SYN carried no
+		// timestamp option.
+		syn := <-p.seen
+		o := header.ParseSynOptions(header.TCP(header.IPv4(syn).Payload()).Options(), false)
+		if o.TS != ts || o.WS != 7 || o.MSS != 1400 {
+			t.Fatalf("ts=%v: SYN options %+v", ts, o)
+		}
+		<-p.seen // final ACK
+		// The peer accepted an established connection, and the RST of
+		// Abort never reached it.
+		we, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
+		lwq.EventRegister(&we)
+		conn, _, aerr := ln.Accept(nil)
+		for isWouldBlock(aerr) {
+			<-ch
+			conn, _, aerr = ln.Accept(nil)
+		}
+		lwq.EventUnregister(&we)
+		if aerr != nil {
+			t.Fatalf("accept: %s", aerr)
+		}
+		select {
+		case b := <-p.seen:
+			t.Fatalf("ts=%v: a packet leaked after the handshake: flags %v", ts, header.TCP(header.IPv4(b).Payload()).Flags())
+		default:
+		}
+		if st := tcp.EndpointState(conn.State()); st != tcp.StateEstablished {
+			t.Fatalf("peer connection state %v, want established", st)
+		}
+		conn.Close()
+	}
+	if n.Stray() == 0 {
+		t.Fatalf("the Abort RSTs should have been dropped by the tap and counted")
+	}
+}
+
+func TestNetstackDialRefused(t *testing.T) {
+	rec := netip.MustParseAddr("198.18.200.1")
+	real := netip.MustParseAddrPort("198.18.10.11:8081") // nothing listens
+	var n *Netstack
+	p := newPeer(t, real.Addr(), &n)
+	var err error
+	n, err = NewNetstack([]netip.Addr{rec}, 1500, p.deliver, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = n.Dial(ctx, DialOptions{Local: netip.AddrPortFrom(rec, 20000), Remote: real, Timestamps: true, WScale: 7, MSS: 1460})
+	var de *DialError
+	if !errors.As(err, &de) || !de.Refused {
+		t.Fatalf("dial to a closed port: %v, want a refused DialError", err)
+	}
+}
+
+func TestNetstackInjectOnlyForDials(t *testing.T) {
+	n, err := NewNetstack([]netip.Addr{netip.MustParseAddr("198.18.200.1")}, 1500, func([]byte) {}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	b := make([]byte, 40)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{TotalLength: 40, TTL: 64, Protocol: uint8(tcp.ProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4([4]byte{198, 18, 10, 11}), DstAddr: tcpip.AddrFrom4([4]byte{198, 18, 200, 1})})
+	header.TCP(b[20:]).Encode(&header.TCPFields{SrcPort: 80, DstPort: 20000, DataOffset: 20, Flags: header.TCPFlagAck})
+	if n.Inject(b) {
+		t.Fatal("a packet for no dial was injected")
+	}
+}
+
+func isWouldBlock(e tcpip.Error) bool {
+	_, ok := e.(*tcpip.ErrWouldBlock)
+	return ok
+}
