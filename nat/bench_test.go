@@ -23,7 +23,7 @@ func BenchmarkHandle(b *testing.B) {
 				b.SetBytes(int64(len(c.pkt)))
 				for b.Loop() {
 					copy(buf, c.pkt)
-					if d.HandlePacket(buf, 2) == nil {
+					if out, _ := d.HandlePacket(buf, 2); out == nil {
 						b.Fatal("dropped")
 					}
 				}
@@ -40,7 +40,7 @@ func BenchmarkPassThrough(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(pkt)))
 	for b.Loop() {
-		if !bytes.Equal(d.HandlePacket(pkt, 2), pkt) {
+		if out, _ := d.HandlePacket(pkt, 2); !bytes.Equal(out, pkt) {
 			b.Fatal("changed")
 		}
 	}

@@ -16,6 +16,7 @@ type Config struct {
 	Services []*balancer.Service
 	Timeouts Timeouts
 	MaxFlows int
+	Recovery RecoveryConfig
 }
 
 // Stats is a snapshot of the Director's counters.
@@ -23,11 +24,24 @@ type Stats struct {
 	Verdicts     [numVerdicts]uint64
 	Drops        [numDropReasons]uint64
 	Flows        int    // flows in the table now
-	FlowsCreated uint64 // flows ever created
+	FlowsCreated uint64 // flows ever created (every kind)
 	FlowsExpired uint64 // flows removed by idle timeout
 	FlowsReused  uint64 // flows replaced by a SYN on a TIME_WAIT or CLOSE flow
 	EchoReplies  uint64 // ICMP echo requests to a VIP answered
 	ICMPErrors   uint64 // ICMP errors about a flow, translated
+
+	RecoveryStarted   uint64
+	RecoverySucceeded uint64
+	RecoveryFailed    [numFailReasons]uint64
+	RecoveryLatencyNs uint64 // sum over successes, first parked segment to flush
+	ClientResets      uint64 // RSTs sent to clients whose recovery failed
+	Adopted           uint64 // flows created from a real's packet
+	AdoptAborts       uint64 // recovery dials abandoned because the original real spoke
+	OldRealResets     uint64 // RSTs sent to a real whose connection was recovered elsewhere
+	StaleFlows        uint64 // flows found stale (the client acked bytes this director never carried)
+	Parked            uint64 // packets parked
+	ParkedBytes       int    // bytes parked now
+	Inflight          int    // recoveries in flight now
 }
 
 // Drop returns the counter of one drop reason.
@@ -49,24 +63,28 @@ type service struct {
 	persist map[netip.Addr]affinity
 }
 
-// Director is the NAT of one director: services, flow table and counters.
+// Director is the NAT of one director: services, flow table, recoveries in
+// flight and counters.
 //
-// Concurrency: every method locks mu. The packet loop calls HandlePacket from
-// one goroutine; the lock exists so that an admin or metrics reader can take a
-// consistent snapshot, and is uncontended on the hot path.
+// Concurrency: every exported method locks mu. The packet loop calls
+// HandlePacket from one goroutine; the recovery engine calls the recovery
+// methods from its dial goroutines. Calls out to the Recoverer happen with
+// mu held, so a Recoverer must never call back into the Director from
+// Start, Abort or Release.
 type Director struct {
 	mu        sync.Mutex
 	services  []service
 	bySvc     map[svcKey]uint16
 	vips      map[netip.Addr]struct{}
 	realAddrs map[netip.Addr]struct{}
-	realPorts map[svcKey]struct{} // (proto, real addr:port) of every service
+	realSvcs  map[svcKey][]uint16 // (proto, real addr:port) -> services it serves
 	// servesProto marks the protocols of the services: a fragment from a real
 	// in such a protocol may belong to a flow (it carries no ports to tell).
 	servesProto [256]bool
 	timeouts    Timeouts
 	maxFlows    int
 	flows       table
+	rec         recovery
 	stats       Stats
 }
 
@@ -82,20 +100,21 @@ func New(cfg Config) (*Director, error) {
 		bySvc:     make(map[svcKey]uint16),
 		vips:      make(map[netip.Addr]struct{}),
 		realAddrs: make(map[netip.Addr]struct{}),
-		realPorts: make(map[svcKey]struct{}),
+		realSvcs:  make(map[svcKey][]uint16),
 		timeouts:  cfg.Timeouts,
 		maxFlows:  cfg.MaxFlows,
 		flows:     newTable(),
 	}
 	for _, s := range cfg.Services {
 		if !s.VIP.Addr().Is4() {
-			return nil, fmt.Errorf("service %s:%s: only IPv4 VIPs are served", s.Proto, s.VIP)
+			return nil, fmt.Errorf("service %s: only IPv4 VIPs are served", s)
 		}
 		k := svcKey{uint8(s.Proto), s.VIP}
 		if _, dup := d.bySvc[k]; dup {
-			return nil, fmt.Errorf("service %s:%s configured twice", s.Proto, s.VIP)
+			return nil, fmt.Errorf("service %s configured twice", s)
 		}
-		d.bySvc[k] = uint16(len(d.services))
+		si := uint16(len(d.services))
+		d.bySvc[k] = si
 		d.services = append(d.services, service{Service: s, persist: make(map[netip.Addr]affinity)})
 		d.vips[s.VIP.Addr()] = struct{}{}
 		d.servesProto[s.Proto] = true
@@ -104,25 +123,36 @@ func New(cfg Config) (*Director, error) {
 				return nil, fmt.Errorf("real %s: only IPv4 reals are served", r.Addr)
 			}
 			d.realAddrs[r.Addr.Addr()] = struct{}{}
-			d.realPorts[svcKey{uint8(s.Proto), r.Addr}] = struct{}{}
+			rk := svcKey{uint8(s.Proto), r.Addr}
+			d.realSvcs[rk] = append(d.realSvcs[rk], si)
 		}
+	}
+	if err := d.rec.init(cfg.Recovery, d.vips, d.realAddrs); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
 
 // HandlePacket decides one packet read from the device, rewriting it in place.
-// It returns the bytes to write back to the device (a sub-slice of pkt), or nil
-// to write nothing. pkt is lent: HandlePacket keeps no reference to it.
-func (d *Director) HandlePacket(pkt []byte, now int64) []byte {
+// It returns the bytes to write back to the device (a sub-slice of pkt), or
+// nil to write nothing; toStack asks the caller to hand pkt to the recovery
+// netstack instead. pkt is lent: HandlePacket keeps no reference to it (a
+// parked packet is copied).
+func (d *Director) HandlePacket(pkt []byte, now int64) (out []byte, toStack bool) {
 	d.mu.Lock()
 	v, reason, out := d.handle(pkt, now)
 	d.stats.Verdicts[v]++
-	if v == Drop {
+	switch v {
+	case Drop:
 		d.stats.Drops[reason]++
 		out = nil
+	case Park:
+		out = nil
+	case ToStack:
+		toStack = true
 	}
 	d.mu.Unlock()
-	return out
+	return out, toStack
 }
 
 func (d *Director) handle(b []byte, now int64) (Verdict, DropReason, []byte) {
@@ -143,6 +173,9 @@ func (d *Director) handle(b []byte, now int64) (Verdict, DropReason, []byte) {
 			return v, r, p.ip
 		}
 	}
+	if d.rec.isLocal(p.dst.Addr()) {
+		return Drop, DropRecoveryNoFlow, nil
+	}
 	// Neither ours nor about us: the director also routes the reals' other
 	// traffic. Write it back unchanged.
 	return Forward, DropNone, b
@@ -162,34 +195,47 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 	if !ok {
 		return Drop, DropNoService, nil
 	}
-	slot, side, found := d.flows.lookup(Key{p.proto, p.src, p.dst})
+	key := Key{p.proto, p.src, p.dst}
+	slot, side, found := d.flows.lookup(key)
 	if found && side != sideClient {
 		found = false // a VIP is never a client
 	}
 	if found {
 		f := &d.flows.slab[slot]
+		isSyn := p.proto == protoTCP && p.flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn
 		switch {
 		case f.Expires <= now:
 			d.removeFlow(slot, now)
 			d.stats.FlowsExpired++
 			found = false
-		case p.proto == protoTCP && p.flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn &&
-			(f.State == StateTimeWait || f.State == StateClose):
+		case isSyn && (f.State == StateTimeWait || f.State == StateClose):
 			// A new connection reusing the tuple of a finished one is a
 			// new flow, scheduled again (IPVS conn_reuse_mode).
 			d.removeFlow(slot, now)
 			d.stats.FlowsReused++
 			found = false
+		case p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 && f.hiSrvSet && seqAfter(p.ack, f.hiSrv):
+			// The client acknowledges server bytes this director never
+			// carried: the connection moved on through another director
+			// (failback without sync). The flow is stale.
+			d.removeFlow(slot, now)
+			d.stats.StaleFlows++
+			found = false
 		}
 	}
 	if !found {
-		if p.proto == protoTCP && p.flags&header.TCPFlagRst != 0 {
-			return Drop, DropStrayRST, nil
+		if p.proto == protoTCP {
+			if p.flags&header.TCPFlagRst != 0 {
+				return Drop, DropStrayRST, nil
+			}
+			if p.flags&header.TCPFlagSyn == 0 && d.rec.enabled {
+				return d.recoverMiss(si, p, now)
+			}
 		}
 		var r DropReason
-		// A SYN opens a flow; so does a mid-stream segment (no recovery
-		// here: scheduled like a new flow, as a director without state
-		// sync does, IPVS sloppy_tcp).
+		// A SYN opens a flow; with recovery off so does a mid-stream
+		// segment (scheduled like a new flow, as a director without
+		// state sync does: IPVS sloppy_tcp).
 		slot, r = d.newFlow(si, p, now)
 		if r != DropNone {
 			return Drop, r, nil
@@ -197,8 +243,20 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 	}
 	f := &d.flows.slab[slot]
 	d.track(f, p, true, now)
-	rewriteDst(p, f.Real)
+	d.toReal(p, f)
 	return Forward, DropNone, p.ip
+}
+
+// toReal rewrites a client's packet for its flow's real.
+func (d *Director) toReal(p *packet, f *Flow) {
+	if p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 && !f.hiSrvSet {
+		f.hiSrv, f.hiSrvSet = p.ack, true
+	}
+	if f.Kind == KindRecovered {
+		f.toServer().apply(p)
+		rewriteSrc(p, f.Local)
+	}
+	rewriteDst(p, f.Real)
 }
 
 func (d *Director) fromReal(p *packet, now int64) (Verdict, DropReason, []byte) {
@@ -212,6 +270,9 @@ func (d *Director) fromReal(p *packet, now int64) (Verdict, DropReason, []byte) 
 		if v, r, ok := d.icmpErrorFromRealSide(p); ok {
 			return v, r, p.ip
 		}
+		if d.rec.isLocal(p.dst.Addr()) {
+			return Drop, DropRecoveryNoFlow, nil
+		}
 		return Forward, DropNone, p.ip
 	}
 	if p.proto != protoTCP && p.proto != protoUDP {
@@ -220,72 +281,147 @@ func (d *Director) fromReal(p *packet, now int64) (Verdict, DropReason, []byte) 
 	if r := p.decodeL4(); r != DropNone {
 		return Drop, r, nil
 	}
-	slot, side, found := d.flows.lookup(Key{p.proto, p.src, p.dst})
+	key := Key{p.proto, p.src, p.dst}
+	slot, side, found := d.flows.lookup(key)
 	if found && side == sideReal {
 		f := &d.flows.slab[slot]
 		if f.Expires > now {
 			d.track(f, p, false, now)
-			rewriteSrc(p, f.VIP)
+			d.toClient(p, f)
 			return Forward, DropNone, p.ip
 		}
 		d.removeFlow(slot, now)
 		d.stats.FlowsExpired++
 	}
-	if _, ok := d.realPorts[svcKey{p.proto, p.src}]; ok {
+	if d.rec.isLocal(p.dst.Addr()) {
+		// Only a handshake in progress may reach the netstack: one that
+		// sees an unknown tuple answers RST and kills a live connection.
+		if _, dialing := d.rec.dialing[key]; dialing {
+			return ToStack, DropNone, p.ip
+		}
+		return Drop, DropRecoveryNoFlow, nil
+	}
+	svcs, ok := d.realSvcs[svcKey{p.proto, p.src}]
+	if !ok {
+		return Forward, DropNone, p.ip // the real's other traffic
+	}
+	if !d.rec.enabled || (p.proto == protoTCP && p.flags&header.TCPFlagRst != 0) {
 		// The patent's step 5: a real's service port talking to no flow.
 		return Drop, DropNoFlow, nil
 	}
-	return Forward, DropNone, p.ip
+	return d.adopt(svcs, p, now)
 }
 
-// newFlow schedules a real for the packet's client and inserts the flow.
+// toClient rewrites a real's packet for its flow's client.
+func (d *Director) toClient(p *packet, f *Flow) {
+	if f.Kind == KindRecovered {
+		f.toClient().apply(p)
+		rewriteDst(p, f.Client)
+	}
+	rewriteSrc(p, f.VIP)
+	if p.proto == protoTCP && f.hiSrvSet {
+		if e := segEnd(p); seqAfter(e, f.hiSrv) {
+			f.hiSrv = e
+		}
+	}
+}
+
+// pickReal chooses a real of service s for a new flow from client: the
+// persistence template if it holds, else the scheduler. Reals in exclude are
+// avoided. It returns -1 if none can take the flow.
+func (d *Director) pickReal(s *service, client, dst netip.AddrPort, now int64, exclude []netip.AddrPort) int {
+	if s.Persistence > 0 {
+		a, ok := s.persist[client.Addr()]
+		if ok && (a.flows > 0 || a.expires > now) && a.real < len(s.Reals) && s.Reals[a.real].Weight > 0 && !contains(exclude, s.Reals[a.real].Addr) {
+			return a.real
+		}
+	}
+	// A scheduler cannot be told to avoid a real: ask again (rr and wrr
+	// move on), then fall back to the first acceptable one (sh, dh).
+	for range len(s.Reals) {
+		ri := s.Scheduler.Pick(s.Reals, client, dst)
+		if ri < 0 || !contains(exclude, s.Reals[ri].Addr) {
+			return ri
+		}
+	}
+	for ri, r := range s.Reals {
+		if r.Weight > 0 && !contains(exclude, r.Addr) {
+			return ri
+		}
+	}
+	return -1
+}
+
+func contains(list []netip.AddrPort, a netip.AddrPort) bool {
+	for _, x := range list {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// newFlow schedules a real for the packet's client and inserts a plain flow.
 func (d *Director) newFlow(si uint16, p *packet, now int64) (uint32, DropReason) {
 	if d.flows.n >= d.maxFlows {
 		return 0, DropFlowLimit
 	}
 	s := &d.services[si]
-	ri := -1
-	if s.Persistence > 0 {
-		a, ok := s.persist[p.src.Addr()]
-		if ok && (a.flows > 0 || a.expires > now) && a.real < len(s.Reals) && s.Reals[a.real].Weight > 0 {
-			ri = a.real
-		}
-	}
+	ri := d.pickReal(s, p.src, p.dst, now, nil)
 	if ri < 0 {
-		ri = s.Scheduler.Pick(s.Reals, p.src, p.dst)
-		if ri < 0 {
-			return 0, DropNoReal
-		}
+		return 0, DropNoReal
 	}
-	real := s.Reals[ri]
-	if _, _, clash := d.flows.lookup(Key{p.proto, real.Addr, p.src}); clash {
+	real := s.Reals[ri].Addr
+	if _, _, clash := d.flows.lookup(Key{p.proto, real, p.src}); clash {
 		return 0, DropTupleClash
 	}
-	st := StateUDP
-	if p.proto == protoTCP {
-		st = StateNone
-	}
-	slot := d.flows.insert(Flow{
+	slot := d.insertFlow(Flow{
 		Proto:  p.proto,
 		Client: p.src,
 		VIP:    p.dst,
-		Real:   real.Addr,
-		State:  st,
+		Real:   real,
 		Kind:   KindPlain,
 		svc:    si,
 		real:   uint16(ri),
 	})
-	real.Inactive++
+	return slot, DropNone
+}
+
+// insertFlow adds f (its State still StateNone for TCP, the caller's track
+// sets it) and accounts it to its real and persistence template.
+func (d *Director) insertFlow(f Flow) uint32 {
+	if f.Proto == protoUDP {
+		f.State = StateUDP
+	}
+	slot := d.flows.insert(f)
+	s := &d.services[f.svc]
+	r := s.Reals[f.real]
+	if f.State == StateEstablished {
+		r.Active++
+	} else {
+		r.Inactive++
+	}
 	if s.Persistence > 0 {
-		a := s.persist[p.src.Addr()]
+		ri := int(f.real)
+		a := s.persist[f.Client.Addr()]
 		if a.real != ri {
 			a = affinity{real: ri}
 		}
 		a.flows++
-		s.persist[p.src.Addr()] = a
+		s.persist[f.Client.Addr()] = a
 	}
 	d.stats.FlowsCreated++
-	return slot, DropNone
+	return slot
+}
+
+// realIndex finds a real of service si by address.
+func (d *Director) realIndex(si uint16, addr netip.AddrPort) int {
+	for i, r := range d.services[si].Reals {
+		if r.Addr == addr {
+			return i
+		}
+	}
+	return -1
 }
 
 // track advances the flow's state on a packet and refreshes its expiry.
@@ -323,6 +459,9 @@ func (d *Director) removeFlow(slot uint32, now int64) {
 			a.expires = now + int64(s.Persistence)
 			s.persist[f.Client.Addr()] = a
 		}
+	}
+	if f.Kind == KindRecovered && d.rec.r != nil {
+		d.rec.r.Release(f.Local, f.Real)
 	}
 	d.flows.remove(slot)
 }
@@ -368,6 +507,8 @@ func (d *Director) Stats() Stats {
 	defer d.mu.Unlock()
 	s := d.stats
 	s.Flows = d.flows.n
+	s.ParkedBytes = d.rec.parkedBytes
+	s.Inflight = len(d.rec.pending)
 	return s
 }
 

@@ -37,9 +37,25 @@ type Flow struct {
 	Client  netip.AddrPort
 	VIP     netip.AddrPort
 	Real    netip.AddrPort
+	Local   netip.AddrPort // recovered flows: the recovery address:port the real sees
 	State   State
 	Kind    Kind
 	Expires int64 // monotonic ns
+
+	// Recovered flows translate sequence numbers and timestamps (see
+	// tcpx.go); the deltas are zero for other kinds.
+	SeqDelta, AckDelta     uint32
+	TSvalDelta, TSecrDelta uint32
+	TS                     bool
+	winToServer            shift
+	winToClient            shift
+
+	// hiSrv is the highest server sequence (in the client's space) this
+	// director has forwarded, for stale-flow detection. It is marked at the
+	// first client ACK (hiSrvSet): earlier server bytes may have crossed a
+	// director that has since died.
+	hiSrv    uint32
+	hiSrvSet bool
 
 	svc  uint16 // index into Director.services
 	real uint16 // index into the service's Reals
@@ -47,7 +63,15 @@ type Flow struct {
 }
 
 func (f *Flow) clientKey() Key { return Key{f.Proto, f.Client, f.VIP} }
-func (f *Flow) realKey() Key   { return Key{f.Proto, f.Real, f.Client} }
+
+// realKey is the key of the real's packets: they are addressed to the client,
+// or to the recovery address:port for a recovered flow.
+func (f *Flow) realKey() Key {
+	if f.Kind == KindRecovered {
+		return Key{f.Proto, f.Real, f.Local}
+	}
+	return Key{f.Proto, f.Real, f.Client}
+}
 
 // side of a Key in the index.
 const (

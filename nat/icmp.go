@@ -79,6 +79,16 @@ func setQuoted(icmp header.ICMPv4, q quoted, src bool, to netip.AddrPort) {
 	icmp.SetChecksum(xsum)
 }
 
+// setQuotedSeq adds delta to the quoted TCP sequence number.
+func setQuotedSeq(icmp header.ICMPv4, q quoted, delta uint32) {
+	if q.proto != protoTCP || delta == 0 {
+		return
+	}
+	off := icmpInnerIP + q.hl + header.TCPSeqNumOffset
+	seq := binary.BigEndian.Uint32(icmp[off:]) + delta
+	icmp.SetChecksum(put32(icmp, off, seq, icmp.Checksum()))
+}
+
 // icmpToVIP handles an ICMP message addressed to a VIP: echo requests are
 // answered by the director, errors about a flow are translated toward its
 // real, anything else is dropped.
@@ -102,6 +112,12 @@ func (d *Director) icmpToVIP(p *packet) (Verdict, DropReason, []byte) {
 		}
 		f := &d.flows.slab[slot]
 		setQuoted(icmp, q, true, f.Real)
+		if f.Kind == KindRecovered {
+			// The real knows this segment as real -> recovery address,
+			// in its own sequence space.
+			setQuoted(icmp, q, false, f.Local)
+			setQuotedSeq(icmp, q, -f.AckDelta)
+		}
 		p.ip.SetDestinationAddressWithChecksumUpdate(tcpipAddr(f.Real.Addr()))
 		d.stats.ICMPErrors++
 		return Forward, DropNone, p.ip
@@ -129,7 +145,16 @@ func (d *Director) icmpErrorFromRealSide(p *packet) (v Verdict, r DropReason, ok
 		return Drop, r, true
 	}
 	f := &d.flows.slab[slot]
-	setQuoted(header.ICMPv4(p.l4), q, false, f.VIP)
+	icmp := header.ICMPv4(p.l4)
+	setQuoted(icmp, q, false, f.VIP)
+	if f.Kind == KindRecovered {
+		// The client knows this segment as client -> VIP, in its own
+		// sequence space (Linux ignores an error whose quoted sequence is
+		// outside SND.UNA..SND.NXT).
+		setQuoted(icmp, q, true, f.Client)
+		setQuotedSeq(icmp, q, f.SeqDelta)
+		p.ip.SetDestinationAddressWithChecksumUpdate(tcpipAddr(f.Client.Addr()))
+	}
 	if p.src.Addr() == f.Real.Addr() {
 		// The client must not learn the real's address, and Linux matches
 		// errors to sockets by the quote, not the sender: say it came from

@@ -20,7 +20,7 @@ const (
 // handle runs one packet and returns what would be written (nil = dropped).
 func handle(t *testing.T, d *Director, pkt []byte, now int64) []byte {
 	t.Helper()
-	out := d.HandlePacket(pkt, now)
+	out, _ := d.HandlePacket(pkt, now)
 	if out != nil {
 		checkChecksums(t, out)
 	}
@@ -230,7 +230,7 @@ func TestBadInput(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			d := newTestDirector(t)
-			if out := d.HandlePacket(c.pkt, 1); out != nil {
+			if out, _ := d.HandlePacket(c.pkt, 1); out != nil {
 				t.Fatalf("forwarded, want drop %v", c.want)
 			}
 			st := d.Stats()

@@ -3,8 +3,10 @@ package nat
 // Verdict is what the packet loop does with a packet after Handle.
 type Verdict uint8
 
-// Verdicts. Forward writes the (possibly rewritten) packet back to the device.
-// ToStack, Park and Reset belong to recovery (a later stage) and are reserved.
+// Verdicts. Forward writes the (possibly rewritten) packet back to the device;
+// ToStack hands it to the recovery netstack (a handshake in progress); Park
+// keeps a copy until its flow's recovery ends; Reset writes the RST the
+// director built in the packet's place.
 const (
 	Forward Verdict = iota
 	ToStack
@@ -44,6 +46,13 @@ const (
 	DropICMPNoFlow              // an ICMP error to a VIP about no known flow
 	DropICMPOther               // an ICMP message to a VIP that is neither echo nor an error
 	DropTupleClash              // the real-side tuple is already used by another flow
+	DropNoTrigger               // mid-stream segment with no flow and no payload (ACK, FIN, keepalive): never triggers recovery
+	DropSACKTrigger             // mid-stream segment with no flow carrying SACK blocks: waits for a retransmission
+	DropRecoveryDenied          // client outside --recovery-allow
+	DropRecoveryRate            // over --recovery-rate
+	DropRecoveryBusy            // --recovery-max-inflight recoveries already in flight
+	DropParkFull                // parking limit per flow or --park-bytes reached
+	DropRecoveryNoFlow          // a packet to a recovery address that is neither a flow nor a dial in progress
 	numDropReasons
 )
 
@@ -51,6 +60,8 @@ var dropNames = [numDropReasons]string{
 	"none", "truncated", "malformed", "bad_checksum", "fragment", "unsupported",
 	"unknown_proto", "no_service", "no_real", "flow_limit", "no_flow",
 	"stray_rst", "icmp_no_flow", "icmp_other", "tuple_clash",
+	"no_trigger", "sack_trigger", "recovery_denied", "recovery_rate",
+	"recovery_busy", "park_full", "recovery_no_flow",
 }
 
 func (r DropReason) String() string {
@@ -67,4 +78,30 @@ func DropReasons() []DropReason {
 		rs = append(rs, r)
 	}
 	return rs
+}
+
+// FailReason says why a recovery failed.
+type FailReason uint8
+
+// Recovery failure reasons.
+const (
+	FailRefused FailReason = iota // every real tried answered RST
+	FailTimeout                   // no handshake completed in time
+	FailNoReal                    // no real could take the flow
+	FailError                     // a local error (no port, netstack)
+	numFailReasons
+)
+
+var failNames = [numFailReasons]string{"refused", "timeout", "no_real", "error"}
+
+func (r FailReason) String() string {
+	if r < numFailReasons {
+		return failNames[r]
+	}
+	return "fail?"
+}
+
+// FailReasons lists every reason, in counter order.
+func FailReasons() []FailReason {
+	return []FailReason{FailRefused, FailTimeout, FailNoReal, FailError}
 }

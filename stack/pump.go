@@ -11,10 +11,10 @@ import (
 
 // Handler decides one packet. It may rewrite pkt in place and returns the
 // bytes to write back to the device (a sub-slice of pkt's buffer) or nil to
-// write nothing. pkt is lent for the duration of the call: a Handler must not
-// retain it.
+// write nothing; toStack asks the pump to hand pkt to its Netstack. pkt is
+// lent for the duration of the call: a Handler must not retain it.
 type Handler interface {
-	HandlePacket(pkt []byte, now int64) []byte
+	HandlePacket(pkt []byte, now int64) (out []byte, toStack bool)
 }
 
 // Clock is a coarse monotonic clock in nanoseconds, advanced by a ticker so
@@ -64,13 +64,15 @@ type Pump struct {
 	clock *Clock
 	log   zerolog.Logger
 	mtu   int
+	ns    *Netstack // may be nil: then toStack packets are dropped
 
 	read, written, writeErrs atomic.Uint64
 }
 
-// NewPump returns a pump for packets up to mtu bytes.
-func NewPump(dev Device, h Handler, clock *Clock, mtu int, log zerolog.Logger) *Pump {
-	return &Pump{dev: dev, h: h, clock: clock, mtu: mtu, log: log}
+// NewPump returns a pump for packets up to mtu bytes. ns, if not nil,
+// receives the packets the Handler sends to the stack.
+func NewPump(dev Device, h Handler, ns *Netstack, clock *Clock, mtu int, log zerolog.Logger) *Pump {
+	return &Pump{dev: dev, h: h, ns: ns, clock: clock, mtu: mtu, log: log}
 }
 
 // Stats returns the pump's counters.
@@ -103,8 +105,13 @@ func (p *Pump) Run() error {
 		now := p.clock.Now()
 		out = out[:0]
 		for i := 0; i < n; i++ {
-			if o := p.h.HandlePacket(bufs[i][:sizes[i]], now); o != nil {
+			pkt := bufs[i][:sizes[i]]
+			o, toStack := p.h.HandlePacket(pkt, now)
+			switch {
+			case o != nil:
 				out = append(out, o)
+			case toStack && p.ns != nil:
+				p.ns.Inject(pkt)
 			}
 		}
 		if len(out) == 0 {

@@ -1,0 +1,425 @@
+package nat
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// Recoverer performs recovery handshakes for the Director (package recovery
+// implements it). The Director calls it with its lock held: no method may
+// block or call back into the Director.
+type Recoverer interface {
+	// Start begins recovering the flow of req.Key onto req.Real. The
+	// recoverer reports back through Dialing, NextReal, DialFailed,
+	// Recovered and RecoveryFailed.
+	Start(req RecoveryRequest)
+	// Abort asks a recovery in flight to give up: the original real spoke
+	// and the flow was adopted.
+	Abort(key Key)
+	// Release frees the recovery port of a recovered flow that ended.
+	Release(local, real netip.AddrPort)
+}
+
+// RecoveryRequest starts one recovery.
+type RecoveryRequest struct {
+	Key        Key            // the client's key: (tcp, client, VIP)
+	Real       netip.AddrPort // first real to try
+	Timestamps bool           // the client uses TCP timestamps
+}
+
+// Handshake is what a recovery dial captured (raw wire values).
+type Handshake struct {
+	AckSeq, AckAck uint32 // the director's final ACK
+	AckTSval       uint32
+	SynAckTSval    uint32
+	TS             bool // timestamps negotiated with the real
+	OurWScale      int  // shift advertised in the SYN (-1 none)
+	PeerWScale     int  // the real's shift (-1 none)
+}
+
+// RecoveryConfig controls recovery.
+type RecoveryConfig struct {
+	Enabled       bool
+	Recoverer     Recoverer
+	Addrs         []netip.Addr   // recovery addresses (never a VIP or a real)
+	Rate          float64        // recoveries started per second
+	MaxInflight   int            // recoveries in flight at once
+	Allow         []netip.Prefix // clients that may trigger recovery; empty = any
+	ParkBytes     int            // bytes parked at once, all flows
+	ParkFlowBytes int            // bytes parked at once, one flow
+}
+
+// pending is one recovery in flight.
+type pending struct {
+	svc        uint16
+	parked     [][]byte // copies, in arrival order
+	bytes      int
+	started    int64
+	seq, ack   uint32 // of the trigger segment: the deltas map these
+	ts         bool
+	tsval      uint32
+	tsecr      uint32
+	lastAck    uint32 // highest ack parked: the client's RCV.NXT for a RST
+	lastEnd    uint32 // end of the last parked segment
+	tried      []netip.AddrPort
+	superseded bool // the flow was adopted meanwhile
+}
+
+type recovery struct {
+	RecoveryConfig
+	enabled     bool
+	r           Recoverer
+	local       map[netip.Addr]struct{}
+	pending     map[Key]*pending
+	dialing     map[Key]Key // real-side tuple of a dial -> client key
+	parkedBytes int
+	tokens      float64
+	last        int64
+}
+
+func (rc *recovery) init(c RecoveryConfig, vips, reals map[netip.Addr]struct{}) error {
+	rc.RecoveryConfig = c
+	rc.local = make(map[netip.Addr]struct{})
+	rc.pending = make(map[Key]*pending)
+	rc.dialing = make(map[Key]Key)
+	for _, a := range c.Addrs {
+		if !a.Is4() {
+			return fmt.Errorf("recovery address %s: only IPv4 is served", a)
+		}
+		if _, clash := vips[a]; clash {
+			return fmt.Errorf("recovery address %s is also a VIP", a)
+		}
+		if _, clash := reals[a]; clash {
+			return fmt.Errorf("recovery address %s is also a real server", a)
+		}
+		rc.local[a] = struct{}{}
+	}
+	if !c.Enabled {
+		return nil
+	}
+	switch {
+	case c.Recoverer == nil:
+		return errors.New("recovery enabled without a recoverer")
+	case len(c.Addrs) == 0:
+		return errors.New("recovery enabled without a recovery address")
+	case c.Rate <= 0 || c.MaxInflight <= 0 || c.ParkBytes <= 0 || c.ParkFlowBytes <= 0:
+		return fmt.Errorf("recovery limits must be positive: %+v", c)
+	}
+	rc.enabled, rc.r = true, c.Recoverer
+	rc.tokens = rc.burst()
+	return nil
+}
+
+func (rc *recovery) isLocal(a netip.Addr) bool {
+	_, ok := rc.local[a]
+	return ok
+}
+
+// burst is the token bucket's depth: one second's worth, at least 1.
+func (rc *recovery) burst() float64 { return max(rc.Rate, 1) }
+
+// allow takes a token from the recovery rate limiter.
+func (rc *recovery) allow(now int64) bool {
+	if now > rc.last {
+		rc.tokens = min(rc.burst(), rc.tokens+float64(now-rc.last)*rc.Rate/1e9)
+		rc.last = now
+	}
+	if rc.tokens < 1 {
+		return false
+	}
+	rc.tokens--
+	return true
+}
+
+func (rc *recovery) allowed(a netip.Addr) bool {
+	if len(rc.Allow) == 0 {
+		return true
+	}
+	for _, p := range rc.Allow {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// recoverMiss handles a client TCP segment (not SYN, not RST) with no flow:
+// park it behind a recovery in flight, or start one if it may trigger.
+func (d *Director) recoverMiss(si uint16, p *packet, now int64) (Verdict, DropReason, []byte) {
+	rc := &d.rec
+	key := Key{p.proto, p.src, p.dst}
+	if pd := rc.pending[key]; pd != nil {
+		return d.park(pd, p)
+	}
+	// Only a segment with data proves a live connection worth a handshake;
+	// a pure ACK, FIN or 1-byte keepalive probe (SND.UNA-1) does not, and a
+	// segment with SACK blocks means the client holds bytes from the old
+	// real that the new one would not match. Wait for a retransmission.
+	if p.data <= 1 {
+		return Drop, DropNoTrigger, nil
+	}
+	sack, ts, tsval, tsecr := tcpOptions(header.TCP(p.l4))
+	switch {
+	case sack:
+		return Drop, DropSACKTrigger, nil
+	case !rc.allowed(p.src.Addr()):
+		return Drop, DropRecoveryDenied, nil
+	case len(rc.pending) >= rc.MaxInflight:
+		return Drop, DropRecoveryBusy, nil
+	case d.flows.n+len(rc.pending) >= d.maxFlows:
+		return Drop, DropFlowLimit, nil
+	case !rc.allow(now):
+		return Drop, DropRecoveryRate, nil
+	}
+	s := &d.services[si]
+	ri := d.pickReal(s, p.src, p.dst, now, nil)
+	if ri < 0 {
+		return Drop, DropNoReal, nil
+	}
+	pd := &pending{
+		svc: si, started: now,
+		seq: p.seq, ack: p.ack, ts: ts, tsval: tsval, tsecr: tsecr,
+		tried: []netip.AddrPort{s.Reals[ri].Addr},
+	}
+	if v, r, _ := d.park(pd, p); v != Park {
+		return v, r, nil
+	}
+	rc.pending[key] = pd
+	d.stats.RecoveryStarted++
+	rc.r.Start(RecoveryRequest{Key: key, Real: s.Reals[ri].Addr, Timestamps: ts})
+	return Park, DropNone, nil
+}
+
+// park keeps a copy of a client segment until its recovery ends.
+func (d *Director) park(pd *pending, p *packet) (Verdict, DropReason, []byte) {
+	rc := &d.rec
+	n := len(p.ip)
+	if pd.bytes+n > rc.ParkFlowBytes || rc.parkedBytes+n > rc.ParkBytes {
+		return Drop, DropParkFull, nil
+	}
+	pd.parked = append(pd.parked, append([]byte(nil), p.ip...))
+	pd.bytes += n
+	rc.parkedBytes += n
+	if p.flags&header.TCPFlagAck != 0 && (len(pd.parked) == 1 || seqAfter(p.ack, pd.lastAck)) {
+		pd.lastAck = p.ack
+	}
+	if e := segEnd(p); len(pd.parked) == 1 || seqAfter(e, pd.lastEnd) {
+		pd.lastEnd = e
+	}
+	d.stats.Parked++
+	return Park, DropNone, nil
+}
+
+// adopt handles a packet from a real's service port with no flow. The real
+// proves it holds the connection (it retransmits toward the client after a
+// director died): create a plain flow, as the failed director had, unless
+// the client's connection already lives elsewhere.
+func (d *Director) adopt(svcs []uint16, p *packet, now int64) (Verdict, DropReason, []byte) {
+	si := svcs[0]
+	for _, s := range svcs {
+		ck := Key{p.proto, p.dst, d.services[s].VIP}
+		if _, side, found := d.flows.lookup(ck); found && side == sideClient {
+			if p.proto != protoTCP {
+				return Drop, DropNoFlow, nil
+			}
+			// Recovered (or adopted) elsewhere: end the orphan.
+			d.stats.OldRealResets++
+			return Reset, DropNone, buildRST(p.ip[:0:len(p.ip)], p.dst, p.src, p.ack, 0, false)
+		}
+		if pd := d.rec.pending[ck]; pd != nil {
+			// The original connection beats a new one: adopt and let
+			// the dial go.
+			pd.superseded = true
+			d.rec.r.Abort(ck)
+			d.stats.AdoptAborts++
+			si = s
+			break
+		}
+	}
+	if d.flows.n >= d.maxFlows {
+		return Drop, DropFlowLimit, nil
+	}
+	ri := d.realIndex(si, p.src)
+	slot := d.insertFlow(Flow{
+		Proto:  p.proto,
+		Client: p.dst,
+		VIP:    d.services[si].VIP,
+		Real:   p.src,
+		Kind:   KindAdopted,
+		svc:    si,
+		real:   uint16(ri),
+	})
+	d.stats.Adopted++
+	f := &d.flows.slab[slot]
+	d.track(f, p, false, now)
+	d.toClient(p, f)
+	return Forward, DropNone, p.ip
+}
+
+// Dialing registers the real-side tuple of a dial about to start, so the
+// real's answers reach the netstack. It returns false if the recovery should
+// stop (adopted meanwhile, or unknown).
+func (d *Director) Dialing(key Key, real, local netip.AddrPort) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	pd := d.rec.pending[key]
+	if pd == nil || pd.superseded {
+		return false
+	}
+	d.rec.dialing[Key{protoTCP, real, local}] = key
+	return true
+}
+
+// DialFailed unregisters the tuple of a dial that did not complete.
+func (d *Director) DialFailed(key Key, real, local netip.AddrPort) {
+	d.mu.Lock()
+	delete(d.rec.dialing, Key{protoTCP, real, local})
+	d.mu.Unlock()
+}
+
+// NextReal picks another real for a recovery whose dial failed, avoiding the
+// ones tried. ok is false when none is left or the recovery was superseded.
+func (d *Director) NextReal(key Key, now int64) (netip.AddrPort, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	pd := d.rec.pending[key]
+	if pd == nil || pd.superseded {
+		return netip.AddrPort{}, false
+	}
+	s := &d.services[pd.svc]
+	ri := d.pickReal(s, key.Src, key.Dst, now, pd.tried)
+	if ri < 0 {
+		return netip.AddrPort{}, false
+	}
+	pd.tried = append(pd.tried, s.Reals[ri].Addr)
+	return s.Reals[ri].Addr, true
+}
+
+// Recovered installs the recovered flow once the handshake's final ACK has
+// left, and returns the parked segments translated for it, to be written in
+// order. If the flow was adopted meanwhile, installed is false and out holds
+// a RST for the new real's connection and the parked segments for the
+// adopted flow.
+func (d *Director) Recovered(key Key, real, local netip.AddrPort, hs Handshake, now int64) (out [][]byte, installed bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rk := Key{protoTCP, real, local}
+	delete(d.rec.dialing, rk)
+	pd := d.takePending(key)
+	_, _, clash := d.flows.lookup(key)
+	if pd == nil || pd.superseded || clash {
+		out = append(out, buildRST(nil, local, real, hs.AckSeq, 0, false))
+		if pd != nil {
+			out = append(out, d.flushTo(key, pd, now)...)
+		}
+		return out, false
+	}
+	ri := d.realIndex(pd.svc, real)
+	f := Flow{
+		Proto:      protoTCP,
+		Client:     key.Src,
+		VIP:        key.Dst,
+		Real:       real,
+		Local:      local,
+		State:      StateEstablished,
+		Kind:       KindRecovered,
+		SeqDelta:   pd.seq - hs.AckSeq,
+		AckDelta:   pd.ack - hs.AckAck,
+		TS:         hs.TS && pd.ts,
+		TSvalDelta: pd.tsval - hs.AckTSval,
+		TSecrDelta: pd.tsecr - hs.SynAckTSval,
+		// The client's shift and the old real's are unknown to a director
+		// that never saw their SYNs: no rescale (see DESIGN.md).
+		winToServer: shift{-1, int8(hs.OurWScale)},
+		winToClient: shift{int8(hs.PeerWScale), -1},
+		hiSrv:       pd.ack,
+		hiSrvSet:    true,
+		svc:         pd.svc,
+		real:        uint16(ri),
+	}
+	d.insertFlow(f)
+	d.stats.RecoverySucceeded++
+	d.stats.RecoveryLatencyNs += uint64(now - pd.started)
+	return d.flushTo(key, pd, now), true
+}
+
+// RecoveryFailed ends a recovery that found no real: the client gets a RST it
+// accepts (seq = its RCV.NXT, the ack it sent). If the flow was adopted
+// meanwhile, the parked segments go to it instead.
+func (d *Director) RecoveryFailed(key Key, reason FailReason, now int64) [][]byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	pd := d.takePending(key)
+	if pd == nil {
+		return nil
+	}
+	if _, _, found := d.flows.lookup(key); pd.superseded || found {
+		return d.flushTo(key, pd, now)
+	}
+	d.stats.RecoveryFailed[reason]++
+	d.stats.ClientResets++
+	return [][]byte{buildRST(nil, key.Dst, key.Src, pd.lastAck, pd.lastEnd, true)}
+}
+
+func (d *Director) takePending(key Key) *pending {
+	pd := d.rec.pending[key]
+	if pd != nil {
+		delete(d.rec.pending, key)
+		d.rec.parkedBytes -= pd.bytes
+	}
+	return pd
+}
+
+// flushTo rewrites parked segments for the flow of key, in order.
+func (d *Director) flushTo(key Key, pd *pending, now int64) [][]byte {
+	slot, side, found := d.flows.lookup(key)
+	if !found || side != sideClient {
+		return nil
+	}
+	f := &d.flows.slab[slot]
+	out := pd.parked[:0]
+	for _, b := range pd.parked {
+		var p packet
+		if p.decodeIP(b) != DropNone || p.decodeL4() != DropNone {
+			continue
+		}
+		d.track(f, &p, true, now)
+		d.toReal(&p, f)
+		out = append(out, p.ip)
+	}
+	return out
+}
+
+// buildRST writes a 40-byte TCP RST from src to dst into buf (reusing its
+// storage when it is large enough) and returns it. With withAck the RST
+// carries ACK = ack.
+func buildRST(buf []byte, src, dst netip.AddrPort, seq, ack uint32, withAck bool) []byte {
+	const n = header.IPv4MinimumSize + header.TCPMinimumSize
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	b := buf[:n]
+	clear(b)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: n, TTL: 64, Protocol: protoTCP,
+		SrcAddr: tcpipAddr(src.Addr()), DstAddr: tcpipAddr(dst.Addr()),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	flags := header.TCPFlagRst
+	if !withAck {
+		ack = 0
+	} else {
+		flags |= header.TCPFlagAck
+	}
+	t := header.TCP(b[header.IPv4MinimumSize:])
+	t.Encode(&header.TCPFields{
+		SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: seq, AckNum: ack,
+		DataOffset: header.TCPMinimumSize, Flags: flags,
+	})
+	t.SetChecksum(^t.CalculateChecksum(pseudoHeaderSum(ip, protoTCP, header.TCPMinimumSize)))
+	return b
+}
