@@ -149,7 +149,7 @@ func (d *Director) HandlePacket(pkt []byte, now int64) (out []byte, toStack bool
 	case Park:
 		out = nil
 	case ToStack:
-		toStack = true
+		out, toStack = nil, true
 	}
 	d.mu.Unlock()
 	return out, toStack

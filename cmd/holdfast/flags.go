@@ -18,6 +18,7 @@ const (
 	catDevice  = "Device and routes"
 	catTable   = "Flow table"
 	catLog     = "Logging"
+	catRecover = "Recovery"
 )
 
 var (
@@ -90,11 +91,61 @@ var (
 	}
 )
 
+var (
+	recoveryFlag = &cli.StringFlag{
+		Name: "recovery", Value: "on", Category: catRecover, EnvVars: env("RECOVERY"),
+		Usage: "on: splice mid-stream connections with no flow into a new connection to a real; off: schedule them like new flows (a plain NAT director without state sync)",
+	}
+	recoveryAddrFlag = &cli.StringSliceFlag{
+		Name: "recovery-addr", Category: catRecover, EnvVars: env("RECOVERY_ADDR"),
+		Usage: "address recovery connections come from (repeatable; shared by the directors of a pair, routed to the active one, never on-link for the reals)",
+	}
+	recoveryPortsFlag = &cli.StringFlag{
+		Name: "recovery-ports", Category: catRecover, EnvVars: env("RECOVERY_PORTS"),
+		Usage: "local port range LO-HI of recovery connections (default: derived from --director-id)",
+	}
+	directorIDFlag = &cli.IntFlag{
+		Name: "director-id", Value: 1, Category: catRecover, EnvVars: env("DIRECTOR_ID"),
+		Usage: "this director's number in its pair, 1..4: picks a recovery port range disjoint from its peers'",
+	}
+	recoveryWScaleFlag = &cli.IntFlag{
+		Name: "recovery-wscale", Value: 7, Category: catRecover, EnvVars: env("RECOVERY_WSCALE"),
+		Usage: "window scale advertised in recovery SYNs, 0..14 (7 is what Linux clients usually use)",
+	}
+	recoveryMSSFlag = &cli.IntFlag{
+		Name: "recovery-mss", Category: catRecover, EnvVars: env("RECOVERY_MSS"),
+		Usage: "MSS advertised in recovery SYNs (default: TUN MTU - 40)",
+	}
+	recoveryTimeoutFlag = &cli.DurationFlag{
+		Name: "recovery-timeout", Value: 3 * time.Second, Category: catRecover, EnvVars: env("RECOVERY_TIMEOUT"),
+		Usage: "time a recovery handshake may take before the next real is tried (3 at most)",
+	}
+	recoveryRateFlag = &cli.IntFlag{
+		Name: "recovery-rate", Value: 20000, Category: catRecover, EnvVars: env("RECOVERY_RATE"),
+		Usage: "recoveries started per second at most (token bucket)",
+	}
+	recoveryMaxInflightFlag = &cli.IntFlag{
+		Name: "recovery-max-inflight", Value: 4096, Category: catRecover, EnvVars: env("RECOVERY_MAX_INFLIGHT"),
+		Usage: "recoveries in flight at once at most",
+	}
+	recoveryAllowFlag = &cli.StringSliceFlag{
+		Name: "recovery-allow", Category: catRecover, EnvVars: env("RECOVERY_ALLOW"),
+		Usage: "client prefix (CIDR) allowed to trigger recovery (repeatable; default any)",
+	}
+	parkBytesFlag = &cli.StringFlag{
+		Name: "park-bytes", Value: "64MiB", Category: catRecover, EnvVars: env("PARK_BYTES"),
+		Usage: "bytes of client segments parked while their recovery is in flight, all flows together (suffixes KiB, MiB, GiB)",
+	}
+)
+
 func runFlags() []cli.Flag {
 	return []cli.Flag{
 		tunFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
 		serviceFlag, schedulerFlag, realFlag, persistenceFlag, configFlag,
 		timeoutTCPFlag, timeoutTCPFinFlag, timeoutUDPFlag, maxFlowsFlag,
+		recoveryFlag, recoveryAddrFlag, recoveryPortsFlag, directorIDFlag,
+		recoveryWScaleFlag, recoveryMSSFlag, recoveryTimeoutFlag, recoveryRateFlag,
+		recoveryMaxInflightFlag, recoveryAllowFlag, parkBytesFlag,
 		logLevelFlag, logFormatFlag,
 	}
 }

@@ -7,11 +7,13 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"holdfast/balancer"
 	"holdfast/nat"
+	"holdfast/recovery"
 	"holdfast/stack"
 
 	"github.com/rs/zerolog"
@@ -38,6 +40,7 @@ type runSettings struct {
 	tunMTU      int
 	timeouts    nat.Timeouts
 	maxFlows    int
+	rec         recoverySettings
 }
 
 func parseRun(c *cli.Context) (runSettings, error) {
@@ -74,6 +77,9 @@ func parseRun(c *cli.Context) (runSettings, error) {
 	}
 	s.timeouts = nat.NewTimeouts(c.Duration(timeoutTCPFlag.Name), c.Duration(timeoutTCPFinFlag.Name), c.Duration(timeoutUDPFlag.Name))
 	var err error
+	if s.rec, err = parseRecovery(c); err != nil {
+		return s, err
+	}
 	if s.services, err = loadServices(c); err != nil {
 		return s, err
 	}
@@ -89,11 +95,6 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	d, err := nat.New(nat.Config{Services: s.services, Timeouts: s.timeouts, MaxFlows: s.maxFlows})
-	if err != nil {
-		return usagef("%v", err)
-	}
-
 	dev, err := stack.OpenTUN(s.tun)
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
@@ -105,6 +106,9 @@ func runAction(c *cli.Context) error {
 		var prefixes []netip.Prefix
 		for _, svc := range s.services {
 			prefixes = append(prefixes, netip.PrefixFrom(svc.VIP.Addr(), svc.VIP.Addr().BitLen()))
+		}
+		for _, a := range s.rec.addrs {
+			prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
 		}
 		undo, err := stack.SetupRoutes(stack.RouteConfig{
 			TUN: s.tun, RealIface: s.realIface, Prefixes: prefixes, Table: s.routeTable, MTU: s.tunMTU,
@@ -121,20 +125,68 @@ func runAction(c *cli.Context) error {
 		}()
 	}
 	if mtu == 0 {
-		mtu, _ = stack.LinkMTU(s.tun)
+		if mtu, err = stack.LinkMTU(s.tun); err != nil {
+			return cli.Exit(err.Error(), exitRuntime)
+		}
 	}
 
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return serve(ctx, s, d, dev, mtu, log)
+	return serve(ctx, s, dev, mtu, log)
 }
 
 // serve runs the pump and its helpers until ctx ends or the pump fails.
-func serve(ctx context.Context, s runSettings, d *nat.Director, dev stack.Device, mtu int, log zerolog.Logger) error {
+func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log zerolog.Logger) error {
 	clock := stack.NewClock()
 	clock.Update()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+
+	var writeErrs atomic.Uint64
+	write := func(b []byte) { // off the packet loop: netstack and recovery
+		if _, err := dev.Write([][]byte{b}, 0); err != nil {
+			writeErrs.Add(1)
+		}
+	}
+	cfg := nat.Config{Services: s.services, Timeouts: s.timeouts, MaxFlows: s.maxFlows}
+	var ns *stack.Netstack
+	if len(s.rec.addrs) > 0 {
+		var err error
+		if ns, err = stack.NewNetstack(s.rec.addrs, mtu, write, log); err != nil {
+			return cli.Exit(err.Error(), exitRuntime)
+		}
+		defer ns.Close()
+	}
+	var eng *recovery.Engine
+	if s.rec.enabled {
+		mss := s.rec.mss
+		if mss == 0 {
+			mss = mtu - 40
+		}
+		var err error
+		eng, err = recovery.New(recovery.Config{
+			Addrs: s.rec.addrs, PortLo: s.rec.portLo, PortHi: s.rec.portHi,
+			WScale: s.rec.wscale, MSS: mss, Timeout: s.rec.timeout, Attempts: 3,
+		}, ns, write, clock, log)
+		if err != nil {
+			return usagef("%v", err)
+		}
+		defer eng.Close()
+		cfg.Recovery = nat.RecoveryConfig{
+			Enabled: true, Recoverer: eng, Addrs: s.rec.addrs,
+			Rate: float64(s.rec.rate), MaxInflight: s.rec.maxInflight, Allow: s.rec.allow,
+			ParkBytes: s.rec.parkBytes, ParkFlowBytes: min(s.rec.parkBytes, 4<<20),
+		}
+	} else {
+		cfg.Recovery = nat.RecoveryConfig{Addrs: s.rec.addrs}
+	}
+	d, err := nat.New(cfg)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	if eng != nil {
+		eng.Attach(d)
+	}
 
 	done := make(chan struct{})
 	go func() { // clock: the packet path's only time source
@@ -156,12 +208,11 @@ func serve(ctx context.Context, s runSettings, d *nat.Director, dev stack.Device
 		}
 	}()
 
-	pump := stack.NewPump(dev, d, clock, mtu, log)
+	pump := stack.NewPump(dev, d, ns, clock, mtu, log)
 	pumpErr := make(chan error, 1)
 	go func() { pumpErr <- pump.Run() }()
 
 	logStart(log, s, mtu)
-	var err error
 	select {
 	case <-ctx.Done():
 		if sig := context.Cause(ctx); sig != nil && !errors.Is(sig, context.Canceled) {
@@ -181,8 +232,25 @@ func serve(ctx context.Context, s runSettings, d *nat.Director, dev stack.Device
 	<-expired
 	st := d.Stats()
 	ps := pump.Stats()
+	drops := zerolog.Dict()
+	for _, r := range nat.DropReasons() {
+		if n := st.Drop(r); n > 0 {
+			drops.Uint64(r.String(), n)
+		}
+	}
+	fails := zerolog.Dict()
+	for _, r := range nat.FailReasons() {
+		if n := st.RecoveryFailed[r]; n > 0 {
+			fails.Uint64(r.String(), n)
+		}
+	}
+	log.Info().Dict("drops", drops).Dict("recovery_failed", fails).
+		Uint64("recovery_started", st.RecoveryStarted).Uint64("client_resets", st.ClientResets).
+		Uint64("stale_flows", st.StaleFlows).Uint64("old_real_resets", st.OldRealResets).
+		Uint64("write_errors", ps.WriteErrors+writeErrs.Load()).Msg("counters")
 	log.Info().Uint64("packets_read", ps.Read).Uint64("packets_written", ps.Written).
-		Uint64("flows_created", st.FlowsCreated).Int(fFlows, st.Flows).Msg("stopped")
+		Uint64("flows_created", st.FlowsCreated).Int(fFlows, st.Flows).
+		Uint64("recovered", st.RecoverySucceeded).Uint64("adopted", st.Adopted).Msg("stopped")
 	if err != nil {
 		return cli.Exit("packet loop: "+err.Error(), exitRuntime)
 	}
@@ -198,6 +266,14 @@ func logStart(log zerolog.Logger, s runSettings, mtu int) {
 		log.Info().Str(fService, svc.String()).Str(fScheduler, svc.Scheduler.Name()).
 			Dur("persistence", svc.Persistence).Array(fReals, reals).Msg("service")
 	}
+	addrs := zerolog.Arr()
+	for _, a := range s.rec.addrs {
+		addrs.Str(a.String())
+	}
+	log.Info().Bool("recovery", s.rec.enabled).Array("recovery_addrs", addrs).
+		Str("recovery_ports", strconv.Itoa(int(s.rec.portLo))+"-"+strconv.Itoa(int(s.rec.portHi))).
+		Int("recovery_wscale", s.rec.wscale).Dur("recovery_timeout", s.rec.timeout).
+		Int("recovery_rate", s.rec.rate).Int("recovery_max_inflight", s.rec.maxInflight).Msg("recovery")
 	log.Info().Str(fTUN, s.tun).Int("mtu", mtu).Bool("setup_routes", s.setupRoutes).
 		Int("max_flows", s.maxFlows).Int("pid", os.Getpid()).Msg("serving")
 }

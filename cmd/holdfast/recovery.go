@@ -1,0 +1,118 @@
+package main
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"holdfast/recovery"
+
+	"github.com/urfave/cli/v2"
+)
+
+// recoverySettings is the validated Recovery flag group.
+type recoverySettings struct {
+	enabled     bool
+	addrs       []netip.Addr
+	portLo      uint16
+	portHi      uint16
+	wscale      int
+	mss         int // 0 = TUN MTU - 40
+	timeout     time.Duration
+	rate        int
+	maxInflight int
+	allow       []netip.Prefix
+	parkBytes   int
+}
+
+func parseRecovery(c *cli.Context) (recoverySettings, error) {
+	var r recoverySettings
+	switch v := c.String(recoveryFlag.Name); v {
+	case "on":
+		r.enabled = true
+	case "off":
+	default:
+		return r, usagef("--recovery %q: expected on or off", v)
+	}
+	for _, s := range c.StringSlice(recoveryAddrFlag.Name) {
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
+			return r, usagef("--recovery-addr %q: expected an IPv4 unicast address, e.g. 198.18.200.1", s)
+		}
+		r.addrs = append(r.addrs, a)
+	}
+	if r.enabled && len(r.addrs) == 0 {
+		return r, usagef("--recovery=on needs --recovery-addr ADDR (an address routed to the directors, not on the reals' link), or --recovery=off")
+	}
+	var err error
+	if r.portLo, r.portHi, err = recovery.DirectorPorts(c.Int(directorIDFlag.Name)); err != nil {
+		return r, usagef("--director-id %d: expected 1..4", c.Int(directorIDFlag.Name))
+	}
+	if s := c.String(recoveryPortsFlag.Name); s != "" {
+		if r.portLo, r.portHi, err = parsePortRange(s); err != nil {
+			return r, usagef("--recovery-ports %q: expected LO-HI with 1 <= LO <= HI <= 65535, e.g. 10000-22999", s)
+		}
+	}
+	if r.wscale = c.Int(recoveryWScaleFlag.Name); r.wscale < 0 || r.wscale > 14 {
+		return r, usagef("--recovery-wscale %d: expected 0..14", r.wscale)
+	}
+	if r.mss = c.Int(recoveryMSSFlag.Name); r.mss != 0 && (r.mss < 536 || r.mss > 65495) {
+		return r, usagef("--recovery-mss %d: expected 536..65495 (or unset for TUN MTU - 40)", r.mss)
+	}
+	if r.timeout = c.Duration(recoveryTimeoutFlag.Name); r.timeout <= 0 {
+		return r, usagef("--recovery-timeout %s: expected a positive duration, e.g. 3s", r.timeout)
+	}
+	if r.rate = c.Int(recoveryRateFlag.Name); r.rate < 1 {
+		return r, usagef("--recovery-rate %d: expected a positive number of recoveries per second", r.rate)
+	}
+	if r.maxInflight = c.Int(recoveryMaxInflightFlag.Name); r.maxInflight < 1 {
+		return r, usagef("--recovery-max-inflight %d: expected a positive number", r.maxInflight)
+	}
+	for _, s := range c.StringSlice(recoveryAllowFlag.Name) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || !p.Addr().Is4() {
+			return r, usagef("--recovery-allow %q: expected an IPv4 CIDR prefix, e.g. 198.18.0.0/15", s)
+		}
+		r.allow = append(r.allow, p.Masked())
+	}
+	if r.parkBytes, err = parseBytes(c.String(parkBytesFlag.Name)); err != nil || r.parkBytes < 65536 {
+		return r, usagef("--park-bytes %q: expected a size of at least 64KiB, e.g. 64MiB", c.String(parkBytesFlag.Name))
+	}
+	return r, nil
+}
+
+func parsePortRange(s string) (uint16, uint16, error) {
+	lo, hi, ok := strings.Cut(s, "-")
+	if !ok {
+		return 0, 0, strconv.ErrSyntax
+	}
+	l, err := strconv.ParseUint(lo, 10, 16)
+	if err != nil {
+		return 0, 0, err
+	}
+	h, err := strconv.ParseUint(hi, 10, 16)
+	if err != nil || l == 0 || h < l {
+		return 0, 0, strconv.ErrRange
+	}
+	return uint16(l), uint16(h), nil
+}
+
+// parseBytes reads "65536", "64KiB", "64MiB" or "1GiB".
+func parseBytes(s string) (int, error) {
+	mult := 1
+	for _, u := range []struct {
+		suffix string
+		mult   int
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = n, u.mult
+			break
+		}
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 0 || n > (1<<40)/mult {
+		return 0, strconv.ErrSyntax
+	}
+	return n * mult, nil
+}
