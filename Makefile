@@ -30,6 +30,7 @@ lint:
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzHandle -fuzztime $(FUZZTIME) ./nat/
 	$(GO) test -run XXX -fuzz FuzzRewriteRoundTrip -fuzztime $(FUZZTIME) ./nat/
+	$(GO) test -run XXX -fuzz FuzzTranslateRoundTrip -fuzztime $(FUZZTIME) ./nat/
 	$(GO) test -run XXX -fuzz FuzzParseReal -fuzztime $(FUZZTIME) ./balancer/
 
 bench:

@@ -16,6 +16,7 @@ var (
 	udp4           = nattest.UDP4
 	icmp4          = nattest.ICMP4
 	checkChecksums = nattest.CheckChecksums
+	nattestFix     = nattest.FixL4Checksum
 )
 
 func addrs(b []byte) (src, dst netip.AddrPort) {

@@ -120,9 +120,9 @@ func (x xlate) apply(p *packet) {
 		case kind == header.TCPOptionTS && l == header.TCPOptionTSLength && x.ts:
 			v := binary.BigEndian.Uint32(t[i+2:]) + x.tsval
 			xsum = put32(t, i+2, v, xsum)
-			e := binary.BigEndian.Uint32(t[i+6:])
-			if e != 0 || p.flags&header.TCPFlagAck != 0 {
-				xsum = put32(t, i+6, e+x.tsecr, xsum)
+			// TSecr is only meaningful on an ACK (RFC 7323, section 3.2).
+			if p.flags&header.TCPFlagAck != 0 {
+				xsum = put32(t, i+6, binary.BigEndian.Uint32(t[i+6:])+x.tsecr, xsum)
 			}
 		case kind == header.TCPOptionSACK && (l-2)%8 == 0:
 			for j := i + 2; j < i+l; j += 4 {

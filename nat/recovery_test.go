@@ -1,0 +1,425 @@
+package nat
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// fakeRecoverer records what the Director asks of its recovery engine.
+type fakeRecoverer struct {
+	started  []RecoveryRequest
+	aborted  []Key
+	released [][2]netip.AddrPort
+}
+
+func (f *fakeRecoverer) Start(r RecoveryRequest) { f.started = append(f.started, r) }
+func (f *fakeRecoverer) Abort(k Key)             { f.aborted = append(f.aborted, k) }
+func (f *fakeRecoverer) Release(l, r netip.AddrPort) {
+	f.released = append(f.released, [2]netip.AddrPort{l, r})
+}
+
+const (
+	recAddr = "198.18.200.1"
+	local   = "198.18.200.1:10000"
+)
+
+func newRecDirector(t testing.TB, mod ...func(*RecoveryConfig)) (*Director, *fakeRecoverer) {
+	t.Helper()
+	fr := &fakeRecoverer{}
+	d := newTestDirector(t, func(c *Config) {
+		c.Recovery = RecoveryConfig{
+			Enabled: true, Recoverer: fr, Addrs: []netip.Addr{netip.MustParseAddr(recAddr)},
+			Rate: 1000, MaxInflight: 10, ParkBytes: 1 << 20, ParkFlowBytes: 1 << 16,
+		}
+		for _, m := range mod {
+			m(&c.Recovery)
+		}
+	})
+	return d, fr
+}
+
+// TCP option builders (each padded with NOPs to a multiple of 4).
+func tsOpt(val, ecr uint32) []byte {
+	b := []byte{1, 1, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(b[4:], val)
+	binary.BigEndian.PutUint32(b[8:], ecr)
+	return b
+}
+
+func sackOpt(edges ...uint32) []byte {
+	b := []byte{1, 1, 5, byte(2 + 4*len(edges))}
+	for _, e := range edges {
+		b = binary.BigEndian.AppendUint32(b, e)
+	}
+	return b
+}
+
+func opts(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+
+// Golden translation of a recovered flow, every value chosen to cross the
+// 2^32 wrap somewhere.
+func TestRecoveredTranslationGolden(t *testing.T) {
+	d, fr := newRecDirector(t)
+	key := Key{protoTCP, ap(client), ap(vip)}
+	data := bytes.Repeat([]byte{'a'}, 256)
+
+	// The first mid-stream segment parks and starts a recovery; so does
+	// nothing else for the second, which parks behind it.
+	seg1 := tcp4(client, vip, psh, 0xffffff00, 0x7ffffff0, data, tsOpt(1000, 0xfffffff0)...)
+	seg2 := tcp4(client, vip, psh, 0x00000000, 0x7ffffff0, data, tsOpt(1001, 0xfffffff0)...)
+	for i, s := range [][]byte{seg1, seg2} {
+		if out := handle(t, d, s, 1); out != nil {
+			t.Fatalf("segment %d forwarded before recovery", i)
+		}
+	}
+	if len(fr.started) != 1 || fr.started[0] != (RecoveryRequest{Key: key, Real: ap(rs1), Timestamps: true}) {
+		t.Fatalf("recoveries started: %+v", fr.started)
+	}
+	if st := d.Stats(); st.Verdicts[Park] != 2 || st.ParkedBytes != len(seg1)+len(seg2) || st.Inflight != 1 {
+		t.Fatalf("parking stats %+v", st)
+	}
+	if !d.Dialing(key, ap(rs1), ap(local)) {
+		t.Fatal("Dialing refused")
+	}
+	hs := Handshake{AckSeq: 0x10, AckAck: 0xfffffff8, AckTSval: 5, SynAckTSval: 0xfffffffe, TS: true, OurWScale: 7, PeerWScale: 7}
+	out, ok := d.Recovered(key, ap(rs1), ap(local), hs, 2)
+	if !ok || len(out) != 2 {
+		t.Fatalf("Recovered: ok=%v, %d packets", ok, len(out))
+	}
+	// SeqDelta = 0xffffff00-0x10, AckDelta = 0x7ffffff0-0xfffffff8,
+	// TSvalDelta = 995, TSecrDelta = 0xfffffff0-0xfffffffe.
+	want := [][]byte{
+		tcp4(local, rs1, psh, 0x10, 0xfffffff8, data, tsOpt(5, 0xfffffffe)...),
+		tcp4(local, rs1, psh, 0x110, 0xfffffff8, data, tsOpt(6, 0xfffffffe)...),
+	}
+	for i := range want {
+		checkChecksums(t, out[i])
+		if !bytes.Equal(out[i], want[i]) {
+			t.Fatalf("flushed segment %d:\n got %x\nwant %x", i, out[i], want[i])
+		}
+	}
+
+	cases := []struct {
+		name    string
+		in, out []byte
+	}{
+		{
+			"server data to client",
+			tcp4(rs1, local, psh, 0xfffffff8, 0x210, []byte("hello"), tsOpt(0xffffffff, 6)...),
+			tcp4(vip, client, psh, 0x7ffffff0, 0x100, []byte("hello"), tsOpt(0xfffffff1, 1001)...),
+		},
+		{
+			"client ack with a D-SACK block below its ack",
+			tcp4(client, vip, ack, 0x100, 0x7ffffff5, nil, opts(tsOpt(1002, 0xfffffff1), sackOpt(0x7fffff00, 0x7fffff10))...),
+			tcp4(local, rs1, ack, 0x210, 0xfffffffd, nil, opts(tsOpt(7, 0xffffffff), sackOpt(0xffffff08, 0xffffff18))...),
+		},
+		{
+			"server SACK of client bytes",
+			tcp4(rs1, local, ack, 0xfffffffd, 0x210, nil, opts(tsOpt(0, 7), sackOpt(0x310, 0x410))...),
+			tcp4(vip, client, ack, 0x7ffffff5, 0x100, nil, opts(tsOpt(0xfffffff2, 1002), sackOpt(0x200, 0x300))...),
+		},
+	}
+	for _, c := range cases {
+		got := handle(t, d, c.in, 3)
+		if !bytes.Equal(got, c.out) {
+			t.Fatalf("%s:\n got %x\nwant %x", c.name, got, c.out)
+		}
+	}
+	f := d.Flows(3)
+	if len(f) != 1 || f[0].Kind != KindRecovered || f[0].Local != ap(local) {
+		t.Fatalf("flows %+v", f)
+	}
+	if st := d.Stats(); st.RecoverySucceeded != 1 || st.ParkedBytes != 0 || st.Inflight != 0 {
+		t.Fatalf("stats after recovery %+v", st)
+	}
+	// Idle past the timeout: the flow goes and its port is released.
+	d.Expire(3+16*60*sec, 100)
+	if len(fr.released) != 1 || fr.released[0] != [2]netip.AddrPort{ap(local), ap(rs1)} {
+		t.Fatalf("released %+v", fr.released)
+	}
+}
+
+// Without client timestamps, the recovery asks for none, and options other
+// than SACK pass untouched.
+func TestRecoveryWithoutTimestamps(t *testing.T) {
+	d, fr := newRecDirector(t)
+	handle(t, d, tcp4(client, vip, psh, 100, 200, []byte("GET /")), 1)
+	key := Key{protoTCP, ap(client), ap(vip)}
+	if len(fr.started) != 1 || fr.started[0].Timestamps {
+		t.Fatalf("started %+v, want one without timestamps", fr.started)
+	}
+	d.Dialing(key, ap(rs1), ap(local))
+	out, _ := d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 1, AckAck: 2, OurWScale: 7, PeerWScale: 9}, 2)
+	if want := tcp4(local, rs1, psh, 1, 2, []byte("GET /")); len(out) != 1 || !bytes.Equal(out[0], want) {
+		t.Fatalf("flushed %x, want %x", out, want)
+	}
+	// A window field crosses unchanged: the client's shift is unknown.
+	in := tcp4(rs1, local, psh, 2, 6, []byte("x"))
+	got := handle(t, d, in, 3)
+	if w := header.TCP(got[20:]).WindowSize(); w != 502 {
+		t.Fatalf("window %d, want 502 (no rescale with an unknown shift)", w)
+	}
+}
+
+func TestRescale(t *testing.T) {
+	cases := []struct {
+		in, out int8
+		w, want uint16
+	}{
+		{7, 7, 100, 100},
+		{9, 7, 100, 400},
+		{7, 9, 100, 25},
+		{7, 9, 101, 26},       // rounded up
+		{7, 14, 1, 1},         // never 0 for a non-zero window
+		{0, 7, 0, 0},          // a zero window stays zero
+		{14, 0, 4, 0xffff},    // clamped
+		{-1, 7, 1234, 1234},   // unknown: untouched
+		{2, -1, 1234, 1234},   // unknown: untouched
+		{0, 7, 65535, 512},    // 65535 bytes in 128-byte units, rounded up
+		{7, 0, 65535, 0xffff}, // clamped
+	}
+	for _, c := range cases {
+		s := shift{c.in, c.out}
+		got := c.w
+		if s.active() {
+			got = s.rescale(c.w)
+		}
+		if got != c.want {
+			t.Errorf("rescale %d from shift %d to %d = %d, want %d", c.w, c.in, c.out, got, c.want)
+		}
+	}
+	// Through apply, with the checksum kept.
+	pkt := tcp4(client, vip, ack, 1, 1, nil)
+	var p packet
+	p.decodeIP(pkt)
+	p.decodeL4()
+	xlate{win: shift{9, 7}}.apply(&p)
+	checkChecksums(t, pkt)
+	if w := header.TCP(p.l4).WindowSize(); w != 502*4 {
+		t.Fatalf("window %d, want %d", w, 502*4)
+	}
+}
+
+func TestRecoveryTriggers(t *testing.T) {
+	allowOnly := func(c *RecoveryConfig) { c.Allow = []netip.Prefix{netip.MustParsePrefix("198.18.1.0/25")} }
+	cases := []struct {
+		name string
+		mod  func(*RecoveryConfig)
+		pkt  []byte
+		want DropReason
+	}{
+		{"pure ack", nil, tcp4(client, vip, ack, 1, 1, nil), DropNoTrigger},
+		{"fin", nil, tcp4(client, vip, fin, 1, 1, nil), DropNoTrigger},
+		{"keepalive probe", nil, tcp4(client, vip, ack, 0, 1, []byte{0}), DropNoTrigger},
+		{"sack blocks", nil, tcp4(client, vip, psh, 1, 1, []byte("data"), sackOpt(5, 9)...), DropSACKTrigger},
+		{"rst", nil, tcp4(client, vip, rst, 1, 1, nil), DropStrayRST},
+		{"not allowed", allowOnly, tcp4("198.18.1.200:1000", vip, psh, 1, 1, []byte("data")), DropRecoveryDenied},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var mods []func(*RecoveryConfig)
+			if c.mod != nil {
+				mods = append(mods, c.mod)
+			}
+			d, fr := newRecDirector(t, mods...)
+			if out, _ := d.HandlePacket(c.pkt, 1); out != nil {
+				t.Fatal("forwarded")
+			}
+			if got := d.Stats().Drop(c.want); got != 1 || len(fr.started) != 0 {
+				t.Fatalf("%v = %d, recoveries %d; want 1 and 0", c.want, got, len(fr.started))
+			}
+		})
+	}
+	t.Run("allowed", func(t *testing.T) {
+		d, fr := newRecDirector(t, allowOnly)
+		handle(t, d, tcp4(client, vip, psh, 1, 1, []byte("data")), 1)
+		if len(fr.started) != 1 {
+			t.Fatalf("client in the allowed prefix: %d recoveries", len(fr.started))
+		}
+	})
+	t.Run("rate and inflight", func(t *testing.T) {
+		d, fr := newRecDirector(t, func(c *RecoveryConfig) { c.Rate = 2; c.MaxInflight = 3 })
+		seg := func(port int) []byte {
+			return tcp4("198.18.1.2:"+itoa(port), vip, psh, 1, 1, []byte("data"))
+		}
+		for i := range 4 { // burst of 2, then refused by the rate
+			handle(t, d, seg(1000+i), 1)
+		}
+		if st := d.Stats(); len(fr.started) != 2 || st.Drop(DropRecoveryRate) != 2 {
+			t.Fatalf("at one instant: %d started, %d rate-limited", len(fr.started), st.Drop(DropRecoveryRate))
+		}
+		handle(t, d, seg(2000), 1+sec) // a second later, tokens again
+		handle(t, d, seg(2001), 1+sec) // but 3 in flight is the cap
+		if st := d.Stats(); len(fr.started) != 3 || st.Drop(DropRecoveryBusy) != 1 {
+			t.Fatalf("after refill: %d started, %d busy", len(fr.started), st.Drop(DropRecoveryBusy))
+		}
+	})
+	t.Run("park limit", func(t *testing.T) {
+		d, _ := newRecDirector(t, func(c *RecoveryConfig) { c.ParkFlowBytes = 2000 })
+		big := make([]byte, 900)
+		for i := range 3 {
+			handle(t, d, tcp4(client, vip, psh, uint32(1+900*i), 1, big), 1)
+		}
+		if st := d.Stats(); st.Verdicts[Park] != 2 || st.Drop(DropParkFull) != 1 {
+			t.Fatalf("parked %d, park_full %d; want 2 and 1", st.Verdicts[Park], st.Drop(DropParkFull))
+		}
+	})
+}
+
+// A failed recovery answers the client with a RST it accepts: seq = the ack
+// it sent (its RCV.NXT).
+func TestRecoveryFailureResetsClient(t *testing.T) {
+	d, _ := newRecDirector(t)
+	key := Key{protoTCP, ap(client), ap(vip)}
+	handle(t, d, tcp4(client, vip, psh, 5000, 9000, []byte("GET /")), 1)
+	handle(t, d, tcp4(client, vip, psh, 5005, 9100, []byte("more")), 1)
+	out := d.RecoveryFailed(key, FailRefused, 2)
+	want := asRST(tcp4(vip, client, rst|ack, 9100, 5009, nil))
+	if len(out) != 1 || !bytes.Equal(out[0], want) {
+		t.Fatalf("RST:\n got %x\nwant %x", out, want)
+	}
+	st := d.Stats()
+	if st.RecoveryFailed[FailRefused] != 1 || st.ClientResets != 1 || st.Inflight != 0 || st.ParkedBytes != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// Server-side adoption: the original real proves it holds the connection.
+func TestAdoption(t *testing.T) {
+	t.Run("no flow", func(t *testing.T) {
+		d, _ := newRecDirector(t)
+		out := handle(t, d, tcp4(rs2, client, psh, 7, 8, []byte("retransmit")), 1)
+		if want := tcp4(vip, client, psh, 7, 8, []byte("retransmit")); !bytes.Equal(out, want) {
+			t.Fatalf("adopted packet:\n got %x\nwant %x", out, want)
+		}
+		out = handle(t, d, tcp4(client, vip, ack, 8, 17, nil), 2)
+		if _, dst := addrs(out); dst != ap(rs2) {
+			t.Fatalf("client packet to %v, want the adopting real %v", dst, rs2)
+		}
+		if f := d.Flows(2); len(f) != 1 || f[0].Kind != KindAdopted || d.Stats().Adopted != 1 {
+			t.Fatalf("flows %+v", f)
+		}
+	})
+	t.Run("during a dial", func(t *testing.T) {
+		d, fr := newRecDirector(t)
+		key := Key{protoTCP, ap(client), ap(vip)}
+		handle(t, d, tcp4(client, vip, psh, 100, 200, []byte("GET /")), 1)
+		d.Dialing(key, ap(rs1), ap(local))
+		handle(t, d, tcp4(rs3, client, psh, 200, 100, []byte("old")), 2)
+		if len(fr.aborted) != 1 || fr.aborted[0] != key {
+			t.Fatalf("aborted %+v", fr.aborted)
+		}
+		// The engine reports the aborted dial: the parked segment goes to
+		// the adopting real, untranslated.
+		out := d.RecoveryFailed(key, FailError, 3)
+		if want := tcp4(client, rs3, psh, 100, 200, []byte("GET /")); len(out) != 1 || !bytes.Equal(out[0], want) {
+			t.Fatalf("flushed %x, want %x", out, want)
+		}
+		st := d.Stats()
+		if st.AdoptAborts != 1 || st.ClientResets != 0 || st.Inflight != 0 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+	t.Run("recovered elsewhere", func(t *testing.T) {
+		d, _ := newRecDirector(t)
+		key := Key{protoTCP, ap(client), ap(vip)}
+		handle(t, d, tcp4(client, vip, psh, 100, 200, []byte("GET /")), 1)
+		d.Dialing(key, ap(rs1), ap(local))
+		d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 1, AckAck: 1}, 2)
+		// The old real (rs3) still holds the original connection: it gets
+		// a RST at its RCV.NXT (the ack it sent), the client nothing.
+		out := handle(t, d, tcp4(rs3, client, psh, 200, 105, []byte("late")), 3)
+		want := asRST(tcp4(client, rs3, rst, 105, 0, nil))
+		if !bytes.Equal(out, want) {
+			t.Fatalf("RST to the old real:\n got %x\nwant %x", out, want)
+		}
+		if st := d.Stats(); st.OldRealResets != 1 || st.Verdicts[Reset] != 1 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+}
+
+// A flow whose client acknowledges server bytes this director never carried
+// is stale (failback without sync) and goes through recovery again.
+func TestStaleFlowRecoversAgain(t *testing.T) {
+	d, fr := newRecDirector(t)
+	handle(t, d, tcp4(client, vip, syn, 1000, 0, nil), 1)
+	handle(t, d, tcp4(rs1, client, synack, 5000, 1001, nil), 1)
+	handle(t, d, tcp4(client, vip, ack, 1001, 5001, nil), 1)
+	handle(t, d, tcp4(rs1, client, psh, 5001, 1001, make([]byte, 100)), 1)
+	// Acks up to what crossed this director are fine.
+	if out := handle(t, d, tcp4(client, vip, ack, 1001, 5101, nil), 2); out == nil {
+		t.Fatal("ack of forwarded bytes dropped")
+	}
+	// Then the connection lives on elsewhere and comes back.
+	if out := handle(t, d, tcp4(client, vip, psh, 1001, 9000, []byte("GET /")), 3); out != nil {
+		t.Fatal("segment of a stale flow forwarded")
+	}
+	if st := d.Stats(); st.StaleFlows != 1 || len(fr.started) != 1 {
+		t.Fatalf("stale %d, recoveries %d; want 1 and 1", st.StaleFlows, len(fr.started))
+	}
+}
+
+// Packets to a recovery address reach the netstack only for a dial in
+// progress.
+func TestRecoveryAddressOnlyForDials(t *testing.T) {
+	d, _ := newRecDirector(t)
+	synAck := tcp4(rs1, local, synack, 1, 2, nil)
+	if out, toStack := d.HandlePacket(bytes.Clone(synAck), 1); out != nil || toStack {
+		t.Fatal("packet for an unknown recovery tuple was passed on")
+	}
+	key := Key{protoTCP, ap(client), ap(vip)}
+	handle(t, d, tcp4(client, vip, psh, 1, 1, []byte("GET /")), 1)
+	d.Dialing(key, ap(rs1), ap(local))
+	if out, toStack := d.HandlePacket(bytes.Clone(synAck), 2); out != nil || !toStack {
+		t.Fatal("SYN-ACK of a dial in progress did not go to the stack")
+	}
+	if got := d.Stats().Drop(DropRecoveryNoFlow); got != 1 {
+		t.Fatalf("recovery_no_flow = %d, want 1", got)
+	}
+}
+
+// ICMP errors about a recovered flow carry the quoted header each side knows,
+// sequence number included.
+func TestRecoveredICMP(t *testing.T) {
+	d, _ := newRecDirector(t)
+	key := Key{protoTCP, ap(client), ap(vip)}
+	handle(t, d, tcp4(client, vip, psh, 0x1000, 0x9000, []byte("GET /")), 1)
+	d.Dialing(key, ap(rs1), ap(local))
+	d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 0x10, AckAck: 0x20}, 2)
+	// SeqDelta 0xff0, AckDelta 0x8fe0.
+	fixQuoteCsum := func(want, in []byte) { copy(want[36:38], in[36:38]) }
+
+	quoteIn := tcp4(local, rs1, psh, 0x15, 0x20, make([]byte, 64))[:48]
+	wantQ := tcp4(client, vip, psh, 0x1005, 0x20, make([]byte, 64))[:48]
+	fixQuoteCsum(wantQ, quoteIn)
+	in := icmp4("198.18.10.11", recAddr, header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, 1400, quoteIn)
+	want := icmp4("198.18.100.1", "198.18.1.2", header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, 1400, wantQ)
+	if out := handle(t, d, in, 3); !bytes.Equal(out, want) {
+		t.Fatalf("real-side error:\n got %x\nwant %x", out, want)
+	}
+	quoteOut := tcp4(vip, client, psh, 0x9000, 0x1005, make([]byte, 64))[:48]
+	wantQ = tcp4(rs1, local, psh, 0x20, 0x1005, make([]byte, 64))[:48]
+	fixQuoteCsum(wantQ, quoteOut)
+	in = icmp4("198.18.2.1", "198.18.100.1", header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, 1400, quoteOut)
+	want = icmp4("198.18.2.1", "198.18.10.11", header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, 1400, wantQ)
+	if out := handle(t, d, in, 4); !bytes.Equal(out, want) {
+		t.Fatalf("client-side error:\n got %x\nwant %x", out, want)
+	}
+}
+
+// asRST clears what the director's RSTs leave zero (window, IP ID) in a
+// built packet and fixes its checksums.
+func asRST(b []byte) []byte {
+	ip := header.IPv4(b)
+	ip.SetID(0)
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
+	header.TCP(b[20:]).SetWindowSize(0)
+	nattestFix(b)
+	return b
+}
