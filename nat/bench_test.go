@@ -56,3 +56,33 @@ func itoa(n int) string {
 	}
 	return string(s)
 }
+
+// BenchmarkHandleRecovered measures a recovered flow: NAT plus sequence,
+// timestamp and SACK translation, both directions.
+func BenchmarkHandleRecovered(b *testing.B) {
+	d, _ := newRecDirector(b)
+	key := Key{protoTCP, ap(client), ap(vip)}
+	d.HandlePacket(tcp4(client, vip, psh, 1000, 2000, []byte("GET /"), tsOpt(1, 2)...), 1)
+	d.Dialing(key, ap(rs1), ap(local))
+	d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 7, AckAck: 9, TS: true, OurWScale: 7, PeerWScale: 7}, 2)
+	for _, size := range []int{0, 1448} {
+		in := tcp4(client, vip, ack, 1005, 2000, make([]byte, size), opts(tsOpt(3, 4), sackOpt(1900, 1950))...)
+		out := tcp4(rs1, local, psh, 9, 12, make([]byte, size), tsOpt(5, 6)...)
+		buf := make([]byte, len(in))
+		for _, c := range []struct {
+			name string
+			pkt  []byte
+		}{{"to-real", in}, {"to-client", out}} {
+			b.Run(c.name+"/"+itoa(size), func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetBytes(int64(len(c.pkt)))
+				for b.Loop() {
+					copy(buf, c.pkt)
+					if o, _ := d.HandlePacket(buf[:len(c.pkt)], 3); o == nil {
+						b.Fatal("dropped")
+					}
+				}
+			})
+		}
+	}
+}

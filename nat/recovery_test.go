@@ -423,3 +423,23 @@ func asRST(b []byte) []byte {
 	nattestFix(b)
 	return b
 }
+
+func TestRecoveredAllocs(t *testing.T) {
+	d, _ := newRecDirector(t)
+	key := Key{protoTCP, ap(client), ap(vip)}
+	handle(t, d, tcp4(client, vip, psh, 1000, 2000, []byte("GET /"), tsOpt(1, 2)...), 1)
+	d.Dialing(key, ap(rs1), ap(local))
+	d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 7, AckAck: 9, TS: true}, 2)
+	in := tcp4(client, vip, ack, 1005, 2000, make([]byte, 100), opts(tsOpt(3, 4), sackOpt(1900, 1950))...)
+	out := tcp4(rs1, local, psh, 9, 12, make([]byte, 100), tsOpt(5, 6)...)
+	buf := make([]byte, len(in))
+	n := testing.AllocsPerRun(1000, func() {
+		copy(buf, in)
+		d.HandlePacket(buf[:len(in)], 3)
+		copy(buf, out)
+		d.HandlePacket(buf[:len(out)], 3)
+	})
+	if n != 0 {
+		t.Fatalf("%v allocations per recovered packet pair, want 0", n)
+	}
+}
