@@ -213,48 +213,66 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 	go func() { pumpErr <- pump.Run() }()
 
 	logStart(log, s, mtu)
-	select {
-	case <-ctx.Done():
-		if sig := context.Cause(ctx); sig != nil && !errors.Is(sig, context.Canceled) {
-			log.Info().Str(fSignal, sig.Error()).Msg("stopping")
-		} else {
-			log.Info().Msg("stopping")
-		}
-		dev.Close()
-		err = <-pumpErr
-	case err = <-pumpErr:
-		if err != nil {
-			log.Error().Err(err).Msg("packet loop failed")
+	counters := func(msg string) {
+		logCounters(log, msg, d.Stats(), pump.Stats(), writeErrs.Load())
+	}
+	// SIGUSR1 logs the counters, as the exit does.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+wait:
+	for {
+		select {
+		case <-usr1:
+			counters("counters")
+		case <-ctx.Done():
+			if sig := context.Cause(ctx); sig != nil && !errors.Is(sig, context.Canceled) {
+				log.Info().Str(fSignal, sig.Error()).Msg("stopping")
+			} else {
+				log.Info().Msg("stopping")
+			}
+			dev.Close()
+			err = <-pumpErr
+			break wait
+		case err = <-pumpErr:
+			if err != nil {
+				log.Error().Err(err).Msg("packet loop failed")
+			}
+			break wait
 		}
 	}
 	cancel()
 	<-done
 	<-expired
-	st := d.Stats()
-	ps := pump.Stats()
-	drops := zerolog.Dict()
-	for _, r := range nat.DropReasons() {
-		if n := st.Drop(r); n > 0 {
-			drops.Uint64(r.String(), n)
-		}
-	}
-	fails := zerolog.Dict()
-	for _, r := range nat.FailReasons() {
-		if n := st.RecoveryFailed[r]; n > 0 {
-			fails.Uint64(r.String(), n)
-		}
-	}
-	log.Info().Dict("drops", drops).Dict("recovery_failed", fails).
-		Uint64("recovery_started", st.RecoveryStarted).Uint64("client_resets", st.ClientResets).
-		Uint64("stale_flows", st.StaleFlows).Uint64("old_real_resets", st.OldRealResets).
-		Uint64("write_errors", ps.WriteErrors+writeErrs.Load()).Msg("counters")
-	log.Info().Uint64("packets_read", ps.Read).Uint64("packets_written", ps.Written).
-		Uint64("flows_created", st.FlowsCreated).Int(fFlows, st.Flows).
-		Uint64("recovered", st.RecoverySucceeded).Uint64("adopted", st.Adopted).Msg("stopped")
+	counters("stopped")
 	if err != nil {
 		return cli.Exit("packet loop: "+err.Error(), exitRuntime)
 	}
 	return nil
+}
+
+// logCounters logs every counter in one line (message msg).
+func logCounters(log zerolog.Logger, msg string, st nat.Stats, ps stack.PumpStats, writeErrs uint64) {
+	drops := zerolog.Dict()
+	for _, r := range nat.DropReasons() {
+		drops.Uint64(r.String(), st.Drop(r))
+	}
+	fails := zerolog.Dict()
+	for _, r := range nat.FailReasons() {
+		fails.Uint64(r.String(), st.RecoveryFailed[r])
+	}
+	log.Info().
+		Uint64("packets_read", ps.Read).Uint64("packets_written", ps.Written).
+		Uint64("write_errors", ps.WriteErrors+writeErrs).
+		Int(fFlows, st.Flows).Uint64("flows_created", st.FlowsCreated).Uint64("flows_expired", st.FlowsExpired).
+		Uint64("echo_replies", st.EchoReplies).Uint64("icmp_errors", st.ICMPErrors).
+		Dict("drops", drops).
+		Uint64("recovery_started", st.RecoveryStarted).Uint64("recovered", st.RecoverySucceeded).
+		Dict("recovery_failed", fails).Uint64("client_resets", st.ClientResets).
+		Uint64("adopted", st.Adopted).Uint64("adopt_aborts", st.AdoptAborts).
+		Uint64("old_real_resets", st.OldRealResets).Uint64("stale_flows", st.StaleFlows).
+		Uint64("parked", st.Parked).Int("inflight", st.Inflight).
+		Msg(msg)
 }
 
 func logStart(log zerolog.Logger, s runSettings, mtu int) {
