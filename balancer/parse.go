@@ -45,11 +45,11 @@ func ParseReal(s string) (netip.AddrPort, int, error) {
 // sign, and "+2" or "-0" in a config file is more likely a typo than intent.
 func parseWeight(s string) (int, error) {
 	if s == "" || len(s) > 5 || strings.Trim(s, "0123456789") != "" {
-		return 0, fmt.Errorf("weight %q is not a number 0..%d", s, maxWeight)
+		return 0, fmt.Errorf("weight %q: expected a number 0..%d", s, maxWeight)
 	}
 	w, _ := strconv.Atoi(s)
 	if w > maxWeight {
-		return 0, fmt.Errorf("weight %d is above %d", w, maxWeight)
+		return 0, fmt.Errorf("weight %d: expected a number 0..%d", w, maxWeight)
 	}
 	return w, nil
 }

@@ -129,8 +129,16 @@ func jsonError(data []byte, err error) string {
 	case errors.As(err, &te):
 		off = te.Offset
 	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		off = int64(len(data))
+		return fmt.Sprintf("line %d: the file ends before the JSON does (expected JSON as in the README)", 1+bytes.Count(data[:off], []byte("\n")))
+	}
 	if off < 0 {
-		return strings.TrimPrefix(err.Error(), "json: ")
+		msg := strings.TrimPrefix(err.Error(), "json: ")
+		if strings.HasPrefix(msg, "unknown field") {
+			return msg + " (expected the fields services, and in each service: service, scheduler, persistence, reals)"
+		}
+		return msg + " (expected JSON as in the README)"
 	}
 	if off > int64(len(data)) {
 		off = int64(len(data))

@@ -77,10 +77,10 @@ func parseRun(c *cli.Context) (runSettings, error) {
 	}
 	s.timeouts = nat.NewTimeouts(c.Duration(timeoutTCPFlag.Name), c.Duration(timeoutTCPFinFlag.Name), c.Duration(timeoutUDPFlag.Name))
 	var err error
-	if s.rec, err = parseRecovery(c); err != nil {
+	if s.services, err = loadServices(c); err != nil {
 		return s, err
 	}
-	if s.services, err = loadServices(c); err != nil {
+	if s.rec, err = parseRecovery(c); err != nil {
 		return s, err
 	}
 	return s, nil

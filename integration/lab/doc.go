@@ -1,0 +1,17 @@
+// Package lab builds throwaway network-namespace topologies for holdfast
+// (DESIGN.md section 5) and runs real peers inside them:
+//
+//	client ns -- router ns --+-- director A ns --+-- switch ns (bridge) -- rs1..rsN ns
+//	                         +-- director B ns --+
+//
+// Every address is in 198.18.0.0/15 (RFC 2544 benchmarking range) and nothing
+// is routed out of the lab. A Lab owns what it creates: its namespaces (and so
+// their veths and bridge), the processes started in them and the backend
+// servers it runs; Close removes all of it, also after a build that failed
+// half-way.
+//
+// The package must not import "testing": the integration tests wrap it
+// (integration/harness_test.go) and a `holdfast lab` command will reuse it.
+//
+// It needs CAP_SYS_ADMIN and CAP_NET_ADMIN (root) and iproute2's ip(8).
+package lab
