@@ -332,7 +332,8 @@ func busyLoad(t *testing.T, conns int, sizes []int64, setup func(*lab.Lab)) (lon
 		failedOver atomic.Bool
 		after      = make([]atomic.Int64, conns) // requests completed after the failover
 		before     atomic.Int64
-		maxStall   atomic.Int64
+		maxStall   atomic.Int64 // longest request completed after the failover
+		maxBefore  atomic.Int64 // the same before it: the load's own baseline
 		warm       sync.WaitGroup
 	)
 	warm.Add(conns)
@@ -358,13 +359,13 @@ func busyLoad(t *testing.T, conns int, sizes []int64, setup func(*lab.Lab)) (lon
 				if got != n || sum != sums[n] {
 					return fmt.Errorf("%s: body of %d bytes corrupt (got %d, sha %s)", h.c.LocalAddr(), n, got, sum)
 				}
-				if d := time.Since(start); int64(d) > maxStall.Load() {
-					maxStall.Store(int64(d))
-				}
+				d := time.Since(start)
 				if failedOver.Load() {
 					after[i].Add(1)
+					raise(&maxStall, d)
 				} else {
 					before.Add(1)
+					raise(&maxBefore, d)
 				}
 				if !warmed {
 					warmed = true
@@ -374,14 +375,18 @@ func busyLoad(t *testing.T, conns int, sizes []int64, setup func(*lab.Lab)) (lon
 		})
 	}()
 	warm.Wait() // every connection is busy
-	maxStall.Store(0)
 	failedOver.Store(true)
 	p.failover(t)
 	errs := <-done
 	requireNoErrors(t, "busy failover", errs)
 	c := directorCounters(t, p.dirs[1])
-	t.Logf("busy failover: %d connections, %d requests before; B %d recovered, %d adopted (%d dials abandoned); longest request after failover %v",
-		conns, before.Load(), c.Recovered, c.Adopted, c.AdoptAborts, time.Duration(maxStall.Load()))
+	t.Logf("busy failover: %d connections, %d requests before; B %d recovered, %d adopted (%d dials abandoned), %d stale, drops %v; "+
+		"longest request after the failover %v (before it: %v)",
+		conns, before.Load(), c.Recovered, c.Adopted, c.AdoptAborts, c.StaleFlows, nonZero(c.Drops),
+		time.Duration(maxStall.Load()).Round(time.Millisecond), time.Duration(maxBefore.Load()).Round(time.Millisecond))
+	if c.Recovered+c.Adopted < conns || c.ClientResets != 0 {
+		t.Fatalf("B recovered %d + adopted %d flows, want at least %d; client resets %d", c.Recovered, c.Adopted, conns, c.ClientResets)
+	}
 	return time.Duration(maxStall.Load())
 }
 
@@ -416,6 +421,16 @@ func TestFailoverBusyLossy(t *testing.T) {
 			}
 		}
 	})
+}
+
+// raise sets m to d if d is larger.
+func raise(m *atomic.Int64, d time.Duration) {
+	for {
+		old := m.Load()
+		if int64(d) <= old || m.CompareAndSwap(old, int64(d)) {
+			return
+		}
+	}
 }
 
 func nonZero(m map[string]uint64) map[string]uint64 {

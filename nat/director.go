@@ -214,7 +214,7 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 			d.removeFlow(slot, now)
 			d.stats.FlowsReused++
 			found = false
-		case p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 && f.hiSrvSet && seqAfter(p.ack, f.hiSrv):
+		case p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 && f.marked && seqAfter(p.ack, f.hiSrv):
 			// The client acknowledges server bytes this director never
 			// carried: the connection moved on through another director
 			// (failback without sync). The flow is stale.
@@ -249,8 +249,19 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 
 // toReal rewrites a client's packet for its flow's real.
 func (d *Director) toReal(p *packet, f *Flow) {
-	if p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 && !f.hiSrvSet {
-		f.hiSrv, f.hiSrvSet = p.ack, true
+	if p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 {
+		// What the client holds counts as carried: its ACK at the mark, and
+		// its SACK blocks (segments of a dead director can arrive out of
+		// order after the flow was adopted, and fill a hole later).
+		if !f.marked {
+			if !f.hiSrvSeen || seqAfter(p.ack, f.hiSrv) {
+				f.hiSrv = p.ack
+			}
+			f.hiSrvSeen, f.marked = true, true
+		}
+		if edge, ok := sackRightEdge(header.TCP(p.l4)); ok && seqAfter(edge, f.hiSrv) {
+			f.hiSrv = edge
+		}
 	}
 	if f.Kind == KindRecovered {
 		f.toServer().apply(p)
@@ -319,9 +330,9 @@ func (d *Director) toClient(p *packet, f *Flow) {
 		rewriteDst(p, f.Client)
 	}
 	rewriteSrc(p, f.VIP)
-	if p.proto == protoTCP && f.hiSrvSet {
-		if e := segEnd(p); seqAfter(e, f.hiSrv) {
-			f.hiSrv = e
+	if p.proto == protoTCP {
+		if e := segEnd(p); !f.hiSrvSeen || seqAfter(e, f.hiSrv) {
+			f.hiSrv, f.hiSrvSeen = e, true
 		}
 	}
 }

@@ -51,11 +51,13 @@ type Flow struct {
 	winToClient            shift
 
 	// hiSrv is the highest server sequence (in the client's space) this
-	// director has forwarded, for stale-flow detection. It is marked at the
-	// first client ACK (hiSrvSet): earlier server bytes may have crossed a
-	// director that has since died.
-	hiSrv    uint32
-	hiSrvSet bool
+	// director has forwarded, for stale-flow detection (hiSrvSeen once a
+	// server segment crossed). Detection starts at the first client ACK
+	// (marked), which raises hiSrv to that ACK: bytes acknowledged then may
+	// have crossed a director that has since died.
+	hiSrv     uint32
+	hiSrvSeen bool
+	marked    bool
 
 	svc  uint16 // index into Director.services
 	real uint16 // index into the service's Reals

@@ -304,6 +304,41 @@ func TestAdoption(t *testing.T) {
 			t.Fatalf("flows %+v", f)
 		}
 	})
+	t.Run("server data before the first client ack", func(t *testing.T) {
+		// The adopting real keeps sending before the client acks anything:
+		// an ack of all of it is not stale.
+		d, fr := newRecDirector(t)
+		for i := range 3 {
+			handle(t, d, tcp4(rs2, client, psh, uint32(7+1000*i), 8, make([]byte, 1000)), 1)
+		}
+		if out := handle(t, d, tcp4(client, vip, ack, 8, 3007, nil), 2); out == nil {
+			t.Fatal("ack of adopted data dropped")
+		}
+		if out := handle(t, d, tcp4(client, vip, psh, 8, 3007, []byte("GET /")), 2); out == nil || len(fr.started) != 0 {
+			t.Fatalf("next request: forwarded %v, recoveries %d", out != nil, len(fr.started))
+		}
+		if st := d.Stats(); st.StaleFlows != 0 || st.Adopted != 1 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+	t.Run("client holds bytes of the dead director", func(t *testing.T) {
+		// Segments the dead director forwarded arrive out of order after
+		// the adoption; the client SACKs them, then acks them once the
+		// hole is filled. That is not a stale flow.
+		d, fr := newRecDirector(t)
+		handle(t, d, tcp4(rs2, client, psh, 1000, 8, make([]byte, 1000)), 1)
+		handle(t, d, tcp4(client, vip, ack, 8, 2000, nil, sackOpt(5000, 9000)...), 2)
+		handle(t, d, tcp4(rs2, client, psh, 2000, 8, make([]byte, 1000)), 2)
+		handle(t, d, tcp4(client, vip, ack, 8, 9000, nil), 3)
+		if st := d.Stats(); st.StaleFlows != 0 || len(fr.started) != 0 {
+			t.Fatalf("stale %d, recoveries %d", st.StaleFlows, len(fr.started))
+		}
+		// Beyond anything seen or held, it is.
+		handle(t, d, tcp4(client, vip, psh, 8, 9500, []byte("GET /")), 4)
+		if st := d.Stats(); st.StaleFlows != 1 || len(fr.started) != 1 {
+			t.Fatalf("stale %d, recoveries %d; want 1 and 1", st.StaleFlows, len(fr.started))
+		}
+	})
 	t.Run("during a dial", func(t *testing.T) {
 		d, fr := newRecDirector(t)
 		key := Key{protoTCP, ap(client), ap(vip)}

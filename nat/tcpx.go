@@ -99,37 +99,20 @@ func (x xlate) apply(p *packet) {
 		w := t.WindowSize()
 		xsum = put16(t, header.TCPWinSizeOffset, x.win.rescale(w), xsum)
 	}
-	hl := int(t.DataOffset())
-	for i := header.TCPMinimumSize; i < hl; {
-		kind := t[i]
-		if kind == header.TCPOptionEOL {
-			break
-		}
-		if kind == header.TCPOptionNOP {
-			i++
-			continue
-		}
-		if i+1 >= hl {
-			break
-		}
-		l := int(t[i+1])
-		if l < 2 || i+l > hl {
-			break // malformed options: leave the rest alone
-		}
+	for at, l, kind := nextOption(t, header.TCPMinimumSize); l > 0; at, l, kind = nextOption(t, at+l) {
 		switch {
 		case kind == header.TCPOptionTS && l == header.TCPOptionTSLength && x.ts:
-			v := binary.BigEndian.Uint32(t[i+2:]) + x.tsval
-			xsum = put32(t, i+2, v, xsum)
+			v := binary.BigEndian.Uint32(t[at+2:]) + x.tsval
+			xsum = put32(t, at+2, v, xsum)
 			// TSecr is only meaningful on an ACK (RFC 7323, section 3.2).
 			if p.flags&header.TCPFlagAck != 0 {
-				xsum = put32(t, i+6, binary.BigEndian.Uint32(t[i+6:])+x.tsecr, xsum)
+				xsum = put32(t, at+6, binary.BigEndian.Uint32(t[at+6:])+x.tsecr, xsum)
 			}
 		case kind == header.TCPOptionSACK && (l-2)%8 == 0:
-			for j := i + 2; j < i+l; j += 4 {
+			for j := at + 2; j < at+l; j += 4 {
 				xsum = put32(t, j, binary.BigEndian.Uint32(t[j:])+x.sack, xsum)
 			}
 		}
-		i += l
 	}
 	t.SetChecksum(xsum)
 }
@@ -137,34 +120,52 @@ func (x xlate) apply(p *packet) {
 // tcpOptions reports whether the segment carries SACK blocks, and its
 // timestamp option.
 func tcpOptions(t header.TCP) (sack, ts bool, tsval, tsecr uint32) {
-	hl := int(t.DataOffset())
-	for i := header.TCPMinimumSize; i < hl; {
-		kind := t[i]
-		if kind == header.TCPOptionEOL {
-			break
-		}
-		if kind == header.TCPOptionNOP {
-			i++
-			continue
-		}
-		if i+1 >= hl {
-			break
-		}
-		l := int(t[i+1])
-		if l < 2 || i+l > hl {
-			break
-		}
+	for at, l, kind := nextOption(t, header.TCPMinimumSize); l > 0; at, l, kind = nextOption(t, at+l) {
 		switch {
 		case kind == header.TCPOptionSACK && l > 2:
 			sack = true
 		case kind == header.TCPOptionTS && l == header.TCPOptionTSLength:
 			ts = true
-			tsval = binary.BigEndian.Uint32(t[i+2:])
-			tsecr = binary.BigEndian.Uint32(t[i+6:])
+			tsval = binary.BigEndian.Uint32(t[at+2:])
+			tsecr = binary.BigEndian.Uint32(t[at+6:])
 		}
-		i += l
 	}
 	return sack, ts, tsval, tsecr
+}
+
+// sackRightEdge returns the highest right edge of the segment's SACK blocks.
+func sackRightEdge(t header.TCP) (edge uint32, ok bool) {
+	for at, l, kind := nextOption(t, header.TCPMinimumSize); l > 0; at, l, kind = nextOption(t, at+l) {
+		if kind == header.TCPOptionSACK && (l-2)%8 == 0 {
+			for j := at + 6; j < at+l; j += 8 {
+				if e := binary.BigEndian.Uint32(t[j:]); !ok || seqAfter(e, edge) {
+					edge, ok = e, true
+				}
+			}
+		}
+	}
+	return edge, ok
+}
+
+// nextOption finds the first TCP option with a length field at or after
+// offset i of the header: its offset, length and kind. l is 0 at the end of
+// the options or at a malformed one (the rest is then left alone).
+func nextOption(t header.TCP, i int) (at, l int, kind byte) {
+	hl := int(t.DataOffset())
+	for i < hl {
+		switch t[i] {
+		case header.TCPOptionEOL:
+			return i, 0, 0
+		case header.TCPOptionNOP:
+			i++
+			continue
+		}
+		if i+1 >= hl || t[i+1] < 2 || i+int(t[i+1]) > hl {
+			return i, 0, 0
+		}
+		return i, int(t[i+1]), t[i]
+	}
+	return i, 0, 0
 }
 
 // segEnd is the sequence number after a segment (payload, SYN and FIN each

@@ -38,7 +38,7 @@ type Netstack struct {
 	log zerolog.Logger
 
 	mu       sync.Mutex
-	dials    map[tuple]*dial     // handshakes in progress
+	dials    map[tuple]*dial    // handshakes in progress
 	silenced map[tuple]struct{} // handed over: nothing more leaves for these
 
 	stray atomic.Uint64 // netstack packets dropped by the tap
