@@ -123,15 +123,15 @@ func SetupRoutes(cfg RouteConfig, log zerolog.Logger) (undo func() error, err er
 	if err := netlink.LinkSetMTU(tun, mtu); err != nil {
 		return nil, fmt.Errorf("set MTU %d on %s: %w", mtu, cfg.TUN, err)
 	}
-	if err := netlink.LinkSetUp(tun); err != nil {
-		return nil, fmt.Errorf("bring up %s: %w", cfg.TUN, err)
-	}
-
-	// 3. Sysctls.
+	// 3. Sysctls, before the TUN comes up: an IPv6-enabled TUN would send
+	// router solicitations into the packet loop the moment it is up.
 	for _, s := range routeSysctls(cfg.TUN, cfg.RealIface) {
 		if err := setSysctl(s, td, log); err != nil {
 			return nil, err
 		}
+	}
+	if err := netlink.LinkSetUp(tun); err != nil {
+		return nil, fmt.Errorf("bring up %s: %w", cfg.TUN, err)
 	}
 
 	// 4. Main table: each VIP and recovery address goes into the TUN.
