@@ -5,12 +5,17 @@ GO      ?= go
 BIN     ?= bin/holdfast
 FUZZTIME ?= 30s
 
-.PHONY: all build test unit integration lint fuzz bench clean
+.PHONY: all build demo test unit integration lint fuzz bench clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/holdfast
+
+# The failover story in one command: a namespace lab, a load, a failover and
+# a failback, with holdfast and with a plain NAT director (--recovery=off).
+demo: build
+	./$(BIN) lab demo
 
 # The one test command: unit and integration tests, race detector on.
 test:

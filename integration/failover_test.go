@@ -5,14 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -97,63 +95,16 @@ func killDirector(t *testing.T, p *lab.Proc) {
 	}
 }
 
-// directorCounters asks a running director for its counters (SIGUSR1) and
-// returns the line it logs.
-func directorCounters(t *testing.T, p *lab.Proc) counterLine {
+// directorCounters asks a running director for its counters (SIGUSR1).
+func directorCounters(t *testing.T, p *lab.Proc) lab.DirectorStats {
 	t.Helper()
-	before := 0
-	for _, l := range p.Lines() {
-		if isCounters(l) {
-			before++
-		}
-	}
-	if err := p.Signal(syscall.SIGUSR1); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	seen := 0
-	l, err := p.WaitForLine(ctx, func(l lab.Line) bool {
-		if isCounters(l) {
-			seen++
-			return seen > before
-		}
-		return false
-	})
+	c, err := lab.ReadStats(ctx, p)
 	if err != nil {
 		t.Fatalf("director counters: %v", err)
 	}
-	var c counterLine
-	if err := json.Unmarshal([]byte(l.Text), &c); err != nil {
-		t.Fatalf("counters line %q: %v", l.Text, err)
-	}
 	return c
-}
-
-func isCounters(l lab.Line) bool {
-	return l.Stderr && strings.Contains(l.Text, `"message":"counters"`)
-}
-
-// counterLine is the director's counters log line.
-type counterLine struct {
-	Flows           int               `json:"flows"`
-	RecoveryStarted int               `json:"recovery_started"`
-	Recovered       int               `json:"recovered"`
-	Adopted         int               `json:"adopted"`
-	AdoptAborts     int               `json:"adopt_aborts"`
-	ClientResets    int               `json:"client_resets"`
-	StaleFlows      int               `json:"stale_flows"`
-	OldRealResets   int               `json:"old_real_resets"`
-	RecoveryFailed  map[string]int    `json:"recovery_failed"`
-	Drops           map[string]uint64 `json:"drops"`
-}
-
-func (c counterLine) failed() int {
-	n := 0
-	for _, v := range c.RecoveryFailed {
-		n += v
-	}
-	return n
 }
 
 // httpConn is one client TCP connection to the VIP, used for requests one at
@@ -260,7 +211,7 @@ func TestFailoverIdle(t *testing.T) {
 	requireNoErrors(t, "after failover", errs)
 	c := directorCounters(t, p.dirs[1])
 	t.Logf("B: %d recovered, %d adopted, %d stale, drops %v", c.Recovered, c.Adopted, c.StaleFlows, nonZero(c.Drops))
-	if c.Recovered+c.Adopted != len(conns) || c.failed() != 0 || c.ClientResets != 0 {
+	if c.Recovered+c.Adopted != len(conns) || c.Failed() != 0 || c.ClientResets != 0 {
 		t.Fatalf("B recovered %d + adopted %d, want %d connections; failed %v, client resets %d",
 			c.Recovered, c.Adopted, len(conns), c.RecoveryFailed, c.ClientResets)
 	}
@@ -368,10 +319,10 @@ func busyLoad(t *testing.T, conns int, sizes []int64, setup func(*lab.Lab)) (lon
 				d := time.Since(start)
 				if failedOver.Load() {
 					after[i].Add(1)
-					raise(&maxStall, d)
+					lab.RaiseMax(&maxStall, int64(d))
 				} else {
 					before.Add(1)
-					raise(&maxBefore, d)
+					lab.RaiseMax(&maxBefore, int64(d))
 				}
 				if !warmed {
 					warmed = true
@@ -427,16 +378,6 @@ func TestFailoverBusyLossy(t *testing.T) {
 			}
 		}
 	})
-}
-
-// raise sets m to d if d is larger.
-func raise(m *atomic.Int64, d time.Duration) {
-	for {
-		old := m.Load()
-		if int64(d) <= old || m.CompareAndSwap(old, int64(d)) {
-			return
-		}
-	}
 }
 
 func nonZero(m map[string]uint64) map[string]uint64 {

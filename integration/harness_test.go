@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -151,24 +149,11 @@ func startCapture(t testing.TB, ns *lab.NS, dir string) {
 }
 
 // isServing reports whether l is the director's JSON readiness line.
-func isServing(l lab.Line) bool {
-	if !l.Stderr {
-		return false
-	}
-	var m struct {
-		Message string `json:"message"`
-	}
-	return json.Unmarshal([]byte(l.Text), &m) == nil && m.Message == "serving"
-}
+var isServing = lab.IsServing
 
 // directorArgs is `holdfast run` for director d with the harness's plumbing
-// flags, followed by args (services, scheduler, reals). Recovery is on, as
-// by default, with the lab's shared recovery address and d's own port range
-// (--director-id); a later --recovery=off in args turns it off.
-func directorArgs(d *lab.Director, args ...string) []string {
-	return append([]string{"run", "--tun", "hf0", "--setup-routes", "--real-iface", d.RSIface, "--log-format", "json",
-		"--recovery-addr", lab.RecoveryAddr.String(), "--director-id", strconv.Itoa(d.ID)}, args...)
-}
+// flags, followed by args (see lab.HoldfastArgs).
+var directorArgs = lab.HoldfastArgs
 
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")

@@ -41,6 +41,7 @@ func newApp() *cli.App {
 		Usage: "an L4 load-balancing director whose TCP connections survive its failover",
 		Commands: []*cli.Command{
 			runCommand(),
+			labCommand(),
 		},
 		// Usage errors (unknown flag, a value that does not parse) exit 2
 		// with one line; the help is one --help away.

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"holdfast/integration/lab"
+
+	"github.com/mattn/go-isatty"
+	"github.com/urfave/cli/v2"
+)
+
+func labCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "lab",
+		Usage: "a network-namespace lab: two directors, a router, real servers and a client (198.18.0.0/15 only)",
+		Subcommands: []*cli.Command{
+			labDemoCommand(),
+		},
+		OnUsageError: usageError,
+	}
+}
+
+var (
+	demoJSONFlag  = &cli.BoolFlag{Name: "json", Usage: "print the table as JSON (for scripts)"}
+	demoPhaseFlag = &cli.DurationFlag{
+		Name: "phase", Value: 3 * time.Second,
+		Usage: "time on A, after the failover and after the failback, per run",
+	}
+	demoIdleFlag = &cli.IntFlag{Name: "idle", Value: 40, Usage: "keep-alive connections that make a request now and then"}
+	demoBusyFlag = &cli.IntFlag{Name: "busy", Value: 24, Usage: "keep-alive connections that download without pause"}
+)
+
+func labDemoCommand() *cli.Command {
+	return &cli.Command{
+		Name:         "demo",
+		Usage:        "build the lab, run a load, fail over and back, twice (holdfast, and --recovery=off), print the table",
+		Flags:        []cli.Flag{demoJSONFlag, demoPhaseFlag, demoIdleFlag, demoBusyFlag},
+		OnUsageError: usageError,
+		Action:       labDemo,
+	}
+}
+
+func labDemo(c *cli.Context) error {
+	o := lab.DemoOptions{
+		Phase: c.Duration(demoPhaseFlag.Name),
+		Idle:  c.Int(demoIdleFlag.Name),
+		Busy:  c.Int(demoBusyFlag.Name),
+	}
+	switch {
+	case o.Phase < 500*time.Millisecond || o.Phase > time.Minute:
+		return usagef("--phase %s: expected 500ms..1m", o.Phase)
+	case o.Idle < 0 || o.Busy < 0 || o.Idle+o.Busy == 0 || o.Idle+o.Busy > 2000:
+		return usagef("--idle %d --busy %d: expected 1..2000 connections in all", o.Idle, o.Busy)
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return cli.Exit("holdfast lab demo: cannot find its own binary: "+err.Error(), exitRuntime)
+	}
+	o.Binary = bin
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	tty := isatty.IsTerminal(os.Stderr.Fd())
+	started := time.Now()
+	var results []lab.DemoResult
+	for i, recovery := range []bool{true, false} {
+		o.Recovery = recovery
+		name := "holdfast"
+		if !recovery {
+			name = "recovery off"
+		}
+		o.Progress = func(phase string) {
+			line := fmt.Sprintf("[%4.1fs] run %d/2 (%s): %s", time.Since(started).Seconds(), i+1, name, phase)
+			if tty {
+				fmt.Fprintf(os.Stderr, "\r\033[K%s", line)
+			} else {
+				fmt.Fprintln(os.Stderr, line)
+			}
+		}
+		r, err := lab.RunDemo(ctx, o)
+		if tty {
+			fmt.Fprint(os.Stderr, "\r\033[K")
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return cli.Exit("holdfast lab demo: interrupted; the lab was torn down", 130)
+			}
+			return cli.Exit("holdfast lab demo: "+err.Error(), exitRuntime)
+		}
+		results = append(results, r)
+	}
+	if c.Bool(demoJSONFlag.Name) {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Seconds float64          `json:"seconds"`
+			Runs    []lab.DemoResult `json:"runs"`
+		}{time.Since(started).Seconds(), results})
+	}
+	printDemoTable(results, time.Since(started))
+	return nil
+}
+
+func printDemoTable(rs []lab.DemoResult, took time.Duration) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', tabwriter.AlignRight)
+	row := func(name string, f func(lab.DemoResult) string) {
+		fmt.Fprintf(w, "%s\t", name)
+		for _, r := range rs {
+			fmt.Fprintf(w, "%s\t", f(r))
+		}
+		fmt.Fprintln(w)
+	}
+	num := func(f func(lab.DemoResult) int64) func(lab.DemoResult) string {
+		return func(r lab.DemoResult) string { return fmt.Sprint(f(r)) }
+	}
+	fmt.Printf("Failover demo: keep-alive HTTP through director A, A killed (failover to B), A restarted (failback).\n\n")
+	row("", func(r lab.DemoResult) string { return r.Mode })
+	row("connections", num(func(r lab.DemoResult) int64 { return int64(r.Connections) }))
+	row("requests ok", num(func(r lab.DemoResult) int64 { return r.RequestsOK }))
+	row("requests failed", num(func(r lab.DemoResult) int64 { return r.RequestsFailed }))
+	row("connections reset", num(func(r lab.DemoResult) int64 { return r.ConnectionsReset }))
+	row("new connections", num(func(r lab.DemoResult) int64 { return r.NewConnections }))
+	row("longest stall", func(r lab.DemoResult) string { return r.LongestStall.Round(time.Millisecond).String() })
+	row("recoveries", num(func(r lab.DemoResult) int64 { return int64(r.Recoveries) }))
+	row("adoptions", num(func(r lab.DemoResult) int64 { return int64(r.Adoptions) }))
+	w.Flush()
+	fmt.Printf("\n(%s in all; every namespace was removed)\n", took.Round(100*time.Millisecond))
+}

@@ -1,0 +1,59 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"os/exec"
+	"testing"
+	"time"
+
+	"holdfast/integration/lab"
+)
+
+// TestDemo runs `holdfast lab demo --json` as a user would (make demo) and
+// checks the issue's promise: within 60 s, no failed request and no reset
+// connection with holdfast, and some without recovery.
+func TestDemo(t *testing.T) {
+	requireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, holdfastBinary(t), "lab", "demo", "--json")
+	out, err := cmd.Output()
+	took := time.Since(start)
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("holdfast lab demo: %v\n%s\n%s", err, out, stderr)
+	}
+	var res struct {
+		Seconds float64          `json:"seconds"`
+		Runs    []lab.DemoResult `json:"runs"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("demo output %q: %v", out, err)
+	}
+	t.Logf("demo took %v: %+v", took.Round(time.Millisecond), res.Runs)
+	if len(res.Runs) != 2 || res.Runs[0].Mode != "holdfast" || res.Runs[1].Mode != "recovery off" {
+		t.Fatalf("runs %+v", res.Runs)
+	}
+	hf, off := res.Runs[0], res.Runs[1]
+	if hf.RequestsFailed != 0 || hf.ConnectionsReset != 0 || hf.NewConnections != 0 || hf.RequestsOK == 0 {
+		t.Errorf("holdfast: %d failed, %d reset, %d new connections, %d ok; want 0, 0, 0 and some",
+			hf.RequestsFailed, hf.ConnectionsReset, hf.NewConnections, hf.RequestsOK)
+	}
+	if hf.Recoveries+hf.Adoptions < hf.Connections {
+		t.Errorf("holdfast: %d recoveries + %d adoptions for %d connections moved twice", hf.Recoveries, hf.Adoptions, hf.Connections)
+	}
+	if off.ConnectionsReset == 0 {
+		t.Errorf("recovery off: no connection reset: the demo shows nothing")
+	}
+	if took > 60*time.Second {
+		t.Errorf("the demo took %v, over 60 s", took)
+	}
+	if left, _ := lab.List("hf"); len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
+	}
+}

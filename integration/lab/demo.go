@@ -1,0 +1,277 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// DemoOptions shape one run of the failover demo.
+type DemoOptions struct {
+	Binary   string        // the holdfast binary the directors run
+	Recovery bool          // holdfast's recovery on, or a plain NAT director (--recovery=off)
+	Idle     int           // connections that make a request now and then (default 40)
+	Busy     int           // connections that download without pause (default 24)
+	Phase    time.Duration // time on A, after the failover, after the failback (default 3s)
+	Progress func(phase string)
+}
+
+// DemoResult is what the built-in client saw, and what the directors counted.
+type DemoResult struct {
+	Mode             string        `json:"mode"`
+	Connections      int           `json:"connections"`
+	RequestsOK       int64         `json:"requests_ok"`
+	RequestsFailed   int64         `json:"requests_failed"`
+	ConnectionsReset int64         `json:"connections_reset"`
+	NewConnections   int64         `json:"new_connections"`
+	LongestStall     time.Duration `json:"longest_stall_ns"`
+	Recoveries       int           `json:"recoveries"`
+	Adoptions        int           `json:"adoptions"`
+}
+
+// RunDemo builds a two-director lab, runs a keep-alive HTTP load through it,
+// fails over from A to B (SIGKILL, routes moved), fails back to a restarted
+// A, and tears everything down, also when ctx ends first.
+func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
+	if o.Idle == 0 && o.Busy == 0 {
+		o.Idle, o.Busy = 40, 24
+	}
+	if o.Phase == 0 {
+		o.Phase = 3 * time.Second
+	}
+	progress := func(s string) {
+		if o.Progress != nil {
+			o.Progress(s)
+		}
+	}
+	res.Mode = "holdfast"
+	var extra []string
+	if !o.Recovery {
+		res.Mode = "recovery off"
+		extra = []string{"--recovery=off"}
+	}
+
+	progress("building the lab")
+	l, err := New(Options{Directors: 2, Reals: 3})
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if cerr := l.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if err := l.ServeBackends(); err != nil {
+		return res, err
+	}
+	args := func(d *Director) []string {
+		a := []string{"--service", "tcp:" + netip.AddrPortFrom(VIP, DefaultHTTPPort).String(), "--scheduler", "rr"}
+		for _, r := range l.Reals {
+			a = append(a, "--real", netip.AddrPortFrom(r.Addr, DefaultHTTPPort).String())
+		}
+		return HoldfastArgs(d, append(a, extra...)...)
+	}
+	start := func(d *Director) (*Proc, error) {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return StartHoldfast(sctx, d, o.Binary, args(d)...)
+	}
+	a, err := start(l.Directors[0])
+	if err != nil {
+		return res, err
+	}
+	b, err := start(l.Directors[1])
+	if err != nil {
+		return res, err
+	}
+
+	progress(fmt.Sprintf("connecting %d clients", o.Idle+o.Busy))
+	load := newDemoLoad(l.Client)
+	lctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if err := load.start(lctx, o.Idle, o.Busy); err != nil {
+		return res, err
+	}
+	wait := func(phase string) error {
+		progress(phase)
+		select {
+		case <-time.After(o.Phase):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := wait("running through director A"); err != nil {
+		return res, err
+	}
+	if err := a.Signal(syscall.SIGKILL); err != nil {
+		return res, err
+	}
+	<-a.Done()
+	if err := l.Flip(1); err != nil {
+		return res, err
+	}
+	if err := wait("failover: A killed, traffic moved to B"); err != nil {
+		return res, err
+	}
+	bStats, err := readStats(ctx, b)
+	if err != nil {
+		return res, err
+	}
+	if a, err = start(l.Directors[0]); err != nil {
+		return res, err
+	}
+	if err := l.Flip(0); err != nil {
+		return res, err
+	}
+	if err := wait("failback: A restarted, traffic moved back to A"); err != nil {
+		return res, err
+	}
+	progress("collecting results")
+	aStats, err := readStats(ctx, a)
+	if err != nil {
+		return res, err
+	}
+	stop()
+	load.wg.Wait()
+
+	res.Connections = o.Idle + o.Busy
+	res.RequestsOK = load.ok.Load()
+	res.RequestsFailed = load.failed.Load()
+	res.ConnectionsReset = load.reset.Load()
+	res.NewConnections = load.redials.Load()
+	res.LongestStall = time.Duration(load.stall.Load())
+	res.Recoveries = aStats.Recovered + bStats.Recovered
+	res.Adoptions = aStats.Adopted + bStats.Adopted
+	progress("tearing the lab down")
+	return res, nil
+}
+
+func readStats(ctx context.Context, p *Proc) (DirectorStats, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return ReadStats(ctx, p)
+}
+
+// demoLoad is the demo's client: one goroutine per keep-alive connection.
+// A request that fails counts as failed, its connection as reset, and the
+// worker dials a new connection (counted) and retries; the stall of a
+// request is the time from its first attempt to its success.
+type demoLoad struct {
+	ns                         *NS
+	ok, failed, reset, redials atomic.Int64
+	stall                      atomic.Int64 // longest, ns
+	wg                         sync.WaitGroup
+}
+
+func newDemoLoad(ns *NS) *demoLoad { return &demoLoad{ns: ns} }
+
+func (d *demoLoad) dial() (net.Conn, *bufio.Reader, error) {
+	c, err := d.ns.Dial("tcp4", netip.AddrPortFrom(VIP, DefaultHTTPPort).String())
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, bufio.NewReader(c), nil
+}
+
+func (d *demoLoad) start(ctx context.Context, idle, busy int) error {
+	for i := range idle + busy {
+		c, br, err := d.dial()
+		if err != nil {
+			return fmt.Errorf("demo client: %w", err)
+		}
+		isBusy := i >= idle
+		rng := rand.New(rand.NewPCG(uint64(i), 1))
+		d.wg.Go(func() { d.run(ctx, c, br, isBusy, rng) })
+	}
+	return nil
+}
+
+func (d *demoLoad) run(ctx context.Context, c net.Conn, br *bufio.Reader, busy bool, rng *rand.Rand) {
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	for ctx.Err() == nil {
+		path := "/"
+		if busy {
+			path = fmt.Sprintf("/bytes?n=%d", 16<<10<<rng.IntN(5)) // 16 KiB .. 256 KiB
+		} else {
+			// Idle: a request every 200-600 ms.
+			select {
+			case <-time.After(time.Duration(200+rng.IntN(400)) * time.Millisecond):
+			case <-ctx.Done():
+				return
+			}
+		}
+		first := time.Now()
+		for {
+			err := demoGet(c, br, path)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			d.failed.Add(1)
+			d.reset.Add(1)
+			c.Close()
+			for {
+				c, br, err = d.dial()
+				if err == nil || ctx.Err() != nil {
+					break
+				}
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			d.redials.Add(1)
+			stop()
+			stop = context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+		}
+		d.ok.Add(1)
+		RaiseMax(&d.stall, int64(time.Since(first)))
+	}
+}
+
+// demoGet sends one GET on the connection and reads the whole response.
+func demoGet(c net.Conn, br *bufio.Reader, path string) error {
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	req, _ := http.NewRequest("GET", "http://"+netip.AddrPortFrom(VIP, DefaultHTTPPort).String()+path, nil)
+	if err := req.Write(c); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = errors.New(resp.Status)
+	}
+	return err
+}
+
+// RaiseMax sets m to v if v is larger.
+func RaiseMax(m *atomic.Int64, v int64) {
+	for {
+		old := m.Load()
+		if v <= old || m.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}

@@ -1,0 +1,106 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// HoldfastArgs is `holdfast run` for director d with the lab's plumbing:
+// TUN hf0, routes set up on its real-server side, JSON logs, the shared
+// recovery address and d's own recovery port range (--director-id). extra
+// follows (services, scheduler, reals; a later --recovery=off wins).
+func HoldfastArgs(d *Director, extra ...string) []string {
+	return append([]string{"run", "--tun", "hf0", "--setup-routes", "--real-iface", d.RSIface, "--log-format", "json",
+		"--recovery-addr", RecoveryAddr.String(), "--director-id", strconv.Itoa(d.ID)}, extra...)
+}
+
+// StartHoldfast starts `bin args...` in d's namespace and waits (bounded by
+// ctx) until it logs that it is serving. On failure the process is killed
+// and the error carries its output.
+func StartHoldfast(ctx context.Context, d *Director, bin string, args ...string) (*Proc, error) {
+	p, err := d.Start("holdfast-"+d.Label, append([]string{bin}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.WaitForLine(ctx, IsServing); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("director %s not serving: %w\n%s", d.Label, err, p.Stderr())
+	}
+	return p, nil
+}
+
+// IsServing reports whether l is the director's JSON readiness line.
+func IsServing(l Line) bool { return isMessage(l, "serving") }
+
+func isMessage(l Line, msg string) bool {
+	if !l.Stderr || !strings.Contains(l.Text, msg) {
+		return false
+	}
+	var m struct {
+		Message string `json:"message"`
+	}
+	return json.Unmarshal([]byte(l.Text), &m) == nil && m.Message == msg
+}
+
+// DirectorStats is the director's counters line (SIGUSR1, and at exit).
+type DirectorStats struct {
+	Flows           int               `json:"flows"`
+	FlowsCreated    int               `json:"flows_created"`
+	RecoveryStarted int               `json:"recovery_started"`
+	Recovered       int               `json:"recovered"`
+	Adopted         int               `json:"adopted"`
+	AdoptAborts     int               `json:"adopt_aborts"`
+	ClientResets    int               `json:"client_resets"`
+	StaleFlows      int               `json:"stale_flows"`
+	OldRealResets   int               `json:"old_real_resets"`
+	RecoveryFailed  map[string]int    `json:"recovery_failed"`
+	Drops           map[string]uint64 `json:"drops"`
+}
+
+// Failed is the number of recoveries that failed, whatever the reason.
+func (s DirectorStats) Failed() int {
+	n := 0
+	for _, v := range s.RecoveryFailed {
+		n += v
+	}
+	return n
+}
+
+// ReadStats asks a running director for its counters (SIGUSR1) and returns
+// the line it logs in answer.
+func ReadStats(ctx context.Context, p *Proc) (DirectorStats, error) {
+	before := 0
+	for _, l := range p.Lines() {
+		if isMessage(l, "counters") {
+			before++
+		}
+	}
+	if err := p.Signal(syscall.SIGUSR1); err != nil {
+		return DirectorStats{}, fmt.Errorf("SIGUSR1 to %s: %w", p.Name, err)
+	}
+	seen := 0
+	l, err := p.WaitForLine(ctx, func(l Line) bool {
+		if isMessage(l, "counters") {
+			seen++
+			return seen > before
+		}
+		return false
+	})
+	if err != nil {
+		return DirectorStats{}, err
+	}
+	return ParseStats(l.Text)
+}
+
+// ParseStats reads a counters (or stopped) log line.
+func ParseStats(line string) (DirectorStats, error) {
+	var s DirectorStats
+	if err := json.Unmarshal([]byte(line), &s); err != nil {
+		return s, fmt.Errorf("director counters %q: %w", line, err)
+	}
+	return s, nil
+}
