@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	"holdfast/balancer"
 
@@ -42,6 +43,29 @@ type Stats struct {
 	Parked            uint64 // packets parked
 	ParkedBytes       int    // bytes parked now
 	Inflight          int    // recoveries in flight now
+
+	// FlowsBy counts live flows by kind and state.
+	FlowsBy [numKinds][numStates]int
+	// RecoveryLatency counts successful recoveries by latency (first
+	// parked segment to flush), bucket i holding those at most
+	// LatencyBuckets[i]; the last bucket holds the rest.
+	RecoveryLatency [len(LatencyBuckets) + 1]uint64
+}
+
+// LatencyBuckets are the upper bounds of the recovery latency histogram.
+var LatencyBuckets = [...]time.Duration{
+	500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond,
+	250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2500 * time.Millisecond, 5 * time.Second,
+}
+
+func latencyBucket(ns int64) int {
+	for i, b := range LatencyBuckets {
+		if ns <= int64(b) {
+			return i
+		}
+	}
+	return len(LatencyBuckets)
 }
 
 // Drop returns the counter of one drop reason.
@@ -61,6 +85,15 @@ type affinity struct {
 type service struct {
 	*balancer.Service
 	persist map[netip.Addr]affinity
+	traffic []realTraffic // parallel to Reals
+	removed []bool        // parallel to Reals: removed at runtime, kept while flows remain
+	gone    bool          // removed by a reload: no new flows, old ones finish
+}
+
+// realTraffic counts what crossed the director for one real.
+type realTraffic struct {
+	PacketsIn, BytesIn   uint64 // client -> real
+	PacketsOut, BytesOut uint64 // real -> client
 }
 
 // Director is the NAT of one director: services, flow table, recoveries in
@@ -115,7 +148,7 @@ func New(cfg Config) (*Director, error) {
 		}
 		si := uint16(len(d.services))
 		d.bySvc[k] = si
-		d.services = append(d.services, service{Service: s, persist: make(map[netip.Addr]affinity)})
+		d.services = append(d.services, newService(s))
 		d.vips[s.VIP.Addr()] = struct{}{}
 		d.servesProto[s.Proto] = true
 		for _, r := range s.Reals {
@@ -268,6 +301,9 @@ func (d *Director) toReal(p *packet, f *Flow) {
 		rewriteSrc(p, f.Local)
 	}
 	rewriteDst(p, f.Real)
+	t := &d.services[f.svc].traffic[f.real]
+	t.PacketsIn++
+	t.BytesIn += uint64(len(p.ip))
 }
 
 func (d *Director) fromReal(p *packet, now int64) (Verdict, DropReason, []byte) {
@@ -335,6 +371,9 @@ func (d *Director) toClient(p *packet, f *Flow) {
 			f.hiSrv, f.hiSrvSeen = e, true
 		}
 	}
+	t := &d.services[f.svc].traffic[f.real]
+	t.PacketsOut++
+	t.BytesOut += uint64(len(p.ip))
 }
 
 // pickReal chooses a real of service s for a new flow from client: the
@@ -405,6 +444,7 @@ func (d *Director) insertFlow(f Flow) uint32 {
 		f.State = StateUDP
 	}
 	slot := d.flows.insert(f)
+	d.stats.FlowsBy[f.Kind][f.State]++
 	s := &d.services[f.svc]
 	r := s.Reals[f.real]
 	if f.State == StateEstablished {
@@ -449,6 +489,8 @@ func (d *Director) track(f *Flow, p *packet, fromClient bool, now int64) {
 				r.Inactive--
 				r.Active++
 			}
+			d.stats.FlowsBy[f.Kind][f.State]--
+			d.stats.FlowsBy[f.Kind][ns]++
 			f.State = ns
 		}
 	}
@@ -474,6 +516,7 @@ func (d *Director) removeFlow(slot uint32, now int64) {
 	if f.Kind == KindRecovered && d.rec.r != nil {
 		d.rec.r.Release(f.Local, f.Real)
 	}
+	d.stats.FlowsBy[f.Kind][f.State]--
 	d.flows.remove(slot)
 }
 

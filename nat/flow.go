@@ -20,6 +20,7 @@ const (
 	KindPlain     Kind = iota // scheduled by this director (SYN, UDP, or a mid-stream segment with recovery off)
 	KindAdopted               // created from a real server's packet (recovery stage)
 	KindRecovered             // spliced into a recovery connection (recovery stage)
+	numKinds
 )
 
 var kindNames = [...]string{"plain", "adopted", "recovered"}

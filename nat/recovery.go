@@ -218,8 +218,14 @@ func (d *Director) park(pd *pending, p *packet) (Verdict, DropReason, []byte) {
 // director died): create a plain flow, as the failed director had, unless
 // the client's connection already lives elsewhere.
 func (d *Director) adopt(svcs []uint16, p *packet, now int64) (Verdict, DropReason, []byte) {
-	si := svcs[0]
+	si := -1
 	for _, s := range svcs {
+		if d.services[s].gone {
+			continue
+		}
+		if si < 0 {
+			si = int(s)
+		}
 		ck := Key{p.proto, p.dst, d.services[s].VIP}
 		if _, side, found := d.flows.lookup(ck); found && side == sideClient {
 			if p.proto != protoTCP {
@@ -235,21 +241,24 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (Verdict, DropReas
 			pd.superseded = true
 			d.rec.r.Abort(ck)
 			d.stats.AdoptAborts++
-			si = s
+			si = int(s)
 			break
 		}
+	}
+	if si < 0 {
+		return Drop, DropNoFlow, nil // only services removed by a reload
 	}
 	if d.flows.n >= d.maxFlows {
 		return Drop, DropFlowLimit, nil
 	}
-	ri := d.realIndex(si, p.src)
+	ri := d.realIndex(uint16(si), p.src)
 	slot := d.insertFlow(Flow{
 		Proto:  p.proto,
 		Client: p.dst,
 		VIP:    d.services[si].VIP,
 		Real:   p.src,
 		Kind:   KindAdopted,
-		svc:    si,
+		svc:    uint16(si),
 		real:   uint16(ri),
 	})
 	d.stats.Adopted++
@@ -344,6 +353,7 @@ func (d *Director) Recovered(key Key, real, local netip.AddrPort, hs Handshake, 
 	d.insertFlow(f)
 	d.stats.RecoverySucceeded++
 	d.stats.RecoveryLatencyNs += uint64(now - pd.started)
+	d.stats.RecoveryLatency[latencyBucket(now-pd.started)]++
 	return d.flushTo(key, pd, now), true
 }
 

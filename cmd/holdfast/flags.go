@@ -19,6 +19,7 @@ const (
 	catTable   = "Flow table"
 	catLog     = "Logging"
 	catRecover = "Recovery"
+	catOps     = "Operations"
 )
 
 var (
@@ -138,6 +139,18 @@ var (
 	}
 )
 
+var (
+	adminSocketFlag = &cli.StringFlag{
+		Name: "admin-socket", Category: catOps, EnvVars: env("ADMIN_SOCKET"),
+		Usage: "unix socket of the admin API (default /run/holdfast/<tun>.sock; 0600, owned by the running user)",
+	}
+	metricsAddrFlag = &cli.StringFlag{
+		Name: "metrics-addr", Category: catOps, EnvVars: env("METRICS_ADDR"),
+		Usage: "serve Prometheus metrics on ADDR:PORT at /metrics (default off)",
+	}
+	jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
+)
+
 func runFlags() []cli.Flag {
 	return []cli.Flag{
 		tunFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
@@ -146,6 +159,7 @@ func runFlags() []cli.Flag {
 		recoveryFlag, recoveryAddrFlag, recoveryPortsFlag, directorIDFlag,
 		recoveryWScaleFlag, recoveryMSSFlag, recoveryTimeoutFlag, recoveryRateFlag,
 		recoveryMaxInflightFlag, recoveryAllowFlag, parkBytesFlag,
+		adminSocketFlag, metricsAddrFlag,
 		logLevelFlag, logFormatFlag,
 	}
 }

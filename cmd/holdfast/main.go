@@ -39,10 +39,10 @@ func newApp() *cli.App {
 	return &cli.App{
 		Name:  "holdfast",
 		Usage: "an L4 load-balancing director whose TCP connections survive its failover",
-		Commands: []*cli.Command{
+		Commands: append([]*cli.Command{
 			runCommand(),
 			labCommand(),
-		},
+		}, ctlCommands()...),
 		// Usage errors (unknown flag, a value that does not parse) exit 2
 		// with one line; the help is one --help away.
 		OnUsageError: usageError,

@@ -41,11 +41,18 @@ type runSettings struct {
 	timeouts    nat.Timeouts
 	maxFlows    int
 	rec         recoverySettings
+	adminSocket string
+	metricsAddr string
+	// reload reads --config (and the service flags) again, validated whole.
+	reload func() ([]*balancer.Service, error)
 }
 
 func parseRun(c *cli.Context) (runSettings, error) {
 	s := runSettings{
 		tun:         c.String(tunFlag.Name),
+		adminSocket: c.String(adminSocketFlag.Name),
+		metricsAddr: c.String(metricsAddrFlag.Name),
+		reload:      func() ([]*balancer.Service, error) { return loadServices(c) },
 		setupRoutes: c.Bool(setupRoutesFlag.Name),
 		realIface:   c.String(realIfaceFlag.Name),
 		routeTable:  c.Int(routeTableFlag.Name),
@@ -57,6 +64,14 @@ func parseRun(c *cli.Context) (runSettings, error) {
 	}
 	if s.tun == "" || len(s.tun) > 15 {
 		return s, usagef("--tun %q: expected an interface name of 1 to 15 characters", s.tun)
+	}
+	if s.adminSocket == "" {
+		s.adminSocket = defaultAdminSocket(s.tun)
+	}
+	if s.metricsAddr != "" {
+		if _, err := netip.ParseAddrPort(s.metricsAddr); err != nil {
+			return s, usagef("--metrics-addr %q: expected ADDR:PORT, e.g. 127.0.0.1:9100", s.metricsAddr)
+		}
 	}
 	if s.setupRoutes && s.realIface == "" {
 		return s, usagef("--setup-routes needs --real-iface IFNAME (the interface facing the real servers)")
@@ -209,22 +224,42 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 	}()
 
 	pump := stack.NewPump(dev, d, ns, clock, mtu, log)
+	stats := func() map[string]any { return statsMap(d.Stats(), pump.Stats(), writeErrs.Load()) }
+	stopAdmin, err := serveAdmin(ctx, s.adminSocket, (&admin{d: d, pump: pump, clock: clock, stats: stats, log: log}).handler(), log)
+	if err != nil {
+		return cli.Exit(err.Error(), exitRuntime)
+	}
+	defer stopAdmin()
+	if s.metricsAddr != "" {
+		stopMetrics, err := serveMetrics(s.metricsAddr, &collector{d: d, pump: pump, writeErrs: writeErrs.Load}, log)
+		if err != nil {
+			return cli.Exit(err.Error(), exitRuntime)
+		}
+		defer stopMetrics()
+	}
+	watched := make(chan struct{})
+	go func() { // events: logs what an operator must know, rate limited
+		defer close(watched)
+		watchEvents(ctx, d, log)
+	}()
+
 	pumpErr := make(chan error, 1)
 	go func() { pumpErr <- pump.Run() }()
 
 	logStart(log, s, mtu)
-	counters := func(msg string) {
-		logCounters(log, msg, d.Stats(), pump.Stats(), writeErrs.Load())
-	}
-	// SIGUSR1 logs the counters, as the exit does.
-	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
-	defer signal.Stop(usr1)
+	// SIGUSR1 logs the counters, as the exit does; SIGHUP reloads --config.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 wait:
 	for {
 		select {
-		case <-usr1:
-			counters("counters")
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				reload(s, d, log)
+			} else {
+				log.Info().Fields(stats()).Msg("counters")
+			}
 		case <-ctx.Done():
 			if sig := context.Cause(ctx); sig != nil && !errors.Is(sig, context.Canceled) {
 				log.Info().Str(fSignal, sig.Error()).Msg("stopping")
@@ -244,45 +279,56 @@ wait:
 	cancel()
 	<-done
 	<-expired
-	counters("stopped")
+	<-watched
+	log.Info().Fields(stats()).Msg("stopped")
 	if err != nil {
 		return cli.Exit("packet loop: "+err.Error(), exitRuntime)
 	}
 	return nil
 }
 
-// logCounters logs every counter in one line (message msg).
-func logCounters(log zerolog.Logger, msg string, st nat.Stats, ps stack.PumpStats, writeErrs uint64) {
-	drops := zerolog.Dict()
+// reload applies a new --config on SIGHUP. A file that does not validate is
+// rejected whole: the running configuration stays.
+func reload(s runSettings, d *nat.Director, log zerolog.Logger) {
+	svcs, err := s.reload()
+	if err == nil {
+		err = d.Reconfigure(svcs)
+	}
+	if err != nil {
+		log.Error().Err(err).Msg("reload rejected; the running configuration stays")
+		return
+	}
+	for _, svc := range svcs {
+		logService(log, svc)
+	}
+	log.Info().Int("services", len(svcs)).Msg("reloaded")
+}
+
+// statsMap is every counter, as logged (SIGUSR1, exit) and served (/stats).
+func statsMap(st nat.Stats, ps stack.PumpStats, writeErrs uint64) map[string]any {
+	drops := make(map[string]uint64)
 	for _, r := range nat.DropReasons() {
-		drops.Uint64(r.String(), st.Drop(r))
+		drops[r.String()] = st.Drop(r)
 	}
-	fails := zerolog.Dict()
+	fails := make(map[string]uint64)
 	for _, r := range nat.FailReasons() {
-		fails.Uint64(r.String(), st.RecoveryFailed[r])
+		fails[r.String()] = st.RecoveryFailed[r]
 	}
-	log.Info().
-		Uint64("packets_read", ps.Read).Uint64("packets_written", ps.Written).
-		Uint64("write_errors", ps.WriteErrors+writeErrs).
-		Int(fFlows, st.Flows).Uint64("flows_created", st.FlowsCreated).Uint64("flows_expired", st.FlowsExpired).
-		Uint64("echo_replies", st.EchoReplies).Uint64("icmp_errors", st.ICMPErrors).
-		Dict("drops", drops).
-		Uint64("recovery_started", st.RecoveryStarted).Uint64("recovered", st.RecoverySucceeded).
-		Dict("recovery_failed", fails).Uint64("client_resets", st.ClientResets).
-		Uint64("adopted", st.Adopted).Uint64("adopt_aborts", st.AdoptAborts).
-		Uint64("old_real_resets", st.OldRealResets).Uint64("stale_flows", st.StaleFlows).
-		Uint64("parked", st.Parked).Int("inflight", st.Inflight).
-		Msg(msg)
+	return map[string]any{
+		"packets_read": ps.Read, "packets_written": ps.Written, "write_errors": ps.WriteErrors + writeErrs,
+		fFlows: st.Flows, "flows_created": st.FlowsCreated, "flows_expired": st.FlowsExpired,
+		"echo_replies": st.EchoReplies, "icmp_errors": st.ICMPErrors, "drops": drops,
+		"recovery_started": st.RecoveryStarted, "recovered": st.RecoverySucceeded,
+		"recovery_failed": fails, "client_resets": st.ClientResets,
+		"adopted": st.Adopted, "adopt_aborts": st.AdoptAborts,
+		"old_real_resets": st.OldRealResets, "stale_flows": st.StaleFlows,
+		"parked": st.Parked, "inflight": st.Inflight,
+	}
 }
 
 func logStart(log zerolog.Logger, s runSettings, mtu int) {
 	for _, svc := range s.services {
-		reals := zerolog.Arr()
-		for _, r := range svc.Reals {
-			reals.Str(r.Addr.String() + "*" + strconv.Itoa(r.Weight))
-		}
-		log.Info().Str(fService, svc.String()).Str(fScheduler, svc.Scheduler.Name()).
-			Dur("persistence", svc.Persistence).Array(fReals, reals).Msg("service")
+		logService(log, svc)
 	}
 	addrs := zerolog.Arr()
 	for _, a := range s.rec.addrs {
@@ -293,5 +339,15 @@ func logStart(log zerolog.Logger, s runSettings, mtu int) {
 		Int("recovery_wscale", s.rec.wscale).Dur("recovery_timeout", s.rec.timeout).
 		Int("recovery_rate", s.rec.rate).Int("recovery_max_inflight", s.rec.maxInflight).Msg("recovery")
 	log.Info().Str(fTUN, s.tun).Int("mtu", mtu).Bool("setup_routes", s.setupRoutes).
-		Int("max_flows", s.maxFlows).Int("pid", os.Getpid()).Msg("serving")
+		Int("max_flows", s.maxFlows).Str("admin_socket", s.adminSocket).Str("metrics_addr", s.metricsAddr).
+		Int("pid", os.Getpid()).Msg("serving")
+}
+
+func logService(log zerolog.Logger, svc *balancer.Service) {
+	reals := zerolog.Arr()
+	for _, r := range svc.Reals {
+		reals.Str(r.Addr.String() + "*" + strconv.Itoa(r.Weight))
+	}
+	log.Info().Str(fService, svc.String()).Str(fScheduler, svc.Scheduler.Name()).
+		Dur("persistence", svc.Persistence).Array(fReals, reals).Msg("service")
 }

@@ -11,12 +11,19 @@ import (
 
 // HoldfastArgs is `holdfast run` for director d with the lab's plumbing:
 // TUN hf0, routes set up on its real-server side, JSON logs, the shared
-// recovery address and d's own recovery port range (--director-id). extra
+// recovery address, d's own recovery port range (--director-id) and admin
+// socket. extra
 // follows (services, scheduler, reals; a later --recovery=off wins).
 func HoldfastArgs(d *Director, extra ...string) []string {
 	return append([]string{"run", "--tun", "hf0", "--setup-routes", "--real-iface", d.RSIface, "--log-format", "json",
-		"--recovery-addr", RecoveryAddr.String(), "--director-id", strconv.Itoa(d.ID)}, extra...)
+		"--recovery-addr", RecoveryAddr.String(), "--director-id", strconv.Itoa(d.ID),
+		"--admin-socket", AdminSocket(d)}, extra...)
 }
+
+// AdminSocket is the admin socket of director d's holdfast: the directors
+// of a lab share one filesystem and one TUN name, so the default path
+// (which includes the TUN name) would clash.
+func AdminSocket(d *Director) string { return "/run/holdfast/" + d.Name + ".sock" }
 
 // StartHoldfast starts `bin args...` in d's namespace and waits (bounded by
 // ctx) until it logs that it is serving. On failure the process is killed

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"holdfast/nat"
+
+	"github.com/urfave/cli/v2"
+)
+
+// The client side of the admin API: subcommands that talk to a running
+// `holdfast run` through its --admin-socket.
+
+// ctlFlags are the flags that find the director: its TUN name (the default
+// socket path includes it) or the socket itself.
+func ctlFlags(more ...cli.Flag) []cli.Flag {
+	return append([]cli.Flag{tunFlag, adminSocketFlag}, more...)
+}
+
+func ctlClient(c *cli.Context) *adminClient {
+	path := c.String(adminSocketFlag.Name)
+	if path == "" {
+		path = defaultAdminSocket(c.String(tunFlag.Name))
+	}
+	return newAdminClient(path)
+}
+
+func ctlCommands() []*cli.Command {
+	serviceReal := []cli.Flag{
+		&cli.StringFlag{Name: "service", Required: true, Usage: "the service, PROTO:VIP:PORT"},
+		&cli.StringFlag{Name: "real", Required: true, Usage: "the real, ADDR:PORT (with add: ADDR:PORT[*WEIGHT])"},
+	}
+	return []*cli.Command{
+		{
+			Name: "conns", Usage: "list the flows of a running director (like ipvsadm -Lnc)",
+			Flags: ctlFlags(jsonFlag), OnUsageError: usageError, Action: ctlConns,
+		},
+		{
+			Name: "stats", Usage: "print the counters of a running director",
+			Flags: ctlFlags(), OnUsageError: usageError, Action: ctlStats,
+		},
+		{
+			Name: "service", Usage: "services of a running director",
+			Subcommands: []*cli.Command{{
+				Name: "list", Usage: "list services and reals with weights, health and flow counts",
+				Flags: ctlFlags(jsonFlag), OnUsageError: usageError, Action: ctlServiceList,
+			}},
+		},
+		{
+			Name: "real", Usage: "change the reals of a running director (applies at once, existing flows stay)",
+			Subcommands: []*cli.Command{
+				{
+					Name: "add", Usage: "add a real to a service",
+					Flags: ctlFlags(serviceReal...), OnUsageError: usageError,
+					Action: func(c *cli.Context) error { return ctlReal(c, RealChange{Op: "add"}) },
+				},
+				{
+					Name: "remove", Usage: "remove a real: no new flows, its flows finish",
+					Flags: ctlFlags(serviceReal...), OnUsageError: usageError,
+					Action: func(c *cli.Context) error { return ctlReal(c, RealChange{Op: "remove"}) },
+				},
+				{
+					Name: "weight", Usage: "set a real's weight (0: no new flows, its flows continue)",
+					Flags:        ctlFlags(append(serviceReal, &cli.IntFlag{Name: "weight", Required: true, Usage: "0..65535"})...),
+					OnUsageError: usageError,
+					Action: func(c *cli.Context) error {
+						return ctlReal(c, RealChange{Op: "weight", Weight: c.Int("weight")})
+					},
+				},
+			},
+		},
+	}
+}
+
+func ctlConns(c *cli.Context) error {
+	var conns []ConnInfo
+	if err := ctlClient(c).do("GET", "/conns", nil, &conns); err != nil {
+		return cli.Exit(err.Error(), exitRuntime)
+	}
+	if c.Bool(jsonFlag.Name) {
+		return printJSON(conns)
+	}
+	sort.Slice(conns, func(i, j int) bool { return conns[i].Client < conns[j].Client })
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "PRO\tCLIENT\tVIP\tREAL\tSTATE\tKIND\tEXPIRES\tLOCAL\tSEQ-DELTA\tACK-DELTA")
+	for _, f := range conns {
+		local := f.Local
+		if local == "" {
+			local = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", strings.ToUpper(f.Proto), f.Client, f.VIP, f.Real,
+			f.State, f.Kind, fmtExpiry(f.ExpiresIn), local, f.SeqDelta, f.AckDelta)
+	}
+	return w.Flush()
+}
+
+func fmtExpiry(s float64) string {
+	n := int(s + 0.5)
+	return fmt.Sprintf("%02d:%02d", n/60, n%60)
+}
+
+func ctlStats(c *cli.Context) error {
+	var st map[string]any
+	if err := ctlClient(c).do("GET", "/stats", nil, &st); err != nil {
+		return cli.Exit(err.Error(), exitRuntime)
+	}
+	return printJSON(st)
+}
+
+func ctlServiceList(c *cli.Context) error {
+	var svcs []nat.ServiceInfo
+	if err := ctlClient(c).do("GET", "/services", nil, &svcs); err != nil {
+		return cli.Exit(err.Error(), exitRuntime)
+	}
+	if c.Bool(jsonFlag.Name) {
+		return printJSON(svcs)
+	}
+	for _, s := range svcs {
+		fmt.Printf("%s  scheduler %s  persistence %s\n", s.Service, s.Scheduler, s.Persistence)
+		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "  REAL\tWEIGHT\tHEALTH\tACTIVE\tINACTIVE\tPACKETS-IN\tPACKETS-OUT")
+		for _, r := range s.Reals {
+			health := "up"
+			if r.Down {
+				health = "down"
+			}
+			if r.Removed {
+				health += ",removed"
+			}
+			fmt.Fprintf(w, "  %s\t%d\t%s\t%d\t%d\t%d\t%d\n", r.Addr, r.Weight, health, r.Active, r.Inactive, r.PacketsIn, r.PacketsOut)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func ctlReal(c *cli.Context, ch RealChange) error {
+	ch.Service, ch.Real = c.String("service"), c.String("real")
+	var svcs []nat.ServiceInfo
+	if err := ctlClient(c).do("POST", "/real", ch, &svcs); err != nil {
+		return cli.Exit(err.Error(), exitUsage)
+	}
+	fmt.Printf("%s %s: done\n", ch.Op, ch.Real)
+	return nil
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

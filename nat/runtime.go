@@ -1,0 +1,252 @@
+package nat
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"holdfast/balancer"
+)
+
+// Runtime changes: services, reals, weights and health, applied at once and
+// without touching existing flows. A flow keeps the index of its real, so a
+// real is never moved or dropped from its service's slice: a removed real
+// keeps its slot with weight 0 (no new flows) until it is added again.
+
+func newService(s *balancer.Service) service {
+	return service{
+		Service: s,
+		persist: make(map[netip.Addr]affinity),
+		traffic: make([]realTraffic, len(s.Reals)),
+		removed: make([]bool, len(s.Reals)),
+	}
+}
+
+// RealInfo describes one real of a service.
+type RealInfo struct {
+	Addr     netip.AddrPort `json:"addr"`
+	Weight   int            `json:"weight"`
+	Down     bool           `json:"down"`    // marked down by health checks
+	Removed  bool           `json:"removed"` // removed at runtime, flows still draining
+	Active   int            `json:"active"`
+	Inactive int            `json:"inactive"`
+	realTraffic
+}
+
+// ServiceInfo describes one service.
+type ServiceInfo struct {
+	Service     string        `json:"service"` // PROTO:VIP:PORT
+	Scheduler   string        `json:"scheduler"`
+	Persistence time.Duration `json:"persistence_ns"`
+	Reals       []RealInfo    `json:"reals"`
+}
+
+// Services lists the services and their reals with their counters. Reals
+// removed at runtime are listed while flows still use them.
+func (d *Director) Services() []ServiceInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []ServiceInfo
+	for i := range d.services {
+		s := &d.services[i]
+		if s.gone {
+			continue
+		}
+		si := ServiceInfo{Service: s.String(), Scheduler: s.Scheduler.Name(), Persistence: s.Persistence}
+		for j, r := range s.Reals {
+			if s.removed[j] && r.Active+r.Inactive == 0 {
+				continue
+			}
+			si.Reals = append(si.Reals, RealInfo{
+				Addr: r.Addr, Weight: r.Weight, Down: r.Down, Removed: s.removed[j],
+				Active: r.Active, Inactive: r.Inactive, realTraffic: s.traffic[j],
+			})
+		}
+		out = append(out, si)
+	}
+	return out
+}
+
+// service finds a live service by protocol and VIP:port.
+func (d *Director) service(proto balancer.Proto, vip netip.AddrPort) (*service, uint16, error) {
+	si, ok := d.bySvc[svcKey{uint8(proto), vip}]
+	if !ok {
+		return nil, 0, fmt.Errorf("no service %s:%s", proto, vip)
+	}
+	return &d.services[si], si, nil
+}
+
+// SetWeight changes a real's weight; 0 quiesces it (no new flows, existing
+// flows continue).
+func (d *Director) SetWeight(proto balancer.Proto, vip, real netip.AddrPort, weight int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, si, err := d.service(proto, vip)
+	if err != nil {
+		return err
+	}
+	ri := d.realIndex(si, real)
+	if ri < 0 || s.removed[ri] {
+		return fmt.Errorf("service %s has no real %s", s, real)
+	}
+	s.Reals[ri].Weight = weight
+	return nil
+}
+
+// AddReal adds a real to a service (or gives a removed one back its weight).
+func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weight int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, si, err := d.service(proto, vip)
+	if err != nil {
+		return err
+	}
+	if !real.Addr().Is4() {
+		return fmt.Errorf("real %s: only IPv4 reals are served", real)
+	}
+	if ri := d.realIndex(si, real); ri >= 0 {
+		if !s.removed[ri] {
+			return fmt.Errorf("service %s already has real %s", s, real)
+		}
+		s.removed[ri] = false
+		s.Reals[ri].Weight = weight
+		return nil
+	}
+	if len(s.Reals) >= 0xffff {
+		return fmt.Errorf("service %s: too many reals", s)
+	}
+	s.Reals = append(s.Reals, &balancer.Real{Addr: real, Weight: weight})
+	s.traffic = append(s.traffic, realTraffic{})
+	s.removed = append(s.removed, false)
+	d.realAddrs[real.Addr()] = struct{}{}
+	rk := svcKey{uint8(proto), real}
+	d.realSvcs[rk] = append(d.realSvcs[rk], si)
+	return nil
+}
+
+// RemoveReal stops new flows to a real; its flows finish where they are.
+func (d *Director) RemoveReal(proto balancer.Proto, vip, real netip.AddrPort) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, si, err := d.service(proto, vip)
+	if err != nil {
+		return err
+	}
+	ri := d.realIndex(si, real)
+	if ri < 0 || s.removed[ri] {
+		return fmt.Errorf("service %s has no real %s", s, real)
+	}
+	s.removed[ri] = true
+	s.Reals[ri].Weight = 0
+	return nil
+}
+
+// SetDown records a health-check verdict for a real in every service that
+// has it; a down real gets no new flows.
+func (d *Director) SetDown(proto balancer.Proto, vip, real netip.AddrPort, down bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, si, err := d.service(proto, vip)
+	if err != nil {
+		return err
+	}
+	ri := d.realIndex(si, real)
+	if ri < 0 {
+		return fmt.Errorf("service %s has no real %s", s, real)
+	}
+	s.Reals[ri].Down = down
+	return nil
+}
+
+// Reconfigure applies a new set of services (a reload). It was validated
+// whole by the caller; this cannot fail half-way. A service that stays keeps
+// its flows and its reals' counters: reals are added, removed (drained) or
+// re-weighted, and the scheduler and persistence replaced. A new service is
+// added. A service no longer listed takes no new flows; its flows finish.
+func (d *Director) Reconfigure(svcs []*balancer.Service) error {
+	for _, s := range svcs {
+		if !s.VIP.Addr().Is4() {
+			return fmt.Errorf("service %s: only IPv4 VIPs are served", s)
+		}
+		for _, r := range s.Reals {
+			if !r.Addr.Addr().Is4() {
+				return fmt.Errorf("real %s: only IPv4 reals are served", r.Addr)
+			}
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	keep := make(map[svcKey]bool, len(svcs))
+	for _, ns := range svcs {
+		k := svcKey{uint8(ns.Proto), ns.VIP}
+		keep[k] = true
+		si, ok := d.bySvc[k]
+		if !ok {
+			// A service seen before and dropped by an earlier reload
+			// comes back in its old slot, so its old flows stay valid.
+			si, ok = d.goneService(k)
+		}
+		if !ok {
+			si = uint16(len(d.services))
+			d.bySvc[k] = si
+			d.services = append(d.services, newService(ns))
+			d.vips[ns.VIP.Addr()] = struct{}{}
+			d.servesProto[ns.Proto] = true
+			for _, r := range ns.Reals {
+				d.noteReal(ns.Proto, r.Addr, si)
+			}
+			continue
+		}
+		d.bySvc[k] = si
+		s := &d.services[si]
+		s.gone = false
+		s.Scheduler = ns.Scheduler
+		s.Persistence = ns.Persistence
+		want := make(map[netip.AddrPort]int, len(ns.Reals))
+		for _, r := range ns.Reals {
+			want[r.Addr] = r.Weight
+		}
+		for ri, r := range s.Reals {
+			w, ok := want[r.Addr]
+			s.removed[ri] = !ok
+			r.Weight = w // 0 when removed
+			delete(want, r.Addr)
+		}
+		for _, r := range ns.Reals { // new reals, in file order
+			if w, ok := want[r.Addr]; ok {
+				s.Reals = append(s.Reals, &balancer.Real{Addr: r.Addr, Weight: w})
+				s.traffic = append(s.traffic, realTraffic{})
+				s.removed = append(s.removed, false)
+				d.noteReal(ns.Proto, r.Addr, si)
+			}
+		}
+	}
+	for k, si := range d.bySvc {
+		if !keep[k] {
+			delete(d.bySvc, k)
+			d.services[si].gone = true
+		}
+	}
+	return nil
+}
+
+func (d *Director) goneService(k svcKey) (uint16, bool) {
+	for i := range d.services {
+		s := &d.services[i]
+		if s.gone && uint8(s.Proto) == k.proto && s.VIP == k.vip {
+			return uint16(i), true
+		}
+	}
+	return 0, false
+}
+
+func (d *Director) noteReal(proto balancer.Proto, addr netip.AddrPort, si uint16) {
+	d.realAddrs[addr.Addr()] = struct{}{}
+	rk := svcKey{uint8(proto), addr}
+	for _, s := range d.realSvcs[rk] {
+		if s == si {
+			return
+		}
+	}
+	d.realSvcs[rk] = append(d.realSvcs[rk], si)
+}
