@@ -27,16 +27,32 @@ func (p Proto) String() string {
 }
 
 // Real is one real server of a service. Addr and Weight are configuration;
-// Active and Inactive are flow counts maintained by the flow table (IPVS
-// semantics: active = ESTABLISHED TCP flows, inactive = every other flow), read
-// by the lc scheduler.
+// Down is its health; Active and Inactive are flow counts maintained by the
+// flow table (IPVS semantics: active = ESTABLISHED TCP flows, inactive = every
+// other flow), read by the lc scheduler.
+//
+// Every field is guarded by the lock of the packet loop that schedules flows
+// (nat's): schedulers read them under it, and whoever changes them (runtime
+// weight changes, a Checker's onChange) takes it first. A Checker never writes
+// a Real; it only reports.
 type Real struct {
 	Addr   netip.AddrPort
 	Weight int // 0 = quiesced: no new flows, existing flows continue.
 
+	// Down is true while the real fails its health check. A down real
+	// takes no new flows, exactly as if its weight were 0, and keeps its
+	// weight for when it comes back up; existing flows continue. The zero
+	// value is up, so a real that is never checked is always up.
+	Down bool
+
 	Active   int
 	Inactive int
 }
+
+// Available reports whether the real may take a new flow: it has a weight and
+// is not down. Schedulers pick only available reals; so must anything else
+// that sends a new flow to a real (persistence, fallbacks).
+func (r *Real) Available() bool { return r.Weight > 0 && !r.Down }
 
 // Service is one virtual service: PROTO:VIP:PORT with its scheduler and reals.
 type Service struct {
@@ -45,6 +61,7 @@ type Service struct {
 	Scheduler   Scheduler
 	Persistence time.Duration // 0 = none; else a client address keeps its real this long after its last flow.
 	Reals       []*Real
+	Check       Check // health check of every real; the zero Check is none.
 }
 
 // String returns the service as PROTO:VIP:PORT, the form ParseService reads.
@@ -58,6 +75,7 @@ type Scheduler interface {
 	Name() string
 	// Pick returns the index in reals of the real for a new flow from client
 	// to dst (the VIP:port), or -1 if no real can take a new flow (every
-	// weight is 0). It must not allocate.
+	// real has weight 0 or is down). It never returns a real that is not
+	// Available, and must not allocate.
 	Pick(reals []*Real, client, dst netip.AddrPort) int
 }

@@ -1,7 +1,15 @@
-// Package balancer holds the services a director serves, their real servers and
-// the schedulers that pick a real for a new flow (rr, wrr, sh, dh, lc).
+// Package balancer holds the services a director serves, their real servers,
+// the schedulers that pick a real for a new flow (rr, wrr, sh, dh, lc), and
+// the health checks that mark reals down.
 //
-// It does no I/O and reads no clock. Schedulers are called from the packet loop
-// only (one goroutine), so they keep their cursor state without locks; the
-// counters they read (Real.Active, Real.Inactive) are maintained by nat.
+// The schedulers and the parsers do no I/O and read no clock. Schedulers are
+// called from the packet loop only (one goroutine), so they keep their cursor
+// state without locks; the fields they read (Real.Weight, Real.Down,
+// Real.Active, Real.Inactive) are written under nat's lock.
+//
+// The Checker is the one part that does I/O and starts goroutines: it probes
+// reals over the network of the namespace the process runs in and reports
+// transitions to a callback. It never writes a Real; the caller applies a
+// transition to Real.Down under its own lock. The packet path never waits on
+// a check.
 package balancer

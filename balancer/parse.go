@@ -112,14 +112,16 @@ type ServiceConfig struct {
 	Scheduler   string   `json:"scheduler"`   // rr, wrr, sh, dh or lc; "" = wrr
 	Persistence string   `json:"persistence"` // Go duration, e.g. "30m"; "" = none
 	Reals       []string `json:"reals"`       // ADDR:PORT[*WEIGHT]
+	Check       string   `json:"check"`       // none, tcp, http:/PATH[=STATUS]; "" = none
 }
 
 // DefaultScheduler is the scheduler of a ServiceConfig that names none.
 const DefaultScheduler = "wrr"
 
 // Build validates c and returns the Service it describes, with a fresh
-// scheduler and fresh Real structs (flow counts zero). An error starts with
-// the field at fault (service, scheduler, persistence, reals or reals[i]).
+// scheduler and fresh Real structs (flow counts zero, all up). An error starts
+// with the field at fault (service, scheduler, persistence, reals, reals[i] or
+// check).
 func (c ServiceConfig) Build() (*Service, error) {
 	proto, vip, err := ParseService(c.Service)
 	if err != nil {
@@ -140,11 +142,18 @@ func (c ServiceConfig) Build() (*Service, error) {
 			return nil, fmt.Errorf("persistence: invalid duration %q: expected a non-negative Go duration, e.g. 30m or 1h30m", c.Persistence)
 		}
 	}
+	var check Check
+	if c.Check != "" {
+		check, err = ParseCheck(c.Check)
+		if err != nil {
+			return nil, fmt.Errorf("check: %w", err)
+		}
+	}
 	if len(c.Reals) == 0 {
 		return nil, fmt.Errorf("reals: no real server given for service %s; expected at least one ADDR:PORT[*WEIGHT]", c.Service)
 	}
 	svc := &Service{Proto: proto, VIP: vip, Scheduler: sched, Persistence: persist,
-		Reals: make([]*Real, 0, len(c.Reals))}
+		Reals: make([]*Real, 0, len(c.Reals)), Check: check}
 	first := make(map[netip.AddrPort]int, len(c.Reals)) // real -> index where first given
 	for i, s := range c.Reals {
 		addr, weight, err := ParseReal(s)

@@ -11,9 +11,10 @@ import (
 // dh keep state about the reals they last saw.
 //
 // Schedulers are not safe for concurrent use; the packet loop is their only
-// caller. Pick copes with the reals slice and weights changing between calls
-// (runtime add, remove, quiesce): the state is resized or rebuilt on the next
-// Pick, which may then allocate; a Pick with nothing changed does not.
+// caller. Pick copes with the reals slice, weights and health changing between
+// calls (runtime add, remove, quiesce, down): the state is resized or rebuilt
+// on the next Pick, which may then allocate; a Pick with nothing changed does
+// not, and neither does one after a real went down or up.
 func NewScheduler(name string) (Scheduler, error) {
 	switch strings.ToLower(name) {
 	case "rr":
@@ -34,8 +35,8 @@ func NewScheduler(name string) (Scheduler, error) {
 // ParseService where flags and config files are read.
 func ParseScheduler(name string) (Scheduler, error) { return NewScheduler(name) }
 
-// roundRobin hands new flows to the reals with a non-zero weight in turn,
-// ignoring the weight's value.
+// roundRobin hands new flows to the available reals (weight > 0, not down) in
+// turn, ignoring the weight's value.
 type roundRobin struct {
 	next int // index to try first; may be out of range after the slice shrank.
 }
@@ -46,7 +47,7 @@ func (s *roundRobin) Pick(reals []*Real, _, _ netip.AddrPort) int {
 	n := len(reals)
 	for k := range n {
 		i := (s.next + k) % n
-		if reals[i].Weight > 0 {
+		if reals[i].Available() {
 			s.next = i + 1
 			return i
 		}
@@ -69,13 +70,15 @@ func (s *weightedRoundRobin) Pick(reals []*Real, _, _ netip.AddrPort) int {
 	if !s.seen.equal(reals) {
 		// Stale credit would favour or starve reals for a while after a
 		// change; starting again from zero is what nginx does on reload.
+		// A real going down or up is such a change, as a weight set to
+		// 0 and back is.
 		s.seen.take(reals)
 		s.current = resize(s.current, len(reals))
 		clear(s.current)
 	}
 	total, best := 0, -1
 	for i, r := range reals {
-		if r.Weight <= 0 {
+		if !r.Available() {
 			continue
 		}
 		s.current[i] += r.Weight
@@ -101,7 +104,7 @@ func (leastConn) Pick(reals []*Real, _, _ netip.AddrPort) int {
 	best := -1
 	var bestOver, bestWeight int64
 	for i, r := range reals {
-		if r.Weight <= 0 {
+		if !r.Available() {
 			continue
 		}
 		over, w := int64(r.Active)*256+int64(r.Inactive), int64(r.Weight)
@@ -129,9 +132,14 @@ const (
 //
 // A real set to weight 0 keeps its buckets and Pick probes on to the next
 // bucket (IPVS sh "fallback"): quiescing a real moves only that real's
-// clients, and giving it back the same weight moves them back. Any other
-// change (a real added or removed, a weight changed to another non-zero value)
-// rebuilds the table.
+// clients, and giving it back the same weight moves them back. A down real is
+// skipped the same way. Any other change (a real added or removed, a weight
+// changed to another non-zero value) rebuilds the table.
+//
+// The table is built from the configured weights and ignores health: a real
+// that is down when the table is (re)built still gets its buckets, so health
+// flapping never reshuffles the clients of healthy reals, and a real that
+// comes back up gets exactly its own clients back, even across a rebuild.
 //
 // dh hashes dst, which is the VIP:port: every flow of a service has the same
 // destination, so dh sends them all to one real (falling back to the next
@@ -164,15 +172,15 @@ func (s *hashScheduler) Pick(reals []*Real, client, dst netip.AddrPort) int {
 		if i < 0 {
 			break // empty table: no real had a weight at build time.
 		}
-		if reals[i].Weight > 0 {
+		if reals[i].Available() {
 			return int(i)
 		}
 	}
-	// Every bucket's real is quiesced. A real with a weight but no bucket
-	// exists only with more than 256 reals; take the first one rather than
-	// refuse the flow.
+	// Every bucket's real is quiesced or down. A real with a weight but no
+	// bucket exists only with more than 256 reals; take the first available
+	// one rather than refuse the flow.
 	for i, r := range reals {
-		if r.Weight > 0 {
+		if r.Available() {
 			return i
 		}
 	}
@@ -182,7 +190,7 @@ func (s *hashScheduler) Pick(reals []*Real, client, dst netip.AddrPort) int {
 // build fills the table with smooth weighted round robin over the reals'
 // weights: each real gets its share of the 256 buckets rounded to within one,
 // and its buckets are spread out rather than contiguous. Reals of weight 0 get
-// no bucket.
+// no bucket; down reals get theirs (see hashScheduler).
 func (s *hashScheduler) build(reals []*Real) {
 	s.seen.take(reals)
 	s.cur = resize(s.cur, len(reals))
@@ -229,37 +237,40 @@ func hash32(v uint32) uint32 {
 	return (v * 0x61C88647) >> (32 - tableBits)
 }
 
-// view remembers the (address, weight) list a scheduler built its state for,
-// so that Pick notices a runtime change with one pass and no allocation.
+// view remembers the (address, weight, down) list a scheduler built its state
+// for, so that Pick notices a runtime change with one pass and no allocation.
 type view []viewEntry
 
 type viewEntry struct {
 	addr   netip.AddrPort
 	weight int
+	down   bool
 }
 
 func (v *view) take(reals []*Real) {
 	*v = resize(*v, len(reals))
 	for i, r := range reals {
-		(*v)[i] = viewEntry{r.Addr, r.Weight}
+		(*v)[i] = viewEntry{r.Addr, r.Weight, r.Down}
 	}
 }
 
-// equal reports whether reals have exactly the addresses and weights seen.
+// equal reports whether reals have exactly the addresses, weights and health
+// seen.
 func (v view) equal(reals []*Real) bool {
 	if len(v) != len(reals) {
 		return false
 	}
 	for i, r := range reals {
-		if v[i] != (viewEntry{r.Addr, r.Weight}) {
+		if v[i] != (viewEntry{r.Addr, r.Weight, r.Down}) {
 			return false
 		}
 	}
 	return true
 }
 
-// covers is equal, except that a real whose weight dropped to 0 still matches:
-// the sh/dh table keeps its buckets and Pick probes past them.
+// covers is equal, except that health is ignored and a real whose weight
+// dropped to 0 still matches: the sh/dh table keeps its buckets and Pick
+// probes past them.
 func (v view) covers(reals []*Real) bool {
 	if len(v) != len(reals) {
 		return false

@@ -394,3 +394,158 @@ func BenchmarkPick(b *testing.B) {
 		})
 	}
 }
+
+// TestDown runs every scheduler through health changes on one instance, as the
+// checker would make them: a down real is never picked, all down gives -1,
+// and a real back up is picked again.
+func TestDown(t *testing.T) {
+	steps := []struct {
+		name string
+		down string // one byte per real: 'd' down, anything else up.
+		want string // exactly the reals picked over many clients; "" = only -1.
+	}{
+		{"all up", "...", "abc"},
+		{"b down", ".d.", "ac"},
+		{"a and c down", "d.d", "b"},
+		{"all down", "ddd", ""},
+		{"b back up", "d.d", "b"},
+		{"all back up", "...", "abc"},
+		{"c down", "..d", "ab"},
+	}
+	for _, name := range schedulerNames {
+		t.Run(name, func(t *testing.T) {
+			s, reals := mustScheduler(t, name), realsW(2, 1, 1)
+			for _, st := range steps {
+				for i, r := range reals {
+					r.Down = st.down[i] == 'd'
+					r.Active = 0 // lc: each step starts idle.
+				}
+				var seen [3]bool
+				for i := range 300 {
+					// dh hashes the destination: vary it too.
+					p := s.Pick(reals, client(i), client(i*7))
+					switch {
+					case st.want == "" && p != -1:
+						t.Fatalf("%s: pick %d = %d, want -1", st.name, i, p)
+					case st.want == "":
+					case p < 0 || !strings.ContainsRune(st.want, rune('a'+p)):
+						t.Fatalf("%s: pick %d = %d, want one of %s", st.name, i, p, st.want)
+					default:
+						seen[p] = true
+						reals[p].Active++
+					}
+				}
+				for _, c := range st.want {
+					if !seen[c-'a'] {
+						t.Errorf("%s: real %c never picked in 300 flows", st.name, c)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestDownAndWeightZero: health and weight combine; either one stops new
+// flows, and coming back up does not undo a quiesce.
+func TestDownAndWeightZero(t *testing.T) {
+	for _, name := range schedulerNames {
+		t.Run(name, func(t *testing.T) {
+			s, reals := mustScheduler(t, name), realsW(1, 0, 1)
+			reals[1].Down = true
+			reals[2].Down = true
+			for i := range 100 {
+				if p := s.Pick(reals, client(i), client(i*7)); p != 0 {
+					t.Fatalf("b quiesced and down, c down: Pick = %d, want 0", p)
+				}
+			}
+			reals[1].Down = false
+			reals[0].Down = true
+			for i := range 100 {
+				if p := s.Pick(reals, client(i), client(i*7)); p != -1 {
+					t.Fatalf("a and c down, b up but quiesced: Pick = %d, want -1", p)
+				}
+			}
+		})
+	}
+}
+
+// TestSourceHashDown checks the disruption bound for health, as
+// TestSourceHashQuiesce does for weight: a real going down moves only its own
+// clients, and they come back when it is up.
+func TestSourceHashDown(t *testing.T) {
+	s, reals := mustScheduler(t, "sh"), realsW(1, 2, 1)
+	const n = 3000
+	before := make([]int, n)
+	for i := range before {
+		before[i] = s.Pick(reals, client(i), vip)
+	}
+	reals[1].Down = true
+	moved := 0
+	for i := range n {
+		got := s.Pick(reals, client(i), vip)
+		switch {
+		case got == 1:
+			t.Fatalf("client %v went to down real 1", client(i))
+		case before[i] != 1 && got != before[i]:
+			t.Fatalf("client %v moved from real %d to %d though its real is up", client(i), before[i], got)
+		case before[i] == 1:
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatal("no client was on real 1")
+	}
+	reals[1].Down = false
+	for i := range n {
+		if got := s.Pick(reals, client(i), vip); got != before[i] {
+			t.Fatalf("client %v: real %d after real 1 came back up, want %d", client(i), got, before[i])
+		}
+	}
+}
+
+// TestSourceHashBuiltWhileDown: a table built while a real is down (a fresh
+// scheduler, a reload) still gives that real its buckets, so it gets exactly
+// its own clients when it comes up and nobody else moves.
+func TestSourceHashBuiltWhileDown(t *testing.T) {
+	ref, up := mustScheduler(t, "sh"), realsW(1, 2, 1)
+	s, reals := mustScheduler(t, "sh"), realsW(1, 2, 1)
+	reals[1].Down = true
+	const n = 3000
+	for i := range n {
+		want := ref.Pick(up, client(i), vip)
+		got := s.Pick(reals, client(i), vip)
+		if want != 1 && got != want {
+			t.Fatalf("client %v: real %d while real 1 is down, want %d", client(i), got, want)
+		}
+	}
+	reals[1].Down = false
+	for i := range n {
+		if want, got := ref.Pick(up, client(i), vip), s.Pick(reals, client(i), vip); got != want {
+			t.Fatalf("client %v: real %d after real 1 came up, want %d", client(i), got, want)
+		}
+	}
+}
+
+// TestPickAllocsHealthChanges: reals going down and up between picks, as the
+// checker makes them, cost no allocation either (wrr restarts its credit in
+// place, sh and dh keep their table).
+func TestPickAllocsHealthChanges(t *testing.T) {
+	for _, name := range schedulerNames {
+		t.Run(name, func(t *testing.T) {
+			s, reals := mustScheduler(t, name), realsW(3, 0, 2, 1)
+			reals[3].Down = true
+			s.Pick(reals, client(0), vip) // builds the state
+			i := 0
+			allocs := testing.AllocsPerRun(1000, func() {
+				i++
+				reals[2].Down = i%3 == 0
+				if p := s.Pick(reals, client(i), vip); p < 0 || !reals[p].Available() {
+					t.Fatalf("Pick = %d, want an available real", p)
+				}
+			})
+			if allocs != 0 {
+				t.Errorf("Pick allocates %v times per call, want 0", allocs)
+			}
+		})
+	}
+}

@@ -52,6 +52,7 @@ func serviceFromFlags(c *cli.Context) (*balancer.Service, error) {
 		Scheduler:   c.String(schedulerFlag.Name),
 		Persistence: c.String(persistenceFlag.Name),
 		Reals:       c.StringSlice(realFlag.Name),
+		Check:       c.String(checkFlag.Name),
 	}
 	// Check each flag on its own first so the message names the flag.
 	if sc.Service == "" {
@@ -62,6 +63,9 @@ func serviceFromFlags(c *cli.Context) (*balancer.Service, error) {
 	}
 	if _, err := balancer.NewScheduler(sc.Scheduler); err != nil {
 		return nil, usagef("--scheduler: %v", err)
+	}
+	if _, err := balancer.ParseCheck(sc.Check); err != nil {
+		return nil, usagef("--check: %v", err)
 	}
 	if len(sc.Reals) == 0 {
 		return nil, usagef("--service %s has no --real ADDR:PORT[*WEIGHT]", sc.Service)
@@ -77,7 +81,7 @@ func serviceFromFlags(c *cli.Context) (*balancer.Service, error) {
 		switch {
 		case strings.HasPrefix(flag, "reals"):
 			flag = "real"
-		case flag != "persistence" && flag != "scheduler" && flag != "service":
+		case flag != "persistence" && flag != "scheduler" && flag != "service" && flag != "check":
 			return nil, usagef("--service %s: %v", sc.Service, err)
 		}
 		return nil, usagef("--%s: %v", flag, err)
@@ -136,7 +140,7 @@ func jsonError(data []byte, err error) string {
 	if off < 0 {
 		msg := strings.TrimPrefix(err.Error(), "json: ")
 		if strings.HasPrefix(msg, "unknown field") {
-			return msg + " (expected the fields services, and in each service: service, scheduler, persistence, reals)"
+			return msg + " (expected the fields services, and in each service: service, scheduler, persistence, reals, check)"
 		}
 		return msg + " (expected JSON as in the README)"
 	}

@@ -149,6 +149,27 @@ var (
 		Usage: "serve Prometheus metrics on ADDR:PORT at /metrics (default off)",
 	}
 	jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
+
+	checkFlag = &cli.StringFlag{
+		Name: "check", Value: "none", Category: catOps, EnvVars: env("CHECK"),
+		Usage: "health check of the --service reals: none, tcp, http:/PATH or http:/PATH=STATUS (config files: \"check\" per service)",
+	}
+	checkIntervalFlag = &cli.DurationFlag{
+		Name: "check-interval", Value: 2 * time.Second, Category: catOps, EnvVars: env("CHECK_INTERVAL"),
+		Usage: "time between two checks of a real",
+	}
+	checkTimeoutFlag = &cli.DurationFlag{
+		Name: "check-timeout", Value: 2 * time.Second, Category: catOps, EnvVars: env("CHECK_TIMEOUT"),
+		Usage: "time one check may take (at most --check-interval)",
+	}
+	checkRiseFlag = &cli.IntFlag{
+		Name: "check-rise", Value: 2, Category: catOps, EnvVars: env("CHECK_RISE"),
+		Usage: "consecutive successful checks that mark a down real up",
+	}
+	checkFallFlag = &cli.IntFlag{
+		Name: "check-fall", Value: 3, Category: catOps, EnvVars: env("CHECK_FALL"),
+		Usage: "consecutive failed checks that mark an up real down",
+	}
 )
 
 func runFlags() []cli.Flag {
@@ -160,6 +181,7 @@ func runFlags() []cli.Flag {
 		recoveryWScaleFlag, recoveryMSSFlag, recoveryTimeoutFlag, recoveryRateFlag,
 		recoveryMaxInflightFlag, recoveryAllowFlag, parkBytesFlag,
 		adminSocketFlag, metricsAddrFlag,
+		checkFlag, checkIntervalFlag, checkTimeoutFlag, checkRiseFlag, checkFallFlag,
 		logLevelFlag, logFormatFlag,
 	}
 }

@@ -43,6 +43,7 @@ type runSettings struct {
 	rec         recoverySettings
 	adminSocket string
 	metricsAddr string
+	checks      balancer.CheckTiming
 	// reload reads --config (and the service flags) again, validated whole.
 	reload func() ([]*balancer.Service, error)
 }
@@ -89,6 +90,13 @@ func parseRun(c *cli.Context) (runSettings, error) {
 		if c.Duration(f.Name) <= 0 {
 			return s, usagef("--%s %s: expected a positive duration, e.g. %s", f.Name, c.Duration(f.Name), f.Value)
 		}
+	}
+	s.checks = balancer.CheckTiming{
+		Interval: c.Duration(checkIntervalFlag.Name), Timeout: c.Duration(checkTimeoutFlag.Name),
+		Rise: c.Int(checkRiseFlag.Name), Fall: c.Int(checkFallFlag.Name),
+	}
+	if err := s.checks.Validate(); err != nil {
+		return s, usagef("--check-interval/--check-timeout/--check-rise/--check-fall: %v", err)
 	}
 	s.timeouts = nat.NewTimeouts(c.Duration(timeoutTCPFlag.Name), c.Duration(timeoutTCPFinFlag.Name), c.Duration(timeoutUDPFlag.Name))
 	var err error
@@ -237,6 +245,22 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 		}
 		defer stopMetrics()
 	}
+	checker := balancer.NewChecker(s.checks, func(t balancer.Target, up bool, reason string) {
+		proto, vip, err := balancer.ParseService(t.Service)
+		if err == nil {
+			err = d.SetDown(proto, vip, t.Addr, !up)
+		}
+		if err != nil {
+			return // a target of a service or real that went away
+		}
+		ev, msg := log.Warn(), "real down"
+		if up {
+			ev, msg = log.Info(), "real up"
+		}
+		ev.Str(fService, t.Service).Str("real", t.Addr.String()).Str("check", t.Check.String()).Str("reason", reason).Msg(msg)
+	})
+	defer checker.Stop()
+	setChecks(checker, d, s.services)
 	watched := make(chan struct{})
 	go func() { // events: logs what an operator must know, rate limited
 		defer close(watched)
@@ -256,7 +280,7 @@ wait:
 		select {
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				reload(s, d, log)
+				reload(s, d, checker, log)
 			} else {
 				log.Info().Fields(stats()).Msg("counters")
 			}
@@ -289,7 +313,7 @@ wait:
 
 // reload applies a new --config on SIGHUP. A file that does not validate is
 // rejected whole: the running configuration stays.
-func reload(s runSettings, d *nat.Director, log zerolog.Logger) {
+func reload(s runSettings, d *nat.Director, checker *balancer.Checker, log zerolog.Logger) {
 	svcs, err := s.reload()
 	if err == nil {
 		err = d.Reconfigure(svcs)
@@ -298,10 +322,31 @@ func reload(s runSettings, d *nat.Director, log zerolog.Logger) {
 		log.Error().Err(err).Msg("reload rejected; the running configuration stays")
 		return
 	}
+	setChecks(checker, d, svcs)
 	for _, svc := range svcs {
 		logService(log, svc)
 	}
 	log.Info().Int("services", len(svcs)).Msg("reloaded")
+}
+
+// setChecks makes the checker probe the reals of svcs, and records the state
+// of each (a real whose check changed starts up again).
+func setChecks(checker *balancer.Checker, d *nat.Director, svcs []*balancer.Service) {
+	var targets []balancer.Target
+	for _, svc := range svcs {
+		for _, r := range svc.Reals {
+			targets = append(targets, balancer.Target{Service: svc.String(), Addr: r.Addr, Check: svc.Check})
+		}
+	}
+	checker.Set(targets)
+	for _, svc := range svcs {
+		for _, t := range targets {
+			if t.Service == svc.String() {
+				up, _ := checker.State(t)
+				d.SetDown(svc.Proto, svc.VIP, t.Addr, !up) //nolint:errcheck // the reals were just applied
+			}
+		}
+	}
 }
 
 // statsMap is every counter, as logged (SIGUSR1, exit) and served (/stats).
