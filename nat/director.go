@@ -382,7 +382,7 @@ func (d *Director) toClient(p *packet, f *Flow) {
 func (d *Director) pickReal(s *service, client, dst netip.AddrPort, now int64, exclude []netip.AddrPort) int {
 	if s.Persistence > 0 {
 		a, ok := s.persist[client.Addr()]
-		if ok && (a.flows > 0 || a.expires > now) && a.real < len(s.Reals) && s.Reals[a.real].Weight > 0 && !contains(exclude, s.Reals[a.real].Addr) {
+		if ok && (a.flows > 0 || a.expires > now) && a.real < len(s.Reals) && s.Reals[a.real].Available() && !contains(exclude, s.Reals[a.real].Addr) {
 			return a.real
 		}
 	}
@@ -395,7 +395,7 @@ func (d *Director) pickReal(s *service, client, dst netip.AddrPort, now int64, e
 		}
 	}
 	for ri, r := range s.Reals {
-		if r.Weight > 0 && !contains(exclude, r.Addr) {
+		if r.Available() && !contains(exclude, r.Addr) {
 			return ri
 		}
 	}

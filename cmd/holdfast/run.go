@@ -95,6 +95,10 @@ func parseRun(c *cli.Context) (runSettings, error) {
 		Interval: c.Duration(checkIntervalFlag.Name), Timeout: c.Duration(checkTimeoutFlag.Name),
 		Rise: c.Int(checkRiseFlag.Name), Fall: c.Int(checkFallFlag.Name),
 	}
+	if !c.IsSet(checkTimeoutFlag.Name) {
+		// As HAProxy without "timeout check": a check may take the interval.
+		s.checks.Timeout = min(s.checks.Timeout, s.checks.Interval)
+	}
 	if err := s.checks.Validate(); err != nil {
 		return s, usagef("--check-interval/--check-timeout/--check-rise/--check-fall: %v", err)
 	}
