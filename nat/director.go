@@ -40,6 +40,8 @@ type Stats struct {
 	AdoptAborts       uint64 // recovery dials abandoned because the original real spoke
 	OldRealResets     uint64 // RSTs sent to a real whose connection was recovered elsewhere
 	StaleFlows        uint64 // flows found stale (the client acked bytes this director never carried)
+	RehomeStarted     uint64 // flows of a down or drained real sent through recovery
+	Rehomed           uint64 // of those, recovered onto another real
 	Parked            uint64 // packets parked
 	ParkedBytes       int    // bytes parked now
 	Inflight          int    // recoveries in flight now
@@ -87,6 +89,7 @@ type service struct {
 	persist map[netip.Addr]affinity
 	traffic []realTraffic // parallel to Reals
 	removed []bool        // parallel to Reals: removed at runtime, kept while flows remain
+	rehome  []bool        // parallel to Reals: drained with --rehome, flows move away
 	gone    bool          // removed by a reload: no new flows, old ones finish
 }
 
@@ -256,6 +259,15 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 			found = false
 		}
 	}
+	if found && p.proto == protoTCP && d.rec.enabled && p.data > 1 {
+		f := &d.flows.slab[slot]
+		// A flow on a dead or drained real moves at its first request
+		// after all of the real's data was acknowledged: before that, a
+		// response is in flight and cannot be resumed elsewhere.
+		if d.leaving(f) && f.marked && !seqAfter(f.hiSrv, p.ack) {
+			return d.rehome(slot, f.svc, p, now)
+		}
+	}
 	if !found {
 		if p.proto == protoTCP {
 			if p.flags&header.TCPFlagRst != 0 {
@@ -272,6 +284,9 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 		slot, r = d.newFlow(si, p, now)
 		if r != DropNone {
 			return Drop, r, nil
+		}
+		if p.proto == protoTCP && p.flags&header.TCPFlagSyn != 0 {
+			d.flows.slab[slot].hs = synOptions(p)
 		}
 	}
 	f := &d.flows.slab[slot]
@@ -333,6 +348,9 @@ func (d *Director) fromReal(p *packet, now int64) (Verdict, DropReason, []byte) 
 	if found && side == sideReal {
 		f := &d.flows.slab[slot]
 		if f.Expires > now {
+			if p.proto == protoTCP && f.State == StateSynRecv && p.flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn|header.TCPFlagAck {
+				f.hs.seeSynAck(p)
+			}
 			d.track(f, p, false, now)
 			d.toClient(p, f)
 			return Forward, DropNone, p.ip
@@ -357,6 +375,32 @@ func (d *Director) fromReal(p *packet, now int64) (Verdict, DropReason, []byte) 
 		return Drop, DropNoFlow, nil
 	}
 	return d.adopt(svcs, p, now)
+}
+
+// leaving reports whether f's real is down or being drained with --rehome.
+func (d *Director) leaving(f *Flow) bool {
+	s := &d.services[f.svc]
+	return s.Reals[f.real].Down || s.rehome[f.real]
+}
+
+// synOptions records the client's SYN options.
+func synOptions(p *packet) clientHandshake {
+	o := header.ParseSynOptions(header.TCP(p.l4).Options(), false)
+	return clientHandshake{ws: int8(o.WS), view: -1, mss: o.MSS, sack: o.SACKPermitted, ts: o.TS}
+}
+
+// seeSynAck completes the handshake record with the real's SYN-ACK. Window
+// scaling, SACK and timestamps are in effect only if both sides offered them
+// (RFC 7323, RFC 2018).
+func (h *clientHandshake) seeSynAck(p *packet) {
+	o := header.ParseSynOptions(header.TCP(p.l4).Options(), true)
+	h.view = int8(o.WS)
+	if h.ws < 0 || h.view < 0 {
+		h.ws, h.view = 0, 0
+	}
+	h.sack = h.sack && o.SACKPermitted
+	h.ts = h.ts && o.TS
+	h.known = true
 }
 
 // toClient rewrites a real's packet for its flow's client.

@@ -60,6 +60,10 @@ type Flow struct {
 	hiSrvSeen bool
 	marked    bool
 
+	// hs is the client's side of the handshake, for flows whose SYN and
+	// SYN-ACK crossed this director (and flows re-homed from those).
+	hs clientHandshake
+
 	svc  uint16 // index into Director.services
 	real uint16 // index into the service's Reals
 	used bool
@@ -126,4 +130,35 @@ func (t *table) remove(slot uint32) {
 	*f = Flow{}
 	t.free = append(t.free, slot)
 	t.n--
+}
+
+// clientHandshake is what the director saw of a connection's handshake:
+// the client's SYN options and the shift the client applies to the windows
+// it receives (the window scale of the original real's SYN-ACK). A re-home
+// uses it to make the recovery exact.
+type clientHandshake struct {
+	known bool
+	ws    int8   // the client's window scale (-1: none offered)
+	view  int8   // the window scale the client applies to the server's windows (-1: none)
+	mss   uint16 // the client's MSS (0: none)
+	sack  bool   // both sides SACK-permitted
+	ts    bool   // both sides use timestamps
+}
+
+var unknownHandshake = clientHandshake{ws: -1, view: -1}
+
+// wsOr returns the client's shift, or def when unknown.
+func (h clientHandshake) wsOr(def int8) int8 {
+	if !h.known {
+		return def
+	}
+	return h.ws
+}
+
+// viewOr returns the shift the client applies to server windows, or def.
+func (h clientHandshake) viewOr(def int8) int8 {
+	if !h.known {
+		return def
+	}
+	return h.view
 }

@@ -28,6 +28,9 @@ type RecoveryRequest struct {
 	Key        Key            // the client's key: (tcp, client, VIP)
 	Real       netip.AddrPort // first real to try
 	Timestamps bool           // the client uses TCP timestamps
+	WScale     int            // window scale to advertise; -1: the configured default
+	MSS        int            // MSS to advertise at most; 0: the configured default
+	SACK       bool           // offer SACK (the client negotiated it, or is not known not to)
 }
 
 // Handshake is what a recovery dial captured (raw wire values).
@@ -66,6 +69,10 @@ type pending struct {
 	lastEnd    uint32 // end of the last parked segment
 	tried      []netip.AddrPort
 	superseded bool // the flow was adopted meanwhile
+	// A re-home: the client's handshake as the director saw it, and the
+	// real left behind (whose packets for this tuple are never adopted).
+	hs   clientHandshake
+	from netip.AddrPort
 }
 
 type recovery struct {
@@ -149,48 +156,91 @@ func (rc *recovery) allowed(a netip.Addr) bool {
 // recoverMiss handles a client TCP segment (not SYN, not RST) with no flow:
 // park it behind a recovery in flight, or start one if it may trigger.
 func (d *Director) recoverMiss(si uint16, p *packet, now int64) (Verdict, DropReason, []byte) {
-	rc := &d.rec
 	key := Key{p.proto, p.src, p.dst}
-	if pd := rc.pending[key]; pd != nil {
+	if pd := d.rec.pending[key]; pd != nil {
 		return d.park(pd, p)
 	}
-	// Only a segment with data proves a live connection worth a handshake;
-	// a pure ACK, FIN or 1-byte keepalive probe (SND.UNA-1) does not, and a
-	// segment with SACK blocks means the client holds bytes from the old
-	// real that the new one would not match. Wait for a retransmission.
-	if p.data <= 1 {
-		return Drop, DropNoTrigger, nil
+	if r := d.refuseRecovery(p, now); r != DropNone {
+		return Drop, r, nil
 	}
-	sack, ts, tsval, tsecr := tcpOptions(header.TCP(p.l4))
+	return d.startRecovery(si, p, now, unknownHandshake, netip.AddrPort{})
+}
+
+// refuseRecovery says why a segment may not start a recovery, or DropNone.
+// It takes a rate-limiter token when it allows one.
+//
+// Only a segment with data proves a live connection worth a handshake; a
+// pure ACK, FIN or 1-byte keepalive probe (SND.UNA-1) does not, and a segment
+// with SACK blocks means the client holds bytes from the old real that the
+// new one would not match. Such segments wait for a retransmission.
+func (d *Director) refuseRecovery(p *packet, now int64) DropReason {
+	rc := &d.rec
+	if p.data <= 1 {
+		return DropNoTrigger
+	}
+	sack, _, _, _ := tcpOptions(header.TCP(p.l4))
 	switch {
 	case sack:
-		return Drop, DropSACKTrigger, nil
+		return DropSACKTrigger
 	case !rc.allowed(p.src.Addr()):
-		return Drop, DropRecoveryDenied, nil
+		return DropRecoveryDenied
 	case len(rc.pending) >= rc.MaxInflight:
-		return Drop, DropRecoveryBusy, nil
+		return DropRecoveryBusy
 	case d.flows.n+len(rc.pending) >= d.maxFlows:
-		return Drop, DropFlowLimit, nil
+		return DropFlowLimit
 	case !rc.allow(now):
-		return Drop, DropRecoveryRate, nil
+		return DropRecoveryRate
 	}
+	return DropNone
+}
+
+// startRecovery parks p and starts recovering its connection onto a real of
+// service si. hs is what is known of the client's handshake; from is the real
+// being left behind by a re-home (invalid otherwise).
+func (d *Director) startRecovery(si uint16, p *packet, now int64, hs clientHandshake, from netip.AddrPort) (Verdict, DropReason, []byte) {
+	key := Key{p.proto, p.src, p.dst}
 	s := &d.services[si]
-	ri := d.pickReal(s, p.src, p.dst, now, nil)
+	var exclude []netip.AddrPort
+	if from.IsValid() {
+		exclude = append(exclude, from)
+	}
+	ri := d.pickReal(s, p.src, p.dst, now, exclude)
 	if ri < 0 {
 		return Drop, DropNoReal, nil
 	}
+	_, ts, tsval, tsecr := tcpOptions(header.TCP(p.l4))
 	pd := &pending{
 		svc: si, started: now,
 		seq: p.seq, ack: p.ack, ts: ts, tsval: tsval, tsecr: tsecr,
-		tried: []netip.AddrPort{s.Reals[ri].Addr},
+		tried: append(exclude, s.Reals[ri].Addr),
+		hs:    hs, from: from,
 	}
 	if v, r, _ := d.park(pd, p); v != Park {
 		return v, r, nil
 	}
-	rc.pending[key] = pd
+	d.rec.pending[key] = pd
 	d.stats.RecoveryStarted++
-	rc.r.Start(RecoveryRequest{Key: key, Real: s.Reals[ri].Addr, Timestamps: ts})
+	req := RecoveryRequest{Key: key, Real: s.Reals[ri].Addr, Timestamps: ts, WScale: -1, SACK: true}
+	if hs.known {
+		req.WScale, req.MSS, req.SACK = int(hs.ws), int(hs.mss), hs.sack
+	}
+	d.rec.r.Start(req)
 	return Park, DropNone, nil
+}
+
+// rehome moves the flow in slot, whose real is down or drained, onto a
+// healthy real: the client's segment p (all of the old real's data
+// acknowledged) is recovered as after a failover, with the handshake the
+// director saw, so that window scale, MSS and SACK are exact.
+func (d *Director) rehome(slot uint32, si uint16, p *packet, now int64) (Verdict, DropReason, []byte) {
+	if r := d.refuseRecovery(p, now); r != DropNone {
+		return Drop, r, nil
+	}
+	f := &d.flows.slab[slot]
+	hs, from := f.hs, f.Real
+	d.removeFlow(slot, now)
+	d.stats.RehomeStarted++
+	return d.startRecovery(si, p, now, hs, from)
 }
 
 // park keeps a copy of a client segment until its recovery ends.
@@ -234,6 +284,11 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (Verdict, DropReas
 			// Recovered (or adopted) elsewhere: end the orphan.
 			d.stats.OldRealResets++
 			return Reset, DropNone, buildRST(p.ip[:0:len(p.ip)], p.dst, p.src, p.ack, 0, false)
+		}
+		if pd := d.rec.pending[ck]; pd != nil && pd.from == p.src {
+			// The real this flow is being re-homed from: dead or drained,
+			// never adopted.
+			return Drop, DropRehomed, nil
 		}
 		if pd := d.rec.pending[ck]; pd != nil {
 			// The original connection beats a new one: adopt and let
@@ -340,18 +395,27 @@ func (d *Director) Recovered(key Key, real, local netip.AddrPort, hs Handshake, 
 		TS:         hs.TS && pd.ts,
 		TSvalDelta: pd.tsval - hs.AckTSval,
 		TSecrDelta: pd.tsecr - hs.SynAckTSval,
-		// The client's shift and the old real's are unknown to a director
-		// that never saw their SYNs: no rescale (see DESIGN.md).
-		winToServer: shift{-1, int8(hs.OurWScale)},
-		winToClient: shift{int8(hs.PeerWScale), -1},
+		// Shifts the director never saw (the client's SYN, the old real's
+		// SYN-ACK) are unknown (-1): no rescale then (see DESIGN.md). A
+		// re-homed flow knows them: the rescale is exact.
+		winToServer: shift{pd.hs.wsOr(-1), int8(hs.OurWScale)},
+		winToClient: shift{int8(hs.PeerWScale), pd.hs.viewOr(-1)},
+		hs:          pd.hs,
 		hiSrv:       pd.ack,
 		hiSrvSeen:   true,
 		marked:      true,
 		svc:         pd.svc,
 		real:        uint16(ri),
 	}
+	if pd.hs.known && (hs.OurWScale < 0 || hs.PeerWScale < 0) {
+		// Scaling is off on the new connection: both shifts are 0.
+		f.winToServer.out, f.winToClient.in = 0, 0
+	}
 	d.insertFlow(f)
 	d.stats.RecoverySucceeded++
+	if pd.from.IsValid() {
+		d.stats.Rehomed++
+	}
 	d.stats.RecoveryLatencyNs += uint64(now - pd.started)
 	d.stats.RecoveryLatency[latencyBucket(now-pd.started)]++
 	return d.flushTo(key, pd, now), true

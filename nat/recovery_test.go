@@ -76,7 +76,7 @@ func TestRecoveredTranslationGolden(t *testing.T) {
 			t.Fatalf("segment %d forwarded before recovery", i)
 		}
 	}
-	if len(fr.started) != 1 || fr.started[0] != (RecoveryRequest{Key: key, Real: ap(rs1), Timestamps: true}) {
+	if len(fr.started) != 1 || fr.started[0] != (RecoveryRequest{Key: key, Real: ap(rs1), Timestamps: true, WScale: -1, SACK: true}) {
 		t.Fatalf("recoveries started: %+v", fr.started)
 	}
 	if st := d.Stats(); st.Verdicts[Park] != 2 || st.ParkedBytes != len(seg1)+len(seg2) || st.Inflight != 1 {
@@ -476,5 +476,81 @@ func TestRecoveredAllocs(t *testing.T) {
 	})
 	if n != 0 {
 		t.Fatalf("%v allocations per recovered packet pair, want 0", n)
+	}
+}
+
+// synOpts are SYN options: MSS, SACK-permitted, timestamps, window scale.
+func synOpts(mss uint16, ws byte, tsval uint32) []byte {
+	b := []byte{2, 4, byte(mss >> 8), byte(mss), 4, 2, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, 3, ws}
+	binary.BigEndian.PutUint32(b[8:], tsval)
+	return b
+}
+
+// A flow whose real went down moves to another real at its next request
+// once all of the old real's data is acknowledged, with the handshake the
+// director saw: the recovery SYN says what the client said, and windows are
+// rescaled exactly between the old real's shift and the new one's.
+func TestRehome(t *testing.T) {
+	for _, how := range []string{"down", "drain"} {
+		t.Run(how, func(t *testing.T) {
+			d, fr := newRecDirector(t)
+			key := Key{protoTCP, ap(client), ap(vip)}
+			handle(t, d, tcp4(client, vip, syn, 1000, 0, nil, synOpts(1400, 9, 50)...), 1)
+			handle(t, d, tcp4(rs1, client, synack, 5000, 1001, nil, synOpts(1460, 7, 80)...), 1)
+			handle(t, d, tcp4(client, vip, psh, 1001, 5001, []byte("GET /"), tsOpt(51, 80)...), 1)
+			handle(t, d, tcp4(rs1, client, psh, 5001, 1006, make([]byte, 100), tsOpt(81, 51)...), 1)
+			switch how {
+			case "down":
+				d.SetDown(6, ap(vip), ap(rs1), true)
+			case "drain":
+				if err := d.RemoveReal(6, ap(vip), ap(rs1), true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Not all of the response is acknowledged: it stays.
+			if out := handle(t, d, tcp4(client, vip, psh, 1006, 5050, []byte("GET /2"), tsOpt(52, 81)...), 2); out == nil {
+				t.Fatal("request with unacknowledged data before it was not forwarded to the old real")
+			}
+			if len(fr.started) != 0 {
+				t.Fatalf("re-homed with server data unacknowledged: %+v", fr.started)
+			}
+			// All acknowledged: the next request moves.
+			if out := handle(t, d, tcp4(client, vip, psh, 1012, 5101, []byte("GET /3"), tsOpt(53, 81)...), 3); out != nil {
+				t.Fatal("request of a flow on a leaving real forwarded")
+			}
+			want := RecoveryRequest{Key: key, Real: ap(rs2), Timestamps: true, WScale: 9, MSS: 1400, SACK: true}
+			if len(fr.started) != 1 || fr.started[0] != want {
+				t.Fatalf("re-home request %+v, want %+v", fr.started, want)
+			}
+			// The old real's late packets are never adopted.
+			if out := handle(t, d, tcp4(rs1, client, psh, 5101, 1018, []byte("late")), 3); out != nil {
+				t.Fatal("packet of the old real forwarded during the re-home")
+			}
+			d.Dialing(key, ap(rs2), ap(local))
+			out, ok := d.Recovered(key, ap(rs2), ap(local), Handshake{AckSeq: 77, AckAck: 88, TS: true, AckTSval: 9, SynAckTSval: 3, OurWScale: 9, PeerWScale: 5}, 4)
+			if !ok || len(out) != 1 {
+				t.Fatalf("Recovered: %v, %d packets", ok, len(out))
+			}
+			if want := tcp4(local, rs2, psh, 77, 88, []byte("GET /3"), tsOpt(9, 3)...); !bytes.Equal(out[0], want) {
+				t.Fatalf("flushed:\n got %x\nwant %x", out[0], want)
+			}
+			// The new real scales by 5, the client by 7 (the old real's).
+			got := handle(t, d, tcp4(rs2, local, psh, 88, 83, []byte("ok"), tsOpt(4, 9)...), 5)
+			if w := header.TCP(got[20:]).WindowSize(); w != (502<<5+127)>>7 {
+				t.Fatalf("window to the client %d, want %d", w, (502<<5+127)>>7)
+			}
+			// Client to server: both scale by 9, the window passes.
+			got = handle(t, d, tcp4(client, vip, ack, 1018, 5103, nil, tsOpt(54, 81)...), 5)
+			if w := header.TCP(got[20:]).WindowSize(); w != 502 {
+				t.Fatalf("window to the server %d, want 502", w)
+			}
+			st := d.Stats()
+			if st.RehomeStarted != 1 || st.Rehomed != 1 || st.Drop(DropRehomed) != 1 {
+				t.Fatalf("stats: started %d, rehomed %d, rehomed drops %d", st.RehomeStarted, st.Rehomed, st.Drop(DropRehomed))
+			}
+			if f := d.Flows(5); len(f) != 1 || f[0].Real != ap(rs2) || f[0].Kind != KindRecovered {
+				t.Fatalf("flows %+v", f)
+			}
+		})
 	}
 }

@@ -19,6 +19,7 @@ func newService(s *balancer.Service) service {
 		persist: make(map[netip.Addr]affinity),
 		traffic: make([]realTraffic, len(s.Reals)),
 		removed: make([]bool, len(s.Reals)),
+		rehome:  make([]bool, len(s.Reals)),
 	}
 }
 
@@ -28,6 +29,7 @@ type RealInfo struct {
 	Weight   int            `json:"weight"`
 	Down     bool           `json:"down"`    // marked down by health checks
 	Removed  bool           `json:"removed"` // removed at runtime, flows still draining
+	Rehome   bool           `json:"rehome"`  // removed with --rehome: its flows move away
 	Active   int            `json:"active"`
 	Inactive int            `json:"inactive"`
 	realTraffic
@@ -58,7 +60,7 @@ func (d *Director) Services() []ServiceInfo {
 				continue
 			}
 			si.Reals = append(si.Reals, RealInfo{
-				Addr: r.Addr, Weight: r.Weight, Down: r.Down, Removed: s.removed[j],
+				Addr: r.Addr, Weight: r.Weight, Down: r.Down, Removed: s.removed[j], Rehome: s.rehome[j],
 				Active: r.Active, Inactive: r.Inactive, realTraffic: s.traffic[j],
 			})
 		}
@@ -108,7 +110,7 @@ func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weigh
 		if !s.removed[ri] {
 			return fmt.Errorf("service %s already has real %s", s, real)
 		}
-		s.removed[ri] = false
+		s.removed[ri], s.rehome[ri] = false, false
 		s.Reals[ri].Weight = weight
 		return nil
 	}
@@ -118,14 +120,17 @@ func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weigh
 	s.Reals = append(s.Reals, &balancer.Real{Addr: real, Weight: weight})
 	s.traffic = append(s.traffic, realTraffic{})
 	s.removed = append(s.removed, false)
+	s.rehome = append(s.rehome, false)
 	d.realAddrs[real.Addr()] = struct{}{}
 	rk := svcKey{uint8(proto), real}
 	d.realSvcs[rk] = append(d.realSvcs[rk], si)
 	return nil
 }
 
-// RemoveReal stops new flows to a real; its flows finish where they are.
-func (d *Director) RemoveReal(proto balancer.Proto, vip, real netip.AddrPort) error {
+// RemoveReal stops new flows to a real. Its flows finish where they are, or
+// with rehome move to other reals, each at its first request after all of
+// the real's data was acknowledged (recovery must be on).
+func (d *Director) RemoveReal(proto balancer.Proto, vip, real netip.AddrPort, rehome bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s, si, err := d.service(proto, vip)
@@ -136,7 +141,11 @@ func (d *Director) RemoveReal(proto balancer.Proto, vip, real netip.AddrPort) er
 	if ri < 0 || s.removed[ri] {
 		return fmt.Errorf("service %s has no real %s", s, real)
 	}
+	if rehome && !d.rec.enabled {
+		return fmt.Errorf("--rehome needs recovery on (holdfast run --recovery=on)")
+	}
 	s.removed[ri] = true
+	s.rehome[ri] = rehome
 	s.Reals[ri].Weight = 0
 	return nil
 }
@@ -209,6 +218,9 @@ func (d *Director) Reconfigure(svcs []*balancer.Service) error {
 		for ri, r := range s.Reals {
 			w, ok := want[r.Addr]
 			s.removed[ri] = !ok
+			if ok {
+				s.rehome[ri] = false
+			}
 			r.Weight = w // 0 when removed
 			delete(want, r.Addr)
 		}
@@ -217,6 +229,7 @@ func (d *Director) Reconfigure(svcs []*balancer.Service) error {
 				s.Reals = append(s.Reals, &balancer.Real{Addr: r.Addr, Weight: w})
 				s.traffic = append(s.traffic, realTraffic{})
 				s.removed = append(s.removed, false)
+				s.rehome = append(s.rehome, false)
 				d.noteReal(ns.Proto, r.Addr, si)
 			}
 		}

@@ -53,6 +53,7 @@ const (
 	DropRecoveryBusy              // --recovery-max-inflight recoveries already in flight
 	DropParkFull                  // parking limit per flow or --park-bytes reached
 	DropRecoveryNoFlow            // a packet to a recovery address that is neither a flow nor a dial in progress
+	DropRehomed                   // a packet from a real its flow is being re-homed away from
 	numDropReasons
 )
 
@@ -61,7 +62,7 @@ var dropNames = [numDropReasons]string{
 	"unknown_proto", "no_service", "no_real", "flow_limit", "no_flow",
 	"stray_rst", "icmp_no_flow", "icmp_other", "tuple_clash",
 	"no_trigger", "sack_trigger", "recovery_denied", "recovery_rate",
-	"recovery_busy", "park_full", "recovery_no_flow",
+	"recovery_busy", "park_full", "recovery_no_flow", "rehomed",
 }
 
 func (r DropReason) String() string {

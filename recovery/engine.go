@@ -139,9 +139,7 @@ func (e *Engine) recover(ctx context.Context, req nat.RecoveryRequest) {
 			break
 		}
 		dctx, dcancel := context.WithTimeout(ctx, e.cfg.Timeout)
-		hs, err := e.ns.Dial(dctx, stack.DialOptions{
-			Local: local, Remote: real, Timestamps: req.Timestamps, WScale: e.cfg.WScale, MSS: e.cfg.MSS,
-		})
+		hs, err := e.ns.Dial(dctx, e.dialOptions(req, local, real))
 		dcancel()
 		if err == nil {
 			out, installed := e.d.Recovered(req.Key, real, local, nat.Handshake{
@@ -176,4 +174,21 @@ func (e *Engine) recover(ctx context.Context, req nat.RecoveryRequest) {
 		}
 	}
 	e.writeAll(e.d.RecoveryFailed(req.Key, reason, e.clock.Now()))
+}
+
+// dialOptions is the recovery SYN for req: the configured window scale and
+// MSS, unless the client's own handshake is known (a re-home): then the SYN
+// says what the client said, so the new connection matches the client's.
+func (e *Engine) dialOptions(req nat.RecoveryRequest, local, real netip.AddrPort) stack.DialOptions {
+	o := stack.DialOptions{
+		Local: local, Remote: real, Timestamps: req.Timestamps, SACK: req.SACK,
+		WScale: e.cfg.WScale, MSS: e.cfg.MSS,
+	}
+	if req.WScale >= 0 {
+		o.WScale = req.WScale
+	}
+	if req.MSS > 0 && req.MSS < o.MSS {
+		o.MSS = req.MSS
+	}
+	return o
 }

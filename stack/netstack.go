@@ -51,6 +51,7 @@ type DialOptions struct {
 	Local      netip.AddrPort // recovery address and a port reserved by the caller
 	Remote     netip.AddrPort // the real server
 	Timestamps bool           // offer TCP timestamps in the SYN (only if the client uses them)
+	SACK       bool           // offer SACK in the SYN (not if the client did not negotiate it)
 	WScale     int            // window scale shift to advertise, 0..14
 	MSS        int            // MSS to advertise
 }
@@ -336,8 +337,9 @@ func (n *Netstack) tap(b []byte) {
 		d.hs.OurWScale = o.WS
 		if d.opts.Timestamps {
 			d.hs.SynTSval = o.TSVal
-		} else {
-			stripTimestamp(ip, tcph)
+		}
+		if !d.opts.Timestamps || !d.opts.SACK {
+			stripOptions(ip, tcph, !d.opts.Timestamps, !d.opts.SACK)
 		}
 	case d.synAck && f == header.TCPFlagAck && len(tcph.Payload()) == 0:
 		o := header.ParseTCPOptions(tcph.Options())
@@ -352,10 +354,10 @@ func (n *Netstack) tap(b []byte) {
 	n.out(b)
 }
 
-// stripTimestamp replaces the timestamp option of a SYN with NOPs (gVisor
-// always offers timestamps; a client without them must not get a server that
-// uses them) and recomputes the TCP checksum.
-func stripTimestamp(ip header.IPv4, tcph header.TCP) {
+// stripOptions replaces the timestamp and/or SACK-permitted options of a SYN
+// with NOPs (gVisor always offers both; a client without them must not get a
+// server that uses them) and recomputes the TCP checksum.
+func stripOptions(ip header.IPv4, tcph header.TCP, ts, sack bool) {
 	opts := tcph.Options()
 	for i := 0; i < len(opts); {
 		switch kind := opts[i]; kind {
@@ -369,7 +371,7 @@ func stripTimestamp(ip header.IPv4, tcph header.TCP) {
 			return
 		}
 		l := int(opts[i+1])
-		if opts[i] == header.TCPOptionTS {
+		if (ts && opts[i] == header.TCPOptionTS) || (sack && opts[i] == header.TCPOptionSACKPermitted) {
 			for j := i; j < i+l; j++ {
 				opts[j] = header.TCPOptionNOP
 			}

@@ -105,7 +105,7 @@ func TestNetstackDialCapturesHandshake(t *testing.T) {
 			local = netip.AddrPortFrom(rec, 20001)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		hs, err := n.Dial(ctx, DialOptions{Local: local, Remote: real, Timestamps: ts, WScale: 7, MSS: 1400})
+		hs, err := n.Dial(ctx, DialOptions{Local: local, Remote: real, Timestamps: ts, SACK: true, WScale: 7, MSS: 1400})
 		cancel()
 		if err != nil {
 			t.Fatalf("ts=%v: dial: %v", ts, err)

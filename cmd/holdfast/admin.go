@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -46,9 +47,10 @@ type ConnInfo struct {
 // RealChange is the body of POST /real.
 type RealChange struct {
 	Op      string `json:"op"`      // add, remove, weight
-	Service string `json:"service"` // PROTO:VIP:PORT
+	Service string `json:"service"` // PROTO:VIP:PORT; for remove "" means every service with the real
 	Real    string `json:"real"`    // ADDR:PORT[*WEIGHT] for add, ADDR:PORT otherwise
 	Weight  int    `json:"weight"`  // for weight
+	Rehome  bool   `json:"rehome"`  // for remove: move the real's flows to other reals
 }
 
 type admin struct {
@@ -99,24 +101,27 @@ func (a *admin) real(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	a.log.Info().Str("op", c.Op).Str(fService, c.Service).Str("real", c.Real).Int("weight", c.Weight).Msg("real changed")
+	a.log.Info().Str("op", c.Op).Str(fService, c.Service).Str("real", c.Real).Int("weight", c.Weight).Bool("rehome", c.Rehome).Msg("real changed")
 	writeJSON(w, a.d.Services())
 }
 
 func (a *admin) applyReal(c RealChange) error {
-	proto, vip, err := balancer.ParseService(c.Service)
-	if err != nil {
-		return fmt.Errorf("--service: %w", err)
-	}
 	addr, weight, err := balancer.ParseReal(c.Real)
 	if err != nil {
 		return fmt.Errorf("--real: %w", err)
+	}
+	if c.Op == "remove" && c.Service == "" {
+		return a.removeEverywhere(addr, c.Rehome)
+	}
+	proto, vip, err := balancer.ParseService(c.Service)
+	if err != nil {
+		return fmt.Errorf("--service: %w", err)
 	}
 	switch c.Op {
 	case "add":
 		return a.d.AddReal(proto, vip, addr, weight)
 	case "remove":
-		return a.d.RemoveReal(proto, vip, addr)
+		return a.d.RemoveReal(proto, vip, addr, c.Rehome)
 	case "weight":
 		if c.Weight < 0 || c.Weight > 65535 {
 			return fmt.Errorf("--weight %d: expected 0..65535", c.Weight)
@@ -124,6 +129,30 @@ func (a *admin) applyReal(c RealChange) error {
 		return a.d.SetWeight(proto, vip, addr, c.Weight)
 	}
 	return fmt.Errorf("op %q: expected add, remove or weight", c.Op)
+}
+
+// removeEverywhere removes a real from every service that has it.
+func (a *admin) removeEverywhere(addr netip.AddrPort, rehome bool) error {
+	n := 0
+	for _, s := range a.d.Services() {
+		for _, r := range s.Reals {
+			if r.Addr != addr || r.Removed {
+				continue
+			}
+			proto, vip, err := balancer.ParseService(s.Service)
+			if err == nil {
+				err = a.d.RemoveReal(proto, vip, addr, rehome)
+			}
+			if err != nil {
+				return err
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return fmt.Errorf("no service has real %s", addr)
+	}
+	return nil
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -60,9 +60,25 @@ func ctlCommands() []*cli.Command {
 					Action: func(c *cli.Context) error { return ctlReal(c, RealChange{Op: "add"}) },
 				},
 				{
-					Name: "remove", Usage: "remove a real: no new flows, its flows finish",
-					Flags: ctlFlags(serviceReal...), OnUsageError: usageError,
-					Action: func(c *cli.Context) error { return ctlReal(c, RealChange{Op: "remove"}) },
+					Name: "remove", Usage: "remove a real: no new flows; its flows finish, or with --rehome move to other reals",
+					Flags: ctlFlags(
+						&cli.StringFlag{Name: "service", Usage: "the service, PROTO:VIP:PORT (default: every service with the real)"},
+						&cli.StringFlag{Name: "real", Usage: "the real, ADDR:PORT: its flows finish where they are"},
+						&cli.StringFlag{Name: "rehome", Usage: "the real, ADDR:PORT: each of its flows moves to another real at its next request (drain for maintenance)"},
+					),
+					OnUsageError: usageError,
+					Action: func(c *cli.Context) error {
+						ch := RealChange{Op: "remove", Service: c.String("service"), Real: c.String("real")}
+						switch r := c.String("rehome"); {
+						case r != "" && ch.Real != "":
+							return usagef("real remove: give --real ADDR:PORT or --rehome ADDR:PORT, not both")
+						case r != "":
+							ch.Real, ch.Rehome = r, true
+						case ch.Real == "":
+							return usagef("real remove: expected --real ADDR:PORT or --rehome ADDR:PORT")
+						}
+						return sendReal(c, ch)
+					},
 				},
 				{
 					Name: "weight", Usage: "set a real's weight (0: no new flows, its flows continue)",
@@ -132,6 +148,9 @@ func ctlServiceList(c *cli.Context) error {
 			if r.Removed {
 				health += ",removed"
 			}
+			if r.Rehome {
+				health += ",rehoming"
+			}
 			fmt.Fprintf(w, "  %s\t%d\t%s\t%d\t%d\t%d\t%d\n", r.Addr, r.Weight, health, r.Active, r.Inactive, r.PacketsIn, r.PacketsOut)
 		}
 		if err := w.Flush(); err != nil {
@@ -143,6 +162,10 @@ func ctlServiceList(c *cli.Context) error {
 
 func ctlReal(c *cli.Context, ch RealChange) error {
 	ch.Service, ch.Real = c.String("service"), c.String("real")
+	return sendReal(c, ch)
+}
+
+func sendReal(c *cli.Context, ch RealChange) error {
 	var svcs []nat.ServiceInfo
 	if err := ctlClient(c).do("POST", "/real", ch, &svcs); err != nil {
 		return cli.Exit(err.Error(), exitUsage)
