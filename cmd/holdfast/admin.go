@@ -193,7 +193,12 @@ func serveAdmin(ctx context.Context, path string, h http.Handler, log zerolog.Lo
 		}
 	}()
 	return func() {
-		srv.Close()
+		// Let answers in progress finish (lab down answers, then stops).
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if srv.Shutdown(sctx) != nil {
+			srv.Close()
+		}
 		<-done
 		os.Remove(path)
 	}, nil

@@ -21,6 +21,10 @@ func labCommand() *cli.Command {
 		Usage: "a network-namespace lab: two directors, a router, real servers and a client (198.18.0.0/15 only)",
 		Subcommands: []*cli.Command{
 			labDemoCommand(),
+			labUpCommand(),
+			labSimpleCommand("status", "show the lab's topology, the active director and flow counts", "/status"),
+			labSimpleCommand("failover", "kill the active director (SIGKILL), move the routes to the other, restart the killed one as standby", "/failover"),
+			labSimpleCommand("down", "tear the lab down (also a lab whose `lab up` was killed)", "/down"),
 		},
 		OnUsageError: usageError,
 	}

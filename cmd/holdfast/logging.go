@@ -45,3 +45,9 @@ func newLogger(c *cli.Context) (zerolog.Logger, error) {
 	}
 	return l.Level(level).With().Timestamp().Logger(), nil
 }
+
+// newQuietLogger logs errors only, to stderr: for helpers of commands that
+// are not the director.
+func newQuietLogger() zerolog.Logger {
+	return zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.ErrorLevel)
+}
