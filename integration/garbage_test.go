@@ -11,6 +11,7 @@ import (
 	"holdfast/balancer"
 	"holdfast/nat"
 	"holdfast/nat/nattest"
+	"holdfast/recovery"
 	"holdfast/stack"
 
 	"github.com/rs/zerolog"
@@ -39,7 +40,7 @@ func TestGarbageThroughPacketLoop(t *testing.T) {
 	dev := stack.NewMemDevice("mem0", 64)
 	clock := stack.NewClock()
 	clock.Update()
-	pump := stack.NewPump(dev, d, nil, clock, 1500, zerolog.Nop())
+	pump := stack.NewPump(dev, recovery.Handler{D: d}, nil, clock, 1500, zerolog.Nop())
 	done := make(chan error, 1)
 	go func() { done <- pump.Run() }()
 	var stopOnce sync.Once

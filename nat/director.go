@@ -169,33 +169,42 @@ func New(cfg Config) (*Director, error) {
 	return d, nil
 }
 
-// HandlePacket decides one packet read from the device, rewriting it in place.
-// It returns the bytes to write back to the device (a sub-slice of pkt), or
-// nil to write nothing; toStack asks the caller to hand pkt to the recovery
-// netstack instead. pkt is lent: HandlePacket keeps no reference to it (a
-// parked packet is copied).
-func (d *Director) HandlePacket(pkt []byte, now int64) (out []byte, toStack bool) {
+// Handle decides one packet read from the device, rewriting it in place, and
+// returns the verdict and the bytes to write back (a sub-slice of pkt: the
+// rewritten packet for Forward, the RST built in its place for Reset).
+// partial says the TCP or UDP checksum holds only the pseudo-header sum
+// (a virtio-net header flagged NEEDS_CSUM): it is then not verified, and
+// kept partial through the rewrite. pkt is lent: Handle keeps no reference
+// to it (a parked packet is copied).
+func (d *Director) Handle(pkt []byte, partial bool, now int64) (Verdict, []byte) {
 	d.mu.Lock()
-	v, reason, out := d.handle(pkt, now)
+	v, reason, out := d.handle(pkt, partial, now)
 	d.stats.Verdicts[v]++
 	switch v {
 	case Drop:
 		d.stats.Drops[reason]++
 		out = nil
-	case Park:
+	case Park, ToStack:
 		out = nil
-	case ToStack:
-		out, toStack = nil, true
 	}
 	d.mu.Unlock()
-	return out, toStack
+	return v, out
 }
 
-func (d *Director) handle(b []byte, now int64) (Verdict, DropReason, []byte) {
+// HandlePacket is Handle for a packet with complete checksums, in the
+// shape tests use: the bytes to write (nil for none) and whether the packet
+// goes to the recovery netstack.
+func (d *Director) HandlePacket(pkt []byte, now int64) (out []byte, toStack bool) {
+	v, out := d.Handle(pkt, false, now)
+	return out, v == ToStack
+}
+
+func (d *Director) handle(b []byte, partial bool, now int64) (Verdict, DropReason, []byte) {
 	var p packet
 	if r := p.decodeIP(b); r != DropNone {
 		return Drop, r, nil
 	}
+	p.partial = partial
 	if _, ok := d.vips[p.dst.Addr()]; ok {
 		return d.fromClient(&p, now)
 	}

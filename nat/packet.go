@@ -23,10 +23,13 @@ type packet struct {
 	src   netip.AddrPort // port 0 for ICMP
 	dst   netip.AddrPort
 	frag  bool
-	flags header.TCPFlags
-	seq   uint32
-	ack   uint32
-	data  int // TCP payload length
+	// partial: the TCP/UDP checksum field holds only the pseudo-header sum
+	// (virtio-net NEEDS_CSUM); the kernel completes it on the way out.
+	partial bool
+	flags   header.TCPFlags
+	seq     uint32
+	ack     uint32
+	data    int // TCP payload length
 }
 
 // decodeIP checks the IPv4 header and fills ip, l4, proto and the addresses.
@@ -69,6 +72,7 @@ func (p *packet) decodeIP(b []byte) DropReason {
 	p.dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), 0)
 	p.data = 0
 	p.flags = 0
+	p.partial = false
 	return DropNone
 }
 
@@ -89,7 +93,7 @@ func (p *packet) decodeL4() DropReason {
 		if off > len(l4) {
 			return DropTruncated
 		}
-		if !p.l4ChecksumOK() {
+		if !p.partial && !p.l4ChecksumOK() {
 			return DropBadChecksum
 		}
 		p.src = netip.AddrPortFrom(p.src.Addr(), t.SourcePort())
@@ -111,7 +115,7 @@ func (p *packet) decodeL4() DropReason {
 			return DropTruncated
 		}
 		p.l4 = l4[:ul]
-		if u.Checksum() != 0 && !p.l4ChecksumOK() {
+		if !p.partial && u.Checksum() != 0 && !p.l4ChecksumOK() {
 			return DropBadChecksum
 		}
 		p.src = netip.AddrPortFrom(p.src.Addr(), u.SourcePort())
@@ -134,6 +138,25 @@ func (p *packet) decodeL4() DropReason {
 func (p *packet) l4ChecksumOK() bool {
 	xsum := pseudoHeaderSum(p.ip, p.proto, len(p.l4))
 	return checksum.Checksum(p.l4, xsum) == 0xffff
+}
+
+// completeChecksum turns a partial TCP or UDP checksum (the pseudo-header sum
+// only) into a full one, computed over the segment.
+func (p *packet) completeChecksum() {
+	off := header.TCPChecksumOffset
+	if p.proto == protoUDP {
+		off = 6 // UDP checksum
+	}
+	if !p.partial || len(p.l4) < off+2 {
+		return
+	}
+	p.l4[off], p.l4[off+1] = 0, 0
+	xsum := ^checksum.Checksum(p.l4, pseudoHeaderSum(p.ip, p.proto, len(p.l4)))
+	if p.proto == protoUDP && xsum == 0 {
+		xsum = 0xffff
+	}
+	p.l4[off], p.l4[off+1] = byte(xsum>>8), byte(xsum)
+	p.partial = false
 }
 
 // pseudoHeaderSum is the (uncomplemented) sum of the IPv4 pseudo-header.

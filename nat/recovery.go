@@ -250,7 +250,17 @@ func (d *Director) park(pd *pending, p *packet) (Verdict, DropReason, []byte) {
 	if pd.bytes+n > rc.ParkFlowBytes || rc.parkedBytes+n > rc.ParkBytes {
 		return Drop, DropParkFull, nil
 	}
-	pd.parked = append(pd.parked, append([]byte(nil), p.ip...))
+	cp := append([]byte(nil), p.ip...)
+	if p.partial {
+		// A parked copy leaves without its virtio-net header: give it a
+		// full checksum.
+		var q packet
+		q.decodeIP(cp)
+		q.partial = true
+		q.decodeL4()
+		q.completeChecksum()
+	}
+	pd.parked = append(pd.parked, cp)
 	pd.bytes += n
 	rc.parkedBytes += n
 	if p.flags&header.TCPFlagAck != 0 && (len(pd.parked) == 1 || seqAfter(p.ack, pd.lastAck)) {

@@ -42,16 +42,30 @@ func rewriteSrc(p *packet, to netip.AddrPort) {
 	p.src = to
 }
 
+// l4PseudoAddr folds an address change into the TCP or UDP checksum. A
+// partial checksum holds the pseudo-header sum itself: it is updated
+// without complementing (the kernel's inet_proto_csum_replace4 with
+// CHECKSUM_PARTIAL).
 func l4PseudoAddr(p *packet, old, new tcpip.Address) {
 	switch p.proto {
 	case protoTCP:
-		header.TCP(p.l4).UpdateChecksumPseudoHeaderAddress(old, new, true)
+		header.TCP(p.l4).UpdateChecksumPseudoHeaderAddress(old, new, !p.partial)
 	case protoUDP:
-		header.UDP(p.l4).UpdateChecksumPseudoHeaderAddress(old, new, true)
+		header.UDP(p.l4).UpdateChecksumPseudoHeaderAddress(old, new, !p.partial)
 	}
 }
 
+// l4SetPort sets a port. A partial checksum does not cover ports yet: it
+// must not change.
 func l4SetPort(p *packet, src bool, port uint16) {
+	if p.partial {
+		off := 2
+		if src {
+			off = 0
+		}
+		p.l4[off], p.l4[off+1] = byte(port>>8), byte(port)
+		return
+	}
 	switch {
 	case p.proto == protoTCP && src:
 		header.TCP(p.l4).SetSourcePortWithChecksumUpdate(port)

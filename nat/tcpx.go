@@ -114,7 +114,11 @@ func (x xlate) apply(p *packet) {
 			}
 		}
 	}
-	t.SetChecksum(xsum)
+	if !p.partial {
+		// A partial checksum does not cover the header yet: the kernel
+		// sums the rewritten words when it completes it.
+		t.SetChecksum(xsum)
+	}
 }
 
 // tcpOptions reports whether the segment carries SACK blocks, and its

@@ -12,16 +12,36 @@ import (
 // Device is a packet device in the shape of wireguard-go's tun.Device: reads
 // and writes move batches of whole IP packets, each starting at offset in its
 // buffer. A batch of 1 is valid; BatchSize says how many a call may move.
+//
+// A device with a virtio-net header (VnetHdrLen() == 10) keeps it in the
+// VnetHdrLen bytes before offset: Read fills them, Write sends them, so the
+// caller keeps a packet's header or writes a zeroed one for a new packet.
 type Device interface {
 	// Read reads up to len(bufs) packets into bufs[i][offset:], setting
 	// sizes[i], and returns how many it read. It blocks until at least one
 	// packet is available or the device is closed (then it returns an error).
 	Read(bufs [][]byte, sizes []int, offset int) (int, error)
-	// Write writes each bufs[i][offset:] as one packet.
+	// Write writes each bufs[i][offset-VnetHdrLen():] as one packet. It is
+	// safe for concurrent use.
 	Write(bufs [][]byte, offset int) (int, error)
 	BatchSize() int
+	VnetHdrLen() int
 	Name() string
 	Close() error
+}
+
+// WritePacket writes one packet that has no virtio-net header yet (from the
+// netstack, the recovery engine): it prepends a zeroed one if the device
+// wants it.
+func WritePacket(dev Device, pkt []byte) error {
+	hdr := dev.VnetHdrLen()
+	b := pkt
+	if hdr > 0 {
+		b = make([]byte, hdr+len(pkt))
+		copy(b[hdr:], pkt)
+	}
+	_, err := dev.Write([][]byte{b}, hdr)
+	return err
 }
 
 // ErrClosed is returned by a closed device.
@@ -66,9 +86,10 @@ func (d *tunDevice) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
-func (d *tunDevice) BatchSize() int { return 1 }
-func (d *tunDevice) Name() string   { return d.ifc.Name() }
-func (d *tunDevice) Close() error   { return d.ifc.Close() }
+func (d *tunDevice) BatchSize() int  { return 1 }
+func (d *tunDevice) VnetHdrLen() int { return 0 }
+func (d *tunDevice) Name() string    { return d.ifc.Name() }
+func (d *tunDevice) Close() error    { return d.ifc.Close() }
 
 // MemDevice is an in-memory Device (as wireguard-go's tun/tuntest): tests put
 // packets "from the kernel" with Inject and receive what the pump wrote on
@@ -124,8 +145,9 @@ func (d *MemDevice) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
-func (d *MemDevice) BatchSize() int { return 1 }
-func (d *MemDevice) Name() string   { return d.name }
+func (d *MemDevice) BatchSize() int  { return 1 }
+func (d *MemDevice) VnetHdrLen() int { return 0 }
+func (d *MemDevice) Name() string    { return d.name }
 
 // Close unblocks readers and writers; it is idempotent.
 func (d *MemDevice) Close() error {

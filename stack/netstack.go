@@ -252,8 +252,9 @@ func (n *Netstack) Release(local, remote netip.AddrPort) {
 }
 
 // Inject hands a packet from a real to the stack if it belongs to a dial in
-// progress, and reports whether it did. pkt is copied.
-func (n *Netstack) Inject(pkt []byte) bool {
+// progress, and reports whether it did. pkt is copied; a partial checksum
+// (virtio-net NEEDS_CSUM) is completed first, as gVisor verifies it.
+func (n *Netstack) Inject(pkt []byte, partial bool) bool {
 	ip := header.IPv4(pkt)
 	if !ip.IsValid(len(pkt)) || ip.TransportProtocol() != header.TCPProtocolNumber {
 		return false
@@ -283,6 +284,14 @@ func (n *Netstack) Inject(pkt []byte) bool {
 		d.hs.SACKPermitted = o.SACKPermitted
 	}
 	n.mu.Unlock()
+	if partial {
+		pkt = append([]byte(nil), pkt...)
+		ip := header.IPv4(pkt)
+		t := header.TCP(ip.Payload())
+		t.SetChecksum(0)
+		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(t)))
+		t.SetChecksum(^checksum.Checksum(t, xsum))
+	}
 	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	n.ep.InjectInbound(ipv4.ProtocolNumber, pb)
 	pb.DecRef()

@@ -53,7 +53,7 @@ func newPeer(t *testing.T, addr netip.Addr, n **Netstack) *peer {
 				b = append(b, s...)
 			}
 			pkt.DecRef()
-			(*n).Inject(b)
+			(*n).Inject(b, false)
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done; s.Close(); s.Wait() })
@@ -186,7 +186,7 @@ func TestNetstackInjectOnlyForDials(t *testing.T) {
 	ip.Encode(&header.IPv4Fields{TotalLength: 40, TTL: 64, Protocol: uint8(tcp.ProtocolNumber),
 		SrcAddr: tcpip.AddrFrom4([4]byte{198, 18, 10, 11}), DstAddr: tcpip.AddrFrom4([4]byte{198, 18, 200, 1})})
 	header.TCP(b[20:]).Encode(&header.TCPFields{SrcPort: 80, DstPort: 20000, DataOffset: 20, Flags: header.TCPFlagAck})
-	if n.Inject(b) {
+	if n.Inject(b, false) {
 		t.Fatal("a packet for no dial was injected")
 	}
 }

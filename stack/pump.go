@@ -3,18 +3,31 @@ package stack
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 )
 
-// Handler decides one packet. It may rewrite pkt in place and returns the
-// bytes to write back to the device (a sub-slice of pkt's buffer) or nil to
-// write nothing; toStack asks the pump to hand pkt to its Netstack. pkt is
-// lent for the duration of the call: a Handler must not retain it.
+// Action is what the pump does with a packet after its Handler.
+type Action uint8
+
+// Actions.
+const (
+	Nothing  Action = iota // dropped, or kept by the handler (a copy)
+	Write                  // write out back, with the packet's virtio-net header
+	WriteNew               // write out back, a new packet: plain virtio-net header
+	ToStack                // hand the packet to the Netstack
+)
+
+// Handler decides one packet. It may rewrite pkt in place and returns what
+// to do and, for Write and WriteNew, the bytes to write (a sub-slice of pkt
+// starting where pkt starts). partial says the packet's TCP/UDP checksum is
+// only the pseudo-header sum (virtio-net NEEDS_CSUM). pkt is lent for the
+// duration of the call: a Handler must not retain it.
 type Handler interface {
-	HandlePacket(pkt []byte, now int64) (out []byte, toStack bool)
+	HandlePacket(pkt []byte, partial bool, now int64) (Action, []byte)
 }
 
 // Clock is a coarse monotonic clock in nanoseconds, advanced by a ticker so
@@ -81,20 +94,25 @@ func (p *Pump) Stats() PumpStats {
 }
 
 // Run reads until the device is closed. A closed device is a clean stop
-// (nil); any other read error is returned.
+// (nil); any other read error is returned. The goroutine stays on one OS
+// thread: the device's syscalls are made directly, not through Go's poller.
 func (p *Pump) Run() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	p.log.Debug().Str("device", p.dev.Name()).Msg("pump started")
 	defer p.log.Debug().Str("device", p.dev.Name()).Msg("pump stopped")
 	batch := p.dev.BatchSize()
+	hdr := p.dev.VnetHdrLen()
 	bufs := make([][]byte, batch)
 	for i := range bufs {
-		// Room for any packet the device can deliver, whatever its MTU.
-		bufs[i] = make([]byte, 65535)
+		// Room for any packet the device can deliver (a GSO packet is up
+		// to 64 KiB), after the virtio-net header.
+		bufs[i] = make([]byte, hdr+65535)
 	}
 	sizes := make([]int, batch)
 	out := make([][]byte, 0, batch)
 	for {
-		n, err := p.dev.Read(bufs, sizes, 0)
+		n, err := p.dev.Read(bufs, sizes, hdr)
 		if err != nil {
 			if errors.Is(err, ErrClosed) || isClosedErr(err) {
 				return nil
@@ -105,19 +123,25 @@ func (p *Pump) Run() error {
 		now := p.clock.Now()
 		out = out[:0]
 		for i := 0; i < n; i++ {
-			pkt := bufs[i][:sizes[i]]
-			o, toStack := p.h.HandlePacket(pkt, now)
-			switch {
-			case o != nil:
-				out = append(out, o)
-			case toStack && p.ns != nil:
-				p.ns.Inject(pkt)
+			b := bufs[i]
+			partial := hdr > 0 && b[0]&vnetNeedsCsum != 0
+			act, o := p.h.HandlePacket(b[hdr:hdr+sizes[i]], partial, now)
+			switch act {
+			case Write:
+				out = append(out, b[:hdr+len(o)])
+			case WriteNew:
+				clear(b[:hdr])
+				out = append(out, b[:hdr+len(o)])
+			case ToStack:
+				if p.ns != nil {
+					p.ns.Inject(b[hdr:hdr+sizes[i]], partial)
+				}
 			}
 		}
 		if len(out) == 0 {
 			continue
 		}
-		w, err := p.dev.Write(out, 0)
+		w, err := p.dev.Write(out, hdr)
 		p.written.Add(uint64(w))
 		if err != nil {
 			if errors.Is(err, ErrClosed) || isClosedErr(err) {

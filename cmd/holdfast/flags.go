@@ -39,6 +39,10 @@ var (
 		Name: "route-table", Value: 100, Category: catDevice, EnvVars: env("ROUTE_TABLE"),
 		Usage: "policy routing table used by --setup-routes",
 	}
+	tunOffloadFlag = &cli.BoolFlag{
+		Name: "tun-offload", Value: true, Category: catDevice, EnvVars: env("TUN_OFFLOAD"),
+		Usage: "open the TUN with a virtio-net header: TCP segmentation and checksum offload (falls back to a plain TUN where unsupported)",
+	}
 	tunMTUFlag = &cli.IntFlag{
 		Name: "tun-mtu", Category: catDevice, EnvVars: env("TUN_MTU"),
 		Usage: "TUN MTU set by --setup-routes (0 = the smallest MTU of the other links)",
@@ -174,7 +178,7 @@ var (
 
 func runFlags() []cli.Flag {
 	return []cli.Flag{
-		tunFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
+		tunFlag, tunOffloadFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
 		serviceFlag, schedulerFlag, realFlag, persistenceFlag, configFlag,
 		timeoutTCPFlag, timeoutTCPFinFlag, timeoutUDPFlag, maxFlowsFlag,
 		recoveryFlag, recoveryAddrFlag, recoveryPortsFlag, directorIDFlag,

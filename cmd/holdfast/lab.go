@@ -46,7 +46,7 @@ func labDemoCommand() *cli.Command {
 		Usage:        "build the lab, run a load, fail over and back, twice (holdfast, and --recovery=off), print the table",
 		Flags:        []cli.Flag{demoJSONFlag, demoPhaseFlag, demoIdleFlag, demoBusyFlag},
 		OnUsageError: usageError,
-		Action:       labDemo,
+		Action:       unprivileged(labDemo),
 	}
 }
 

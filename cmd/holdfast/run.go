@@ -44,6 +44,7 @@ type runSettings struct {
 	adminSocket string
 	metricsAddr string
 	checks      balancer.CheckTiming
+	offload     bool
 	// reload reads --config (and the service flags) again, validated whole.
 	reload func() ([]*balancer.Service, error)
 }
@@ -53,6 +54,7 @@ func parseRun(c *cli.Context) (runSettings, error) {
 		tun:         c.String(tunFlag.Name),
 		adminSocket: c.String(adminSocketFlag.Name),
 		metricsAddr: c.String(metricsAddrFlag.Name),
+		offload:     c.Bool(tunOffloadFlag.Name),
 		reload:      func() ([]*balancer.Service, error) { return loadServices(c) },
 		setupRoutes: c.Bool(setupRoutesFlag.Name),
 		realIface:   c.String(realIfaceFlag.Name),
@@ -122,7 +124,7 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	dev, err := stack.OpenTUN(s.tun)
+	dev, err := openTUN(s.tun, s.offload, log)
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
@@ -171,7 +173,7 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 
 	var writeErrs atomic.Uint64
 	write := func(b []byte) { // off the packet loop: netstack and recovery
-		if _, err := dev.Write([][]byte{b}, 0); err != nil {
+		if err := stack.WritePacket(dev, b); err != nil {
 			writeErrs.Add(1)
 		}
 	}
@@ -235,7 +237,7 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 		}
 	}()
 
-	pump := stack.NewPump(dev, d, ns, clock, mtu, log)
+	pump := stack.NewPump(dev, recovery.Handler{D: d}, ns, clock, mtu, log)
 	stats := func() map[string]any { return statsMap(d.Stats(), pump.Stats(), writeErrs.Load()) }
 	stopAdmin, err := serveAdmin(ctx, s.adminSocket, (&admin{d: d, pump: pump, clock: clock, stats: stats, log: log}).handler(), log)
 	if err != nil {
@@ -315,6 +317,19 @@ wait:
 	return nil
 }
 
+// openTUN opens the TUN device, with segmentation and checksum offload
+// (a virtio-net header) when asked and the kernel supports it.
+func openTUN(name string, offload bool, log zerolog.Logger) (stack.Device, error) {
+	if offload {
+		dev, err := stack.OpenTUNOffload(name)
+		if err == nil {
+			return dev, nil
+		}
+		log.Warn().Err(err).Msg("TUN offload unavailable; using a plain TUN (slower)")
+	}
+	return stack.OpenTUN(name)
+}
+
 // reload applies a new --config on SIGHUP. A file that does not validate is
 // rejected whole: the running configuration stays.
 func reload(s runSettings, d *nat.Director, checker *balancer.Checker, log zerolog.Logger) {
@@ -387,7 +402,7 @@ func logStart(log zerolog.Logger, s runSettings, mtu int) {
 		Str("recovery_ports", strconv.Itoa(int(s.rec.portLo))+"-"+strconv.Itoa(int(s.rec.portHi))).
 		Int("recovery_wscale", s.rec.wscale).Dur("recovery_timeout", s.rec.timeout).
 		Int("recovery_rate", s.rec.rate).Int("recovery_max_inflight", s.rec.maxInflight).Msg("recovery")
-	log.Info().Str(fTUN, s.tun).Int("mtu", mtu).Bool("setup_routes", s.setupRoutes).
+	log.Info().Str(fTUN, s.tun).Int("mtu", mtu).Bool("setup_routes", s.setupRoutes).Bool("tun_offload", s.offload).
 		Int("max_flows", s.maxFlows).Str("admin_socket", s.adminSocket).Str("metrics_addr", s.metricsAddr).
 		Int("pid", os.Getpid()).Msg("serving")
 }
