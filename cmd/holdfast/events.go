@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"holdfast/nat"
@@ -60,18 +61,34 @@ func watchEvents(ctx context.Context, d *nat.Director, log zerolog.Logger) {
 func serveMetrics(addr string, c prometheus.Collector, log zerolog.Logger) (func(), error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, errors.New("--metrics-addr " + addr + ": " + err.Error())
-	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return serveHTTP("metrics-addr", addr, mux, log)
+}
+
+// servePprof serves net/http/pprof's profiles on addr.
+func servePprof(addr string, log zerolog.Logger) (func(), error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return serveHTTP("pprof-addr", addr, mux, log)
+}
+
+// serveHTTP serves h on addr (given by --flag) until the returned stop.
+func serveHTTP(flag, addr string, h http.Handler, log zerolog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, errors.New("--" + flag + " " + addr + ": " + err.Error())
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
-	go func() { // metrics: serves until stopped
+	go func() { // an HTTP endpoint: serves until stopped
 		defer close(done)
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error().Err(err).Msg("metrics server")
+			log.Error().Err(err).Str("flag", flag).Msg("HTTP endpoint")
 		}
 	}()
 	return func() { srv.Close(); <-done }, nil

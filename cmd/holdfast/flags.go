@@ -154,6 +154,11 @@ var (
 	}
 	jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 
+	pprofAddrFlag = &cli.StringFlag{
+		Name: "pprof-addr", Category: catOps, EnvVars: env("PPROF_ADDR"),
+		Usage: "serve Go's pprof profiles on ADDR:PORT at /debug/pprof/ (default off; keep it on a local address)",
+	}
+
 	checkFlag = &cli.StringFlag{
 		Name: "check", Value: "none", Category: catOps, EnvVars: env("CHECK"),
 		Usage: "health check of the --service reals: none, tcp, http:/PATH or http:/PATH=STATUS (config files: \"check\" per service)",
@@ -184,7 +189,7 @@ func runFlags() []cli.Flag {
 		recoveryFlag, recoveryAddrFlag, recoveryPortsFlag, directorIDFlag,
 		recoveryWScaleFlag, recoveryMSSFlag, recoveryTimeoutFlag, recoveryRateFlag,
 		recoveryMaxInflightFlag, recoveryAllowFlag, parkBytesFlag,
-		adminSocketFlag, metricsAddrFlag,
+		adminSocketFlag, metricsAddrFlag, pprofAddrFlag,
 		checkFlag, checkIntervalFlag, checkTimeoutFlag, checkRiseFlag, checkFallFlag,
 		logLevelFlag, logFormatFlag,
 	}

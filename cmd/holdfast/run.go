@@ -43,6 +43,7 @@ type runSettings struct {
 	rec         recoverySettings
 	adminSocket string
 	metricsAddr string
+	pprofAddr   string
 	checks      balancer.CheckTiming
 	offload     bool
 	// reload reads --config (and the service flags) again, validated whole.
@@ -54,6 +55,7 @@ func parseRun(c *cli.Context) (runSettings, error) {
 		tun:         c.String(tunFlag.Name),
 		adminSocket: c.String(adminSocketFlag.Name),
 		metricsAddr: c.String(metricsAddrFlag.Name),
+		pprofAddr:   c.String(pprofAddrFlag.Name),
 		offload:     c.Bool(tunOffloadFlag.Name),
 		reload:      func() ([]*balancer.Service, error) { return loadServices(c) },
 		setupRoutes: c.Bool(setupRoutesFlag.Name),
@@ -71,9 +73,9 @@ func parseRun(c *cli.Context) (runSettings, error) {
 	if s.adminSocket == "" {
 		s.adminSocket = defaultAdminSocket(s.tun)
 	}
-	if s.metricsAddr != "" {
-		if _, err := netip.ParseAddrPort(s.metricsAddr); err != nil {
-			return s, usagef("--metrics-addr %q: expected ADDR:PORT, e.g. 127.0.0.1:9100", s.metricsAddr)
+	for _, a := range []struct{ flag, value string }{{metricsAddrFlag.Name, s.metricsAddr}, {pprofAddrFlag.Name, s.pprofAddr}} {
+		if _, err := netip.ParseAddrPort(a.value); a.value != "" && err != nil {
+			return s, usagef("--%s %q: expected ADDR:PORT, e.g. 127.0.0.1:9100", a.flag, a.value)
 		}
 	}
 	if s.setupRoutes && s.realIface == "" {
@@ -250,6 +252,13 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 			return cli.Exit(err.Error(), exitRuntime)
 		}
 		defer stopMetrics()
+	}
+	if s.pprofAddr != "" {
+		stopPprof, err := servePprof(s.pprofAddr, log)
+		if err != nil {
+			return cli.Exit(err.Error(), exitRuntime)
+		}
+		defer stopPprof()
 	}
 	checker := balancer.NewChecker(s.checks, func(t balancer.Target, up bool, reason string) {
 		proto, vip, err := balancer.ParseService(t.Service)
