@@ -78,21 +78,30 @@ func (d *Director) service(proto balancer.Proto, vip netip.AddrPort) (*service, 
 	return &d.services[si], si, nil
 }
 
+// real finds a real of a live service; removed reals count only with
+// withRemoved.
+func (d *Director) real(proto balancer.Proto, vip, real netip.AddrPort, withRemoved bool) (*service, int, error) {
+	s, si, err := d.service(proto, vip)
+	if err != nil {
+		return nil, 0, err
+	}
+	ri := d.realIndex(si, real)
+	if ri < 0 || (s.removed[ri] && !withRemoved) {
+		return nil, 0, fmt.Errorf("service %s has no real %s", s, real)
+	}
+	return s, ri, nil
+}
+
 // SetWeight changes a real's weight; 0 quiesces it (no new flows, existing
 // flows continue).
 func (d *Director) SetWeight(proto balancer.Proto, vip, real netip.AddrPort, weight int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s, si, err := d.service(proto, vip)
-	if err != nil {
-		return err
+	s, ri, err := d.real(proto, vip, real, false)
+	if err == nil {
+		s.Reals[ri].Weight = weight
 	}
-	ri := d.realIndex(si, real)
-	if ri < 0 || s.removed[ri] {
-		return fmt.Errorf("service %s has no real %s", s, real)
-	}
-	s.Reals[ri].Weight = weight
-	return nil
+	return err
 }
 
 // AddReal adds a real to a service (or gives a removed one back its weight).
@@ -133,38 +142,27 @@ func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weigh
 func (d *Director) RemoveReal(proto balancer.Proto, vip, real netip.AddrPort, rehome bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s, si, err := d.service(proto, vip)
-	if err != nil {
-		return err
-	}
-	ri := d.realIndex(si, real)
-	if ri < 0 || s.removed[ri] {
-		return fmt.Errorf("service %s has no real %s", s, real)
-	}
 	if rehome && !d.rec.enabled {
 		return fmt.Errorf("--rehome needs recovery on (holdfast run --recovery=on)")
 	}
-	s.removed[ri] = true
-	s.rehome[ri] = rehome
-	s.Reals[ri].Weight = 0
-	return nil
+	s, ri, err := d.real(proto, vip, real, false)
+	if err == nil {
+		s.removed[ri], s.rehome[ri] = true, rehome
+		s.Reals[ri].Weight = 0
+	}
+	return err
 }
 
-// SetDown records a health-check verdict for a real in every service that
-// has it; a down real gets no new flows.
+// SetDown records a health-check verdict for a real of a service; a down
+// real gets no new flows (and, with recovery on, its flows move).
 func (d *Director) SetDown(proto balancer.Proto, vip, real netip.AddrPort, down bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s, si, err := d.service(proto, vip)
-	if err != nil {
-		return err
+	s, ri, err := d.real(proto, vip, real, true)
+	if err == nil {
+		s.Reals[ri].Down = down
 	}
-	ri := d.realIndex(si, real)
-	if ri < 0 {
-		return fmt.Errorf("service %s has no real %s", s, real)
-	}
-	s.Reals[ri].Down = down
-	return nil
+	return err
 }
 
 // Reconfigure applies a new set of services (a reload). It was validated
