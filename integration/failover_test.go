@@ -280,18 +280,36 @@ func TestFailbackAndSecondFailover(t *testing.T) {
 // 16 KiB to 1 MiB while the active director dies. Every body is checked.
 func busyLoad(t *testing.T, conns int, sizes []int64, setup func(*lab.Lab)) (longest time.Duration) {
 	p := newPair(t, setup)
+	return busyThrough(t, p, conns, sizes, func() { p.failover(t) })
+}
+
+// busyThrough is busyLoad's load on a given pair with a given failover:
+// every connection loops over requests for sizes until it has completed 3
+// after failover() returned. Every body is checked. It logs the longest
+// request before and after the failover began, and returns the longest
+// stall after it: the longest time a connection went without receiving a
+// byte.
+func busyThrough(t *testing.T, p *pair, conns int, sizes []int64, failover func()) time.Duration {
+	t.Helper()
+	var (
+		failedOver              atomic.Bool
+		stallBefore, stallAfter atomic.Int64 // longest time a connection went without progress
+	)
 	cs := dialHTTP(t, p.l.Client, conns)
+	for i, h := range cs {
+		pc := &progressConn{Conn: h.c, last: time.Now(), failedOver: &failedOver, before: &stallBefore, after: &stallAfter}
+		cs[i] = &httpConn{c: pc, br: bufio.NewReader(pc)}
+	}
 	sums := map[int64]string{}
 	for _, n := range sizes {
 		sums[n] = lab.PatternSHA256(n)
 	}
 	var (
-		failedOver atomic.Bool
-		after      = make([]atomic.Int64, conns) // requests completed after the failover
-		before     atomic.Int64
-		maxStall   atomic.Int64 // longest request completed after the failover
-		maxBefore  atomic.Int64 // the same before it: the load's own baseline
-		warm       sync.WaitGroup
+		after     = make([]atomic.Int64, conns) // requests completed after the failover
+		before    atomic.Int64
+		maxStall  atomic.Int64 // longest request completed after the failover
+		maxBefore atomic.Int64 // the same before it: the load's own baseline
+		warm      sync.WaitGroup
 	)
 	warm.Add(conns)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -300,6 +318,11 @@ func busyLoad(t *testing.T, conns int, sizes []int64, setup func(*lab.Lab)) (lon
 	go func() {
 		done <- eachConn(cs, func(i int, h *httpConn) error {
 			warmed := false
+			defer func() {
+				if !warmed {
+					warm.Done() // failed before its first response
+				}
+			}()
 			for k := 0; ; k++ {
 				if after[i].Load() >= 3 {
 					return nil
@@ -333,18 +356,50 @@ func busyLoad(t *testing.T, conns int, sizes []int64, setup func(*lab.Lab)) (lon
 	}()
 	warm.Wait() // every connection is busy
 	failedOver.Store(true)
-	p.failover(t)
+	failover()
 	errs := <-done
 	requireNoErrors(t, "busy failover", errs)
-	c := directorCounters(t, p.dirs[1])
-	t.Logf("busy failover: %d connections, %d requests before; B %d recovered, %d adopted (%d dials abandoned), %d stale, drops %v; "+
-		"longest request after the failover %v (before it: %v)",
+	c := directorCounters(t, p.dirs[p.active])
+	t.Logf("busy failover: %d connections, %d requests before; new director %d recovered, %d adopted (%d dials abandoned), %d stale, drops %v; "+
+		"longest request after the failover %v (before it: %v); longest stall after the failover %v (before it: %v)",
 		conns, before.Load(), c.Recovered, c.Adopted, c.AdoptAborts, c.StaleFlows, nonZero(c.Drops),
-		time.Duration(maxStall.Load()).Round(time.Millisecond), time.Duration(maxBefore.Load()).Round(time.Millisecond))
+		time.Duration(maxStall.Load()).Round(time.Millisecond), time.Duration(maxBefore.Load()).Round(time.Millisecond),
+		time.Duration(stallAfter.Load()).Round(time.Millisecond), time.Duration(stallBefore.Load()).Round(time.Millisecond))
 	if c.Recovered+c.Adopted < conns || c.ClientResets != 0 {
-		t.Fatalf("B recovered %d + adopted %d flows, want at least %d; client resets %d", c.Recovered, c.Adopted, conns, c.ClientResets)
+		t.Fatalf("new director recovered %d + adopted %d flows, want at least %d; client resets %d", c.Recovered, c.Adopted, conns, c.ClientResets)
 	}
-	return time.Duration(maxStall.Load())
+	return time.Duration(stallAfter.Load())
+}
+
+// progressConn measures stalls: the longest time its connection went
+// without progress, from one read that returned data (or a write) to the
+// next read that returned data. A gap that ends after the failover began
+// counts as after. Used by one goroutine at a time, like httpConn.
+type progressConn struct {
+	net.Conn
+	last          time.Time
+	failedOver    *atomic.Bool
+	before, after *atomic.Int64
+}
+
+func (c *progressConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		now := time.Now()
+		m := c.before
+		if c.failedOver.Load() {
+			m = c.after
+		}
+		lab.RaiseMax(m, int64(now.Sub(c.last)))
+		c.last = now
+	}
+	return n, err
+}
+
+func (c *progressConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.last = time.Now()
+	return n, err
 }
 
 var busySizes = []int64{16 << 10, 64 << 10, 256 << 10, 1 << 20}

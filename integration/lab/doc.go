@@ -11,7 +11,12 @@
 // half-way.
 //
 // The package must not import "testing": the integration tests wrap it
-// (integration/harness_test.go) and a `holdfast lab` command will reuse it.
+// (integration/harness_test.go) and the `holdfast lab` commands reuse it.
 //
-// It needs CAP_SYS_ADMIN and CAP_NET_ADMIN (root) and iproute2's ip(8).
+// With Options.VRRP the directors share the router's segment and keepalived
+// (one per director namespace) moves the floating next-hop and the reals'
+// gateway, instead of Flip.
+//
+// It needs CAP_SYS_ADMIN and CAP_NET_ADMIN (root) and iproute2's ip(8);
+// Options.VRRP also needs keepalived(8).
 package lab

@@ -67,6 +67,13 @@ type Options struct {
 	// DirectorLinkMTU is the MTU of the router-director links, both ends
 	// (0 means 1500). Client and reals always use 1500.
 	DirectorLinkMTU int
+	// VRRP replaces the routes Flip moves by keepalived (see vrrp.go): the
+	// router and the directors share one uplink segment (UplinkPrefix, a
+	// bridge in the router namespace), the router sends VIPPrefix via the
+	// floating VRRPNextHop and the reals use the floating VRRPGateway, and
+	// keepalived in each director namespace moves both addresses to the
+	// director whose holdfast runs. Needs keepalived(8) installed.
+	VRRP bool
 }
 
 // Lab is a built topology. Its fields are set by New and read-only after;
@@ -85,6 +92,7 @@ type Lab struct {
 	procs      []*Proc
 	closers    []func() error // backends, closed before the namespaces go
 	active     int
+	vrrp       *vrrpState // nil unless Options.VRRP
 }
 
 // Director is a director's namespace and its addresses.
@@ -92,8 +100,8 @@ type Director struct {
 	*NS
 	Label       string       // "A" or "B"
 	ID          int          // 1 for A, 2 for B: holdfast --director-id
-	Uplink      netip.Prefix // its address on the router link, e.g. 198.18.2.2/24
-	RouterAddr  netip.Addr   // the router's end of that link, its default gateway
+	Uplink      netip.Prefix // its address on the router link, e.g. 198.18.2.2/24 (VRRP: on the shared uplink segment)
+	RouterAddr  netip.Addr   // the router's end of that link (or segment), its default gateway
 	RSAddr      netip.Prefix // its address on the real-server segment, e.g. 198.18.10.2/24
 	UplinkIface string       // DirectorUplink
 	RSIface     string       // DirectorRSIface: pass it to `holdfast run --real-iface`
@@ -165,12 +173,18 @@ func New(opts Options) (_ *Lab, err error) {
 		if err != nil {
 			return nil, err
 		}
+		// A point-to-point link per director: 198.18.2.2, 198.18.3.2; with
+		// VRRP one segment: 198.18.2.2, 198.18.2.3.
+		uplink := [4]byte{198, 18, byte(2 + i), 2}
+		if opts.VRRP {
+			uplink = [4]byte{198, 18, 2, byte(2 + i)}
+		}
 		l.Directors = append(l.Directors, &Director{
 			NS:          ns,
 			Label:       label,
 			ID:          i + 1,
-			Uplink:      netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(2 + i), 2}), 24),
-			RouterAddr:  netip.AddrFrom4([4]byte{198, 18, byte(2 + i), 1}),
+			Uplink:      netip.PrefixFrom(netip.AddrFrom4(uplink), 24),
+			RouterAddr:  netip.AddrFrom4([4]byte{198, 18, uplink[2], 1}),
 			RSAddr:      netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 10, byte(2 + i)}), 24),
 			UplinkIface: DirectorUplink,
 			RSIface:     DirectorRSIface,
@@ -191,6 +205,11 @@ func New(opts Options) (_ *Lab, err error) {
 
 	if err := l.wire(opts); err != nil {
 		return nil, err
+	}
+	if opts.VRRP {
+		if err := l.startVRRP(); err != nil {
+			return nil, err
+		}
 	}
 	return l, nil
 }
@@ -230,12 +249,22 @@ func (l *Lab) wire(opts Options) error {
 		ipStep(l.Switch, "link", "add", BridgeName, "type", "bridge"),
 		ipStep(l.Switch, "link", "set", BridgeName, "up"),
 	}
+	if opts.VRRP {
+		steps = append(steps, l.vrrpUplinkSteps()...)
+	}
 	for _, d := range l.Directors {
 		routerSide := "d" + d.Label + "0"
 		steps = append(steps,
 			func() error { return veth(d.NS, d.UplinkIface, l.Router, routerSide, opts.DirectorLinkMTU) },
 			ipStep(d.NS, "addr", "add", d.Uplink.String(), "dev", d.UplinkIface),
-			ipStep(l.Router, "addr", "add", netip.PrefixFrom(d.RouterAddr, 24).String(), "dev", routerSide),
+		)
+		if opts.VRRP {
+			// A port of the shared uplink segment, which holds the router's address.
+			steps = append(steps, ipStep(l.Router, "link", "set", routerSide, "master", UplinkBridgeName))
+		} else {
+			steps = append(steps, ipStep(l.Router, "addr", "add", netip.PrefixFrom(d.RouterAddr, 24).String(), "dev", routerSide))
+		}
+		steps = append(steps,
 			func() error { return l.port(d.NS, d.RSIface, "dir"+d.Label) },
 			ipStep(d.NS, "addr", "add", d.RSAddr.String(), "dev", d.RSIface),
 			ipStep(d.NS, "route", "add", "default", "via", d.RouterAddr.String()),
@@ -251,6 +280,9 @@ func (l *Lab) wire(opts Options) error {
 		if err := step(); err != nil {
 			return err
 		}
+	}
+	if opts.VRRP {
+		return l.vrrpRoutes()
 	}
 	return l.Flip(0)
 }
@@ -286,8 +318,11 @@ func (l *Lab) port(n *NS, ifname, swName string) error {
 
 // Flip makes Directors[i] the active one: the router sends VIPPrefix to it
 // and every real uses it as its default gateway (what a VRRP floating address
-// would do).
+// would do). A VRRP lab refuses: keepalived decides there (WaitVRRPMaster).
 func (l *Lab) Flip(i int) error {
+	if l.vrrp != nil {
+		return fmt.Errorf("lab: Flip(%d): this lab runs VRRP; keepalived moves the routes (stop a director's holdfast, then WaitVRRPMaster)", i)
+	}
 	if i < 0 || i >= len(l.Directors) {
 		return fmt.Errorf("lab: Flip(%d): have %d directors", i, len(l.Directors))
 	}
@@ -306,8 +341,14 @@ func (l *Lab) Flip(i int) error {
 	return nil
 }
 
-// Active returns the director the router and the reals currently use.
+// Active returns the director the router and the reals currently use. In a
+// VRRP lab that is the VRRP master (VRRPMaster), nil while no director holds
+// both floating addresses.
 func (l *Lab) Active() *Director {
+	if l.vrrp != nil {
+		d, _ := l.VRRPMaster()
+		return d
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.Directors[l.active]
