@@ -38,13 +38,14 @@ var (
 	}
 	demoIdleFlag = &cli.IntFlag{Name: "idle", Value: 40, Usage: "keep-alive connections that make a request now and then"}
 	demoBusyFlag = &cli.IntFlag{Name: "busy", Value: 24, Usage: "keep-alive connections that download without pause"}
+	labVRRPFlag  = &cli.BoolFlag{Name: "vrrp", Usage: "keepalived (VRRP) in each director namespace moves the routes, as in a real deployment"}
 )
 
 func labDemoCommand() *cli.Command {
 	return &cli.Command{
 		Name:         "demo",
 		Usage:        "build the lab, run a load, fail over and back, twice (holdfast, and --recovery=off), print the table",
-		Flags:        []cli.Flag{demoJSONFlag, demoPhaseFlag, demoIdleFlag, demoBusyFlag},
+		Flags:        []cli.Flag{demoJSONFlag, demoPhaseFlag, demoIdleFlag, demoBusyFlag, labVRRPFlag},
 		OnUsageError: usageError,
 		Action:       unprivileged(labDemo),
 	}
@@ -55,6 +56,7 @@ func labDemo(c *cli.Context) error {
 		Phase: c.Duration(demoPhaseFlag.Name),
 		Idle:  c.Int(demoIdleFlag.Name),
 		Busy:  c.Int(demoBusyFlag.Name),
+		VRRP:  c.Bool(labVRRPFlag.Name),
 	}
 	switch {
 	case o.Phase < 500*time.Millisecond || o.Phase > time.Minute:

@@ -37,7 +37,7 @@ func labUpCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "up",
 		Usage: "build the lab, start the directors and backends, and supervise them until Ctrl-C or `holdfast lab down`",
-		Flags: []cli.Flag{labDirectorsFlag, labRealsFlag}, OnUsageError: usageError,
+		Flags: []cli.Flag{labDirectorsFlag, labRealsFlag, labVRRPFlag}, OnUsageError: usageError,
 		Action: unprivileged(labUp),
 	}
 }
@@ -78,6 +78,7 @@ type labSupervisor struct {
 	bin  string
 	mu   sync.Mutex
 	dirs []*lab.Proc
+	vrrp bool
 	down chan struct{}
 	once sync.Once
 }
@@ -101,7 +102,11 @@ func labUp(c *cli.Context) error {
 	defer stop()
 
 	fmt.Fprintln(os.Stderr, "building the lab...")
-	l, err := lab.New(lab.Options{Prefix: labPrefix, Directors: n, Reals: reals})
+	vrrp := c.Bool(labVRRPFlag.Name)
+	if vrrp && n != 2 {
+		return usagef("--vrrp needs --directors 2")
+	}
+	l, err := lab.New(lab.Options{Prefix: labPrefix, Directors: n, Reals: reals, VRRP: vrrp})
 	if err != nil {
 		return cli.Exit("holdfast lab up: "+err.Error(), exitRuntime)
 	}
@@ -109,10 +114,18 @@ func labUp(c *cli.Context) error {
 	if err := l.ServeBackends(); err != nil {
 		return cli.Exit("holdfast lab up: "+err.Error(), exitRuntime)
 	}
-	s := &labSupervisor{l: l, bin: bin, dirs: make([]*lab.Proc, n), down: make(chan struct{})}
+	s := &labSupervisor{l: l, bin: bin, vrrp: vrrp, dirs: make([]*lab.Proc, n), down: make(chan struct{})}
 	for i := range l.Directors {
 		if err := s.start(ctx, i); err != nil {
 			return cli.Exit("holdfast lab up: "+err.Error(), exitRuntime)
+		}
+		if vrrp && i == 0 { // A first, so that it is the master
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := l.WaitVRRPMaster(wctx, 0)
+			cancel()
+			if err != nil {
+				return cli.Exit("holdfast lab up: "+err.Error(), exitRuntime)
+			}
 		}
 	}
 	stopSock, err := serveAdmin(ctx, labSocket, s.handler(), newQuietLogger())
@@ -167,7 +180,10 @@ func (s *labSupervisor) handler() http.Handler {
 }
 
 func (s *labSupervisor) status(ctx context.Context) labStatus {
-	st := labStatus{Prefix: s.l.Prefix, Client: lab.ClientAddr.String(), VIP: lab.VIP.String(), Active: s.l.Active().Label}
+	st := labStatus{Prefix: s.l.Prefix, Client: lab.ClientAddr.String(), VIP: lab.VIP.String(), Active: "none"}
+	if a := s.l.Active(); a != nil {
+		st.Active = a.Label
+	}
 	for _, ns := range s.l.Namespaces() {
 		st.Namespaces = append(st.Namespaces, ns.Name)
 	}
@@ -213,19 +229,28 @@ func (s *labSupervisor) failover(ctx context.Context) (labStatus, error) {
 	s.mu.Lock()
 	p := s.dirs[from]
 	s.mu.Unlock()
-	if p != nil {
-		p.Signal(syscall.SIGKILL) //nolint:errcheck // it may be dead already
-		<-p.Done()
-	}
-	if err := s.l.Flip(to); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := s.l.Failover(fctx, to, func() error {
+		if p != nil {
+			p.Signal(syscall.SIGKILL) //nolint:errcheck // it may be dead already
+			<-p.Done()
+		}
+		return nil
+	})
+	if err != nil {
 		return labStatus{}, err
 	}
 	if err := s.start(ctx, from); err != nil {
 		return labStatus{}, fmt.Errorf("restarting %s as the standby: %w", s.l.Directors[from].Label, err)
 	}
 	st := s.status(ctx)
-	st.Message = fmt.Sprintf("director %s killed (SIGKILL); routes moved to %s; %s restarted as the standby",
-		s.l.Directors[from].Label, s.l.Directors[to].Label, s.l.Directors[from].Label)
+	how := "routes moved"
+	if s.vrrp {
+		how = "keepalived moved the floating addresses"
+	}
+	st.Message = fmt.Sprintf("director %s killed (SIGKILL); %s to %s; %s restarted as the standby",
+		s.l.Directors[from].Label, how, s.l.Directors[to].Label, s.l.Directors[from].Label)
 	return st, nil
 }
 
@@ -239,7 +264,11 @@ func printLabUp(l *lab.Lab) {
 	for _, r := range l.Reals {
 		fmt.Printf("  %-10s %-16s ns %s (HTTP :%d, UDP echo :%d)\n", r.Label, r.Addr, r.Name, lab.DefaultHTTPPort, lab.DefaultUDPPort)
 	}
-	fmt.Printf("  VIP        %-16s tcp:%d, rr over the reals; active director %s\n\n", lab.VIP, lab.DefaultHTTPPort, l.Active().Label)
+	active := "none yet"
+	if a := l.Active(); a != nil {
+		active = a.Label
+	}
+	fmt.Printf("  VIP        %-16s tcp:%d, rr over the reals; active director %s\n\n", lab.VIP, lab.DefaultHTTPPort, active)
 	fmt.Printf("Try, from another terminal:\n")
 	fmt.Printf("  ip netns exec %s curl -s http://%s/          # answered by a real\n", l.Client.Name, lab.VIP)
 	fmt.Printf("  holdfast conns --admin-socket %s\n", lab.AdminSocket(l.Directors[0]))

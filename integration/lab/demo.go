@@ -23,6 +23,7 @@ type DemoOptions struct {
 	Idle     int           // connections that make a request now and then (default 40)
 	Busy     int           // connections that download without pause (default 24)
 	Phase    time.Duration // time on A, after the failover, after the failback (default 3s)
+	VRRP     bool          // keepalived moves the routes (see Options.VRRP)
 	Progress func(phase string)
 }
 
@@ -62,7 +63,7 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	}
 
 	progress("building the lab")
-	l, err := New(Options{Directors: 2, Reals: 3})
+	l, err := New(Options{Directors: 2, Reals: 3, VRRP: o.VRRP})
 	if err != nil {
 		return res, err
 	}
@@ -90,6 +91,11 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	if err != nil {
 		return res, err
 	}
+	if o.VRRP { // A first, so that it is the master
+		if err := waitMaster(ctx, l, 0); err != nil {
+			return res, err
+		}
+	}
 	b, err := start(l.Directors[1])
 	if err != nil {
 		return res, err
@@ -114,11 +120,7 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	if err := wait("running through director A"); err != nil {
 		return res, err
 	}
-	if err := a.Signal(syscall.SIGKILL); err != nil {
-		return res, err
-	}
-	<-a.Done()
-	if err := l.Flip(1); err != nil {
+	if err := failover(ctx, l, 1, a); err != nil {
 		return res, err
 	}
 	if err := wait("failover: A killed, traffic moved to B"); err != nil {
@@ -131,7 +133,15 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	if a, err = start(l.Directors[0]); err != nil {
 		return res, err
 	}
-	if err := l.Flip(0); err != nil {
+	if o.VRRP {
+		// nopreempt: A takes mastership back only when B's holdfast dies.
+		if err := failover(ctx, l, 0, b); err != nil {
+			return res, err
+		}
+		if b, err = start(l.Directors[1]); err != nil {
+			return res, err
+		}
+	} else if err := l.Flip(0); err != nil {
 		return res, err
 	}
 	if err := wait("failback: A restarted, traffic moved back to A"); err != nil {
@@ -155,6 +165,26 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	res.Adoptions = aStats.Adopted + bStats.Adopted
 	progress("tearing the lab down")
 	return res, nil
+}
+
+// failover kills p (the active director's holdfast) and makes director to
+// active.
+func failover(ctx context.Context, l *Lab, to int, p *Proc) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return l.Failover(ctx, to, func() error {
+		if err := p.Signal(syscall.SIGKILL); err != nil {
+			return err
+		}
+		<-p.Done()
+		return nil
+	})
+}
+
+func waitMaster(ctx context.Context, l *Lab, i int) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return l.WaitVRRPMaster(ctx, i)
 }
 
 func readStats(ctx context.Context, p *Proc) (DirectorStats, error) {

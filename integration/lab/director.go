@@ -111,3 +111,17 @@ func ParseStats(line string) (DirectorStats, error) {
 	}
 	return s, nil
 }
+
+// Failover makes director to the active one after stop (which kills the
+// active director's holdfast) has run: by moving the routes by hand (Flip),
+// or in a VRRP lab by waiting until keepalived has moved the floating
+// addresses to it (bounded by ctx).
+func (l *Lab) Failover(ctx context.Context, to int, stop func() error) error {
+	if err := stop(); err != nil {
+		return err
+	}
+	if l.vrrp != nil {
+		return l.WaitVRRPMaster(ctx, to)
+	}
+	return l.Flip(to)
+}
