@@ -103,7 +103,7 @@ type realTraffic struct {
 // flight and counters.
 //
 // Concurrency: every exported method locks mu. The packet loop calls
-// HandlePacket from one goroutine; the recovery engine calls the recovery
+// HandleBatch from one goroutine, one lock per batch; the recovery engine calls the recovery
 // methods from its dial goroutines. Calls out to the Recoverer happen with
 // mu held, so a Recoverer must never call back into the Director from
 // Start, Abort or Release.
@@ -178,6 +178,25 @@ func New(cfg Config) (*Director, error) {
 // to it (a parked packet is copied).
 func (d *Director) Handle(pkt []byte, partial bool, now int64) (Verdict, []byte) {
 	d.mu.Lock()
+	v, out := d.handleCounted(pkt, partial, now)
+	d.mu.Unlock()
+	return v, out
+}
+
+// HandleBatch is Handle for a batch read from the device, under one lock:
+// verdicts[i] and outs[i] answer pkts[i] (partial[i] as in Handle).
+func (d *Director) HandleBatch(pkts [][]byte, partial []bool, now int64, verdicts []Verdict, outs [][]byte) {
+	d.mu.Lock()
+	for i, pkt := range pkts {
+		verdicts[i], outs[i] = d.handleCounted(pkt, partial[i], now)
+	}
+	d.mu.Unlock()
+}
+
+// handleCounted is handle plus the verdict and drop counters; d.mu is held.
+// The counters are plain fields under the lock the flow table needs anyway,
+// read (folded) only when Stats is called.
+func (d *Director) handleCounted(pkt []byte, partial bool, now int64) (Verdict, []byte) {
 	v, reason, out := d.handle(pkt, partial, now)
 	d.stats.Verdicts[v]++
 	switch v {
@@ -187,7 +206,6 @@ func (d *Director) Handle(pkt []byte, partial bool, now int64) (Verdict, []byte)
 	case Park, ToStack:
 		out = nil
 	}
-	d.mu.Unlock()
 	return v, out
 }
 

@@ -21,13 +21,14 @@ const (
 	ToStack                // hand the packet to the Netstack
 )
 
-// Handler decides one packet. It may rewrite pkt in place and returns what
-// to do and, for Write and WriteNew, the bytes to write (a sub-slice of pkt
-// starting where pkt starts). partial says the packet's TCP/UDP checksum is
-// only the pseudo-header sum (virtio-net NEEDS_CSUM). pkt is lent for the
-// duration of the call: a Handler must not retain it.
+// Handler decides a batch of packets. For each pkts[i] it may rewrite it in
+// place and sets acts[i] and, for Write and WriteNew, outs[i]: the bytes to
+// write (a sub-slice of pkts[i] starting where it starts). partial[i] says the
+// packet's TCP/UDP checksum is only the pseudo-header sum (virtio-net
+// NEEDS_CSUM). The packets are lent for the duration of the call: a Handler
+// must not retain them.
 type Handler interface {
-	HandlePacket(pkt []byte, partial bool, now int64) (Action, []byte)
+	HandleBatch(pkts [][]byte, partial []bool, now int64, acts []Action, outs [][]byte)
 }
 
 // Clock is a coarse monotonic clock in nanoseconds, advanced by a ticker so
@@ -111,6 +112,10 @@ func (p *Pump) Run() error {
 	}
 	sizes := make([]int, batch)
 	out := make([][]byte, 0, batch)
+	pkts := make([][]byte, batch)
+	partial := make([]bool, batch)
+	acts := make([]Action, batch)
+	outs := make([][]byte, batch)
 	for {
 		n, err := p.dev.Read(bufs, sizes, hdr)
 		if err != nil {
@@ -121,22 +126,26 @@ func (p *Pump) Run() error {
 		}
 		p.read.Add(uint64(n))
 		now := p.clock.Now()
+		for i := 0; i < n; i++ {
+			pkts[i] = bufs[i][hdr : hdr+sizes[i]]
+			partial[i] = hdr > 0 && bufs[i][0]&vnetNeedsCsum != 0
+		}
+		p.h.HandleBatch(pkts[:n], partial[:n], now, acts[:n], outs[:n])
 		out = out[:0]
 		for i := 0; i < n; i++ {
 			b := bufs[i]
-			partial := hdr > 0 && b[0]&vnetNeedsCsum != 0
-			act, o := p.h.HandlePacket(b[hdr:hdr+sizes[i]], partial, now)
-			switch act {
+			switch acts[i] {
 			case Write:
-				out = append(out, b[:hdr+len(o)])
+				out = append(out, b[:hdr+len(outs[i])])
 			case WriteNew:
 				clear(b[:hdr])
-				out = append(out, b[:hdr+len(o)])
+				out = append(out, b[:hdr+len(outs[i])])
 			case ToStack:
 				if p.ns != nil {
-					p.ns.Inject(b[hdr:hdr+sizes[i]], partial)
+					p.ns.Inject(pkts[i], partial[i])
 				}
 			}
+			outs[i] = nil
 		}
 		if len(out) == 0 {
 			continue
