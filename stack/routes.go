@@ -26,6 +26,9 @@ const (
 	// is a misconfiguration, not a path to adapt to.
 	MinTUNMTU = 576
 
+	// tunTxQueueLen is the TUN's queue length set by SetupRoutes.
+	tunTxQueueLen = 10000
+
 	// mainRulePriority is the priority of the kernel's "lookup main" rule. The
 	// holdfast rule must come before it: the main table knows a route to the
 	// clients (the default route), and a real server's reply matched there would
@@ -128,6 +131,14 @@ func SetupRoutes(cfg RouteConfig, log zerolog.Logger) (undo func() error, err er
 	for _, s := range routeSysctls(cfg.TUN, cfg.RealIface) {
 		if err := setSysctl(s, td, log); err != nil {
 			return nil, err
+		}
+	}
+	// A deeper queue toward the TUN: the kernel drops what does not fit
+	// while the packet loop is busy (bursts of small packets, a recovery
+	// storm); 500, the TUN default, holds well under a millisecond of them.
+	if tun.Attrs().TxQLen < tunTxQueueLen {
+		if err := netlink.LinkSetTxQLen(tun, tunTxQueueLen); err != nil {
+			return nil, fmt.Errorf("set txqueuelen %d on %s: %w", tunTxQueueLen, cfg.TUN, err)
 		}
 	}
 	if err := netlink.LinkSetUp(tun); err != nil {

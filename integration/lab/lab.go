@@ -390,6 +390,12 @@ func (l *Lab) Close() error {
 	l.mu.Unlock()
 
 	var errs []error
+	defer func() {
+		// A killed director leaves its admin socket behind.
+		for _, d := range l.Directors {
+			os.Remove(AdminSocket(d))
+		}
+	}()
 	for _, c := range closers {
 		if err := c(); err != nil {
 			errs = append(errs, err)

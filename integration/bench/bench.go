@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"holdfast/integration/lab"
+)
+
+// Ports of the services every director carries. The VIP port equals the
+// real's port, so the three directors see the same traffic.
+const (
+	iperfPort = 5201 // iperf3 control and data, TCP and UDP
+	httpPort  = 80   // nginx (or the lab's Go backend)
+)
+
+// bench is one run of the program: the lab, the peers it started and the
+// results so far. It is used from one goroutine (the storm's workers only
+// touch their own connections).
+type bench struct {
+	cfg   config
+	tmp   string
+	start time.Time
+
+	l       *lab.Lab
+	dirA    *lab.Director
+	rs1     *lab.Real // the real of the throughput rows
+	backend string    // HTTP backend on the reals: "nginx" or "go"
+	nginx   []*nginx
+	res     *Results
+}
+
+func newBench(cfg config, tmp string) *bench {
+	return &bench{cfg: cfg, tmp: tmp, start: time.Now()}
+}
+
+// progress is the one line per phase on stderr.
+func (b *bench) progress(msg string) {
+	fmt.Fprintf(os.Stderr, "bench %6.1fs  %s\n", time.Since(b.start).Seconds(), msg)
+}
+
+// rowDef is one throughput row.
+type rowDef struct {
+	key, name, unit, group string
+	haproxy                bool    // HAProxy (TCP mode) can carry it
+	minKernel              float64 // target: holdfast / kernel NAT at least this (0: none)
+	run                    func(ctx context.Context, b *bench) (value float64, notes []string, err error)
+}
+
+var rowDefs = []rowDef{
+	{key: "tcp_1", name: "iperf3 TCP, 1 stream", unit: "Gbit/s", group: groupIperf, haproxy: true, minKernel: 0.6, run: iperfTCP(1)},
+	{key: "tcp_4", name: "iperf3 TCP, 4 streams", unit: "Gbit/s", group: groupIperf, haproxy: true, run: iperfTCP(4)},
+	{key: "udp_64", name: "iperf3 UDP, 64 B payload", unit: "pps", group: groupUDP, minKernel: 0.5, run: iperfUDP},
+	{key: "http_keepalive", name: "wrk keep-alive", unit: "req/s", group: groupWrk, haproxy: true, minKernel: 0.65, run: wrkRun(false)},
+	{key: "http_new_conn", name: "wrk new connection", unit: "req/s", group: groupWrk, haproxy: true, minKernel: 0.75, run: wrkRun(true)},
+}
+
+// directorDef is one director under test: setup makes it carry the
+// services on director A and returns the PID whose CPU time is its cost (0:
+// none, the kernel's NAT); teardown undoes setup.
+type directorDef struct {
+	key, label string
+	setup      func(ctx context.Context, b *bench) (pid int, teardown func() error, err error)
+}
+
+var directorDefs = map[string]directorDef{
+	dirKernel:   {key: "kernel_nat", label: "kernel NAT", setup: setupKernelNAT},
+	dirHAProxy:  {key: "haproxy", label: "HAProxy", setup: setupHAProxy},
+	dirHoldfast: {key: "holdfast", label: "holdfast", setup: setupHoldfast},
+}
+
+// run builds the lab and measures. It returns the results so far (nil if
+// nothing could be measured) and the first error that stopped it; the lab
+// and every peer are gone when it returns.
+func (b *bench) run(ctx context.Context) (res *Results, err error) {
+	b.res = newResults(b.cfg)
+	res = b.res
+	defer res.finish() // also for the rows measured before an error
+	for _, r := range rowDefs {
+		if b.cfg.groups[r.group] {
+			res.Rows = append(res.Rows, newRow(r))
+		}
+	}
+
+	b.progress("building the lab (client, router, directors A and B, rs1..rs3)")
+	b.l, err = lab.New(lab.Options{Directors: 2, Reals: 3})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		b.progress("tearing the lab down")
+		var errs []error
+		for _, n := range b.nginx {
+			errs = append(errs, n.stop())
+		}
+		errs = append(errs, b.l.Close())
+		if cerr := errors.Join(errs...); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("teardown: %w", cerr))
+		}
+	}()
+	b.dirA, b.rs1 = b.l.Directors[0], b.l.Reals[0]
+
+	// The client opens many short connections (wrk new-connection, the
+	// storm): a wide port range, and TIME_WAIT ports reused.
+	for _, kv := range [][2]string{
+		{"net.ipv4.ip_local_port_range", "1024 65535"},
+		{"net.ipv4.tcp_tw_reuse", "1"},
+	} {
+		if err := b.l.Client.SetSysctl(kv[0], kv[1]); err != nil {
+			return res, err
+		}
+	}
+	if err := b.startHTTP(ctx); err != nil {
+		return res, err
+	}
+	res.HTTPBackend = b.backend
+
+	throughput := len(res.Rows) > 0
+	for _, d := range measureOrder {
+		// The storm runs before the kernel's NAT (see measureOrder).
+		if d == dirKernel && b.cfg.groups[groupStorm] {
+			if err := b.runStorm(ctx); err != nil {
+				return res, err
+			}
+		}
+		if !throughput || !b.cfg.directors[d] {
+			continue
+		}
+		if err := b.measureDirector(ctx, directorDefs[d]); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+func (b *bench) runStorm(ctx context.Context) error {
+	s, err := b.storm(ctx)
+	b.res.Storm = s
+	if err != nil && ctx.Err() == nil && s != nil {
+		// A storm that went wrong is a result too; the error is in it.
+		s.Error = err.Error()
+		b.progress("storm failed: " + err.Error())
+		return nil
+	}
+	return err
+}
+
+// startHTTP starts the HTTP backend on every real: nginx if installed, else
+// the lab's Go backend (which then shares this process's CPU and files).
+// Every phase needs it: checkPath asks it before measuring.
+func (b *bench) startHTTP(ctx context.Context) error {
+	if _, err := lookPath("nginx"); err != nil {
+		b.progress("nginx not found: the reals serve HTTP with the lab's Go backend, in this process")
+		b.backend = "go (lab.HTTPHandler, in the bench process)"
+		for _, r := range b.l.Reals {
+			if err := r.Serve(httpPort, 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	b.backend = fmt.Sprintf("nginx (%d workers per real)", runtime.NumCPU())
+	b.progress("starting nginx on " + fmt.Sprint(len(b.l.Reals)) + " reals")
+	for _, r := range b.l.Reals {
+		n, err := startNginx(ctx, r, filepath.Join(b.tmp, "nginx-"+r.Label))
+		if n != nil {
+			b.nginx = append(b.nginx, n)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// measureDirector sets up one director on A and runs every chosen row
+// -runs times. A director that cannot be set up (or does not pass traffic)
+// gets its error in its cells and the run goes on with the next one.
+func (b *bench) measureDirector(ctx context.Context, d directorDef) (err error) {
+	b.res.Directors = append(b.res.Directors, d.key)
+	b.progress(d.label + ": setting up on director A")
+	pid, teardown, err := d.setup(ctx, b)
+	if err == nil {
+		defer func() {
+			if terr := teardown(); terr != nil {
+				b.progress(d.label + ": teardown: " + terr.Error())
+				b.res.Notes = append(b.res.Notes, d.label+" teardown: "+terr.Error())
+			}
+		}()
+		err = b.checkPath(ctx)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		b.progress(d.label + ": " + err.Error())
+		for _, row := range b.res.Rows {
+			row.cell(d.key).Error = err.Error()
+		}
+		return nil
+	}
+	for _, row := range b.res.Rows {
+		def := row.def
+		c := row.cell(d.key)
+		if d.key == "haproxy" && !def.haproxy {
+			c.NA = "HAProxy has no UDP mode"
+			continue
+		}
+		for run := 1; run <= b.cfg.runs; run++ {
+			b.progress(fmt.Sprintf("%s: %s, run %d/%d", d.label, def.name, run, b.cfg.runs))
+			s, err := b.measure(ctx, pid, func(ctx context.Context) (float64, []string, error) { return def.run(ctx, b) })
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			c.add(s, err)
+		}
+	}
+	if d.key == "holdfast" {
+		b.res.addCounters("throughput", b.holdfastStats(ctx, b.dirA))
+	}
+	return nil
+}
+
+// checkPath makes one HTTP request to the VIP: a director that does not pass
+// traffic fails here in seconds rather than in every row.
+func (b *bench) checkPath(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var err error
+	for ctx.Err() == nil {
+		if err = httpGet(ctx, b.l.Client, netip.AddrPortFrom(lab.VIP, httpPort)); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("no HTTP answer through the VIP within 10s: %w", err)
+}
+
+// holdfastStats is `holdfast stats` of the director in d: its counters as
+// JSON (or a JSON string with the error).
+func (b *bench) holdfastStats(ctx context.Context, d *lab.Director) json.RawMessage {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := runHost(ctx, b.cfg.holdfast, "stats", "--admin-socket", lab.AdminSocket(d))
+	if err != nil || !json.Valid(out) {
+		msg, _ := json.Marshal(fmt.Sprintf("holdfast stats: %v: %s", err, strings.TrimSpace(string(out))))
+		return msg
+	}
+	return json.RawMessage(out)
+}
+
+// holdfastConfig writes a --config file with the given services and
+// returns its path.
+func (b *bench) holdfastConfig(name string, services []serviceConfig) (string, error) {
+	data, err := json.MarshalIndent(map[string]any{"services": services}, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(b.tmp, name)
+	return path, os.WriteFile(path, data, 0o600)
+}
+
+// serviceConfig is one service of a holdfast --config file (the fields of
+// balancer.ServiceConfig this program uses).
+type serviceConfig struct {
+	Service   string   `json:"service"`
+	Scheduler string   `json:"scheduler"`
+	Reals     []string `json:"reals"`
+}
+
+// throughputServices are the VIP's services for the throughput rows, all
+// to rs1: iperf3's control and data connections must meet one server.
+func (b *bench) throughputServices() []serviceConfig {
+	vip, rs := lab.VIP.String(), b.rs1.Addr.String()
+	return []serviceConfig{
+		{Service: fmt.Sprintf("tcp:%s:%d", vip, iperfPort), Scheduler: "rr", Reals: []string{fmt.Sprintf("%s:%d", rs, iperfPort)}},
+		{Service: fmt.Sprintf("udp:%s:%d", vip, iperfPort), Scheduler: "rr", Reals: []string{fmt.Sprintf("%s:%d", rs, iperfPort)}},
+		{Service: fmt.Sprintf("tcp:%s:%d", vip, httpPort), Scheduler: "rr", Reals: []string{fmt.Sprintf("%s:%d", rs, httpPort)}},
+	}
+}
