@@ -277,6 +277,11 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 			d.removeFlow(slot, now)
 			d.stats.FlowsReused++
 			found = false
+		case p.proto == protoUDP && d.leaving(f):
+			// A UDP flow has no connection to keep: its next datagram
+			// goes to a healthy real (IPVS expire_nodest_conn).
+			d.removeFlow(slot, now)
+			found = false
 		case p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 && f.marked && seqAfter(p.ack, f.hiSrv):
 			// The client acknowledges server bytes this director never
 			// carried: the connection moved on through another director

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"holdfast/balancer"
+
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -318,5 +320,27 @@ func TestDecodeRewriteAllocs(t *testing.T) {
 	})
 	if n != 0 {
 		t.Fatalf("%v allocations per packet pair, want 0", n)
+	}
+}
+
+// A UDP flow whose real went down moves to a healthy real at its next
+// datagram.
+func TestUDPFlowLeavesDownReal(t *testing.T) {
+	d := newTestDirector(t, func(c *Config) {
+		c.Services[1].Reals = append(c.Services[1].Reals, &balancer.Real{Addr: ap("198.18.10.12:5353"), Weight: 1})
+	})
+	out := handle(t, d, udp4(client, udpVIP, []byte("a")), 1)
+	if _, dst := addrs(out); dst != ap("198.18.10.11:5353") {
+		t.Fatalf("first datagram to %v", dst)
+	}
+	if err := d.SetDown(17, ap(udpVIP), ap("198.18.10.11:5353"), true); err != nil {
+		t.Fatal(err)
+	}
+	out = handle(t, d, udp4(client, udpVIP, []byte("b")), 2)
+	if _, dst := addrs(out); dst != ap("198.18.10.12:5353") {
+		t.Fatalf("datagram after the real went down to %v", dst)
+	}
+	if f := d.Flows(2); len(f) != 1 || f[0].Real != ap("198.18.10.12:5353") {
+		t.Fatalf("flows %+v", f)
 	}
 }
