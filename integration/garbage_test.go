@@ -40,7 +40,7 @@ func TestGarbageThroughPacketLoop(t *testing.T) {
 	dev := stack.NewMemDevice("mem0", 64)
 	clock := stack.NewClock()
 	clock.Update()
-	pump := stack.NewPump(dev, &recovery.Handler{D: d}, nil, clock, 1500, zerolog.Nop())
+	pump := stack.NewPump(dev, &recovery.Handler{D: d}, nil, clock, zerolog.Nop())
 	done := make(chan error, 1)
 	go func() { done <- pump.Run() }()
 	var stopOnce sync.Once

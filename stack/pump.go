@@ -77,16 +77,16 @@ type Pump struct {
 	h     Handler
 	clock *Clock
 	log   zerolog.Logger
-	mtu   int
 	ns    *Netstack // may be nil: then toStack packets are dropped
 
 	read, written, writeErrs atomic.Uint64
 }
 
-// NewPump returns a pump for packets up to mtu bytes. ns, if not nil,
+// NewPump returns a pump (its buffers hold any packet the device delivers,
+// GSO ones included). ns, if not nil,
 // receives the packets the Handler sends to the stack.
-func NewPump(dev Device, h Handler, ns *Netstack, clock *Clock, mtu int, log zerolog.Logger) *Pump {
-	return &Pump{dev: dev, h: h, ns: ns, clock: clock, mtu: mtu, log: log}
+func NewPump(dev Device, h Handler, ns *Netstack, clock *Clock, log zerolog.Logger) *Pump {
+	return &Pump{dev: dev, h: h, ns: ns, clock: clock, log: log}
 }
 
 // Stats returns the pump's counters.

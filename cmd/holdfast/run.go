@@ -239,7 +239,7 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 		}
 	}()
 
-	pump := stack.NewPump(dev, &recovery.Handler{D: d}, ns, clock, mtu, log)
+	pump := stack.NewPump(dev, &recovery.Handler{D: d}, ns, clock, log)
 	stats := func() map[string]any { return statsMap(d.Stats(), pump.Stats(), writeErrs.Load()) }
 	stopAdmin, err := serveAdmin(ctx, s.adminSocket, (&admin{d: d, pump: pump, clock: clock, stats: stats, log: log}).handler(), log)
 	if err != nil {
