@@ -7,6 +7,6 @@
 // timestamp deltas and returns the parked segments to write.
 //
 // It retries another real when a dial is refused or times out (bounded), and
-// otherwise has nat answer the client with a RST. It never touches packets on
-// the fast path.
+// otherwise has nat answer the client with a RST. Its only part on the fast
+// path is Handler, which turns nat's verdicts into the pump's actions.
 package recovery
