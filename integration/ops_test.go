@@ -179,6 +179,12 @@ func TestConnsListsLiveFlows(t *testing.T) {
 		}
 		delete(want, f.Client)
 	}
+	// The socket is the running user's alone.
+	if st, err := os.Stat(lab.AdminSocket(l.Directors[0])); err != nil || st.Mode().Perm() != 0o600 || st.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("admin socket: %v, mode %v", err, st.Mode())
+	} else if uid := st.Sys().(*syscall.Stat_t).Uid; int(uid) != os.Getuid() {
+		t.Fatalf("admin socket owned by uid %d, want %d", uid, os.Getuid())
+	}
 	// The table form prints one line per flow under a header.
 	out, err := ctl(t, l, "conns")
 	if err != nil || strings.Count(strings.TrimSpace(out), "\n") != len(conns) {
