@@ -34,6 +34,10 @@ type offloadTUN struct {
 
 	mu     sync.RWMutex // held shared by every syscall, exclusively by Close
 	closed atomic.Bool
+
+	// Used by the one reading goroutine only.
+	drained bool           // the last read(2) found the queue empty
+	pollfds [2]unix.PollFd // reused: no allocation per sleep
 }
 
 // OpenTUNOffload creates (or attaches to) TUN device name with a
@@ -74,31 +78,43 @@ func (d *offloadTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		if d.closed.Load() {
 			return n, ErrClosed
 		}
+		if d.drained {
+			// The last read found the queue empty: sleep first rather
+			// than spend a read(2) on EAGAIN again.
+			if err := d.wait(); err != nil {
+				return 0, err
+			}
+			d.drained = false
+		}
 		m, err := unix.Read(d.fd, bufs[n][offset-vnetHdrLen:])
 		switch {
 		case err == nil && m >= vnetHdrLen:
 			sizes[n] = m - vnetHdrLen
 			n++
-			continue
-		case err == nil:
-			continue // a runt: nothing to hand on
-		case errors.Is(err, unix.EINTR):
-			continue
-		case !errors.Is(err, unix.EAGAIN):
+		case err == nil, errors.Is(err, unix.EINTR):
+			// a runt (nothing to hand on), or a signal: read again
+		case errors.Is(err, unix.EAGAIN):
+			d.drained = true
+			if n > 0 {
+				return n, nil // a batch, and nothing more queued
+			}
+		default:
 			return n, fmt.Errorf("read %s: %w", d.name, err)
-		}
-		if n > 0 {
-			return n, nil // a batch, and nothing more queued
-		}
-		fds := []unix.PollFd{{Fd: int32(d.fd), Events: unix.POLLIN}, {Fd: int32(d.evfd), Events: unix.POLLIN}}
-		if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
-			return 0, fmt.Errorf("poll %s: %w", d.name, err)
-		}
-		if fds[1].Revents != 0 || fds[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
-			return 0, ErrClosed
 		}
 	}
 	return n, nil
+}
+
+// wait sleeps in poll(2) until the TUN has a packet or Close signals.
+func (d *offloadTUN) wait() error {
+	d.pollfds = [2]unix.PollFd{{Fd: int32(d.fd), Events: unix.POLLIN}, {Fd: int32(d.evfd), Events: unix.POLLIN}}
+	if _, err := unix.Poll(d.pollfds[:], -1); err != nil && !errors.Is(err, unix.EINTR) {
+		return fmt.Errorf("poll %s: %w", d.name, err)
+	}
+	if d.pollfds[1].Revents != 0 || d.pollfds[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+		return ErrClosed
+	}
+	return nil
 }
 
 func (d *offloadTUN) Write(bufs [][]byte, offset int) (int, error) {
