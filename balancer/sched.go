@@ -76,21 +76,7 @@ func (s *weightedRoundRobin) Pick(reals []*Real, _, _ netip.AddrPort) int {
 		s.current = resize(s.current, len(reals))
 		clear(s.current)
 	}
-	total, best := 0, -1
-	for i, r := range reals {
-		if !r.Available() {
-			continue
-		}
-		s.current[i] += r.Weight
-		total += r.Weight
-		if best < 0 || s.current[i] > s.current[best] {
-			best = i
-		}
-	}
-	if best >= 0 {
-		s.current[best] -= total
-	}
-	return best
+	return smoothStep(s.current, reals, true)
 }
 
 // leastConn is IPVS's weighted least connection (ip_vs_wlc.c): an established
@@ -196,21 +182,7 @@ func (s *hashScheduler) build(reals []*Real) {
 	s.cur = resize(s.cur, len(reals))
 	clear(s.cur)
 	for b := range s.table {
-		total, best := 0, -1
-		for i, r := range reals {
-			if r.Weight <= 0 {
-				continue
-			}
-			s.cur[i] += r.Weight
-			total += r.Weight
-			if best < 0 || s.cur[i] > s.cur[best] {
-				best = i
-			}
-		}
-		if best >= 0 {
-			s.cur[best] -= total
-		}
-		s.table[b] = int32(best)
+		s.table[b] = int32(smoothStep(s.cur, reals, false))
 	}
 }
 
@@ -290,4 +262,27 @@ func resize[T any](s []T, n int) []T {
 		return s[:n]
 	}
 	return make([]T, n)
+}
+
+// smoothStep is one step of nginx's smooth weighted round robin over reals,
+// with cur the running state (one entry per real): every candidate gains its
+// weight, the largest wins and pays back the total. health also skips down
+// reals (wrr); without it only weight counts (the sh/dh table, which keeps a
+// down real's buckets).
+func smoothStep(cur []int, reals []*Real, health bool) int {
+	total, best := 0, -1
+	for i, r := range reals {
+		if r.Weight <= 0 || (health && r.Down) {
+			continue
+		}
+		cur[i] += r.Weight
+		total += r.Weight
+		if best < 0 || cur[i] > cur[best] {
+			best = i
+		}
+	}
+	if best >= 0 {
+		cur[best] -= total
+	}
+	return best
 }

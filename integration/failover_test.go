@@ -171,6 +171,21 @@ func eachConn(conns []*httpConn, f func(i int, h *httpConn) error) []error {
 	return errs
 }
 
+// owners makes one request on each connection and returns the real that
+// answered each.
+func owners(t *testing.T, conns []*httpConn) []string {
+	t.Helper()
+	owner := make([]string, len(conns))
+	for i, h := range conns {
+		real, _, _, err := h.get("/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		owner[i] = real
+	}
+	return owner
+}
+
 func requests(n int) func(int, *httpConn) error {
 	return func(_ int, h *httpConn) error {
 		for range n {

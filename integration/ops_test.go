@@ -199,14 +199,7 @@ func TestWeightZeroQuiesces(t *testing.T) {
 		return append([]string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr"}, realFlags(l, lab.DefaultHTTPPort)...)
 	})
 	conns := dialHTTP(t, l.Client, 6)
-	owner := make([]string, len(conns))
-	for i, h := range conns {
-		real, _, _, err := h.get("/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		owner[i] = real
-	}
+	owner := owners(t, conns)
 	rs1 := netip.AddrPortFrom(l.Reals[0].Addr, lab.DefaultHTTPPort).String()
 	if out, err := ctl(t, l, "real", "weight", "--service", "tcp:"+vipHTTP.String(), "--real", rs1, "--weight", "0"); err != nil {
 		t.Fatalf("real weight: %v\n%s", err, out)

@@ -97,14 +97,7 @@ func TestRehomeDeadReal(t *testing.T) {
 	startRealServers(t, l)
 	d := StartDirector(t, l.Directors[0].NS, directorArgs(l.Directors[0], rehomeArgs(l)...)...)
 	conns := rehomeConns(t, l, 120)
-	owner := make([]string, len(conns))
-	for i, h := range conns {
-		real, _, _, err := h.get("/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		owner[i] = real
-	}
+	owner := owners(t, conns)
 	dead := l.Reals[1]
 	for _, chain := range []string{"INPUT", "OUTPUT"} {
 		if out, err := runIn(dead.NS, 10*time.Second, "iptables", "-w", "-A", chain, "-j", "DROP"); err != nil {

@@ -60,6 +60,21 @@ func newPeer(t *testing.T, addr netip.Addr, n **Netstack) *peer {
 	return p
 }
 
+// newPair builds the recovery Netstack on rec wired to a peer playing the
+// real at real.
+func newPair(t *testing.T, rec netip.Addr, real netip.AddrPort) (*Netstack, *peer) {
+	t.Helper()
+	var n *Netstack
+	p := newPeer(t, real.Addr(), &n)
+	var err error
+	n, err = NewNetstack([]netip.Addr{rec}, 1500, p.deliver, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	return n, p
+}
+
 func (p *peer) deliver(b []byte) {
 	select {
 	case p.seen <- append([]byte(nil), b...):
@@ -89,14 +104,7 @@ func (p *peer) listen(t *testing.T, port uint16) (tcpip.Endpoint, *waiter.Queue)
 func TestNetstackDialCapturesHandshake(t *testing.T) {
 	rec := netip.MustParseAddr("198.18.200.1")
 	real := netip.MustParseAddrPort("198.18.10.11:8080")
-	var n *Netstack
-	p := newPeer(t, real.Addr(), &n)
-	var err error
-	n, err = NewNetstack([]netip.Addr{rec}, 1500, p.deliver, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Close)
+	n, p := newPair(t, rec, real)
 	ln, lwq := p.listen(t, real.Port())
 
 	for _, ts := range []bool{true, false} {
@@ -158,17 +166,10 @@ func TestNetstackDialCapturesHandshake(t *testing.T) {
 func TestNetstackDialRefused(t *testing.T) {
 	rec := netip.MustParseAddr("198.18.200.1")
 	real := netip.MustParseAddrPort("198.18.10.11:8081") // nothing listens
-	var n *Netstack
-	p := newPeer(t, real.Addr(), &n)
-	var err error
-	n, err = NewNetstack([]netip.Addr{rec}, 1500, p.deliver, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Close)
+	n, _ := newPair(t, rec, real)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err = n.Dial(ctx, DialOptions{Local: netip.AddrPortFrom(rec, 20000), Remote: real, Timestamps: true, WScale: 7, MSS: 1460})
+	_, err := n.Dial(ctx, DialOptions{Local: netip.AddrPortFrom(rec, 20000), Remote: real, Timestamps: true, WScale: 7, MSS: 1460})
 	var de *DialError
 	if !errors.As(err, &de) || !de.Refused {
 		t.Fatalf("dial to a closed port: %v, want a refused DialError", err)
