@@ -328,7 +328,7 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 }
 
 // toReal rewrites a client's packet for its flow's real.
-func (d *Director) toReal(p *packet, f *Flow) {
+func (d *Director) toReal(p *packet, f *flow) {
 	if p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 {
 		// What the client holds counts as carried: its ACK at the mark, and
 		// its SACK blocks (segments of a dead director can arrive out of
@@ -345,9 +345,9 @@ func (d *Director) toReal(p *packet, f *Flow) {
 	}
 	if f.Kind == KindRecovered {
 		f.toServer().apply(p)
-		rewriteSrc(p, f.Local)
+		rewriteSrc(p, f.Local.AddrPort())
 	}
-	rewriteDst(p, f.Real)
+	rewriteDst(p, f.Real.AddrPort())
 	t := &d.services[f.svc].traffic[f.real]
 	t.PacketsIn++
 	t.BytesIn += uint64(len(p.ip))
@@ -410,7 +410,7 @@ func (d *Director) fromReal(p *packet, now int64) (Verdict, DropReason, []byte) 
 }
 
 // leaving reports whether f's real is down or being drained with --rehome.
-func (d *Director) leaving(f *Flow) bool {
+func (d *Director) leaving(f *flow) bool {
 	s := &d.services[f.svc]
 	return s.Reals[f.real].Down || s.rehome[f.real]
 }
@@ -436,12 +436,12 @@ func (h *clientHandshake) seeSynAck(p *packet) {
 }
 
 // toClient rewrites a real's packet for its flow's client.
-func (d *Director) toClient(p *packet, f *Flow) {
+func (d *Director) toClient(p *packet, f *flow) {
 	if f.Kind == KindRecovered {
 		f.toClient().apply(p)
-		rewriteDst(p, f.Client)
+		rewriteDst(p, f.Client.AddrPort())
 	}
-	rewriteSrc(p, f.VIP)
+	rewriteSrc(p, f.VIP.AddrPort())
 	if p.proto == protoTCP {
 		if e := segEnd(p); !f.hiSrvSeen || seqAfter(e, f.hiSrv) {
 			f.hiSrv, f.hiSrvSeen = e, true
@@ -501,11 +501,11 @@ func (d *Director) newFlow(si uint16, p *packet, now int64) (uint32, DropReason)
 	if _, _, clash := d.flows.lookup(Key{p.proto, real, p.src}); clash {
 		return 0, DropTupleClash
 	}
-	slot := d.insertFlow(Flow{
+	slot := d.insertFlow(flow{
 		Proto:  p.proto,
-		Client: p.src,
-		VIP:    p.dst,
-		Real:   real,
+		Client: endpointOf(p.src),
+		VIP:    endpointOf(p.dst),
+		Real:   endpointOf(real),
 		Kind:   KindPlain,
 		svc:    si,
 		real:   uint16(ri),
@@ -515,7 +515,7 @@ func (d *Director) newFlow(si uint16, p *packet, now int64) (uint32, DropReason)
 
 // insertFlow adds f (its State still StateNone for TCP, the caller's track
 // sets it) and accounts it to its real and persistence template.
-func (d *Director) insertFlow(f Flow) uint32 {
+func (d *Director) insertFlow(f flow) uint32 {
 	if f.Proto == protoUDP {
 		f.State = StateUDP
 	}
@@ -552,7 +552,7 @@ func (d *Director) realIndex(si uint16, addr netip.AddrPort) int {
 }
 
 // track advances the flow's state on a packet and refreshes its expiry.
-func (d *Director) track(f *Flow, p *packet, fromClient bool, now int64) {
+func (d *Director) track(f *flow, p *packet, fromClient bool, now int64) {
 	if p.proto == protoTCP {
 		ns := nextState(f.State, fromClient, p.flags)
 		if ns != f.State {
@@ -590,7 +590,7 @@ func (d *Director) removeFlow(slot uint32, now int64) {
 		}
 	}
 	if f.Kind == KindRecovered && d.rec.r != nil {
-		d.rec.r.Release(f.Local, f.Real)
+		d.rec.r.Release(f.Local.AddrPort(), f.Real.AddrPort())
 	}
 	d.stats.FlowsBy[f.Kind][f.State]--
 	d.flows.remove(slot)
@@ -648,8 +648,8 @@ func (d *Director) Flows(now int64) []Flow {
 	defer d.mu.Unlock()
 	out := make([]Flow, 0, d.flows.n)
 	for i := range d.flows.slab {
-		if f := d.flows.slab[i]; f.used && f.Expires > now {
-			out = append(out, f)
+		if f := &d.flows.slab[i]; f.used && f.Expires > now {
+			out = append(out, f.export())
 		}
 	}
 	return out

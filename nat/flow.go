@@ -32,13 +32,67 @@ func (k Kind) String() string {
 	return "kind?"
 }
 
-// Flow is one NATed connection.
+// endpoint is an IPv4 address and port in 6 bytes and no pointer. Flows and
+// the index's keys hold endpoints rather than netip.AddrPort (32 bytes, one
+// of them a pointer): the table stays small and the garbage collector has
+// nothing in it to scan. The zero endpoint stands for "none".
+type endpoint struct {
+	ip   [4]byte
+	port uint16
+}
+
+// endpointOf packs a (4-byte or 4-in-6) address and port; an invalid one
+// gives the zero endpoint.
+func endpointOf(a netip.AddrPort) endpoint {
+	if !a.Addr().IsValid() {
+		return endpoint{}
+	}
+	return endpoint{a.Addr().As4(), a.Port()}
+}
+
+// AddrPort unpacks e; the zero endpoint gives the invalid AddrPort.
+func (e endpoint) AddrPort() netip.AddrPort {
+	if e == (endpoint{}) {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4(e.ip), e.port)
+}
+
+// Addr returns e's address.
+func (e endpoint) Addr() netip.Addr { return netip.AddrFrom4(e.ip) }
+
+// fkey is a Key packed for the index (14 bytes, no pointer).
+type fkey struct {
+	src, dst endpoint
+	proto    uint8
+}
+
+func packKey(k Key) fkey { return fkey{endpointOf(k.Src), endpointOf(k.Dst), k.Proto} }
+
+// Flow is a copy of one NATed connection, as Director.Flows returns it.
 type Flow struct {
 	Proto   uint8
 	Client  netip.AddrPort
 	VIP     netip.AddrPort
 	Real    netip.AddrPort
 	Local   netip.AddrPort // recovered flows: the recovery address:port the real sees
+	State   State
+	Kind    Kind
+	Expires int64 // monotonic ns
+
+	// Recovered flows: the deltas (see tcpx.go); zero for other kinds.
+	SeqDelta, AckDelta     uint32
+	TSvalDelta, TSecrDelta uint32
+}
+
+// flow is one NATed connection as the table keeps it: fields as in Flow,
+// addresses packed (about 80 bytes in all).
+type flow struct {
+	Client  endpoint
+	VIP     endpoint
+	Real    endpoint
+	Local   endpoint // recovered flows: the recovery address:port the real sees
+	Proto   uint8
 	State   State
 	Kind    Kind
 	Expires int64 // monotonic ns
@@ -69,15 +123,23 @@ type Flow struct {
 	used bool
 }
 
-func (f *Flow) clientKey() Key { return Key{f.Proto, f.Client, f.VIP} }
+func (f *flow) export() Flow {
+	return Flow{
+		Proto: f.Proto, Client: f.Client.AddrPort(), VIP: f.VIP.AddrPort(), Real: f.Real.AddrPort(),
+		Local: f.Local.AddrPort(), State: f.State, Kind: f.Kind, Expires: f.Expires,
+		SeqDelta: f.SeqDelta, AckDelta: f.AckDelta, TSvalDelta: f.TSvalDelta, TSecrDelta: f.TSecrDelta,
+	}
+}
+
+func (f *flow) clientKey() fkey { return fkey{f.Client, f.VIP, f.Proto} }
 
 // realKey is the key of the real's packets: they are addressed to the client,
 // or to the recovery address:port for a recovered flow.
-func (f *Flow) realKey() Key {
+func (f *flow) realKey() fkey {
 	if f.Kind == KindRecovered {
-		return Key{f.Proto, f.Real, f.Local}
+		return fkey{f.Real, f.Local, f.Proto}
 	}
-	return Key{f.Proto, f.Real, f.Client}
+	return fkey{f.Real, f.Client, f.Proto}
 }
 
 // side of a Key in the index.
@@ -90,30 +152,30 @@ const (
 // both keys of every flow, so a lookup from either side is one map access and
 // flows never move (a slot stays valid until removed).
 type table struct {
-	slab   []Flow
+	slab   []flow
 	free   []uint32
-	index  map[Key]uint32
+	index  map[fkey]uint32
 	n      int
 	cursor int // expiry sweep position
 }
 
 func newTable() table {
-	return table{index: make(map[Key]uint32)}
+	return table{index: make(map[fkey]uint32)}
 }
 
 func (t *table) lookup(k Key) (slot uint32, side int, ok bool) {
-	v, ok := t.index[k]
+	v, ok := t.index[packKey(k)]
 	return v >> 1, int(v & 1), ok
 }
 
-func (t *table) insert(f Flow) uint32 {
+func (t *table) insert(f flow) uint32 {
 	var slot uint32
 	if n := len(t.free); n > 0 {
 		slot = t.free[n-1]
 		t.free = t.free[:n-1]
 	} else {
 		slot = uint32(len(t.slab))
-		t.slab = append(t.slab, Flow{})
+		t.slab = append(t.slab, flow{})
 	}
 	f.used = true
 	t.slab[slot] = f
@@ -127,7 +189,7 @@ func (t *table) remove(slot uint32) {
 	f := &t.slab[slot]
 	delete(t.index, f.clientKey())
 	delete(t.index, f.realKey())
-	*f = Flow{}
+	*f = flow{}
 	t.free = append(t.free, slot)
 	t.n--
 }

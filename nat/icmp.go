@@ -111,11 +111,11 @@ func (d *Director) icmpToVIP(p *packet) (Verdict, DropReason, []byte) {
 			return Drop, DropICMPNoFlow, nil
 		}
 		f := &d.flows.slab[slot]
-		setQuoted(icmp, q, true, f.Real)
+		setQuoted(icmp, q, true, f.Real.AddrPort())
 		if f.Kind == KindRecovered {
 			// The real knows this segment as real -> recovery address,
 			// in its own sequence space.
-			setQuoted(icmp, q, false, f.Local)
+			setQuoted(icmp, q, false, f.Local.AddrPort())
 			setQuotedSeq(icmp, q, -f.AckDelta)
 		}
 		p.ip.SetDestinationAddressWithChecksumUpdate(tcpipAddr(f.Real.Addr()))
@@ -146,12 +146,12 @@ func (d *Director) icmpErrorFromRealSide(p *packet) (v Verdict, r DropReason, ok
 	}
 	f := &d.flows.slab[slot]
 	icmp := header.ICMPv4(p.l4)
-	setQuoted(icmp, q, false, f.VIP)
+	setQuoted(icmp, q, false, f.VIP.AddrPort())
 	if f.Kind == KindRecovered {
 		// The client knows this segment as client -> VIP, in its own
 		// sequence space (Linux ignores an error whose quoted sequence is
 		// outside SND.UNA..SND.NXT).
-		setQuoted(icmp, q, true, f.Client)
+		setQuoted(icmp, q, true, f.Client.AddrPort())
 		setQuotedSeq(icmp, q, f.SeqDelta)
 		p.ip.SetDestinationAddressWithChecksumUpdate(tcpipAddr(f.Client.Addr()))
 	}

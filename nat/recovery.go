@@ -237,7 +237,7 @@ func (d *Director) rehome(slot uint32, si uint16, p *packet, now int64) (Verdict
 		return Drop, r, nil
 	}
 	f := &d.flows.slab[slot]
-	hs, from := f.hs, f.Real
+	hs, from := f.hs, f.Real.AddrPort()
 	d.removeFlow(slot, now)
 	d.stats.RehomeStarted++
 	return d.startRecovery(si, p, now, hs, from)
@@ -317,11 +317,11 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (Verdict, DropReas
 		return Drop, DropFlowLimit, nil
 	}
 	ri := d.realIndex(uint16(si), p.src)
-	slot := d.insertFlow(Flow{
+	slot := d.insertFlow(flow{
 		Proto:  p.proto,
-		Client: p.dst,
-		VIP:    d.services[si].VIP,
-		Real:   p.src,
+		Client: endpointOf(p.dst),
+		VIP:    endpointOf(d.services[si].VIP),
+		Real:   endpointOf(p.src),
 		Kind:   KindAdopted,
 		svc:    uint16(si),
 		real:   uint16(ri),
@@ -392,12 +392,12 @@ func (d *Director) Recovered(key Key, real, local netip.AddrPort, hs Handshake, 
 		return out, false
 	}
 	ri := d.realIndex(pd.svc, real)
-	f := Flow{
+	f := flow{
 		Proto:      protoTCP,
-		Client:     key.Src,
-		VIP:        key.Dst,
-		Real:       real,
-		Local:      local,
+		Client:     endpointOf(key.Src),
+		VIP:        endpointOf(key.Dst),
+		Real:       endpointOf(real),
+		Local:      endpointOf(local),
 		State:      StateEstablished,
 		Kind:       KindRecovered,
 		SeqDelta:   pd.seq - hs.AckSeq,

@@ -68,7 +68,7 @@ type xlate struct {
 }
 
 // toServer returns the translation client -> real of f.
-func (f *Flow) toServer() xlate {
+func (f *flow) toServer() xlate {
 	return xlate{
 		seq: -f.SeqDelta, ack: -f.AckDelta,
 		tsval: -f.TSvalDelta, tsecr: -f.TSecrDelta,
@@ -77,7 +77,7 @@ func (f *Flow) toServer() xlate {
 }
 
 // toClient returns the translation real -> client of f.
-func (f *Flow) toClient() xlate {
+func (f *flow) toClient() xlate {
 	return xlate{
 		seq: f.AckDelta, ack: f.SeqDelta,
 		tsval: f.TSecrDelta, tsecr: f.TSvalDelta,
