@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 
+	"holdfast/internal/shrink"
+
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -350,7 +352,7 @@ func (d *Director) Dialing(key Key, real, local netip.AddrPort) bool {
 // DialFailed unregisters the tuple of a dial that did not complete.
 func (d *Director) DialFailed(key Key, real, local netip.AddrPort) {
 	d.mu.Lock()
-	delete(d.rec.dialing, Key{protoTCP, real, local})
+	d.rec.dialing = shrink.Delete(d.rec.dialing, Key{protoTCP, real, local})
 	d.mu.Unlock()
 }
 
@@ -381,7 +383,7 @@ func (d *Director) Recovered(key Key, real, local netip.AddrPort, hs Handshake, 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	rk := Key{protoTCP, real, local}
-	delete(d.rec.dialing, rk)
+	d.rec.dialing = shrink.Delete(d.rec.dialing, rk)
 	pd := d.takePending(key)
 	_, _, clash := d.flows.lookup(key)
 	if pd == nil || pd.superseded || clash {
@@ -452,7 +454,7 @@ func (d *Director) RecoveryFailed(key Key, reason FailReason, now int64) [][]byt
 func (d *Director) takePending(key Key) *pending {
 	pd := d.rec.pending[key]
 	if pd != nil {
-		delete(d.rec.pending, key)
+		d.rec.pending = shrink.Delete(d.rec.pending, key)
 		d.rec.parkedBytes -= pd.bytes
 	}
 	return pd

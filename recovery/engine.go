@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"holdfast/internal/shrink"
 	"holdfast/nat"
 	"holdfast/stack"
 
@@ -98,7 +99,6 @@ func (e *Engine) Abort(key nat.Key) {
 // Release implements nat.Recoverer: a recovered flow ended.
 func (e *Engine) Release(local, real netip.AddrPort) {
 	e.ports.release(local, real)
-	e.ns.Release(local, real)
 }
 
 func (e *Engine) writeAll(pkts [][]byte) {
@@ -114,7 +114,7 @@ func (e *Engine) recover(ctx context.Context, req nat.RecoveryRequest) {
 		e.mu.Lock()
 		if c := e.cancels[req.Key]; c != nil {
 			c()
-			delete(e.cancels, req.Key)
+			e.cancels = shrink.Delete(e.cancels, req.Key)
 		}
 		e.mu.Unlock()
 	}()

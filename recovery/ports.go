@@ -14,7 +14,19 @@ type portAlloc struct {
 	addrs  []netip.Addr
 	lo, hi uint16
 	next   int // cursor over addrs x ports
-	inUse  map[[2]netip.AddrPort]struct{}
+	inUse  map[pair]struct{}
+}
+
+// pair is a (local, real) reservation packed in 12 bytes without a pointer
+// (two netip.AddrPort are 64 bytes, with pointers the collector scans):
+// there is one per recovered flow.
+type pair struct {
+	local, real  [4]byte
+	lport, rport uint16
+}
+
+func pairOf(local, real netip.AddrPort) pair {
+	return pair{local.Addr().As4(), real.Addr().As4(), local.Port(), real.Port()}
 }
 
 func newPortAlloc(addrs []netip.Addr, lo, hi uint16) (*portAlloc, error) {
@@ -24,7 +36,7 @@ func newPortAlloc(addrs []netip.Addr, lo, hi uint16) (*portAlloc, error) {
 	if lo == 0 || hi < lo {
 		return nil, fmt.Errorf("recovery ports %d-%d: expected 1 <= LO <= HI", lo, hi)
 	}
-	return &portAlloc{addrs: addrs, lo: lo, hi: hi, inUse: make(map[[2]netip.AddrPort]struct{})}, nil
+	return &portAlloc{addrs: addrs, lo: lo, hi: hi, inUse: make(map[pair]struct{})}, nil
 }
 
 func (a *portAlloc) size() int { return len(a.addrs) * (int(a.hi-a.lo) + 1) }
@@ -39,7 +51,7 @@ func (a *portAlloc) get(real netip.AddrPort) (netip.AddrPort, bool) {
 		i := a.next
 		a.next = (a.next + 1) % n
 		local := netip.AddrPortFrom(a.addrs[i/ports], a.lo+uint16(i%ports))
-		k := [2]netip.AddrPort{local, real}
+		k := pairOf(local, real)
 		if _, used := a.inUse[k]; !used {
 			a.inUse[k] = struct{}{}
 			return local, true
@@ -50,7 +62,7 @@ func (a *portAlloc) get(real netip.AddrPort) (netip.AddrPort, bool) {
 
 func (a *portAlloc) release(local, real netip.AddrPort) {
 	a.mu.Lock()
-	delete(a.inUse, [2]netip.AddrPort{local, real})
+	delete(a.inUse, pairOf(local, real))
 	a.mu.Unlock()
 }
 

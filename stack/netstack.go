@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"holdfast/internal/shrink"
+
 	"github.com/rs/zerolog"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -37,9 +39,8 @@ type Netstack struct {
 	out func([]byte) // writes a packet toward the real servers (the TUN)
 	log zerolog.Logger
 
-	mu       sync.Mutex
-	dials    map[tuple]*dial    // handshakes in progress
-	silenced map[tuple]struct{} // handed over: nothing more leaves for these
+	mu    sync.Mutex
+	dials map[tuple]*dial // handshakes in progress
 
 	stray atomic.Uint64 // netstack packets dropped by the tap
 }
@@ -81,7 +82,11 @@ type dial struct {
 	opts   DialOptions
 	hs     Handshake
 	synAck bool
-	done   chan struct{} // closed when the final ACK has left
+	// silenced: nothing more leaves for the tuple (the final ACK has left,
+	// or the dial failed): Abort's RST must never reach the real. Once
+	// the dial is gone from dials, nothing leaves for the tuple either.
+	silenced bool
+	done     chan struct{} // closed when the final ACK has left
 }
 
 // NewNetstack builds the stack with the recovery addresses on one NIC whose
@@ -92,11 +97,10 @@ func NewNetstack(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logg
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
 	})
 	n := &Netstack{
-		s:        s,
-		out:      out,
-		log:      log,
-		dials:    make(map[tuple]*dial),
-		silenced: make(map[tuple]struct{}),
+		s:     s,
+		out:   out,
+		log:   log,
+		dials: make(map[tuple]*dial),
 	}
 	n.ep = &linkEP{Endpoint: channel.New(1, uint32(mtu), ""), n: n}
 	if err := s.CreateNIC(nicID, n.ep); err != nil {
@@ -148,8 +152,7 @@ func rcvBufForShift(s int) int64 {
 }
 
 // Dial performs one recovery handshake and returns what it captured. The
-// endpoint is aborted before Dial returns; the tuple stays silenced until
-// Release.
+// endpoint is aborted before Dial returns, and nothing it sends leaves.
 func (n *Netstack) Dial(ctx context.Context, o DialOptions) (Handshake, error) {
 	t := tuple{o.Local, o.Remote}
 	d := &dial{opts: o, done: make(chan struct{})}
@@ -158,12 +161,11 @@ func (n *Netstack) Dial(ctx context.Context, o DialOptions) (Handshake, error) {
 		n.mu.Unlock()
 		return Handshake{}, fmt.Errorf("dial %s -> %s: tuple already dialing", o.Local, o.Remote)
 	}
-	delete(n.silenced, t)
 	n.dials[t] = d
 	n.mu.Unlock()
 	defer func() {
 		n.mu.Lock()
-		delete(n.dials, t)
+		n.dials = shrink.Delete(n.dials, t)
 		n.mu.Unlock()
 	}()
 
@@ -175,7 +177,7 @@ func (n *Netstack) Dial(ctx context.Context, o DialOptions) (Handshake, error) {
 	abort := func() {
 		// Silence first: Abort sends a RST that must not reach the real.
 		n.mu.Lock()
-		n.silenced[t] = struct{}{}
+		d.silenced = true
 		n.mu.Unlock()
 		ep.Abort()
 		ep.Close()
@@ -243,13 +245,6 @@ func (e *DialError) Error() string {
 }
 
 func (e *DialError) Unwrap() error { return e.Err }
-
-// Release forgets a silenced tuple once its flow has ended.
-func (n *Netstack) Release(local, remote netip.AddrPort) {
-	n.mu.Lock()
-	delete(n.silenced, tuple{local, remote})
-	n.mu.Unlock()
-}
 
 // Inject hands a packet from a real to the stack if it belongs to a dial in
 // progress, and reports whether it did. pkt is copied; a partial checksum
@@ -334,7 +329,7 @@ func (n *Netstack) tap(b []byte) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	d := n.dials[t]
-	if _, silenced := n.silenced[t]; silenced || d == nil {
+	if d == nil || d.silenced {
 		n.stray.Add(1)
 		return
 	}
@@ -355,7 +350,7 @@ func (n *Netstack) tap(b []byte) {
 		d.hs.AckSeq, d.hs.AckAck = tcph.SequenceNumber(), tcph.AckNumber()
 		d.hs.AckTSval, d.hs.AckTSecr = o.TSVal, o.TSEcr
 		d.hs.AckWindow = tcph.WindowSize()
-		n.silenced[t] = struct{}{}
+		d.silenced = true
 		n.out(b)
 		close(d.done)
 		return

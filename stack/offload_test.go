@@ -17,51 +17,65 @@ import (
 // wake it (ErrClosed) whether the TUN is up (the wake datagram) or down
 // (set up for the datagram, then down again).
 func TestOffloadCloseWakesRead(t *testing.T) {
-	for _, up := range []bool{true, false} {
-		t.Run(fmt.Sprintf("up=%v", up), func(t *testing.T) {
-			enterNetns(t)
-			dev, err := OpenTUNOffload(testTUN)
-			if err != nil {
-				t.Fatal(err)
-			}
-			l, err := netlink.LinkByName(testTUN)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if up {
-				if err := netlink.LinkSetUp(l); err != nil {
+	for _, queues := range []int{1, 2} {
+		for _, up := range []bool{true, false} {
+			t.Run(fmt.Sprintf("queues=%d/up=%v", queues, up), func(t *testing.T) {
+				enterNetns(t)
+				dev, err := OpenTUNOffload(testTUN, queues)
+				if err != nil {
 					t.Fatal(err)
 				}
-			}
-			tid := make(chan int, 1)
-			done := make(chan error, 1)
-			go func() {
-				runtime.LockOSThread()
-				tid <- unix.Gettid()
-				bufs := [][]byte{make([]byte, vnetHdrLen+65535)}
-				for {
-					// A TUN just set up may get IPv6 solicitations.
-					if _, err := dev.Read(bufs, make([]int, 1), vnetHdrLen); err != nil {
-						done <- err
-						return
+				if up {
+					l, err := netlink.LinkByName(testTUN)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := netlink.LinkSetUp(l); err != nil {
+						t.Fatal(err)
 					}
 				}
-			}()
-			waitInRead(t, <-tid)
-			start := time.Now()
-			if err := dev.Close(); err != nil {
-				t.Fatalf("Close: %v", err)
-			}
-			select {
-			case err := <-done:
-				if !errors.Is(err, ErrClosed) {
-					t.Fatalf("Read after Close: %v, want ErrClosed", err)
+				qs := Queues(dev)
+				if len(qs) != queues {
+					t.Fatalf("%d queues, want %d", len(qs), queues)
 				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("Read still blocked 5s after Close")
-			}
-			t.Logf("Read woken %v after Close began", time.Since(start))
-		})
+				done := make(chan error, len(qs))
+				for _, q := range qs {
+					tid := make(chan int, 1)
+					go readUntilError(q, tid, done)
+					waitInRead(t, <-tid)
+				}
+				start := time.Now()
+				if err := dev.Close(); err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+				for range qs {
+					select {
+					case err := <-done:
+						if !errors.Is(err, ErrClosed) {
+							t.Fatalf("Read after Close: %v, want ErrClosed", err)
+						}
+					case <-time.After(5 * time.Second):
+						t.Fatal("Read still blocked 5s after Close")
+					}
+				}
+				t.Logf("every Read woken %v after Close began", time.Since(start))
+			})
+		}
+	}
+}
+
+// readUntilError reads q on a locked thread, whose id it sends first, until
+// an error, which it sends to done. (A TUN just set up may get IPv6
+// solicitations: they are read and dropped.)
+func readUntilError(q Device, tid chan<- int, done chan<- error) {
+	runtime.LockOSThread()
+	tid <- unix.Gettid()
+	bufs := [][]byte{make([]byte, vnetHdrLen+65535)}
+	for {
+		if _, err := q.Read(bufs, make([]int, 1), vnetHdrLen); err != nil {
+			done <- err
+			return
+		}
 	}
 }
 

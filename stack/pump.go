@@ -165,3 +165,45 @@ func (p *Pump) Run() error {
 		}
 	}
 }
+
+// Pumps runs one Pump per queue of a device.
+type Pumps []*Pump
+
+// NewPumps returns a pump for each of dev's queues (see Queues), each with
+// its own Handler from newHandler.
+func NewPumps(dev Device, newHandler func() Handler, ns *Netstack, clock *Clock, log zerolog.Logger) Pumps {
+	var ps Pumps
+	for i, q := range Queues(dev) {
+		ps = append(ps, NewPump(q, newHandler(), ns, clock, log.With().Int("queue", i).Logger()))
+	}
+	return ps
+}
+
+// Run runs every pump until the device is closed. If one fails, Run closes
+// the device, so that the others stop, and returns the first error.
+func (ps Pumps) Run() error {
+	errs := make(chan error, len(ps))
+	for _, p := range ps {
+		go func() { errs <- p.Run() }()
+	}
+	var first error
+	for range ps {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			ps[0].dev.Close() //nolint:errcheck // the pump's error says more
+		}
+	}
+	return first
+}
+
+// Stats sums the pumps' counters.
+func (ps Pumps) Stats() PumpStats {
+	var s PumpStats
+	for _, p := range ps {
+		ps := p.Stats()
+		s.Read += ps.Read
+		s.Written += ps.Written
+		s.WriteErrors += ps.WriteErrors
+	}
+	return s
+}

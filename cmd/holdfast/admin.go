@@ -55,7 +55,7 @@ type RealChange struct {
 
 type admin struct {
 	d     *nat.Director
-	pump  *stack.Pump
+	pump  stack.Pumps
 	clock *stack.Clock
 	stats func() map[string]any
 	log   zerolog.Logger

@@ -43,6 +43,10 @@ var (
 		Name: "tun-offload", Value: true, Category: catDevice, EnvVars: env("TUN_OFFLOAD"),
 		Usage: "open the TUN with a virtio-net header: TCP segmentation and checksum offload (falls back to a plain TUN where unsupported)",
 	}
+	tunQueuesFlag = &cli.IntFlag{
+		Name: "tun-queues", Value: 1, Category: catDevice, EnvVars: env("TUN_QUEUES"),
+		Usage: "TUN queues, each with its own packet thread (IFF_MULTI_QUEUE; with --tun-offload only)",
+	}
 	tunMTUFlag = &cli.IntFlag{
 		Name: "tun-mtu", Category: catDevice, EnvVars: env("TUN_MTU"),
 		Usage: "TUN MTU set by --setup-routes (0 = the smallest MTU of the other links)",
@@ -183,7 +187,7 @@ var (
 
 func runFlags() []cli.Flag {
 	return []cli.Flag{
-		tunFlag, tunOffloadFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
+		tunFlag, tunOffloadFlag, tunQueuesFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
 		serviceFlag, schedulerFlag, realFlag, persistenceFlag, configFlag,
 		timeoutTCPFlag, timeoutTCPFinFlag, timeoutUDPFlag, maxFlowsFlag,
 		recoveryFlag, recoveryAddrFlag, recoveryPortsFlag, directorIDFlag,

@@ -12,7 +12,7 @@ import (
 // folded or copied until Prometheus asks.
 type collector struct {
 	d         *nat.Director
-	pump      *stack.Pump
+	pump      stack.Pumps
 	writeErrs func() uint64
 }
 

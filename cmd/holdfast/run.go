@@ -46,6 +46,7 @@ type runSettings struct {
 	pprofAddr   string
 	checks      balancer.CheckTiming
 	offload     bool
+	queues      int
 	// reload reads --config (and the service flags) again, validated whole.
 	reload func() ([]*balancer.Service, error)
 }
@@ -57,6 +58,7 @@ func parseRun(c *cli.Context) (runSettings, error) {
 		metricsAddr: c.String(metricsAddrFlag.Name),
 		pprofAddr:   c.String(pprofAddrFlag.Name),
 		offload:     c.Bool(tunOffloadFlag.Name),
+		queues:      c.Int(tunQueuesFlag.Name),
 		reload:      func() ([]*balancer.Service, error) { return loadServices(c) },
 		setupRoutes: c.Bool(setupRoutesFlag.Name),
 		realIface:   c.String(realIfaceFlag.Name),
@@ -83,6 +85,9 @@ func parseRun(c *cli.Context) (runSettings, error) {
 	}
 	if s.routeTable < 1 || s.routeTable > 0xfffffff0 || s.routeTable == 253 || s.routeTable == 254 || s.routeTable == 255 {
 		return s, usagef("--route-table %d: expected a table number other than 253, 254, 255 (default, main, local)", s.routeTable)
+	}
+	if s.queues < 1 || s.queues > 64 {
+		return s, usagef("--tun-queues %d: expected 1..64", s.queues)
 	}
 	if s.tunMTU != 0 && (s.tunMTU < 576 || s.tunMTU > 65535) {
 		return s, usagef("--tun-mtu %d: expected 0 (auto) or 576..65535", s.tunMTU)
@@ -126,7 +131,7 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	dev, err := openTUN(s.tun, s.offload, log)
+	dev, err := openTUN(s.tun, s.offload, s.queues, log)
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
@@ -239,7 +244,7 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 		}
 	}()
 
-	pump := stack.NewPump(dev, &recovery.Handler{D: d}, ns, clock, log)
+	pump := stack.NewPumps(dev, func() stack.Handler { return &recovery.Handler{D: d} }, ns, clock, log)
 	stats := func() map[string]any { return statsMap(d.Stats(), pump.Stats(), writeErrs.Load()) }
 	stopAdmin, err := serveAdmin(ctx, s.adminSocket, (&admin{d: d, pump: pump, clock: clock, stats: stats, log: log}).handler(), log)
 	if err != nil {
@@ -328,9 +333,9 @@ wait:
 
 // openTUN opens the TUN device, with segmentation and checksum offload
 // (a virtio-net header) when asked and the kernel supports it.
-func openTUN(name string, offload bool, log zerolog.Logger) (stack.Device, error) {
+func openTUN(name string, offload bool, queues int, log zerolog.Logger) (stack.Device, error) {
 	if offload {
-		dev, err := stack.OpenTUNOffload(name)
+		dev, err := stack.OpenTUNOffload(name, queues)
 		if err == nil {
 			return dev, nil
 		}
@@ -411,7 +416,7 @@ func logStart(log zerolog.Logger, s runSettings, mtu int) {
 		Str("recovery_ports", strconv.Itoa(int(s.rec.portLo))+"-"+strconv.Itoa(int(s.rec.portHi))).
 		Int("recovery_wscale", s.rec.wscale).Dur("recovery_timeout", s.rec.timeout).
 		Int("recovery_rate", s.rec.rate).Int("recovery_max_inflight", s.rec.maxInflight).Msg("recovery")
-	log.Info().Str(fTUN, s.tun).Int("mtu", mtu).Bool("setup_routes", s.setupRoutes).Bool("tun_offload", s.offload).
+	log.Info().Str(fTUN, s.tun).Int("mtu", mtu).Bool("setup_routes", s.setupRoutes).Bool("tun_offload", s.offload).Int("tun_queues", s.queues).
 		Int("max_flows", s.maxFlows).Str("admin_socket", s.adminSocket).Str("metrics_addr", s.metricsAddr).
 		Int("pid", os.Getpid()).Msg("serving")
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -301,7 +302,11 @@ func (b *bench) stormPass(ctx context.Context, s *StormPass) error {
 		}
 	}
 	b.progress(fmt.Sprintf("%s: %d of %d connections answered through B, %d failed", name, len(done), len(conns), len(errs)))
-	settle(ctx, time.Second)
+	settle(ctx, 5*time.Second)
+	if os.Getenv("BENCH_HEAP") != "" {
+		out, err := exec.Command("ip", "netns", "exec", b.l.Directors[1].Name, "curl", "-s", "-o", os.Getenv("BENCH_HEAP")+name, "http://127.0.0.1:6061/debug/pprof/heap?gc=1").CombinedOutput()
+		fmt.Fprintln(os.Stderr, "HEAP", string(out), err)
+	}
 	if s.Recovered.After, err = b.memory(ctx, b.l.Directors[1], bp); err != nil {
 		return err
 	}
