@@ -28,8 +28,12 @@ type Config struct {
 // Engine runs recovery handshakes for a nat.Director. It implements
 // nat.Recoverer.
 //
-// Lifetime: each recovery is one goroutine, started by Start and owned by the
-// engine; Close cancels them all and waits.
+// Lifetime: the engine owns one goroutine, which starts the recoveries the
+// Director asks for (Start is called with the Director locked, so it only
+// queues). A dial's end is handled on the netstack's goroutines, which also
+// start the next attempt: no goroutine per recovery (the Go runtime keeps
+// every goroutine it ever had at once, about 500 bytes each, for good, and a
+// failover storm has thousands in flight). Close ends them all and waits.
 type Engine struct {
 	cfg   Config
 	ns    *stack.Netstack
@@ -39,12 +43,25 @@ type Engine struct {
 	ports *portAlloc
 	d     *nat.Director
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	mu     sync.Mutex
+	jobs   map[nat.Key]*job // recoveries in flight
+	queue  []*job           // started, not yet dialing
+	closed bool
+	wg     sync.WaitGroup // one per job
+	wake   chan struct{}
+	stop   chan struct{}
+	ran    chan struct{}
+}
 
-	mu      sync.Mutex
-	cancels map[nat.Key]context.CancelFunc
+// job is one recovery: its attempts, one dial at a time.
+type job struct {
+	req     nat.RecoveryRequest
+	attempt int
+	real    netip.AddrPort
+	reason  nat.FailReason
+	cancel  func(error) // the dial in progress (nil between dials); e.mu
+	dial    int         // the dial's number, so a late cancel is not kept; e.mu
+	aborted bool        // e.mu
 }
 
 // New returns an engine. write sends a packet to the device (it must be safe
@@ -57,41 +74,64 @@ func New(cfg Config, ns *stack.Netstack, write func([]byte), clock *stack.Clock,
 	if cfg.Attempts <= 0 {
 		cfg.Attempts = 3
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &Engine{
+	e := &Engine{
 		cfg: cfg, ns: ns, write: write, clock: clock, log: log, ports: ports,
-		ctx: ctx, cancel: cancel, cancels: make(map[nat.Key]context.CancelFunc),
-	}, nil
+		jobs: make(map[nat.Key]*job), wake: make(chan struct{}, 1), stop: make(chan struct{}), ran: make(chan struct{}),
+	}
+	go e.run()
+	return e, nil
 }
 
 // Attach sets the Director the engine reports to. (The Director is built
 // with the engine as its Recoverer, hence two steps.)
 func (e *Engine) Attach(d *nat.Director) { e.d = d }
 
-// Close stops every recovery in flight and waits for them.
+// Close ends every recovery in flight (each reports its failure to the
+// Director) and waits for them.
 func (e *Engine) Close() {
-	e.cancel()
+	e.mu.Lock()
+	e.closed = true
+	for _, j := range e.jobs {
+		j.aborted = true
+		if j.cancel != nil {
+			j.cancel(context.Canceled)
+		}
+	}
+	e.mu.Unlock()
 	e.wg.Wait()
+	close(e.stop)
+	<-e.ran
 }
 
 // PortsInUse is the number of recovery tuples reserved.
 func (e *Engine) PortsInUse() int { return e.ports.used() }
 
-// Start implements nat.Recoverer. It is called with the Director locked.
+// Start implements nat.Recoverer. It is called with the Director locked: it
+// only queues the recovery for the engine's goroutine.
 func (e *Engine) Start(req nat.RecoveryRequest) {
-	ctx, cancel := context.WithCancel(e.ctx)
+	j := &job{req: req, real: req.Real, reason: nat.FailNoReal}
 	e.mu.Lock()
-	e.cancels[req.Key] = cancel
-	e.mu.Unlock()
+	if e.closed {
+		j.aborted = true
+	}
+	e.jobs[req.Key] = j
+	e.queue = append(e.queue, j)
 	e.wg.Add(1)
-	go e.recover(ctx, req)
+	e.mu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Abort implements nat.Recoverer.
 func (e *Engine) Abort(key nat.Key) {
 	e.mu.Lock()
-	if c := e.cancels[key]; c != nil {
-		c()
+	if j := e.jobs[key]; j != nil {
+		j.aborted = true
+		if j.cancel != nil {
+			j.cancel(context.Canceled)
+		}
 	}
 	e.mu.Unlock()
 }
@@ -107,73 +147,132 @@ func (e *Engine) writeAll(pkts [][]byte) {
 	}
 }
 
-// recover runs one recovery to its end: installed, adopted, or failed.
-func (e *Engine) recover(ctx context.Context, req nat.RecoveryRequest) {
-	defer e.wg.Done()
-	defer func() {
-		e.mu.Lock()
-		if c := e.cancels[req.Key]; c != nil {
-			c()
-			e.cancels = shrink.Delete(e.cancels, req.Key)
+// run starts the queued recoveries until Close.
+func (e *Engine) run() {
+	defer close(e.ran)
+	var batch []*job
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-e.wake:
 		}
+		e.mu.Lock()
+		batch, e.queue = e.queue, batch[:0]
 		e.mu.Unlock()
-	}()
-	real := req.Real
-	reason := nat.FailNoReal
-	for attempt := 0; attempt < e.cfg.Attempts; attempt++ {
-		if attempt > 0 {
-			r, ok := e.d.NextReal(req.Key, e.clock.Now())
+		for i, j := range batch {
+			e.try(j)
+			batch[i] = nil
+		}
+	}
+}
+
+// try starts the job's next dial; when none can start, the job ends.
+func (e *Engine) try(j *job) {
+	key := j.req.Key
+	for ; j.attempt < e.cfg.Attempts; j.attempt++ {
+		if e.isAborted(j) {
+			break
+		}
+		if j.attempt > 0 {
+			r, ok := e.d.NextReal(key, e.clock.Now())
 			if !ok {
 				break
 			}
-			real = r
+			j.real = r
 		}
+		real := j.real
 		local, ok := e.ports.get(real)
 		if !ok {
-			reason = nat.FailError
+			j.reason = nat.FailError
 			e.log.Warn().Str("real", real.String()).Msg("recovery: no free recovery port")
 			break
 		}
-		if !e.d.Dialing(req.Key, real, local) {
+		if !e.d.Dialing(key, real, local) {
 			e.ports.release(local, real)
 			break
 		}
-		dctx, dcancel := context.WithTimeout(ctx, e.cfg.Timeout)
-		hs, err := e.ns.Dial(dctx, e.dialOptions(req, local, real))
-		dcancel()
-		if err == nil {
-			out, installed := e.d.Recovered(req.Key, real, local, nat.Handshake{
-				AckSeq: hs.AckSeq, AckAck: hs.AckAck, AckTSval: hs.AckTSval,
-				SynAckTSval: hs.SynAckTSval, TS: hs.TS,
-				OurWScale: hs.OurWScale, PeerWScale: hs.PeerWScale,
-			}, e.clock.Now())
-			e.writeAll(out)
-			if !installed {
-				e.Release(local, real)
-			}
-			return
+		e.mu.Lock()
+		j.dial++
+		n := j.dial
+		e.mu.Unlock()
+		cancel, err := e.ns.Start(e.dialOptions(j.req, local, real), e.cfg.Timeout, func(hs stack.Handshake, err error) {
+			e.dialed(j, n, real, local, hs, err)
+		})
+		if err != nil {
+			e.d.DialFailed(key, real, local)
+			e.Release(local, real)
+			j.reason = nat.FailError
+			e.log.Debug().Err(err).Str("client", key.Src.String()).Str("real", real.String()).Msg("recovery dial failed to start")
+			continue
 		}
-		e.d.DialFailed(req.Key, real, local)
-		e.Release(local, real)
-		var de *stack.DialError
-		switch {
-		case ctx.Err() != nil:
-			// Aborted (adopted) or shutting down.
-		case errors.As(err, &de) && de.Refused:
-			reason = nat.FailRefused
-		case errors.Is(err, context.DeadlineExceeded):
-			reason = nat.FailTimeout
-		default:
-			reason = nat.FailError
+		e.mu.Lock()
+		if j.aborted {
+			cancel(context.Canceled)
+		} else if j.dial == n { // (not already over, and the next begun)
+			j.cancel = cancel
 		}
-		if e.log.Debug().Enabled() {
-			e.log.Debug().Err(err).Str("client", req.Key.Src.String()).Str("real", real.String()).Msg("recovery dial failed")
-		}
-		if ctx.Err() != nil {
-			break
-		}
+		e.mu.Unlock()
+		return
 	}
-	e.writeAll(e.d.RecoveryFailed(req.Key, reason, e.clock.Now()))
+	e.finish(j, e.d.RecoveryFailed(key, j.reason, e.clock.Now()))
+}
+
+func (e *Engine) isAborted(j *job) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return j.aborted
+}
+
+// dialed handles the end of one dial of j (on a netstack goroutine).
+func (e *Engine) dialed(j *job, n int, real, local netip.AddrPort, hs stack.Handshake, err error) {
+	key := j.req.Key
+	e.mu.Lock()
+	if j.dial == n {
+		j.cancel = nil
+	}
+	e.mu.Unlock()
+	if err == nil {
+		out, installed := e.d.Recovered(key, real, local, nat.Handshake{
+			AckSeq: hs.AckSeq, AckAck: hs.AckAck, AckTSval: hs.AckTSval,
+			SynAckTSval: hs.SynAckTSval, TS: hs.TS,
+			OurWScale: hs.OurWScale, PeerWScale: hs.PeerWScale,
+		}, e.clock.Now())
+		if !installed {
+			e.Release(local, real)
+		}
+		e.finish(j, out)
+		return
+	}
+	e.d.DialFailed(key, real, local)
+	e.Release(local, real)
+	var de *stack.DialError
+	switch {
+	case e.isAborted(j):
+		// Aborted (adopted) or shutting down: the reason stays.
+	case errors.As(err, &de) && de.Refused:
+		j.reason = nat.FailRefused
+	case errors.Is(err, context.DeadlineExceeded):
+		j.reason = nat.FailTimeout
+	default:
+		j.reason = nat.FailError
+	}
+	if e.log.Debug().Enabled() {
+		e.log.Debug().Err(err).Str("client", key.Src.String()).Str("real", real.String()).Msg("recovery dial failed")
+	}
+	j.attempt++
+	e.try(j)
+}
+
+// finish writes the job's last packets and forgets it.
+func (e *Engine) finish(j *job, out [][]byte) {
+	e.writeAll(out)
+	e.mu.Lock()
+	if e.jobs[j.req.Key] == j {
+		e.jobs = shrink.Delete(e.jobs, j.req.Key)
+	}
+	e.mu.Unlock()
+	e.wg.Done()
 }
 
 // dialOptions is the recovery SYN for req: the configured window scale and

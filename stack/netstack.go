@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"holdfast/internal/shrink"
 
@@ -41,6 +42,15 @@ type Netstack struct {
 
 	mu    sync.Mutex
 	dials map[tuple]*dial // handshakes in progress
+
+	// Dials to settle (see settle), worked off by a few goroutines: no
+	// goroutine per dial (a Go runtime keeps every goroutine it ever had
+	// at once, about 500 bytes each, for good).
+	qmu     sync.Mutex
+	queue   []*dial
+	wake    chan struct{}
+	stop    chan struct{}
+	workers sync.WaitGroup
 
 	stray atomic.Uint64 // netstack packets dropped by the tap
 }
@@ -79,14 +89,23 @@ type Handshake struct {
 }
 
 type dial struct {
+	t      tuple
 	opts   DialOptions
 	hs     Handshake
 	synAck bool
 	// silenced: nothing more leaves for the tuple (the final ACK has left,
-	// or the dial failed): Abort's RST must never reach the real. Once
+	// or the dial is ending): Abort's RST must never reach the real. Once
 	// the dial is gone from dials, nothing leaves for the tuple either.
 	silenced bool
-	done     chan struct{} // closed when the final ACK has left
+	captured bool  // the final ACK has left: the dial succeeded
+	cause    error // why the dial was ended early (timeout, cancel)
+	ended    bool  // done was called (or is being called)
+
+	ep    tcpip.Endpoint
+	wq    waiter.Queue
+	we    waiter.Entry
+	timer *time.Timer
+	done  func(Handshake, error)
 }
 
 // NewNetstack builds the stack with the recovery addresses on one NIC whose
@@ -101,6 +120,8 @@ func NewNetstack(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logg
 		out:   out,
 		log:   log,
 		dials: make(map[tuple]*dial),
+		wake:  make(chan struct{}, 1),
+		stop:  make(chan struct{}),
 	}
 	n.ep = &linkEP{Endpoint: channel.New(1, uint32(mtu), ""), n: n}
 	if err := s.CreateNIC(nicID, n.ep); err != nil {
@@ -129,11 +150,20 @@ func NewNetstack(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logg
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
 		return nil, fmt.Errorf("netstack: receive buffer range: %s", err)
 	}
+	for range settleWorkers {
+		n.workers.Add(1)
+		go n.work()
+	}
 	return n, nil
 }
 
-// Close stops the stack.
+const settleWorkers = 2
+
+// Close stops the stack. Dials still in progress never end: callers end
+// theirs first.
 func (n *Netstack) Close() {
+	close(n.stop)
+	n.workers.Wait()
 	n.s.Close()
 	n.s.Wait()
 }
@@ -151,81 +181,187 @@ func rcvBufForShift(s int) int64 {
 	return int64(0xffff) << s
 }
 
-// Dial performs one recovery handshake and returns what it captured. The
-// endpoint is aborted before Dial returns, and nothing it sends leaves.
+// Dial performs one recovery handshake and returns what it captured (see
+// Start). ctx ends it early.
 func (n *Netstack) Dial(ctx context.Context, o DialOptions) (Handshake, error) {
-	t := tuple{o.Local, o.Remote}
-	d := &dial{opts: o, done: make(chan struct{})}
-	n.mu.Lock()
-	if _, busy := n.dials[t]; busy {
-		n.mu.Unlock()
-		return Handshake{}, fmt.Errorf("dial %s -> %s: tuple already dialing", o.Local, o.Remote)
+	type result struct {
+		hs  Handshake
+		err error
 	}
-	n.dials[t] = d
-	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		n.dials = shrink.Delete(n.dials, t)
-		n.mu.Unlock()
-	}()
+	ch := make(chan result, 1)
+	cancel, err := n.Start(o, 0, func(hs Handshake, err error) { ch <- result{hs, err} })
+	if err != nil {
+		return Handshake{}, err
+	}
+	select {
+	case r := <-ch:
+		return r.hs, r.err
+	case <-ctx.Done():
+		cancel(ctx.Err())
+		r := <-ch
+		return r.hs, r.err
+	}
+}
 
-	var wq waiter.Queue
-	ep, terr := n.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
-	if terr != nil {
-		return Handshake{}, fmt.Errorf("dial %s -> %s: new endpoint: %s", o.Local, o.Remote, terr)
+// Start begins one recovery handshake; done is called once, from one of
+// the netstack's goroutines, with what the tap captured, or with a
+// *DialError. The endpoint is aborted before done is called, and nothing it
+// sends leaves. A timeout above 0 ends the dial then (the error wraps
+// context.DeadlineExceeded); cancel ends it early with cause (unless the
+// handshake completed first). An error from Start itself means done will
+// not be called.
+func (n *Netstack) Start(o DialOptions, timeout time.Duration, done func(Handshake, error)) (cancel func(cause error), err error) {
+	d := &dial{t: tuple{o.Local, o.Remote}, opts: o, done: done}
+	n.mu.Lock()
+	if _, busy := n.dials[d.t]; busy {
+		n.mu.Unlock()
+		return nil, fmt.Errorf("dial %s -> %s: tuple already dialing", o.Local, o.Remote)
 	}
-	abort := func() {
-		// Silence first: Abort sends a RST that must not reach the real.
+	n.dials[d.t] = d
+	n.mu.Unlock()
+	ep, terr := n.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &d.wq)
+	if terr != nil {
+		n.forget(d)
+		return nil, fmt.Errorf("dial %s -> %s: new endpoint: %s", o.Local, o.Remote, terr)
+	}
+	d.ep = ep
+	fail := func(err error) (func(error), error) {
 		n.mu.Lock()
-		d.silenced = true
+		d.silenced, d.ended = true, true
 		n.mu.Unlock()
 		ep.Abort()
 		ep.Close()
+		n.forget(d)
+		return nil, err
 	}
 	ep.SocketOptions().SetReceiveBufferSize(rcvBufForShift(o.WScale), true)
 	if o.MSS > 0 {
 		if err := ep.SetSockOptInt(tcpip.MaxSegOption, o.MSS); err != nil {
-			abort()
-			return Handshake{}, fmt.Errorf("dial %s -> %s: set MSS %d: %s", o.Local, o.Remote, o.MSS, err)
+			return fail(fmt.Errorf("dial %s -> %s: set MSS %d: %s", o.Local, o.Remote, o.MSS, err))
 		}
 	}
 	ep.SocketOptions().SetReuseAddress(true)
 	if err := ep.Bind(tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(o.Local.Addr().As4()), Port: o.Local.Port()}); err != nil {
-		abort()
-		return Handshake{}, fmt.Errorf("dial %s -> %s: bind: %s", o.Local, o.Remote, err)
+		return fail(fmt.Errorf("dial %s -> %s: bind: %s", o.Local, o.Remote, err))
 	}
-	we, ch := waiter.NewChannelEntry(waiter.EventOut | waiter.EventErr | waiter.EventHUp)
-	wq.EventRegister(&we)
-	defer wq.EventUnregister(&we)
-	err := ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(o.Remote.Addr().As4()), Port: o.Remote.Port()})
-	if _, started := err.(*tcpip.ErrConnectStarted); !started && err != nil {
-		abort()
-		return Handshake{}, fmt.Errorf("dial %s -> %s: connect: %s", o.Local, o.Remote, err)
+	// Writable fires before the final ACK is written: an event only asks
+	// settle to look (an error, or a closed endpoint, ends the dial).
+	d.we = waiter.NewFunctionEntry(waiter.EventOut|waiter.EventErr|waiter.EventHUp, func(waiter.EventMask) { n.enqueue(d) })
+	d.wq.EventRegister(&d.we)
+	if timeout > 0 {
+		d.timer = time.AfterFunc(timeout, func() { n.end(d, context.DeadlineExceeded) })
 	}
-	for {
-		select {
-		case <-d.done:
-			// The final ACK has left and the tuple is silenced.
-			hs := d.hs
-			ep.Abort()
-			ep.Close()
-			return hs, nil
-		case <-ch:
-			// Writable fires before the final ACK is written: only an
-			// error ends the wait here.
-			if err := ep.LastError(); err != nil {
-				abort()
-				return Handshake{}, &DialError{Local: o.Local, Remote: o.Remote, Err: errors.New(err.String()), Refused: isRefused(err)}
+	if err := ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(o.Remote.Addr().As4()), Port: o.Remote.Port()}); err != nil {
+		if _, started := err.(*tcpip.ErrConnectStarted); !started {
+			d.wq.EventUnregister(&d.we)
+			if d.timer != nil {
+				d.timer.Stop()
 			}
-			if st := tcp.EndpointState(ep.State()); st == tcp.StateClose || st == tcp.StateError {
-				abort()
-				return Handshake{}, &DialError{Local: o.Local, Remote: o.Remote, Err: errors.New("connection closed"), Refused: true}
-			}
-		case <-ctx.Done():
-			abort()
-			return Handshake{}, &DialError{Local: o.Local, Remote: o.Remote, Err: ctx.Err()}
+			return fail(fmt.Errorf("dial %s -> %s: connect: %s", o.Local, o.Remote, err))
 		}
 	}
+	return func(cause error) { n.end(d, cause) }, nil
+}
+
+// end ends d early with cause, unless it ended already.
+func (n *Netstack) end(d *dial, cause error) {
+	n.mu.Lock()
+	if d.cause == nil {
+		d.cause = cause
+	}
+	n.mu.Unlock()
+	n.enqueue(d)
+}
+
+// forget removes d from the dials in progress.
+func (n *Netstack) forget(d *dial) {
+	n.mu.Lock()
+	if n.dials[d.t] == d {
+		n.dials = shrink.Delete(n.dials, d.t)
+	}
+	n.mu.Unlock()
+}
+
+// enqueue asks a worker to settle d. It never blocks: the tap calls it from
+// inside the stack.
+func (n *Netstack) enqueue(d *dial) {
+	n.qmu.Lock()
+	n.queue = append(n.queue, d)
+	n.qmu.Unlock()
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Netstack) work() {
+	defer n.workers.Done()
+	var batch []*dial
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-n.wake:
+		}
+		n.qmu.Lock()
+		batch, n.queue = n.queue, batch[:0]
+		more := len(batch) > 0
+		n.qmu.Unlock()
+		if more {
+			// Another worker may take what arrives meanwhile.
+			select {
+			case n.wake <- struct{}{}:
+			default:
+			}
+		}
+		for i, d := range batch {
+			n.settle(d)
+			batch[i] = nil
+		}
+	}
+}
+
+// settle ends d if it is over: the final ACK left (success), it was ended
+// early, or the endpoint failed. Otherwise (an early writable event) the
+// dial goes on.
+func (n *Netstack) settle(d *dial) {
+	n.mu.Lock()
+	if d.ended {
+		n.mu.Unlock()
+		return
+	}
+	captured, cause, hs := d.captured, d.cause, d.hs
+	n.mu.Unlock()
+	o := d.opts
+	var err error
+	switch {
+	case captured:
+	case cause != nil:
+		err = &DialError{Local: o.Local, Remote: o.Remote, Err: cause}
+	default:
+		if e := d.ep.LastError(); e != nil {
+			err = &DialError{Local: o.Local, Remote: o.Remote, Err: errors.New(e.String()), Refused: isRefused(e)}
+		} else if st := tcp.EndpointState(d.ep.State()); st == tcp.StateClose || st == tcp.StateError {
+			err = &DialError{Local: o.Local, Remote: o.Remote, Err: errors.New("connection closed"), Refused: true}
+		} else {
+			return // still dialing
+		}
+	}
+	n.mu.Lock()
+	if d.ended {
+		n.mu.Unlock()
+		return
+	}
+	d.ended, d.silenced = true, true
+	n.mu.Unlock()
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.wq.EventUnregister(&d.we)
+	d.ep.Abort()
+	d.ep.Close()
+	n.forget(d)
+	d.done(hs, err)
 }
 
 func isRefused(err tcpip.Error) bool {
@@ -350,9 +486,9 @@ func (n *Netstack) tap(b []byte) {
 		d.hs.AckSeq, d.hs.AckAck = tcph.SequenceNumber(), tcph.AckNumber()
 		d.hs.AckTSval, d.hs.AckTSecr = o.TSVal, o.TSEcr
 		d.hs.AckWindow = tcph.WindowSize()
-		d.silenced = true
+		d.silenced, d.captured = true, true
 		n.out(b)
-		close(d.done)
+		n.enqueue(d)
 		return
 	}
 	n.out(b)
