@@ -101,11 +101,11 @@ type dial struct {
 	cause    error // why the dial was ended early (timeout, cancel)
 	ended    bool  // done was called (or is being called)
 
-	ep    tcpip.Endpoint
-	wq    waiter.Queue
-	we    waiter.Entry
-	timer *time.Timer
-	done  func(Handshake, error)
+	ep       tcpip.Endpoint
+	wq       waiter.Queue
+	we       waiter.Entry
+	deadline time.Time // zero: none; see reap
+	done     func(Handshake, error)
 }
 
 // NewNetstack builds the stack with the recovery addresses on one NIC whose
@@ -154,6 +154,8 @@ func NewNetstack(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logg
 		n.workers.Add(1)
 		go n.work()
 	}
+	n.workers.Add(1)
+	go n.reap()
 	return n, nil
 }
 
@@ -206,7 +208,7 @@ func (n *Netstack) Dial(ctx context.Context, o DialOptions) (Handshake, error) {
 // Start begins one recovery handshake; done is called once, from one of
 // the netstack's goroutines, with what the tap captured, or with a
 // *DialError. The endpoint is aborted before done is called, and nothing it
-// sends leaves. A timeout above 0 ends the dial then (the error wraps
+// sends leaves. A timeout above 0 ends the dial then, give or take reapEvery (the error wraps
 // context.DeadlineExceeded); cancel ends it early with cause (unless the
 // handshake completed first). An error from Start itself means done will
 // not be called.
@@ -249,14 +251,13 @@ func (n *Netstack) Start(o DialOptions, timeout time.Duration, done func(Handsha
 	d.we = waiter.NewFunctionEntry(waiter.EventOut|waiter.EventErr|waiter.EventHUp, func(waiter.EventMask) { n.enqueue(d) })
 	d.wq.EventRegister(&d.we)
 	if timeout > 0 {
-		d.timer = time.AfterFunc(timeout, func() { n.end(d, context.DeadlineExceeded) })
+		n.mu.Lock()
+		d.deadline = time.Now().Add(timeout)
+		n.mu.Unlock()
 	}
 	if err := ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(o.Remote.Addr().As4()), Port: o.Remote.Port()}); err != nil {
 		if _, started := err.(*tcpip.ErrConnectStarted); !started {
 			d.wq.EventUnregister(&d.we)
-			if d.timer != nil {
-				d.timer.Stop()
-			}
 			return fail(fmt.Errorf("dial %s -> %s: connect: %s", o.Local, o.Remote, err))
 		}
 	}
@@ -330,7 +331,7 @@ func (n *Netstack) settle(d *dial) {
 		n.mu.Unlock()
 		return
 	}
-	captured, cause, hs := d.captured, d.cause, d.hs
+	captured, cause, hs, ep := d.captured, d.cause, d.hs, d.ep
 	n.mu.Unlock()
 	o := d.opts
 	var err error
@@ -339,9 +340,9 @@ func (n *Netstack) settle(d *dial) {
 	case cause != nil:
 		err = &DialError{Local: o.Local, Remote: o.Remote, Err: cause}
 	default:
-		if e := d.ep.LastError(); e != nil {
+		if e := ep.LastError(); e != nil {
 			err = &DialError{Local: o.Local, Remote: o.Remote, Err: errors.New(e.String()), Refused: isRefused(e)}
-		} else if st := tcp.EndpointState(d.ep.State()); st == tcp.StateClose || st == tcp.StateError {
+		} else if st := tcp.EndpointState(ep.State()); st == tcp.StateClose || st == tcp.StateError {
 			err = &DialError{Local: o.Local, Remote: o.Remote, Err: errors.New("connection closed"), Refused: true}
 		} else {
 			return // still dialing
@@ -353,15 +354,47 @@ func (n *Netstack) settle(d *dial) {
 		return
 	}
 	d.ended, d.silenced = true, true
+	done := d.done
+	d.ep, d.done = nil, nil // whatever still points at d keeps little
 	n.mu.Unlock()
-	if d.timer != nil {
-		d.timer.Stop()
-	}
 	d.wq.EventUnregister(&d.we)
-	d.ep.Abort()
-	d.ep.Close()
+	ep.Abort()
+	ep.Close()
 	n.forget(d)
-	d.done(hs, err)
+	done(hs, err)
+}
+
+// reapEvery is how often reap looks for dials past their deadline: a timer
+// per dial would keep each dial (and its endpoint) reachable from the
+// runtime's timer heap until the deadline, long after it ended.
+const reapEvery = 100 * time.Millisecond
+
+// reap ends the dials that ran past their deadline.
+func (n *Netstack) reap() {
+	defer n.workers.Done()
+	t := time.NewTicker(reapEvery)
+	defer t.Stop()
+	var late []*dial
+	for {
+		select {
+		case <-n.stop:
+			return
+		case now := <-t.C:
+			n.mu.Lock()
+			for _, d := range n.dials {
+				if !d.deadline.IsZero() && now.After(d.deadline) && d.cause == nil && !d.ended {
+					d.cause = context.DeadlineExceeded
+					late = append(late, d)
+				}
+			}
+			n.mu.Unlock()
+			for i, d := range late {
+				n.enqueue(d)
+				late[i] = nil
+			}
+			late = late[:0]
+		}
+	}
 }
 
 func isRefused(err tcpip.Error) bool {

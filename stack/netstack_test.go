@@ -196,3 +196,46 @@ func isWouldBlock(e tcpip.Error) bool {
 	_, ok := e.(*tcpip.ErrWouldBlock)
 	return ok
 }
+
+// TestNetstackStartTimeout: a real that never answers ends the dial at its
+// deadline (to reapEvery) with an error wrapping context.DeadlineExceeded,
+// done is called once, and the tuple is free for a new dial.
+func TestNetstackStartTimeout(t *testing.T) {
+	syns := make(chan struct{}, 16)
+	n, err := NewNetstack([]netip.Addr{netip.MustParseAddr("198.18.200.1")}, 1500, func([]byte) { syns <- struct{}{} }, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	o := DialOptions{Local: netip.MustParseAddrPort("198.18.200.1:20000"), Remote: netip.MustParseAddrPort("198.18.10.11:80"), WScale: 7, MSS: 1460}
+	const timeout = 300 * time.Millisecond
+	errs := make(chan error, 2)
+	start := time.Now()
+	if _, err := n.Start(o, timeout, func(_ Handshake, err error) { errs <- err }); err != nil {
+		t.Fatal(err)
+	}
+	<-syns // the SYN left, into the void
+	select {
+	case err := <-errs:
+		took := time.Since(start)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("dial ended with %v, want DeadlineExceeded", err)
+		}
+		if took < timeout || took > timeout+5*reapEvery {
+			t.Fatalf("dial ended after %v, want %v (to %v)", took, timeout, reapEvery)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("dial not ended 5s after its 300ms timeout")
+	}
+	if _, err := n.Start(o, timeout, func(_ Handshake, err error) { errs <- err }); err != nil {
+		t.Fatalf("the tuple is still taken after the dial ended: %v", err)
+	}
+	select {
+	case err := <-errs:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("second dial ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("second dial not ended")
+	}
+}

@@ -4,17 +4,33 @@
 // for the life of the process.
 package shrink
 
-// Delete deletes k from m and returns m, or a new map if that left m empty
-// (what m held is then garbage). Callers store the result:
+import "math/bits"
+
+// Delete deletes k from m and returns m, or a copy of what is left in a new
+// map each time the deletion brings m down to 0, 8, 64, 512, ... (powers of
+// 8) entries, so that an emptying map holds at most about eight times the
+// room its entries need. Callers store the result:
 //
 //	m = shrink.Delete(m, k)
 //
-// Use it for maps that empty often (work in flight), not on a per-packet
-// path: an emptied map costs one allocation when it fills again.
+// A copy costs at most as many entries as are left, so a deletion costs
+// O(1) amortized while the map shrinks; use it for maps of work in flight,
+// not on a per-packet path.
 func Delete[K comparable, V any](m map[K]V, k K) map[K]V {
+	before := len(m)
 	delete(m, k)
-	if len(m) == 0 {
+	n := len(m)
+	switch {
+	case n == before:
+		return m // k was not there
+	case n == 0:
 		return make(map[K]V)
+	case n >= 8 && n&(n-1) == 0 && bits.TrailingZeros(uint(n))%3 == 0:
+		c := make(map[K]V, n)
+		for k, v := range m {
+			c[k] = v
+		}
+		return c
 	}
 	return m
 }
