@@ -31,9 +31,11 @@ type bench struct {
 	start time.Time
 
 	l       *lab.Lab
-	dirA    *lab.Director
-	rs1     *lab.Real // the real of the throughput rows
-	backend string    // HTTP backend on the reals: "nginx" or "go"
+	dirA    *lab.Director // holdfast and HAProxy run here
+	dirB    *lab.Director // the kernel's NAT runs here (see measureOrder)
+	active  *lab.Director // the director being measured: snapshot counts its packets
+	rs1     *lab.Real     // the real of the throughput rows
+	backend string        // HTTP backend on the reals: "nginx" or "go"
 	nginx   []*nginx
 	res     *Results
 }
@@ -106,7 +108,8 @@ func (b *bench) run(ctx context.Context) (res *Results, err error) {
 			err = errors.Join(err, fmt.Errorf("teardown: %w", cerr))
 		}
 	}()
-	b.dirA, b.rs1 = b.l.Directors[0], b.l.Reals[0]
+	b.dirA, b.dirB, b.rs1 = b.l.Directors[0], b.l.Directors[1], b.l.Reals[0]
+	b.active = b.dirA
 
 	// The client opens many short connections (wrk new-connection, the
 	// storm): a wide port range, and TIME_WAIT ports reused.
@@ -123,18 +126,14 @@ func (b *bench) run(ctx context.Context) (res *Results, err error) {
 	}
 	res.HTTPBackend = b.backend
 
-	throughput := len(res.Rows) > 0
-	for _, d := range measureOrder {
-		// The storm runs before the kernel's NAT (see measureOrder).
-		if d == dirKernel && b.cfg.groups[groupStorm] {
-			if err := b.runStorm(ctx); err != nil {
-				return res, err
-			}
+	// The storm runs before the kernel's NAT (see measureOrder).
+	if b.cfg.groups[groupStorm] {
+		if err := b.runStorm(ctx); err != nil {
+			return res, err
 		}
-		if !throughput || !b.cfg.directors[d] {
-			continue
-		}
-		if err := b.measureDirector(ctx, directorDefs[d]); err != nil {
+	}
+	if len(res.Rows) > 0 {
+		if err := b.measureAll(ctx); err != nil {
 			return res, err
 		}
 	}
@@ -181,51 +180,76 @@ func (b *bench) startHTTP(ctx context.Context) error {
 	return nil
 }
 
-// measureDirector sets up one director on A and runs every chosen row
-// -runs times. A director that cannot be set up (or does not pass traffic)
-// gets its error in its cells and the run goes on with the next one.
-func (b *bench) measureDirector(ctx context.Context, d directorDef) (err error) {
-	b.res.Directors = append(b.res.Directors, d.key)
-	b.progress(d.label + ": setting up on director A")
-	pid, teardown, err := d.setup(ctx, b)
-	if err == nil {
-		defer func() {
-			if terr := teardown(); terr != nil {
-				b.progress(d.label + ": teardown: " + terr.Error())
-				b.res.Notes = append(b.res.Notes, d.label+" teardown: "+terr.Error())
-			}
-		}()
-		err = b.checkPath(ctx)
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+// measureAll runs every chosen row -runs times on every chosen director,
+// interleaved: run by run, row by row, each director in turn (the order
+// rotating), so that a slow spell of the machine touches all of them alike
+// rather than the one measured then. A director is set up for each of its
+// measurements and torn down after. One that cannot be set up (or does not
+// pass traffic) gets its error in its cells and is skipped from then on.
+func (b *bench) measureAll(ctx context.Context) error {
+	var dirs []directorDef
+	for _, d := range measureOrder {
+		if b.cfg.directors[d] {
+			dirs = append(dirs, directorDefs[d])
+			b.res.Directors = append(b.res.Directors, directorDefs[d].key)
 		}
-		b.progress(d.label + ": " + err.Error())
+	}
+	failed := map[string]bool{}
+	turn := 0
+	for run := 1; run <= b.cfg.runs; run++ {
 		for _, row := range b.res.Rows {
-			row.cell(d.key).Error = err.Error()
-		}
-		return nil
-	}
-	for _, row := range b.res.Rows {
-		def := row.def
-		c := row.cell(d.key)
-		if d.key == "haproxy" && !def.haproxy {
-			c.NA = "HAProxy has no UDP mode"
-			continue
-		}
-		for run := 1; run <= b.cfg.runs; run++ {
-			b.progress(fmt.Sprintf("%s: %s, run %d/%d", d.label, def.name, run, b.cfg.runs))
-			s, err := b.measure(ctx, pid, func(ctx context.Context) (float64, []string, error) { return def.run(ctx, b) })
-			if ctx.Err() != nil {
-				return ctx.Err()
+			turn++
+			for k := range dirs {
+				d := dirs[(k+turn)%len(dirs)]
+				c := row.cell(d.key)
+				if d.key == "haproxy" && !row.def.haproxy {
+					c.NA = "HAProxy has no UDP mode"
+					continue
+				}
+				if failed[d.key] {
+					continue
+				}
+				err := b.measureOnce(ctx, d, row, c, run)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if err != nil {
+					b.progress(d.label + ": " + err.Error())
+					failed[d.key] = true
+					for _, row := range b.res.Rows {
+						if c := row.cell(d.key); c.Error == "" && c.NA == "" {
+							c.Error = err.Error()
+						}
+					}
+				}
 			}
-			c.add(s, err)
 		}
 	}
-	if d.key == "holdfast" {
-		b.res.addCounters("throughput", b.holdfastStats(ctx, b.dirA))
+	return nil
+}
+
+// measureOnce sets director d up, runs row once into c, and tears d down.
+// It returns an error only if d could not be set up or passes no traffic.
+func (b *bench) measureOnce(ctx context.Context, d directorDef, row *Row, c *Cell, run int) (err error) {
+	pid, teardown, err := d.setup(ctx, b)
+	if err != nil {
+		return err
 	}
+	defer func() {
+		if d.key == "holdfast" {
+			b.res.addCounters("throughput "+row.def.key, b.holdfastStats(ctx, b.dirA))
+		}
+		if terr := teardown(); terr != nil {
+			b.progress(d.label + ": teardown: " + terr.Error())
+			b.res.Notes = append(b.res.Notes, d.label+" teardown: "+terr.Error())
+		}
+	}()
+	if err := b.checkPath(ctx); err != nil {
+		return err
+	}
+	b.progress(fmt.Sprintf("%s: %s, run %d/%d", d.label, row.def.name, run, b.cfg.runs))
+	s, err := b.measure(ctx, pid, func(ctx context.Context) (float64, []string, error) { return row.def.run(ctx, b) })
+	c.add(s, err)
 	return nil
 }
 

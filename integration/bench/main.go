@@ -43,11 +43,13 @@ const (
 
 var allGroups = []string{groupIperf, groupUDP, groupWrk, groupStorm}
 
-// Directors, as -directors names them. measureOrder is the order they run
-// in: the kernel's NAT last, because its nat table registers conntrack hooks
-// in the director namespace that stay there once the rules are gone, and
-// they would tax every packet of the other two (holdfast's packets cross
-// the director's netfilter hooks twice: into the TUN and out of it).
+// Directors, as -directors names them, in their order within a turn (see
+// measureAll). The kernel's NAT runs on director B, holdfast and HAProxy on
+// A: its nat table registers conntrack hooks in its namespace that stay
+// there once the rules are gone, and they would tax every packet of the
+// other two (holdfast's packets cross the director's netfilter hooks twice:
+// into the TUN and out of it). The storm, which runs holdfast on both, comes
+// before any of them.
 const (
 	dirKernel   = "kernel"
 	dirHAProxy  = "haproxy"

@@ -75,7 +75,7 @@ func (b *bench) measure(ctx context.Context, pid int, f func(context.Context) (f
 
 func (b *bench) snapshot(pid int) (snapshot, error) {
 	s := snapshot{at: time.Now(), procTicks: -1, tunDropped: -1}
-	if d, err := readTUNDrops(b.dirA); err == nil {
+	if d, err := readTUNDrops(b.active); err == nil {
 		s.tunDropped = int64(d.TX)
 	}
 	var err error
@@ -87,8 +87,8 @@ func (b *bench) snapshot(pid int) (snapshot, error) {
 	if s.hostTicks, s.stealTicks, err = hostTicks(); err != nil {
 		return s, err
 	}
-	for _, ifname := range []string{b.dirA.UplinkIface, b.dirA.RSIface} {
-		ls, err := b.dirA.LinkStats(ifname)
+	for _, ifname := range []string{b.active.UplinkIface, b.active.RSIface} {
+		ls, err := b.active.LinkStats(ifname)
 		if err != nil {
 			return s, err
 		}

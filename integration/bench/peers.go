@@ -226,7 +226,10 @@ func children(pid int) []int {
 // VIP:port to rs1 in director A's namespace, with conntrack. No SNAT: the
 // reals route back through the director, which un-NATs the replies.
 func setupKernelNAT(ctx context.Context, b *bench) (int, func() error, error) {
-	d := b.dirA
+	d := b.dirB
+	if err := b.use(d); err != nil {
+		return 0, nil, err
+	}
 	if err := d.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return 0, nil, err
 	}
@@ -272,6 +275,9 @@ backend be_{{.Port}}
 // which it needs as a local address: on lo, for this director's run only.
 func setupHAProxy(ctx context.Context, b *bench) (int, func() error, error) {
 	d := b.dirA
+	if err := b.use(d); err != nil {
+		return 0, nil, err
+	}
 	vip := netip.PrefixFrom(lab.VIP, 32).String()
 	if _, err := d.IP("addr", "add", vip, "dev", "lo"); err != nil {
 		return 0, nil, err
@@ -348,6 +354,9 @@ func dropTimeWait(b *bench, ns *lab.NS) error {
 // setupHoldfast runs `holdfast run` on director A as the lab runs it
 // (lab.HoldfastArgs: --setup-routes and the lab's plumbing).
 func setupHoldfast(ctx context.Context, b *bench) (int, func() error, error) {
+	if err := b.use(b.dirA); err != nil {
+		return 0, nil, err
+	}
 	path, err := b.holdfastConfig("holdfast-throughput.json", b.throughputServices())
 	if err != nil {
 		return 0, nil, err
@@ -543,4 +552,19 @@ func (k *keptConn) get(timeout time.Duration) error {
 		err = fmt.Errorf("status %d, close %v", resp.StatusCode, resp.Close)
 	}
 	return err
+}
+
+// use makes d the active director: the router and the reals route through
+// it, and the measurements count its packets.
+func (b *bench) use(d *lab.Director) error {
+	for i, x := range b.l.Directors {
+		if x == d {
+			if err := b.l.Flip(i); err != nil {
+				return err
+			}
+			b.active = d
+			return nil
+		}
+	}
+	return fmt.Errorf("director %s is not in the lab", d.Label)
 }
