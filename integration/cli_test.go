@@ -69,6 +69,10 @@ func TestBadArguments(t *testing.T) {
 			want: []string{"--recovery-addr", "--recovery=off"}, noRecoveryAddr: true},
 		{name: "config: missing file", args: []string{"--config", filepath.Join(dir, "absent.json")},
 			want: []string{"--config", filepath.Join(dir, "absent.json")}},
+		{name: "tun queues out of range", args: append(svc, "--real", "198.18.10.11:80", "--tun-queues", "0"),
+			want: []string{"--tun-queues", "0", "1..64"}, expected: true},
+		{name: "tun queues without offload", args: append(svc, "--real", "198.18.10.11:80", "--tun-queues", "2", "--tun-offload=false"),
+			want: []string{"--tun-queues", "2", "--tun-offload"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			argv := append([]string{bin, "run", "--tun", "hf0", "--log-format", "json"}, tc.args...)

@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"holdfast/integration/lab"
 )
@@ -13,13 +15,20 @@ import (
 // TestKeepAlive: 50 keep-alive connections carry 100 requests each through
 // the VIP. Each connection has its own client (one transport, used
 // sequentially), so exactly 50 connections are dialed, and rr spreads them
-// 17/17/16 over the reals.
+// 17/17/16 over the reals. With --tun-queues 2, every queue's pump carries
+// packets.
 func TestKeepAlive(t *testing.T) {
+	for _, queues := range []int{1, 2} {
+		t.Run(fmt.Sprintf("queues=%d", queues), func(t *testing.T) { testKeepAlive(t, queues) })
+	}
+}
+
+func testKeepAlive(t *testing.T, queues int) {
 	const conns, perConn = 50, 100
 	l := startLab(t, lab.Options{Reals: 3})
 	d := l.Directors[0]
-	args := append([]string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr"}, realFlags(l, lab.DefaultHTTPPort)...)
-	StartDirector(t, d.NS, directorArgs(d, args...)...)
+	args := append([]string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr", "--tun-queues", fmt.Sprint(queues)}, realFlags(l, lab.DefaultHTTPPort)...)
+	p := StartDirector(t, d.NS, directorArgs(d, args...)...)
 
 	var (
 		wg     sync.WaitGroup
@@ -73,6 +82,16 @@ func TestKeepAlive(t *testing.T) {
 		connsPerReal = append(connsPerReal, r.Stats.HTTPConns.Load())
 		reqsPerReal = append(reqsPerReal, r.Stats.HTTPRequests.Load())
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := lab.ReadStats(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.ReadByQueue) != queues || slices.Contains(st.ReadByQueue, 0) {
+		t.Errorf("packets read by queue %v, want %d queues that all read", st.ReadByQueue, queues)
+	}
+	t.Logf("packets read by queue: %v", st.ReadByQueue)
 	c, q := slices.Sorted(slices.Values(connsPerReal)), slices.Sorted(slices.Values(reqsPerReal))
 	if !slices.Equal(c, []int64{16, 17, 17}) || !slices.Equal(q, []int64{1600, 1700, 1700}) {
 		t.Errorf("reals accepted %v connections and answered %v requests, want 16/17/17 and 1600/1700/1700 in some order", connsPerReal, reqsPerReal)

@@ -89,6 +89,9 @@ func parseRun(c *cli.Context) (runSettings, error) {
 	if s.queues < 1 || s.queues > 64 {
 		return s, usagef("--tun-queues %d: expected 1..64", s.queues)
 	}
+	if s.queues > 1 && !s.offload {
+		return s, usagef("--tun-queues %d: needs --tun-offload (a plain TUN has one queue)", s.queues)
+	}
 	if s.tunMTU != 0 && (s.tunMTU < 576 || s.tunMTU > 65535) {
 		return s, usagef("--tun-mtu %d: expected 0 (auto) or 576..65535", s.tunMTU)
 	}
@@ -245,7 +248,7 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 	}()
 
 	pump := stack.NewPumps(dev, func() stack.Handler { return &recovery.Handler{D: d} }, ns, clock, log)
-	stats := func() map[string]any { return statsMap(d.Stats(), pump.Stats(), writeErrs.Load()) }
+	stats := func() map[string]any { return statsMap(d.Stats(), pump, writeErrs.Load()) }
 	stopAdmin, err := serveAdmin(ctx, s.adminSocket, (&admin{d: d, pump: pump, clock: clock, stats: stats, log: log}).handler(), log)
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
@@ -383,7 +386,12 @@ func setChecks(checker *balancer.Checker, d *nat.Director, svcs []*balancer.Serv
 }
 
 // statsMap is every counter, as logged (SIGUSR1, exit) and served (/stats).
-func statsMap(st nat.Stats, ps stack.PumpStats, writeErrs uint64) map[string]any {
+func statsMap(st nat.Stats, pumps stack.Pumps, writeErrs uint64) map[string]any {
+	ps := pumps.Stats()
+	byQueue := make([]uint64, len(pumps))
+	for i, p := range pumps {
+		byQueue[i] = p.Stats().Read
+	}
 	drops := make(map[string]uint64)
 	for _, r := range nat.DropReasons() {
 		drops[r.String()] = st.Drop(r)
@@ -393,7 +401,7 @@ func statsMap(st nat.Stats, ps stack.PumpStats, writeErrs uint64) map[string]any
 		fails[r.String()] = st.RecoveryFailed[r]
 	}
 	return map[string]any{
-		"packets_read": ps.Read, "packets_written": ps.Written, "write_errors": ps.WriteErrors + writeErrs,
+		"packets_read": ps.Read, "packets_read_by_queue": byQueue, "packets_written": ps.Written, "write_errors": ps.WriteErrors + writeErrs,
 		fFlows: st.Flows, "flows_created": st.FlowsCreated, "flows_expired": st.FlowsExpired,
 		"echo_replies": st.EchoReplies, "icmp_errors": st.ICMPErrors, "drops": drops,
 		"recovery_started": st.RecoveryStarted, "recovered": st.RecoverySucceeded,

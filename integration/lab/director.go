@@ -66,6 +66,7 @@ type DirectorStats struct {
 	OldRealResets   int               `json:"old_real_resets"`
 	RecoveryFailed  map[string]int    `json:"recovery_failed"`
 	Drops           map[string]uint64 `json:"drops"`
+	ReadByQueue     []uint64          `json:"packets_read_by_queue"`
 }
 
 // Failed is the number of recoveries that failed, whatever the reason.
