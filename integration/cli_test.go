@@ -69,6 +69,8 @@ func TestBadArguments(t *testing.T) {
 			want: []string{"--recovery-addr", "--recovery=off"}, noRecoveryAddr: true},
 		{name: "config: missing file", args: []string{"--config", filepath.Join(dir, "absent.json")},
 			want: []string{"--config", filepath.Join(dir, "absent.json")}},
+		{name: "packet nice out of range", args: append(svc, "--real", "198.18.10.11:80", "--packet-nice", "-21"),
+			want: []string{"--packet-nice", "-21", "-20..19"}, expected: true},
 		{name: "tun queues out of range", args: append(svc, "--real", "198.18.10.11:80", "--tun-queues", "0"),
 			want: []string{"--tun-queues", "0", "1..64"}, expected: true},
 		{name: "tun queues without offload", args: append(svc, "--real", "198.18.10.11:80", "--tun-queues", "2", "--tun-offload=false"),

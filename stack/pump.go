@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // Action is what the pump does with a packet after its Handler.
@@ -78,6 +79,7 @@ type Pump struct {
 	clock *Clock
 	log   zerolog.Logger
 	ns    *Netstack // may be nil: then toStack packets are dropped
+	nice  int       // the packet thread's nice value while Run runs (0: leave it)
 
 	read, written, writeErrs atomic.Uint64
 }
@@ -100,6 +102,9 @@ func (p *Pump) Stats() PumpStats {
 func (p *Pump) Run() error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if p.nice != 0 {
+		defer p.renice()()
+	}
 	p.log.Debug().Str("device", p.dev.Name()).Msg("pump started")
 	defer p.log.Debug().Str("device", p.dev.Name()).Msg("pump stopped")
 	batch := p.dev.BatchSize()
@@ -206,4 +211,38 @@ func (ps Pumps) Stats() PumpStats {
 		s.WriteErrors += ps.WriteErrors
 	}
 	return s
+}
+
+// SetNice makes each pump's thread run at nice value n (-20..19) while it
+// runs: a director's packet thread should not wait behind ordinary
+// processes, as the kernel's own forwarding (in softirq) never does. 0
+// leaves the priority alone.
+func (ps Pumps) SetNice(n int) {
+	for _, p := range ps {
+		p.nice = n
+	}
+}
+
+// renice sets the calling (locked) thread's nice value to p.nice and returns
+// the function that puts the old one back, so that the thread goes back to
+// Go's scheduler as it came. Without the privilege (CAP_SYS_NICE) it logs
+// once and leaves the priority.
+func (p *Pump) renice() (restore func()) {
+	tid := unix.Gettid()
+	// getpriority(2) returns 20 - nice.
+	raw, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil {
+		p.log.Warn().Err(err).Msg("packet thread priority unknown; left as it is")
+		return func() {}
+	}
+	old := 20 - raw
+	if err := unix.Setpriority(unix.PRIO_PROCESS, tid, p.nice); err != nil {
+		p.log.Warn().Err(err).Int("nice", p.nice).Msg("cannot set the packet thread's priority (needs CAP_SYS_NICE); it runs at the process's")
+		return func() {}
+	}
+	return func() {
+		// Back to a higher nice value is always allowed; back to a lower
+		// one needs the privilege, without which the thread keeps p.nice.
+		unix.Setpriority(unix.PRIO_PROCESS, tid, old) //nolint:errcheck // see above
+	}
 }

@@ -47,6 +47,10 @@ var (
 		Name: "tun-queues", Value: 1, Category: catDevice, EnvVars: env("TUN_QUEUES"),
 		Usage: "TUN queues, each with its own packet thread (IFF_MULTI_QUEUE; with --tun-offload only)",
 	}
+	packetNiceFlag = &cli.IntFlag{
+		Name: "packet-nice", Value: -10, Category: catDevice, EnvVars: env("PACKET_NICE"),
+		Usage: "nice value of the packet threads, -20..19 (0: leave it): they should not wait behind ordinary processes, as the kernel's own forwarding never does; needs CAP_SYS_NICE, else logged and left",
+	}
 	tunMTUFlag = &cli.IntFlag{
 		Name: "tun-mtu", Category: catDevice, EnvVars: env("TUN_MTU"),
 		Usage: "TUN MTU set by --setup-routes (0 = the smallest MTU of the other links)",
@@ -187,7 +191,7 @@ var (
 
 func runFlags() []cli.Flag {
 	return []cli.Flag{
-		tunFlag, tunOffloadFlag, tunQueuesFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
+		tunFlag, tunOffloadFlag, tunQueuesFlag, packetNiceFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
 		serviceFlag, schedulerFlag, realFlag, persistenceFlag, configFlag,
 		timeoutTCPFlag, timeoutTCPFinFlag, timeoutUDPFlag, maxFlowsFlag,
 		recoveryFlag, recoveryAddrFlag, recoveryPortsFlag, directorIDFlag,

@@ -47,6 +47,7 @@ type runSettings struct {
 	checks      balancer.CheckTiming
 	offload     bool
 	queues      int
+	nice        int
 	// reload reads --config (and the service flags) again, validated whole.
 	reload func() ([]*balancer.Service, error)
 }
@@ -59,6 +60,7 @@ func parseRun(c *cli.Context) (runSettings, error) {
 		pprofAddr:   c.String(pprofAddrFlag.Name),
 		offload:     c.Bool(tunOffloadFlag.Name),
 		queues:      c.Int(tunQueuesFlag.Name),
+		nice:        c.Int(packetNiceFlag.Name),
 		reload:      func() ([]*balancer.Service, error) { return loadServices(c) },
 		setupRoutes: c.Bool(setupRoutesFlag.Name),
 		realIface:   c.String(realIfaceFlag.Name),
@@ -88,6 +90,9 @@ func parseRun(c *cli.Context) (runSettings, error) {
 	}
 	if s.queues < 1 || s.queues > 64 {
 		return s, usagef("--tun-queues %d: expected 1..64", s.queues)
+	}
+	if s.nice < -20 || s.nice > 19 {
+		return s, usagef("--packet-nice %d: expected -20..19 (0: leave the priority)", s.nice)
 	}
 	if s.queues > 1 && !s.offload {
 		return s, usagef("--tun-queues %d: needs --tun-offload (a plain TUN has one queue)", s.queues)
@@ -248,6 +253,7 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 	}()
 
 	pump := stack.NewPumps(dev, func() stack.Handler { return &recovery.Handler{D: d} }, ns, clock, log)
+	pump.SetNice(s.nice)
 	stats := func() map[string]any { return statsMap(d.Stats(), pump, writeErrs.Load()) }
 	stopAdmin, err := serveAdmin(ctx, s.adminSocket, (&admin{d: d, pump: pump, clock: clock, stats: stats, log: log}).handler(), log)
 	if err != nil {
@@ -424,7 +430,7 @@ func logStart(log zerolog.Logger, s runSettings, mtu int) {
 		Str("recovery_ports", strconv.Itoa(int(s.rec.portLo))+"-"+strconv.Itoa(int(s.rec.portHi))).
 		Int("recovery_wscale", s.rec.wscale).Dur("recovery_timeout", s.rec.timeout).
 		Int("recovery_rate", s.rec.rate).Int("recovery_max_inflight", s.rec.maxInflight).Msg("recovery")
-	log.Info().Str(fTUN, s.tun).Int("mtu", mtu).Bool("setup_routes", s.setupRoutes).Bool("tun_offload", s.offload).Int("tun_queues", s.queues).
+	log.Info().Str(fTUN, s.tun).Int("mtu", mtu).Bool("setup_routes", s.setupRoutes).Bool("tun_offload", s.offload).Int("tun_queues", s.queues).Int("packet_nice", s.nice).
 		Int("max_flows", s.maxFlows).Str("admin_socket", s.adminSocket).Str("metrics_addr", s.metricsAddr).
 		Int("pid", os.Getpid()).Msg("serving")
 }
