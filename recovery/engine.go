@@ -209,7 +209,7 @@ func (e *Engine) try(j *job) {
 		e.mu.Lock()
 		if j.aborted {
 			cancel(context.Canceled)
-		} else if j.dial == n { // (not already over, and the next begun)
+		} else if j.dial == n { // unless this dial ended and the next began meanwhile
 			j.cancel = cancel
 		}
 		e.mu.Unlock()
