@@ -78,15 +78,29 @@ func (r *recorder) none(t *testing.T, d time.Duration) {
 	}
 }
 
-// eventually polls cond until it holds or patience runs out.
+// counted wakes eventually: every test server sends on it (without
+// blocking) each time it counts a connection or a request.
+var counted = make(chan struct{}, 1)
+
+func notifyCounted() {
+	select {
+	case counted <- struct{}{}:
+	default:
+	}
+}
+
+// eventually waits until cond, over what the test servers counted, holds,
+// looking again each time they count; it fails once patience runs out.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(patience)
+	timeout := time.NewTimer(patience)
+	defer timeout.Stop()
 	for !cond() {
-		if time.Now().After(deadline) {
+		select {
+		case <-counted:
+		case <-timeout.C:
 			t.Fatalf("%s: not within %v", what, patience)
 		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }
 
@@ -120,6 +134,7 @@ func listenTCP(t *testing.T, addr string) *tcpServer {
 				return
 			}
 			s.accepted.Add(1)
+			notifyCounted()
 			c.Close()
 		}
 	}()
@@ -162,6 +177,7 @@ func newHTTPServer(t *testing.T) *httpServer {
 		s.counts[st]++
 		s.reqs = append(s.reqs, r)
 		s.mu.Unlock()
+		notifyCounted()
 		w.WriteHeader(st)
 	}))
 	t.Cleanup(s.Close)
@@ -349,6 +365,7 @@ func holdServer(t *testing.T) (addr netip.AddrPort, accepted *atomic.Int64) {
 			conns = append(conns, c)
 			mu.Unlock()
 			accepted.Add(1)
+			notifyCounted()
 		}
 	}()
 	t.Cleanup(func() {
@@ -455,6 +472,7 @@ func TestCheckerJitter(t *testing.T) {
 		mu.Lock()
 		times = append(times, time.Now())
 		mu.Unlock()
+		notifyCounted()
 	}))
 	defer srv.Close()
 	timing := CheckTiming{Interval: 400 * time.Millisecond, Timeout: 400 * time.Millisecond, Rise: 1, Fall: 1}

@@ -186,11 +186,13 @@ func directorsRunning(bin string) bool {
 	return false
 }
 
+// TestUnprivilegedDemo runs the whole demo as nobody and wants its table.
 func TestUnprivilegedDemo(t *testing.T) {
 	bin := unprivBinary(t)
+	tun := privateTUN(t, bin)
 	ctx, cancel := context.WithTimeout(context.Background(), unprivDemoTimeout)
 	defer cancel()
-	cmd, stdout, stderr := asNobody(ctx, bin, "", "lab", "demo")
+	cmd, stdout, stderr := asNobody(ctx, bin, tun, "lab", "demo")
 	err := cmd.Run()
 	if err != nil {
 		skipIfRefused(t, stderr.String())
@@ -210,7 +212,7 @@ func TestUnprivilegedDemo(t *testing.T) {
 
 // Ctrl-C (SIGINT to the process the user started, outside the namespaces)
 // reaches the lab and tears it down. Where nobody may not open the host's
-// /dev/net/tun (TestUnprivilegedDemo skips), it gets a private node, so the
+// /dev/net/tun, both tests give it a private node (privateTUN), so the
 // re-execution, the namespaces and the teardown are tested all the same.
 func TestUnprivilegedDemoInterrupt(t *testing.T) {
 	bin := unprivBinary(t)

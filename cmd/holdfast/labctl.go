@@ -79,7 +79,8 @@ type labSupervisor struct {
 	mu   sync.Mutex
 	dirs []*lab.Proc
 	vrrp bool
-	down chan struct{}
+	down chan struct{} // closed by POST /down
+	gone chan struct{} // closed once the lab is torn down
 	once sync.Once
 }
 
@@ -114,7 +115,7 @@ func labUp(c *cli.Context) error {
 	if err := l.ServeBackends(); err != nil {
 		return cli.Exit("holdfast lab up: "+err.Error(), exitRuntime)
 	}
-	s := &labSupervisor{l: l, bin: bin, vrrp: vrrp, dirs: make([]*lab.Proc, n), down: make(chan struct{})}
+	s := &labSupervisor{l: l, bin: bin, vrrp: vrrp, dirs: make([]*lab.Proc, n), down: make(chan struct{}), gone: make(chan struct{})}
 	for i := range l.Directors {
 		if err := s.start(ctx, i); err != nil {
 			return cli.Exit("holdfast lab up: "+err.Error(), exitRuntime)
@@ -139,6 +140,13 @@ func labUp(c *cli.Context) error {
 	case <-s.down:
 	}
 	fmt.Fprintln(os.Stderr, "tearing the lab down...")
+	// Here rather than in the deferred Close, so that POST /down can
+	// answer once it is done (the socket is stopped after).
+	err = l.Close()
+	close(s.gone)
+	if err != nil {
+		return cli.Exit("holdfast lab up: tearing down: "+err.Error(), exitRuntime)
+	}
 	return nil
 }
 
@@ -174,7 +182,11 @@ func (s *labSupervisor) handler() http.Handler {
 	})
 	mux.HandleFunc("POST /down", func(w http.ResponseWriter, r *http.Request) {
 		s.once.Do(func() { close(s.down) })
-		writeJSON(w, labStatus{Message: "the lab is being torn down"})
+		select {
+		case <-s.gone:
+			writeJSON(w, labStatus{Message: "the lab is down"})
+		case <-r.Context().Done():
+		}
 	})
 	return mux
 }
@@ -277,6 +289,9 @@ func printLabUp(l *lab.Lab) {
 	fmt.Printf("  holdfast lab down                              # or Ctrl-C here\n")
 }
 
+// labDownTimeout bounds the wait for the supervisor to tear the lab down.
+const labDownTimeout = 30 * time.Second
+
 // labRequest sends a lab subcommand to the supervisor.
 func labRequest(c *cli.Context, path string) error {
 	method := "POST"
@@ -284,22 +299,20 @@ func labRequest(c *cli.Context, path string) error {
 		method = "GET"
 	}
 	cl := newAdminClient(labSocket)
+	if path == "/down" {
+		// The supervisor answers once it has torn the lab down.
+		cl.http.Timeout = labDownTimeout
+	}
 	var st labStatus
 	err := cl.do(method, path, struct{}{}, &st)
 	if path == "/down" {
 		if err == nil {
 			fmt.Println(st.Message)
-			// The supervisor removes everything; wait for it, then sweep
-			// whatever a killed supervisor left.
-			deadline := time.Now().Add(20 * time.Second)
-			for time.Now().Before(deadline) {
-				if left, _ := lab.List(labPrefix); len(left) == 0 {
-					fmt.Println("the lab is down")
-					return nil
-				}
-				time.Sleep(100 * time.Millisecond) // no event to wait on: the namespaces are files
+			if left, _ := lab.List(labPrefix); len(left) == 0 {
+				return nil
 			}
 		}
+		// No supervisor (killed), or it left something: sweep.
 		return labSweep()
 	}
 	if err != nil {
