@@ -186,13 +186,21 @@ func directorsRunning(bin string) bool {
 	return false
 }
 
-// TestUnprivilegedDemo runs the whole demo as nobody and wants its table.
-func TestUnprivilegedDemo(t *testing.T) {
-	bin := unprivBinary(t)
+// demoAsNobody is `holdfast lab demo` as nobody (with a private TUN node
+// where needed), bounded by unprivDemoTimeout; bin is the copy it runs.
+func demoAsNobody(t *testing.T) (bin string, cmd *exec.Cmd, stdout, stderr *bytes.Buffer) {
+	t.Helper()
+	bin = unprivBinary(t)
 	tun := privateTUN(t, bin)
 	ctx, cancel := context.WithTimeout(context.Background(), unprivDemoTimeout)
-	defer cancel()
-	cmd, stdout, stderr := asNobody(ctx, bin, tun, "lab", "demo")
+	t.Cleanup(cancel)
+	cmd, stdout, stderr = asNobody(ctx, bin, tun, "lab", "demo")
+	return bin, cmd, stdout, stderr
+}
+
+// TestUnprivilegedDemo runs the whole demo as nobody and wants its table.
+func TestUnprivilegedDemo(t *testing.T) {
+	bin, cmd, stdout, stderr := demoAsNobody(t)
 	err := cmd.Run()
 	if err != nil {
 		skipIfRefused(t, stderr.String())
@@ -215,11 +223,7 @@ func TestUnprivilegedDemo(t *testing.T) {
 // /dev/net/tun, both tests give it a private node (privateTUN), so the
 // re-execution, the namespaces and the teardown are tested all the same.
 func TestUnprivilegedDemoInterrupt(t *testing.T) {
-	bin := unprivBinary(t)
-	tun := privateTUN(t, bin)
-	ctx, cancel := context.WithTimeout(context.Background(), unprivDemoTimeout)
-	defer cancel()
-	cmd, stdout, stderr := asNobody(ctx, bin, tun, "lab", "demo")
+	bin, cmd, stdout, stderr := demoAsNobody(t)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"holdfast/internal/shrink"
+	"holdfast/internal/workq"
 	"holdfast/nat"
 	"holdfast/stack"
 
@@ -45,12 +46,12 @@ type Engine struct {
 
 	mu     sync.Mutex
 	jobs   map[nat.Key]*job // recoveries in flight
-	queue  []*job           // started, not yet dialing
 	closed bool
 	wg     sync.WaitGroup // one per job
-	wake   chan struct{}
-	stop   chan struct{}
-	ran    chan struct{}
+
+	starting *workq.Queue[*job] // started, not yet dialing
+	stop     chan struct{}
+	ran      chan struct{}
 }
 
 // job is one recovery: its attempts, one dial at a time.
@@ -76,9 +77,12 @@ func New(cfg Config, ns *stack.Netstack, write func([]byte), clock *stack.Clock,
 	}
 	e := &Engine{
 		cfg: cfg, ns: ns, write: write, clock: clock, log: log, ports: ports,
-		jobs: make(map[nat.Key]*job), wake: make(chan struct{}, 1), stop: make(chan struct{}), ran: make(chan struct{}),
+		jobs: make(map[nat.Key]*job), starting: workq.New[*job](), stop: make(chan struct{}), ran: make(chan struct{}),
 	}
-	go e.run()
+	go func() {
+		defer close(e.ran)
+		e.starting.Run(e.stop, e.try)
+	}()
 	return e, nil
 }
 
@@ -92,10 +96,7 @@ func (e *Engine) Close() {
 	e.mu.Lock()
 	e.closed = true
 	for _, j := range e.jobs {
-		j.aborted = true
-		if j.cancel != nil {
-			j.cancel(context.Canceled)
-		}
+		j.abort()
 	}
 	e.mu.Unlock()
 	e.wg.Wait()
@@ -115,25 +116,26 @@ func (e *Engine) Start(req nat.RecoveryRequest) {
 		j.aborted = true
 	}
 	e.jobs[req.Key] = j
-	e.queue = append(e.queue, j)
 	e.wg.Add(1)
 	e.mu.Unlock()
-	select {
-	case e.wake <- struct{}{}:
-	default:
-	}
+	e.starting.Push(j)
 }
 
 // Abort implements nat.Recoverer.
 func (e *Engine) Abort(key nat.Key) {
 	e.mu.Lock()
 	if j := e.jobs[key]; j != nil {
-		j.aborted = true
-		if j.cancel != nil {
-			j.cancel(context.Canceled)
-		}
+		j.abort()
 	}
 	e.mu.Unlock()
+}
+
+// abort marks j aborted and ends its dial in progress; e.mu is held.
+func (j *job) abort() {
+	j.aborted = true
+	if j.cancel != nil {
+		j.cancel(context.Canceled)
+	}
 }
 
 // Release implements nat.Recoverer: a recovered flow ended.
@@ -144,26 +146,6 @@ func (e *Engine) Release(local, real netip.AddrPort) {
 func (e *Engine) writeAll(pkts [][]byte) {
 	for _, p := range pkts {
 		e.write(p)
-	}
-}
-
-// run starts the queued recoveries until Close.
-func (e *Engine) run() {
-	defer close(e.ran)
-	var batch []*job
-	for {
-		select {
-		case <-e.stop:
-			return
-		case <-e.wake:
-		}
-		e.mu.Lock()
-		batch, e.queue = e.queue, batch[:0]
-		e.mu.Unlock()
-		for i, j := range batch {
-			e.try(j)
-			batch[i] = nil
-		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"holdfast/internal/shrink"
+	"holdfast/internal/workq"
 
 	"github.com/rs/zerolog"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -46,11 +47,9 @@ type Netstack struct {
 	// Dials to settle (see settle), worked off by a few goroutines: no
 	// goroutine per dial (a Go runtime keeps every goroutine it ever had
 	// at once, about 500 bytes each, for good).
-	qmu     sync.Mutex
-	queue   []*dial
-	wake    chan struct{}
-	stop    chan struct{}
-	workers sync.WaitGroup
+	settling *workq.Queue[*dial]
+	stop     chan struct{}
+	workers  sync.WaitGroup
 
 	stray atomic.Uint64 // netstack packets dropped by the tap
 }
@@ -93,10 +92,9 @@ type dial struct {
 	opts   DialOptions
 	hs     Handshake
 	synAck bool
-	// silenced: nothing more leaves for the tuple (the final ACK has left,
-	// or the dial is ending): Abort's RST must never reach the real. Once
-	// the dial is gone from dials, nothing leaves for the tuple either.
-	silenced bool
+	// Once captured or ended, nothing more leaves for the tuple (the tap
+	// drops it): Abort's RST must never reach the real. Once the dial is
+	// gone from dials, nothing leaves for the tuple either.
 	captured bool  // the final ACK has left: the dial succeeded
 	cause    error // why the dial was ended early (timeout, cancel)
 	ended    bool  // done was called (or is being called)
@@ -116,12 +114,12 @@ func NewNetstack(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logg
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
 	})
 	n := &Netstack{
-		s:     s,
-		out:   out,
-		log:   log,
-		dials: make(map[tuple]*dial),
-		wake:  make(chan struct{}, 1),
-		stop:  make(chan struct{}),
+		s:        s,
+		out:      out,
+		log:      log,
+		dials:    make(map[tuple]*dial),
+		settling: workq.New[*dial](),
+		stop:     make(chan struct{}),
 	}
 	n.ep = &linkEP{Endpoint: channel.New(1, uint32(mtu), ""), n: n}
 	if err := s.CreateNIC(nicID, n.ep); err != nil {
@@ -151,11 +149,9 @@ func NewNetstack(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logg
 		return nil, fmt.Errorf("netstack: receive buffer range: %s", err)
 	}
 	for range settleWorkers {
-		n.workers.Add(1)
-		go n.work()
+		n.workers.Go(func() { n.settling.Run(n.stop, n.settle) })
 	}
-	n.workers.Add(1)
-	go n.reap()
+	n.workers.Go(n.reap)
 	return n, nil
 }
 
@@ -229,7 +225,7 @@ func (n *Netstack) Start(o DialOptions, timeout time.Duration, done func(Handsha
 	d.ep = ep
 	fail := func(err error) (func(error), error) {
 		n.mu.Lock()
-		d.silenced, d.ended = true, true
+		d.ended = true
 		n.mu.Unlock()
 		ep.Abort()
 		ep.Close()
@@ -285,42 +281,7 @@ func (n *Netstack) forget(d *dial) {
 
 // enqueue asks a worker to settle d. It never blocks: the tap calls it from
 // inside the stack.
-func (n *Netstack) enqueue(d *dial) {
-	n.qmu.Lock()
-	n.queue = append(n.queue, d)
-	n.qmu.Unlock()
-	select {
-	case n.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (n *Netstack) work() {
-	defer n.workers.Done()
-	var batch []*dial
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-n.wake:
-		}
-		n.qmu.Lock()
-		batch, n.queue = n.queue, batch[:0]
-		more := len(batch) > 0
-		n.qmu.Unlock()
-		if more {
-			// Another worker may take what arrives meanwhile.
-			select {
-			case n.wake <- struct{}{}:
-			default:
-			}
-		}
-		for i, d := range batch {
-			n.settle(d)
-			batch[i] = nil
-		}
-	}
-}
+func (n *Netstack) enqueue(d *dial) { n.settling.Push(d) }
 
 // settle ends d if it is over: the final ACK left (success), it was ended
 // early, or the endpoint failed. Otherwise (an early writable event) the
@@ -353,7 +314,7 @@ func (n *Netstack) settle(d *dial) {
 		n.mu.Unlock()
 		return
 	}
-	d.ended, d.silenced = true, true
+	d.ended = true
 	done := d.done
 	d.ep, d.done = nil, nil // whatever still points at d keeps little
 	n.mu.Unlock()
@@ -371,7 +332,6 @@ const reapEvery = 100 * time.Millisecond
 
 // reap ends the dials that ran past their deadline.
 func (n *Netstack) reap() {
-	defer n.workers.Done()
 	t := time.NewTicker(reapEvery)
 	defer t.Stop()
 	var late []*dial
@@ -498,7 +458,7 @@ func (n *Netstack) tap(b []byte) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	d := n.dials[t]
-	if d == nil || d.silenced {
+	if d == nil || d.captured || d.ended {
 		n.stray.Add(1)
 		return
 	}
@@ -519,7 +479,7 @@ func (n *Netstack) tap(b []byte) {
 		d.hs.AckSeq, d.hs.AckAck = tcph.SequenceNumber(), tcph.AckNumber()
 		d.hs.AckTSval, d.hs.AckTSecr = o.TSVal, o.TSEcr
 		d.hs.AckWindow = tcph.WindowSize()
-		d.silenced, d.captured = true, true
+		d.captured = true
 		n.out(b)
 		n.enqueue(d)
 		return

@@ -149,7 +149,7 @@ func (q *tunQueue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		case err == nil && m >= vnetHdrLen:
 			sizes[0] = m - vnetHdrLen
 			return 1, nil
-		case err == nil, errors.Is(err, unix.EINTR), errors.Is(err, unix.EAGAIN):
+		case err == nil, errors.Is(err, unix.EINTR):
 			// a runt (nothing to hand on), or a signal: read again
 		default:
 			return 0, fmt.Errorf("read %s: %w", d.name, err)
@@ -167,13 +167,6 @@ func (q *tunQueue) Write(bufs [][]byte, offset int) (int, error) {
 		for {
 			err := rawWrite(q.fd, b[offset-vnetHdrLen:])
 			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			if errors.Is(err, unix.EAGAIN) {
-				// The device queue toward the kernel is full: wait for
-				// room rather than drop.
-				fds := []unix.PollFd{{Fd: int32(q.fd), Events: unix.POLLOUT}}
-				unix.Poll(fds, 100) //nolint:errcheck // retried either way
 				continue
 			}
 			if err != nil {
