@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/internal/clock"
+	"holdfast/internal/wire"
 	"holdfast/nat"
 	"holdfast/nat/nattest"
-	"holdfast/recovery"
-	"holdfast/stack"
+	"holdfast/stack/pump"
+	"holdfast/stack/tun/tuntest"
 
 	"github.com/rs/zerolog"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -37,12 +39,12 @@ func TestGarbageThroughPacketLoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := stack.NewMemDevice("mem0", 64)
-	clock := stack.NewClock()
-	clock.Update()
-	pump := stack.NewPump(dev, &recovery.Handler{D: d}, nil, clock, zerolog.Nop())
+	dev := tuntest.NewMemDevice("mem0", 64)
+	clk := clock.New()
+	clk.Update()
+	p := pump.NewPump(dev, d, nil, clk, zerolog.Nop())
 	done := make(chan error, 1)
-	go func() { done <- pump.Run() }()
+	go func() { done <- p.Run() }()
 	var stopOnce sync.Once
 	stop := func() {
 		stopOnce.Do(func() {
@@ -111,11 +113,11 @@ func TestGarbageThroughPacketLoop(t *testing.T) {
 			t.Errorf("drop %v = %d, want %d", r, st.Drop(r), want[r])
 		}
 	}
-	if st.FlowsCreated != rounds || st.Verdicts[nat.Forward] != rounds {
-		t.Errorf("flows created %d, forwarded %d; want %d each", st.FlowsCreated, st.Verdicts[nat.Forward], rounds)
+	if st.FlowsCreated != rounds || st.Verdicts[wire.Forward] != rounds {
+		t.Errorf("flows created %d, forwarded %d; want %d each", st.FlowsCreated, st.Verdicts[wire.Forward], rounds)
 	}
 	stop() // the pump counts a write after the device took it
-	if ps := pump.Stats(); ps.Read != uint64(rounds*(len(garbage)+1)) || ps.Written != rounds {
+	if ps := p.Stats(); ps.Read != uint64(rounds*(len(garbage)+1)) || ps.Written != rounds {
 		t.Errorf("pump read %d wrote %d, want %d and %d", ps.Read, ps.Written, rounds*(len(garbage)+1), rounds)
 	}
 }

@@ -3,6 +3,7 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"holdfast/internal/wire"
 	"net/netip"
 	"sync"
 	"time"
@@ -22,7 +23,7 @@ type Config struct {
 
 // Stats is a snapshot of the Director's counters.
 type Stats struct {
-	Verdicts     [numVerdicts]uint64
+	Verdicts     [wire.NumVerdicts]uint64
 	Drops        [numDropReasons]uint64
 	Flows        int    // flows in the table now
 	FlowsCreated uint64 // flows ever created (every kind)
@@ -176,7 +177,7 @@ func New(cfg Config) (*Director, error) {
 // (a virtio-net header flagged NEEDS_CSUM): it is then not verified, and
 // kept partial through the rewrite. pkt is lent: Handle keeps no reference
 // to it (a parked packet is copied).
-func (d *Director) Handle(pkt []byte, partial bool, now int64) (Verdict, []byte) {
+func (d *Director) Handle(pkt []byte, partial bool, now int64) (wire.Verdict, []byte) {
 	d.mu.Lock()
 	v, out := d.handleCounted(pkt, partial, now)
 	d.mu.Unlock()
@@ -185,7 +186,7 @@ func (d *Director) Handle(pkt []byte, partial bool, now int64) (Verdict, []byte)
 
 // HandleBatch is Handle for a batch read from the device, under one lock:
 // verdicts[i] and outs[i] answer pkts[i] (partial[i] as in Handle).
-func (d *Director) HandleBatch(pkts [][]byte, partial []bool, now int64, verdicts []Verdict, outs [][]byte) {
+func (d *Director) HandleBatch(pkts [][]byte, partial []bool, now int64, verdicts []wire.Verdict, outs [][]byte) {
 	d.mu.Lock()
 	for i, pkt := range pkts {
 		verdicts[i], outs[i] = d.handleCounted(pkt, partial[i], now)
@@ -196,14 +197,14 @@ func (d *Director) HandleBatch(pkts [][]byte, partial []bool, now int64, verdict
 // handleCounted is handle plus the verdict and drop counters; d.mu is held.
 // The counters are plain fields under the lock the flow table needs anyway,
 // read (folded) only when Stats is called.
-func (d *Director) handleCounted(pkt []byte, partial bool, now int64) (Verdict, []byte) {
+func (d *Director) handleCounted(pkt []byte, partial bool, now int64) (wire.Verdict, []byte) {
 	v, reason, out := d.handle(pkt, partial, now)
 	d.stats.Verdicts[v]++
 	switch v {
-	case Drop:
+	case wire.Drop:
 		d.stats.Drops[reason]++
 		out = nil
-	case Park, ToStack:
+	case wire.Park, wire.ToStack:
 		out = nil
 	}
 	return v, out
@@ -214,13 +215,13 @@ func (d *Director) handleCounted(pkt []byte, partial bool, now int64) (Verdict, 
 // goes to the recovery netstack.
 func (d *Director) HandlePacket(pkt []byte, now int64) (out []byte, toStack bool) {
 	v, out := d.Handle(pkt, false, now)
-	return out, v == ToStack
+	return out, v == wire.ToStack
 }
 
-func (d *Director) handle(b []byte, partial bool, now int64) (Verdict, DropReason, []byte) {
+func (d *Director) handle(b []byte, partial bool, now int64) (wire.Verdict, DropReason, []byte) {
 	var p packet
 	if r := p.decodeIP(b); r != DropNone {
-		return Drop, r, nil
+		return wire.Drop, r, nil
 	}
 	p.partial = partial
 	if _, ok := d.vips[p.dst.Addr()]; ok {
@@ -237,26 +238,26 @@ func (d *Director) handle(b []byte, partial bool, now int64) (Verdict, DropReaso
 		}
 	}
 	if d.rec.isLocal(p.dst.Addr()) {
-		return Drop, DropRecoveryNoFlow, nil
+		return wire.Drop, DropRecoveryNoFlow, nil
 	}
 	// Neither ours nor about us: the director also routes the reals' other
 	// traffic. Write it back unchanged.
-	return Forward, DropNone, b
+	return wire.Forward, DropNone, b
 }
 
-func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte) {
+func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, []byte) {
 	if p.frag {
-		return Drop, DropFragment, nil
+		return wire.Drop, DropFragment, nil
 	}
 	if r := p.decodeL4(); r != DropNone {
-		return Drop, r, nil
+		return wire.Drop, r, nil
 	}
 	if p.proto == protoICMP {
 		return d.icmpToVIP(p)
 	}
 	si, ok := d.bySvc[svcKey{p.proto, p.dst}]
 	if !ok {
-		return Drop, DropNoService, nil
+		return wire.Drop, DropNoService, nil
 	}
 	key := Key{p.proto, p.src, p.dst}
 	slot, side, found := d.flows.lookup(key)
@@ -303,7 +304,7 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 	if !found {
 		if p.proto == protoTCP {
 			if p.flags&header.TCPFlagRst != 0 {
-				return Drop, DropStrayRST, nil
+				return wire.Drop, DropStrayRST, nil
 			}
 			if p.flags&header.TCPFlagSyn == 0 && d.rec.enabled {
 				return d.recoverMiss(si, p, now)
@@ -315,7 +316,7 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 		// state sync does: IPVS sloppy_tcp).
 		slot, r = d.newFlow(si, p, now)
 		if r != DropNone {
-			return Drop, r, nil
+			return wire.Drop, r, nil
 		}
 		if p.proto == protoTCP && p.flags&header.TCPFlagSyn != 0 {
 			d.flows.slab[slot].hs = synOptions(p)
@@ -324,7 +325,7 @@ func (d *Director) fromClient(p *packet, now int64) (Verdict, DropReason, []byte
 	f := &d.flows.slab[slot]
 	d.track(f, p, true, now)
 	d.toReal(p, f)
-	return Forward, DropNone, p.ip
+	return wire.Forward, DropNone, p.ip
 }
 
 // toReal rewrites a client's packet for its flow's real.
@@ -353,27 +354,27 @@ func (d *Director) toReal(p *packet, f *flow) {
 	t.BytesIn += uint64(len(p.ip))
 }
 
-func (d *Director) fromReal(p *packet, now int64) (Verdict, DropReason, []byte) {
+func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []byte) {
 	if p.frag {
 		if d.servesProto[p.proto] {
-			return Drop, DropFragment, nil
+			return wire.Drop, DropFragment, nil
 		}
-		return Forward, DropNone, p.ip
+		return wire.Forward, DropNone, p.ip
 	}
 	if p.proto == protoICMP {
 		if v, r, ok := d.icmpErrorFromRealSide(p); ok {
 			return v, r, p.ip
 		}
 		if d.rec.isLocal(p.dst.Addr()) {
-			return Drop, DropRecoveryNoFlow, nil
+			return wire.Drop, DropRecoveryNoFlow, nil
 		}
-		return Forward, DropNone, p.ip
+		return wire.Forward, DropNone, p.ip
 	}
 	if p.proto != protoTCP && p.proto != protoUDP {
-		return Forward, DropNone, p.ip
+		return wire.Forward, DropNone, p.ip
 	}
 	if r := p.decodeL4(); r != DropNone {
-		return Drop, r, nil
+		return wire.Drop, r, nil
 	}
 	key := Key{p.proto, p.src, p.dst}
 	slot, side, found := d.flows.lookup(key)
@@ -385,7 +386,7 @@ func (d *Director) fromReal(p *packet, now int64) (Verdict, DropReason, []byte) 
 			}
 			d.track(f, p, false, now)
 			d.toClient(p, f)
-			return Forward, DropNone, p.ip
+			return wire.Forward, DropNone, p.ip
 		}
 		d.removeFlow(slot, now)
 		d.stats.FlowsExpired++
@@ -394,17 +395,17 @@ func (d *Director) fromReal(p *packet, now int64) (Verdict, DropReason, []byte) 
 		// Only a handshake in progress may reach the netstack: one that
 		// sees an unknown tuple answers RST and kills a live connection.
 		if _, dialing := d.rec.dialing[key]; dialing {
-			return ToStack, DropNone, p.ip
+			return wire.ToStack, DropNone, p.ip
 		}
-		return Drop, DropRecoveryNoFlow, nil
+		return wire.Drop, DropRecoveryNoFlow, nil
 	}
 	svcs, ok := d.realSvcs[svcKey{p.proto, p.src}]
 	if !ok {
-		return Forward, DropNone, p.ip // the real's other traffic
+		return wire.Forward, DropNone, p.ip // the real's other traffic
 	}
 	if !d.rec.enabled || (p.proto == protoTCP && p.flags&header.TCPFlagRst != 0) {
 		// The patent's step 5: a real's service port talking to no flow.
-		return Drop, DropNoFlow, nil
+		return wire.Drop, DropNoFlow, nil
 	}
 	return d.adopt(svcs, p, now)
 }

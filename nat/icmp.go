@@ -2,6 +2,7 @@ package nat
 
 import (
 	"encoding/binary"
+	"holdfast/internal/wire"
 	"net/netip"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -92,23 +93,23 @@ func setQuotedSeq(icmp header.ICMPv4, q quoted, delta uint32) {
 // icmpToVIP handles an ICMP message addressed to a VIP: echo requests are
 // answered by the director, errors about a flow are translated toward its
 // real, anything else is dropped.
-func (d *Director) icmpToVIP(p *packet) (Verdict, DropReason, []byte) {
+func (d *Director) icmpToVIP(p *packet) (wire.Verdict, DropReason, []byte) {
 	icmp := header.ICMPv4(p.l4)
 	switch t := icmp.Type(); {
 	case t == header.ICMPv4Echo && icmp.Code() == 0:
 		echoReply(p)
 		d.stats.EchoReplies++
-		return Forward, DropNone, p.ip
+		return wire.Forward, DropNone, p.ip
 	case isICMPError(t):
 		// The client reports on a packet VIP -> client: the quote says
 		// src=VIP:port, dst=client:port.
 		q, ok := parseQuoted(icmp)
 		if !ok {
-			return Drop, DropMalformed, nil
+			return wire.Drop, DropMalformed, nil
 		}
 		slot, side, found := d.flows.lookup(Key{q.proto, q.dst, q.src})
 		if !found || side != sideClient {
-			return Drop, DropICMPNoFlow, nil
+			return wire.Drop, DropICMPNoFlow, nil
 		}
 		f := &d.flows.slab[slot]
 		setQuoted(icmp, q, true, f.Real.AddrPort())
@@ -120,29 +121,29 @@ func (d *Director) icmpToVIP(p *packet) (Verdict, DropReason, []byte) {
 		}
 		p.ip.SetDestinationAddressWithChecksumUpdate(tcpipAddr(f.Real.Addr()))
 		d.stats.ICMPErrors++
-		return Forward, DropNone, p.ip
+		return wire.Forward, DropNone, p.ip
 	}
-	return Drop, DropICMPOther, nil
+	return wire.Drop, DropICMPOther, nil
 }
 
 // icmpErrorFromRealSide translates an ICMP error about a packet the director
 // sent toward a real (quote: src=client, dst=real), sent by the real itself or
 // by a router on the way. ok is false when the message is not such an error;
 // the caller then forwards it unchanged.
-func (d *Director) icmpErrorFromRealSide(p *packet) (v Verdict, r DropReason, ok bool) {
+func (d *Director) icmpErrorFromRealSide(p *packet) (v wire.Verdict, r DropReason, ok bool) {
 	if len(p.l4) < header.ICMPv4MinimumSize || !isICMPError(header.ICMPv4(p.l4).Type()) {
-		return Forward, DropNone, false
+		return wire.Forward, DropNone, false
 	}
 	q, qok := parseQuoted(p.l4)
 	if !qok {
-		return Forward, DropNone, false
+		return wire.Forward, DropNone, false
 	}
 	slot, side, found := d.flows.lookup(Key{q.proto, q.dst, q.src})
 	if !found || side != sideReal {
-		return Forward, DropNone, false
+		return wire.Forward, DropNone, false
 	}
 	if r := p.decodeL4(); r != DropNone {
-		return Drop, r, true
+		return wire.Drop, r, true
 	}
 	f := &d.flows.slab[slot]
 	icmp := header.ICMPv4(p.l4)
@@ -162,7 +163,7 @@ func (d *Director) icmpErrorFromRealSide(p *packet) (v Verdict, r DropReason, ok
 		p.ip.SetSourceAddressWithChecksumUpdate(tcpipAddr(f.VIP.Addr()))
 	}
 	d.stats.ICMPErrors++
-	return Forward, DropNone, true
+	return wire.Forward, DropNone, true
 }
 
 // echoReply turns an echo request into its reply in place. Swapping the

@@ -3,6 +3,7 @@ package nat
 import (
 	"bytes"
 	"encoding/binary"
+	"holdfast/internal/wire"
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -50,7 +51,7 @@ func TestPartialChecksumRewrites(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			v1, want := full.Handle(bytes.Clone(c.pkt), false, 3)
 			v2, got := part.Handle(asPartial(c.pkt), true, 3)
-			if v1 != Forward || v2 != Forward {
+			if v1 != wire.Forward || v2 != wire.Forward {
 				t.Fatalf("verdicts %v, %v", v1, v2)
 			}
 			if !bytes.Equal(asPartial(want), got) {
@@ -71,7 +72,7 @@ func TestPartialChecksumRewrites(t *testing.T) {
 	// not a checksum yet.
 	bad := asPartial(tcp4(client, vip, ack, 1005, 2000, []byte("x")))
 	bad[37] ^= 0xff
-	if v, _ := part.Handle(bad, true, 3); v != Forward {
+	if v, _ := part.Handle(bad, true, 3); v != wire.Forward {
 		t.Fatalf("partial segment: %v", v)
 	}
 }
@@ -81,7 +82,7 @@ func TestPartialChecksumRewrites(t *testing.T) {
 func TestPartialParkedCompleted(t *testing.T) {
 	d, _ := newRecDirector(t)
 	key := Key{protoTCP, ap(client), ap(vip)}
-	if v, _ := d.Handle(asPartial(tcp4(client, vip, psh, 100, 200, []byte("GET /"))), true, 1); v != Park {
+	if v, _ := d.Handle(asPartial(tcp4(client, vip, psh, 100, 200, []byte("GET /"))), true, 1); v != wire.Park {
 		t.Fatalf("verdict %v, want park", v)
 	}
 	d.Dialing(key, ap(rs1), ap(local))

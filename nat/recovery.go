@@ -3,6 +3,7 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"holdfast/internal/wire"
 	"net/netip"
 
 	"holdfast/internal/shrink"
@@ -157,13 +158,13 @@ func (rc *recovery) allowed(a netip.Addr) bool {
 
 // recoverMiss handles a client TCP segment (not SYN, not RST) with no flow:
 // park it behind a recovery in flight, or start one if it may trigger.
-func (d *Director) recoverMiss(si uint16, p *packet, now int64) (Verdict, DropReason, []byte) {
+func (d *Director) recoverMiss(si uint16, p *packet, now int64) (wire.Verdict, DropReason, []byte) {
 	key := Key{p.proto, p.src, p.dst}
 	if pd := d.rec.pending[key]; pd != nil {
 		return d.park(pd, p)
 	}
 	if r := d.refuseRecovery(p, now); r != DropNone {
-		return Drop, r, nil
+		return wire.Drop, r, nil
 	}
 	return d.startRecovery(si, p, now, unknownHandshake, netip.AddrPort{})
 }
@@ -199,7 +200,7 @@ func (d *Director) refuseRecovery(p *packet, now int64) DropReason {
 // startRecovery parks p and starts recovering its connection onto a real of
 // service si. hs is what is known of the client's handshake; from is the real
 // being left behind by a re-home (invalid otherwise).
-func (d *Director) startRecovery(si uint16, p *packet, now int64, hs clientHandshake, from netip.AddrPort) (Verdict, DropReason, []byte) {
+func (d *Director) startRecovery(si uint16, p *packet, now int64, hs clientHandshake, from netip.AddrPort) (wire.Verdict, DropReason, []byte) {
 	key := Key{p.proto, p.src, p.dst}
 	s := &d.services[si]
 	var exclude []netip.AddrPort
@@ -208,7 +209,7 @@ func (d *Director) startRecovery(si uint16, p *packet, now int64, hs clientHands
 	}
 	ri := d.pickReal(s, p.src, p.dst, now, exclude)
 	if ri < 0 {
-		return Drop, DropNoReal, nil
+		return wire.Drop, DropNoReal, nil
 	}
 	_, ts, tsval, tsecr := tcpOptions(header.TCP(p.l4))
 	pd := &pending{
@@ -217,7 +218,7 @@ func (d *Director) startRecovery(si uint16, p *packet, now int64, hs clientHands
 		tried: append(exclude, s.Reals[ri].Addr),
 		hs:    hs, from: from,
 	}
-	if v, r, _ := d.park(pd, p); v != Park {
+	if v, r, _ := d.park(pd, p); v != wire.Park {
 		return v, r, nil
 	}
 	d.rec.pending[key] = pd
@@ -227,16 +228,16 @@ func (d *Director) startRecovery(si uint16, p *packet, now int64, hs clientHands
 		req.WScale, req.MSS, req.SACK = int(hs.ws), int(hs.mss), hs.sack
 	}
 	d.rec.r.Start(req)
-	return Park, DropNone, nil
+	return wire.Park, DropNone, nil
 }
 
 // rehome moves the flow in slot, whose real is down or drained, onto a
 // healthy real: the client's segment p (all of the old real's data
 // acknowledged) is recovered as after a failover, with the handshake the
 // director saw, so that window scale, MSS and SACK are exact.
-func (d *Director) rehome(slot uint32, si uint16, p *packet, now int64) (Verdict, DropReason, []byte) {
+func (d *Director) rehome(slot uint32, si uint16, p *packet, now int64) (wire.Verdict, DropReason, []byte) {
 	if r := d.refuseRecovery(p, now); r != DropNone {
-		return Drop, r, nil
+		return wire.Drop, r, nil
 	}
 	f := &d.flows.slab[slot]
 	hs, from := f.hs, f.Real.AddrPort()
@@ -246,11 +247,11 @@ func (d *Director) rehome(slot uint32, si uint16, p *packet, now int64) (Verdict
 }
 
 // park keeps a copy of a client segment until its recovery ends.
-func (d *Director) park(pd *pending, p *packet) (Verdict, DropReason, []byte) {
+func (d *Director) park(pd *pending, p *packet) (wire.Verdict, DropReason, []byte) {
 	rc := &d.rec
 	n := len(p.ip)
 	if pd.bytes+n > rc.ParkFlowBytes || rc.parkedBytes+n > rc.ParkBytes {
-		return Drop, DropParkFull, nil
+		return wire.Drop, DropParkFull, nil
 	}
 	cp := append([]byte(nil), p.ip...)
 	if p.partial {
@@ -272,14 +273,14 @@ func (d *Director) park(pd *pending, p *packet) (Verdict, DropReason, []byte) {
 		pd.lastEnd = e
 	}
 	d.stats.Parked++
-	return Park, DropNone, nil
+	return wire.Park, DropNone, nil
 }
 
 // adopt handles a packet from a real's service port with no flow. The real
 // proves it holds the connection (it retransmits toward the client after a
 // director died): create a plain flow, as the failed director had, unless
 // the client's connection already lives elsewhere.
-func (d *Director) adopt(svcs []uint16, p *packet, now int64) (Verdict, DropReason, []byte) {
+func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, DropReason, []byte) {
 	si := -1
 	for _, s := range svcs {
 		if d.services[s].gone {
@@ -291,16 +292,16 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (Verdict, DropReas
 		ck := Key{p.proto, p.dst, d.services[s].VIP}
 		if _, side, found := d.flows.lookup(ck); found && side == sideClient {
 			if p.proto != protoTCP {
-				return Drop, DropNoFlow, nil
+				return wire.Drop, DropNoFlow, nil
 			}
 			// Recovered (or adopted) elsewhere: end the orphan.
 			d.stats.OldRealResets++
-			return Reset, DropNone, buildRST(p.ip[:0:len(p.ip)], p.dst, p.src, p.ack, 0, false)
+			return wire.Reset, DropNone, buildRST(p.ip[:0:len(p.ip)], p.dst, p.src, p.ack, 0, false)
 		}
 		if pd := d.rec.pending[ck]; pd != nil && pd.from == p.src {
 			// The real this flow is being re-homed from: dead or drained,
 			// never adopted.
-			return Drop, DropRehomed, nil
+			return wire.Drop, DropRehomed, nil
 		}
 		if pd := d.rec.pending[ck]; pd != nil {
 			// The original connection beats a new one: adopt and let
@@ -313,10 +314,10 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (Verdict, DropReas
 		}
 	}
 	if si < 0 {
-		return Drop, DropNoFlow, nil // only services removed by a reload
+		return wire.Drop, DropNoFlow, nil // only services removed by a reload
 	}
 	if d.flows.n >= d.maxFlows {
-		return Drop, DropFlowLimit, nil
+		return wire.Drop, DropFlowLimit, nil
 	}
 	ri := d.realIndex(uint16(si), p.src)
 	slot := d.insertFlow(flow{
@@ -332,7 +333,7 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (Verdict, DropReas
 	f := &d.flows.slab[slot]
 	d.track(f, p, false, now)
 	d.toClient(p, f)
-	return Forward, DropNone, p.ip
+	return wire.Forward, DropNone, p.ip
 }
 
 // Dialing registers the real-side tuple of a dial about to start, so the

@@ -3,6 +3,7 @@ package nat
 import (
 	"bytes"
 	"encoding/binary"
+	"holdfast/internal/wire"
 	"net/netip"
 	"testing"
 
@@ -79,7 +80,7 @@ func TestRecoveredTranslationGolden(t *testing.T) {
 	if len(fr.started) != 1 || fr.started[0] != (RecoveryRequest{Key: key, Real: ap(rs1), Timestamps: true, WScale: -1, SACK: true}) {
 		t.Fatalf("recoveries started: %+v", fr.started)
 	}
-	if st := d.Stats(); st.Verdicts[Park] != 2 || st.ParkedBytes != len(seg1)+len(seg2) || st.Inflight != 1 {
+	if st := d.Stats(); st.Verdicts[wire.Park] != 2 || st.ParkedBytes != len(seg1)+len(seg2) || st.Inflight != 1 {
 		t.Fatalf("parking stats %+v", st)
 	}
 	if !d.Dialing(key, ap(rs1), ap(local)) {
@@ -264,8 +265,8 @@ func TestRecoveryTriggers(t *testing.T) {
 		for i := range 3 {
 			handle(t, d, tcp4(client, vip, psh, uint32(1+900*i), 1, big), 1)
 		}
-		if st := d.Stats(); st.Verdicts[Park] != 2 || st.Drop(DropParkFull) != 1 {
-			t.Fatalf("parked %d, park_full %d; want 2 and 1", st.Verdicts[Park], st.Drop(DropParkFull))
+		if st := d.Stats(); st.Verdicts[wire.Park] != 2 || st.Drop(DropParkFull) != 1 {
+			t.Fatalf("parked %d, park_full %d; want 2 and 1", st.Verdicts[wire.Park], st.Drop(DropParkFull))
 		}
 	})
 }
@@ -372,7 +373,7 @@ func TestAdoption(t *testing.T) {
 		if !bytes.Equal(out, want) {
 			t.Fatalf("RST to the old real:\n got %x\nwant %x", out, want)
 		}
-		if st := d.Stats(); st.OldRealResets != 1 || st.Verdicts[Reset] != 1 {
+		if st := d.Stats(); st.OldRealResets != 1 || st.Verdicts[wire.Reset] != 1 {
 			t.Fatalf("stats %+v", st)
 		}
 	})

@@ -1,30 +1,5 @@
 package nat
 
-// Verdict is what the packet loop does with a packet after Handle.
-type Verdict uint8
-
-// Verdicts. Forward writes the (possibly rewritten) packet back to the device;
-// ToStack hands it to the recovery netstack (a handshake in progress); Park
-// keeps a copy until its flow's recovery ends; Reset writes the RST the
-// director built in the packet's place.
-const (
-	Forward Verdict = iota
-	ToStack
-	Park
-	Drop
-	Reset
-	numVerdicts
-)
-
-var verdictNames = [numVerdicts]string{"forward", "to_stack", "park", "drop", "reset"}
-
-func (v Verdict) String() string {
-	if v < numVerdicts {
-		return verdictNames[v]
-	}
-	return "verdict?"
-}
-
 // DropReason says why a packet was dropped. Every drop has exactly one reason
 // and one counter.
 type DropReason uint8

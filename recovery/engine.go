@@ -7,10 +7,12 @@ import (
 	"sync"
 	"time"
 
+	"holdfast/internal/clock"
 	"holdfast/internal/shrink"
+	"holdfast/internal/wire"
 	"holdfast/internal/workq"
 	"holdfast/nat"
-	"holdfast/stack"
+	"holdfast/stack/netstack"
 
 	"github.com/rs/zerolog"
 )
@@ -37,9 +39,9 @@ type Config struct {
 // failover storm has thousands in flight). Close ends them all and waits.
 type Engine struct {
 	cfg   Config
-	ns    *stack.Netstack
+	ns    *netstack.Stack
 	write func([]byte)
-	clock *stack.Clock
+	clock *clock.Clock
 	log   zerolog.Logger
 	ports *portAlloc
 	d     *nat.Director
@@ -67,7 +69,7 @@ type job struct {
 
 // New returns an engine. write sends a packet to the device (it must be safe
 // for concurrent use). Attach the Director before traffic flows.
-func New(cfg Config, ns *stack.Netstack, write func([]byte), clock *stack.Clock, log zerolog.Logger) (*Engine, error) {
+func New(cfg Config, ns *netstack.Stack, write func([]byte), clk *clock.Clock, log zerolog.Logger) (*Engine, error) {
 	ports, err := newPortAlloc(cfg.Addrs, cfg.PortLo, cfg.PortHi)
 	if err != nil {
 		return nil, err
@@ -76,7 +78,7 @@ func New(cfg Config, ns *stack.Netstack, write func([]byte), clock *stack.Clock,
 		cfg.Attempts = 3
 	}
 	e := &Engine{
-		cfg: cfg, ns: ns, write: write, clock: clock, log: log, ports: ports,
+		cfg: cfg, ns: ns, write: write, clock: clk, log: log, ports: ports,
 		jobs: make(map[nat.Key]*job), starting: workq.New[*job](), stop: make(chan struct{}), ran: make(chan struct{}),
 	}
 	go func() {
@@ -178,7 +180,7 @@ func (e *Engine) try(j *job) {
 		j.dial++
 		n := j.dial
 		e.mu.Unlock()
-		cancel, err := e.ns.Start(e.dialOptions(j.req, local, real), e.cfg.Timeout, func(hs stack.Handshake, err error) {
+		cancel, err := e.ns.Start(e.dialOptions(j.req, local, real), e.cfg.Timeout, func(hs wire.Handshake, err error) {
 			e.dialed(j, n, real, local, hs, err)
 		})
 		if err != nil {
@@ -207,7 +209,7 @@ func (e *Engine) isAborted(j *job) bool {
 }
 
 // dialed handles the end of one dial of j (on a netstack goroutine).
-func (e *Engine) dialed(j *job, n int, real, local netip.AddrPort, hs stack.Handshake, err error) {
+func (e *Engine) dialed(j *job, n int, real, local netip.AddrPort, hs wire.Handshake, err error) {
 	key := j.req.Key
 	e.mu.Lock()
 	if j.dial == n {
@@ -228,7 +230,7 @@ func (e *Engine) dialed(j *job, n int, real, local netip.AddrPort, hs stack.Hand
 	}
 	e.d.DialFailed(key, real, local)
 	e.Release(local, real)
-	var de *stack.DialError
+	var de *netstack.DialError
 	switch {
 	case e.isAborted(j):
 		// Aborted (adopted) or shutting down: the reason stays.
@@ -260,8 +262,8 @@ func (e *Engine) finish(j *job, out [][]byte) {
 // dialOptions is the recovery SYN for req: the configured window scale and
 // MSS, unless the client's own handshake is known (a re-home): then the SYN
 // says what the client said, so the new connection matches the client's.
-func (e *Engine) dialOptions(req nat.RecoveryRequest, local, real netip.AddrPort) stack.DialOptions {
-	o := stack.DialOptions{
+func (e *Engine) dialOptions(req nat.RecoveryRequest, local, real netip.AddrPort) wire.DialOptions {
+	o := wire.DialOptions{
 		Local: local, Remote: real, Timestamps: req.Timestamps, SACK: req.SACK,
 		WScale: e.cfg.WScale, MSS: e.cfg.MSS,
 	}

@@ -15,8 +15,9 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/internal/clock"
 	"holdfast/nat"
-	"holdfast/stack"
+	"holdfast/stack/pump"
 
 	"github.com/rs/zerolog"
 )
@@ -55,8 +56,8 @@ type RealChange struct {
 
 type admin struct {
 	d     *nat.Director
-	pump  stack.Pumps
-	clock *stack.Clock
+	pump  pump.Pumps
+	clock *clock.Clock
 	stats func() map[string]any
 	log   zerolog.Logger
 }

@@ -1,8 +1,9 @@
 package main
 
 import (
+	"holdfast/internal/wire"
 	"holdfast/nat"
-	"holdfast/stack"
+	"holdfast/stack/pump"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -12,7 +13,7 @@ import (
 // folded or copied until Prometheus asks.
 type collector struct {
 	d         *nat.Director
-	pump      stack.Pumps
+	pump      pump.Pumps
 	writeErrs func() uint64
 }
 
@@ -65,7 +66,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	m := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, t, v, labels...)
 	}
-	for v := nat.Forward; v <= nat.Reset; v++ {
+	for v := wire.Forward; v < wire.NumVerdicts; v++ {
 		m(mPackets, counterV, float64(st.Verdicts[v]), v.String())
 	}
 	for _, r := range nat.DropReasons() {

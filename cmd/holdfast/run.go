@@ -12,9 +12,13 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/internal/clock"
 	"holdfast/nat"
 	"holdfast/recovery"
-	"holdfast/stack"
+	"holdfast/stack/host"
+	"holdfast/stack/netstack"
+	"holdfast/stack/pump"
+	"holdfast/stack/tun"
 
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
@@ -154,7 +158,7 @@ func runAction(c *cli.Context) error {
 		for _, a := range s.rec.addrs {
 			prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
 		}
-		undo, err := stack.SetupRoutes(stack.RouteConfig{
+		undo, err := host.SetupRoutes(host.RouteConfig{
 			TUN: s.tun, RealIface: s.realIface, Prefixes: prefixes, Table: s.routeTable, MTU: s.tunMTU,
 		}, log)
 		if err != nil {
@@ -169,7 +173,7 @@ func runAction(c *cli.Context) error {
 		}()
 	}
 	if mtu == 0 {
-		if mtu, err = stack.LinkMTU(s.tun); err != nil {
+		if mtu, err = host.LinkMTU(s.tun); err != nil {
 			return cli.Exit(err.Error(), exitRuntime)
 		}
 	}
@@ -180,23 +184,23 @@ func runAction(c *cli.Context) error {
 }
 
 // serve runs the pump and its helpers until ctx ends or the pump fails.
-func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log zerolog.Logger) error {
-	clock := stack.NewClock()
-	clock.Update()
+func serve(ctx context.Context, s runSettings, dev tun.Device, mtu int, log zerolog.Logger) error {
+	clk := clock.New()
+	clk.Update()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	var writeErrs atomic.Uint64
 	write := func(b []byte) { // off the packet loop: netstack and recovery
-		if err := stack.WritePacket(dev, b); err != nil {
+		if err := tun.WritePacket(dev, b); err != nil {
 			writeErrs.Add(1)
 		}
 	}
 	cfg := nat.Config{Services: s.services, Timeouts: s.timeouts, MaxFlows: s.maxFlows}
-	var ns *stack.Netstack
+	var ns *netstack.Stack
 	if len(s.rec.addrs) > 0 {
 		var err error
-		if ns, err = stack.NewNetstack(s.rec.addrs, mtu, write, log); err != nil {
+		if ns, err = netstack.New(s.rec.addrs, mtu, write, log); err != nil {
 			return cli.Exit(err.Error(), exitRuntime)
 		}
 		defer ns.Close()
@@ -211,7 +215,7 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 		eng, err = recovery.New(recovery.Config{
 			Addrs: s.rec.addrs, PortLo: s.rec.portLo, PortHi: s.rec.portHi,
 			WScale: s.rec.wscale, MSS: mss, Timeout: s.rec.timeout, Attempts: 3,
-		}, ns, write, clock, log)
+		}, ns, write, clk, log)
 		if err != nil {
 			return usagef("%v", err)
 		}
@@ -235,7 +239,7 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 	done := make(chan struct{})
 	go func() { // clock: the packet path's only time source
 		defer close(done)
-		clock.Run(ctx, time.Millisecond)
+		clk.Run(ctx, time.Millisecond)
 	}()
 	expired := make(chan struct{})
 	go func() { // expiry: sweeps the flow table a slice at a time
@@ -247,21 +251,25 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				d.Expire(clock.Now(), 10000)
+				d.Expire(clk.Now(), 10000)
 			}
 		}
 	}()
 
-	pump := stack.NewPumps(dev, func() stack.Handler { return &recovery.Handler{D: d} }, ns, clock, log)
-	pump.SetNice(s.nice)
-	stats := func() map[string]any { return statsMap(d.Stats(), pump, writeErrs.Load()) }
-	stopAdmin, err := serveAdmin(ctx, s.adminSocket, (&admin{d: d, pump: pump, clock: clock, stats: stats, log: log}).handler(), log)
+	var stk pump.Stack
+	if ns != nil {
+		stk = ns
+	}
+	pumps := pump.NewPumps(dev, func() pump.Handler { return d }, stk, clk, log)
+	pumps.SetNice(s.nice)
+	stats := func() map[string]any { return statsMap(d.Stats(), pumps, writeErrs.Load()) }
+	stopAdmin, err := serveAdmin(ctx, s.adminSocket, (&admin{d: d, pump: pumps, clock: clk, stats: stats, log: log}).handler(), log)
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
 	defer stopAdmin()
 	if s.metricsAddr != "" {
-		stopMetrics, err := serveMetrics(s.metricsAddr, &collector{d: d, pump: pump, writeErrs: writeErrs.Load}, log)
+		stopMetrics, err := serveMetrics(s.metricsAddr, &collector{d: d, pump: pumps, writeErrs: writeErrs.Load}, log)
 		if err != nil {
 			return cli.Exit(err.Error(), exitRuntime)
 		}
@@ -297,7 +305,7 @@ func serve(ctx context.Context, s runSettings, dev stack.Device, mtu int, log ze
 	}()
 
 	pumpErr := make(chan error, 1)
-	go func() { pumpErr <- pump.Run() }()
+	go func() { pumpErr <- pumps.Run() }()
 
 	logStart(log, s, mtu)
 	// SIGUSR1 logs the counters, as the exit does; SIGHUP reloads --config.
@@ -342,15 +350,15 @@ wait:
 
 // openTUN opens the TUN device, with segmentation and checksum offload
 // (a virtio-net header) when asked and the kernel supports it.
-func openTUN(name string, offload bool, queues int, log zerolog.Logger) (stack.Device, error) {
+func openTUN(name string, offload bool, queues int, log zerolog.Logger) (tun.Device, error) {
 	if offload {
-		dev, err := stack.OpenTUNOffload(name, queues)
+		dev, err := tun.OpenTUNOffload(name, queues)
 		if err == nil {
 			return dev, nil
 		}
 		log.Warn().Err(err).Msg("TUN offload unavailable; using a plain TUN (slower)")
 	}
-	return stack.OpenTUN(name)
+	return tun.OpenTUN(name)
 }
 
 // reload applies a new --config on SIGHUP. A file that does not validate is
@@ -392,7 +400,7 @@ func setChecks(checker *balancer.Checker, d *nat.Director, svcs []*balancer.Serv
 }
 
 // statsMap is every counter, as logged (SIGUSR1, exit) and served (/stats).
-func statsMap(st nat.Stats, pumps stack.Pumps, writeErrs uint64) map[string]any {
+func statsMap(st nat.Stats, pumps pump.Pumps, writeErrs uint64) map[string]any {
 	ps := pumps.Stats()
 	byQueue := make([]uint64, len(pumps))
 	for i, p := range pumps {

@@ -1,16 +1,16 @@
-package stack
+package host
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"holdfast/internal/netnstest"
 	"io"
 	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -18,7 +18,6 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 const (
@@ -37,46 +36,6 @@ var testPrefixes = []netip.Prefix{
 	netip.MustParsePrefix("198.19.255.0/24"),
 }
 
-// enterNetns moves the test's goroutine, locked to its OS thread, into a fresh
-// unnamed network namespace, and back in t.Cleanup. The namespace vanishes when
-// its handle is closed and no thread is left in it.
-func enterNetns(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("get the current network namespace: %v", err)
-	}
-	back := func() {
-		// If the thread cannot get back, leave it locked: the runtime then
-		// discards it with the goroutine instead of reusing a thread stuck in
-		// the test namespace.
-		if err := netns.Set(orig); err != nil {
-			t.Errorf("return to the original network namespace: %v", err)
-			return
-		}
-		runtime.UnlockOSThread()
-	}
-	ns, err := netns.New()
-	if err != nil {
-		back()
-		orig.Close()
-		if errors.Is(err, syscall.EPERM) {
-			t.Skip("needs CAP_SYS_ADMIN: creates a network namespace")
-		}
-		t.Fatalf("create a network namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		back()
-		ns.Close()
-		orig.Close()
-	})
-}
-
 // routesLab is a fresh namespace holding a real-server interface (MTU 1500),
 // another up interface (MTU 1400) and a TUN owned by the test.
 type routesLab struct {
@@ -87,7 +46,7 @@ type routesLab struct {
 
 func newRoutesLab(t *testing.T) *routesLab {
 	t.Helper()
-	enterNetns(t)
+	netnstest.Enter(t)
 	addTestLink(t, testReal, testRealMTU)
 	addTestLink(t, testOther, testOtherMTU)
 

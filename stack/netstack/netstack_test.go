@@ -1,4 +1,4 @@
-package stack
+package netstack
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"holdfast/internal/wire"
+
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -27,7 +29,7 @@ type peer struct {
 	seen chan []byte // every packet the peer received, copied
 }
 
-func newPeer(t *testing.T, addr netip.Addr, n **Netstack) *peer {
+func newPeer(t *testing.T, addr netip.Addr, n **Stack) *peer {
 	t.Helper()
 	s := gstack.New(gstack.Options{
 		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
@@ -62,12 +64,12 @@ func newPeer(t *testing.T, addr netip.Addr, n **Netstack) *peer {
 
 // newPair builds the recovery Netstack on rec wired to a peer playing the
 // real at real.
-func newPair(t *testing.T, rec netip.Addr, real netip.AddrPort) (*Netstack, *peer) {
+func newPair(t *testing.T, rec netip.Addr, real netip.AddrPort) (*Stack, *peer) {
 	t.Helper()
-	var n *Netstack
+	var n *Stack
 	p := newPeer(t, real.Addr(), &n)
 	var err error
-	n, err = NewNetstack([]netip.Addr{rec}, 1500, p.deliver, zerolog.Nop())
+	n, err = New([]netip.Addr{rec}, 1500, p.deliver, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func TestNetstackDialCapturesHandshake(t *testing.T) {
 			local = netip.AddrPortFrom(rec, 20001)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		hs, err := n.Dial(ctx, DialOptions{Local: local, Remote: real, Timestamps: ts, SACK: true, WScale: 7, MSS: 1400})
+		hs, err := n.Dial(ctx, wire.DialOptions{Local: local, Remote: real, Timestamps: ts, SACK: true, WScale: 7, MSS: 1400})
 		cancel()
 		if err != nil {
 			t.Fatalf("ts=%v: dial: %v", ts, err)
@@ -169,7 +171,7 @@ func TestNetstackDialRefused(t *testing.T) {
 	n, _ := newPair(t, rec, real)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := n.Dial(ctx, DialOptions{Local: netip.AddrPortFrom(rec, 20000), Remote: real, Timestamps: true, WScale: 7, MSS: 1460})
+	_, err := n.Dial(ctx, wire.DialOptions{Local: netip.AddrPortFrom(rec, 20000), Remote: real, Timestamps: true, WScale: 7, MSS: 1460})
 	var de *DialError
 	if !errors.As(err, &de) || !de.Refused {
 		t.Fatalf("dial to a closed port: %v, want a refused DialError", err)
@@ -177,7 +179,7 @@ func TestNetstackDialRefused(t *testing.T) {
 }
 
 func TestNetstackInjectOnlyForDials(t *testing.T) {
-	n, err := NewNetstack([]netip.Addr{netip.MustParseAddr("198.18.200.1")}, 1500, func([]byte) {}, zerolog.Nop())
+	n, err := New([]netip.Addr{netip.MustParseAddr("198.18.200.1")}, 1500, func([]byte) {}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,16 +204,16 @@ func isWouldBlock(e tcpip.Error) bool {
 // done is called once, and the tuple is free for a new dial.
 func TestNetstackStartTimeout(t *testing.T) {
 	syns := make(chan struct{}, 16)
-	n, err := NewNetstack([]netip.Addr{netip.MustParseAddr("198.18.200.1")}, 1500, func([]byte) { syns <- struct{}{} }, zerolog.Nop())
+	n, err := New([]netip.Addr{netip.MustParseAddr("198.18.200.1")}, 1500, func([]byte) { syns <- struct{}{} }, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Close)
-	o := DialOptions{Local: netip.MustParseAddrPort("198.18.200.1:20000"), Remote: netip.MustParseAddrPort("198.18.10.11:80"), WScale: 7, MSS: 1460}
+	o := wire.DialOptions{Local: netip.MustParseAddrPort("198.18.200.1:20000"), Remote: netip.MustParseAddrPort("198.18.10.11:80"), WScale: 7, MSS: 1460}
 	const timeout = 300 * time.Millisecond
 	errs := make(chan error, 2)
 	start := time.Now()
-	if _, err := n.Start(o, timeout, func(_ Handshake, err error) { errs <- err }); err != nil {
+	if _, err := n.Start(o, timeout, func(_ wire.Handshake, err error) { errs <- err }); err != nil {
 		t.Fatal(err)
 	}
 	<-syns // the SYN left, into the void
@@ -227,7 +229,7 @@ func TestNetstackStartTimeout(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("dial not ended 5s after its 300ms timeout")
 	}
-	if _, err := n.Start(o, timeout, func(_ Handshake, err error) { errs <- err }); err != nil {
+	if _, err := n.Start(o, timeout, func(_ wire.Handshake, err error) { errs <- err }); err != nil {
 		t.Fatalf("the tuple is still taken after the dial ended: %v", err)
 	}
 	select {

@@ -1,4 +1,8 @@
-package stack
+// Package netstack is the gVisor TCP/IP stack that performs recovery
+// handshakes: it dials a real server from a recovery address, captures the
+// SYN, SYN-ACK and final ACK on its link, and aborts the endpoint. It sees
+// nothing but its own handshakes, and writes nothing after a final ACK.
+package netstack
 
 import (
 	"context"
@@ -10,6 +14,7 @@ import (
 	"time"
 
 	"holdfast/internal/shrink"
+	"holdfast/internal/wire"
 	"holdfast/internal/workq"
 
 	"github.com/rs/zerolog"
@@ -26,7 +31,7 @@ import (
 
 const nicID = 1
 
-// Netstack is a gVisor TCP/IP stack used only to perform recovery handshakes:
+// Stack is a gVisor TCP/IP stack used only to perform recovery handshakes:
 // it dials a real server from a recovery address, the link tap captures the
 // SYN, the SYN-ACK and the final ACK, and the endpoint is aborted right after.
 // From then on the director splices the client's segments into that
@@ -35,7 +40,7 @@ const nicID = 1
 // The stack sees nothing but its own handshakes: Inject accepts a packet only
 // for a dial in progress, and the tap lets nothing out for a tuple once its
 // final ACK has left (so Abort's RST never reaches the real).
-type Netstack struct {
+type Stack struct {
 	s   *gstack.Stack
 	ep  *linkEP
 	out func([]byte) // writes a packet toward the real servers (the TUN)
@@ -56,46 +61,16 @@ type Netstack struct {
 
 type tuple struct{ local, remote netip.AddrPort }
 
-// DialOptions describe one recovery handshake.
-type DialOptions struct {
-	Local      netip.AddrPort // recovery address and a port reserved by the caller
-	Remote     netip.AddrPort // the real server
-	Timestamps bool           // offer TCP timestamps in the SYN (only if the client uses them)
-	SACK       bool           // offer SACK in the SYN (not if the client did not negotiate it)
-	WScale     int            // window scale shift to advertise, 0..14
-	MSS        int            // MSS to advertise
-}
-
-// Handshake is what the tap captured. Sequence numbers and timestamps are raw
-// wire values.
-type Handshake struct {
-	ISS       uint32 // our SYN's sequence number
-	SynTSval  uint32 // our SYN's TSval (0 if timestamps were not offered)
-	OurWScale int    // window scale we advertised (-1: none)
-
-	IRS           uint32 // the real's SYN-ACK sequence number
-	TS            bool   // timestamps negotiated
-	SynAckTSval   uint32
-	SynAckTSecr   uint32
-	PeerWScale    int // the real's window scale (-1: none)
-	PeerMSS       int
-	SACKPermitted bool
-
-	// The final ACK of the handshake, sent by the director.
-	AckSeq, AckAck     uint32
-	AckTSval, AckTSecr uint32
-	AckWindow          uint16
-}
-
 type dial struct {
 	t      tuple
-	opts   DialOptions
-	hs     Handshake
+	opts   wire.DialOptions
+	hs     wire.Handshake
 	synAck bool
 	// Once captured or ended, nothing more leaves for the tuple (the tap
 	// drops it): Abort's RST must never reach the real. Once the dial is
 	// gone from dials, nothing leaves for the tuple either.
-	captured bool  // the final ACK has left: the dial succeeded
+	captured bool  // the final ACK is leaving: the dial succeeded
+	sending  bool  // the tap is writing the final ACK: settle waits for it
 	cause    error // why the dial was ended early (timeout, cancel)
 	ended    bool  // done was called (or is being called)
 
@@ -103,17 +78,17 @@ type dial struct {
 	wq       waiter.Queue
 	we       waiter.Entry
 	deadline time.Time // zero: none; see reap
-	done     func(Handshake, error)
+	done     func(wire.Handshake, error)
 }
 
-// NewNetstack builds the stack with the recovery addresses on one NIC whose
+// New builds the stack with the recovery addresses on one NIC whose
 // packets go to out. mtu is the TUN's MTU.
-func NewNetstack(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logger) (*Netstack, error) {
+func New(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logger) (*Stack, error) {
 	s := gstack.New(gstack.Options{
 		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
 	})
-	n := &Netstack{
+	n := &Stack{
 		s:        s,
 		out:      out,
 		log:      log,
@@ -159,7 +134,7 @@ const settleWorkers = 2
 
 // Close stops the stack. Dials still in progress never end: callers end
 // theirs first.
-func (n *Netstack) Close() {
+func (n *Stack) Close() {
 	close(n.stop)
 	n.workers.Wait()
 	n.s.Close()
@@ -168,7 +143,7 @@ func (n *Netstack) Close() {
 
 // Stray counts packets the tap dropped: anything the stack sent that was not
 // part of a handshake in progress (RSTs after Abort, retransmissions).
-func (n *Netstack) Stray() uint64 { return n.stray.Load() }
+func (n *Stack) Stray() uint64 { return n.stray.Load() }
 
 // rcvBufForShift is the receive buffer that makes gVisor advertise shift s
 // (tcp.FindWndScale: the smallest shift that fits the buffer in 16 bits).
@@ -181,15 +156,15 @@ func rcvBufForShift(s int) int64 {
 
 // Dial performs one recovery handshake and returns what it captured (see
 // Start). ctx ends it early.
-func (n *Netstack) Dial(ctx context.Context, o DialOptions) (Handshake, error) {
+func (n *Stack) Dial(ctx context.Context, o wire.DialOptions) (wire.Handshake, error) {
 	type result struct {
-		hs  Handshake
+		hs  wire.Handshake
 		err error
 	}
 	ch := make(chan result, 1)
-	cancel, err := n.Start(o, 0, func(hs Handshake, err error) { ch <- result{hs, err} })
+	cancel, err := n.Start(o, 0, func(hs wire.Handshake, err error) { ch <- result{hs, err} })
 	if err != nil {
-		return Handshake{}, err
+		return wire.Handshake{}, err
 	}
 	select {
 	case r := <-ch:
@@ -208,7 +183,7 @@ func (n *Netstack) Dial(ctx context.Context, o DialOptions) (Handshake, error) {
 // context.DeadlineExceeded); cancel ends it early with cause (unless the
 // handshake completed first). An error from Start itself means done will
 // not be called.
-func (n *Netstack) Start(o DialOptions, timeout time.Duration, done func(Handshake, error)) (cancel func(cause error), err error) {
+func (n *Stack) Start(o wire.DialOptions, timeout time.Duration, done func(wire.Handshake, error)) (cancel func(cause error), err error) {
 	d := &dial{t: tuple{o.Local, o.Remote}, opts: o, done: done}
 	n.mu.Lock()
 	if _, busy := n.dials[d.t]; busy {
@@ -261,7 +236,7 @@ func (n *Netstack) Start(o DialOptions, timeout time.Duration, done func(Handsha
 }
 
 // end ends d early with cause, unless it ended already.
-func (n *Netstack) end(d *dial, cause error) {
+func (n *Stack) end(d *dial, cause error) {
 	n.mu.Lock()
 	if d.cause == nil {
 		d.cause = cause
@@ -271,7 +246,7 @@ func (n *Netstack) end(d *dial, cause error) {
 }
 
 // forget removes d from the dials in progress.
-func (n *Netstack) forget(d *dial) {
+func (n *Stack) forget(d *dial) {
 	n.mu.Lock()
 	if n.dials[d.t] == d {
 		n.dials = shrink.Delete(n.dials, d.t)
@@ -281,14 +256,17 @@ func (n *Netstack) forget(d *dial) {
 
 // enqueue asks a worker to settle d. It never blocks: the tap calls it from
 // inside the stack.
-func (n *Netstack) enqueue(d *dial) { n.settling.Push(d) }
+func (n *Stack) enqueue(d *dial) { n.settling.Push(d) }
 
 // settle ends d if it is over: the final ACK left (success), it was ended
 // early, or the endpoint failed. Otherwise (an early writable event) the
 // dial goes on.
-func (n *Netstack) settle(d *dial) {
+func (n *Stack) settle(d *dial) {
 	n.mu.Lock()
-	if d.ended {
+	if d.ended || d.sending {
+		// Ended, or the final ACK is still being written: the tap
+		// enqueues d again once it is out, so that nothing (the parked
+		// segments) reaches the real before it.
 		n.mu.Unlock()
 		return
 	}
@@ -310,8 +288,11 @@ func (n *Netstack) settle(d *dial) {
 		}
 	}
 	n.mu.Lock()
-	if d.ended {
+	if d.ended || d.sending || d.captured != captured {
 		n.mu.Unlock()
+		if !d.ended {
+			n.enqueue(d) // captured meanwhile: decide again
+		}
 		return
 	}
 	d.ended = true
@@ -331,7 +312,7 @@ func (n *Netstack) settle(d *dial) {
 const reapEvery = 100 * time.Millisecond
 
 // reap ends the dials that ran past their deadline.
-func (n *Netstack) reap() {
+func (n *Stack) reap() {
 	t := time.NewTicker(reapEvery)
 	defer t.Stop()
 	var late []*dial
@@ -373,12 +354,18 @@ func (e *DialError) Error() string {
 	return fmt.Sprintf("recovery dial %s -> %s: %v", e.Local, e.Remote, e.Err)
 }
 
-func (e *DialError) Unwrap() error { return e.Err }
+// Unwrap gives the cause, and wire.ErrRefused for a refused dial.
+func (e *DialError) Unwrap() []error {
+	if e.Refused {
+		return []error{e.Err, wire.ErrRefused}
+	}
+	return []error{e.Err}
+}
 
 // Inject hands a packet from a real to the stack if it belongs to a dial in
 // progress, and reports whether it did. pkt is copied; a partial checksum
 // (virtio-net NEEDS_CSUM) is completed first, as gVisor verifies it.
-func (n *Netstack) Inject(pkt []byte, partial bool) bool {
+func (n *Stack) Inject(pkt []byte, partial bool) bool {
 	ip := header.IPv4(pkt)
 	if !ip.IsValid(len(pkt)) || ip.TransportProtocol() != header.TCPProtocolNumber {
 		return false
@@ -426,7 +413,7 @@ func (n *Netstack) Inject(pkt []byte, partial bool) bool {
 // every outbound packet instead of queueing it.
 type linkEP struct {
 	*channel.Endpoint
-	n *Netstack
+	n *Stack
 }
 
 // WritePackets is called synchronously by the stack for each outbound packet.
@@ -443,8 +430,10 @@ func (e *linkEP) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 
 // tap decides one outbound packet of the stack: a SYN of a dial in progress
 // (timestamps stripped if the client has none), the final ACK (captured, and
-// the tuple silenced in the same step), or anything else (dropped).
-func (n *Netstack) tap(b []byte) {
+// the tuple silenced in the same step), or anything else (dropped). The
+// decision is made under n.mu; the write to the device is not (the pump's
+// Inject takes n.mu too, and a device write may block).
+func (n *Stack) tap(b []byte) {
 	ip := header.IPv4(b)
 	if !ip.IsValid(len(b)) || ip.TransportProtocol() != header.TCPProtocolNumber {
 		n.stray.Add(1)
@@ -456,12 +445,13 @@ func (n *Netstack) tap(b []byte) {
 		remote: netip.AddrPortFrom(netip.AddrFrom4(ip.DestinationAddress().As4()), tcph.DestinationPort()),
 	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	d := n.dials[t]
 	if d == nil || d.captured || d.ended {
+		n.mu.Unlock()
 		n.stray.Add(1)
 		return
 	}
+	var captured *dial
 	f := tcph.Flags()
 	switch {
 	case f&header.TCPFlagSyn != 0 && f&header.TCPFlagAck == 0:
@@ -479,12 +469,19 @@ func (n *Netstack) tap(b []byte) {
 		d.hs.AckSeq, d.hs.AckAck = tcph.SequenceNumber(), tcph.AckNumber()
 		d.hs.AckTSval, d.hs.AckTSecr = o.TSVal, o.TSEcr
 		d.hs.AckWindow = tcph.WindowSize()
-		d.captured = true
-		n.out(b)
-		n.enqueue(d)
-		return
+		// Silenced in the same step that lets the final ACK out: nothing
+		// the stack sends for the tuple after it (Abort's RST) leaves.
+		d.captured, d.sending = true, true
+		captured = d
 	}
+	n.mu.Unlock()
 	n.out(b)
+	if captured != nil {
+		n.mu.Lock()
+		captured.sending = false
+		n.mu.Unlock()
+		n.enqueue(captured)
+	}
 }
 
 // stripOptions replaces the timestamp and/or SACK-permitted options of a SYN

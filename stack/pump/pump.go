@@ -1,65 +1,35 @@
-package stack
+// Package pump moves packets between a tun.Device and a Handler: one goroutine
+// per device queue, locked to its OS thread, buffers allocated once, the
+// handler's verdicts applied (written back, handed to the recovery
+// netstack, or dropped). It knows nothing of NAT: the Handler decides.
+package pump
 
 import (
-	"context"
-	"errors"
 	"runtime"
 	"sync/atomic"
-	"time"
+
+	"holdfast/internal/clock"
+	"holdfast/internal/wire"
+	"holdfast/stack/tun"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
 
-// Action is what the pump does with a packet after its Handler.
-type Action uint8
-
-// Actions.
-const (
-	Nothing  Action = iota // dropped, or kept by the handler (a copy)
-	Write                  // write out back, with the packet's virtio-net header
-	WriteNew               // write out back, a new packet: plain virtio-net header
-	ToStack                // hand the packet to the Netstack
-)
-
 // Handler decides a batch of packets. For each pkts[i] it may rewrite it in
-// place and sets acts[i] and, for Write and WriteNew, outs[i]: the bytes to
-// write (a sub-slice of pkts[i] starting where it starts). partial[i] says the
-// packet's TCP/UDP checksum is only the pseudo-header sum (virtio-net
-// NEEDS_CSUM). The packets are lent for the duration of the call: a Handler
-// must not retain them.
+// place and sets verdicts[i] and, for Forward and Reset, outs[i]: the bytes
+// to write (a sub-slice of pkts[i] starting where it starts). partial[i]
+// says the packet's TCP/UDP checksum is only the pseudo-header sum
+// (virtio-net NEEDS_CSUM). The packets are lent for the duration of the
+// call: a Handler must not retain them. nat.Director is one.
 type Handler interface {
-	HandleBatch(pkts [][]byte, partial []bool, now int64, acts []Action, outs [][]byte)
+	HandleBatch(pkts [][]byte, partial []bool, now int64, verdicts []wire.Verdict, outs [][]byte)
 }
 
-// Clock is a coarse monotonic clock in nanoseconds, advanced by a ticker so
-// that the packet path never calls time.Now.
-type Clock struct {
-	start time.Time
-	ns    atomic.Int64
-}
-
-// NewClock returns a clock reading 0 now; call Run to keep it moving.
-func NewClock() *Clock { return &Clock{start: time.Now()} }
-
-// Now returns the last tick, in nanoseconds since the clock was created.
-func (c *Clock) Now() int64 { return c.ns.Load() }
-
-// Update sets the clock to the current time.
-func (c *Clock) Update() { c.ns.Store(int64(time.Since(c.start))) }
-
-// Run advances the clock every resolution until ctx ends.
-func (c *Clock) Run(ctx context.Context, resolution time.Duration) {
-	t := time.NewTicker(resolution)
-	defer t.Stop()
-	for {
-		c.Update()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+// Stack receives the packets a Handler sends to the recovery netstack
+// (netstack.Netstack is one). Inject copies what it keeps.
+type Stack interface {
+	Inject(pkt []byte, partial bool) bool
 }
 
 // PumpStats counts what the pump did.
@@ -74,12 +44,12 @@ type PumpStats struct {
 // Lifetime: Run is one goroutine, owned by the caller; it returns when the
 // device is closed or fails. Buffers are allocated once and reused.
 type Pump struct {
-	dev   Device
+	dev   tun.Device
 	h     Handler
-	clock *Clock
+	clock *clock.Clock
 	log   zerolog.Logger
-	ns    *Netstack // may be nil: then toStack packets are dropped
-	nice  int       // the packet thread's nice value while Run runs (0: leave it)
+	ns    Stack // may be nil: then ToStack packets are dropped
+	nice  int   // the packet thread's nice value while Run runs (0: leave it)
 
 	read, written, writeErrs atomic.Uint64
 }
@@ -87,8 +57,8 @@ type Pump struct {
 // NewPump returns a pump (its buffers hold any packet the device delivers,
 // GSO ones included). ns, if not nil,
 // receives the packets the Handler sends to the stack.
-func NewPump(dev Device, h Handler, ns *Netstack, clock *Clock, log zerolog.Logger) *Pump {
-	return &Pump{dev: dev, h: h, ns: ns, clock: clock, log: log}
+func NewPump(dev tun.Device, h Handler, ns Stack, clk *clock.Clock, log zerolog.Logger) *Pump {
+	return &Pump{dev: dev, h: h, ns: ns, clock: clk, log: log}
 }
 
 // Stats returns the pump's counters.
@@ -119,12 +89,12 @@ func (p *Pump) Run() error {
 	out := make([][]byte, 0, batch)
 	pkts := make([][]byte, batch)
 	partial := make([]bool, batch)
-	acts := make([]Action, batch)
+	verdicts := make([]wire.Verdict, batch)
 	outs := make([][]byte, batch)
 	for {
 		n, err := p.dev.Read(bufs, sizes, hdr)
 		if err != nil {
-			if errors.Is(err, ErrClosed) || isClosedErr(err) {
+			if tun.IsClosed(err) {
 				return nil
 			}
 			return err
@@ -133,19 +103,19 @@ func (p *Pump) Run() error {
 		now := p.clock.Now()
 		for i := 0; i < n; i++ {
 			pkts[i] = bufs[i][hdr : hdr+sizes[i]]
-			partial[i] = hdr > 0 && bufs[i][0]&vnetNeedsCsum != 0
+			partial[i] = tun.NeedsCsum(bufs[i][:hdr])
 		}
-		p.h.HandleBatch(pkts[:n], partial[:n], now, acts[:n], outs[:n])
+		p.h.HandleBatch(pkts[:n], partial[:n], now, verdicts[:n], outs[:n])
 		out = out[:0]
 		for i := 0; i < n; i++ {
 			b := bufs[i]
-			switch acts[i] {
-			case Write:
+			switch verdicts[i] {
+			case wire.Forward:
 				out = append(out, b[:hdr+len(outs[i])])
-			case WriteNew:
+			case wire.Reset: // a new packet: plain virtio-net header
 				clear(b[:hdr])
 				out = append(out, b[:hdr+len(outs[i])])
-			case ToStack:
+			case wire.ToStack:
 				if p.ns != nil {
 					p.ns.Inject(pkts[i], partial[i])
 				}
@@ -158,7 +128,7 @@ func (p *Pump) Run() error {
 		w, err := p.dev.Write(out, hdr)
 		p.written.Add(uint64(w))
 		if err != nil {
-			if errors.Is(err, ErrClosed) || isClosedErr(err) {
+			if tun.IsClosed(err) {
 				return nil
 			}
 			// The kernel refuses single packets (EINVAL, ENOBUFS); the
@@ -176,10 +146,10 @@ type Pumps []*Pump
 
 // NewPumps returns a pump for each of dev's queues (see Queues), each with
 // its own Handler from newHandler.
-func NewPumps(dev Device, newHandler func() Handler, ns *Netstack, clock *Clock, log zerolog.Logger) Pumps {
+func NewPumps(dev tun.Device, newHandler func() Handler, ns Stack, clk *clock.Clock, log zerolog.Logger) Pumps {
 	var ps Pumps
-	for i, q := range Queues(dev) {
-		ps = append(ps, NewPump(q, newHandler(), ns, clock, log.With().Int("queue", i).Logger()))
+	for i, q := range tun.Queues(dev) {
+		ps = append(ps, NewPump(q, newHandler(), ns, clk, log.With().Int("queue", i).Logger()))
 	}
 	return ps
 }

@@ -1,8 +1,9 @@
-package stack
+package tun
 
 import (
 	"errors"
 	"fmt"
+	"holdfast/internal/netnstest"
 	"os"
 	"runtime"
 	"strings"
@@ -20,13 +21,13 @@ func TestOffloadCloseWakesRead(t *testing.T) {
 	for _, queues := range []int{1, 2} {
 		for _, up := range []bool{true, false} {
 			t.Run(fmt.Sprintf("queues=%d/up=%v", queues, up), func(t *testing.T) {
-				enterNetns(t)
-				dev, err := OpenTUNOffload(testTUN, queues)
+				netnstest.Enter(t)
+				dev, err := OpenTUNOffload("hf0", queues)
 				if err != nil {
 					t.Fatal(err)
 				}
 				if up {
-					l, err := netlink.LinkByName(testTUN)
+					l, err := netlink.LinkByName("hf0")
 					if err != nil {
 						t.Fatal(err)
 					}

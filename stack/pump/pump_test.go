@@ -1,6 +1,9 @@
-package stack
+package pump
 
 import (
+	"holdfast/internal/clock"
+	"holdfast/internal/wire"
+	"holdfast/stack/tun/tuntest"
 	"os"
 	"testing"
 	"time"
@@ -13,11 +16,11 @@ import (
 // thread's nice value, then drops the packet.
 type threadProbe struct{ seen chan [2]int }
 
-func (h threadProbe) HandleBatch(pkts [][]byte, _ []bool, _ int64, acts []Action, _ [][]byte) {
+func (h threadProbe) HandleBatch(pkts [][]byte, _ []bool, _ int64, vs []wire.Verdict, _ [][]byte) {
 	tid := unix.Gettid()
 	raw, _ := unix.Getpriority(unix.PRIO_PROCESS, tid)
 	for i := range pkts {
-		acts[i] = Nothing
+		vs[i] = wire.Drop
 	}
 	h.seen <- [2]int{tid, 20 - raw}
 }
@@ -32,9 +35,9 @@ func TestPumpNice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := NewMemDevice("mem0", 4)
+	dev := tuntest.NewMemDevice("mem0", 4)
 	probe := threadProbe{seen: make(chan [2]int, 4)}
-	ps := NewPumps(dev, func() Handler { return probe }, nil, NewClock(), zerolog.Nop())
+	ps := NewPumps(dev, func() Handler { return probe }, nil, clock.New(), zerolog.Nop())
 	ps.SetNice(-7)
 	done := make(chan error, 1)
 	go func() { done <- ps.Run() }()
