@@ -1,21 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"syscall"
 	"time"
 
 	"holdfast/balancer"
 	"holdfast/internal/clock"
+	"holdfast/internal/unixhttp"
 	"holdfast/nat"
 	"holdfast/stack/pump"
 
@@ -156,100 +152,30 @@ func (a *admin) removeEverywhere(addr netip.AddrPort, rehome bool) error {
 	return nil
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v) //nolint:errcheck // the client went away
-}
+func writeJSON(w http.ResponseWriter, v any) { unixhttp.WriteJSON(w, v) }
 
-// serveAdmin listens on the unix socket path (mode 0600, owned by the
-// running user) until ctx ends. A socket file left by a killed run is
-// replaced; one in use by a live director is an error.
-func serveAdmin(ctx context.Context, path string, h http.Handler, log zerolog.Logger) (func(), error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("--admin-socket %s: %w", path, err)
-	}
-	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
-		c.Close()
+// serveAdmin serves h on the unix socket path until the returned stop.
+func serveAdmin(path string, h http.Handler, log zerolog.Logger) (func(), error) {
+	stop, err := unixhttp.Serve(path, h, log)
+	switch {
+	case errors.Is(err, unixhttp.ErrInUse):
 		return nil, fmt.Errorf("--admin-socket %s: another holdfast is listening there (use another --tun or --admin-socket)", path)
+	case err != nil:
+		return nil, fmt.Errorf("--admin-socket: %w", err)
 	}
-	os.Remove(path) // a leftover of a killed run
-	old := syscall.Umask(0o077)
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("--admin-socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("--admin-socket %s: %w", path, err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan struct{})
-	go func() { // admin: serves until stopped
-		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error().Err(err).Msg("admin socket")
-		}
-	}()
-	return func() {
-		// Let answers in progress finish (lab down answers, then stops).
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if srv.Shutdown(sctx) != nil {
-			srv.Close()
-		}
-		<-done
-		os.Remove(path)
-	}, nil
+	return stop, nil
 }
 
 // adminClient talks to a running director's admin socket.
-type adminClient struct {
-	path string
-	http *http.Client
-}
+type adminClient struct{ *unixhttp.Client }
 
-func newAdminClient(path string) *adminClient {
-	return &adminClient{path: path, http: &http.Client{
-		Timeout: 10 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}},
-	}}
-}
+func newAdminClient(path string) *adminClient { return &adminClient{unixhttp.NewClient(path)} }
 
 // do sends a request and decodes the JSON answer into out.
 func (c *adminClient) do(method, url string, body, out any) error {
-	var req *http.Request
-	var err error
-	if body != nil {
-		b, _ := json.Marshal(body)
-		req, err = http.NewRequest(method, "http://holdfast"+url, bytes.NewReader(b))
-	} else {
-		req, err = http.NewRequest(method, "http://holdfast"+url, nil)
+	err := c.Do(context.Background(), method, url, body, out)
+	if errors.Is(err, unixhttp.ErrUnreachable) {
+		return fmt.Errorf("%w (is holdfast run --tun ... running? see --admin-socket)", err)
 	}
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("admin socket %s: %w (is holdfast run --tun ... running? see --admin-socket)", c.path, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var msg [512]byte
-		n, _ := resp.Body.Read(msg[:])
-		return errors.New(string(trimNL(msg[:n])))
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
-}
-
-func trimNL(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
-		b = b[:len(b)-1]
-	}
-	return b
+	return err
 }

@@ -129,7 +129,7 @@ func labUp(c *cli.Context) error {
 			}
 		}
 	}
-	stopSock, err := serveAdmin(ctx, labSocket, s.handler(), newQuietLogger())
+	stopSock, err := serveAdmin(labSocket, s.handler(), newQuietLogger())
 	if err != nil {
 		return cli.Exit("holdfast lab up: "+err.Error(), exitRuntime)
 	}
@@ -301,7 +301,7 @@ func labRequest(c *cli.Context, path string) error {
 	cl := newAdminClient(labSocket)
 	if path == "/down" {
 		// The supervisor answers once it has torn the lab down.
-		cl.http.Timeout = labDownTimeout
+		cl.HTTP.Timeout = labDownTimeout
 	}
 	var st labStatus
 	err := cl.do(method, path, struct{}{}, &st)

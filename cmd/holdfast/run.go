@@ -263,7 +263,7 @@ func serve(ctx context.Context, s runSettings, dev tun.Device, mtu int, log zero
 	pumps := pump.NewPumps(dev, func() pump.Handler { return d }, stk, clk, log)
 	pumps.SetNice(s.nice)
 	stats := func() map[string]any { return statsMap(d.Stats(), pumps, writeErrs.Load()) }
-	stopAdmin, err := serveAdmin(ctx, s.adminSocket, (&admin{d: d, pump: pumps, clock: clk, stats: stats, log: log}).handler(), log)
+	stopAdmin, err := serveAdmin(s.adminSocket, (&admin{d: d, pump: pumps, clock: clk, stats: stats, log: log}).handler(), log)
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
