@@ -28,9 +28,17 @@ unit:
 integration:
 	$(GO) test -race -count=1 -timeout 30m -v ./integration/...
 
+# gofmt, vet, a tidy go.mod, staticcheck and deadcode (pinned; fetched from
+# the module proxy on first use).
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+DEADCODE    ?= golang.org/x/tools/cmd/deadcode@v0.52.0
+
 lint:
 	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt: $$fmt"; exit 1; fi
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+	$(GO) run $(STATICCHECK) ./...
+	@dead=$$($(GO) run $(DEADCODE) -test ./...); if [ -n "$$dead" ]; then echo "$$dead"; exit 1; fi
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzHandle -fuzztime $(FUZZTIME) ./nat/
