@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 	"holdfast/nat/nattest"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // Failover tests (issue 3): two directors, a router, three reals and a client

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // requireRoot skips t unless it runs as root.

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // TestKeepAlive: 50 keep-alive connections carry 100 requests each through

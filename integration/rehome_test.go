@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // Backend failure tests (issue 7): connections on a real that dies or is

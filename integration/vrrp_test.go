@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // VRRP failover tests (issue 4, item 3): the failover tests of

@@ -9,7 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 
 	"github.com/mattn/go-isatty"
 	"github.com/urfave/cli/v2"

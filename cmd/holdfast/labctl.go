@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 
 	"github.com/urfave/cli/v2"
 )

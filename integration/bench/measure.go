@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // clockTicks is USER_HZ, the unit of /proc/stat and /proc/PID/stat times:

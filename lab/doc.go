@@ -10,8 +10,11 @@
 // servers it runs; Close removes all of it, also after a build that failed
 // half-way.
 //
-// The package must not import "testing": the integration tests wrap it
-// (integration/harness_test.go) and the `holdfast lab` commands reuse it.
+// Two users: the `holdfast lab` subcommands (cmd/holdfast/lab.go: demo, up,
+// status, failover, down) and the integration tests (integration/, which
+// wrap it in integration/harness_test.go, and integration/bench). It is the
+// one lab package the product binary links, for the lab subcommand, so it
+// must not import "testing" or any test helper.
 //
 // With Options.VRRP the directors share the router's segment and keepalived
 // (one per director namespace) moves the floating next-hop and the reals'
