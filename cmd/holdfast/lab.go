@@ -41,6 +41,27 @@ var (
 	labVRRPFlag  = &cli.BoolFlag{Name: "vrrp", Usage: "keepalived (VRRP) in each director namespace moves the routes, as in a real deployment"}
 )
 
+// unprivileged wraps the Action of a `holdfast lab` subcommand: run as an
+// ordinary user, the action runs in a re-executed child inside new user,
+// network and mount namespaces (lab.ReexecUnprivileged), and this process
+// exits with the child's status. As root, or in the child, it runs action.
+func unprivileged(action cli.ActionFunc) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		reexec, code, err := lab.ReexecUnprivileged(os.Args)
+		if err != nil {
+			return cli.Exit(c.Command.HelpName+": "+err.Error(), exitRuntime)
+		}
+		if reexec {
+			if code == 0 {
+				return nil
+			}
+			// The child has said what went wrong.
+			return cli.Exit("", code)
+		}
+		return action(c)
+	}
+}
+
 func labDemoCommand() *cli.Command {
 	return &cli.Command{
 		Name:         "demo",
