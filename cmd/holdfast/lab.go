@@ -22,9 +22,9 @@ func labCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			labDemoCommand(),
 			labUpCommand(),
-			labSimpleCommand("status", "show the lab's topology, the active director and flow counts", "/status"),
-			labSimpleCommand("failover", "kill the active director (SIGKILL), move the routes to the other, restart the killed one as standby", "/failover"),
-			labSimpleCommand("down", "tear the lab down (also a lab whose `lab up` was killed)", "/down"),
+			labSimpleCommand(lab.AskStatus, "show the lab's topology, the active director and flow counts"),
+			labSimpleCommand(lab.AskFailover, "kill the active director (SIGKILL), move the routes to the other, restart the killed one as standby"),
+			labSimpleCommand(lab.AskDown, "tear the lab down (also a lab whose `lab up` was killed)"),
 		},
 		OnUsageError: usageError,
 	}
