@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"holdfast/internal/unixhttp"
 )
 
 // HoldfastArgs is `holdfast run` for director d with the lab's plumbing:
@@ -53,20 +54,21 @@ func isMessage(l Line, msg string) bool {
 	return json.Unmarshal([]byte(l.Text), &m) == nil && m.Message == msg
 }
 
-// DirectorStats is the director's counters line (SIGUSR1, and at exit).
+// DirectorStats are the counters of a running director that the lab and
+// the integration tests read (ReadStats).
 type DirectorStats struct {
-	Flows           int               `json:"flows"`
-	FlowsCreated    int               `json:"flows_created"`
-	RecoveryStarted int               `json:"recovery_started"`
-	Recovered       int               `json:"recovered"`
-	Adopted         int               `json:"adopted"`
-	AdoptAborts     int               `json:"adopt_aborts"`
-	ClientResets    int               `json:"client_resets"`
-	StaleFlows      int               `json:"stale_flows"`
-	OldRealResets   int               `json:"old_real_resets"`
-	RecoveryFailed  map[string]int    `json:"recovery_failed"`
-	Drops           map[string]uint64 `json:"drops"`
-	ReadByQueue     []uint64          `json:"packets_read_by_queue"`
+	Flows           int               // live flows, of every kind and state
+	FlowsCreated    int               // flows created
+	RecoveryStarted int               // recoveries started
+	Recovered       int               // recoveries that installed a flow
+	Adopted         int               // flows adopted from a real's packet
+	AdoptAborts     int               // recovery dials abandoned because the original real spoke
+	ClientResets    int               // RSTs sent to clients whose recovery failed
+	StaleFlows      int               // flows found stale
+	OldRealResets   int               // RSTs sent to a real whose connection was recovered elsewhere
+	RecoveryFailed  map[string]int    // failed recoveries by reason
+	Drops           map[string]uint64 // dropped packets by reason
+	ReadByQueue     []uint64          // packets read, by TUN queue (index = queue number)
 }
 
 // Failed is the number of recoveries that failed, whatever the reason.
@@ -78,37 +80,76 @@ func (s DirectorStats) Failed() int {
 	return n
 }
 
-// ReadStats asks a running director for its counters (SIGUSR1) and returns
-// the line it logs in answer.
-func ReadStats(ctx context.Context, p *Proc) (DirectorStats, error) {
-	before := 0
-	for _, l := range p.Lines() {
-		if isMessage(l, "counters") {
-			before++
-		}
-	}
-	if err := p.Signal(syscall.SIGUSR1); err != nil {
-		return DirectorStats{}, fmt.Errorf("SIGUSR1 to %s: %w", p.Name, err)
-	}
-	seen := 0
-	l, err := p.WaitForLine(ctx, func(l Line) bool {
-		if isMessage(l, "counters") {
-			seen++
-			return seen > before
-		}
-		return false
-	})
+// ReadStats reads director d's counters from its admin API: GET /stats on
+// AdminSocket(d), bounded by ctx.
+func ReadStats(ctx context.Context, d *Director) (DirectorStats, error) {
+	s, err := readStats(ctx, AdminSocket(d))
 	if err != nil {
-		return DirectorStats{}, err
+		return s, fmt.Errorf("director %s: %w", d.Label, err)
 	}
-	return ParseStats(l.Text)
+	return s, nil
 }
 
-// ParseStats reads a counters (or stopped) log line.
-func ParseStats(line string) (DirectorStats, error) {
-	var s DirectorStats
-	if err := json.Unmarshal([]byte(line), &s); err != nil {
-		return s, fmt.Errorf("director counters %q: %w", line, err)
+func readStats(ctx context.Context, socket string) (DirectorStats, error) {
+	var raw json.RawMessage
+	if err := unixhttp.NewClient(socket).Do(ctx, "GET", "/stats", nil, &raw); err != nil {
+		return DirectorStats{}, fmt.Errorf("GET /stats: %w", err)
+	}
+	return decodeStats(raw)
+}
+
+// decodeStats reads the /stats object: one key per counter, the Prometheus
+// name without "holdfast_"; a counter with one label is an object by label
+// value, one with several labels an object keyed by the values joined with
+// "/" (flows: "kind/state"). Every key DirectorStats needs must be there: a
+// renamed counter is an error here, not a silent zero in a test.
+func decodeStats(data []byte) (DirectorStats, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return DirectorStats{}, fmt.Errorf("director stats %.200q: %w", data, err)
+	}
+	var (
+		s       DirectorStats
+		flows   map[string]int
+		byQueue map[string]uint64
+	)
+	fields := []struct {
+		key string
+		dst any
+	}{
+		{"flows", &flows},
+		{"flows_created_total", &s.FlowsCreated},
+		{"recoveries_started_total", &s.RecoveryStarted},
+		{"recoveries_succeeded_total", &s.Recovered},
+		{"adoptions_total", &s.Adopted},
+		{"adoption_aborted_dials_total", &s.AdoptAborts},
+		{"client_resets_total", &s.ClientResets},
+		{"stale_flows_total", &s.StaleFlows},
+		{"old_real_resets_total", &s.OldRealResets},
+		{"recoveries_failed_total", &s.RecoveryFailed},
+		{"drops_total", &s.Drops},
+		{"device_queue_packets_read_total", &byQueue},
+	}
+	for _, f := range fields {
+		v, ok := m[f.key]
+		if !ok {
+			return DirectorStats{}, fmt.Errorf("director stats: no %q", f.key)
+		}
+		if err := json.Unmarshal(v, f.dst); err != nil {
+			return DirectorStats{}, fmt.Errorf("director stats: %s: %w", f.key, err)
+		}
+	}
+	for _, n := range flows {
+		s.Flows += n
+	}
+	// Queues are numbered 0..N-1: a gap means the contract changed.
+	s.ReadByQueue = make([]uint64, len(byQueue))
+	for q, n := range byQueue {
+		i, err := strconv.Atoi(q)
+		if err != nil || i < 0 || i >= len(byQueue) || strconv.Itoa(i) != q {
+			return DirectorStats{}, fmt.Errorf("director stats: device_queue_packets_read_total: queue %q of %d, want 0..%d", q, len(byQueue), len(byQueue)-1)
+		}
+		s.ReadByQueue[i] = n
 	}
 	return s, nil
 }

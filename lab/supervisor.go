@@ -217,7 +217,7 @@ func (s *Supervisor) Status(ctx context.Context) Status {
 			default:
 				ds.Running, ds.PID = true, p.PID()
 				rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-				if c, err := ReadStats(rctx, p); err == nil {
+				if c, err := ReadStats(rctx, d); err == nil {
 					ds.Flows, ds.Recovered, ds.Adopted = c.Flows, c.Recovered, c.Adopted
 				}
 				cancel()
