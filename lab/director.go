@@ -5,16 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 
 	"holdfast/internal/unixhttp"
 )
 
 // HoldfastArgs is `holdfast run` for director d with the lab's plumbing:
-// TUN hf0, routes set up on its real-server side, JSON logs, the shared
-// recovery address, d's own recovery port range (--director-id) and admin
-// socket. extra
-// follows (services, scheduler, reals; a later --recovery=off wins).
+// TUN hf0, routes set up on its real-server side, JSON logs (for the tests
+// that look for an operator's message), the shared recovery address, d's
+// own recovery port range (--director-id) and admin socket. extra follows
+// (services, scheduler, reals; a later --recovery=off wins).
 func HoldfastArgs(d *Director, extra ...string) []string {
 	return append([]string{"run", "--tun", "hf0", "--setup-routes", "--real-iface", d.RSIface, "--log-format", "json",
 		"--recovery-addr", RecoveryAddr.String(), "--director-id", strconv.Itoa(d.ID),
@@ -27,31 +26,15 @@ func HoldfastArgs(d *Director, extra ...string) []string {
 func AdminSocket(d *Director) string { return "/run/holdfast/" + d.Name + ".sock" }
 
 // StartHoldfast starts `bin args...` in d's namespace and waits (bounded by
-// ctx) until it logs that it is serving. On failure the process is killed
-// and the error carries its output.
+// ctx) until it is serving: it sends READY=1 on the notify socket the lab
+// gives it (NS.StartReady). On failure the process is killed and the error
+// carries its stderr.
 func StartHoldfast(ctx context.Context, d *Director, bin string, args ...string) (*Proc, error) {
-	p, err := d.Start("holdfast-"+d.Label, append([]string{bin}, args...)...)
+	p, err := d.StartReady(ctx, "holdfast-"+d.Label, append([]string{bin}, args...)...)
 	if err != nil {
-		return nil, err
-	}
-	if _, err := p.WaitForLine(ctx, IsServing); err != nil {
-		p.stop()
-		return nil, fmt.Errorf("director %s not serving: %w\n%s", d.Label, err, p.Stderr())
+		return nil, fmt.Errorf("director %s not serving: %w", d.Label, err)
 	}
 	return p, nil
-}
-
-// IsServing reports whether l is the director's JSON readiness line.
-func IsServing(l Line) bool { return isMessage(l, "serving") }
-
-func isMessage(l Line, msg string) bool {
-	if !l.Stderr || !strings.Contains(l.Text, msg) {
-		return false
-	}
-	var m struct {
-		Message string `json:"message"`
-	}
-	return json.Unmarshal([]byte(l.Text), &m) == nil && m.Message == msg
 }
 
 // DirectorStats are the counters of a running director that the lab and
