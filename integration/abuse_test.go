@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 	"holdfast/nat/nattest"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -27,7 +27,7 @@ func TestRecoveryFloodIsRateLimited(t *testing.T) {
 	for _, r := range l.Reals {
 		args = append(args, "--real", netip.AddrPortFrom(r.Addr, lab.DefaultHTTPPort).String())
 	}
-	dir := StartDirector(t, l.Directors[0].NS, directorArgs(l.Directors[0], args...)...)
+	StartDirector(t, l.Directors[0].NS, directorArgs(l.Directors[0], args...)...)
 
 	conns := dialHTTP(t, l.Client, 20)
 	requireNoErrors(t, "before the flood", eachConn(conns, requests(1)))
@@ -62,7 +62,7 @@ func TestRecoveryFloodIsRateLimited(t *testing.T) {
 	if err := <-flood; err != nil {
 		t.Fatalf("flood: %v", err)
 	}
-	c := directorCounters(t, dir)
+	c := directorCounters(t, l.Directors[0])
 	elapsed := time.Since(start)
 	limit := int(rate*elapsed.Seconds()) + rate // the bucket starts full: one second's worth
 	t.Logf("flood of %d forged segments over %v: %d recoveries started (limit %d), %d refused by the rate, drops %v",

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // TestDemo runs `holdfast lab demo --json` as a user would (make demo) and

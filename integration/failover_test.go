@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // Failover tests (issue 3): two directors, a router, three reals and a client
@@ -95,12 +95,13 @@ func killDirector(t *testing.T, p *lab.Proc) {
 	}
 }
 
-// directorCounters asks a running director for its counters (SIGUSR1).
-func directorCounters(t *testing.T, p *lab.Proc) lab.DirectorStats {
+// directorCounters reads the counters of director d's running holdfast
+// (its admin API).
+func directorCounters(t *testing.T, d *lab.Director) lab.DirectorStats {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := lab.ReadStats(ctx, p)
+	c, err := lab.ReadStats(ctx, d)
 	if err != nil {
 		t.Fatalf("director counters: %v", err)
 	}
@@ -224,7 +225,7 @@ func idleFailover(t *testing.T, setup func(*lab.Lab), extraB ...string) (*pair, 
 func TestFailoverIdle(t *testing.T) {
 	p, conns, errs := idleFailover(t, nil)
 	requireNoErrors(t, "after failover", errs)
-	c := directorCounters(t, p.dirs[1])
+	c := directorCounters(t, p.l.Directors[1])
 	t.Logf("B: %d recovered, %d adopted, %d stale, drops %v", c.Recovered, c.Adopted, c.StaleFlows, nonZero(c.Drops))
 	if c.Recovered+c.Adopted != len(conns) || c.Failed() != 0 || c.ClientResets != 0 {
 		t.Fatalf("B recovered %d + adopted %d, want %d connections; failed %v, client resets %d",
@@ -284,7 +285,7 @@ func TestFailbackAndSecondFailover(t *testing.T) {
 	requireNoErrors(t, "after failback", eachConn(conns, requests(3)))
 	p.failover(t) // A dies again: B, with stale flows
 	requireNoErrors(t, "after second failover", eachConn(conns, requests(3)))
-	c := directorCounters(t, p.dirs[1])
+	c := directorCounters(t, p.l.Directors[1])
 	t.Logf("B after the second failover: %d recovered, %d adopted, %d stale", c.Recovered, c.Adopted, c.StaleFlows)
 	if c.StaleFlows == 0 {
 		t.Fatal("B found no stale flow: the test did not exercise stale-flow detection")
@@ -374,7 +375,7 @@ func busyThrough(t *testing.T, p *pair, conns int, sizes []int64, failover func(
 	failover()
 	errs := <-done
 	requireNoErrors(t, "busy failover", errs)
-	c := directorCounters(t, p.dirs[p.active])
+	c := directorCounters(t, p.l.Directors[p.active])
 	t.Logf("busy failover: %d connections, %d requests before; new director %d recovered, %d adopted (%d dials abandoned), %d stale, drops %v; "+
 		"longest request after the failover %v (before it: %v); longest stall after the failover %v (before it: %v)",
 		conns, before.Load(), c.Recovered, c.Adopted, c.AdoptAborts, c.StaleFlows, nonZero(c.Drops),

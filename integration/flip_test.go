@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // TestFlip: two directors run the same service; after Flip(1) new

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // requireRoot skips t unless it runs as root.
@@ -55,34 +55,34 @@ func holdfastBinary(t testing.TB) string {
 	return holdfastBin
 }
 
-// serveTimeout bounds the wait for the director's "serving" line (the issue
-// asks for serving within 1 s; the margin is for a loaded CI machine and for
-// a -race build).
+// serveTimeout bounds the wait for the director's READY=1 (the issue asks
+// for serving within 1 s; the margin is for a loaded CI machine and for a
+// -race build).
 const serveTimeout = 5 * time.Second
 
-// StartDirector starts `holdfast args...` inside ns and waits until it logs
-// "serving". When t ends it sends SIGTERM and requires a clean exit (status
-// 0) within 10 s; the lab kills it if it does not.
+// StartDirector starts `holdfast args...` inside ns and waits until it is
+// serving: it sends READY=1 on the notify socket the lab gives it
+// (lab.NS.StartReady). When t ends it sends SIGTERM and requires a clean
+// exit (status 0) within 10 s; the lab kills it if it does not.
 func StartDirector(t testing.TB, ns *lab.NS, args ...string) *lab.Proc {
 	t.Helper()
 	bin := holdfastBinary(t)
 	if dir := os.Getenv(pcapDirEnv); dir != "" {
 		startCapture(t, ns, dir)
 	}
-	p, err := ns.Start("holdfast", append([]string{bin}, args...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), serveTimeout)
+	defer cancel()
+	p, err := ns.StartReady(ctx, "holdfast", append([]string{bin}, args...)...)
 	if err != nil {
-		t.Fatalf("starting the director: %v", err)
+		// The error carries the director's stderr.
+		t.Fatalf("director in %s not serving: %v\nargs: %q", ns.Name, err, args)
 	}
-	var startFailed bool
 	t.Cleanup(func() {
 		defer func() {
-			if t.Failed() && !startFailed {
+			if t.Failed() {
 				t.Logf("director in %s (pid %d), args %q, stderr:\n%s", ns.Name, p.PID(), args, tail(p.Stderr(), 60))
 			}
 		}()
-		if startFailed {
-			return // reported with its stderr; the lab kills it if still running
-		}
 		if _, ok := killed.Load(p); ok {
 			return // killed by the test (a failover)
 		}
@@ -108,12 +108,6 @@ func StartDirector(t testing.TB, ns *lab.NS, args ...string) *lab.Proc {
 			t.Errorf("director exited with %v after SIGTERM, want status 0", st)
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), serveTimeout)
-	defer cancel()
-	if _, err := p.WaitForLine(ctx, isServing); err != nil {
-		startFailed = true
-		t.Fatalf("director in %s not serving: %v\nargs: %q\nstderr:\n%s", ns.Name, err, args, p.Stderr())
-	}
 	return p
 }
 
@@ -147,9 +141,6 @@ func startCapture(t testing.TB, ns *lab.NS, dir string) {
 		t.Fatalf("tcpdump in %s: %v\n%s", ns.Name, err, p.Stderr())
 	}
 }
-
-// isServing reports whether l is the director's JSON readiness line.
-var isServing = lab.IsServing
 
 // directorArgs is `holdfast run` for director d with the harness's plumbing
 // flags, followed by args (see lab.HoldfastArgs).

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // TestKeepAlive: 50 keep-alive connections carry 100 requests each through
@@ -28,7 +28,7 @@ func testKeepAlive(t *testing.T, queues int) {
 	l := startLab(t, lab.Options{Reals: 3})
 	d := l.Directors[0]
 	args := append([]string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr", "--tun-queues", fmt.Sprint(queues)}, realFlags(l, lab.DefaultHTTPPort)...)
-	p := StartDirector(t, d.NS, directorArgs(d, args...)...)
+	StartDirector(t, d.NS, directorArgs(d, args...)...)
 
 	var (
 		wg     sync.WaitGroup
@@ -84,7 +84,7 @@ func testKeepAlive(t *testing.T, queues int) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := lab.ReadStats(ctx, p)
+	st, err := lab.ReadStats(ctx, d)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // TestLabTopology checks the harness on its own, without a director: the

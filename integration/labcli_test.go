@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // TestLabCommands drives `holdfast lab up`, `status`, `failover` and `down`

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // holdfastBin is the director under test, built once by TestMain; if the

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // Operations tests (issue 5): metrics, the admin API and its subcommands,

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // TestPathMTU: with the router-director links at MTU 1400 while client and

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // TestRealClients uses stock clients from the client namespace: ping of the

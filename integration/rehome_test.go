@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // Backend failure tests (issue 7): connections on a real that dies or is
@@ -95,7 +95,7 @@ func rehomeConns(t *testing.T, l *lab.Lab, n int) []*httpConn {
 func TestRehomeDeadReal(t *testing.T) {
 	l := NewLab(t, lab.Options{Directors: 1, Reals: 3})
 	startRealServers(t, l)
-	d := StartDirector(t, l.Directors[0].NS, directorArgs(l.Directors[0], rehomeArgs(l)...)...)
+	StartDirector(t, l.Directors[0].NS, directorArgs(l.Directors[0], rehomeArgs(l)...)...)
 	conns := rehomeConns(t, l, 120)
 	owner := owners(t, conns)
 	dead := l.Reals[1]
@@ -124,7 +124,7 @@ func TestRehomeDeadReal(t *testing.T) {
 		return nil
 	})
 	requireNoErrors(t, "after the black hole", errs)
-	c := directorCounters(t, d)
+	c := directorCounters(t, l.Directors[0])
 	t.Logf("%d connections moved off %s; longest request %v (health check: 3 x 300ms + 200ms); director: %d re-homed",
 		moved.Load(), dead.Label, time.Duration(longest.Load()).Round(time.Millisecond), c.Recovered)
 	onDead := 0

@@ -9,7 +9,7 @@ import (
 	"slices"
 	"testing"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 var vipHTTP = netip.AddrPortFrom(lab.VIP, lab.DefaultHTTPPort)

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 var vipUDP = netip.AddrPortFrom(lab.VIP, lab.DefaultUDPPort)

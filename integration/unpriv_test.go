@@ -24,7 +24,7 @@ import (
 const nobody = 65534
 
 // unprivRefusal starts the message holdfast prints when the host cannot run
-// the lab unprivileged (cmd/holdfast/userns.go, unprivPrefix).
+// the lab unprivileged (lab/userns.go, unprivPrefix).
 const unprivRefusal = "cannot run unprivileged: "
 
 // unprivDemoTimeout bounds a demo run: the issue wants it under 60 s; the

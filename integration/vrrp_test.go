@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // VRRP failover tests (issue 4, item 3): the failover tests of
@@ -230,7 +230,7 @@ func TestVRRPFailoverIdle(t *testing.T) {
 	errs := eachConn(conns, requests(1))
 	t.Logf("first request of %d connections after the failover: %v", len(conns), time.Since(start).Round(time.Millisecond))
 	requireNoErrors(t, "after failover", append(errs, eachConn(conns, requests(4))...))
-	c := directorCounters(t, p.dirs[1])
+	c := directorCounters(t, p.l.Directors[1])
 	t.Logf("B: %d recovered, %d adopted, %d stale, drops %v", c.Recovered, c.Adopted, c.StaleFlows, nonZero(c.Drops))
 	if c.Recovered+c.Adopted != len(conns) || c.Failed() != 0 || c.ClientResets != 0 {
 		t.Fatalf("B recovered %d + adopted %d, want %d connections; failed %v, client resets %d",

@@ -9,7 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 
 	"github.com/mattn/go-isatty"
 	"github.com/urfave/cli/v2"
@@ -22,9 +22,9 @@ func labCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			labDemoCommand(),
 			labUpCommand(),
-			labSimpleCommand("status", "show the lab's topology, the active director and flow counts", "/status"),
-			labSimpleCommand("failover", "kill the active director (SIGKILL), move the routes to the other, restart the killed one as standby", "/failover"),
-			labSimpleCommand("down", "tear the lab down (also a lab whose `lab up` was killed)", "/down"),
+			labSimpleCommand(lab.AskStatus, "show the lab's topology, the active director and flow counts"),
+			labSimpleCommand(lab.AskFailover, "kill the active director (SIGKILL), move the routes to the other, restart the killed one as standby"),
+			labSimpleCommand(lab.AskDown, "tear the lab down (also a lab whose `lab up` was killed)"),
 		},
 		OnUsageError: usageError,
 	}
@@ -40,6 +40,27 @@ var (
 	demoBusyFlag = &cli.IntFlag{Name: "busy", Value: 24, Usage: "keep-alive connections that download without pause"}
 	labVRRPFlag  = &cli.BoolFlag{Name: "vrrp", Usage: "keepalived (VRRP) in each director namespace moves the routes, as in a real deployment"}
 )
+
+// unprivileged wraps the Action of a `holdfast lab` subcommand: run as an
+// ordinary user, the action runs in a re-executed child inside new user,
+// network and mount namespaces (lab.ReexecUnprivileged), and this process
+// exits with the child's status. As root, or in the child, it runs action.
+func unprivileged(action cli.ActionFunc) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		reexec, code, err := lab.ReexecUnprivileged(os.Args)
+		if err != nil {
+			return cli.Exit(c.Command.HelpName+": "+err.Error(), exitRuntime)
+		}
+		if reexec {
+			if code == 0 {
+				return nil
+			}
+			// The child has said what went wrong.
+			return cli.Exit("", code)
+		}
+		return action(c)
+	}
+}
 
 func labDemoCommand() *cli.Command {
 	return &cli.Command{

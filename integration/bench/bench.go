@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // Ports of the services every director carries. The VIP port equals the

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // clockTicks is USER_HZ, the unit of /proc/stat and /proc/PID/stat times:
@@ -209,7 +209,7 @@ func (b *bench) memory(ctx context.Context, d *lab.Director, p *lab.Proc) (memSn
 	if m.RSS, err = vmRSS(p.PID()); err != nil {
 		return m, err
 	}
-	stats, err := lab.ReadStats(ctx, p)
+	stats, err := lab.ReadStats(ctx, d)
 	if err != nil {
 		return m, err
 	}

@@ -22,7 +22,7 @@ import (
 	"text/template"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 var lookPath = exec.LookPath

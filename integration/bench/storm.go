@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"holdfast/integration/lab"
+	"holdfast/lab"
 )
 
 // Storm is the recovery storm's result: -runs passes of the same storm

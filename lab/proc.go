@@ -20,7 +20,9 @@ type Line struct {
 }
 
 // Proc is a process started by the lab. Its output is kept line by line so a
-// caller can wait for a line (a readiness message) instead of sleeping.
+// caller can wait for a line (a peer's readiness message, such as tcpdump's
+// "listening on", or an operator's message) instead of sleeping; a
+// director's readiness is its READY=1 instead (NS.StartReady).
 // Methods are safe for concurrent use.
 type Proc struct {
 	Name string
@@ -34,6 +36,7 @@ type Proc struct {
 	exited  bool
 	state   *os.ProcessState
 	waitErr error
+	atExits []func() // run once it exited, before done is closed
 }
 
 // startProc starts cmd, capturing its output. The child gets SIGKILL if the
@@ -58,10 +61,27 @@ func startProc(name string, cmd *exec.Cmd) (*Proc, error) {
 		}
 		p.exited, p.state, p.waitErr = true, cmd.ProcessState, err
 		close(p.changed)
+		atExits := p.atExits
 		p.mu.Unlock()
+		for _, f := range atExits {
+			f()
+		}
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// atExit arranges for f to run once the process has exited, before Done is
+// closed; at once if it has exited already.
+func (p *Proc) atExit(f func()) {
+	p.mu.Lock()
+	if !p.exited {
+		p.atExits = append(p.atExits, f)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	f()
 }
 
 type lineWriter struct {

@@ -1,11 +1,12 @@
-package main
+package lab
 
 // Running `holdfast lab` as an ordinary user: the command re-executes itself
 // as root of a new user namespace (user_namespaces(7)), where it holds
 // CAP_NET_ADMIN and CAP_SYS_ADMIN over the network and mount namespaces it
 // made along with it, and builds the lab there. None of the lab's
 // namespaces, links and mounts is visible from the host, and the kernel
-// removes all of them when the child exits.
+// removes all of them when the child exits. The CLI wraps the lab
+// subcommands' actions around ReexecUnprivileged (cmd/holdfast/lab.go).
 
 import (
 	"errors"
@@ -20,14 +21,18 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/urfave/cli/v2"
 	"github.com/vishvananda/netlink"
 )
 
 // usernsChildEnv marks the re-executed child: it sets up its mount namespace
 // and never re-executes again. The child removes it from its environment, so
-// the processes the lab starts do not inherit it.
-const usernsChildEnv = envPrefix + "USERNS_CHILD"
+// the processes the lab starts do not inherit it. HOLDFAST_ is the CLI's
+// environment prefix.
+const usernsChildEnv = "HOLDFAST_USERNS_CHILD"
+
+// exitWaitFailed is the status ReexecUnprivileged returns when it could not
+// wait for the child: the CLI's runtime-error code.
+const exitWaitFailed = 1
 
 // sbinDirs are appended to the child's PATH: ip(8) lives in /usr/sbin or
 // /sbin, which an ordinary user's PATH often lacks (Debian's default user
@@ -48,29 +53,9 @@ func (e *unprivError) Error() string {
 	return unprivPrefix + strings.Join(e.missing, "; ") + " (or run it as root)"
 }
 
-// unprivileged wraps the Action of a `holdfast lab` subcommand: run as an
-// ordinary user, the action runs in a re-executed child inside new user,
-// network and mount namespaces (see reexecUnprivileged), and this process
-// exits with the child's status. As root, or in the child, it runs action.
-func unprivileged(action cli.ActionFunc) cli.ActionFunc {
-	return func(c *cli.Context) error {
-		reexec, code, err := reexecUnprivileged(os.Args)
-		if err != nil {
-			return cli.Exit(c.Command.HelpName+": "+err.Error(), exitRuntime)
-		}
-		if reexec {
-			if code == 0 {
-				return nil
-			}
-			// The child has said what went wrong.
-			return cli.Exit("", code)
-		}
-		return action(c)
-	}
-}
-
-// reexecUnprivileged: when the process is not root (euid != 0) and not
-// already inside the namespaces it made, it re-executes /proc/self/exe with
+// ReexecUnprivileged gives an ordinary user the privileges a lab needs. When
+// the process is not root (euid != 0) and not already inside the namespaces
+// it made, it re-executes /proc/self/exe with
 // args (os.Args, args[0] included) in a new user namespace, where uid and
 // gid 0 map to the caller's, with a new network, mount and, where /proc can
 // be mounted afresh, PID namespace. It forwards SIGINT, SIGTERM, SIGHUP and
@@ -83,15 +68,16 @@ func unprivileged(action cli.ActionFunc) cli.ActionFunc {
 // /run/netns (the host's belong to the host's root), /proc of the new PID
 // namespace, lo up. As root it does nothing and returns reexec false.
 //
-// When the host cannot do it, err is an *unprivError naming each missing
-// piece (user namespaces disabled or limited to 0, /dev/net/tun not
-// accessible, ip(8) not found, ...), checked before anything is started.
+// When the host cannot do it, err names each missing piece (user namespaces
+// disabled or limited to 0, /dev/net/tun not accessible, ip(8) not found,
+// ...), checked before anything is started; its text starts with "cannot
+// run unprivileged: ", which the integration tests recognise.
 //
 // The PID namespace makes the child its init: when the child exits, for
 // whatever reason, the kernel kills every process the lab started in it, and
 // the namespaces go with them. Should this process die first, the child gets
 // SIGTERM.
-func reexecUnprivileged(args []string) (reexec bool, code int, err error) {
+func ReexecUnprivileged(args []string) (reexec bool, code int, err error) {
 	if os.Getenv(usernsChildEnv) != "" {
 		return false, 0, setupChild()
 	}
@@ -106,7 +92,7 @@ func reexecUnprivileged(args []string) (reexec bool, code int, err error) {
 	return runChild(args, path, f.usePIDNS())
 }
 
-// runChild starts and waits for the child; see reexecUnprivileged.
+// runChild starts and waits for the child; see ReexecUnprivileged.
 func runChild(args []string, path string, pidNS bool) (reexec bool, code int, err error) {
 	flags := uintptr(syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS)
 	if pidNS {
@@ -161,7 +147,7 @@ func runChild(args []string, path string, pidNS bool) (reexec bool, code int, er
 	}()
 	err = cmd.Wait()
 	if cmd.ProcessState == nil {
-		return true, exitRuntime, fmt.Errorf("waiting for the unprivileged child: %w", err)
+		return true, exitWaitFailed, fmt.Errorf("waiting for the unprivileged child: %w", err)
 	}
 	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 	return true, exitStatusCode(ws), nil

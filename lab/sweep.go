@@ -57,6 +57,40 @@ func SweepStale() ([]string, error) {
 	return deleted, errors.Join(errs...)
 }
 
+// Remove deletes the namespaces whose names start with prefix, after
+// killing (SIGKILL, by PID) the processes still in them: the cleanup of a
+// lab whose owner is gone (a killed `holdfast lab up`, see
+// SupervisedPrefix). It keeps going past errors and returns the names it
+// deleted and the errors.
+func Remove(prefix string) ([]string, error) {
+	if prefix == "" {
+		return nil, errors.New("lab: Remove with an empty prefix would remove every namespace")
+	}
+	names, err := List(prefix)
+	if err != nil {
+		return nil, err
+	}
+	var deleted []string
+	var errs []error
+	for _, name := range names {
+		out, err := run("ip", "netns", "pids", name)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, f := range strings.Fields(string(out)) {
+			if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+				syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck // a process of the lab's namespaces
+			}
+		}
+		if _, err := run("ip", "netns", "delete", name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		deleted = append(deleted, name)
+	}
+	return deleted, errors.Join(errs...)
+}
+
 // alive reports whether process pid exists and is not a zombie (a killed
 // test binary whose parent has not reaped it yet is gone all the same).
 func alive(pid int) bool {

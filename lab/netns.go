@@ -159,11 +159,23 @@ func (n *NS) Run(ctx context.Context, argv ...string) ([]byte, error) {
 // is argv's own) and returns it running. The lab kills it on Close if it is
 // still running; name labels it in errors.
 func (n *NS) Start(name string, argv ...string) (*Proc, error) {
+	return n.start(name, nil, argv...)
+}
+
+// StartReady starts argv inside n as Start does, with NOTIFY_SOCKET naming
+// a socket of the lab's, and returns it once it has sent READY=1 there
+// (sd_notify(3)), as `holdfast run` does once it serves. If it exits first
+// or ctx ends, it is killed and the error carries its stderr.
+func (n *NS) StartReady(ctx context.Context, name string, argv ...string) (*Proc, error) {
+	return startReady(ctx, func(env []string) (*Proc, error) { return n.start(name, env, argv...) })
+}
+
+// start is Start with env added to the lab's environment.
+func (n *NS) start(name string, env []string, argv ...string) (*Proc, error) {
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("lab: %s: Start %s: empty argv", n.Name, name)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", n.Name}, argv...)...)
-	p, err := startProc(name, cmd)
+	p, err := startProc(name, command(env, append([]string{"ip", "netns", "exec", n.Name}, argv...)...))
 	if err != nil {
 		return nil, fmt.Errorf("lab: %s: %w", n.Name, err)
 	}

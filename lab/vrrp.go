@@ -63,7 +63,7 @@ type vrrpState struct {
 // comments in it say why each setting is there; deploy/keepalived.conf is
 // the commented version for real directors.
 var keepalivedConf = template.Must(template.New("keepalived.conf").Parse(`# keepalived for director {{.Label}} of lab {{.Lab}}: written by holdfast's
-# integration lab, removed with it. See deploy/keepalived.conf.
+# namespace lab, removed with it. See deploy/keepalived.conf.
 global_defs {
     router_id {{.Lab}}dir{{.Label}}
     # Sub-second advert_int needs VRRPv3 (v2 counts whole seconds).

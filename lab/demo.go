@@ -126,11 +126,13 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	if err := wait("failover: A killed, traffic moved to B"); err != nil {
 		return res, err
 	}
-	bStats, err := readStats(ctx, b)
+	bStats, err := demoStats(ctx, l.Directors[1])
 	if err != nil {
 		return res, err
 	}
-	if a, err = start(l.Directors[0]); err != nil {
+	// The restarted directors are the lab's to stop (Close); the demo reads
+	// their counters through their admin sockets.
+	if _, err = start(l.Directors[0]); err != nil {
 		return res, err
 	}
 	if o.VRRP {
@@ -138,7 +140,7 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 		if err := failover(ctx, l, 0, b); err != nil {
 			return res, err
 		}
-		if b, err = start(l.Directors[1]); err != nil {
+		if _, err = start(l.Directors[1]); err != nil {
 			return res, err
 		}
 	} else if err := l.Flip(0); err != nil {
@@ -148,7 +150,7 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 		return res, err
 	}
 	progress("collecting results")
-	aStats, err := readStats(ctx, a)
+	aStats, err := demoStats(ctx, l.Directors[0])
 	if err != nil {
 		return res, err
 	}
@@ -187,10 +189,10 @@ func waitMaster(ctx context.Context, l *Lab, i int) error {
 	return l.WaitVRRPMaster(ctx, i)
 }
 
-func readStats(ctx context.Context, p *Proc) (DirectorStats, error) {
+func demoStats(ctx context.Context, d *Director) (DirectorStats, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return ReadStats(ctx, p)
+	return ReadStats(ctx, d)
 }
 
 // demoLoad is the demo's client: one goroutine per keep-alive connection.

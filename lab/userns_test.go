@@ -1,4 +1,4 @@
-package main
+package lab
 
 import (
 	"errors"
@@ -231,15 +231,15 @@ func TestStartFailure(t *testing.T) {
 	}
 }
 
-// As root, outside the child, reexecUnprivileged leaves the process alone.
+// As root, outside the child, ReexecUnprivileged leaves the process alone.
 func TestReexecUnprivilegedAsRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("skipping: as an ordinary user reexecUnprivileged would re-execute the test binary")
+		t.Skip("skipping: as an ordinary user ReexecUnprivileged would re-execute the test binary")
 	}
 	t.Setenv(usernsChildEnv, "")
-	reexec, code, err := reexecUnprivileged([]string{"holdfast", "lab", "demo"})
+	reexec, code, err := ReexecUnprivileged([]string{"holdfast", "lab", "demo"})
 	if reexec || code != 0 || err != nil {
-		t.Errorf("reexecUnprivileged as root = %v, %d, %v; want false, 0, nil", reexec, code, err)
+		t.Errorf("ReexecUnprivileged as root = %v, %d, %v; want false, 0, nil", reexec, code, err)
 	}
 }
 
