@@ -421,7 +421,7 @@ func counterAnomalies(raw json.RawMessage) string {
 		return "unreadable: " + string(raw)
 	}
 	var parts []string
-	for _, k := range []string{"drops", "recovery_failed"} {
+	for _, k := range []string{"drops_total", "recoveries_failed_total"} {
 		sub, _ := m[k].(map[string]any)
 		var nz []string
 		for _, name := range keys(sub) {
@@ -433,7 +433,7 @@ func counterAnomalies(raw json.RawMessage) string {
 			parts = append(parts, k+" {"+strings.Join(nz, ", ")+"}")
 		}
 	}
-	for _, k := range []string{"write_errors", "client_resets", "stale_flows"} {
+	for _, k := range []string{"device_write_errors_total", "client_resets_total", "stale_flows_total"} {
 		if v, _ := m[k].(float64); v != 0 {
 			parts = append(parts, fmt.Sprintf("%s %.0f", k, v))
 		}

@@ -55,18 +55,18 @@ func isMessage(l Line, msg string) bool {
 
 // DirectorStats is the director's counters line (SIGUSR1, and at exit).
 type DirectorStats struct {
-	Flows           int               `json:"flows"`
-	FlowsCreated    int               `json:"flows_created"`
-	RecoveryStarted int               `json:"recovery_started"`
-	Recovered       int               `json:"recovered"`
-	Adopted         int               `json:"adopted"`
-	AdoptAborts     int               `json:"adopt_aborts"`
-	ClientResets    int               `json:"client_resets"`
-	StaleFlows      int               `json:"stale_flows"`
-	OldRealResets   int               `json:"old_real_resets"`
-	RecoveryFailed  map[string]int    `json:"recovery_failed"`
-	Drops           map[string]uint64 `json:"drops"`
-	ReadByQueue     []uint64          `json:"packets_read_by_queue"`
+	Flows           int               `json:"-"`
+	FlowsCreated    int               `json:"flows_created_total"`
+	RecoveryStarted int               `json:"recoveries_started_total"`
+	Recovered       int               `json:"recoveries_succeeded_total"`
+	Adopted         int               `json:"adoptions_total"`
+	AdoptAborts     int               `json:"adoption_aborted_dials_total"`
+	ClientResets    int               `json:"client_resets_total"`
+	StaleFlows      int               `json:"stale_flows_total"`
+	OldRealResets   int               `json:"old_real_resets_total"`
+	RecoveryFailed  map[string]int    `json:"recoveries_failed_total"`
+	Drops           map[string]uint64 `json:"drops_total"`
+	ReadByQueue     []uint64          `json:"-"`
 }
 
 // Failed is the number of recoveries that failed, whatever the reason.
