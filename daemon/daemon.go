@@ -162,16 +162,17 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	st.run(ctx, PartEvents, func(ctx context.Context) error { watchEvents(ctx, d, log); return nil }, nil)
 	st.run(ctx, PartPackets, func(context.Context) error { return pumps.Run() }, func() { dev.Close() })
 
-	r.logStart(dev.Name(), mtu)
-	if err := notify(cfg.NotifySocket, stateReady()); err != nil {
-		log.Warn().Err(err).Str("socket", cfg.NotifySocket).Msg("cannot notify the service manager")
-	}
-	// SIGUSR1 logs the counters, as the exit does; SIGHUP reloads.
+	// SIGUSR1 logs the counters, as the exit does; SIGHUP reloads. Both
+	// are caught before READY=1: a manager may send one right after it.
 	var sigs chan os.Signal
 	if cfg.HandleSignals {
 		sigs = make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGHUP)
 		defer signal.Stop(sigs)
+	}
+	r.logStart(dev.Name(), mtu)
+	if err := notify(cfg.NotifySocket, stateReady()); err != nil {
+		log.Warn().Err(err).Str("socket", cfg.NotifySocket).Msg("cannot notify the service manager")
 	}
 	var runErr error
 wait:

@@ -38,7 +38,7 @@ func newStages(log zerolog.Logger) *stages {
 // own registers a component already started, with the function that stops
 // it and waits for its goroutines.
 func (s *stages) own(name string, stop func()) {
-	s.log.Debug().Str(fStage, name).Msg("started")
+	s.log.Debug().Str(fStage, name).Msg(name + " started")
 	s.list = append(s.list, stage{name, stop})
 }
 
@@ -79,7 +79,7 @@ func (s *stages) stopAll() {
 	for i := len(s.list) - 1; i >= 0; i-- {
 		st := s.list[i]
 		st.stop()
-		s.log.Debug().Str(fStage, st.name).Msg("stopped")
+		s.log.Debug().Str(fStage, st.name).Msg(st.name + " stopped")
 	}
 	s.list = nil
 }

@@ -84,6 +84,9 @@ func NewClient(path string) *Client { return &Client{unixhttp.NewClient(path)} }
 // Path is the socket the client calls.
 func (c *Client) Path() string { return c.c.Path }
 
+// Close closes the client's idle connections.
+func (c *Client) Close() { c.c.HTTP.CloseIdleConnections() }
+
 // Conns lists the live flows.
 func (c *Client) Conns(ctx context.Context) ([]Conn, error) {
 	var out []Conn
