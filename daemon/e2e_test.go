@@ -329,7 +329,7 @@ func TestFailoverKeepsStream(t *testing.T) {
 	for got < total {
 		n, err := c.Read(buf)
 		for i := range n {
-			if buf[i] != streamByte(got + i) {
+			if buf[i] != streamByte(got+i) {
 				t.Fatalf("byte %d of the stream is %#x, want %#x (cut over at %v)", got+i, buf[i], streamByte(got+i), cut)
 			}
 		}
