@@ -88,13 +88,6 @@ type Recovery struct {
 	ParkBytes      int // bytes parked at once, all flows
 }
 
-// parkFlowBytes bounds what one flow may park: a recovery that waits
-// behind more than this is not worth its memory.
-const parkFlowBytes = 4 << 20
-
-// attempts is the number of reals a recovery tries.
-const attempts = 3
-
 // withDefaults returns c with its zero values that have a default filled
 // in, or an ErrInvalid error naming the first field that cannot work.
 func (c Config) withDefaults() (Config, error) {

@@ -1,19 +1,7 @@
-// Package daemon runs a director: it owns every lifetime of the process
-// but main's. Run opens the device, sets up the host routes, builds the
-// recovery netstack, the recovery engine and the NAT director, and runs the
-// stages (clock, expiry sweep, packet pumps, health checker, events, admin
-// API, metrics, pprof) until its context ends; it reloads the services on
-// SIGHUP, logs the counters on SIGUSR1 and tells a service manager when it
-// is ready. Everything it starts is stopped before Run returns.
-//
-// It must not parse flags or name them (the CLI does, and maps a returned
-// *Error's Part to its flag), call os.Exit, or hold packet logic (nat does).
-// It runs without root over an in-memory device (Config.Device).
 package daemon
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -185,7 +173,9 @@ wait:
 				r.logCounters("counters")
 			}
 		case <-ctx.Done():
-			if sig := context.Cause(ctx); sig != nil && !errors.Is(sig, context.Canceled) {
+			// A signal's cause also matches context.Canceled (os/signal's
+			// signalError.Is): only a plain cancel is context.Canceled itself.
+			if sig := context.Cause(ctx); sig != nil && sig != context.Canceled { //nolint:errorlint // identity, see above
 				log.Info().Str(fSignal, sig.Error()).Msg("stopping")
 			} else {
 				log.Info().Msg("stopping")

@@ -347,8 +347,8 @@ func TestRunAdminSocketInUse(t *testing.T) {
 }
 
 // TestRunSignals: with HandleSignals, SIGHUP reloads (a set of services
-// that does not validate leaves the running one) and SIGUSR1 logs every
-// counter of the table.
+// that does not validate leaves the running one), SIGUSR1 logs every
+// counter of the table and SIGTERM stops Run.
 func TestRunSignals(t *testing.T) {
 	cfg := testConfig(t, tuntest.NewMemDevice("mem0", 1), 1)
 	cfg.HandleSignals = true
@@ -403,6 +403,14 @@ func TestRunSignals(t *testing.T) {
 		if _, ok := line[c.name]; !ok {
 			t.Errorf("the counters line has no %s", c.name)
 		}
+	}
+
+	// SIGTERM stops Run cleanly, and the log says why.
+	if line := signal(syscall.SIGTERM, "stopping"); line["signal"] != "terminated signal received" {
+		t.Errorf("stopping line %v, want the signal", line)
+	}
+	if err := td.stop(t); err != nil {
+		t.Fatalf("Run after SIGTERM: %v", err)
 	}
 }
 

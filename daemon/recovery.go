@@ -10,6 +10,13 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
+// parkFlowBytes bounds what one flow may park: a recovery that waits
+// behind more than this is not worth its memory.
+const parkFlowBytes = 4 << 20
+
+// attempts is the number of reals a recovery tries.
+const attempts = 3
+
 // newDirector builds the Director with its recovery parts and registers
 // their stages: the netstack serving the recovery addresses, the engine
 // dialing through it, the Director asking the engine. This is the one place

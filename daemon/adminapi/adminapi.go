@@ -81,9 +81,6 @@ type Client struct{ c *unixhttp.Client }
 // NewClient returns a client of the admin socket at path.
 func NewClient(path string) *Client { return &Client{unixhttp.NewClient(path)} }
 
-// Path is the socket the client calls.
-func (c *Client) Path() string { return c.c.Path }
-
 // Close closes the client's idle connections.
 func (c *Client) Close() { c.c.HTTP.CloseIdleConnections() }
 
