@@ -8,7 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"holdfast/nat"
+	"holdfast/daemon/adminapi"
 
 	"github.com/urfave/cli/v2"
 )
@@ -22,12 +22,12 @@ func ctlFlags(more ...cli.Flag) []cli.Flag {
 	return append([]cli.Flag{tunFlag, adminSocketFlag}, more...)
 }
 
-func ctlClient(c *cli.Context) *adminClient {
+func ctlClient(c *cli.Context) *directorClient {
 	path := c.String(adminSocketFlag.Name)
 	if path == "" {
 		path = defaultAdminSocket(c.String(tunFlag.Name))
 	}
-	return newAdminClient(path)
+	return &directorClient{adminapi.NewClient(path)}
 }
 
 func ctlCommands() []*cli.Command {
@@ -57,7 +57,7 @@ func ctlCommands() []*cli.Command {
 				{
 					Name: "add", Usage: "add a real to a service",
 					Flags: ctlFlags(serviceReal...), OnUsageError: usageError,
-					Action: func(c *cli.Context) error { return ctlReal(c, RealChange{Op: "add"}) },
+					Action: func(c *cli.Context) error { return ctlReal(c, adminapi.RealChange{Op: "add"}) },
 				},
 				{
 					Name: "remove", Usage: "remove a real: no new flows; its flows finish, or with --rehome move to other reals",
@@ -68,7 +68,7 @@ func ctlCommands() []*cli.Command {
 					),
 					OnUsageError: usageError,
 					Action: func(c *cli.Context) error {
-						ch := RealChange{Op: "remove", Service: c.String("service"), Real: c.String("real")}
+						ch := adminapi.RealChange{Op: "remove", Service: c.String("service"), Real: c.String("real")}
 						switch r := c.String("rehome"); {
 						case r != "" && ch.Real != "":
 							return usagef("real remove: give --real ADDR:PORT or --rehome ADDR:PORT, not both")
@@ -85,7 +85,7 @@ func ctlCommands() []*cli.Command {
 					Flags:        ctlFlags(append(serviceReal, &cli.IntFlag{Name: "weight", Required: true, Usage: "0..65535"})...),
 					OnUsageError: usageError,
 					Action: func(c *cli.Context) error {
-						return ctlReal(c, RealChange{Op: "weight", Weight: c.Int("weight")})
+						return ctlReal(c, adminapi.RealChange{Op: "weight", Weight: c.Int("weight")})
 					},
 				},
 			},
@@ -94,8 +94,8 @@ func ctlCommands() []*cli.Command {
 }
 
 func ctlConns(c *cli.Context) error {
-	var conns []ConnInfo
-	if err := ctlClient(c).do("GET", "/conns", nil, &conns); err != nil {
+	conns, err := ctlClient(c).conns()
+	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
 	if c.Bool(jsonFlag.Name) {
@@ -121,16 +121,16 @@ func fmtExpiry(s float64) string {
 }
 
 func ctlStats(c *cli.Context) error {
-	var st map[string]any
-	if err := ctlClient(c).do("GET", "/stats", nil, &st); err != nil {
+	st, err := ctlClient(c).stats()
+	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
 	return printJSON(st)
 }
 
 func ctlServiceList(c *cli.Context) error {
-	var svcs []nat.ServiceInfo
-	if err := ctlClient(c).do("GET", "/services", nil, &svcs); err != nil {
+	svcs, err := ctlClient(c).services()
+	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
 	if c.Bool(jsonFlag.Name) {
@@ -160,14 +160,13 @@ func ctlServiceList(c *cli.Context) error {
 	return nil
 }
 
-func ctlReal(c *cli.Context, ch RealChange) error {
+func ctlReal(c *cli.Context, ch adminapi.RealChange) error {
 	ch.Service, ch.Real = c.String("service"), c.String("real")
 	return sendReal(c, ch)
 }
 
-func sendReal(c *cli.Context, ch RealChange) error {
-	var svcs []nat.ServiceInfo
-	if err := ctlClient(c).do("POST", "/real", ch, &svcs); err != nil {
+func sendReal(c *cli.Context, ch adminapi.RealChange) error {
+	if err := ctlClient(c).changeReal(ch); err != nil {
 		return cli.Exit(err.Error(), exitUsage)
 	}
 	fmt.Printf("%s %s: done\n", ch.Op, ch.Real)

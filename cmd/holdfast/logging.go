@@ -8,18 +8,8 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// Log field names.
-const (
-	fService   = "service"
-	fScheduler = "scheduler"
-	fReals     = "reals"
-	fTUN       = "tun"
-	fFlows     = "flows"
-	fSignal    = "signal"
-)
-
 // newLogger builds the one logger of the process from --log-level and
-// --log-format; it is passed down from here.
+// --log-format; it is passed down from here (the daemon names its fields).
 func newLogger(c *cli.Context) (zerolog.Logger, error) {
 	level, err := zerolog.ParseLevel(c.String(logLevelFlag.Name))
 	if err != nil || level == zerolog.NoLevel {

@@ -4,33 +4,19 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"time"
 
+	"holdfast/daemon"
 	"holdfast/recovery"
 
 	"github.com/urfave/cli/v2"
 )
 
-// recoverySettings is the validated Recovery flag group.
-type recoverySettings struct {
-	enabled     bool
-	addrs       []netip.Addr
-	portLo      uint16
-	portHi      uint16
-	wscale      int
-	mss         int // 0 = TUN MTU - 40
-	timeout     time.Duration
-	rate        int
-	maxInflight int
-	allow       []netip.Prefix
-	parkBytes   int
-}
-
-func parseRecovery(c *cli.Context) (recoverySettings, error) {
-	var r recoverySettings
+// parseRecovery reads the Recovery flag group.
+func parseRecovery(c *cli.Context) (daemon.Recovery, error) {
+	var r daemon.Recovery
 	switch v := c.String(recoveryFlag.Name); v {
 	case "on":
-		r.enabled = true
+		r.Enabled = true
 	case "off":
 	default:
 		return r, usagef("--recovery %q: expected on or off", v)
@@ -40,43 +26,43 @@ func parseRecovery(c *cli.Context) (recoverySettings, error) {
 		if err != nil || !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
 			return r, usagef("--recovery-addr %q: expected an IPv4 unicast address, e.g. 198.18.200.1", s)
 		}
-		r.addrs = append(r.addrs, a)
+		r.Addrs = append(r.Addrs, a)
 	}
-	if r.enabled && len(r.addrs) == 0 {
+	if r.Enabled && len(r.Addrs) == 0 {
 		return r, usagef("--recovery=on needs --recovery-addr ADDR (an address routed to the directors, not on the reals' link), or --recovery=off")
 	}
 	var err error
-	if r.portLo, r.portHi, err = recovery.DirectorPorts(c.Int(directorIDFlag.Name)); err != nil {
+	if r.PortLo, r.PortHi, err = recovery.DirectorPorts(c.Int(directorIDFlag.Name)); err != nil {
 		return r, usagef("--director-id %d: expected 1..4", c.Int(directorIDFlag.Name))
 	}
 	if s := c.String(recoveryPortsFlag.Name); s != "" {
-		if r.portLo, r.portHi, err = parsePortRange(s); err != nil {
+		if r.PortLo, r.PortHi, err = parsePortRange(s); err != nil {
 			return r, usagef("--recovery-ports %q: expected LO-HI with 1 <= LO <= HI <= 65535, e.g. 10000-22999", s)
 		}
 	}
-	if r.wscale = c.Int(recoveryWScaleFlag.Name); r.wscale < 0 || r.wscale > 14 {
-		return r, usagef("--recovery-wscale %d: expected 0..14", r.wscale)
+	if r.WScale = c.Int(recoveryWScaleFlag.Name); r.WScale < 0 || r.WScale > 14 {
+		return r, usagef("--recovery-wscale %d: expected 0..14", r.WScale)
 	}
-	if r.mss = c.Int(recoveryMSSFlag.Name); r.mss != 0 && (r.mss < 536 || r.mss > 65495) {
-		return r, usagef("--recovery-mss %d: expected 536..65495 (or unset for TUN MTU - 40)", r.mss)
+	if r.MSS = c.Int(recoveryMSSFlag.Name); r.MSS != 0 && (r.MSS < 536 || r.MSS > 65495) {
+		return r, usagef("--recovery-mss %d: expected 536..65495 (or unset for TUN MTU - 40)", r.MSS)
 	}
-	if r.timeout = c.Duration(recoveryTimeoutFlag.Name); r.timeout <= 0 {
-		return r, usagef("--recovery-timeout %s: expected a positive duration, e.g. 3s", r.timeout)
+	if r.Timeout = c.Duration(recoveryTimeoutFlag.Name); r.Timeout <= 0 {
+		return r, usagef("--recovery-timeout %s: expected a positive duration, e.g. 3s", r.Timeout)
 	}
-	if r.rate = c.Int(recoveryRateFlag.Name); r.rate < 1 {
-		return r, usagef("--recovery-rate %d: expected a positive number of recoveries per second", r.rate)
+	if r.Rate = c.Int(recoveryRateFlag.Name); r.Rate < 1 {
+		return r, usagef("--recovery-rate %d: expected a positive number of recoveries per second", r.Rate)
 	}
-	if r.maxInflight = c.Int(recoveryMaxInflightFlag.Name); r.maxInflight < 1 {
-		return r, usagef("--recovery-max-inflight %d: expected a positive number", r.maxInflight)
+	if r.MaxInflight = c.Int(recoveryMaxInflightFlag.Name); r.MaxInflight < 1 {
+		return r, usagef("--recovery-max-inflight %d: expected a positive number", r.MaxInflight)
 	}
 	for _, s := range c.StringSlice(recoveryAllowFlag.Name) {
 		p, err := netip.ParsePrefix(s)
 		if err != nil || !p.Addr().Is4() {
 			return r, usagef("--recovery-allow %q: expected an IPv4 CIDR prefix, e.g. 198.18.0.0/15", s)
 		}
-		r.allow = append(r.allow, p.Masked())
+		r.Allow = append(r.Allow, p.Masked())
 	}
-	if r.parkBytes, err = parseBytes(c.String(parkBytesFlag.Name)); err != nil || r.parkBytes < 65536 {
+	if r.ParkBytes, err = parseBytes(c.String(parkBytesFlag.Name)); err != nil || r.ParkBytes < 65536 {
 		return r, usagef("--park-bytes %q: expected a size of at least 64KiB, e.g. 64MiB", c.String(parkBytesFlag.Name))
 	}
 	return r, nil

@@ -1,0 +1,136 @@
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"holdfast/balancer"
+	"holdfast/daemon/adminapi"
+	"holdfast/internal/unixhttp"
+	"holdfast/nat"
+)
+
+// The admin API (package adminapi has its wire format): HTTP with JSON
+// bodies on a unix socket, for the conns, stats, service and real
+// subcommands and the lab. The JSON types are defined there, not in nat:
+// presentation belongs to the edge.
+
+func (r *runner) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+adminapi.PathConns, r.conns)
+	mux.HandleFunc("GET "+adminapi.PathStats, func(w http.ResponseWriter, _ *http.Request) {
+		unixhttp.WriteJSON(w, statsMap(r.src.snapshot()))
+	})
+	mux.HandleFunc("GET "+adminapi.PathServices, func(w http.ResponseWriter, _ *http.Request) {
+		unixhttp.WriteJSON(w, services(r.d.Services()))
+	})
+	mux.HandleFunc("POST "+adminapi.PathReal, r.real)
+	return mux
+}
+
+// services converts nat's view of the services to the API's.
+func services(in []nat.ServiceInfo) []adminapi.Service {
+	out := make([]adminapi.Service, 0, len(in))
+	for _, s := range in {
+		as := adminapi.Service{Service: s.Service, Scheduler: s.Scheduler, Persistence: s.Persistence}
+		for _, r := range s.Reals {
+			as.Reals = append(as.Reals, adminapi.Real{
+				Addr: r.Addr, Weight: r.Weight, Down: r.Down, Removed: r.Removed, Rehome: r.Rehome,
+				Active: r.Active, Inactive: r.Inactive,
+				PacketsIn: r.PacketsIn, BytesIn: r.BytesIn, PacketsOut: r.PacketsOut, BytesOut: r.BytesOut,
+			})
+		}
+		out = append(out, as)
+	}
+	return out
+}
+
+func (r *runner) conns(w http.ResponseWriter, _ *http.Request) {
+	now := r.clk.Now()
+	flows := r.d.Flows(now)
+	out := make([]adminapi.Conn, 0, len(flows))
+	for _, f := range flows {
+		c := adminapi.Conn{
+			Proto: balancer.Proto(f.Proto).String(), Client: f.Client.String(), VIP: f.VIP.String(),
+			Real: f.Real.String(), State: f.State.String(), Kind: f.Kind.String(),
+			SeqDelta: f.SeqDelta, AckDelta: f.AckDelta, TSvalDelta: f.TSvalDelta, TSecrDelta: f.TSecrDelta,
+			ExpiresIn: time.Duration(f.Expires - now).Seconds(),
+		}
+		if f.Local.IsValid() {
+			c.Local = f.Local.String()
+		}
+		out = append(out, c)
+	}
+	unixhttp.WriteJSON(w, out)
+}
+
+func (r *runner) real(w http.ResponseWriter, req *http.Request) {
+	var c adminapi.RealChange
+	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := r.applyReal(c); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	r.log.Info().Str("op", c.Op).Str(fService, c.Service).Str("real", c.Real).Int("weight", c.Weight).Bool("rehome", c.Rehome).Msg("real changed")
+	unixhttp.WriteJSON(w, services(r.d.Services()))
+}
+
+// applyReal applies one change. Errors start with the name of the
+// request's field they are about (see adminapi.RealChange).
+func (r *runner) applyReal(c adminapi.RealChange) error {
+	addr, weight, err := balancer.ParseReal(c.Real)
+	if err != nil {
+		return fmt.Errorf("real: %w", err)
+	}
+	if c.Op == "remove" && c.Service == "" {
+		return r.removeEverywhere(addr, c.Rehome)
+	}
+	proto, vip, err := balancer.ParseService(c.Service)
+	if err != nil {
+		return fmt.Errorf("service: %w", err)
+	}
+	switch c.Op {
+	case "add":
+		return r.d.AddReal(proto, vip, addr, weight)
+	case "remove":
+		return r.d.RemoveReal(proto, vip, addr, c.Rehome)
+	case "weight":
+		if c.Weight < 0 || c.Weight > 65535 {
+			return fmt.Errorf("weight %d: expected 0..65535", c.Weight)
+		}
+		return r.d.SetWeight(proto, vip, addr, c.Weight)
+	}
+	return fmt.Errorf("op %q: expected add, remove or weight", c.Op)
+}
+
+// removeEverywhere removes a real from every service that has it.
+func (r *runner) removeEverywhere(addr netip.AddrPort, rehome bool) error {
+	n := 0
+	for _, s := range r.d.Services() {
+		for _, real := range s.Reals {
+			if real.Addr != addr || real.Removed {
+				continue
+			}
+			proto, vip, err := balancer.ParseService(s.Service)
+			if err == nil {
+				err = r.d.RemoveReal(proto, vip, addr, rehome)
+			}
+			if err != nil {
+				return err
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return fmt.Errorf("no service has real %s", addr)
+	}
+	return nil
+}

@@ -1,0 +1,109 @@
+// Package adminapi is the wire format of the director's admin API (HTTP
+// with JSON bodies on a unix socket) and a small client of it. The daemon
+// serves it; `holdfast conns`, `stats`, `service` and `real` and the lab
+// call it. The JSON field names are a public contract: they stay as they
+// are, whatever the packages behind them call the same things.
+package adminapi
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"holdfast/internal/unixhttp"
+)
+
+// The API's paths.
+const (
+	PathConns    = "/conns"    // GET: []Conn
+	PathStats    = "/stats"    // GET: one object, a key per counter (see package daemon)
+	PathServices = "/services" // GET: []Service
+	PathReal     = "/real"     // POST RealChange: []Service after the change
+)
+
+// Conn is one flow as `holdfast conns` shows it.
+type Conn struct {
+	Proto      string  `json:"proto"`
+	Client     string  `json:"client"`
+	VIP        string  `json:"vip"`
+	Real       string  `json:"real"`
+	Local      string  `json:"local,omitempty"` // recovery address:port (recovered flows)
+	State      string  `json:"state"`
+	Kind       string  `json:"kind"`
+	SeqDelta   uint32  `json:"seq_delta"`
+	AckDelta   uint32  `json:"ack_delta"`
+	TSvalDelta uint32  `json:"tsval_delta"`
+	TSecrDelta uint32  `json:"tsecr_delta"`
+	ExpiresIn  float64 `json:"expires_in_s"`
+}
+
+// Service is one service with its reals.
+type Service struct {
+	Service     string        `json:"service"` // PROTO:VIP:PORT
+	Scheduler   string        `json:"scheduler"`
+	Persistence time.Duration `json:"persistence_ns"`
+	Reals       []Real        `json:"reals"`
+}
+
+// Real is one real of a service with its counters. The traffic fields keep
+// the capitalised names they have always had on the wire.
+type Real struct {
+	Addr       netip.AddrPort `json:"addr"`
+	Weight     int            `json:"weight"`
+	Down       bool           `json:"down"`    // marked down by health checks
+	Removed    bool           `json:"removed"` // removed at runtime, flows still draining
+	Rehome     bool           `json:"rehome"`  // removed with rehome: its flows move away
+	Active     int            `json:"active"`
+	Inactive   int            `json:"inactive"`
+	PacketsIn  uint64         `json:"PacketsIn"` // client -> real
+	BytesIn    uint64         `json:"BytesIn"`
+	PacketsOut uint64         `json:"PacketsOut"` // real -> client
+	BytesOut   uint64         `json:"BytesOut"`
+}
+
+// RealChange is the body of POST /real. An error answer names the field it
+// is about first ("real ...", "service ...", "weight ..."): the CLI, whose
+// flags carry the same names, adds the dashes.
+type RealChange struct {
+	Op      string `json:"op"`      // add, remove, weight
+	Service string `json:"service"` // PROTO:VIP:PORT; for remove "" means every service with the real
+	Real    string `json:"real"`    // ADDR:PORT[*WEIGHT] for add, ADDR:PORT otherwise
+	Weight  int    `json:"weight"`  // for weight
+	Rehome  bool   `json:"rehome"`  // for remove: move the real's flows to other reals
+}
+
+// Fields of RealChange that an error answer can name.
+var RealChangeFields = []string{"real", "service", "weight"}
+
+// Client calls a director's admin API.
+type Client struct{ c *unixhttp.Client }
+
+// NewClient returns a client of the admin socket at path.
+func NewClient(path string) *Client { return &Client{unixhttp.NewClient(path)} }
+
+// Close closes the client's idle connections.
+func (c *Client) Close() { c.c.HTTP.CloseIdleConnections() }
+
+// Conns lists the live flows.
+func (c *Client) Conns(ctx context.Context) ([]Conn, error) {
+	var out []Conn
+	return out, c.c.Do(ctx, "GET", PathConns, nil, &out)
+}
+
+// Stats decodes the counters into out: a map[string]any, or a struct with
+// the fields the caller reads (json tags = counter names).
+func (c *Client) Stats(ctx context.Context, out any) error {
+	return c.c.Do(ctx, "GET", PathStats, nil, out)
+}
+
+// Services lists the services and their reals.
+func (c *Client) Services(ctx context.Context) ([]Service, error) {
+	var out []Service
+	return out, c.c.Do(ctx, "GET", PathServices, nil, &out)
+}
+
+// ChangeReal applies ch and returns the services after it.
+func (c *Client) ChangeReal(ctx context.Context, ch RealChange) ([]Service, error) {
+	var out []Service
+	return out, c.c.Do(ctx, "POST", PathReal, ch, &out)
+}

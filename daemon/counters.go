@@ -1,0 +1,233 @@
+package daemon
+
+import (
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"holdfast/internal/wire"
+	"holdfast/nat"
+	"holdfast/stack/pump"
+)
+
+// The counter table: every counter of the director, declared once. /stats,
+// the Prometheus collector and the "counters" (SIGUSR1) and "stopped" log
+// lines are all generated from it, so a counter has one name everywhere:
+// its Prometheus name without the "holdfast_" prefix.
+//
+// Value shapes outside Prometheus (/stats and the log lines): an unlabelled
+// counter is a number; a labelled one an object keyed by its label values
+// joined with "/" in label order; a histogram
+// {"count": N, "sum": SECONDS, "buckets": {"0.0005": CUMULATIVE, ...}}.
+
+// metricType is a counter's Prometheus type.
+type metricType uint8
+
+const (
+	counterType metricType = iota
+	gaugeType
+	histogramType
+)
+
+// counterDef is one entry of the table.
+type counterDef struct {
+	name   string // Prometheus name without "holdfast_"; the /stats key and log field
+	help   string
+	typ    metricType
+	labels []string
+	// each reads the counter (counters and gauges): emit once per sample,
+	// with one label value per label.
+	each func(s *snapshot, emit func(v uint64, labels ...string))
+	// hist reads a histogram.
+	hist func(s *snapshot) histogramValue
+}
+
+// histogramValue is a histogram as /stats shows it. bounds and cum are the
+// same buckets for Prometheus.
+type histogramValue struct {
+	Count   uint64            `json:"count"`
+	Sum     float64           `json:"sum"` // seconds
+	Buckets map[string]uint64 `json:"buckets"`
+	bounds  []float64
+	cum     []uint64
+}
+
+// snapshot is everything the counters are read from, taken once per export
+// so that one export is consistent within each source.
+type snapshot struct {
+	nat       nat.Stats
+	queues    []pump.PumpStats // one per TUN queue
+	writeErrs uint64           // packets of the netstack and engine the device refused
+	stray     uint64           // netstack packets dropped by its tap
+	services  []nat.ServiceInfo
+}
+
+// sources are the live objects a snapshot reads.
+type sources struct {
+	d         *nat.Director
+	pumps     pump.Pumps
+	writeErrs *atomic.Uint64
+	stray     func() uint64 // nil: no netstack
+}
+
+func (src *sources) snapshot() *snapshot {
+	s := &snapshot{nat: src.d.Stats(), writeErrs: src.writeErrs.Load(), services: src.d.Services()}
+	for _, p := range src.pumps {
+		s.queues = append(s.queues, p.Stats())
+	}
+	if src.stray != nil {
+		s.stray = src.stray()
+	}
+	return s
+}
+
+func (s *snapshot) pumpTotal() pump.PumpStats {
+	var t pump.PumpStats
+	for _, q := range s.queues {
+		t.Read += q.Read
+		t.Written += q.Written
+		t.WriteErrors += q.WriteErrors
+	}
+	return t
+}
+
+// scalar is an unlabelled counter or gauge read by f.
+func scalar(name, help string, typ metricType, f func(s *snapshot) uint64) counterDef {
+	return counterDef{name: name, help: help, typ: typ, each: func(s *snapshot, emit func(uint64, ...string)) { emit(f(s)) }}
+}
+
+// eachReal emits f's value for every real of every service.
+func eachReal(f func(r *nat.RealInfo, emit func(v uint64, more ...string))) func(*snapshot, func(uint64, ...string)) {
+	return func(s *snapshot, emit func(uint64, ...string)) {
+		for _, svc := range s.services {
+			for i := range svc.Reals {
+				r := &svc.Reals[i]
+				f(r, func(v uint64, more ...string) { emit(v, append([]string{svc.Service, r.Addr.String()}, more...)...) })
+			}
+		}
+	}
+}
+
+func b2u(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// counters is the table. Order is presentation order in Prometheus.
+var counters = []counterDef{
+	{name: "packets_total", help: "Packets read from the TUN, by verdict.", typ: counterType, labels: []string{"verdict"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			for v := range wire.NumVerdicts {
+				emit(s.nat.Verdicts[v], v.String())
+			}
+		}},
+	{name: "drops_total", help: "Packets dropped, by reason.", typ: counterType, labels: []string{"reason"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			for _, r := range nat.DropReasons() {
+				emit(s.nat.Drop(r), r.String())
+			}
+		}},
+	{name: "device_packets_total", help: "Packets moved by the TUN device, by direction (read, written).", typ: counterType, labels: []string{"direction"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			t := s.pumpTotal()
+			emit(t.Read, "read")
+			emit(t.Written, "written")
+		}},
+	{name: "device_queue_packets_read_total", help: "Packets read from the TUN, by queue.", typ: counterType, labels: []string{"queue"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			for i, q := range s.queues {
+				emit(q.Read, strconv.Itoa(i))
+			}
+		}},
+	scalar("device_write_errors_total", "Packets the TUN device refused.", counterType,
+		func(s *snapshot) uint64 { return s.pumpTotal().WriteErrors + s.writeErrs }),
+	{name: "flows", help: "Live flows, by kind (plain, adopted, recovered) and state.", typ: gaugeType, labels: []string{"kind", "state"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			// The bounds are the array's: nat lists no kinds or states.
+			for k := range len(s.nat.FlowsBy) {
+				for st := range len(s.nat.FlowsBy[k]) {
+					// Only the states in use, and ESTABLISHED always
+					// (a series that is there from the start).
+					if n := s.nat.FlowsBy[k][st]; n > 0 || nat.State(st) == nat.StateEstablished {
+						emit(uint64(n), nat.Kind(k).String(), nat.State(st).String())
+					}
+				}
+			}
+		}},
+	scalar("flows_created_total", "Flows created.", counterType, func(s *snapshot) uint64 { return s.nat.FlowsCreated }),
+	scalar("flows_expired_total", "Flows removed after their idle timeout.", counterType, func(s *snapshot) uint64 { return s.nat.FlowsExpired }),
+	scalar("flows_reused_total", "Flows replaced by a SYN on a TIME_WAIT or CLOSE tuple.", counterType, func(s *snapshot) uint64 { return s.nat.FlowsReused }),
+	scalar("echo_replies_total", "ICMP echo requests to a VIP answered by the director.", counterType, func(s *snapshot) uint64 { return s.nat.EchoReplies }),
+	scalar("icmp_errors_translated_total", "ICMP errors about a flow translated.", counterType, func(s *snapshot) uint64 { return s.nat.ICMPErrors }),
+	scalar("recoveries_started_total", "Recoveries started (a mid-stream segment with no flow).", counterType, func(s *snapshot) uint64 { return s.nat.RecoveryStarted }),
+	scalar("recoveries_succeeded_total", "Recoveries that installed a flow.", counterType, func(s *snapshot) uint64 { return s.nat.RecoverySucceeded }),
+	{name: "recoveries_failed_total", help: "Recoveries that failed, by reason; the client got a RST.", typ: counterType, labels: []string{"reason"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			for _, r := range nat.FailReasons() {
+				emit(s.nat.RecoveryFailed[r], r.String())
+			}
+		}},
+	{name: "recovery_latency_seconds", help: "Time from the first parked segment to the flush, successful recoveries.", typ: histogramType,
+		hist: func(s *snapshot) histogramValue {
+			h := histogramValue{Count: s.nat.RecoverySucceeded, Sum: float64(s.nat.RecoveryLatencyNs) / 1e9, Buckets: make(map[string]uint64, len(nat.LatencyBuckets))}
+			var cum uint64
+			for i, b := range nat.LatencyBuckets {
+				cum += s.nat.RecoveryLatency[i]
+				h.bounds = append(h.bounds, b.Seconds())
+				h.cum = append(h.cum, cum)
+				h.Buckets[strconv.FormatFloat(b.Seconds(), 'g', -1, 64)] = cum
+			}
+			return h
+		}},
+	scalar("recoveries_inflight", "Recoveries in flight.", gaugeType, func(s *snapshot) uint64 { return uint64(s.nat.Inflight) }),
+	scalar("parked_bytes", "Client bytes parked behind recoveries in flight.", gaugeType, func(s *snapshot) uint64 { return uint64(s.nat.ParkedBytes) }),
+	scalar("parked_packets_total", "Client segments parked behind a recovery.", counterType, func(s *snapshot) uint64 { return s.nat.Parked }),
+	scalar("adoptions_total", "Flows adopted from a real server's packet.", counterType, func(s *snapshot) uint64 { return s.nat.Adopted }),
+	scalar("adoption_aborted_dials_total", "Recovery dials abandoned because the original real spoke.", counterType, func(s *snapshot) uint64 { return s.nat.AdoptAborts }),
+	scalar("stale_flows_total", "Flows found stale (the client acked bytes this director never carried).", counterType, func(s *snapshot) uint64 { return s.nat.StaleFlows }),
+	scalar("old_real_resets_total", "RSTs sent to a real whose connection was recovered elsewhere.", counterType, func(s *snapshot) uint64 { return s.nat.OldRealResets }),
+	scalar("client_resets_total", "RSTs sent to clients whose recovery failed.", counterType, func(s *snapshot) uint64 { return s.nat.ClientResets }),
+	scalar("rehomes_started_total", "Flows of a down or drained real sent through recovery.", counterType, func(s *snapshot) uint64 { return s.nat.RehomeStarted }),
+	scalar("rehomes_succeeded_total", "Re-homed flows recovered onto another real.", counterType, func(s *snapshot) uint64 { return s.nat.Rehomed }),
+	scalar("netstack_stray_packets_total", "Packets of the recovery netstack dropped by its tap (RSTs after a handshake, retransmissions).", counterType, func(s *snapshot) uint64 { return s.stray }),
+	{name: "real_active_flows", help: "ESTABLISHED flows per real.", typ: gaugeType, labels: []string{"service", "real"},
+		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) { emit(uint64(r.Active)) })},
+	{name: "real_inactive_flows", help: "Other flows per real.", typ: gaugeType, labels: []string{"service", "real"},
+		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) { emit(uint64(r.Inactive)) })},
+	{name: "real_weight", help: "Weight per real (0: no new flows).", typ: gaugeType, labels: []string{"service", "real"},
+		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) { emit(uint64(r.Weight)) })},
+	{name: "real_up", help: "Health per real: 1 up, 0 down.", typ: gaugeType, labels: []string{"service", "real"},
+		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) { emit(b2u(!r.Down)) })},
+	{name: "real_packets_total", help: "Packets per real, by direction (in: to the real, out: from it).", typ: counterType, labels: []string{"service", "real", "direction"},
+		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) {
+			emit(r.PacketsIn, "in")
+			emit(r.PacketsOut, "out")
+		})},
+	{name: "real_bytes_total", help: "Bytes per real, by direction (in: to the real, out: from it).", typ: counterType, labels: []string{"service", "real", "direction"},
+		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) {
+			emit(r.BytesIn, "in")
+			emit(r.BytesOut, "out")
+		})},
+}
+
+// statsMap is every counter of the table, as /stats serves it and the
+// counters and stopped lines log it.
+func statsMap(s *snapshot) map[string]any {
+	m := make(map[string]any, len(counters))
+	for i := range counters {
+		c := &counters[i]
+		switch {
+		case c.typ == histogramType:
+			m[c.name] = c.hist(s)
+		case len(c.labels) == 0:
+			c.each(s, func(v uint64, _ ...string) { m[c.name] = v })
+		default:
+			byLabel := make(map[string]uint64)
+			c.each(s, func(v uint64, labels ...string) { byLabel[strings.Join(labels, "/")] = v })
+			m[c.name] = byLabel
+		}
+	}
+	return m
+}

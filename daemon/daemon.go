@@ -1,0 +1,337 @@
+package daemon
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"holdfast/balancer"
+	"holdfast/internal/clock"
+	"holdfast/internal/unixhttp"
+	"holdfast/nat"
+	"holdfast/stack/host"
+	"holdfast/stack/pump"
+	"holdfast/stack/tun"
+
+	"github.com/rs/zerolog"
+)
+
+// Log field names.
+const (
+	fService   = "service"
+	fScheduler = "scheduler"
+	fReals     = "reals"
+	fTUN       = "tun"
+	fSignal    = "signal"
+	fStage     = "stage"
+)
+
+// Sweep of the flow table: every expiryEvery, at most expiryBudget slots,
+// which bounds the time the director's lock is held.
+const (
+	expiryEvery  = 100 * time.Millisecond
+	expiryBudget = 10000
+)
+
+// clockResolution is the packet path's time step (see internal/clock).
+const clockResolution = time.Millisecond
+
+// runner is one Run: what the stages and handlers share.
+type runner struct {
+	cfg     Config
+	log     zerolog.Logger
+	clk     *clock.Clock
+	d       *nat.Director
+	checker *balancer.Checker
+	src     *sources
+}
+
+// Run runs a director until ctx ends (or, with cfg.HandleSignals, SIGINT or
+// SIGTERM), then stops everything it started and returns. An error is an
+// *Error naming the part that failed; errors.Is(err, ErrInvalid) for a
+// Config that cannot work.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if cfg.HandleSignals {
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+	}
+
+	dev := cfg.Device
+	if dev == nil {
+		if dev, err = openTUN(cfg.TUN, cfg.Offload, cfg.Queues, log); err != nil {
+			return runtimeError(PartDevice, err)
+		}
+	}
+	defer dev.Close()
+	if cfg.Routes.Setup {
+		undo, err := setupRoutes(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := undo(); err != nil {
+				log.Error().Err(err).Msg("removing routes")
+			} else {
+				log.Info().Msg("routes removed")
+			}
+		}()
+	}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		if mtu, err = host.LinkMTU(cfg.TUN); err != nil {
+			return runtimeError(PartDevice, err)
+		}
+	}
+
+	st := newStages(log)
+	defer st.stopAll() // on an error before serving; a no-op after the stop below
+	r := &runner{cfg: cfg, log: log, clk: clock.New()}
+	r.clk.Update()
+	st.run(ctx, PartClock, func(ctx context.Context) error { r.clk.Run(ctx, clockResolution); return nil }, nil)
+
+	var writeErrs atomic.Uint64
+	write := func(b []byte) { // off the packet loop: netstack and recovery engine
+		if err := tun.WritePacket(dev, b); err != nil {
+			writeErrs.Add(1)
+		}
+	}
+	d, ns, err := newDirector(cfg, mtu, write, r.clk, st, log)
+	if err != nil {
+		return err
+	}
+	r.d = d
+	st.run(ctx, PartExpiry, r.expire, nil)
+
+	var stk pump.Stack
+	r.src = &sources{d: d, writeErrs: &writeErrs}
+	if ns != nil {
+		stk, r.src.stray = ns, ns.Stray
+	}
+	pumps := pump.NewPumps(dev, func() pump.Handler { return d }, stk, r.clk, log)
+	pumps.SetNice(cfg.Nice)
+	r.src.pumps = pumps
+
+	if cfg.AdminSocket != "" {
+		stop, err := unixhttp.Serve(cfg.AdminSocket, r.adminHandler(), log)
+		if err != nil {
+			return runtimeError(PartAdmin, err)
+		}
+		st.own(string(PartAdmin), stop)
+	}
+	if cfg.MetricsAddr != "" {
+		stop, err := serveHTTP(PartMetrics, cfg.MetricsAddr, metricsHandler(newCollector(r.src)), log)
+		if err != nil {
+			return err
+		}
+		st.own(string(PartMetrics), stop)
+	}
+	if cfg.PprofAddr != "" {
+		stop, err := serveHTTP(PartPprof, cfg.PprofAddr, pprofHandler(), log)
+		if err != nil {
+			return err
+		}
+		st.own(string(PartPprof), stop)
+	}
+	r.checker = balancer.NewChecker(cfg.Checks, r.healthChanged)
+	st.own(string(PartChecks), r.checker.Stop)
+	r.setChecks(cfg.Services)
+	st.run(ctx, PartEvents, func(ctx context.Context) error { watchEvents(ctx, d, log); return nil }, nil)
+	st.run(ctx, PartPackets, func(context.Context) error { return pumps.Run() }, func() { dev.Close() })
+
+	// SIGUSR1 logs the counters, as the exit does; SIGHUP reloads. Both
+	// are caught before READY=1: a manager may send one right after it.
+	var sigs chan os.Signal
+	if cfg.HandleSignals {
+		sigs = make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGHUP)
+		defer signal.Stop(sigs)
+	}
+	r.logStart(dev.Name(), mtu)
+	if err := notify(cfg.NotifySocket, stateReady()); err != nil {
+		log.Warn().Err(err).Str("socket", cfg.NotifySocket).Msg("cannot notify the service manager")
+	}
+	var runErr error
+wait:
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				r.reload()
+			} else {
+				r.logCounters("counters")
+			}
+		case <-ctx.Done():
+			// A signal's cause also matches context.Canceled (os/signal's
+			// signalError.Is): only a plain cancel is context.Canceled itself.
+			if sig := context.Cause(ctx); sig != nil && sig != context.Canceled { //nolint:errorlint // identity, see above
+				log.Info().Str(fSignal, sig.Error()).Msg("stopping")
+			} else {
+				log.Info().Msg("stopping")
+			}
+			break wait
+		case e := <-st.ended:
+			if e.err != nil {
+				runErr = runtimeError(e.part, e.err)
+			}
+			break wait
+		}
+	}
+	if err := notify(cfg.NotifySocket, stateStopping); err != nil {
+		log.Warn().Err(err).Str("socket", cfg.NotifySocket).Msg("cannot notify the service manager")
+	}
+	st.stopAll()
+	r.logCounters("stopped")
+	return runErr
+}
+
+// logCounters logs the whole counter table as the fields of one line.
+func (r *runner) logCounters(msg string) {
+	r.log.Info().Fields(statsMap(r.src.snapshot())).Msg(msg)
+}
+
+// expire sweeps the flow table a slice at a time.
+func (r *runner) expire(ctx context.Context) error {
+	t := time.NewTicker(expiryEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			r.d.Expire(r.clk.Now(), expiryBudget)
+		}
+	}
+}
+
+// openTUN opens the TUN device, with segmentation and checksum offload
+// (a virtio-net header) when asked and the kernel supports it.
+func openTUN(name string, offload bool, queues int, log zerolog.Logger) (tun.Device, error) {
+	if offload {
+		dev, err := tun.OpenTUNOffload(name, queues)
+		if err == nil {
+			return dev, nil
+		}
+		log.Warn().Err(err).Msg("TUN offload unavailable; using a plain TUN (slower)")
+	}
+	return tun.OpenTUN(name)
+}
+
+// setupRoutes routes the VIPs and the recovery addresses into the TUN (see
+// stack/host) and returns the undo.
+func setupRoutes(cfg Config, log zerolog.Logger) (func() error, error) {
+	var prefixes []netip.Prefix
+	for _, svc := range cfg.Services {
+		prefixes = append(prefixes, netip.PrefixFrom(svc.VIP.Addr(), svc.VIP.Addr().BitLen()))
+	}
+	for _, a := range cfg.Recovery.Addrs {
+		prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
+	}
+	undo, err := host.SetupRoutes(host.RouteConfig{
+		TUN: cfg.TUN, RealIface: cfg.Routes.RealIface, Prefixes: prefixes, Table: cfg.Routes.Table, MTU: cfg.MTU,
+	}, log)
+	if err != nil {
+		return nil, runtimeError(PartRoutes, err)
+	}
+	return undo, nil
+}
+
+// healthChanged is the checker's report: a real went up or down.
+func (r *runner) healthChanged(t balancer.Target, up bool, reason string) {
+	proto, vip, err := balancer.ParseService(t.Service)
+	if err == nil {
+		err = r.d.SetDown(proto, vip, t.Addr, !up)
+	}
+	if err != nil {
+		return // a target of a service or real that went away
+	}
+	ev, msg := r.log.Warn(), "real down"
+	if up {
+		ev, msg = r.log.Info(), "real up"
+	}
+	ev.Str(fService, t.Service).Str("real", t.Addr.String()).Str("check", t.Check.String()).Str("reason", reason).Msg(msg)
+}
+
+// reload applies the services of cfg.Reload on SIGHUP. Services that do
+// not validate are rejected whole: the running configuration stays.
+func (r *runner) reload() {
+	if r.cfg.Reload == nil {
+		r.log.Warn().Msg("reload asked, but there is nothing to reload from")
+		return
+	}
+	svcs, err := r.cfg.Reload()
+	if err == nil {
+		err = r.d.Reconfigure(svcs)
+	}
+	if err != nil {
+		r.log.Error().Err(err).Msg("reload rejected; the running configuration stays")
+		return
+	}
+	r.setChecks(svcs)
+	for _, svc := range svcs {
+		r.logService(svc)
+	}
+	r.log.Info().Int("services", len(svcs)).Msg("reloaded")
+}
+
+// setChecks makes the checker probe the reals of svcs, and records the state
+// of each (a real whose check changed starts up again).
+func (r *runner) setChecks(svcs []*balancer.Service) {
+	var targets []balancer.Target
+	for _, svc := range svcs {
+		for _, real := range svc.Reals {
+			targets = append(targets, balancer.Target{Service: svc.String(), Addr: real.Addr, Check: svc.Check})
+		}
+	}
+	r.checker.Set(targets)
+	for _, svc := range svcs {
+		for _, t := range targets {
+			if t.Service == svc.String() {
+				up, _ := r.checker.State(t)
+				r.d.SetDown(svc.Proto, svc.VIP, t.Addr, !up) //nolint:errcheck // the reals were just applied
+			}
+		}
+	}
+}
+
+// logStart logs the configuration, then "serving": the line operators read
+// (readiness itself goes to the service manager, see notify).
+func (r *runner) logStart(tunName string, mtu int) {
+	c := r.cfg
+	for _, svc := range c.Services {
+		r.logService(svc)
+	}
+	addrs := zerolog.Arr()
+	for _, a := range c.Recovery.Addrs {
+		addrs.Str(a.String())
+	}
+	rec := c.Recovery
+	r.log.Info().Bool("recovery", rec.Enabled).Array("recovery_addrs", addrs).
+		Str("recovery_ports", strconv.Itoa(int(rec.PortLo))+"-"+strconv.Itoa(int(rec.PortHi))).
+		Int("recovery_wscale", rec.WScale).Dur("recovery_timeout", rec.Timeout).
+		Int("recovery_rate", rec.Rate).Int("recovery_max_inflight", rec.MaxInflight).Msg("recovery")
+	r.log.Info().Str(fTUN, tunName).Int("mtu", mtu).Bool("setup_routes", c.Routes.Setup).Bool("tun_offload", c.Offload).
+		Int("tun_queues", c.Queues).Int("packet_nice", c.Nice).
+		Int("max_flows", c.MaxFlows).Str("admin_socket", c.AdminSocket).Str("metrics_addr", c.MetricsAddr).
+		Int("pid", os.Getpid()).Msg("serving")
+}
+
+func (r *runner) logService(svc *balancer.Service) {
+	reals := zerolog.Arr()
+	for _, real := range svc.Reals {
+		reals.Str(real.Addr.String() + "*" + strconv.Itoa(real.Weight))
+	}
+	r.log.Info().Str(fService, svc.String()).Str(fScheduler, svc.Scheduler.Name()).
+		Dur("persistence", svc.Persistence).Array(fReals, reals).Msg("service")
+}
