@@ -154,28 +154,6 @@ func rcvBufForShift(s int) int64 {
 	return int64(0xffff) << s
 }
 
-// Dial performs one recovery handshake and returns what it captured (see
-// Start). ctx ends it early.
-func (n *Stack) Dial(ctx context.Context, o wire.DialOptions) (wire.Handshake, error) {
-	type result struct {
-		hs  wire.Handshake
-		err error
-	}
-	ch := make(chan result, 1)
-	cancel, err := n.Start(o, 0, func(hs wire.Handshake, err error) { ch <- result{hs, err} })
-	if err != nil {
-		return wire.Handshake{}, err
-	}
-	select {
-	case r := <-ch:
-		return r.hs, r.err
-	case <-ctx.Done():
-		cancel(ctx.Err())
-		r := <-ch
-		return r.hs, r.err
-	}
-}
-
 // Start begins one recovery handshake; done is called once, from one of
 // the netstack's goroutines, with what the tap captured, or with a
 // *DialError. The endpoint is aborted before done is called, and nothing it

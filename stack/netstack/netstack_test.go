@@ -115,7 +115,7 @@ func TestNetstackDialCapturesHandshake(t *testing.T) {
 			local = netip.AddrPortFrom(rec, 20001)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		hs, err := n.Dial(ctx, wire.DialOptions{Local: local, Remote: real, Timestamps: ts, SACK: true, WScale: 7, MSS: 1400})
+		hs, err := dialOnce(ctx, n, wire.DialOptions{Local: local, Remote: real, Timestamps: ts, SACK: true, WScale: 7, MSS: 1400})
 		cancel()
 		if err != nil {
 			t.Fatalf("ts=%v: dial: %v", ts, err)
@@ -171,7 +171,7 @@ func TestNetstackDialRefused(t *testing.T) {
 	n, _ := newPair(t, rec, real)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := n.Dial(ctx, wire.DialOptions{Local: netip.AddrPortFrom(rec, 20000), Remote: real, Timestamps: true, WScale: 7, MSS: 1460})
+	_, err := dialOnce(ctx, n, wire.DialOptions{Local: netip.AddrPortFrom(rec, 20000), Remote: real, Timestamps: true, WScale: 7, MSS: 1460})
 	var de *DialError
 	if !errors.As(err, &de) || !de.Refused {
 		t.Fatalf("dial to a closed port: %v, want a refused DialError", err)
@@ -239,5 +239,27 @@ func TestNetstackStartTimeout(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("second dial not ended")
+	}
+}
+
+// dialOnce performs one recovery handshake and returns what it captured (see
+// Start). ctx ends it early.
+func dialOnce(ctx context.Context, n *Stack, o wire.DialOptions) (wire.Handshake, error) {
+	type result struct {
+		hs  wire.Handshake
+		err error
+	}
+	ch := make(chan result, 1)
+	cancel, err := n.Start(o, 0, func(hs wire.Handshake, err error) { ch <- result{hs, err} })
+	if err != nil {
+		return wire.Handshake{}, err
+	}
+	select {
+	case r := <-ch:
+		return r.hs, r.err
+	case <-ctx.Done():
+		cancel(ctx.Err())
+		r := <-ch
+		return r.hs, r.err
 	}
 }
