@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"holdfast/recovery"
+	"holdfast/nat"
 
 	"github.com/urfave/cli/v2"
 )
@@ -46,7 +46,7 @@ func parseRecovery(c *cli.Context) (recoverySettings, error) {
 		return r, usagef("--recovery=on needs --recovery-addr ADDR (an address routed to the directors, not on the reals' link), or --recovery=off")
 	}
 	var err error
-	if r.portLo, r.portHi, err = recovery.DirectorPorts(c.Int(directorIDFlag.Name)); err != nil {
+	if r.portLo, r.portHi, err = nat.DirectorPorts(c.Int(directorIDFlag.Name)); err != nil {
 		return r, usagef("--director-id %d: expected 1..4", c.Int(directorIDFlag.Name))
 	}
 	if s := c.String(recoveryPortsFlag.Name); s != "" {

@@ -211,17 +211,10 @@ func serve(ctx context.Context, s runSettings, dev tun.Device, mtu int, log zero
 		if mss == 0 {
 			mss = mtu - 40
 		}
-		var err error
-		eng, err = recovery.New(recovery.Config{
-			Addrs: s.rec.addrs, PortLo: s.rec.portLo, PortHi: s.rec.portHi,
-			WScale: s.rec.wscale, MSS: mss, Timeout: s.rec.timeout, Attempts: 3,
-		}, ns, write, clk, log)
-		if err != nil {
-			return usagef("%v", err)
-		}
-		defer eng.Close()
+		eng = recovery.New(recovery.Config{Timeout: s.rec.timeout, Attempts: 3}, ns, write, clk.Now, log)
 		cfg.Recovery = nat.RecoveryConfig{
-			Enabled: true, Recoverer: eng, Addrs: s.rec.addrs,
+			Enabled: true, Dialer: eng, Addrs: s.rec.addrs,
+			PortLo: s.rec.portLo, PortHi: s.rec.portHi, WScale: s.rec.wscale, MSS: mss,
 			Rate: float64(s.rec.rate), MaxInflight: s.rec.maxInflight, Allow: s.rec.allow,
 			ParkBytes: s.rec.parkBytes, ParkFlowBytes: min(s.rec.parkBytes, 4<<20),
 		}
@@ -233,7 +226,17 @@ func serve(ctx context.Context, s runSettings, dev tun.Device, mtu int, log zero
 		return usagef("%v", err)
 	}
 	if eng != nil {
-		eng.Attach(d)
+		// The engine stops before the netstack it dials through closes
+		// (deferred earlier, so run later).
+		engCtx, stopEng := context.WithCancel(context.Background())
+		engDone := make(chan struct{})
+		go func() {
+			defer close(engDone)
+			if err := eng.Run(engCtx, d); err != nil {
+				log.Error().Err(err).Msg("recovery engine")
+			}
+		}()
+		defer func() { stopEng(); <-engDone }()
 	}
 
 	done := make(chan struct{})
@@ -251,7 +254,7 @@ func serve(ctx context.Context, s runSettings, dev tun.Device, mtu int, log zero
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				d.Expire(clk.Now(), 10000)
+				d.Sweep(clk.Now(), 10000)
 			}
 		}
 	}()

@@ -56,3 +56,21 @@ func (q *Queue[T]) Run(stop <-chan struct{}, do func(T)) {
 		}
 	}
 }
+
+// Drain does every item queued now, in order, on the caller's goroutine, and
+// returns when the queue is empty (items that do pushes are done too). It is
+// for the end of a queue's life, once no Run is left.
+func (q *Queue[T]) Drain(do func(T)) {
+	for {
+		q.mu.Lock()
+		batch := q.items
+		q.items = nil
+		q.mu.Unlock()
+		if len(batch) == 0 {
+			return
+		}
+		for _, v := range batch {
+			do(v)
+		}
+	}
+}
