@@ -1,8 +1,6 @@
 package nat
 
 import (
-	"net/netip"
-
 	"holdfast/internal/wire"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -126,41 +124,6 @@ func (d *Director) toReal(p *packet, f *flow) {
 func synOptions(p *packet) clientHandshake {
 	o := header.ParseSynOptions(header.TCP(p.l4).Options(), false)
 	return clientHandshake{ws: int8(o.WS), view: -1, mss: o.MSS, sack: o.SACKPermitted, ts: o.TS}
-}
-
-// pickReal chooses a real of service s for a new flow from client: the
-// persistence template if it holds, else the scheduler. Reals in exclude are
-// avoided. It returns -1 if none can take the flow.
-func (d *Director) pickReal(s *service, client, dst netip.AddrPort, now int64, exclude []netip.AddrPort) int {
-	if s.Persistence > 0 {
-		a, ok := s.persist[client.Addr()]
-		if ok && (a.flows > 0 || a.expires > now) && a.real < len(s.Reals) && s.Reals[a.real].Available() && !contains(exclude, s.Reals[a.real].Addr) {
-			return a.real
-		}
-	}
-	// A scheduler cannot be told to avoid a real: ask again (rr and wrr
-	// move on), then fall back to the first acceptable one (sh, dh).
-	for range len(s.Reals) {
-		ri := s.Scheduler.Pick(s.Reals, client, dst)
-		if ri < 0 || !contains(exclude, s.Reals[ri].Addr) {
-			return ri
-		}
-	}
-	for ri, r := range s.Reals {
-		if r.Available() && !contains(exclude, r.Addr) {
-			return ri
-		}
-	}
-	return -1
-}
-
-func contains(list []netip.AddrPort, a netip.AddrPort) bool {
-	for _, x := range list {
-		if x == a {
-			return true
-		}
-	}
-	return false
 }
 
 // newFlow schedules a real for the packet's client and inserts a plain flow.

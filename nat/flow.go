@@ -256,16 +256,6 @@ func (d *Director) insertFlow(f flow) uint32 {
 	return slot
 }
 
-// realIndex finds a real of service si by address.
-func (d *Director) realIndex(si uint16, addr netip.AddrPort) int {
-	for i, r := range d.services[si].Reals {
-		if r.Addr == addr {
-			return i
-		}
-	}
-	return -1
-}
-
 // track advances the flow's state on a packet and refreshes its expiry.
 func (d *Director) track(f *flow, p *packet, fromClient bool, now int64) {
 	if p.proto == protoTCP {

@@ -3,6 +3,7 @@ package nat
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"testing"
 
 	"holdfast/balancer"
@@ -374,5 +375,43 @@ func TestCsumReplace16(t *testing.T) {
 	}
 	if eqn3 := ^checksum.Combine(checksum.Combine(^uint16(0xffff), ^uint16(0x1234)), 0x1234); eqn3 != 0 {
 		t.Fatalf("eqn. 3 on an unchanged word gives %#04x; the comment says 0x0000", eqn3)
+	}
+}
+
+// Services reports each real's state and traffic from its one record; a
+// removed real is listed while flows use it. Moving a real's flows needs
+// recovery.
+func TestServicesAndRemoval(t *testing.T) {
+	d := newTestDirector(t)
+	syn1 := tcp4(client, vip, syn, 1, 0, nil)
+	handle(t, d, syn1, 1)
+	handle(t, d, tcp4(rs1, client, synack, 9, 2, make([]byte, 10)), 1)
+	if err := d.RemoveReal(6, ap(vip), ap(rs1), true); !errors.Is(err, ErrRecoveryOff) {
+		t.Fatalf("rehome without recovery: %v, want ErrRecoveryOff", err)
+	}
+	if err := d.RemoveReal(6, ap(vip), ap(rs1), false); err != nil {
+		t.Fatal(err)
+	}
+	svcs := d.Services()
+	if len(svcs) != 2 || svcs[0].Service != "tcp:"+vip || svcs[0].Scheduler != "rr" || len(svcs[0].Reals) != 3 {
+		t.Fatalf("services %+v", svcs)
+	}
+	r := svcs[0].Reals[0]
+	want := RealInfo{Addr: ap(rs1), Weight: 0, Removed: true, Inactive: 1,
+		Traffic: balancer.Traffic{PacketsIn: 1, BytesIn: uint64(len(syn1)), PacketsOut: 1, BytesOut: 50}}
+	if r != want {
+		t.Fatalf("rs1 %+v, want %+v", r, want)
+	}
+	// Once its last flow is gone, a removed real is no longer listed.
+	d.Sweep(1+2*60*sec, 100)
+	if reals := d.Services()[0].Reals; len(reals) != 2 || reals[0].Addr != ap(rs2) {
+		t.Fatalf("after its flow ended: %+v", reals)
+	}
+	// Added again, it takes its old place back.
+	if err := d.AddReal(6, ap(vip), ap(rs1), 3); err != nil {
+		t.Fatal(err)
+	}
+	if r := d.Services()[0].Reals[0]; r.Addr != ap(rs1) || r.Weight != 3 || r.Removed || r.PacketsIn != 1 {
+		t.Fatalf("re-added %+v", r)
 	}
 }

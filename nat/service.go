@@ -93,6 +93,51 @@ func (d *Director) Services() []ServiceInfo {
 	return out
 }
 
+// pickReal chooses a real of service s for a new flow from client: the
+// persistence template if it holds, else the scheduler. Reals in exclude are
+// avoided. It returns -1 if none can take the flow.
+func (d *Director) pickReal(s *service, client, dst netip.AddrPort, now int64, exclude []netip.AddrPort) int {
+	if s.Persistence > 0 {
+		a, ok := s.persist[client.Addr()]
+		if ok && (a.flows > 0 || a.expires > now) && a.real < len(s.Reals) && s.Reals[a.real].Available() && !contains(exclude, s.Reals[a.real].Addr) {
+			return a.real
+		}
+	}
+	// A scheduler cannot be told to avoid a real: ask again (rr and wrr
+	// move on), then fall back to the first acceptable one (sh, dh).
+	for range len(s.Reals) {
+		ri := s.Scheduler.Pick(s.Reals, client, dst)
+		if ri < 0 || !contains(exclude, s.Reals[ri].Addr) {
+			return ri
+		}
+	}
+	for ri, r := range s.Reals {
+		if r.Available() && !contains(exclude, r.Addr) {
+			return ri
+		}
+	}
+	return -1
+}
+
+func contains(list []netip.AddrPort, a netip.AddrPort) bool {
+	for _, x := range list {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// realIndex finds a real of service si by address.
+func (d *Director) realIndex(si uint16, addr netip.AddrPort) int {
+	for i, r := range d.services[si].Reals {
+		if r.Addr == addr {
+			return i
+		}
+	}
+	return -1
+}
+
 // service finds a live service by protocol and VIP:port.
 func (d *Director) service(proto balancer.Proto, vip netip.AddrPort) (*service, uint16, error) {
 	si, ok := d.bySvc[svcKey{uint8(proto), vip}]
