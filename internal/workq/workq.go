@@ -1,7 +1,8 @@
-// Package workq hands work from code that must not block (the packet loop
-// with its lock held, gVisor's callbacks) to a few goroutines of its own:
-// an unbounded FIFO and the loop that drains it. It is not on any
-// per-packet path.
+// Package workq hands work from code that must not block (nat asking for a
+// recovery dial with its lock held, gVisor's callbacks) to the goroutines
+// that do it: an unbounded FIFO, the loop that drains it (Run) and a last
+// drain at the end of its life (Drain). It starts no goroutine itself and is
+// not on any per-packet path.
 package workq
 
 import "sync"
