@@ -55,9 +55,10 @@ type Config struct {
 // rest, so the engine's state needs no lock and no goroutine exists per
 // recovery (a failover storm has thousands in flight). When Run's context
 // ends, every dial in flight is cancelled, and Run returns once each has
-// ended and been reported Failed with nat.FailShutdown; so is a dial asked for
-// meanwhile. A Dial after Run has returned is never reported: the Director is
-// being discarded by then.
+// ended and been reported Failed with nat.FailShutdown (even one whose
+// handshake completed meanwhile: the director is going away); so is a dial
+// asked for meanwhile. A Dial after Run has returned is never reported: the
+// Director is being discarded by then.
 type Engine struct {
 	cfg   Config
 	d     Dialer
