@@ -26,15 +26,16 @@ func (p Proto) String() string {
 	return "proto(" + strconv.Itoa(int(p)) + ")"
 }
 
-// Real is one real server of a service. Addr and Weight are configuration;
-// Down is its health; Active and Inactive are flow counts maintained by the
-// flow table (IPVS semantics: active = ESTABLISHED TCP flows, inactive = every
-// other flow), read by the lc scheduler.
+// Real is one real server of a service, and everything the director keeps
+// about it. Addr and Weight are configuration; Down is its health; Removed and
+// Rehome say it left its service at runtime; Active and Inactive are flow
+// counts (IPVS semantics: active = ESTABLISHED TCP flows, inactive = every
+// other flow), read by the lc scheduler; Traffic counts what crossed the
+// director for it. The flow table (package nat) maintains the counts.
 //
-// Every field is guarded by the lock of the packet loop that schedules flows
-// (nat's): schedulers read them under it, and whoever changes them (runtime
-// weight changes, a Checker's onChange) takes it first. A Checker never writes
-// a Real; it only reports.
+// Every field is guarded by nat's lock: schedulers read them under it, and
+// whoever changes them (runtime weight changes, a Checker's onChange) takes it
+// first. A Checker never writes a Real; it only reports.
 type Real struct {
 	Addr   netip.AddrPort
 	Weight int // 0 = quiesced: no new flows, existing flows continue.
@@ -45,8 +46,24 @@ type Real struct {
 	// value is up, so a real that is never checked is always up.
 	Down bool
 
+	// Removed is true once the real was taken out of its service at
+	// runtime (weight 0). It keeps its place in Service.Reals, which flows
+	// index, while flows still use it, and takes it back if added again.
+	// Rehome is true if it was removed so that its flows move to other
+	// reals rather than finish where they are.
+	Removed bool
+	Rehome  bool
+
 	Active   int
 	Inactive int
+
+	Traffic
+}
+
+// Traffic counts what crossed the director for one real.
+type Traffic struct {
+	PacketsIn, BytesIn   uint64 // client -> real
+	PacketsOut, BytesOut uint64 // real -> client
 }
 
 // Available reports whether the real may take a new flow: it has a weight and

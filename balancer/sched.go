@@ -10,8 +10,9 @@ import (
 // lc (case-insensitive). Each Service needs its own instance: rr, wrr, sh and
 // dh keep state about the reals they last saw.
 //
-// Schedulers are not safe for concurrent use; the packet loop is their only
-// caller. Pick copes with the reals slice, weights and health changing between
+// Schedulers are not safe for concurrent use: nat calls them under its lock
+// (from every pump, and from the recovery engine's goroutine), which
+// serializes the calls. Pick copes with the reals slice, weights and health changing between
 // calls (runtime add, remove, quiesce, down): the state is resized or rebuilt
 // on the next Pick, which may then allocate; a Pick with nothing changed does
 // not, and neither does one after a real went down or up.
@@ -30,10 +31,6 @@ func NewScheduler(name string) (Scheduler, error) {
 	}
 	return nil, fmt.Errorf("unknown scheduler %q (expected rr, wrr, sh, dh or lc)", name)
 }
-
-// ParseScheduler is NewScheduler, named for symmetry with ParseReal and
-// ParseService where flags and config files are read.
-func ParseScheduler(name string) (Scheduler, error) { return NewScheduler(name) }
 
 // roundRobin hands new flows to the available reals (weight > 0, not down) in
 // turn, ignoring the weight's value.

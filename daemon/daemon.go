@@ -107,7 +107,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			writeErrs.Add(1)
 		}
 	}
-	d, ns, err := newDirector(cfg, mtu, write, r.clk, st, log)
+	d, ns, err := newDirector(ctx, cfg, mtu, write, r.clk, st, log)
 	if err != nil {
 		return err
 	}
@@ -210,7 +210,7 @@ func (r *runner) expire(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			r.d.Expire(r.clk.Now(), expiryBudget)
+			r.d.Sweep(r.clk.Now(), expiryBudget)
 		}
 	}
 }

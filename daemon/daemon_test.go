@@ -20,7 +20,6 @@ import (
 	"holdfast/balancer"
 	"holdfast/daemon/adminapi"
 	"holdfast/nat"
-	"holdfast/recovery"
 	"holdfast/stack/tun"
 	"holdfast/stack/tun/tuntest"
 
@@ -50,7 +49,7 @@ func testServices(t *testing.T) []*balancer.Service {
 // testConfig is director number id (1..4: its recovery ports) on dev.
 func testConfig(t *testing.T, dev *tuntest.MemDevice, id int) Config {
 	t.Helper()
-	lo, hi, err := recovery.DirectorPorts(id)
+	lo, hi, err := nat.DirectorPorts(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,9 +310,9 @@ func TestRunBadConfig(t *testing.T) {
 		{"recovery without address", func(c *Config) { c.Recovery.Addrs = nil }, PartRecovery, "recovery address"},
 		{"recovery without rate", func(c *Config) { c.Recovery.Rate = 0 }, PartRecovery, "rate 0"},
 		{"bad metrics address", func(c *Config) { c.MetricsAddr = "localhost" }, PartMetrics, `"localhost"`},
-		// Found by the parts themselves.
+		// Found by the parts themselves (nat owns the recovery ports).
 		{"recovery address is a VIP", func(c *Config) { c.Recovery.Addrs = []netip.Addr{vip.Addr()} }, PartDirector, "also a VIP"},
-		{"bad recovery ports", func(c *Config) { c.Recovery.PortLo, c.Recovery.PortHi = 2000, 1000 }, PartRecovery, ""},
+		{"bad recovery ports", func(c *Config) { c.Recovery.PortLo, c.Recovery.PortHi = 2000, 1000 }, PartDirector, "recovery ports 2000-1000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := good()

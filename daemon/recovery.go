@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"context"
+
 	"holdfast/internal/clock"
 	"holdfast/nat"
 	"holdfast/recovery"
@@ -14,7 +16,7 @@ import (
 // behind more than this is not worth its memory.
 const parkFlowBytes = 4 << 20
 
-// attempts is the number of reals a recovery tries.
+// attempts is the number of dials (reals) a recovery tries.
 const attempts = 3
 
 // newDirector builds the Director with its recovery parts and registers
@@ -25,7 +27,7 @@ const attempts = 3
 // With recovery off, the netstack still serves the recovery addresses (a
 // peer's recovered flows must not be taken for something else) but nothing
 // dials.
-func newDirector(cfg Config, mtu int, write func([]byte), clk *clock.Clock, st *stages, log zerolog.Logger) (*nat.Director, *netstack.Stack, error) {
+func newDirector(ctx context.Context, cfg Config, mtu int, write func([]byte), clk *clock.Clock, st *stages, log zerolog.Logger) (*nat.Director, *netstack.Stack, error) {
 	r := cfg.Recovery
 	ncfg := nat.Config{Services: cfg.Services, Timeouts: cfg.Timeouts, MaxFlows: cfg.MaxFlows,
 		Recovery: nat.RecoveryConfig{Addrs: r.Addrs}}
@@ -43,17 +45,10 @@ func newDirector(cfg Config, mtu int, write func([]byte), clk *clock.Clock, st *
 		if mss == 0 {
 			mss = mtu - header.IPv4MinimumSize - header.TCPMinimumSize
 		}
-		var err error
-		eng, err = recovery.New(recovery.Config{
-			Addrs: r.Addrs, PortLo: r.PortLo, PortHi: r.PortHi,
-			WScale: r.WScale, MSS: mss, Timeout: r.Timeout, Attempts: attempts,
-		}, ns, write, clk, log)
-		if err != nil {
-			return nil, nil, invalid(PartRecovery, err)
-		}
-		st.own("recovery engine", eng.Close)
+		eng = recovery.New(recovery.Config{Timeout: r.Timeout, Attempts: attempts}, ns, write, clk.Now, log)
 		ncfg.Recovery = nat.RecoveryConfig{
-			Enabled: true, Recoverer: eng, Addrs: r.Addrs,
+			Enabled: true, Dialer: eng, Addrs: r.Addrs,
+			PortLo: r.PortLo, PortHi: r.PortHi, WScale: r.WScale, MSS: mss,
 			Rate: float64(r.Rate), MaxInflight: r.MaxInflight, Allow: r.Allow,
 			ParkBytes: r.ParkBytes, ParkFlowBytes: min(r.ParkBytes, parkFlowBytes),
 		}
@@ -63,7 +58,9 @@ func newDirector(cfg Config, mtu int, write func([]byte), clk *clock.Clock, st *
 		return nil, nil, invalid(PartDirector, err)
 	}
 	if eng != nil {
-		eng.Attach(d)
+		// After the netstack it dials through, so stopped before it: the
+		// engine's stop ends every dial in flight and reports it.
+		st.run(ctx, PartRecovery, func(ctx context.Context) error { return eng.Run(ctx, d) }, nil)
 	}
 	return d, ns, nil
 }

@@ -3,6 +3,8 @@ package nat
 import (
 	"bytes"
 	"testing"
+
+	"holdfast/internal/wire"
 )
 
 // BenchmarkHandle measures the per-packet path (decode, lookup, rewrite) for a
@@ -69,8 +71,7 @@ func BenchmarkHandleRecovered(b *testing.B) {
 	d, _ := newRecDirector(b)
 	key := Key{protoTCP, ap(client), ap(vip)}
 	d.HandlePacket(tcp4(client, vip, psh, 1000, 2000, []byte("GET /"), tsOpt(1, 2)...), 1)
-	d.Dialing(key, ap(rs1), ap(local))
-	d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 7, AckAck: 9, TS: true, OurWScale: 7, PeerWScale: 7}, 2)
+	d.Recovered(key, wire.Handshake{AckSeq: 7, AckAck: 9, TS: true, OurWScale: 7, PeerWScale: 7}, 2)
 	for _, size := range []int{0, 1448} {
 		in := tcp4(client, vip, ack, 1005, 2000, make([]byte, size), opts(tsOpt(3, 4), sackOpt(1900, 1950))...)
 		out := tcp4(rs1, local, psh, 9, 12, make([]byte, size), tsOpt(5, 6)...)

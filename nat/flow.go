@@ -2,6 +2,9 @@ package nat
 
 import "net/netip"
 
+// Flows: the keys and the table, and the Director's accounting of flows
+// (insert, remove, state tracking, the sweep of idle flows).
+
 // Key identifies one direction of a flow: (protocol, source, destination) as
 // the packet carries them. A flow has two keys: (client, VIP) for packets from
 // the client and (real, client) for packets from the real server. Key is
@@ -156,7 +159,7 @@ type table struct {
 	free   []uint32
 	index  map[fkey]uint32
 	n      int
-	cursor int // expiry sweep position
+	cursor int // Sweep position
 }
 
 func newTable() table {
@@ -223,4 +226,131 @@ func (h clientHandshake) viewOr(def int8) int8 {
 		return def
 	}
 	return h.view
+}
+
+// insertFlow adds f (its State still StateNone for TCP, the caller's track
+// sets it) and accounts it to its real and persistence template.
+func (d *Director) insertFlow(f flow) uint32 {
+	if f.Proto == protoUDP {
+		f.State = StateUDP
+	}
+	slot := d.flows.insert(f)
+	d.stats.FlowsBy[f.Kind][f.State]++
+	s := &d.services[f.svc]
+	r := s.Reals[f.real]
+	if f.State == StateEstablished {
+		r.Active++
+	} else {
+		r.Inactive++
+	}
+	if s.Persistence > 0 {
+		ri := int(f.real)
+		a := s.persist[f.Client.Addr()]
+		if a.real != ri {
+			a = affinity{real: ri}
+		}
+		a.flows++
+		s.persist[f.Client.Addr()] = a
+	}
+	d.stats.FlowsCreated++
+	return slot
+}
+
+// track advances the flow's state on a packet and refreshes its expiry.
+func (d *Director) track(f *flow, p *packet, fromClient bool, now int64) {
+	if p.proto == protoTCP {
+		ns := nextState(f.State, fromClient, p.flags)
+		if ns != f.State {
+			r := d.services[f.svc].Reals[f.real]
+			if f.State == StateEstablished {
+				r.Active--
+				r.Inactive++
+			}
+			if ns == StateEstablished {
+				r.Inactive--
+				r.Active++
+			}
+			d.stats.FlowsBy[f.Kind][f.State]--
+			d.stats.FlowsBy[f.Kind][ns]++
+			f.State = ns
+		}
+	}
+	f.Expires = now + d.timeouts[f.State]
+}
+
+func (d *Director) removeFlow(slot uint32, now int64) {
+	f := &d.flows.slab[slot]
+	s := &d.services[f.svc]
+	r := s.Reals[f.real]
+	if f.State == StateEstablished {
+		r.Active--
+	} else {
+		r.Inactive--
+	}
+	if s.Persistence > 0 {
+		if a, ok := s.persist[f.Client.Addr()]; ok && a.real == int(f.real) {
+			a.flows--
+			a.expires = now + int64(s.Persistence)
+			s.persist[f.Client.Addr()] = a
+		}
+	}
+	if f.Kind == KindRecovered {
+		// The recovery port was reserved for this flow's real when its
+		// dial was asked for: the flow's end frees it.
+		d.rec.ports.release(f.Local, f.Real)
+	}
+	d.stats.FlowsBy[f.Kind][f.State]--
+	d.flows.remove(slot)
+}
+
+// Sweep does the Director's periodic work, at most budget steps of each
+// kind so that the lock is held briefly: it removes idle flows, resuming
+// where the last call stopped, and forgets persistence entries that ran out.
+// It returns the flows removed. The daemon calls it from a ticker with its
+// coarse clock: nat reads no clock, so every table with deadlines that nat
+// keeps is swept here (and so will be the tables of client challenges before
+// a recovery and of owner probes, with their retries).
+func (d *Director) Sweep(now int64, budget int) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	removed := 0
+	t := &d.flows
+	for i := 0; i < budget && len(t.slab) > 0; i++ {
+		if t.cursor >= len(t.slab) {
+			t.cursor = 0
+		}
+		slot := uint32(t.cursor)
+		t.cursor++
+		if f := &t.slab[slot]; f.used && f.Expires <= now {
+			d.removeFlow(slot, now)
+			d.stats.FlowsExpired++
+			removed++
+		}
+	}
+	for i := range d.services {
+		s := &d.services[i]
+		n := 0
+		for addr, a := range s.persist {
+			if a.flows <= 0 && a.expires <= now {
+				delete(s.persist, addr)
+			}
+			if n++; n >= budget {
+				break
+			}
+		}
+	}
+	return removed
+}
+
+// Flows returns a copy of every live flow.
+func (d *Director) Flows(now int64) []Flow {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]Flow, 0, d.flows.n)
+	for i := range d.flows.slab {
+		if f := &d.flows.slab[i]; f.used && f.Expires > now {
+			out = append(out, f.export())
+		}
+	}
+	return out
 }

@@ -2,8 +2,9 @@ package nat
 
 import (
 	"encoding/binary"
-	"holdfast/internal/wire"
 	"net/netip"
+
+	"holdfast/internal/wire"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )

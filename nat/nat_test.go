@@ -3,10 +3,12 @@ package nat
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"testing"
 
 	"holdfast/balancer"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -148,7 +150,7 @@ func TestUDPFlow(t *testing.T) {
 		t.Fatalf("udp reply:\n got %x\nwant %x", out, want)
 	}
 	// Idle past the UDP timeout, the flow is gone.
-	if n := d.Expire(2+300*sec, 100); n != 1 {
+	if n := d.Sweep(2+300*sec, 100); n != 1 {
 		t.Fatalf("expired %d flows, want 1", n)
 	}
 	if st := d.Stats(); st.Flows != 0 || st.FlowsExpired != 1 {
@@ -197,7 +199,7 @@ func TestPersistence(t *testing.T) {
 	}
 	// All flows expire; the affinity outlives them by the persistence
 	// time, then is forgotten.
-	d.Expire(10*60*sec, 1000)
+	d.Sweep(10*60*sec, 1000)
 	out = handle(t, d, tcp4("198.18.1.2:9", vip, syn, 1, 0, nil), 10*60*sec+30*sec)
 	if _, dst := addrs(out); dst != want {
 		t.Fatalf("within persistence after flows ended: %v, want %v", dst, want)
@@ -342,5 +344,74 @@ func TestUDPFlowLeavesDownReal(t *testing.T) {
 	}
 	if f := d.Flows(2); len(f) != 1 || f[0].Real != ap("198.18.10.12:5353") {
 		t.Fatalf("flows %+v", f)
+	}
+}
+
+// csumReplace16 agrees with a checksum computed from scratch, and leaves the
+// field alone when the word did not change (where RFC 1624 eqn. 3 alone
+// would turn 0xffff into 0x0000).
+func TestCsumReplace16(t *testing.T) {
+	data := make([]byte, 64)
+	stored := func() uint16 { return ^checksum.Checksum(data, 0) }
+	seed := uint32(1)
+	next := func() uint16 { seed = seed*1664525 + 1013904223; return uint16(seed >> 16) }
+	for i := range len(data) / 2 {
+		binary.BigEndian.PutUint16(data[2*i:], next())
+	}
+	xsum := stored()
+	for range 10000 {
+		off := 2 * int(next()%uint16(len(data)/2))
+		v := next()
+		if next()%8 == 0 {
+			v = binary.BigEndian.Uint16(data[off:]) // unchanged word
+		}
+		xsum = put16(data, off, v, xsum)
+		if want := stored(); xsum != want && !(xsum^want == 0xffff && (xsum == 0 || want == 0)) {
+			t.Fatalf("incremental %#04x, from scratch %#04x", xsum, want)
+		}
+	}
+	if got := csumReplace16(0xffff, 0x1234, 0x1234); got != 0xffff {
+		t.Fatalf("unchanged word changed the field 0xffff to %#04x", got)
+	}
+	if eqn3 := ^checksum.Combine(checksum.Combine(^uint16(0xffff), ^uint16(0x1234)), 0x1234); eqn3 != 0 {
+		t.Fatalf("eqn. 3 on an unchanged word gives %#04x; the comment says 0x0000", eqn3)
+	}
+}
+
+// Services reports each real's state and traffic from its one record; a
+// removed real is listed while flows use it. Moving a real's flows needs
+// recovery.
+func TestServicesAndRemoval(t *testing.T) {
+	d := newTestDirector(t)
+	syn1 := tcp4(client, vip, syn, 1, 0, nil)
+	handle(t, d, syn1, 1)
+	handle(t, d, tcp4(rs1, client, synack, 9, 2, make([]byte, 10)), 1)
+	if err := d.RemoveReal(6, ap(vip), ap(rs1), true); !errors.Is(err, ErrRecoveryOff) {
+		t.Fatalf("rehome without recovery: %v, want ErrRecoveryOff", err)
+	}
+	if err := d.RemoveReal(6, ap(vip), ap(rs1), false); err != nil {
+		t.Fatal(err)
+	}
+	svcs := d.Services()
+	if len(svcs) != 2 || svcs[0].Service != "tcp:"+vip || svcs[0].Scheduler != "rr" || len(svcs[0].Reals) != 3 {
+		t.Fatalf("services %+v", svcs)
+	}
+	r := svcs[0].Reals[0]
+	want := RealInfo{Addr: ap(rs1), Weight: 0, Removed: true, Inactive: 1,
+		Traffic: balancer.Traffic{PacketsIn: 1, BytesIn: uint64(len(syn1)), PacketsOut: 1, BytesOut: 50}}
+	if r != want {
+		t.Fatalf("rs1 %+v, want %+v", r, want)
+	}
+	// Once its last flow is gone, a removed real is no longer listed.
+	d.Sweep(1+2*60*sec, 100)
+	if reals := d.Services()[0].Reals; len(reals) != 2 || reals[0].Addr != ap(rs2) {
+		t.Fatalf("after its flow ended: %+v", reals)
+	}
+	// Added again, it takes its old place back.
+	if err := d.AddReal(6, ap(vip), ap(rs1), 3); err != nil {
+		t.Fatal(err)
+	}
+	if r := d.Services()[0].Reals[0]; r.Addr != ap(rs1) || r.Weight != 3 || r.Removed || r.PacketsIn != 1 {
+		t.Fatalf("re-added %+v", r)
 	}
 }

@@ -164,3 +164,34 @@ func pseudoHeaderSum(ip header.IPv4, proto uint8, l4len int) uint16 {
 	xsum := checksum.Checksum(ip[12:20], 0)
 	return checksum.Combine(checksum.Combine(xsum, uint16(proto)), uint16(l4len))
 }
+
+// buildRST writes a 40-byte TCP RST from src to dst into buf (reusing its
+// storage when it is large enough) and returns it. With withAck the RST
+// carries ACK = ack.
+func buildRST(buf []byte, src, dst netip.AddrPort, seq, ack uint32, withAck bool) []byte {
+	const n = header.IPv4MinimumSize + header.TCPMinimumSize
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	b := buf[:n]
+	clear(b)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: n, TTL: 64, Protocol: protoTCP,
+		SrcAddr: tcpipAddr(src.Addr()), DstAddr: tcpipAddr(dst.Addr()),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	flags := header.TCPFlagRst
+	if !withAck {
+		ack = 0
+	} else {
+		flags |= header.TCPFlagAck
+	}
+	t := header.TCP(b[header.IPv4MinimumSize:])
+	t.Encode(&header.TCPFields{
+		SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: seq, AckNum: ack,
+		DataOffset: header.TCPMinimumSize, Flags: flags,
+	})
+	t.SetChecksum(^t.CalculateChecksum(pseudoHeaderSum(ip, protoTCP, header.TCPMinimumSize)))
+	return b
+}

@@ -3,8 +3,9 @@ package nat
 import (
 	"bytes"
 	"encoding/binary"
-	"holdfast/internal/wire"
 	"testing"
+
+	"holdfast/internal/wire"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -33,8 +34,7 @@ func TestPartialChecksumRewrites(t *testing.T) {
 	// A recovered flow on both directors, set up with full checksums.
 	for _, d := range []*Director{full, part} {
 		d.HandlePacket(tcp4(client, vip, psh, 1000, 2000, []byte("GET /"), tsOpt(1, 2)...), 1)
-		d.Dialing(key, ap(rs1), ap(local))
-		d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 7, AckAck: 9, TS: true, AckTSval: 3, SynAckTSval: 4, OurWScale: 7, PeerWScale: 7}, 2)
+		d.Recovered(key, wire.Handshake{AckSeq: 7, AckAck: 9, TS: true, AckTSval: 3, SynAckTSval: 4, OurWScale: 7, PeerWScale: 7}, 2)
 		d.HandlePacket(udp4(client, udpVIP, []byte("q")), 2)
 	}
 	cases := []struct {
@@ -85,8 +85,7 @@ func TestPartialParkedCompleted(t *testing.T) {
 	if v, _ := d.Handle(asPartial(tcp4(client, vip, psh, 100, 200, []byte("GET /"))), true, 1); v != wire.Park {
 		t.Fatalf("verdict %v, want park", v)
 	}
-	d.Dialing(key, ap(rs1), ap(local))
-	out, _ := d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 1, AckAck: 2}, 2)
+	out := d.Recovered(key, wire.Handshake{AckSeq: 1, AckAck: 2}, 2)
 	if len(out) != 1 {
 		t.Fatalf("%d flushed", len(out))
 	}

@@ -3,37 +3,40 @@ package nat
 import (
 	"bytes"
 	"encoding/binary"
-	"holdfast/internal/wire"
 	"net/netip"
 	"testing"
+
+	"holdfast/internal/wire"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// fakeRecoverer records what the Director asks of its recovery engine.
-type fakeRecoverer struct {
-	started  []RecoveryRequest
-	aborted  []Key
-	released [][2]netip.AddrPort
+// fakeDialer records what the Director asks of its recovery engine.
+type fakeDialer struct {
+	dials     []dialReq
+	cancelled []Key
 }
 
-func (f *fakeRecoverer) Start(r RecoveryRequest) { f.started = append(f.started, r) }
-func (f *fakeRecoverer) Abort(k Key)             { f.aborted = append(f.aborted, k) }
-func (f *fakeRecoverer) Release(l, r netip.AddrPort) {
-	f.released = append(f.released, [2]netip.AddrPort{l, r})
+type dialReq struct {
+	key Key
+	o   wire.DialOptions
 }
+
+func (f *fakeDialer) Dial(k Key, o wire.DialOptions) { f.dials = append(f.dials, dialReq{k, o}) }
+func (f *fakeDialer) Cancel(k Key)                   { f.cancelled = append(f.cancelled, k) }
 
 const (
 	recAddr = "198.18.200.1"
 	local   = "198.18.200.1:10000"
 )
 
-func newRecDirector(t testing.TB, mod ...func(*RecoveryConfig)) (*Director, *fakeRecoverer) {
+func newRecDirector(t testing.TB, mod ...func(*RecoveryConfig)) (*Director, *fakeDialer) {
 	t.Helper()
-	fr := &fakeRecoverer{}
+	fr := &fakeDialer{}
 	d := newTestDirector(t, func(c *Config) {
 		c.Recovery = RecoveryConfig{
-			Enabled: true, Recoverer: fr, Addrs: []netip.Addr{netip.MustParseAddr(recAddr)},
+			Enabled: true, Dialer: fr, Addrs: []netip.Addr{netip.MustParseAddr(recAddr)},
+			PortLo: 10000, PortHi: 10009, WScale: 7, MSS: 1460,
 			Rate: 1000, MaxInflight: 10, ParkBytes: 1 << 20, ParkFlowBytes: 1 << 16,
 		}
 		for _, m := range mod {
@@ -77,18 +80,16 @@ func TestRecoveredTranslationGolden(t *testing.T) {
 			t.Fatalf("segment %d forwarded before recovery", i)
 		}
 	}
-	if len(fr.started) != 1 || fr.started[0] != (RecoveryRequest{Key: key, Real: ap(rs1), Timestamps: true, WScale: -1, SACK: true}) {
-		t.Fatalf("recoveries started: %+v", fr.started)
+	// Without the client's handshake, the SYN says what is configured.
+	if want := (dialReq{key, wire.DialOptions{Local: ap(local), Remote: ap(rs1), Timestamps: true, SACK: true, WScale: 7, MSS: 1460}}); len(fr.dials) != 1 || fr.dials[0] != want {
+		t.Fatalf("recoveries started: %+v, want %+v", fr.dials, want)
 	}
 	if st := d.Stats(); st.Verdicts[wire.Park] != 2 || st.ParkedBytes != len(seg1)+len(seg2) || st.Inflight != 1 {
 		t.Fatalf("parking stats %+v", st)
 	}
-	if !d.Dialing(key, ap(rs1), ap(local)) {
-		t.Fatal("Dialing refused")
-	}
-	hs := Handshake{AckSeq: 0x10, AckAck: 0xfffffff8, AckTSval: 5, SynAckTSval: 0xfffffffe, TS: true, OurWScale: 7, PeerWScale: 7}
-	out, ok := d.Recovered(key, ap(rs1), ap(local), hs, 2)
-	if !ok || len(out) != 2 {
+	hs := wire.Handshake{AckSeq: 0x10, AckAck: 0xfffffff8, AckTSval: 5, SynAckTSval: 0xfffffffe, TS: true, OurWScale: 7, PeerWScale: 7}
+	out := d.Recovered(key, hs, 2)
+	if ok := d.Stats().RecoverySucceeded == 1; !ok || len(out) != 2 {
 		t.Fatalf("Recovered: ok=%v, %d packets", ok, len(out))
 	}
 	// SeqDelta = 0xffffff00-0x10, AckDelta = 0x7ffffff0-0xfffffff8,
@@ -137,10 +138,15 @@ func TestRecoveredTranslationGolden(t *testing.T) {
 	if st := d.Stats(); st.RecoverySucceeded != 1 || st.ParkedBytes != 0 || st.Inflight != 0 {
 		t.Fatalf("stats after recovery %+v", st)
 	}
-	// Idle past the timeout: the flow goes and its port is released.
-	d.Expire(3+16*60*sec, 100)
-	if len(fr.released) != 1 || fr.released[0] != [2]netip.AddrPort{ap(local), ap(rs1)} {
-		t.Fatalf("released %+v", fr.released)
+	// The flow holds its port; idle past the timeout, the flow goes and
+	// its port is released.
+	held := pair{endpointOf(ap(local)), endpointOf(ap(rs1))}
+	if _, ok := d.rec.ports.inUse[held]; !ok || len(d.rec.ports.inUse) != 1 {
+		t.Fatalf("ports in use %v, want %v", d.rec.ports.inUse, held)
+	}
+	d.Sweep(3+16*60*sec, 100)
+	if len(d.rec.ports.inUse) != 0 {
+		t.Fatalf("ports still in use after the flow ended: %v", d.rec.ports.inUse)
 	}
 }
 
@@ -150,11 +156,10 @@ func TestRecoveryWithoutTimestamps(t *testing.T) {
 	d, fr := newRecDirector(t)
 	handle(t, d, tcp4(client, vip, psh, 100, 200, []byte("GET /")), 1)
 	key := Key{protoTCP, ap(client), ap(vip)}
-	if len(fr.started) != 1 || fr.started[0].Timestamps {
-		t.Fatalf("started %+v, want one without timestamps", fr.started)
+	if len(fr.dials) != 1 || fr.dials[0].o.Timestamps {
+		t.Fatalf("started %+v, want one without timestamps", fr.dials)
 	}
-	d.Dialing(key, ap(rs1), ap(local))
-	out, _ := d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 1, AckAck: 2, OurWScale: 7, PeerWScale: 9}, 2)
+	out := d.Recovered(key, wire.Handshake{AckSeq: 1, AckAck: 2, OurWScale: 7, PeerWScale: 9}, 2)
 	if want := tcp4(local, rs1, psh, 1, 2, []byte("GET /")); len(out) != 1 || !bytes.Equal(out[0], want) {
 		t.Fatalf("flushed %x, want %x", out, want)
 	}
@@ -230,16 +235,16 @@ func TestRecoveryTriggers(t *testing.T) {
 			if out, _ := d.HandlePacket(c.pkt, 1); out != nil {
 				t.Fatal("forwarded")
 			}
-			if got := d.Stats().Drop(c.want); got != 1 || len(fr.started) != 0 {
-				t.Fatalf("%v = %d, recoveries %d; want 1 and 0", c.want, got, len(fr.started))
+			if got := d.Stats().Drop(c.want); got != 1 || len(fr.dials) != 0 {
+				t.Fatalf("%v = %d, recoveries %d; want 1 and 0", c.want, got, len(fr.dials))
 			}
 		})
 	}
 	t.Run("allowed", func(t *testing.T) {
 		d, fr := newRecDirector(t, allowOnly)
 		handle(t, d, tcp4(client, vip, psh, 1, 1, []byte("data")), 1)
-		if len(fr.started) != 1 {
-			t.Fatalf("client in the allowed prefix: %d recoveries", len(fr.started))
+		if len(fr.dials) != 1 {
+			t.Fatalf("client in the allowed prefix: %d recoveries", len(fr.dials))
 		}
 	})
 	t.Run("rate and inflight", func(t *testing.T) {
@@ -250,13 +255,13 @@ func TestRecoveryTriggers(t *testing.T) {
 		for i := range 4 { // burst of 2, then refused by the rate
 			handle(t, d, seg(1000+i), 1)
 		}
-		if st := d.Stats(); len(fr.started) != 2 || st.Drop(DropRecoveryRate) != 2 {
-			t.Fatalf("at one instant: %d started, %d rate-limited", len(fr.started), st.Drop(DropRecoveryRate))
+		if st := d.Stats(); len(fr.dials) != 2 || st.Drop(DropRecoveryRate) != 2 {
+			t.Fatalf("at one instant: %d started, %d rate-limited", len(fr.dials), st.Drop(DropRecoveryRate))
 		}
 		handle(t, d, seg(2000), 1+sec) // a second later, tokens again
 		handle(t, d, seg(2001), 1+sec) // but 3 in flight is the cap
-		if st := d.Stats(); len(fr.started) != 3 || st.Drop(DropRecoveryBusy) != 1 {
-			t.Fatalf("after refill: %d started, %d busy", len(fr.started), st.Drop(DropRecoveryBusy))
+		if st := d.Stats(); len(fr.dials) != 3 || st.Drop(DropRecoveryBusy) != 1 {
+			t.Fatalf("after refill: %d started, %d busy", len(fr.dials), st.Drop(DropRecoveryBusy))
 		}
 	})
 	t.Run("park limit", func(t *testing.T) {
@@ -278,7 +283,7 @@ func TestRecoveryFailureResetsClient(t *testing.T) {
 	key := Key{protoTCP, ap(client), ap(vip)}
 	handle(t, d, tcp4(client, vip, psh, 5000, 9000, []byte("GET /")), 1)
 	handle(t, d, tcp4(client, vip, psh, 5005, 9100, []byte("more")), 1)
-	out := d.RecoveryFailed(key, FailRefused, 2)
+	out := d.Failed(key, FailRefused, 2)
 	want := asRST(tcp4(vip, client, rst|ack, 9100, 5009, nil))
 	if len(out) != 1 || !bytes.Equal(out[0], want) {
 		t.Fatalf("RST:\n got %x\nwant %x", out, want)
@@ -315,8 +320,8 @@ func TestAdoption(t *testing.T) {
 		if out := handle(t, d, tcp4(client, vip, ack, 8, 3007, nil), 2); out == nil {
 			t.Fatal("ack of adopted data dropped")
 		}
-		if out := handle(t, d, tcp4(client, vip, psh, 8, 3007, []byte("GET /")), 2); out == nil || len(fr.started) != 0 {
-			t.Fatalf("next request: forwarded %v, recoveries %d", out != nil, len(fr.started))
+		if out := handle(t, d, tcp4(client, vip, psh, 8, 3007, []byte("GET /")), 2); out == nil || len(fr.dials) != 0 {
+			t.Fatalf("next request: forwarded %v, recoveries %d", out != nil, len(fr.dials))
 		}
 		if st := d.Stats(); st.StaleFlows != 0 || st.Adopted != 1 {
 			t.Fatalf("stats %+v", st)
@@ -331,27 +336,26 @@ func TestAdoption(t *testing.T) {
 		handle(t, d, tcp4(client, vip, ack, 8, 2000, nil, sackOpt(5000, 9000)...), 2)
 		handle(t, d, tcp4(rs2, client, psh, 2000, 8, make([]byte, 1000)), 2)
 		handle(t, d, tcp4(client, vip, ack, 8, 9000, nil), 3)
-		if st := d.Stats(); st.StaleFlows != 0 || len(fr.started) != 0 {
-			t.Fatalf("stale %d, recoveries %d", st.StaleFlows, len(fr.started))
+		if st := d.Stats(); st.StaleFlows != 0 || len(fr.dials) != 0 {
+			t.Fatalf("stale %d, recoveries %d", st.StaleFlows, len(fr.dials))
 		}
 		// Beyond anything seen or held, it is.
 		handle(t, d, tcp4(client, vip, psh, 8, 9500, []byte("GET /")), 4)
-		if st := d.Stats(); st.StaleFlows != 1 || len(fr.started) != 1 {
-			t.Fatalf("stale %d, recoveries %d; want 1 and 1", st.StaleFlows, len(fr.started))
+		if st := d.Stats(); st.StaleFlows != 1 || len(fr.dials) != 1 {
+			t.Fatalf("stale %d, recoveries %d; want 1 and 1", st.StaleFlows, len(fr.dials))
 		}
 	})
 	t.Run("during a dial", func(t *testing.T) {
 		d, fr := newRecDirector(t)
 		key := Key{protoTCP, ap(client), ap(vip)}
 		handle(t, d, tcp4(client, vip, psh, 100, 200, []byte("GET /")), 1)
-		d.Dialing(key, ap(rs1), ap(local))
 		handle(t, d, tcp4(rs3, client, psh, 200, 100, []byte("old")), 2)
-		if len(fr.aborted) != 1 || fr.aborted[0] != key {
-			t.Fatalf("aborted %+v", fr.aborted)
+		if len(fr.cancelled) != 1 || fr.cancelled[0] != key {
+			t.Fatalf("aborted %+v", fr.cancelled)
 		}
 		// The engine reports the aborted dial: the parked segment goes to
 		// the adopting real, untranslated.
-		out := d.RecoveryFailed(key, FailError, 3)
+		out := d.Failed(key, FailError, 3)
 		if want := tcp4(client, rs3, psh, 100, 200, []byte("GET /")); len(out) != 1 || !bytes.Equal(out[0], want) {
 			t.Fatalf("flushed %x, want %x", out, want)
 		}
@@ -359,13 +363,15 @@ func TestAdoption(t *testing.T) {
 		if st.AdoptAborts != 1 || st.ClientResets != 0 || st.Inflight != 0 {
 			t.Fatalf("stats %+v", st)
 		}
+		if len(d.rec.ports.inUse) != 0 || len(d.rec.dialing) != 0 {
+			t.Fatalf("the aborted dial still holds a port %v or the gate %v", d.rec.ports.inUse, d.rec.dialing)
+		}
 	})
 	t.Run("recovered elsewhere", func(t *testing.T) {
 		d, _ := newRecDirector(t)
 		key := Key{protoTCP, ap(client), ap(vip)}
 		handle(t, d, tcp4(client, vip, psh, 100, 200, []byte("GET /")), 1)
-		d.Dialing(key, ap(rs1), ap(local))
-		d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 1, AckAck: 1}, 2)
+		d.Recovered(key, wire.Handshake{AckSeq: 1, AckAck: 1}, 2)
 		// The old real (rs3) still holds the original connection: it gets
 		// a RST at its RCV.NXT (the ack it sent), the client nothing.
 		out := handle(t, d, tcp4(rs3, client, psh, 200, 105, []byte("late")), 3)
@@ -395,8 +401,8 @@ func TestStaleFlowRecoversAgain(t *testing.T) {
 	if out := handle(t, d, tcp4(client, vip, psh, 1001, 9000, []byte("GET /")), 3); out != nil {
 		t.Fatal("segment of a stale flow forwarded")
 	}
-	if st := d.Stats(); st.StaleFlows != 1 || len(fr.started) != 1 {
-		t.Fatalf("stale %d, recoveries %d; want 1 and 1", st.StaleFlows, len(fr.started))
+	if st := d.Stats(); st.StaleFlows != 1 || len(fr.dials) != 1 {
+		t.Fatalf("stale %d, recoveries %d; want 1 and 1", st.StaleFlows, len(fr.dials))
 	}
 }
 
@@ -409,13 +415,18 @@ func TestRecoveryAddressOnlyForDials(t *testing.T) {
 		t.Fatal("packet for an unknown recovery tuple was passed on")
 	}
 	key := Key{protoTCP, ap(client), ap(vip)}
+	// Asking for the dial opens the gate for its tuple.
 	handle(t, d, tcp4(client, vip, psh, 1, 1, []byte("GET /")), 1)
-	d.Dialing(key, ap(rs1), ap(local))
 	if out, toStack := d.HandlePacket(bytes.Clone(synAck), 2); out != nil || !toStack {
 		t.Fatal("SYN-ACK of a dial in progress did not go to the stack")
 	}
 	if got := d.Stats().Drop(DropRecoveryNoFlow); got != 1 {
 		t.Fatalf("recovery_no_flow = %d, want 1", got)
+	}
+	// The dial's end closes it.
+	d.Failed(key, FailTimeout, 3)
+	if out, toStack := d.HandlePacket(bytes.Clone(synAck), 4); out != nil || toStack {
+		t.Fatal("packet for the tuple of an ended dial was passed on")
 	}
 }
 
@@ -425,8 +436,7 @@ func TestRecoveredICMP(t *testing.T) {
 	d, _ := newRecDirector(t)
 	key := Key{protoTCP, ap(client), ap(vip)}
 	handle(t, d, tcp4(client, vip, psh, 0x1000, 0x9000, []byte("GET /")), 1)
-	d.Dialing(key, ap(rs1), ap(local))
-	d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 0x10, AckAck: 0x20}, 2)
+	d.Recovered(key, wire.Handshake{AckSeq: 0x10, AckAck: 0x20}, 2)
 	// SeqDelta 0xff0, AckDelta 0x8fe0.
 	fixQuoteCsum := func(want, in []byte) { copy(want[36:38], in[36:38]) }
 
@@ -464,8 +474,7 @@ func TestRecoveredAllocs(t *testing.T) {
 	d, _ := newRecDirector(t)
 	key := Key{protoTCP, ap(client), ap(vip)}
 	handle(t, d, tcp4(client, vip, psh, 1000, 2000, []byte("GET /"), tsOpt(1, 2)...), 1)
-	d.Dialing(key, ap(rs1), ap(local))
-	d.Recovered(key, ap(rs1), ap(local), Handshake{AckSeq: 7, AckAck: 9, TS: true}, 2)
+	d.Recovered(key, wire.Handshake{AckSeq: 7, AckAck: 9, TS: true}, 2)
 	in := tcp4(client, vip, ack, 1005, 2000, make([]byte, 100), opts(tsOpt(3, 4), sackOpt(1900, 1950))...)
 	out := tcp4(rs1, local, psh, 9, 12, make([]byte, 100), tsOpt(5, 6)...)
 	buf := make([]byte, len(in))
@@ -512,24 +521,23 @@ func TestRehome(t *testing.T) {
 			if out := handle(t, d, tcp4(client, vip, psh, 1006, 5050, []byte("GET /2"), tsOpt(52, 81)...), 2); out == nil {
 				t.Fatal("request with unacknowledged data before it was not forwarded to the old real")
 			}
-			if len(fr.started) != 0 {
-				t.Fatalf("re-homed with server data unacknowledged: %+v", fr.started)
+			if len(fr.dials) != 0 {
+				t.Fatalf("re-homed with server data unacknowledged: %+v", fr.dials)
 			}
 			// All acknowledged: the next request moves.
 			if out := handle(t, d, tcp4(client, vip, psh, 1012, 5101, []byte("GET /3"), tsOpt(53, 81)...), 3); out != nil {
 				t.Fatal("request of a flow on a leaving real forwarded")
 			}
-			want := RecoveryRequest{Key: key, Real: ap(rs2), Timestamps: true, WScale: 9, MSS: 1400, SACK: true}
-			if len(fr.started) != 1 || fr.started[0] != want {
-				t.Fatalf("re-home request %+v, want %+v", fr.started, want)
+			want := dialReq{key, wire.DialOptions{Local: ap(local), Remote: ap(rs2), Timestamps: true, WScale: 9, MSS: 1400, SACK: true}}
+			if len(fr.dials) != 1 || fr.dials[0] != want {
+				t.Fatalf("re-home request %+v, want %+v", fr.dials, want)
 			}
 			// The old real's late packets are never adopted.
 			if out := handle(t, d, tcp4(rs1, client, psh, 5101, 1018, []byte("late")), 3); out != nil {
 				t.Fatal("packet of the old real forwarded during the re-home")
 			}
-			d.Dialing(key, ap(rs2), ap(local))
-			out, ok := d.Recovered(key, ap(rs2), ap(local), Handshake{AckSeq: 77, AckAck: 88, TS: true, AckTSval: 9, SynAckTSval: 3, OurWScale: 9, PeerWScale: 5}, 4)
-			if !ok || len(out) != 1 {
+			out := d.Recovered(key, wire.Handshake{AckSeq: 77, AckAck: 88, TS: true, AckTSval: 9, SynAckTSval: 3, OurWScale: 9, PeerWScale: 5}, 4)
+			if ok := d.Stats().RecoverySucceeded == 1; !ok || len(out) != 1 {
 				t.Fatalf("Recovered: %v, %d packets", ok, len(out))
 			}
 			if want := tcp4(local, rs2, psh, 77, 88, []byte("GET /3"), tsOpt(9, 3)...); !bytes.Equal(out[0], want) {
@@ -553,5 +561,161 @@ func TestRehome(t *testing.T) {
 				t.Fatalf("flows %+v", f)
 			}
 		})
+	}
+}
+
+// The engine's side of a recovery whose dials fail: Retry moves to a real not
+// tried, from a newly reserved port, and frees the failed dial's port and
+// gate; with no real left, Failed resets the client and nothing stays held.
+func TestRecoveryRetryThenFail(t *testing.T) {
+	d, fr := newRecDirector(t)
+	key := Key{protoTCP, ap(client), ap(vip)}
+	handle(t, d, tcp4(client, vip, psh, 5000, 9000, []byte("GET /")), 1)
+	if len(fr.dials) != 1 || fr.dials[0].o.Remote != ap(rs1) || fr.dials[0].o.Local != ap(local) {
+		t.Fatalf("first dial %+v", fr.dials)
+	}
+	synAckFrom := func(real string, local netip.AddrPort) []byte {
+		return tcp4(real, local.String(), synack, 1, 2, nil)
+	}
+	seen := map[netip.AddrPort]bool{ap(rs1): true}
+	prev := fr.dials[0].o
+	for i, reason := range []FailReason{FailRefused, FailTimeout} {
+		o, ok := d.Retry(key, reason, int64(2+i))
+		if !ok || seen[o.Remote] || o.Local == prev.Local || o.Local.Addr() != netip.MustParseAddr(recAddr) {
+			t.Fatalf("retry %d: %+v, %v (tried %v, previous %+v)", i, o, ok, seen, prev)
+		}
+		seen[o.Remote] = true
+		if o.Timestamps || !o.SACK || o.WScale != 7 || o.MSS != 1460 {
+			t.Fatalf("retry %d: SYN options %+v, want the configured ones", i, o)
+		}
+		// Only the dial in progress holds a port and the gate.
+		if len(d.rec.ports.inUse) != 1 || len(d.rec.dialing) != 1 {
+			t.Fatalf("retry %d: ports %v, gate %v", i, d.rec.ports.inUse, d.rec.dialing)
+		}
+		if _, toStack := d.HandlePacket(synAckFrom(prev.Remote.String(), prev.Local), 3); toStack {
+			t.Fatalf("retry %d: the failed dial's tuple still reaches the netstack", i)
+		}
+		if _, toStack := d.HandlePacket(synAckFrom(o.Remote.String(), o.Local), 3); !toStack {
+			t.Fatalf("retry %d: the new dial's tuple does not reach the netstack", i)
+		}
+		prev = o
+	}
+	if o, ok := d.Retry(key, FailRefused, 4); ok {
+		t.Fatalf("a fourth real out of three: %+v", o)
+	}
+	st := d.Stats()
+	if st.RecoveryRetries[FailRefused] != 1 || st.RecoveryRetries[FailTimeout] != 1 || st.Inflight != 1 {
+		t.Fatalf("after the retries: %+v", st)
+	}
+	out := d.Failed(key, FailRefused, 5)
+	want := asRST(tcp4(vip, client, rst|ack, 9000, 5005, nil))
+	if len(out) != 1 || !bytes.Equal(out[0], want) {
+		t.Fatalf("RST:\n got %x\nwant %x", out, want)
+	}
+	st = d.Stats()
+	if st.RecoveryFailed[FailRefused] != 1 || st.ClientResets != 1 || st.Inflight != 0 || st.ParkedBytes != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if len(d.rec.ports.inUse) != 0 || len(d.rec.dialing) != 0 || len(d.rec.pending) != 0 {
+		t.Fatalf("left held: ports %v, gate %v, pending %v", d.rec.ports.inUse, d.rec.dialing, d.rec.pending)
+	}
+	// A Retry or an end for a recovery nat no longer has does nothing.
+	if _, ok := d.Retry(key, FailRefused, 6); ok {
+		t.Fatal("Retry of an ended recovery")
+	}
+	if out := d.Failed(key, FailRefused, 6); out != nil {
+		t.Fatalf("Failed of an ended recovery: %x", out)
+	}
+	if out := d.Recovered(key, wire.Handshake{}, 6); out != nil {
+		t.Fatalf("Recovered of an ended recovery: %x", out)
+	}
+}
+
+// A recovery the engine ends because it is stopping does not reset the
+// client: the director is going away, and the one taking over can still
+// recover the connection.
+func TestRecoveryShutdownNoReset(t *testing.T) {
+	d, _ := newRecDirector(t)
+	key := Key{protoTCP, ap(client), ap(vip)}
+	handle(t, d, tcp4(client, vip, psh, 5000, 9000, []byte("GET /")), 1)
+	if out := d.Failed(key, FailShutdown, 2); len(out) != 0 {
+		t.Fatalf("wrote %x on shutdown", out)
+	}
+	st := d.Stats()
+	if st.RecoveryFailed[FailShutdown] != 1 || st.ClientResets != 0 || st.Inflight != 0 || len(d.rec.ports.inUse) != 0 {
+		t.Fatalf("stats %+v, ports %v", st, d.rec.ports.inUse)
+	}
+}
+
+// With every recovery port toward every real taken, a trigger fails at once
+// and resets the client.
+func TestRecoveryNoPort(t *testing.T) {
+	d, fr := newRecDirector(t, func(c *RecoveryConfig) { c.PortHi = c.PortLo })
+	for i := range 3 { // one dial per real, from the one port
+		handle(t, d, tcp4("198.18.1.2:"+itoa(1000+i), vip, psh, 1, 1, []byte("data")), 1)
+	}
+	if len(fr.dials) != 3 || len(d.rec.ports.inUse) != 3 {
+		t.Fatalf("%d dials, ports %v", len(fr.dials), d.rec.ports.inUse)
+	}
+	v, out := d.Handle(tcp4("198.18.1.2:2000", vip, psh, 700, 800, []byte("data")), false, 1)
+	if want := asRST(tcp4(vip, "198.18.1.2:2000", rst|ack, 800, 704, nil)); v != wire.Reset || !bytes.Equal(out, want) {
+		t.Fatalf("verdict %v, out %x; want a reset %x", v, out, want)
+	}
+	st := d.Stats()
+	if len(fr.dials) != 3 || st.RecoveryStarted != 4 || st.RecoveryFailed[FailError] != 1 || st.ClientResets != 1 || st.Inflight != 3 {
+		t.Fatalf("dials %d, stats %+v", len(fr.dials), st)
+	}
+}
+
+// Parked segments are rewritten at most flushChunk bytes per hold of the
+// lock, in order, and all of them in the end.
+func TestRecoveredFlushInChunks(t *testing.T) {
+	d, _ := newRecDirector(t, func(c *RecoveryConfig) { c.ParkFlowBytes = 1 << 20 })
+	key := Key{protoTCP, ap(client), ap(vip)}
+	const n, size = 100, 1400
+	seg := func(i int) []byte {
+		return tcp4(client, vip, psh, uint32(1000+i*size), 2000, bytes.Repeat([]byte{byte(i)}, size))
+	}
+	for i := range n {
+		if v, _ := d.Handle(seg(i), false, 1); v != wire.Park {
+			t.Fatalf("segment %d: %v", i, v)
+		}
+	}
+	out := d.Recovered(key, wire.Handshake{AckSeq: 7, AckAck: 9}, 2)
+	if len(out) != n {
+		t.Fatalf("%d segments flushed, want %d", len(out), n)
+	}
+	for i, b := range out {
+		checkChecksums(t, b)
+		// SeqDelta 1000-7, AckDelta 2000-9.
+		want := tcp4(local, rs1, psh, uint32(7+i*size), 9, bytes.Repeat([]byte{byte(i)}, size))
+		if !bytes.Equal(b, want) {
+			t.Fatalf("flushed segment %d out of order or wrong:\n got %x\nwant %x", i, b[:40], want[:40])
+		}
+	}
+	// One chunk of a second batch for the installed flow stops within the
+	// bound, and the next goes on from there.
+	pd := &pending{}
+	total := 0
+	for i := range n {
+		pd.parked = append(pd.parked, seg(n+i))
+		total += len(pd.parked[i])
+	}
+	chunk, next, more := d.flushChunk(key, pd, nil, 0, 3)
+	bytesIn := 0
+	for _, b := range chunk {
+		bytesIn += len(b)
+	}
+	if !more || next != len(chunk) || next == n || bytesIn > flushChunk || bytesIn+len(pd.parked[next]) <= flushChunk {
+		t.Fatalf("one chunk: %d segments, %d bytes, next %d, more %v (of %d bytes)", len(chunk), bytesIn, next, more, total)
+	}
+	chunk, next, _ = d.flushChunk(key, pd, chunk, next, 3)
+	if header.TCP(chunk[len(chunk)-1][20:]).SequenceNumber() != uint32(7+(n+next-1)*size) {
+		t.Fatal("the second chunk does not go on where the first stopped")
+	}
+	// A flow gone between chunks gets none of the rest.
+	d.Sweep(3+16*60*sec, 1000)
+	if _, _, more := d.flushChunk(key, pd, nil, next, 3+16*60*sec); more {
+		t.Fatal("a chunk flushed to a flow that is gone")
 	}
 }

@@ -9,9 +9,12 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// Rewrites update every checksum incrementally (RFC 1624) through gVisor's
-// *WithChecksumUpdate setters; only the words gVisor has no setter for (ICMP
-// payload fields) go through csumReplace16.
+// Rewrites update every checksum incrementally (RFC 1624). Addresses and
+// ports go through gVisor's *WithChecksumUpdate setters; the words gVisor has
+// no setter for go through put16 and put32, hence csumReplace16: a recovered
+// flow's sequence, acknowledgment and window fields, timestamps and SACK
+// edges (tcpx.go), the quoted header of an ICMP error (icmp.go), and the TTL
+// and type of an echo reply.
 
 func tcpipAddr(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }
 
@@ -78,9 +81,13 @@ func l4SetPort(p *packet, src bool, port uint16) {
 	}
 }
 
-// csumReplace16 returns checksum field value xsum (complemented, as stored)
-// after a 16-bit word of the covered data changed from old to new (RFC 1624,
-// eqn. 3: HC' = ~(~HC + ~m + m')).
+// csumReplace16 updates a checksum after one 16-bit word of the data it
+// covers changed from old to new. xsum is the checksum field as stored (the
+// complement of the one's complement sum) and so is the result, computed with
+// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') (RFC 1141's HC + m + ~m' can give
+// 0xffff where a computation from scratch gives 0x0000). A word that did not
+// change leaves xsum as it is: eqn. 3 would turn a stored 0xffff (the other
+// zero) into 0x0000 even then.
 func csumReplace16(xsum, old, new uint16) uint16 {
 	if old == new {
 		return xsum

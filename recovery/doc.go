@@ -1,12 +1,15 @@
-// Package recovery splices established TCP connections that reach a director
-// without a flow (a failover just happened) into fresh connections to a real
-// server: for each recovery the nat package parks the client's segments and
-// calls Engine.Start; the engine reserves a recovery address:port, dials the
-// real through the gVisor netstack (package stack), and hands the captured
-// handshake back to nat, which installs the flow with its sequence and
-// timestamp deltas and returns the parked segments to write.
+// Package recovery executes the recovery handshakes of package nat: when a
+// TCP segment reaches a director without a flow (a failover just happened),
+// nat parks it, reserves a recovery address:port and asks its Dialer, the
+// Engine, for a dial to a real. The engine starts the dial through a Dialer of
+// its own (the gVisor netstack, package stack/netstack), and reports its end
+// to a Sink (the nat.Director): Recovered with the captured handshake, from
+// which nat installs the flow with its sequence and timestamp deltas and
+// returns the parked segments to write; or, for a dial refused or timed out,
+// Retry for the next real (bounded by Config.Attempts) and finally Failed,
+// for which nat returns the client's RST.
 //
-// It retries another real when a dial is refused or times out (bounded), and
-// otherwise has nat answer the client with a RST. Its only part on the fast
-// path is Handler, which turns nat's verdicts into the pump's actions.
+// The engine holds no recovery state beyond the dials in flight: nat owns
+// it. It imports no netstack and no Director, only the two interfaces, and
+// is not on the per-packet path.
 package recovery

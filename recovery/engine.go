@@ -3,275 +3,264 @@ package recovery
 import (
 	"context"
 	"errors"
-	"net/netip"
-	"sync"
+	"sync/atomic"
 	"time"
 
-	"holdfast/internal/clock"
 	"holdfast/internal/shrink"
 	"holdfast/internal/wire"
 	"holdfast/internal/workq"
 	"holdfast/nat"
-	"holdfast/stack/netstack"
 
 	"github.com/rs/zerolog"
 )
 
+// Dialer performs one recovery handshake (*netstack.Stack). Start begins it;
+// done is called once, from any goroutine, with what it captured or why it
+// failed (wrapping wire.ErrRefused for a RST, context.DeadlineExceeded after
+// timeout), unless Start itself fails. cancel ends the dial early with cause,
+// and done is still called.
+type Dialer interface {
+	Start(o wire.DialOptions, timeout time.Duration, done func(wire.Handshake, error)) (cancel func(error), err error)
+}
+
+// Sink is what the engine reports to (*nat.Director, which owns the
+// recoveries). Each method takes the sink's own lock; the engine calls them
+// from Run's goroutine only, and writes the packets they return.
+type Sink interface {
+	// Retry is told that the dial for key failed; it returns the next dial
+	// to make, or false when the recovery cannot go on.
+	Retry(key nat.Key, reason nat.FailReason, now int64) (wire.DialOptions, bool)
+	// Recovered ends the recovery of key with the handshake of its dial.
+	Recovered(key nat.Key, hs wire.Handshake, now int64) [][]byte
+	// Failed ends the recovery of key without one.
+	Failed(key nat.Key, reason nat.FailReason, now int64) [][]byte
+}
+
 // Config is the engine's settings.
 type Config struct {
-	Addrs    []netip.Addr
-	PortLo   uint16
-	PortHi   uint16
-	WScale   int           // window scale advertised in recovery SYNs
-	MSS      int           // MSS advertised in recovery SYNs
-	Timeout  time.Duration // per dial
-	Attempts int           // reals tried per recovery
+	Timeout  time.Duration // per dial; 0: 3s
+	Attempts int           // dials per recovery, the first one included; 0: 3
 }
 
-// Engine runs recovery handshakes for a nat.Director. It implements
-// nat.Recoverer.
+// Engine executes the recovery dials a nat.Director asks for (it is the
+// Director's nat.Dialer) and reports their ends to a Sink (the Director).
+// Recovery state is nat's: which reals were tried, the ports, the parked
+// segments, whether the flow was adopted. The engine keeps only what
+// executing dials needs: the cancel handle and attempt count of each dial in
+// flight.
 //
-// Lifetime: the engine owns one goroutine, which starts the recoveries the
-// Director asks for (Start is called with the Director locked, so it only
-// queues). A dial's end is handled on the netstack's goroutines, which also
-// start the next attempt: no goroutine per recovery (the Go runtime keeps
-// every goroutine it ever had at once, about 500 bytes each, for good, and a
-// failover storm has thousands in flight). Close ends them all and waits.
+// Lifetime: the engine is one goroutine, Run, fed by a work queue. Dial and
+// Cancel (called with the Director's lock held) and the Dialer's done
+// callbacks (called on its goroutines) only push to the queue; Run does the
+// rest, so the engine's state needs no lock and no goroutine exists per
+// recovery (a failover storm has thousands in flight). When Run's context
+// ends, every dial in flight is cancelled, and Run returns once each has
+// ended and been reported Failed with nat.FailShutdown (even one whose
+// handshake completed meanwhile: the director is going away); so is a dial
+// asked for meanwhile. A Dial after Run has returned is never reported: the
+// Director is being discarded by then.
 type Engine struct {
 	cfg   Config
-	ns    *netstack.Stack
+	d     Dialer
 	write func([]byte)
-	clock *clock.Clock
+	now   func() int64
 	log   zerolog.Logger
-	ports *portAlloc
-	d     *nat.Director
+	q     *workq.Queue[event]
+	ran   atomic.Bool
 
-	mu     sync.Mutex
-	jobs   map[nat.Key]*job // recoveries in flight
-	closed bool
-	wg     sync.WaitGroup // one per job
-
-	starting *workq.Queue[*job] // started, not yet dialing
-	stop     chan struct{}
-	ran      chan struct{}
+	// Run's goroutine only.
+	sink     Sink
+	dials    map[nat.Key]*dial
+	stopping bool
+	drained  chan struct{} // closed when the last dial ends while stopping
 }
 
-// job is one recovery: its attempts, one dial at a time.
-type job struct {
-	req     nat.RecoveryRequest
-	attempt int
-	real    netip.AddrPort
-	reason  nat.FailReason
-	cancel  func(error) // the dial in progress (nil between dials); e.mu
-	dial    int         // the dial's number, so a late cancel is not kept; e.mu
-	aborted bool        // e.mu
+// dial is one recovery's dial in flight.
+type dial struct {
+	key       nat.Key
+	cancel    func(error)
+	attempt   int  // dials started for this recovery, this one included
+	cancelled bool // adopted or shutting down: its end is final
 }
 
-// New returns an engine. write sends a packet to the device (it must be safe
-// for concurrent use). Attach the Director before traffic flows.
-func New(cfg Config, ns *netstack.Stack, write func([]byte), clk *clock.Clock, log zerolog.Logger) (*Engine, error) {
-	ports, err := newPortAlloc(cfg.Addrs, cfg.PortLo, cfg.PortHi)
-	if err != nil {
-		return nil, err
+type op uint8
+
+const (
+	opDial op = iota
+	opCancel
+	opDone
+)
+
+// event is one item of the engine's queue.
+type event struct {
+	op   op
+	key  nat.Key
+	o    wire.DialOptions // opDial
+	dial *dial            // opDone: the dial that ended
+	hs   wire.Handshake   // opDone
+	err  error            // opDone
+}
+
+// New returns an engine dialing through d. write sends a packet to the
+// device (safe for concurrent use); now is the coarse clock nat's entry
+// points take. Nothing runs until Run.
+func New(cfg Config, d Dialer, write func([]byte), now func() int64, log zerolog.Logger) *Engine {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 3 * time.Second
 	}
 	if cfg.Attempts <= 0 {
 		cfg.Attempts = 3
 	}
-	e := &Engine{
-		cfg: cfg, ns: ns, write: write, clock: clk, log: log, ports: ports,
-		jobs: make(map[nat.Key]*job), starting: workq.New[*job](), stop: make(chan struct{}), ran: make(chan struct{}),
+	return &Engine{
+		cfg: cfg, d: d, write: write, now: now, log: log,
+		q: workq.New[event](), dials: make(map[nat.Key]*dial),
 	}
-	go func() {
-		defer close(e.ran)
-		e.starting.Run(e.stop, e.try)
-	}()
-	return e, nil
 }
 
-// Attach sets the Director the engine reports to. (The Director is built
-// with the engine as its Recoverer, hence two steps.)
-func (e *Engine) Attach(d *nat.Director) { e.d = d }
-
-// Close ends every recovery in flight (each reports its failure to the
-// Director) and waits for them.
-func (e *Engine) Close() {
-	e.mu.Lock()
-	e.closed = true
-	for _, j := range e.jobs {
-		j.abort()
-	}
-	e.mu.Unlock()
-	e.wg.Wait()
-	close(e.stop)
-	<-e.ran
+// Dial implements nat.Dialer: it queues dial o for the recovery of key.
+func (e *Engine) Dial(key nat.Key, o wire.DialOptions) {
+	e.q.Push(event{op: opDial, key: key, o: o})
 }
 
-// PortsInUse is the number of recovery tuples reserved.
-func (e *Engine) PortsInUse() int { return e.ports.used() }
-
-// Start implements nat.Recoverer. It is called with the Director locked: it
-// only queues the recovery for the engine's goroutine.
-func (e *Engine) Start(req nat.RecoveryRequest) {
-	j := &job{req: req, real: req.Real, reason: nat.FailNoReal}
-	e.mu.Lock()
-	if e.closed {
-		j.aborted = true
-	}
-	e.jobs[req.Key] = j
-	e.wg.Add(1)
-	e.mu.Unlock()
-	e.starting.Push(j)
+// Cancel implements nat.Dialer: it queues the cancellation of key's dial.
+func (e *Engine) Cancel(key nat.Key) {
+	e.q.Push(event{op: opCancel, key: key})
 }
 
-// Abort implements nat.Recoverer.
-func (e *Engine) Abort(key nat.Key) {
-	e.mu.Lock()
-	if j := e.jobs[key]; j != nil {
-		j.abort()
+// Run executes dials and reports to sink until ctx ends, then cancels every
+// dial in flight and returns nil once each has been reported. It is the
+// engine's one goroutine: a second Run returns an error at once.
+func (e *Engine) Run(ctx context.Context, sink Sink) error {
+	if !e.ran.CompareAndSwap(false, true) {
+		return errors.New("recovery engine: Run called twice")
 	}
-	e.mu.Unlock()
-}
-
-// abort marks j aborted and ends its dial in progress; e.mu is held.
-func (j *job) abort() {
-	j.aborted = true
-	if j.cancel != nil {
+	e.sink = sink
+	e.q.Run(ctx.Done(), e.do)
+	e.stopping = true
+	e.drained = make(chan struct{})
+	for _, j := range e.dials {
+		j.cancelled = true
 		j.cancel(context.Canceled)
 	}
+	if len(e.dials) == 0 {
+		close(e.drained)
+	}
+	e.q.Run(e.drained, e.do) // the cancelled dials' ends
+	e.q.Drain(e.do)          // and what was asked meanwhile, never started
+	return nil
 }
 
-// Release implements nat.Recoverer: a recovered flow ended.
-func (e *Engine) Release(local, real netip.AddrPort) {
-	e.ports.release(local, real)
+func (e *Engine) do(ev event) {
+	switch ev.op {
+	case opDial:
+		if e.stopping {
+			e.report(e.sink.Failed(ev.key, nat.FailShutdown, e.now()))
+			return
+		}
+		if e.dials[ev.key] != nil {
+			// nat asks again only after the last recovery of key ended,
+			// and its end removed the dial first.
+			e.log.Error().Str("client", ev.key.Src.String()).Msg("recovery: a second dial for a recovery in flight, ignored")
+			return
+		}
+		j := &dial{key: ev.key}
+		e.dials[ev.key] = j
+		e.start(j, ev.o)
+	case opCancel:
+		if j := e.dials[ev.key]; j != nil && !j.cancelled {
+			j.cancelled = true
+			j.cancel(context.Canceled)
+		}
+	case opDone:
+		if e.dials[ev.dial.key] != ev.dial {
+			return // not a dial in flight (cannot happen: each ends once)
+		}
+		e.ended(ev.dial, ev.hs, ev.err)
+	}
 }
 
-func (e *Engine) writeAll(pkts [][]byte) {
+// start starts dial o of j, or if it cannot start, goes on as after a failed
+// dial.
+func (e *Engine) start(j *dial, o wire.DialOptions) {
+	for {
+		j.attempt++
+		cancel, err := e.d.Start(o, e.cfg.Timeout, func(hs wire.Handshake, err error) {
+			e.q.Push(event{op: opDone, dial: j, hs: hs, err: err})
+		})
+		if err == nil {
+			j.cancel = cancel
+			return
+		}
+		e.log.Debug().Err(err).Str("client", j.key.Src.String()).Str("real", o.Remote.String()).Msg("recovery dial failed to start")
+		next, ok := e.next(j, nat.FailError)
+		if !ok {
+			return
+		}
+		o = next
+	}
+}
+
+// ended handles the end of j's dial in flight.
+func (e *Engine) ended(j *dial, hs wire.Handshake, err error) {
+	j.cancel = nil
+	switch {
+	case e.stopping:
+		e.fail(j, nat.FailShutdown)
+	case err == nil:
+		e.forget(j)
+		e.report(e.sink.Recovered(j.key, hs, e.now()))
+	default:
+		reason := failReason(err)
+		if e.log.Debug().Enabled() {
+			e.log.Debug().Err(err).Str("client", j.key.Src.String()).Str("reason", reason.String()).Msg("recovery dial failed")
+		}
+		if o, ok := e.next(j, reason); ok {
+			e.start(j, o)
+		}
+	}
+}
+
+// next asks the sink for the dial after one of j's that failed for reason;
+// when there is none (attempts spent, adopted, no real left) it ends the
+// recovery.
+func (e *Engine) next(j *dial, reason nat.FailReason) (wire.DialOptions, bool) {
+	if !j.cancelled && j.attempt < e.cfg.Attempts {
+		if o, ok := e.sink.Retry(j.key, reason, e.now()); ok {
+			return o, true
+		}
+	}
+	e.fail(j, reason)
+	return wire.DialOptions{}, false
+}
+
+// fail ends j's recovery without a connection.
+func (e *Engine) fail(j *dial, reason nat.FailReason) {
+	e.forget(j)
+	e.report(e.sink.Failed(j.key, reason, e.now()))
+}
+
+// forget removes j from the dials in flight, before its end is reported: the
+// report may let nat start a new recovery of the same key.
+func (e *Engine) forget(j *dial) {
+	e.dials = shrink.Delete(e.dials, j.key)
+	if e.stopping && len(e.dials) == 0 {
+		close(e.drained)
+	}
+}
+
+func (e *Engine) report(pkts [][]byte) {
 	for _, p := range pkts {
 		e.write(p)
 	}
 }
 
-// try starts the job's next dial; when none can start, the job ends.
-func (e *Engine) try(j *job) {
-	key := j.req.Key
-	for ; j.attempt < e.cfg.Attempts; j.attempt++ {
-		if e.isAborted(j) {
-			break
-		}
-		if j.attempt > 0 {
-			r, ok := e.d.NextReal(key, e.clock.Now())
-			if !ok {
-				break
-			}
-			j.real = r
-		}
-		real := j.real
-		local, ok := e.ports.get(real)
-		if !ok {
-			j.reason = nat.FailError
-			e.log.Warn().Str("real", real.String()).Msg("recovery: no free recovery port")
-			break
-		}
-		if !e.d.Dialing(key, real, local) {
-			e.ports.release(local, real)
-			break
-		}
-		e.mu.Lock()
-		j.dial++
-		n := j.dial
-		e.mu.Unlock()
-		cancel, err := e.ns.Start(e.dialOptions(j.req, local, real), e.cfg.Timeout, func(hs wire.Handshake, err error) {
-			e.dialed(j, n, real, local, hs, err)
-		})
-		if err != nil {
-			e.d.DialFailed(key, real, local)
-			e.Release(local, real)
-			j.reason = nat.FailError
-			e.log.Debug().Err(err).Str("client", key.Src.String()).Str("real", real.String()).Msg("recovery dial failed to start")
-			continue
-		}
-		e.mu.Lock()
-		if j.aborted {
-			cancel(context.Canceled)
-		} else if j.dial == n { // unless this dial ended and the next began meanwhile
-			j.cancel = cancel
-		}
-		e.mu.Unlock()
-		return
-	}
-	e.finish(j, e.d.RecoveryFailed(key, j.reason, e.clock.Now()))
-}
-
-func (e *Engine) isAborted(j *job) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return j.aborted
-}
-
-// dialed handles the end of one dial of j (on a netstack goroutine).
-func (e *Engine) dialed(j *job, n int, real, local netip.AddrPort, hs wire.Handshake, err error) {
-	key := j.req.Key
-	e.mu.Lock()
-	if j.dial == n {
-		j.cancel = nil
-	}
-	e.mu.Unlock()
-	if err == nil {
-		out, installed := e.d.Recovered(key, real, local, nat.Handshake{
-			AckSeq: hs.AckSeq, AckAck: hs.AckAck, AckTSval: hs.AckTSval,
-			SynAckTSval: hs.SynAckTSval, TS: hs.TS,
-			OurWScale: hs.OurWScale, PeerWScale: hs.PeerWScale,
-		}, e.clock.Now())
-		if !installed {
-			e.Release(local, real)
-		}
-		e.finish(j, out)
-		return
-	}
-	e.d.DialFailed(key, real, local)
-	e.Release(local, real)
-	var de *netstack.DialError
+// failReason classifies a failed dial.
+func failReason(err error) nat.FailReason {
 	switch {
-	case e.isAborted(j):
-		// Aborted (adopted) or shutting down: the reason stays.
-	case errors.As(err, &de) && de.Refused:
-		j.reason = nat.FailRefused
+	case errors.Is(err, wire.ErrRefused):
+		return nat.FailRefused
 	case errors.Is(err, context.DeadlineExceeded):
-		j.reason = nat.FailTimeout
-	default:
-		j.reason = nat.FailError
+		return nat.FailTimeout
 	}
-	if e.log.Debug().Enabled() {
-		e.log.Debug().Err(err).Str("client", key.Src.String()).Str("real", real.String()).Msg("recovery dial failed")
-	}
-	j.attempt++
-	e.try(j)
-}
-
-// finish writes the job's last packets and forgets it.
-func (e *Engine) finish(j *job, out [][]byte) {
-	e.writeAll(out)
-	e.mu.Lock()
-	if e.jobs[j.req.Key] == j {
-		e.jobs = shrink.Delete(e.jobs, j.req.Key)
-	}
-	e.mu.Unlock()
-	e.wg.Done()
-}
-
-// dialOptions is the recovery SYN for req: the configured window scale and
-// MSS, unless the client's own handshake is known (a re-home): then the SYN
-// says what the client said, so the new connection matches the client's.
-func (e *Engine) dialOptions(req nat.RecoveryRequest, local, real netip.AddrPort) wire.DialOptions {
-	o := wire.DialOptions{
-		Local: local, Remote: real, Timestamps: req.Timestamps, SACK: req.SACK,
-		WScale: e.cfg.WScale, MSS: e.cfg.MSS,
-	}
-	if req.WScale >= 0 {
-		o.WScale = req.WScale
-	}
-	if req.MSS > 0 && req.MSS < o.MSS {
-		o.MSS = req.MSS
-	}
-	return o
+	return nat.FailError
 }

@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"holdfast/daemon"
-	"holdfast/recovery"
+	"holdfast/nat"
 
 	"github.com/urfave/cli/v2"
 )
@@ -32,7 +32,7 @@ func parseRecovery(c *cli.Context) (daemon.Recovery, error) {
 		return r, usagef("--recovery=on needs --recovery-addr ADDR (an address routed to the directors, not on the reals' link), or --recovery=off")
 	}
 	var err error
-	if r.PortLo, r.PortHi, err = recovery.DirectorPorts(c.Int(directorIDFlag.Name)); err != nil {
+	if r.PortLo, r.PortHi, err = nat.DirectorPorts(c.Int(directorIDFlag.Name)); err != nil {
 		return r, usagef("--director-id %d: expected 1..4", c.Int(directorIDFlag.Name))
 	}
 	if s := c.String(recoveryPortsFlag.Name); s != "" {

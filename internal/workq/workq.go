@@ -1,7 +1,8 @@
-// Package workq hands work from code that must not block (the packet loop
-// with its lock held, gVisor's callbacks) to a few goroutines of its own:
-// an unbounded FIFO and the loop that drains it. It is not on any
-// per-packet path.
+// Package workq hands work from code that must not block (nat asking for a
+// recovery dial with its lock held, gVisor's callbacks) to the goroutines
+// that do it: an unbounded FIFO, the loop that drains it (Run) and a last
+// drain at the end of its life (Drain). It starts no goroutine itself and is
+// not on any per-packet path.
 package workq
 
 import "sync"
@@ -53,6 +54,24 @@ func (q *Queue[T]) Run(stop <-chan struct{}, do func(T)) {
 		for i, v := range batch {
 			do(v)
 			batch[i] = zero // what is done is not kept alive
+		}
+	}
+}
+
+// Drain does every item queued now, in order, on the caller's goroutine, and
+// returns when the queue is empty (items that do pushes are done too). It is
+// for the end of a queue's life, once no Run is left.
+func (q *Queue[T]) Drain(do func(T)) {
+	for {
+		q.mu.Lock()
+		batch := q.items
+		q.items = nil
+		q.mu.Unlock()
+		if len(batch) == 0 {
+			return
+		}
+		for _, v := range batch {
+			do(v)
 		}
 	}
 }

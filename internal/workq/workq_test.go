@@ -62,3 +62,23 @@ func TestQueue(t *testing.T) {
 		})
 	}
 }
+
+// TestDrain: Drain does what is queued, in order, including what the items
+// themselves push, and returns on an empty queue.
+func TestDrain(t *testing.T) {
+	q := New[int]()
+	for i := range 3 {
+		q.Push(i)
+	}
+	var got []int
+	q.Drain(func(v int) {
+		got = append(got, v)
+		if v < 3 {
+			q.Push(v + 10)
+		}
+	})
+	if want := []int{0, 1, 2, 10, 11, 12}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("drained %v, want %v", got, want)
+	}
+	q.Drain(func(v int) { t.Fatalf("drained %d from an empty queue", v) })
+}

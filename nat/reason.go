@@ -15,7 +15,7 @@ const (
 	DropUnknownProto              // a VIP packet that is not TCP, UDP or ICMP
 	DropNoService                 // a VIP port with no service
 	DropNoReal                    // every real of the service has weight 0
-	DropFlowLimit                 // the flow table is full (--max-flows)
+	DropFlowLimit                 // the flow table is full (Config.MaxFlows)
 	DropNoFlow                    // a real's service port sent a packet that belongs to no flow
 	DropStrayRST                  // a RST from a client that belongs to no flow
 	DropICMPNoFlow                // an ICMP error to a VIP about no known flow
@@ -23,10 +23,10 @@ const (
 	DropTupleClash                // the real-side tuple is already used by another flow
 	DropNoTrigger                 // mid-stream segment with no flow and no payload (ACK, FIN, keepalive): never triggers recovery
 	DropSACKTrigger               // mid-stream segment with no flow carrying SACK blocks: waits for a retransmission
-	DropRecoveryDenied            // client outside --recovery-allow
-	DropRecoveryRate              // over --recovery-rate
-	DropRecoveryBusy              // --recovery-max-inflight recoveries already in flight
-	DropParkFull                  // parking limit per flow or --park-bytes reached
+	DropRecoveryDenied            // client outside RecoveryConfig.Allow
+	DropRecoveryRate              // over RecoveryConfig.Rate
+	DropRecoveryBusy              // RecoveryConfig.MaxInflight recoveries already in flight
+	DropParkFull                  // RecoveryConfig.ParkFlowBytes or ParkBytes reached
 	DropRecoveryNoFlow            // a packet to a recovery address that is neither a flow nor a dial in progress
 	DropRehomed                   // a packet from a real its flow is being re-homed away from
 	numDropReasons
@@ -56,19 +56,20 @@ func DropReasons() []DropReason {
 	return rs
 }
 
-// FailReason says why a recovery failed.
+// FailReason says why a recovery, or one of its dials, failed.
 type FailReason uint8
 
 // Recovery failure reasons.
 const (
-	FailRefused FailReason = iota // every real tried answered RST
-	FailTimeout                   // no handshake completed in time
-	FailNoReal                    // no real could take the flow
-	FailError                     // a local error (no port, netstack)
+	FailRefused  FailReason = iota // the last real tried answered the SYN with RST
+	FailTimeout                    // the last dial completed no handshake in time
+	FailNoReal                     // no real could take the flow
+	FailError                      // a local error (no free recovery port, the netstack)
+	FailShutdown                   // the recovery engine stopped with the dial in flight (no RST: the director is going away)
 	numFailReasons
 )
 
-var failNames = [numFailReasons]string{"refused", "timeout", "no_real", "error"}
+var failNames = [numFailReasons]string{"refused", "timeout", "no_real", "error", "shutdown"}
 
 func (r FailReason) String() string {
 	if r < numFailReasons {
@@ -79,5 +80,5 @@ func (r FailReason) String() string {
 
 // FailReasons lists every reason, in counter order.
 func FailReasons() []FailReason {
-	return []FailReason{FailRefused, FailTimeout, FailNoReal, FailError}
+	return []FailReason{FailRefused, FailTimeout, FailNoReal, FailError, FailShutdown}
 }

@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -8,39 +9,62 @@ import (
 	"holdfast/balancer"
 )
 
-// Runtime changes: services, reals, weights and health, applied at once and
-// without touching existing flows. A flow keeps the index of its real, so a
-// real is never moved or dropped from its service's slice: a removed real
-// keeps its slot with weight 0 (no new flows) until it is added again.
+// Services and their reals, and the runtime changes to them: services,
+// reals, weights and health, applied at once and without touching existing
+// flows. A flow keeps the index of its real, so a real is never moved or
+// dropped from its service's slice: a removed real keeps its slot with weight
+// 0 (no new flows) until it is added again. Everything about a real is in its
+// balancer.Real (configuration, health, removal, flow counts, traffic).
+
+// ErrRecoveryOff is returned by RemoveReal when asked to move the real's
+// flows (rehome) while recovery is off: flows move through recovery.
+var ErrRecoveryOff = errors.New("moving a real's flows to other reals needs recovery, which is off")
+
+type svcKey struct {
+	proto uint8
+	vip   netip.AddrPort
+}
+
+// affinity is a persistence template: the real a client address sticks to.
+type affinity struct {
+	real    int
+	flows   int
+	expires int64
+}
+
+type service struct {
+	*balancer.Service
+	persist map[netip.Addr]affinity
+	gone    bool // removed by a reload: no new flows, old ones finish
+}
 
 func newService(s *balancer.Service) service {
-	return service{
-		Service: s,
-		persist: make(map[netip.Addr]affinity),
-		traffic: make([]realTraffic, len(s.Reals)),
-		removed: make([]bool, len(s.Reals)),
-		rehome:  make([]bool, len(s.Reals)),
-	}
+	return service{Service: s, persist: make(map[netip.Addr]affinity)}
+}
+
+// addReal appends a new real to s (the caller checked it is not there).
+func (s *service) addReal(addr netip.AddrPort, weight int) {
+	s.Reals = append(s.Reals, &balancer.Real{Addr: addr, Weight: weight})
 }
 
 // RealInfo describes one real of a service.
 type RealInfo struct {
-	Addr     netip.AddrPort `json:"addr"`
-	Weight   int            `json:"weight"`
-	Down     bool           `json:"down"`    // marked down by health checks
-	Removed  bool           `json:"removed"` // removed at runtime, flows still draining
-	Rehome   bool           `json:"rehome"`  // removed with --rehome: its flows move away
-	Active   int            `json:"active"`
-	Inactive int            `json:"inactive"`
-	realTraffic
+	Addr     netip.AddrPort
+	Weight   int
+	Down     bool // marked down by health checks
+	Removed  bool // removed at runtime, flows still draining
+	Rehome   bool // removed with its flows moving to other reals
+	Active   int
+	Inactive int
+	balancer.Traffic
 }
 
 // ServiceInfo describes one service.
 type ServiceInfo struct {
-	Service     string        `json:"service"` // PROTO:VIP:PORT
-	Scheduler   string        `json:"scheduler"`
-	Persistence time.Duration `json:"persistence_ns"`
-	Reals       []RealInfo    `json:"reals"`
+	Service     string // PROTO:VIP:PORT
+	Scheduler   string
+	Persistence time.Duration
+	Reals       []RealInfo
 }
 
 // Services lists the services and their reals with their counters. Reals
@@ -55,18 +79,63 @@ func (d *Director) Services() []ServiceInfo {
 			continue
 		}
 		si := ServiceInfo{Service: s.String(), Scheduler: s.Scheduler.Name(), Persistence: s.Persistence}
-		for j, r := range s.Reals {
-			if s.removed[j] && r.Active+r.Inactive == 0 {
+		for _, r := range s.Reals {
+			if r.Removed && r.Active+r.Inactive == 0 {
 				continue
 			}
 			si.Reals = append(si.Reals, RealInfo{
-				Addr: r.Addr, Weight: r.Weight, Down: r.Down, Removed: s.removed[j], Rehome: s.rehome[j],
-				Active: r.Active, Inactive: r.Inactive, realTraffic: s.traffic[j],
+				Addr: r.Addr, Weight: r.Weight, Down: r.Down, Removed: r.Removed, Rehome: r.Rehome,
+				Active: r.Active, Inactive: r.Inactive, Traffic: r.Traffic,
 			})
 		}
 		out = append(out, si)
 	}
 	return out
+}
+
+// pickReal chooses a real of service s for a new flow from client: the
+// persistence template if it holds, else the scheduler. Reals in exclude are
+// avoided. It returns -1 if none can take the flow.
+func (d *Director) pickReal(s *service, client, dst netip.AddrPort, now int64, exclude []netip.AddrPort) int {
+	if s.Persistence > 0 {
+		a, ok := s.persist[client.Addr()]
+		if ok && (a.flows > 0 || a.expires > now) && a.real < len(s.Reals) && s.Reals[a.real].Available() && !contains(exclude, s.Reals[a.real].Addr) {
+			return a.real
+		}
+	}
+	// A scheduler cannot be told to avoid a real: ask again (rr and wrr
+	// move on), then fall back to the first acceptable one (sh, dh).
+	for range len(s.Reals) {
+		ri := s.Scheduler.Pick(s.Reals, client, dst)
+		if ri < 0 || !contains(exclude, s.Reals[ri].Addr) {
+			return ri
+		}
+	}
+	for ri, r := range s.Reals {
+		if r.Available() && !contains(exclude, r.Addr) {
+			return ri
+		}
+	}
+	return -1
+}
+
+func contains(list []netip.AddrPort, a netip.AddrPort) bool {
+	for _, x := range list {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// realIndex finds a real of service si by address.
+func (d *Director) realIndex(si uint16, addr netip.AddrPort) int {
+	for i, r := range d.services[si].Reals {
+		if r.Addr == addr {
+			return i
+		}
+	}
+	return -1
 }
 
 // service finds a live service by protocol and VIP:port.
@@ -86,7 +155,7 @@ func (d *Director) real(proto balancer.Proto, vip, real netip.AddrPort, withRemo
 		return nil, 0, err
 	}
 	ri := d.realIndex(si, real)
-	if ri < 0 || (s.removed[ri] && !withRemoved) {
+	if ri < 0 || (s.Reals[ri].Removed && !withRemoved) {
 		return nil, 0, fmt.Errorf("service %s has no real %s", s, real)
 	}
 	return s, ri, nil
@@ -116,20 +185,17 @@ func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weigh
 		return fmt.Errorf("real %s: only IPv4 reals are served", real)
 	}
 	if ri := d.realIndex(si, real); ri >= 0 {
-		if !s.removed[ri] {
+		r := s.Reals[ri]
+		if !r.Removed {
 			return fmt.Errorf("service %s already has real %s", s, real)
 		}
-		s.removed[ri], s.rehome[ri] = false, false
-		s.Reals[ri].Weight = weight
+		r.Removed, r.Rehome, r.Weight = false, false, weight
 		return nil
 	}
 	if len(s.Reals) >= 0xffff {
 		return fmt.Errorf("service %s: too many reals", s)
 	}
-	s.Reals = append(s.Reals, &balancer.Real{Addr: real, Weight: weight})
-	s.traffic = append(s.traffic, realTraffic{})
-	s.removed = append(s.removed, false)
-	s.rehome = append(s.rehome, false)
+	s.addReal(real, weight)
 	d.realAddrs[real.Addr()] = struct{}{}
 	rk := svcKey{uint8(proto), real}
 	d.realSvcs[rk] = append(d.realSvcs[rk], si)
@@ -138,17 +204,18 @@ func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weigh
 
 // RemoveReal stops new flows to a real. Its flows finish where they are, or
 // with rehome move to other reals, each at its first request after all of
-// the real's data was acknowledged (recovery must be on).
+// the real's data was acknowledged (recovery must be on: else
+// ErrRecoveryOff).
 func (d *Director) RemoveReal(proto balancer.Proto, vip, real netip.AddrPort, rehome bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if rehome && !d.rec.enabled {
-		return fmt.Errorf("--rehome needs recovery on (holdfast run --recovery=on)")
+		return ErrRecoveryOff
 	}
 	s, ri, err := d.real(proto, vip, real, false)
 	if err == nil {
-		s.removed[ri], s.rehome[ri] = true, rehome
-		s.Reals[ri].Weight = 0
+		r := s.Reals[ri]
+		r.Removed, r.Rehome, r.Weight = true, rehome, 0
 	}
 	return err
 }
@@ -213,21 +280,18 @@ func (d *Director) Reconfigure(svcs []*balancer.Service) error {
 		for _, r := range ns.Reals {
 			want[r.Addr] = r.Weight
 		}
-		for ri, r := range s.Reals {
+		for _, r := range s.Reals {
 			w, ok := want[r.Addr]
-			s.removed[ri] = !ok
+			r.Removed = !ok
 			if ok {
-				s.rehome[ri] = false
+				r.Rehome = false
 			}
 			r.Weight = w // 0 when removed
 			delete(want, r.Addr)
 		}
 		for _, r := range ns.Reals { // new reals, in file order
 			if w, ok := want[r.Addr]; ok {
-				s.Reals = append(s.Reals, &balancer.Real{Addr: r.Addr, Weight: w})
-				s.traffic = append(s.traffic, realTraffic{})
-				s.removed = append(s.removed, false)
-				s.rehome = append(s.rehome, false)
+				s.addReal(r.Addr, w)
 				d.noteReal(ns.Proto, r.Addr, si)
 			}
 		}

@@ -1,4 +1,4 @@
-package recovery
+package nat
 
 import (
 	"net/netip"
@@ -30,11 +30,11 @@ func TestPortAllocPerReal(t *testing.T) {
 		t.Fatal("no port toward a second real")
 	}
 	// A released pair is handed out again.
-	a.release(netip.AddrPortFrom(rec, 10001), r1)
+	a.release(endpointOf(netip.AddrPortFrom(rec, 10001)), endpointOf(r1))
 	if l, ok := a.get(r1); !ok || l.Port() != 10001 {
 		t.Fatalf("after release: %v, %v", l, ok)
 	}
-	if got := a.used(); got != 4 {
+	if got := len(a.inUse); got != 4 {
 		t.Fatalf("%d pairs in use, want 4", got)
 	}
 }

@@ -1,16 +1,18 @@
-package recovery
+package nat
 
 import (
 	"fmt"
 	"net/netip"
-	"sync"
+
+	"holdfast/internal/shrink"
 )
 
-// portAlloc hands out recovery address:port pairs. A pair may serve several
-// reals at once (the 4-tuple stays unique), so it is reserved per real; it
-// stays reserved until the flow that used it ends.
+// portAlloc hands out the recovery address:port a recovery dials from. A pair
+// may serve several reals at once (the 4-tuple stays unique), so it is
+// reserved per real: from the moment nat asks for a dial until the dial fails
+// or, when it succeeds, until the recovered flow ends. Guarded by the
+// Director's lock.
 type portAlloc struct {
-	mu     sync.Mutex
 	addrs  []netip.Addr
 	lo, hi uint16
 	next   int // cursor over addrs x ports
@@ -20,38 +22,29 @@ type portAlloc struct {
 // pair is a (local, real) reservation packed in 12 bytes without a pointer
 // (two netip.AddrPort are 64 bytes, with pointers the collector scans):
 // there is one per recovered flow.
-type pair struct {
-	local, real  [4]byte
-	lport, rport uint16
-}
+type pair struct{ local, real endpoint }
 
-func pairOf(local, real netip.AddrPort) pair {
-	return pair{local.Addr().As4(), real.Addr().As4(), local.Port(), real.Port()}
-}
-
-func newPortAlloc(addrs []netip.Addr, lo, hi uint16) (*portAlloc, error) {
+func newPortAlloc(addrs []netip.Addr, lo, hi uint16) (portAlloc, error) {
 	if len(addrs) == 0 {
-		return nil, fmt.Errorf("no recovery address")
+		return portAlloc{}, fmt.Errorf("no recovery address")
 	}
 	if lo == 0 || hi < lo {
-		return nil, fmt.Errorf("recovery ports %d-%d: expected 1 <= LO <= HI", lo, hi)
+		return portAlloc{}, fmt.Errorf("recovery ports %d-%d: expected 1 <= LO <= HI", lo, hi)
 	}
-	return &portAlloc{addrs: addrs, lo: lo, hi: hi, inUse: make(map[pair]struct{})}, nil
+	return portAlloc{addrs: addrs, lo: lo, hi: hi, inUse: make(map[pair]struct{})}, nil
 }
 
 func (a *portAlloc) size() int { return len(a.addrs) * (int(a.hi-a.lo) + 1) }
 
 // get reserves a local address:port not in use toward real.
 func (a *portAlloc) get(real netip.AddrPort) (netip.AddrPort, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	n := a.size()
 	ports := int(a.hi-a.lo) + 1
 	for range n {
 		i := a.next
 		a.next = (a.next + 1) % n
 		local := netip.AddrPortFrom(a.addrs[i/ports], a.lo+uint16(i%ports))
-		k := pairOf(local, real)
+		k := pair{endpointOf(local), endpointOf(real)}
 		if _, used := a.inUse[k]; !used {
 			a.inUse[k] = struct{}{}
 			return local, true
@@ -60,16 +53,11 @@ func (a *portAlloc) get(real netip.AddrPort) (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
-func (a *portAlloc) release(local, real netip.AddrPort) {
-	a.mu.Lock()
-	delete(a.inUse, pairOf(local, real))
-	a.mu.Unlock()
-}
-
-func (a *portAlloc) used() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.inUse)
+// release frees a reservation (a no-op for one not held, and with recovery
+// off, where the map is nil). The map gives back its room as it empties: a
+// failover storm fills it with one entry per recovered flow.
+func (a *portAlloc) release(local, real endpoint) {
+	a.inUse = shrink.Delete(a.inUse, pair{local, real})
 }
 
 // DirectorPorts is the default recovery port range of director id (1..4):

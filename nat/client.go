@@ -1,0 +1,153 @@
+package nat
+
+import (
+	"holdfast/internal/wire"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// The client path: packets to a VIP. A packet of a known flow is rewritten
+// for its real; a SYN (or any first packet with recovery off) schedules a
+// real and opens a flow; a mid-stream TCP segment with no flow goes to
+// recovery (trigger.go).
+
+func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, []byte) {
+	if p.frag {
+		return wire.Drop, DropFragment, nil
+	}
+	if r := p.decodeL4(); r != DropNone {
+		return wire.Drop, r, nil
+	}
+	if p.proto == protoICMP {
+		return d.icmpToVIP(p)
+	}
+	si, ok := d.bySvc[svcKey{p.proto, p.dst}]
+	if !ok {
+		return wire.Drop, DropNoService, nil
+	}
+	key := Key{p.proto, p.src, p.dst}
+	slot, side, found := d.flows.lookup(key)
+	if found && side != sideClient {
+		found = false // a VIP is never a client
+	}
+	if found {
+		f := &d.flows.slab[slot]
+		isSyn := p.proto == protoTCP && p.flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn
+		switch {
+		case f.Expires <= now:
+			d.removeFlow(slot, now)
+			d.stats.FlowsExpired++
+			found = false
+		case isSyn && (f.State == StateTimeWait || f.State == StateClose):
+			// A new connection reusing the tuple of a finished one is a
+			// new flow, scheduled again (IPVS conn_reuse_mode).
+			d.removeFlow(slot, now)
+			d.stats.FlowsReused++
+			found = false
+		case p.proto == protoUDP && d.leaving(f):
+			// A UDP flow has no connection to keep: its next datagram
+			// goes to a healthy real (IPVS expire_nodest_conn).
+			d.removeFlow(slot, now)
+			found = false
+		case p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 && f.marked && seqAfter(p.ack, f.hiSrv):
+			// The client acknowledges server bytes this director never
+			// carried: the connection moved on through another director
+			// (failback without sync). The flow is stale.
+			d.removeFlow(slot, now)
+			d.stats.StaleFlows++
+			found = false
+		}
+	}
+	if found && p.proto == protoTCP && d.rec.enabled && p.data > 1 {
+		f := &d.flows.slab[slot]
+		// A flow on a dead or drained real moves at its first request
+		// after all of the real's data was acknowledged: before that, a
+		// response is in flight and cannot be resumed elsewhere.
+		if d.leaving(f) && f.marked && !seqAfter(f.hiSrv, p.ack) {
+			return d.rehome(slot, f.svc, p, now)
+		}
+	}
+	if !found {
+		if p.proto == protoTCP {
+			if p.flags&header.TCPFlagRst != 0 {
+				return wire.Drop, DropStrayRST, nil
+			}
+			if p.flags&header.TCPFlagSyn == 0 && d.rec.enabled {
+				return d.recoverMiss(si, p, now)
+			}
+		}
+		var r DropReason
+		// A SYN opens a flow; with recovery off so does a mid-stream
+		// segment (scheduled like a new flow, as a director without
+		// state sync does: IPVS sloppy_tcp).
+		slot, r = d.newFlow(si, p, now)
+		if r != DropNone {
+			return wire.Drop, r, nil
+		}
+		if p.proto == protoTCP && p.flags&header.TCPFlagSyn != 0 {
+			d.flows.slab[slot].hs = synOptions(p)
+		}
+	}
+	f := &d.flows.slab[slot]
+	d.track(f, p, true, now)
+	d.toReal(p, f)
+	return wire.Forward, DropNone, p.ip
+}
+
+// toReal rewrites a client's packet for its flow's real.
+func (d *Director) toReal(p *packet, f *flow) {
+	if p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 {
+		// What the client holds counts as carried: its ACK at the mark, and
+		// its SACK blocks (segments of a dead director can arrive out of
+		// order after the flow was adopted, and fill a hole later).
+		if !f.marked {
+			if !f.hiSrvSeen || seqAfter(p.ack, f.hiSrv) {
+				f.hiSrv = p.ack
+			}
+			f.hiSrvSeen, f.marked = true, true
+		}
+		if edge, ok := sackRightEdge(header.TCP(p.l4)); ok && seqAfter(edge, f.hiSrv) {
+			f.hiSrv = edge
+		}
+	}
+	if f.Kind == KindRecovered {
+		f.toServer().apply(p)
+		rewriteSrc(p, f.Local.AddrPort())
+	}
+	rewriteDst(p, f.Real.AddrPort())
+	r := d.services[f.svc].Reals[f.real]
+	r.PacketsIn++
+	r.BytesIn += uint64(len(p.ip))
+}
+
+// synOptions records the client's SYN options.
+func synOptions(p *packet) clientHandshake {
+	o := header.ParseSynOptions(header.TCP(p.l4).Options(), false)
+	return clientHandshake{ws: int8(o.WS), view: -1, mss: o.MSS, sack: o.SACKPermitted, ts: o.TS}
+}
+
+// newFlow schedules a real for the packet's client and inserts a plain flow.
+func (d *Director) newFlow(si uint16, p *packet, now int64) (uint32, DropReason) {
+	if d.flows.n >= d.maxFlows {
+		return 0, DropFlowLimit
+	}
+	s := &d.services[si]
+	ri := d.pickReal(s, p.src, p.dst, now, nil)
+	if ri < 0 {
+		return 0, DropNoReal
+	}
+	real := s.Reals[ri].Addr
+	if _, _, clash := d.flows.lookup(Key{p.proto, real, p.src}); clash {
+		return 0, DropTupleClash
+	}
+	slot := d.insertFlow(flow{
+		Proto:  p.proto,
+		Client: endpointOf(p.src),
+		VIP:    endpointOf(p.dst),
+		Real:   endpointOf(real),
+		Kind:   KindPlain,
+		svc:    si,
+		real:   uint16(ri),
+	})
+	return slot, DropNone
+}

@@ -1,0 +1,167 @@
+package nat
+
+import (
+	"holdfast/internal/wire"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// The real path: packets from a real server (or to a recovery address). A
+// packet of a known flow is rewritten for its client; the SYN-ACK of a dial in
+// progress goes to the recovery netstack; a real's service port with no flow
+// is adopted (the real proves it holds the connection).
+
+func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []byte) {
+	if p.frag {
+		if d.servesProto[p.proto] {
+			return wire.Drop, DropFragment, nil
+		}
+		return wire.Forward, DropNone, p.ip
+	}
+	if p.proto == protoICMP {
+		if v, r, ok := d.icmpErrorFromRealSide(p); ok {
+			return v, r, p.ip
+		}
+		if d.rec.isLocal(p.dst.Addr()) {
+			return wire.Drop, DropRecoveryNoFlow, nil
+		}
+		return wire.Forward, DropNone, p.ip
+	}
+	if p.proto != protoTCP && p.proto != protoUDP {
+		return wire.Forward, DropNone, p.ip
+	}
+	if r := p.decodeL4(); r != DropNone {
+		return wire.Drop, r, nil
+	}
+	key := Key{p.proto, p.src, p.dst}
+	slot, side, found := d.flows.lookup(key)
+	if found && side == sideReal {
+		f := &d.flows.slab[slot]
+		if f.Expires > now {
+			if p.proto == protoTCP && f.State == StateSynRecv && p.flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn|header.TCPFlagAck {
+				f.hs.seeSynAck(p)
+			}
+			d.track(f, p, false, now)
+			d.toClient(p, f)
+			return wire.Forward, DropNone, p.ip
+		}
+		d.removeFlow(slot, now)
+		d.stats.FlowsExpired++
+	}
+	if d.rec.isLocal(p.dst.Addr()) {
+		// Only a handshake in progress may reach the netstack: one that
+		// sees an unknown tuple answers RST and kills a live connection.
+		if _, dialing := d.rec.dialing[key]; dialing {
+			return wire.ToStack, DropNone, p.ip
+		}
+		return wire.Drop, DropRecoveryNoFlow, nil
+	}
+	svcs, ok := d.realSvcs[svcKey{p.proto, p.src}]
+	if !ok {
+		return wire.Forward, DropNone, p.ip // the real's other traffic
+	}
+	if !d.rec.enabled || (p.proto == protoTCP && p.flags&header.TCPFlagRst != 0) {
+		// The patent's step 5: a real's service port talking to no flow.
+		return wire.Drop, DropNoFlow, nil
+	}
+	return d.adopt(svcs, p, now)
+}
+
+// seeSynAck completes the handshake record with the real's SYN-ACK. Window
+// scaling, SACK and timestamps are in effect only if both sides offered them
+// (RFC 7323, RFC 2018).
+func (h *clientHandshake) seeSynAck(p *packet) {
+	o := header.ParseSynOptions(header.TCP(p.l4).Options(), true)
+	h.view = int8(o.WS)
+	if h.ws < 0 || h.view < 0 {
+		h.ws, h.view = 0, 0
+	}
+	h.sack = h.sack && o.SACKPermitted
+	h.ts = h.ts && o.TS
+	h.known = true
+}
+
+// toClient rewrites a real's packet for its flow's client.
+func (d *Director) toClient(p *packet, f *flow) {
+	if f.Kind == KindRecovered {
+		f.toClient().apply(p)
+		rewriteDst(p, f.Client.AddrPort())
+	}
+	rewriteSrc(p, f.VIP.AddrPort())
+	if p.proto == protoTCP {
+		if e := segEnd(p); !f.hiSrvSeen || seqAfter(e, f.hiSrv) {
+			f.hiSrv, f.hiSrvSeen = e, true
+		}
+	}
+	r := d.services[f.svc].Reals[f.real]
+	r.PacketsOut++
+	r.BytesOut += uint64(len(p.ip))
+}
+
+// adopt handles a packet from a real's service port with no flow. The real
+// proves it holds the connection (it retransmits toward the client after a
+// director died): create a plain flow, as the failed director had, unless
+// the client's connection already lives elsewhere.
+func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, DropReason, []byte) {
+	si := -1
+	for _, s := range svcs {
+		if d.services[s].gone {
+			continue
+		}
+		if si < 0 {
+			si = int(s)
+		}
+		ck := Key{p.proto, p.dst, d.services[s].VIP}
+		if _, side, found := d.flows.lookup(ck); found && side == sideClient {
+			if p.proto != protoTCP {
+				return wire.Drop, DropNoFlow, nil
+			}
+			// Recovered (or adopted) elsewhere: end the orphan.
+			d.stats.OldRealResets++
+			return wire.Reset, DropNone, buildRST(p.ip[:0:len(p.ip)], p.dst, p.src, p.ack, 0, false)
+		}
+		if pd := d.rec.pending[ck]; pd != nil && pd.from == p.src {
+			// The real this flow is being re-homed from: dead or drained,
+			// never adopted.
+			return wire.Drop, DropRehomed, nil
+		}
+		if pd := d.rec.pending[ck]; pd != nil {
+			// The original connection beats a new one: adopt, and have
+			// the dial cancelled. Its end finishes the recovery, whose
+			// parked segments then go to the adopted flow.
+			pd.superseded = true
+			d.rec.Dialer.Cancel(ck)
+			d.stats.AdoptAborts++
+			si = int(s)
+			break
+		}
+	}
+	if si < 0 {
+		return wire.Drop, DropNoFlow, nil // only services removed by a reload
+	}
+	if d.flows.n >= d.maxFlows {
+		return wire.Drop, DropFlowLimit, nil
+	}
+	ri := d.realIndex(uint16(si), p.src)
+	slot := d.insertFlow(flow{
+		Proto:  p.proto,
+		Client: endpointOf(p.dst),
+		VIP:    endpointOf(d.services[si].VIP),
+		Real:   endpointOf(p.src),
+		Kind:   KindAdopted,
+		svc:    uint16(si),
+		real:   uint16(ri),
+	})
+	d.stats.Adopted++
+	f := &d.flows.slab[slot]
+	d.track(f, p, false, now)
+	d.toClient(p, f)
+	return wire.Forward, DropNone, p.ip
+}
+
+// leaving reports whether f's real is down or was removed with its flows
+// moving away (rehome).
+func (d *Director) leaving(f *flow) bool {
+	r := d.services[f.svc].Reals[f.real]
+	return r.Down || r.Rehome
+}

@@ -1,0 +1,76 @@
+package nat
+
+import (
+	"time"
+
+	"holdfast/internal/wire"
+)
+
+// Stats is a snapshot of the Director's counters. The daemon's counter table
+// reads these fields by name: renaming one renames a metric.
+type Stats struct {
+	Verdicts     [wire.NumVerdicts]uint64
+	Drops        [numDropReasons]uint64
+	Flows        int    // flows in the table now
+	FlowsCreated uint64 // flows ever created (every kind)
+	FlowsExpired uint64 // flows removed by idle timeout
+	FlowsReused  uint64 // flows replaced by a SYN on a TIME_WAIT or CLOSE flow
+	EchoReplies  uint64 // ICMP echo requests to a VIP answered
+	ICMPErrors   uint64 // ICMP errors about a flow, translated
+
+	RecoveryStarted   uint64
+	RecoverySucceeded uint64
+	RecoveryFailed    [numFailReasons]uint64
+	// RecoveryRetries counts the dials that failed and were retried on
+	// another real, by why they failed: a recovery that succeeds on its
+	// second real counts here and not in RecoveryFailed.
+	RecoveryRetries   [numFailReasons]uint64
+	RecoveryLatencyNs uint64 // sum over successes, first parked segment to flush
+	ClientResets      uint64 // RSTs sent to clients whose recovery failed
+	Adopted           uint64 // flows created from a real's packet
+	AdoptAborts       uint64 // recovery dials abandoned because the original real spoke
+	OldRealResets     uint64 // RSTs sent to a real whose connection was recovered elsewhere
+	StaleFlows        uint64 // flows found stale (the client acked bytes this director never carried)
+	RehomeStarted     uint64 // flows of a down or drained real sent through recovery
+	Rehomed           uint64 // of those, recovered onto another real
+	Parked            uint64 // packets parked
+	ParkedBytes       int    // bytes parked now
+	Inflight          int    // recoveries in flight now
+
+	// FlowsBy counts live flows by kind and state.
+	FlowsBy [numKinds][numStates]int
+	// RecoveryLatency counts successful recoveries by latency (first
+	// parked segment to flush), bucket i holding those at most
+	// LatencyBuckets[i]; the last bucket holds the rest.
+	RecoveryLatency [len(LatencyBuckets) + 1]uint64
+}
+
+// LatencyBuckets are the upper bounds of the recovery latency histogram.
+var LatencyBuckets = [...]time.Duration{
+	500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond,
+	250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2500 * time.Millisecond, 5 * time.Second,
+}
+
+func latencyBucket(ns int64) int {
+	for i, b := range LatencyBuckets {
+		if ns <= int64(b) {
+			return i
+		}
+	}
+	return len(LatencyBuckets)
+}
+
+// Drop returns the counter of one drop reason.
+func (s Stats) Drop(r DropReason) uint64 { return s.Drops[r] }
+
+// Stats returns a snapshot of the counters.
+func (d *Director) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.stats
+	s.Flows = d.flows.n
+	s.ParkedBytes = d.rec.parkedBytes
+	s.Inflight = len(d.rec.pending)
+	return s
+}
