@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -101,7 +102,7 @@ func (r *runner) applyReal(c adminapi.RealChange) error {
 	case "add":
 		return r.d.AddReal(proto, vip, addr, weight)
 	case "remove":
-		return r.d.RemoveReal(proto, vip, addr, c.Rehome)
+		return removeError(r.d.RemoveReal(proto, vip, addr, c.Rehome))
 	case "weight":
 		if c.Weight < 0 || c.Weight > 65535 {
 			return fmt.Errorf("weight %d: expected 0..65535", c.Weight)
@@ -109,6 +110,14 @@ func (r *runner) applyReal(c adminapi.RealChange) error {
 		return r.d.SetWeight(proto, vip, addr, c.Weight)
 	}
 	return fmt.Errorf("op %q: expected add, remove or weight", c.Op)
+}
+
+// removeError names the request field a refused removal is about.
+func removeError(err error) error {
+	if errors.Is(err, nat.ErrRecoveryOff) {
+		return errors.New("rehome needs recovery on (holdfast run --recovery=on)")
+	}
+	return err
 }
 
 // removeEverywhere removes a real from every service that has it.
@@ -121,7 +130,7 @@ func (r *runner) removeEverywhere(addr netip.AddrPort, rehome bool) error {
 			}
 			proto, vip, err := balancer.ParseService(s.Service)
 			if err == nil {
-				err = r.d.RemoveReal(proto, vip, addr, rehome)
+				err = removeError(r.d.RemoveReal(proto, vip, addr, rehome))
 			}
 			if err != nil {
 				return err

@@ -163,10 +163,16 @@ var counters = []counterDef{
 	scalar("icmp_errors_translated_total", "ICMP errors about a flow translated.", counterType, func(s *snapshot) uint64 { return s.nat.ICMPErrors }),
 	scalar("recoveries_started_total", "Recoveries started (a mid-stream segment with no flow).", counterType, func(s *snapshot) uint64 { return s.nat.RecoveryStarted }),
 	scalar("recoveries_succeeded_total", "Recoveries that installed a flow.", counterType, func(s *snapshot) uint64 { return s.nat.RecoverySucceeded }),
-	{name: "recoveries_failed_total", help: "Recoveries that failed, by reason; the client got a RST.", typ: counterType, labels: []string{"reason"},
+	{name: "recoveries_failed_total", help: "Recoveries that failed, by reason; the client got a RST (not at shutdown: the peer director may still recover it).", typ: counterType, labels: []string{"reason"},
 		each: func(s *snapshot, emit func(uint64, ...string)) {
 			for _, r := range nat.FailReasons() {
 				emit(s.nat.RecoveryFailed[r], r.String())
+			}
+		}},
+	{name: "recovery_retries_total", help: "Recovery dials that failed and were retried on another real, by reason.", typ: counterType, labels: []string{"reason"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			for _, r := range nat.FailReasons() {
+				emit(s.nat.RecoveryRetries[r], r.String())
 			}
 		}},
 	{name: "recovery_latency_seconds", help: "Time from the first parked segment to the flush, successful recoveries.", typ: histogramType,

@@ -463,3 +463,26 @@ func TestServicesJSON(t *testing.T) {
 		t.Fatalf("services JSON\n got %s\nwant %s", got, want)
 	}
 }
+
+// TestRehomeNeedsRecovery: moving a real's flows away with recovery off is
+// refused with a message naming the request's rehome field (the CLI turns
+// it into --rehome), and the real stays in its service.
+func TestRehomeNeedsRecovery(t *testing.T) {
+	dev := tuntest.NewMemDevice("mem0", 64)
+	cfg := testConfig(t, dev, 1)
+	cfg.Recovery.Enabled = false
+	td := startDaemon(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := td.admin.ChangeReal(ctx, adminapi.RealChange{Op: "remove", Service: "tcp:" + vip.String(), Real: realA.String(), Rehome: true})
+	if err == nil || err.Error() != "rehome needs recovery on (holdfast run --recovery=on)" {
+		t.Fatalf("rehome with recovery off: %v", err)
+	}
+	svcs, err := td.admin.Services(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svcs) != 1 || len(svcs[0].Reals) != 2 || svcs[0].Reals[0].Removed {
+		t.Fatalf("services after the refused removal: %+v", svcs)
+	}
+}

@@ -73,7 +73,7 @@ type RealChange struct {
 }
 
 // Fields of RealChange that an error answer can name.
-var RealChangeFields = []string{"real", "service", "weight"}
+var RealChangeFields = []string{"real", "service", "weight", "rehome"}
 
 // Client calls a director's admin API.
 type Client struct{ c *unixhttp.Client }
