@@ -96,6 +96,16 @@ func scalar(name, help string, typ metricType, f func(s *snapshot) uint64) count
 	return counterDef{name: name, help: help, typ: typ, each: func(s *snapshot, emit func(uint64, ...string)) { emit(f(s)) }}
 }
 
+// byFailReason is a counter labelled by recovery failure reason.
+func byFailReason(name, help string, f func(s *snapshot, r nat.FailReason) uint64) counterDef {
+	return counterDef{name: name, help: help, typ: counterType, labels: []string{"reason"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			for _, r := range nat.FailReasons() {
+				emit(f(s, r), r.String())
+			}
+		}}
+}
+
 // eachReal emits f's value for every real of every service.
 func eachReal(f func(r *nat.RealInfo, emit func(v uint64, more ...string))) func(*snapshot, func(uint64, ...string)) {
 	return func(s *snapshot, emit func(uint64, ...string)) {
@@ -163,18 +173,10 @@ var counters = []counterDef{
 	scalar("icmp_errors_translated_total", "ICMP errors about a flow translated.", counterType, func(s *snapshot) uint64 { return s.nat.ICMPErrors }),
 	scalar("recoveries_started_total", "Recoveries started (a mid-stream segment with no flow).", counterType, func(s *snapshot) uint64 { return s.nat.RecoveryStarted }),
 	scalar("recoveries_succeeded_total", "Recoveries that installed a flow.", counterType, func(s *snapshot) uint64 { return s.nat.RecoverySucceeded }),
-	{name: "recoveries_failed_total", help: "Recoveries that failed, by reason; the client got a RST (not at shutdown: the peer director may still recover it).", typ: counterType, labels: []string{"reason"},
-		each: func(s *snapshot, emit func(uint64, ...string)) {
-			for _, r := range nat.FailReasons() {
-				emit(s.nat.RecoveryFailed[r], r.String())
-			}
-		}},
-	{name: "recovery_retries_total", help: "Recovery dials that failed and were retried on another real, by reason.", typ: counterType, labels: []string{"reason"},
-		each: func(s *snapshot, emit func(uint64, ...string)) {
-			for _, r := range nat.FailReasons() {
-				emit(s.nat.RecoveryRetries[r], r.String())
-			}
-		}},
+	byFailReason("recoveries_failed_total", "Recoveries that failed, by reason; the client got a RST (not at shutdown: the peer director may still recover it).",
+		func(s *snapshot, r nat.FailReason) uint64 { return s.nat.RecoveryFailed[r] }),
+	byFailReason("recovery_retries_total", "Recovery dials that failed and were retried on another real, by reason.",
+		func(s *snapshot, r nat.FailReason) uint64 { return s.nat.RecoveryRetries[r] }),
 	{name: "recovery_latency_seconds", help: "Time from the first parked segment to the flush, successful recoveries.", typ: histogramType,
 		hist: func(s *snapshot) histogramValue {
 			h := histogramValue{Count: s.nat.RecoverySucceeded, Sum: float64(s.nat.RecoveryLatencyNs) / 1e9, Buckets: make(map[string]uint64, len(nat.LatencyBuckets))}
