@@ -17,9 +17,9 @@ build:
 demo: build
 	./$(BIN) lab demo
 
-# The one test command: unit and integration tests, race detector on.
-test:
-	$(GO) vet ./...
+# The one test command: lint, then unit and integration tests, race
+# detector on.
+test: lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 
 unit:
