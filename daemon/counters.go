@@ -199,6 +199,8 @@ var counters = []counterDef{
 	scalar("client_resets_total", "RSTs sent to clients whose recovery failed.", counterType, func(s *snapshot) uint64 { return s.nat.ClientResets }),
 	scalar("rehomes_started_total", "Flows of a down or drained real sent through recovery.", counterType, func(s *snapshot) uint64 { return s.nat.RehomeStarted }),
 	scalar("rehomes_succeeded_total", "Re-homed flows recovered onto another real.", counterType, func(s *snapshot) uint64 { return s.nat.Rehomed }),
+	scalar("rehomes_kept_total", "Re-homes not started because no other real could take the flow (it stays on its real).", counterType, func(s *snapshot) uint64 { return s.nat.RehomeKept }),
+	scalar("flow_index_refused_total", "Flows not inserted because one of their keys was already in the index (an entry is never overwritten).", counterType, func(s *snapshot) uint64 { return s.nat.IndexRefused }),
 	scalar("netstack_stray_packets_total", "Packets of the recovery netstack dropped by its tap (RSTs after a handshake, retransmissions).", counterType, func(s *snapshot) uint64 { return s.stray }),
 	{name: "real_active_flows", help: "ESTABLISHED flows per real.", typ: gaugeType, labels: []string{"service", "real"},
 		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) { emit(uint64(r.Active)) })},

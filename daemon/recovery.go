@@ -50,7 +50,7 @@ func newDirector(ctx context.Context, cfg Config, mtu int, write func([]byte), c
 			Enabled: true, Dialer: eng, Addrs: r.Addrs,
 			PortLo: r.PortLo, PortHi: r.PortHi, WScale: r.WScale, MSS: mss,
 			Rate: float64(r.Rate), MaxInflight: r.MaxInflight, Allow: r.Allow,
-			ParkBytes: r.ParkBytes, ParkFlowBytes: min(r.ParkBytes, parkFlowBytes),
+			ParkBytes: r.ParkBytes, ParkFlowBytes: min(r.ParkBytes, parkFlowBytes), MTU: mtu,
 		}
 	}
 	d, err := nat.New(ncfg)

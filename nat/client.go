@@ -21,10 +21,8 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 	if p.proto == protoICMP {
 		return d.icmpToVIP(p)
 	}
-	si, ok := d.bySvc[svcKey{p.proto, p.dst}]
-	if !ok {
-		return wire.Drop, DropNoService, nil
-	}
+	// The flow first: a service removed by a reload takes no new flows,
+	// but its live flows keep going (they carry their service's index).
 	key := Key{p.proto, p.src, p.dst}
 	slot, side, found := d.flows.lookup(key)
 	if found && side != sideClient {
@@ -68,6 +66,10 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 		}
 	}
 	if !found {
+		si, ok := d.bySvc[svcKey{p.proto, p.dst}]
+		if !ok {
+			return wire.Drop, DropNoService, nil
+		}
 		if p.proto == protoTCP {
 			if p.flags&header.TCPFlagRst != 0 {
 				return wire.Drop, DropStrayRST, nil
@@ -127,7 +129,16 @@ func synOptions(p *packet) clientHandshake {
 }
 
 // newFlow schedules a real for the packet's client and inserts a plain flow.
+// A tuple whose recovery is in flight gets no flow: Recovered would flush
+// the parked mid-stream segments into it (a SYN there is dropped, counted as
+// recovery_pending; a genuine client's next SYN after the recovery ends
+// opens a flow). The new flow takes neither key of another flow nor the
+// tuple of a recovery dial.
 func (d *Director) newFlow(si uint16, p *packet, now int64) (uint32, DropReason) {
+	key := Key{p.proto, p.src, p.dst}
+	if d.rec.pending[key] != nil {
+		return 0, DropRecoveryPending
+	}
 	if d.flows.n >= d.maxFlows {
 		return 0, DropFlowLimit
 	}
@@ -137,10 +148,10 @@ func (d *Director) newFlow(si uint16, p *packet, now int64) (uint32, DropReason)
 		return 0, DropNoReal
 	}
 	real := s.Reals[ri].Addr
-	if _, _, clash := d.flows.lookup(Key{p.proto, real, p.src}); clash {
+	if !d.keysFree(key, Key{p.proto, real, p.src}) {
 		return 0, DropTupleClash
 	}
-	slot := d.insertFlow(flow{
+	slot, ok := d.insertFlow(flow{
 		Proto:  p.proto,
 		Client: endpointOf(p.src),
 		VIP:    endpointOf(p.dst),
@@ -149,5 +160,8 @@ func (d *Director) newFlow(si uint16, p *packet, now int64) (uint32, DropReason)
 		svc:    si,
 		real:   uint16(ri),
 	})
+	if !ok {
+		return 0, DropTupleClash
+	}
 	return slot, DropNone
 }

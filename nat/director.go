@@ -145,6 +145,9 @@ func (d *Director) handle(b []byte, partial bool, now int64) (wire.Verdict, Drop
 	}
 	p.partial = partial
 	if _, ok := d.vips[p.dst.Addr()]; ok {
+		if d.ownSource(p.src.Addr()) {
+			return wire.Drop, DropSpoofedSource, nil
+		}
 		return d.fromClient(&p, now)
 	}
 	if _, ok := d.realAddrs[p.src.Addr()]; ok {
@@ -163,4 +166,21 @@ func (d *Director) handle(b []byte, partial bool, now int64) (wire.Verdict, Drop
 	// Neither ours nor about us: the director also routes the reals' other
 	// traffic. Write it back unchanged.
 	return wire.Forward, DropNone, b
+}
+
+// ownSource reports whether a is an address of the director's own side: a
+// VIP, a recovery address or a real (configured or added at runtime). None
+// of them is ever a client, and a packet to a VIP from one is forged: from
+// a recovery address:port it would make a flow whose real-side key is a
+// recovery dial's (stealing its SYN-ACK, or deleting a recovered flow's
+// index entry later); from a VIP or a real, a flow whose keys mirror
+// another's.
+func (d *Director) ownSource(a netip.Addr) bool {
+	if _, ok := d.vips[a]; ok {
+		return true
+	}
+	if _, ok := d.realAddrs[a]; ok {
+		return true
+	}
+	return d.rec.isLocal(a)
 }

@@ -171,7 +171,24 @@ func (t *table) lookup(k Key) (slot uint32, side int, ok bool) {
 	return v >> 1, int(v & 1), ok
 }
 
-func (t *table) insert(f flow) uint32 {
+// insert adds f under both its keys. It never overwrites an entry: if
+// either key is already in the index (or both keys are the same), it
+// inserts nothing and returns false. An overwritten entry would leave
+// another flow (or itself) reachable from one side only, and its removal
+// would later delete the entry of the flow that took its key; callers check
+// both keys (and the dial gate) first, and the Director counts a refusal
+// (Stats.IndexRefused).
+func (t *table) insert(f flow) (uint32, bool) {
+	ck, rk := f.clientKey(), f.realKey()
+	if ck == rk {
+		return 0, false
+	}
+	if _, taken := t.index[ck]; taken {
+		return 0, false
+	}
+	if _, taken := t.index[rk]; taken {
+		return 0, false
+	}
 	var slot uint32
 	if n := len(t.free); n > 0 {
 		slot = t.free[n-1]
@@ -182,10 +199,10 @@ func (t *table) insert(f flow) uint32 {
 	}
 	f.used = true
 	t.slab[slot] = f
-	t.index[f.clientKey()] = slot<<1 | sideClient
-	t.index[f.realKey()] = slot<<1 | sideReal
+	t.index[ck] = slot<<1 | sideClient
+	t.index[rk] = slot<<1 | sideReal
 	t.n++
-	return slot
+	return slot, true
 }
 
 func (t *table) remove(slot uint32) {
@@ -195,6 +212,20 @@ func (t *table) remove(slot uint32) {
 	*f = flow{}
 	t.free = append(t.free, slot)
 	t.n--
+}
+
+// keysFree reports whether a new flow may take the client-side key ck and
+// the real-side key rk: neither is in the index, and rk is not the tuple of
+// a recovery dial in progress (whose SYN-ACK it would steal).
+func (d *Director) keysFree(ck, rk Key) bool {
+	if _, _, taken := d.flows.lookup(ck); taken {
+		return false
+	}
+	if _, _, taken := d.flows.lookup(rk); taken {
+		return false
+	}
+	_, dialing := d.rec.dialing[rk]
+	return !dialing
 }
 
 // clientHandshake is what the director saw of a connection's handshake:
@@ -229,12 +260,17 @@ func (h clientHandshake) viewOr(def int8) int8 {
 }
 
 // insertFlow adds f (its State still StateNone for TCP, the caller's track
-// sets it) and accounts it to its real and persistence template.
-func (d *Director) insertFlow(f flow) uint32 {
+// sets it) and accounts it to its real and persistence template. ok is
+// false, and nothing changed but Stats.IndexRefused, if one of f's keys is
+// already taken (see table.insert).
+func (d *Director) insertFlow(f flow) (slot uint32, ok bool) {
 	if f.Proto == protoUDP {
 		f.State = StateUDP
 	}
-	slot := d.flows.insert(f)
+	if slot, ok = d.flows.insert(f); !ok {
+		d.stats.IndexRefused++
+		return 0, false
+	}
 	d.stats.FlowsBy[f.Kind][f.State]++
 	s := &d.services[f.svc]
 	r := s.Reals[f.real]
@@ -253,7 +289,7 @@ func (d *Director) insertFlow(f flow) uint32 {
 		s.persist[f.Client.Addr()] = a
 	}
 	d.stats.FlowsCreated++
-	return slot
+	return slot, true
 }
 
 // track advances the flow's state on a packet and refreshes its expiry.

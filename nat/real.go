@@ -102,12 +102,21 @@ func (d *Director) toClient(p *packet, f *flow) {
 // proves it holds the connection (it retransmits toward the client after a
 // director died): create a plain flow, as the failed director had, unless
 // the client's connection already lives elsewhere.
+//
+// A real may serve several VIPs, and its packet does not say which one the
+// client talks to: a pending recovery for (client, VIP) tells (the original
+// connection beats the new one); else the real's one live service does. With
+// more than one and nothing to tell, the packet is dropped (adopt_ambiguous)
+// rather than answered from a VIP the client may not have connected to (its
+// TCP would RST it).
 func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, DropReason, []byte) {
-	si := -1
+	si, live := -1, 0
+	var pd *pending
 	for _, s := range svcs {
 		if d.services[s].gone {
 			continue
 		}
+		live++
 		if si < 0 {
 			si = int(s)
 		}
@@ -120,30 +129,25 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, Dro
 			d.stats.OldRealResets++
 			return wire.Reset, DropNone, buildRST(p.ip[:0:len(p.ip)], p.dst, p.src, p.ack, 0, false)
 		}
-		if pd := d.rec.pending[ck]; pd != nil && pd.from == p.src {
-			// The real this flow is being re-homed from: dead or drained,
-			// never adopted.
-			return wire.Drop, DropRehomed, nil
-		}
-		if pd := d.rec.pending[ck]; pd != nil {
-			// The original connection beats a new one: adopt, and have
-			// the dial cancelled. Its end finishes the recovery, whose
-			// parked segments then go to the adopted flow.
-			pd.superseded = true
-			d.rec.Dialer.Cancel(ck)
-			d.stats.AdoptAborts++
-			si = int(s)
-			break
+		if q := d.rec.pending[ck]; q != nil && pd == nil {
+			pd, si = q, int(s)
 		}
 	}
-	if si < 0 {
+	switch {
+	case si < 0:
 		return wire.Drop, DropNoFlow, nil // only services removed by a reload
+	case pd == nil && live > 1:
+		return wire.Drop, DropAdoptAmbiguous, nil
+	case pd != nil && pd.from == p.src:
+		// The real this flow is being re-homed from: dead or drained,
+		// never adopted.
+		return wire.Drop, DropRehomed, nil
 	}
 	if d.flows.n >= d.maxFlows {
 		return wire.Drop, DropFlowLimit, nil
 	}
 	ri := d.realIndex(uint16(si), p.src)
-	slot := d.insertFlow(flow{
+	slot, ok := d.insertFlow(flow{
 		Proto:  p.proto,
 		Client: endpointOf(p.dst),
 		VIP:    endpointOf(d.services[si].VIP),
@@ -152,6 +156,17 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, Dro
 		svc:    uint16(si),
 		real:   uint16(ri),
 	})
+	if !ok {
+		return wire.Drop, DropTupleClash, nil
+	}
+	if pd != nil {
+		// The original connection beats a new one: have the dial
+		// cancelled. Its end finishes the recovery, whose parked
+		// segments then go to the adopted flow.
+		pd.superseded = true
+		d.rec.Dialer.Cancel(Key{p.proto, p.dst, d.services[si].VIP})
+		d.stats.AdoptAborts++
+	}
 	d.stats.Adopted++
 	f := &d.flows.slab[slot]
 	d.track(f, p, false, now)

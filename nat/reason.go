@@ -29,6 +29,9 @@ const (
 	DropParkFull                  // RecoveryConfig.ParkFlowBytes or ParkBytes reached
 	DropRecoveryNoFlow            // a packet to a recovery address that is neither a flow nor a dial in progress
 	DropRehomed                   // a packet from a real its flow is being re-homed away from
+	DropSpoofedSource             // a packet to a VIP whose source is a VIP, a recovery address or a real: never a client
+	DropRecoveryPending           // a SYN, or a re-home's trigger, for a tuple whose recovery is in flight
+	DropAdoptAmbiguous            // a real's packet with no flow, the real serving several VIPs and nothing telling which
 	numDropReasons
 )
 
@@ -38,6 +41,7 @@ var dropNames = [numDropReasons]string{
 	"stray_rst", "icmp_no_flow", "icmp_other", "tuple_clash",
 	"no_trigger", "sack_trigger", "recovery_denied", "recovery_rate",
 	"recovery_busy", "park_full", "recovery_no_flow", "rehomed",
+	"spoofed_source", "recovery_pending", "adopt_ambiguous",
 }
 
 func (r DropReason) String() string {

@@ -51,6 +51,11 @@ type RecoveryConfig struct {
 	Allow         []netip.Prefix // clients that may trigger recovery; empty = any
 	ParkBytes     int            // bytes parked at once, all flows
 	ParkFlowBytes int            // bytes parked at once, one flow
+	// MTU is the largest packet the link to the reals takes: a parked GSO
+	// super-packet longer than it is parked as segments within it (see
+	// park). 0: no limit (a device without offload hands over no such
+	// packet).
+	MTU int
 }
 
 // pending is one recovery in flight.

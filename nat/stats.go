@@ -33,6 +33,8 @@ type Stats struct {
 	StaleFlows        uint64 // flows found stale (the client acked bytes this director never carried)
 	RehomeStarted     uint64 // flows of a down or drained real sent through recovery
 	Rehomed           uint64 // of those, recovered onto another real
+	RehomeKept        uint64 // re-homes not started: no other real could take the flow, which stays on its real
+	IndexRefused      uint64 // flows not inserted: one of their keys was already in the index (never overwritten)
 	Parked            uint64 // packets parked
 	ParkedBytes       int    // bytes parked now
 	Inflight          int    // recoveries in flight now

@@ -5,6 +5,7 @@ import (
 
 	"holdfast/internal/wire"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -60,15 +61,13 @@ func (d *Director) refuseRecovery(p *packet, now int64) DropReason {
 // (invalid otherwise).
 func (d *Director) startRecovery(si uint16, p *packet, now int64, hs clientHandshake, from netip.AddrPort) (wire.Verdict, DropReason, []byte) {
 	key := Key{p.proto, p.src, p.dst}
-	_, ts, tsval, tsecr := tcpOptions(header.TCP(p.l4))
-	pd := &pending{
-		svc: si, started: now,
-		seq: p.seq, ack: p.ack, ts: ts, tsval: tsval, tsecr: tsecr,
-		hs: hs, from: from,
+	if pd := d.rec.pending[key]; pd != nil {
+		// Never a second recovery for a tuple: it would replace the
+		// first in the table, whose parked bytes would then never be
+		// given back to the parking budget.
+		return d.park(pd, p)
 	}
-	if from.IsValid() {
-		pd.tried = append(pd.tried, from)
-	}
+	pd := newPending(si, p, now, hs, from)
 	o, ok := d.nextDial(key, pd, now)
 	if !ok && !pd.noPort {
 		return wire.Drop, DropNoReal, nil
@@ -86,6 +85,27 @@ func (d *Director) startRecovery(si uint16, p *packet, now int64, hs clientHands
 		}
 		return wire.Reset, DropNone, buildRST(p.ip[:0:len(p.ip)], p.dst, p.src, seq, segEnd(p), true)
 	}
+	return d.beginRecovery(key, pd, p, o)
+}
+
+// newPending is the recovery of p's connection onto a real of service si,
+// before its first dial.
+func newPending(si uint16, p *packet, now int64, hs clientHandshake, from netip.AddrPort) *pending {
+	_, ts, tsval, tsecr := tcpOptions(header.TCP(p.l4))
+	pd := &pending{
+		svc: si, started: now,
+		seq: p.seq, ack: p.ack, ts: ts, tsval: tsval, tsecr: tsecr,
+		hs: hs, from: from,
+	}
+	if from.IsValid() {
+		pd.tried = append(pd.tried, from)
+	}
+	return pd
+}
+
+// beginRecovery parks p behind pd, whose first dial o is reserved, and
+// asks the Dialer for it.
+func (d *Director) beginRecovery(key Key, pd *pending, p *packet, o wire.DialOptions) (wire.Verdict, DropReason, []byte) {
 	if v, r, _ := d.park(pd, p); v != wire.Park {
 		d.endDial(pd, false)
 		return v, r, nil
@@ -100,43 +120,134 @@ func (d *Director) startRecovery(si uint16, p *packet, now int64, hs clientHands
 // healthy real: the client's segment p (all of the old real's data
 // acknowledged) is recovered as after a failover, with the handshake the
 // director saw, so that window scale, MSS and SACK are exact.
+//
+// The flow is removed only once its first dial is asked for: with no other
+// real to take it (none available, or none with a free recovery port) the
+// flow stays where it is and p goes to its real (counted RehomeKept; a
+// drained real still serves, and a down one may not be), to be tried again at
+// the client's next request. A tuple with a recovery already in flight (a
+// flow adopted during it) is not re-homed: p is dropped (recovery_pending)
+// and the client retransmits it once that recovery ended.
 func (d *Director) rehome(slot uint32, si uint16, p *packet, now int64) (wire.Verdict, DropReason, []byte) {
+	key := Key{p.proto, p.src, p.dst}
+	if d.rec.pending[key] != nil {
+		return wire.Drop, DropRecoveryPending, nil
+	}
+	f := &d.flows.slab[slot]
+	from := f.Real.AddrPort()
+	if !d.otherReal(si, from) {
+		return d.keepOnReal(f, p, now)
+	}
 	if r := d.refuseRecovery(p, now); r != DropNone {
 		return wire.Drop, r, nil
 	}
-	f := &d.flows.slab[slot]
-	hs, from := f.hs, f.Real.AddrPort()
-	d.removeFlow(slot, now)
-	d.stats.RehomeStarted++
-	return d.startRecovery(si, p, now, hs, from)
+	pd := newPending(si, p, now, f.hs, from)
+	o, ok := d.nextDial(key, pd, now)
+	if !ok {
+		return d.keepOnReal(f, p, now)
+	}
+	v, r, out := d.beginRecovery(key, pd, p, o)
+	if v == wire.Park {
+		d.removeFlow(slot, now)
+		d.stats.RehomeStarted++
+	}
+	return v, r, out
 }
 
-// park keeps a copy of a client segment until its recovery ends.
+// keepOnReal forwards p to its flow's real after a re-home found no real to
+// move to.
+func (d *Director) keepOnReal(f *flow, p *packet, now int64) (wire.Verdict, DropReason, []byte) {
+	d.stats.RehomeKept++
+	d.track(f, p, true, now)
+	d.toReal(p, f)
+	return wire.Forward, DropNone, p.ip
+}
+
+// otherReal reports whether service si has a real other than from that can
+// take a flow.
+func (d *Director) otherReal(si uint16, from netip.AddrPort) bool {
+	for _, r := range d.services[si].Reals {
+		if r.Addr != from && r.Available() {
+			return true
+		}
+	}
+	return false
+}
+
+// park keeps a copy of a client segment until its recovery ends. A TCP
+// segment longer than RecoveryConfig.MTU is a GSO super-packet from the
+// offload TUN (up to 64 KiB, segmented by the kernel on the way out as its
+// virtio-net header says): the parked copy leaves later without that header,
+// written as one packet too big for the link to the reals. It is parked as
+// the segments the kernel would have made, each within the MTU, with full
+// checksums.
 func (d *Director) park(pd *pending, p *packet) (wire.Verdict, DropReason, []byte) {
 	rc := &d.rec
-	n := len(p.ip)
+	hl := len(p.ip) - len(p.l4) + int(header.TCP(p.l4).DataOffset())
+	mss := rc.MTU - hl
+	nseg, n := 1, len(p.ip)
+	if rc.MTU > 0 && len(p.ip) > rc.MTU && mss > 0 && p.data > mss {
+		nseg = (p.data + mss - 1) / mss
+		n = p.data + nseg*hl
+	} else {
+		mss = p.data
+	}
 	if pd.bytes+n > rc.ParkFlowBytes || rc.parkedBytes+n > rc.ParkBytes {
 		return wire.Drop, DropParkFull, nil
 	}
-	cp := append([]byte(nil), p.ip...)
-	if p.partial {
-		// A parked copy leaves without its virtio-net header: give it a
-		// full checksum.
-		var q packet
-		q.decodeIP(cp)
-		q.partial = true
-		q.decodeL4()
-		q.completeChecksum()
+	if nseg == 1 {
+		cp := append([]byte(nil), p.ip...)
+		if p.partial {
+			// A parked copy leaves without its virtio-net header: give
+			// it a full checksum.
+			var q packet
+			q.decodeIP(cp)
+			q.partial = true
+			q.decodeL4()
+			q.completeChecksum()
+		}
+		pd.parked = append(pd.parked, cp)
+	} else {
+		for k := range nseg {
+			pd.parked = append(pd.parked, segmentOf(p, hl, k*mss, min(mss, p.data-k*mss), k, k == nseg-1))
+		}
 	}
-	pd.parked = append(pd.parked, cp)
 	pd.bytes += n
 	rc.parkedBytes += n
-	if p.flags&header.TCPFlagAck != 0 && (len(pd.parked) == 1 || seqAfter(p.ack, pd.lastAck)) {
+	if p.flags&header.TCPFlagAck != 0 && (len(pd.parked) == nseg || seqAfter(p.ack, pd.lastAck)) {
 		pd.lastAck = p.ack
 	}
-	if e := segEnd(p); len(pd.parked) == 1 || seqAfter(e, pd.lastEnd) {
+	if e := segEnd(p); len(pd.parked) == nseg || seqAfter(e, pd.lastEnd) {
 		pd.lastEnd = e
 	}
 	d.stats.Parked++
 	return wire.Park, DropNone, nil
+}
+
+// segmentOf is segment k of TCP super-packet p, as TSO makes it: the
+// headers (hl bytes) copied, the payload bytes [off, off+size), sequence
+// number advanced by off, the IP ID by k, FIN and PSH only on the last
+// segment and CWR only on the first; with complete IP and TCP checksums.
+func segmentOf(p *packet, hl, off, size, k int, last bool) []byte {
+	b := make([]byte, hl+size)
+	copy(b, p.ip[:hl])
+	copy(b[hl:], p.ip[hl+off:hl+off+size])
+	ip := header.IPv4(b)
+	ip.SetTotalLength(uint16(len(b)))
+	ip.SetID(ip.ID() + uint16(k))
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
+	t := header.TCP(b[ip.HeaderLength():])
+	t.SetSequenceNumber(p.seq + uint32(off))
+	flags := p.flags
+	if !last {
+		flags &^= header.TCPFlagFin | header.TCPFlagPsh
+	}
+	if k > 0 {
+		flags &^= header.TCPFlagCwr
+	}
+	t.SetFlags(uint8(flags))
+	t.SetChecksum(0)
+	t.SetChecksum(^checksum.Checksum(t, pseudoHeaderSum(ip, protoTCP, len(t))))
+	return b
 }
