@@ -45,7 +45,8 @@ type Director struct {
 	stats       Stats
 }
 
-// New builds a Director. It validates that services do not overlap.
+// New builds a Director. It validates that services do not overlap, and
+// that no address is both a VIP and a real (recovery addresses: rec.init).
 func New(cfg Config) (*Director, error) {
 	if len(cfg.Services) == 0 {
 		return nil, errors.New("no service configured")
@@ -83,6 +84,9 @@ func New(cfg Config) (*Director, error) {
 			rk := svcKey{uint8(s.Proto), r.Addr}
 			d.realSvcs[rk] = append(d.realSvcs[rk], si)
 		}
+	}
+	if err := d.checkOverlap(cfg.Services); err != nil {
+		return nil, err
 	}
 	if err := d.rec.init(cfg.Recovery, d.vips, d.realAddrs); err != nil {
 		return nil, err

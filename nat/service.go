@@ -184,6 +184,9 @@ func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weigh
 	if !real.Addr().Is4() {
 		return fmt.Errorf("real %s: only IPv4 reals are served", real)
 	}
+	if err := d.checkRealAddr(real.Addr(), nil); err != nil {
+		return err
+	}
 	if ri := d.realIndex(si, real); ri >= 0 {
 		r := s.Reals[ri]
 		if !r.Removed {
@@ -233,7 +236,9 @@ func (d *Director) SetDown(proto balancer.Proto, vip, real netip.AddrPort, down 
 }
 
 // Reconfigure applies a new set of services (a reload). It was validated
-// whole by the caller; this cannot fail half-way. A service that stays keeps
+// whole by the caller, and is checked here for what only the Director
+// knows (addresses that are both a VIP and a real, or a recovery address):
+// an error changes nothing, and once checked this cannot fail half-way. A service that stays keeps
 // its flows and its reals' counters: reals are added, removed (drained) or
 // re-weighted, and the scheduler and persistence replaced. A new service is
 // added. A service no longer listed takes no new flows; its flows finish.
@@ -250,6 +255,9 @@ func (d *Director) Reconfigure(svcs []*balancer.Service) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.checkOverlap(svcs); err != nil {
+		return err
+	}
 	keep := make(map[svcKey]bool, len(svcs))
 	for _, ns := range svcs {
 		k := svcKey{uint8(ns.Proto), ns.VIP}
@@ -324,4 +332,42 @@ func (d *Director) noteReal(proto balancer.Proto, addr netip.AddrPort, si uint16
 		}
 	}
 	d.realSvcs[rk] = append(d.realSvcs[rk], si)
+}
+
+// checkOverlap says which address of svcs has two roles: a VIP that is also
+// a real or a recovery address, or a real that is a recovery address. Each
+// role is routed and dispatched apart (a packet to a VIP is a client's, a
+// packet from a real is a server's, one to a recovery address a dial's), so
+// an address with two would have its packets taken for the other's.
+func (d *Director) checkOverlap(svcs []*balancer.Service) error {
+	vips := make(map[netip.Addr]struct{}, len(svcs))
+	for _, s := range svcs {
+		if d.rec.isLocal(s.VIP.Addr()) {
+			return fmt.Errorf("service %s: VIP %s is also a recovery address", s, s.VIP.Addr())
+		}
+		vips[s.VIP.Addr()] = struct{}{}
+	}
+	for _, s := range svcs {
+		for _, r := range s.Reals {
+			if err := d.checkRealAddr(r.Addr.Addr(), vips); err != nil {
+				return fmt.Errorf("service %s: %w", s, err)
+			}
+		}
+	}
+	return nil
+}
+
+// checkRealAddr says if a, a real's address, is a VIP (of vips, or of the
+// Director's services when vips is nil) or a recovery address.
+func (d *Director) checkRealAddr(a netip.Addr, vips map[netip.Addr]struct{}) error {
+	if vips == nil {
+		vips = d.vips
+	}
+	if _, ok := vips[a]; ok {
+		return fmt.Errorf("real %s is also a VIP", a)
+	}
+	if d.rec.isLocal(a) {
+		return fmt.Errorf("real %s is also a recovery address", a)
+	}
+	return nil
 }
