@@ -53,8 +53,8 @@ func TestIndexNeverOverwrites(t *testing.T) {
 	f := d.flows.slab[0]
 	before := len(d.flows.index)
 	for _, g := range []flow{
-		{Proto: f.Proto, Client: f.Client, VIP: f.VIP, Real: endpointOf(ap(rs2)), svc: f.svc, real: 1},          // same client key
-		{Proto: f.Proto, Client: f.Client, VIP: endpointOf(ap(vip2)), Real: f.Real, svc: f.svc, real: f.real},   // same real key
+		{Proto: f.Proto, Client: f.Client, VIP: f.VIP, Real: endpointOf(ap(rs2)), svc: f.svc, real: 1},           // same client key
+		{Proto: f.Proto, Client: f.Client, VIP: endpointOf(ap(vip2)), Real: f.Real, svc: f.svc, real: f.real},    // same real key
 		{Proto: f.Proto, Client: f.Real, VIP: f.Client, Real: f.Real, Kind: KindPlain, svc: f.svc, real: f.real}, // its client key is f's real key
 	} {
 		if _, ok := d.insertFlow(g); ok {
