@@ -65,6 +65,7 @@ type dial struct {
 	t      tuple
 	opts   wire.DialOptions
 	hs     wire.Handshake
+	synned bool // our SYN left (hs.ISS is known)
 	synAck bool
 	// Once captured or ended, nothing more leaves for the tuple (the tap
 	// drops it): Abort's RST must never reach the real. Once the dial is
@@ -362,7 +363,13 @@ func (n *Stack) Inject(pkt []byte, partial bool) bool {
 		n.mu.Unlock()
 		return false
 	}
-	if f := tcph.Flags(); f&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn|header.TCPFlagAck && !d.synAck {
+	// The SYN-ACK is recorded only if it acknowledges our SYN (RFC 9293
+	// 3.10.7.3: SEG.ACK = ISS+1 in SYN-SENT; the stack resets any other):
+	// the first one seen may be forged by anyone who knows the tuple, and
+	// recording it would give the recovered flow its window scale and
+	// timestamp choice, before gVisor drops it.
+	if f := tcph.Flags(); f&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn|header.TCPFlagAck && !d.synAck &&
+		d.synned && tcph.AckNumber() == d.hs.ISS+1 {
 		o := header.ParseSynOptions(tcph.Options(), true)
 		d.synAck = true
 		d.hs.IRS = tcph.SequenceNumber()
@@ -435,6 +442,7 @@ func (n *Stack) tap(b []byte) {
 	case f&header.TCPFlagSyn != 0 && f&header.TCPFlagAck == 0:
 		o := header.ParseSynOptions(tcph.Options(), false)
 		d.hs.ISS = tcph.SequenceNumber()
+		d.synned = true
 		d.hs.OurWScale = o.WS
 		if d.opts.Timestamps {
 			d.hs.SynTSval = o.TSVal

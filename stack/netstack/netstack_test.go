@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -262,4 +264,62 @@ func dialOnce(ctx context.Context, n *Stack, o wire.DialOptions) (wire.Handshake
 		r := <-ch
 		return r.hs, r.err
 	}
+}
+
+// A forged SYN-ACK (wrong ack, window scale 14, no timestamps) that reaches
+// the stack before the real's changes nothing captured: only a SYN-ACK that
+// acknowledges our SYN (ack = ISS+1) is recorded.
+func TestNetstackForgedSynAckIgnored(t *testing.T) {
+	rec := netip.MustParseAddr("198.18.200.1")
+	real := netip.MustParseAddrPort("198.18.10.11:8080")
+	local := netip.AddrPortFrom(rec, 20000)
+	var n *Stack
+	p := newPeer(t, real.Addr(), &n)
+	var forged atomic.Bool
+	out := func(b []byte) {
+		tcph := header.TCP(header.IPv4(b).Payload())
+		if f := tcph.Flags(); f == header.TCPFlagSyn && !forged.Swap(true) {
+			// Before the peer sees the first SYN, the forger answers it.
+			if !n.Inject(forgedSynAck(real, local, tcph.SequenceNumber()+1000), false) {
+				t.Error("the forged SYN-ACK was not injected")
+			}
+		}
+		p.deliver(b)
+	}
+	var err error
+	if n, err = New([]netip.Addr{rec}, 1500, out, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	p.listen(t, real.Port())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hs, err := dialOnce(ctx, n, wire.DialOptions{Local: local, Remote: real, Timestamps: true, SACK: true, WScale: 7, MSS: 1400})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	if !forged.Load() {
+		t.Fatal("no SYN was forged an answer")
+	}
+	if hs.PeerWScale == 14 || !hs.TS || hs.IRS == 777 || hs.AckAck != hs.IRS+1 || hs.AckTSecr != hs.SynAckTSval {
+		t.Fatalf("the forged SYN-ACK was recorded: %+v", hs)
+	}
+}
+
+// forgedSynAck is a SYN-ACK from real to local, seq 777, acknowledging ack,
+// with MSS 1460 and window scale 14 and no timestamps.
+func forgedSynAck(real, local netip.AddrPort, ack uint32) []byte {
+	opts := []byte{2, 4, 0x05, 0xb4, 1, 3, 3, 14}
+	b := make([]byte, 20+20+len(opts))
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(tcp.ProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4(real.Addr().As4()), DstAddr: tcpip.AddrFrom4(local.Addr().As4())})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	tcph := header.TCP(b[20:])
+	tcph.Encode(&header.TCPFields{SrcPort: real.Port(), DstPort: local.Port(), SeqNum: 777, AckNum: ack,
+		DataOffset: uint8(20 + len(opts)), Flags: header.TCPFlagSyn | header.TCPFlagAck, WindowSize: 65535})
+	copy(tcph[20:], opts)
+	xsum := header.PseudoHeaderChecksum(tcp.ProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcph)))
+	tcph.SetChecksum(^checksum.Checksum(tcph, xsum))
+	return b
 }
