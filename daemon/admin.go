@@ -80,6 +80,7 @@ func (r *runner) real(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	r.setChecks() // a real added is checked from now on, one removed no longer
 	r.log.Info().Str("op", c.Op).Str(fService, c.Service).Str("real", c.Real).Int("weight", c.Weight).Bool("rehome", c.Rehome).Msg("real changed")
 	unixhttp.WriteJSON(w, services(r.d.Services()))
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -48,7 +49,10 @@ type runner struct {
 	clk     *clock.Clock
 	d       *nat.Director
 	checker *balancer.Checker
-	src     *sources
+	// checksMu orders setChecks calls (a reload and an admin change may
+	// race): the last to read the Director's reals is the last to Set.
+	checksMu sync.Mutex
+	src      *sources
 }
 
 // Run runs a director until ctx ends (or, with cfg.HandleSignals, SIGINT or
@@ -146,7 +150,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	r.checker = balancer.NewChecker(cfg.Checks, r.healthChanged)
 	st.own(string(PartChecks), r.checker.Stop)
-	r.setChecks(cfg.Services)
+	r.setChecks()
 	st.run(ctx, PartEvents, func(ctx context.Context) error { watchEvents(ctx, d, log); return nil }, nil)
 	st.run(ctx, PartPackets, func(context.Context) error { return pumps.Run() }, func() { dev.Close() })
 
@@ -278,30 +282,38 @@ func (r *runner) reload() {
 		r.log.Error().Err(err).Msg("reload rejected; the running configuration stays")
 		return
 	}
-	r.setChecks(svcs)
+	r.setChecks()
 	for _, svc := range svcs {
 		r.logService(svc)
 	}
 	r.log.Info().Int("services", len(svcs)).Msg("reloaded")
 }
 
-// setChecks makes the checker probe the reals of svcs, and records the state
-// of each (a real whose check changed starts up again).
-func (r *runner) setChecks(svcs []*balancer.Service) {
+// setChecks makes the checker probe every real the Director has now (the
+// configured ones, those added at runtime; not those removed and draining),
+// and records the state of each (a real whose check changed starts up
+// again). It is called at start, after a reload and after every runtime
+// change of a real: the Director's view is the one source, so that a real
+// added by the admin API is checked like a configured one.
+func (r *runner) setChecks() {
+	r.checksMu.Lock()
+	defer r.checksMu.Unlock()
 	var targets []balancer.Target
-	for _, svc := range svcs {
+	for _, svc := range r.d.Services() {
 		for _, real := range svc.Reals {
-			targets = append(targets, balancer.Target{Service: svc.String(), Addr: real.Addr, Check: svc.Check})
+			if !real.Removed {
+				targets = append(targets, balancer.Target{Service: svc.Service, Addr: real.Addr, Check: svc.Check})
+			}
 		}
 	}
 	r.checker.Set(targets)
-	for _, svc := range svcs {
-		for _, t := range targets {
-			if t.Service == svc.String() {
-				up, _ := r.checker.State(t)
-				r.d.SetDown(svc.Proto, svc.VIP, t.Addr, !up) //nolint:errcheck // the reals were just applied
-			}
+	for _, t := range targets {
+		up, _ := r.checker.State(t)
+		proto, vip, err := balancer.ParseService(t.Service)
+		if err == nil {
+			err = r.d.SetDown(proto, vip, t.Addr, !up)
 		}
+		_ = err // a service or real changed meanwhile: its own setChecks follows
 	}
 }
 

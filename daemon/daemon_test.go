@@ -486,3 +486,41 @@ func TestRehomeNeedsRecovery(t *testing.T) {
 		t.Fatalf("services after the refused removal: %+v", svcs)
 	}
 }
+
+// TestRuntimeRealChecked: a real added through the admin API is health
+// checked like a configured one (here a port nothing listens on: down at its
+// first check).
+func TestRuntimeRealChecked(t *testing.T) {
+	dev := tuntest.NewMemDevice("mem0", 64)
+	cfg := testConfig(t, dev, 1)
+	for _, s := range cfg.Services {
+		s.Check = balancer.Check{Kind: balancer.CheckTCP}
+	}
+	cfg.Checks = balancer.CheckTiming{Interval: 50 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 1, Fall: 1}
+	td := startDaemon(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := ln.Addr().String()
+	ln.Close() // nothing listens there now: connection refused
+	if _, err := td.admin.ChangeReal(ctx, adminapi.RealChange{Op: "add", Service: "tcp:" + vip.String(), Real: added}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; ; i++ {
+		if l := td.log.wait(t, "real down", i); l["real"] == added {
+			break
+		}
+	}
+	svcs, err := td.admin.Services(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range svcs[0].Reals {
+		if r.Addr.String() == added && !r.Down {
+			t.Fatalf("the added real is not down: %+v", r)
+		}
+	}
+}

@@ -64,6 +64,7 @@ type ServiceInfo struct {
 	Service     string // PROTO:VIP:PORT
 	Scheduler   string
 	Persistence time.Duration
+	Check       balancer.Check // the health check of its reals
 	Reals       []RealInfo
 }
 
@@ -78,7 +79,7 @@ func (d *Director) Services() []ServiceInfo {
 		if s.gone {
 			continue
 		}
-		si := ServiceInfo{Service: s.String(), Scheduler: s.Scheduler.Name(), Persistence: s.Persistence}
+		si := ServiceInfo{Service: s.String(), Scheduler: s.Scheduler.Name(), Persistence: s.Persistence, Check: s.Check}
 		for _, r := range s.Reals {
 			if r.Removed && r.Active+r.Inactive == 0 {
 				continue
