@@ -329,3 +329,30 @@ func TestOverlapOnRuntimeChanges(t *testing.T) {
 		t.Fatalf("services %+v", svcs)
 	}
 }
+
+// Shutdown with several clients parked: no RST for any of them, and every
+// parked byte, port and gate given back.
+func TestShutdownParkedClientsNoReset(t *testing.T) {
+	d, fr := newRecDirector(t)
+	clients := []string{client, client2, "198.18.1.4:40002"}
+	for _, c := range clients {
+		for i := range 3 {
+			if v, _ := d.Handle(tcp4(c, vip, psh, uint32(100+5*i), 200, []byte("GET /")), false, 1); v != wire.Park {
+				t.Fatalf("%s segment %d: %v", c, i, v)
+			}
+		}
+	}
+	if len(fr.dials) != len(clients) {
+		t.Fatalf("dials %+v", fr.dials)
+	}
+	for _, c := range clients {
+		if out := d.Failed(Key{protoTCP, ap(c), ap(vip)}, FailShutdown, 2); len(out) != 0 {
+			t.Fatalf("%s: wrote %x at shutdown", c, out)
+		}
+	}
+	st := d.Stats()
+	if st.ClientResets != 0 || st.RecoveryFailed[FailShutdown] != 3 || st.ParkedBytes != 0 || st.Inflight != 0 ||
+		len(d.rec.ports.inUse) != 0 || len(d.rec.dialing) != 0 {
+		t.Fatalf("after shutdown: %+v, ports %v, gate %v", st, d.rec.ports.inUse, d.rec.dialing)
+	}
+}
