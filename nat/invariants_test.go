@@ -356,3 +356,27 @@ func TestShutdownParkedClientsNoReset(t *testing.T) {
 		t.Fatalf("after shutdown: %+v, ports %v, gate %v", st, d.rec.ports.inUse, d.rec.dialing)
 	}
 }
+
+// A recovered flow whose real-side key is taken is not installed over it:
+// the new real's connection is reset, its port freed, the other flow intact.
+func TestRecoveredKeyTaken(t *testing.T) {
+	d, _ := newRecDirector(t)
+	key := Key{protoTCP, ap(client), ap(vip)}
+	handle(t, d, tcp4(client, vip, psh, 100, 200, []byte("GET /")), 1)
+	// A flow (forged past the source check) holding (rs1, local).
+	squatter := flow{Proto: protoTCP, Client: endpointOf(ap(local)), VIP: endpointOf(ap(vip)), Real: endpointOf(ap(rs1)), svc: 0, real: 0}
+	if _, ok := d.insertFlow(squatter); !ok {
+		t.Fatal("setup")
+	}
+	out := d.Recovered(key, wire.Handshake{AckSeq: 10, AckAck: 20}, 2)
+	if want := asRST(tcp4(local, rs1, rst, 10, 0, nil)); len(out) != 1 || !bytes.Equal(out[0], want) {
+		t.Fatalf("wrote %x, want only the RST %x", out, want)
+	}
+	st := d.Stats()
+	if st.IndexRefused != 1 || st.RecoveryFailed[FailError] != 1 || st.RecoverySucceeded != 0 || st.Flows != 1 || len(d.rec.ports.inUse) != 0 {
+		t.Fatalf("stats %+v, ports %v", st, d.rec.ports.inUse)
+	}
+	if slot, side, ok := d.flows.lookup(Key{protoTCP, ap(rs1), ap(local)}); !ok || side != sideReal || d.flows.slab[slot].Client != endpointOf(ap(local)) {
+		t.Fatal("the other flow's entry was overwritten")
+	}
+}

@@ -85,7 +85,17 @@ func (d *Director) Recovered(key Key, hs wire.Handshake, now int64) [][]byte {
 		// Scaling is off on the new connection: both shifts are 0.
 		f.winToServer.out, f.winToClient.in = 0, 0
 	}
-	d.insertFlow(f)
+	if _, ok := d.insertFlow(f); !ok {
+		// The recovered flow's real-side key (real, recovery address:port)
+		// is taken: it cannot be installed without overwriting another
+		// flow's entry. The recovery fails; the new real's connection is
+		// reset, and the parked segments go nowhere (the client
+		// retransmits them).
+		d.rec.ports.release(pd.local, endpointOf(real))
+		d.stats.RecoveryFailed[FailError]++
+		d.mu.Unlock()
+		return [][]byte{buildRST(nil, local, real, hs.AckSeq, 0, false)}
+	}
 	d.stats.RecoverySucceeded++
 	if pd.from.IsValid() {
 		d.stats.Rehomed++
