@@ -415,7 +415,8 @@ func (e *linkEP) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 
 // tap decides one outbound packet of the stack: a SYN of a dial in progress
 // (timestamps stripped if the client has none), the final ACK (captured, and
-// the tuple silenced in the same step), or anything else (dropped). The
+// the tuple silenced in the same step), a RST (dropped), or anything else of
+// a dial in progress (let out). The
 // decision is made under n.mu; the write to the device is not (the pump's
 // Inject takes n.mu too, and a device write may block).
 func (n *Stack) tap(b []byte) {
@@ -439,6 +440,15 @@ func (n *Stack) tap(b []byte) {
 	var captured *dial
 	f := tcph.Flags()
 	switch {
+	case f&header.TCPFlagRst != 0:
+		// Before the capture the stack resets only what it takes for a
+		// bad answer to its SYN: a SYN-ACK with the wrong ack, which
+		// anyone who knows the tuple can forge. Its RST (seq = the
+		// forged ack) would land in the real's window and reset the
+		// embryonic connection of the real's own SYN-ACK on its way.
+		n.mu.Unlock()
+		n.stray.Add(1)
+		return
 	case f&header.TCPFlagSyn != 0 && f&header.TCPFlagAck == 0:
 		o := header.ParseSynOptions(tcph.Options(), false)
 		d.hs.ISS = tcph.SequenceNumber()

@@ -268,7 +268,8 @@ func dialOnce(ctx context.Context, n *Stack, o wire.DialOptions) (wire.Handshake
 
 // A forged SYN-ACK (wrong ack, window scale 14, no timestamps) that reaches
 // the stack before the real's changes nothing captured: only a SYN-ACK that
-// acknowledges our SYN (ack = ISS+1) is recorded.
+// acknowledges our SYN (ack = ISS+1) is recorded, and the stack's RST for the
+// forged one does not leave.
 func TestNetstackForgedSynAckIgnored(t *testing.T) {
 	rec := netip.MustParseAddr("198.18.200.1")
 	real := netip.MustParseAddrPort("198.18.10.11:8080")
@@ -303,6 +304,19 @@ func TestNetstackForgedSynAckIgnored(t *testing.T) {
 	}
 	if hs.PeerWScale == 14 || !hs.TS || hs.IRS == 777 || hs.AckAck != hs.IRS+1 || hs.AckTSecr != hs.SynAckTSval {
 		t.Fatalf("the forged SYN-ACK was recorded: %+v", hs)
+	}
+	// The stack's RST for the forged SYN-ACK never reached the real (in
+	// SYN-RECV, it would have reset the connection being made).
+	for {
+		select {
+		case b := <-p.seen:
+			if f := header.TCP(header.IPv4(b).Payload()).Flags(); f&header.TCPFlagRst != 0 {
+				t.Fatalf("a RST reached the real: flags %v", f)
+			}
+			continue
+		default:
+		}
+		break
 	}
 }
 
