@@ -29,6 +29,7 @@ const (
 	DropParkFull                  // RecoveryConfig.ParkFlowBytes or ParkBytes reached
 	DropRecoveryNoFlow            // a packet to a recovery address that is neither a flow nor a dial in progress
 	DropRehomed                   // a packet from a real its flow is being re-homed away from
+	DropStaleReset                // a real's no-socket reset that proved a suspect flow stale (the client's connection lives elsewhere)
 	numDropReasons
 )
 
@@ -38,6 +39,7 @@ var dropNames = [numDropReasons]string{
 	"stray_rst", "icmp_no_flow", "icmp_other", "tuple_clash",
 	"no_trigger", "sack_trigger", "recovery_denied", "recovery_rate",
 	"recovery_busy", "park_full", "recovery_no_flow", "rehomed",
+	"stale_reset",
 }
 
 func (r DropReason) String() string {
