@@ -93,33 +93,26 @@ type Flow struct {
 }
 
 // flow is one NATed connection as the table keeps it: fields as in Flow,
-// addresses packed (112 bytes in all, 29 of them window tracking).
+// addresses packed, the one-byte fields last so that nothing pads
+// (112 bytes in all, 29 of them window tracking; 88 before it).
 type flow struct {
 	Client  endpoint
 	VIP     endpoint
 	Real    endpoint
 	Local   endpoint // recovered flows: the recovery address:port the real sees
-	Proto   uint8
-	State   State
-	Kind    Kind
-	Expires int64 // monotonic ns
+	Expires int64    // monotonic ns
 
 	// Recovered flows translate sequence numbers and timestamps (see
 	// tcpx.go); the deltas are zero for other kinds.
 	SeqDelta, AckDelta     uint32
 	TSvalDelta, TSecrDelta uint32
-	TS                     bool
-	winToServer            shift
-	winToClient            shift
 
 	// hiSrv is the highest server sequence (in the client's space) this
 	// director has forwarded, for stale-flow detection (hiSrvSeen once a
 	// server segment crossed). Detection starts at the first client ACK
 	// (marked), which raises hiSrv to that ACK: bytes acknowledged then may
 	// have crossed a director that has since died.
-	hiSrv     uint32
-	hiSrvSeen bool
-	marked    bool
+	hiSrv uint32
 
 	// win is the flow's window tracking (window.go), TCP only.
 	win tcpWin
@@ -128,9 +121,17 @@ type flow struct {
 	// SYN-ACK crossed this director (and flows re-homed from those).
 	hs clientHandshake
 
-	svc  uint16 // index into Director.services
-	real uint16 // index into the service's Reals
-	used bool
+	svc         uint16 // index into Director.services
+	real        uint16 // index into the service's Reals
+	winToServer shift
+	winToClient shift
+	Proto       uint8
+	State       State
+	Kind        Kind
+	TS          bool
+	hiSrvSeen   bool
+	marked      bool
+	used        bool
 }
 
 func (f *flow) export() Flow {
