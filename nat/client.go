@@ -59,7 +59,8 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 		// proves it stale (fromReal). Out of window or suspect, the
 		// segment is forwarded with the flow's rewrite and changes nothing.
 		f := &d.flows.slab[slot]
-		v, sg := f.checkWindow(p, true)
+		var sg seg
+		v := f.checkWindow(p, true, &sg)
 		// A flow on a dead or drained real moves at its first request
 		// after all of the real's data was acknowledged: before that, a
 		// response is in flight and cannot be resumed elsewhere.

@@ -273,7 +273,8 @@ func (d *Director) track(f *flow, p *packet, fromClient bool, now int64) winVerd
 		f.Expires = now + d.timeouts[f.State]
 		return winOK
 	}
-	v, sg := f.checkWindow(p, fromClient)
+	var sg seg
+	v := f.checkWindow(p, fromClient, &sg)
 	d.trackSeg(f, p, &sg, fromClient, v, now)
 	return v
 }

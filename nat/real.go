@@ -43,7 +43,8 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 				d.toClient(p, f)
 				return wire.Forward, DropNone, p.ip
 			}
-			v, sg := f.checkWindow(p, false)
+			var sg seg
+			v := f.checkWindow(p, false, &sg)
 			if v == winStaleReset {
 				// The real has no connection for the flow: it lives on
 				// through another director. The reset is not the

@@ -88,16 +88,6 @@ type seg struct {
 
 func (s *seg) hasAck() bool { return s.flags&header.TCPFlagAck != 0 }
 
-// scales returns the shifts of the client's and of the real's window fields
-// (the real's as the client sees them): exact when the director saw both
-// SYNs, the largest otherwise.
-func (f *flow) scales() (cli, srv uint8) {
-	if !f.hs.known {
-		return maxWScale, maxWScale
-	}
-	return uint8(min(max(f.hs.ws, 0), maxWScale)), uint8(min(max(f.hs.view, 0), maxWScale))
-}
-
 // liberal reports whether f was picked up mid-stream (unknown window scale).
 func (f *flow) liberal() bool { return !f.hs.known }
 
@@ -114,29 +104,31 @@ func (f *flow) ackSlack() uint32 {
 	return max(f.win.cli.maxWin, f.win.srv.maxWin, minAckWin)
 }
 
-// segOf reads p's numbers in the client's spaces: a real's segment is
+// segOf reads into s p's numbers in the client's spaces: a real's segment is
 // translated (and its window rescaled) as toClient will do it.
-func (f *flow) segOf(p *packet, fromClient bool) seg {
-	t := header.TCP(p.l4)
-	s := seg{seq: p.seq, end: segEnd(p), ack: p.ack, flags: p.flags}
-	w := t.WindowSize()
-	cs, ss := f.scales()
-	sh := cs
-	if !fromClient {
-		x := f.toClient()
-		s.seq += x.seq
-		s.end += x.seq
-		s.ack += x.ack
-		if x.win.active() && p.flags&header.TCPFlagSyn == 0 {
-			w = x.win.rescale(w)
+func (f *flow) segOf(p *packet, fromClient bool, s *seg) {
+	*s = seg{seq: p.seq, end: segEnd(p), ack: p.ack, flags: p.flags}
+	w := header.TCP(p.l4).WindowSize()
+	if !fromClient && f.Kind == KindRecovered {
+		s.seq += f.AckDelta
+		s.end += f.AckDelta
+		s.ack += f.SeqDelta
+		if f.winToClient.active() && p.flags&header.TCPFlagSyn == 0 {
+			w = f.winToClient.rescale(w)
 		}
-		sh = ss
 	}
-	if p.flags&header.TCPFlagSyn != 0 {
-		sh = 0 // RFC 7323: the window of a SYN is never scaled
+	var sh uint8
+	switch {
+	case p.flags&header.TCPFlagSyn != 0:
+		// RFC 7323: the window of a SYN is never scaled.
+	case !f.hs.known:
+		sh = maxWScale
+	case fromClient:
+		sh = uint8(min(max(f.hs.ws, 0), maxWScale))
+	default:
+		sh = uint8(min(max(f.hs.view, 0), maxWScale))
 	}
 	s.win = uint32(w) << sh
-	return s
 }
 
 // sides returns the sender's and the receiver's direction and flags.
@@ -147,11 +139,11 @@ func (w *tcpWin) sides(fromClient bool) (s, r *dirWin, sSeen, sAcked, rSeen, rAc
 	return &w.srv, &w.cli, w.flags&winSrvSeen != 0, w.flags&winSrvAcked != 0, w.flags&winCliSeen != 0, w.flags&winCliAcked != 0
 }
 
-// checkWindow classifies a TCP segment of f and returns its numbers in the
-// client's spaces. It changes nothing.
-func (f *flow) checkWindow(p *packet, fromClient bool) (winVerdict, seg) {
-	sg := f.segOf(p, fromClient)
-	return f.classify(&sg, fromClient), sg
+// checkWindow classifies a TCP segment of f and fills sg with its numbers
+// in the client's spaces. It changes nothing.
+func (f *flow) checkWindow(p *packet, fromClient bool, sg *seg) winVerdict {
+	f.segOf(p, fromClient, sg)
+	return f.classify(sg, fromClient)
 }
 
 func (f *flow) classify(sg *seg, fromClient bool) winVerdict {
