@@ -16,8 +16,8 @@ import (
 // Both directions are tracked in the client's sequence spaces: a client
 // segment as it arrives, a real's after a recovered flow's translation. A
 // direction never seen is simply not checked (a director may see only one
-// direction of a flow), and the first segment of a direction is learned
-// unchecked against it.
+// direction of a flow), and the first segment of a direction is checked
+// only against the other direction, then learned.
 //
 // Window scale. When the director saw both SYNs (clientHandshake known) the
 // scales are exact. A flow picked up mid-stream (adopted, recovered after a
