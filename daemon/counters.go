@@ -194,7 +194,15 @@ var counters = []counterDef{
 	scalar("parked_packets_total", "Client segments parked behind a recovery.", counterType, func(s *snapshot) uint64 { return s.nat.Parked }),
 	scalar("adoptions_total", "Flows adopted from a real server's packet.", counterType, func(s *snapshot) uint64 { return s.nat.Adopted }),
 	scalar("adoption_aborted_dials_total", "Recovery dials abandoned because the original real spoke.", counterType, func(s *snapshot) uint64 { return s.nat.AdoptAborts }),
-	scalar("stale_flows_total", "Flows found stale (the client acked bytes this director never carried).", counterType, func(s *snapshot) uint64 { return s.nat.StaleFlows }),
+	scalar("stale_flows_total", "Flows found stale: the client acked bytes this director never carried, and the real's no-socket reset confirmed it.", counterType, func(s *snapshot) uint64 { return s.nat.StaleFlows }),
+	scalar("stale_suspects_total", "Client segments that acked server bytes this director never carried (the flow marked suspect until the real answers).", counterType, func(s *snapshot) uint64 { return s.nat.StaleSuspects }),
+	scalar("stale_cleared_total", "Suspect flows whose real answered normally (not stale).", counterType, func(s *snapshot) uint64 { return s.nat.StaleCleared }),
+	{name: "out_of_window_total", help: "TCP segments of a flow outside its windows, forwarded without a state change, by direction.", typ: counterType, labels: []string{"direction"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			for dir := range len(s.nat.OutOfWindow) {
+				emit(s.nat.OutOfWindow[dir], nat.DirName(dir))
+			}
+		}},
 	scalar("old_real_resets_total", "RSTs sent to a real whose connection was recovered elsewhere.", counterType, func(s *snapshot) uint64 { return s.nat.OldRealResets }),
 	scalar("client_resets_total", "RSTs sent to clients whose recovery failed.", counterType, func(s *snapshot) uint64 { return s.nat.ClientResets }),
 	scalar("rehomes_started_total", "Flows of a down or drained real sent through recovery.", counterType, func(s *snapshot) uint64 { return s.nat.RehomeStarted }),

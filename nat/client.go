@@ -47,23 +47,27 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 			// goes to a healthy real (IPVS expire_nodest_conn).
 			d.removeFlow(slot, now)
 			found = false
-		case p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 && f.marked && seqAfter(p.ack, f.hiSrv):
-			// The client acknowledges server bytes this director never
-			// carried: the connection moved on through another director
-			// (failback without sync). The flow is stale.
-			d.removeFlow(slot, now)
-			d.stats.StaleFlows++
-			found = false
 		}
 	}
-	if found && p.proto == protoTCP && d.rec.enabled && p.data > 1 {
+	if found && p.proto == protoTCP {
+		// A client that acknowledges server bytes this director never
+		// carried makes the flow suspect, no more: it may be stale (the
+		// connection moved on through another director, failback without
+		// sync) or the ack forged. Only the real's own no-socket reset
+		// proves it stale (fromReal). Out of window or suspect, the
+		// segment is forwarded with the flow's rewrite and changes nothing.
 		f := &d.flows.slab[slot]
+		var sg seg
+		v := f.checkWindow(p, true, &sg)
 		// A flow on a dead or drained real moves at its first request
 		// after all of the real's data was acknowledged: before that, a
 		// response is in flight and cannot be resumed elsewhere.
-		if d.leaving(f) && f.marked && !seqAfter(f.hiSrv, p.ack) {
+		if v == winOK && d.rec.enabled && p.data > 1 && d.leaving(f) && f.marked && !seqAfter(f.hiSrv, p.ack) {
 			return d.rehome(slot, f.svc, p, now)
 		}
+		d.trackSeg(f, p, &sg, true, v, now)
+		d.toReal(p, f)
+		return wire.Forward, DropNone, p.ip
 	}
 	if !found {
 		si, ok := d.bySvc[svcKey{p.proto, p.dst}]
@@ -98,20 +102,6 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 
 // toReal rewrites a client's packet for its flow's real.
 func (d *Director) toReal(p *packet, f *flow) {
-	if p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 {
-		// What the client holds counts as carried: its ACK at the mark, and
-		// its SACK blocks (segments of a dead director can arrive out of
-		// order after the flow was adopted, and fill a hole later).
-		if !f.marked {
-			if !f.hiSrvSeen || seqAfter(p.ack, f.hiSrv) {
-				f.hiSrv = p.ack
-			}
-			f.hiSrvSeen, f.marked = true, true
-		}
-		if edge, ok := sackRightEdge(header.TCP(p.l4)); ok && seqAfter(edge, f.hiSrv) {
-			f.hiSrv = edge
-		}
-	}
 	if f.Kind == KindRecovered {
 		f.toServer().apply(p)
 		rewriteSrc(p, f.Local.AddrPort())

@@ -1,6 +1,10 @@
 package nat
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
 
 // Flows: the keys and the table, and the Director's accounting of flows
 // (insert, remove, state tracking, the sweep of idle flows).
@@ -89,41 +93,45 @@ type Flow struct {
 }
 
 // flow is one NATed connection as the table keeps it: fields as in Flow,
-// addresses packed (about 80 bytes in all).
+// addresses packed, the one-byte fields last so that nothing pads
+// (112 bytes in all, 29 of them window tracking; 88 before it).
 type flow struct {
 	Client  endpoint
 	VIP     endpoint
 	Real    endpoint
 	Local   endpoint // recovered flows: the recovery address:port the real sees
-	Proto   uint8
-	State   State
-	Kind    Kind
-	Expires int64 // monotonic ns
+	Expires int64    // monotonic ns
 
 	// Recovered flows translate sequence numbers and timestamps (see
 	// tcpx.go); the deltas are zero for other kinds.
 	SeqDelta, AckDelta     uint32
 	TSvalDelta, TSecrDelta uint32
-	TS                     bool
-	winToServer            shift
-	winToClient            shift
 
 	// hiSrv is the highest server sequence (in the client's space) this
 	// director has forwarded, for stale-flow detection (hiSrvSeen once a
 	// server segment crossed). Detection starts at the first client ACK
 	// (marked), which raises hiSrv to that ACK: bytes acknowledged then may
 	// have crossed a director that has since died.
-	hiSrv     uint32
-	hiSrvSeen bool
-	marked    bool
+	hiSrv uint32
+
+	// win is the flow's window tracking (window.go), TCP only.
+	win tcpWin
 
 	// hs is the client's side of the handshake, for flows whose SYN and
 	// SYN-ACK crossed this director (and flows re-homed from those).
 	hs clientHandshake
 
-	svc  uint16 // index into Director.services
-	real uint16 // index into the service's Reals
-	used bool
+	svc         uint16 // index into Director.services
+	real        uint16 // index into the service's Reals
+	winToServer shift
+	winToClient shift
+	Proto       uint8
+	State       State
+	Kind        Kind
+	TS          bool
+	hiSrvSeen   bool
+	marked      bool
+	used        bool
 }
 
 func (f *flow) export() Flow {
@@ -292,24 +300,83 @@ func (d *Director) insertFlow(f flow) (slot uint32, ok bool) {
 	return slot, true
 }
 
-// track advances the flow's state on a packet and refreshes its expiry.
-func (d *Director) track(f *flow, p *packet, fromClient bool, now int64) {
-	if p.proto == protoTCP {
-		ns := nextState(f.State, fromClient, p.flags)
-		if ns != f.State {
-			r := d.services[f.svc].Reals[f.real]
-			if f.State == StateEstablished {
-				r.Active--
-				r.Inactive++
-			}
-			if ns == StateEstablished {
-				r.Inactive--
-				r.Active++
-			}
-			d.stats.FlowsBy[f.Kind][f.State]--
-			d.stats.FlowsBy[f.Kind][ns]++
-			f.State = ns
+// track advances the flow's state on a packet and refreshes its expiry. A
+// TCP segment is checked against the flow's windows first (window.go): one
+// out of window changes nothing (winOut, winSuspectAck), and a real's reset
+// confirming a stale suspect (winStaleReset) is for the caller to act on.
+func (d *Director) track(f *flow, p *packet, fromClient bool, now int64) winVerdict {
+	if p.proto != protoTCP {
+		f.Expires = now + d.timeouts[f.State]
+		return winOK
+	}
+	var sg seg
+	v := f.checkWindow(p, fromClient, &sg)
+	d.trackSeg(f, p, &sg, fromClient, v, now)
+	return v
+}
+
+// trackSeg is track for a TCP segment already checked: v and sg are what
+// checkWindow said of it.
+func (d *Director) trackSeg(f *flow, p *packet, sg *seg, fromClient bool, v winVerdict, now int64) {
+	w := &f.win
+	if !fromClient && w.flags&winSuspect != 0 && v != winStaleReset && p.flags&header.TCPFlagRst == 0 {
+		// The real answered a suspect flow normally: it holds the
+		// connection, and its numbers are the truth.
+		w.resync(sg)
+		d.stats.StaleCleared++
+	}
+	switch v {
+	case winSuspectAck:
+		w.flags |= winSuspect
+		w.suspectAck = sg.ack
+		d.stats.StaleSuspects++
+		d.stats.OutOfWindow[DirToReal]++
+		return
+	case winOut:
+		if fromClient {
+			d.stats.OutOfWindow[DirToReal]++
+		} else {
+			d.stats.OutOfWindow[DirToClient]++
 		}
+		return
+	case winStaleReset:
+		return
+	}
+	if p.flags&header.TCPFlagRst == 0 {
+		w.learn(sg, fromClient)
+	}
+	if fromClient && sg.hasAck() {
+		// What the client holds counts as carried: its ACK at the mark, and
+		// its SACK blocks (segments of a dead director can arrive out of
+		// order after the flow was adopted, and fill a hole later), within
+		// a window of the mark: a forged block must not raise it by 2^31.
+		if !f.marked {
+			if !f.hiSrvSeen || seqAfter(sg.ack, f.hiSrv) {
+				f.hiSrv = sg.ack
+			}
+			f.hiSrvSeen, f.marked = true, true
+		}
+		if edge, ok := sackRightEdge(header.TCP(p.l4)); ok && seqAfter(edge, f.hiSrv) && !seqAfter(edge, f.hiSrv+f.ackSlack()) {
+			f.hiSrv = edge
+		}
+	}
+	if !fromClient && (!f.hiSrvSeen || seqAfter(sg.end, f.hiSrv)) {
+		f.hiSrv, f.hiSrvSeen = sg.end, true
+	}
+	ns := nextState(f.State, fromClient, p.flags)
+	if ns != f.State {
+		r := d.services[f.svc].Reals[f.real]
+		if f.State == StateEstablished {
+			r.Active--
+			r.Inactive++
+		}
+		if ns == StateEstablished {
+			r.Inactive--
+			r.Active++
+		}
+		d.stats.FlowsBy[f.Kind][f.State]--
+		d.stats.FlowsBy[f.Kind][ns]++
+		f.State = ns
 	}
 	f.Expires = now + d.timeouts[f.State]
 }

@@ -22,7 +22,12 @@ func fuzzSeeds(f *testing.F) {
 
 // FuzzHandle feeds arbitrary bytes to a director that already holds a flow:
 // nothing panics, and whatever is written is at most as long as the input and,
-// when the director rewrote it, carries valid checksums.
+// when the director rewrote it, carries valid checksums. It then feeds a
+// segment built from the same bytes (flags, seq, ack, options, payload, from
+// either side) to a live ESTABLISHED flow whose handshake it saw, and checks
+// the window rules: the flow is never removed by one segment (stale needs a
+// suspect and then the real's reset), and its state moves only for a
+// segment in window (a RST only in the RCV.NXT range).
 func FuzzHandle(f *testing.F) {
 	fuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -36,7 +41,80 @@ func FuzzHandle(f *testing.F) {
 		if out != nil && !bytes.Equal(out, in[:len(out)]) {
 			checkChecksums(t, out)
 		}
+		forgedSegment(t, in)
 	})
+}
+
+// forgedSegment is FuzzHandle's second part: b read as the fields of one
+// TCP segment against a live flow (knownFlow: client bytes up to 1006,
+// real bytes up to 5101, both windows 502 << 7), then the real's bare RST
+// at that segment's ack.
+func forgedSegment(t *testing.T, b []byte) {
+	if len(b) < 10 {
+		return
+	}
+	flags := header.TCPFlags(b[0]) & (header.TCPFlagFin | header.TCPFlagSyn | header.TCPFlagRst | header.TCPFlagPsh | header.TCPFlagAck)
+	fromReal := b[1]&1 != 0
+	seq, a := binary.BigEndian.Uint32(b[2:]), binary.BigEndian.Uint32(b[6:])
+	rest := b[10:]
+	var opt []byte
+	if n := len(rest); n > 0 {
+		k := min(int(rest[0])%11*4, n-1) &^ 3
+		opt, rest = rest[1:1+k], rest[1+k:]
+	}
+	payload := rest
+	if len(payload) > 1000 {
+		payload = payload[:1000]
+	}
+	d, _ := newRecDirector(t)
+	fl := knownFlow(t, d)
+	before := *fl
+	var pkt []byte
+	if fromReal {
+		pkt = tcp4(rs1, client, flags, seq, a, payload, opt...)
+	} else {
+		pkt = tcp4(client, vip, flags, seq, a, payload, opt...)
+	}
+	d.HandlePacket(pkt, 2)
+	g := flowOf(d, client)
+	if g == nil {
+		t.Fatalf("one segment (flags %v, seq %d, ack %d, from real %v) removed the flow", flags, seq, a, fromReal)
+	}
+	end := seq + uint32(len(payload))
+	if flags&(header.TCPFlagSyn) != 0 {
+		end++
+	}
+	if flags&header.TCPFlagFin != 0 {
+		end++
+	}
+	const w, cli, srv = 502 << 7, uint32(1006), uint32(5101)
+	slack := uint32(max(w, minAckWin))
+	inWin := func(lo, hi, v uint32) bool { return !seqAfter(lo, v) && !seqAfter(v, hi) }
+	var may bool // what the window rules allow to change the state
+	switch {
+	case flags&header.TCPFlagRst != 0:
+		may = inWin(cli, srv, seq) || inWin(cli, cli, seq)
+	case fromReal:
+		may = !seqAfter(srv-slack, end) && !seqAfter(seq, srv+w) && (flags&header.TCPFlagAck == 0 || inWin(cli-slack, cli, a))
+	default:
+		may = !seqAfter(cli-slack, end) && !seqAfter(seq, cli+w) && (flags&header.TCPFlagAck == 0 || inWin(srv-slack, srv, a))
+	}
+	if !may && (g.State != before.State || g.Expires != before.Expires || g.hiSrv != before.hiSrv) {
+		t.Fatalf("out-of-window segment (flags %v, seq %d, ack %d, from real %v) changed the flow: state %v, mark %d", flags, seq, a, fromReal, g.State, g.hiSrv)
+	}
+	if !fromReal && seqAfter(g.hiSrv, srv) {
+		t.Fatalf("mark moved to %d by a client segment, beyond every byte the real sent", g.hiSrv)
+	}
+	// The real's no-socket reset removes the flow only if that segment made
+	// it suspect (a client ACK beyond the mark) with this very ack.
+	suspect := g.win.flags&winSuspect != 0
+	if suspect && (fromReal || flags&header.TCPFlagAck == 0 || !seqAfter(a, srv)) {
+		t.Fatalf("suspect after flags %v, ack %d, from real %v", flags, a, fromReal)
+	}
+	d.HandlePacket(tcp4(rs1, client, rst, a, 0, nil), 3)
+	if flowOf(d, client) == nil && !suspect {
+		t.Fatalf("the real's reset at %d removed a flow that was not suspect", a)
+	}
 }
 
 // FuzzRewriteRoundTrip: rewriting a valid TCP or UDP packet's source and

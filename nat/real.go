@@ -38,10 +38,26 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 	if found && side == sideReal {
 		f := &d.flows.slab[slot]
 		if f.Expires > now {
-			if p.proto == protoTCP && f.State == StateSynRecv && p.flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn|header.TCPFlagAck {
+			if p.proto != protoTCP {
+				d.track(f, p, false, now)
+				d.toClient(p, f)
+				return wire.Forward, DropNone, p.ip
+			}
+			var sg seg
+			v := f.checkWindow(p, false, &sg)
+			if v == winStaleReset {
+				// The real has no connection for the flow: it lives on
+				// through another director. The reset is not the
+				// client's (its connection is alive there); the client's
+				// next segment finds no flow and is recovered.
+				d.removeFlow(slot, now)
+				d.stats.StaleFlows++
+				return wire.Drop, DropStaleReset, nil
+			}
+			if v == winOK && f.State == StateSynRecv && p.flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn|header.TCPFlagAck {
 				f.hs.seeSynAck(p)
 			}
-			d.track(f, p, false, now)
+			d.trackSeg(f, p, &sg, false, v, now)
 			d.toClient(p, f)
 			return wire.Forward, DropNone, p.ip
 		}
@@ -88,11 +104,6 @@ func (d *Director) toClient(p *packet, f *flow) {
 		rewriteDst(p, f.Client.AddrPort())
 	}
 	rewriteSrc(p, f.VIP.AddrPort())
-	if p.proto == protoTCP {
-		if e := segEnd(p); !f.hiSrvSeen || seqAfter(e, f.hiSrv) {
-			f.hiSrv, f.hiSrvSeen = e, true
-		}
-	}
 	r := d.services[f.svc].Reals[f.real]
 	r.PacketsOut++
 	r.BytesOut += uint64(len(p.ip))

@@ -32,6 +32,7 @@ const (
 	DropSpoofedSource              // a packet to a VIP whose source is a VIP, a recovery address or a real: never a client
 	DropRecoveryPending            // a SYN, or a re-home's trigger, for a tuple whose recovery is in flight
 	DropAdoptAmbiguous             // a real's packet with no flow, the real serving several VIPs and nothing telling which
+	DropStaleReset                 // a real's no-socket reset that proved a suspect flow stale (the client's connection lives elsewhere)
 	numDropReasons
 )
 
@@ -41,7 +42,7 @@ var dropNames = [numDropReasons]string{
 	"stray_rst", "icmp_no_flow", "icmp_other", "tuple_clash",
 	"no_trigger", "sack_trigger", "recovery_denied", "recovery_rate",
 	"recovery_busy", "park_full", "recovery_no_flow", "rehomed",
-	"spoofed_source", "recovery_pending", "adopt_ambiguous",
+	"spoofed_source", "recovery_pending", "adopt_ambiguous", "stale_reset",
 }
 
 func (r DropReason) String() string {

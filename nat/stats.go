@@ -30,7 +30,9 @@ type Stats struct {
 	Adopted           uint64 // flows created from a real's packet
 	AdoptAborts       uint64 // recovery dials abandoned because the original real spoke
 	OldRealResets     uint64 // RSTs sent to a real whose connection was recovered elsewhere
-	StaleFlows        uint64 // flows found stale (the client acked bytes this director never carried)
+	StaleFlows        uint64 // flows found stale: suspect, then the real's no-socket reset confirmed it
+	StaleSuspects     uint64 // client segments that acked server bytes this director never carried (the flow marked suspect)
+	StaleCleared      uint64 // suspect flows whose real answered normally (not stale)
 	RehomeStarted     uint64 // flows of a down or drained real sent through recovery
 	Rehomed           uint64 // of those, recovered onto another real
 	RehomeKept        uint64 // re-homes not started: no other real could take the flow, which stays on its real
@@ -38,6 +40,11 @@ type Stats struct {
 	Parked            uint64 // packets parked
 	ParkedBytes       int    // bytes parked now
 	Inflight          int    // recoveries in flight now
+	// OutOfWindow counts TCP segments of a flow outside its windows
+	// (window.go), forwarded without a state change, by direction
+	// (DirToReal: client segments, DirToClient: the real's). A stale
+	// suspect's segment counts here too.
+	OutOfWindow [numDirs]uint64
 
 	// FlowsBy counts live flows by kind and state.
 	FlowsBy [numKinds][numStates]int
@@ -46,6 +53,18 @@ type Stats struct {
 	// LatencyBuckets[i]; the last bucket holds the rest.
 	RecoveryLatency [len(LatencyBuckets) + 1]uint64
 }
+
+// Directions of a flow's packets, for the counters kept by direction.
+const (
+	DirToReal   = iota // client -> real
+	DirToClient        // real -> client
+	numDirs
+)
+
+var dirNames = [numDirs]string{"to_real", "to_client"}
+
+// DirName names a direction for the counters' labels.
+func DirName(dir int) string { return dirNames[dir] }
 
 // LatencyBuckets are the upper bounds of the recovery latency histogram.
 var LatencyBuckets = [...]time.Duration{
