@@ -49,16 +49,24 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 			found = false
 		}
 	}
+	var sg seg
+	v := winOK
 	if found && p.proto == protoTCP {
-		// A client that acknowledges server bytes this director never
-		// carried makes the flow suspect, no more: it may be stale (the
-		// connection moved on through another director, failback without
-		// sync) or the ack forged. Only the real's own no-socket reset
+		// A client segment in window that acknowledges server bytes this
+		// director never carried proves the flow stale: the connection
+		// moved on through another director (failback without sync), and
+		// the segment goes through recovery. Out of window, such an ack
+		// only makes the flow suspect, and the real's own no-socket reset
 		// proves it stale (fromReal). Out of window or suspect, the
 		// segment is forwarded with the flow's rewrite and changes nothing.
+		if v = d.flows.slab[slot].checkWindow(p, true, &sg); v == winStale {
+			d.removeFlow(slot, now)
+			d.stats.StaleFlows++
+			found = false
+		}
+	}
+	if found && p.proto == protoTCP {
 		f := &d.flows.slab[slot]
-		var sg seg
-		v := f.checkWindow(p, true, &sg)
 		// A flow on a dead or drained real moves at its first request
 		// after all of the real's data was acknowledged: before that, a
 		// response is in flight and cannot be resumed elsewhere.

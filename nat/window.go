@@ -77,6 +77,7 @@ const (
 	winOut                          // out of window: forwarded, no state change
 	winSuspectAck                   // a client ACK beyond the stale mark: forwarded, the flow marked suspect
 	winStaleReset                   // the real's no-socket reset confirming a suspect: the flow is stale
+	winStale                        // a client segment in window whose ack passes the stale mark: the flow is stale
 )
 
 // seg is a segment's numbers in the client's spaces.
@@ -161,10 +162,23 @@ func (f *flow) classify(sg *seg, fromClient bool) winVerdict {
 		if f.marked && seqAfter(sg.ack, f.hiSrv) {
 			// The client acknowledges server bytes this director never
 			// carried: a forged ack, or a connection that moved on
-			// through another director. Only the real can tell (see
-			// track). A director that never saw the real's side
-			// (replies through another one) cannot know what was
-			// carried and does not judge.
+			// through another director (failback without sync). A
+			// segment whose seq is in the window as well is taken as
+			// the client's own: the flow is stale at once, as before
+			// window tracking (a blind attacker must guess the seq:
+			// one time in 2^32/window, about 1 in 500 for a flow seen
+			// from its SYN with a 8 MiB window, 1 in 4 for one picked
+			// up mid-stream, whose scale is unknown). Any other such
+			// segment only makes the flow suspect, and the real's own
+			// no-socket reset proves it stale (see track). The proof
+			// an attacker cannot forge at all, a challenge to the
+			// client, comes with the challenge before recovery.
+			// A director that never saw the real's side (replies
+			// through another one) cannot know what was carried and
+			// does not judge.
+			if sg.flags&(header.TCPFlagSyn|header.TCPFlagRst) == 0 && f.seqInWindow(sg, fromClient) {
+				return winStale // a SYN or a RST proves nothing of the kind
+			}
 			return winSuspectAck
 		}
 		if !f.marked && seqAfter(sg.ack, w.srv.end+f.ackSlack()) {
@@ -186,17 +200,7 @@ func (f *flow) classify(sg *seg, fromClient bool) winVerdict {
 		}
 		return winOK
 	}
-	// The receiver's window bounds what the sender may send (conntrack
-	// td_maxend: its highest ack plus its largest window)...
-	rWin := r.maxWin
-	if !rSeen {
-		rWin = liberalWin
-	}
-	if rAcked && seqAfter(sg.seq, r.ack+rWin) {
-		return winOut
-	}
-	// ...and how old a retransmission can be.
-	if sSeen && seqAfter(s.end-max(rWin, minAckWin), sg.end) {
+	if !f.seqInWindow(sg, fromClient) {
 		return winOut
 	}
 	if sg.hasAck() && rSeen {
@@ -218,6 +222,22 @@ func (f *flow) classify(sg *seg, fromClient bool) winVerdict {
 		}
 	}
 	return winOK
+}
+
+// seqInWindow reports whether sg's sequence range fits the receiver's
+// window: not beyond its highest ack plus its largest window (conntrack's
+// td_maxend), and not older than a window behind the sender's highest end
+// (a retransmission).
+func (f *flow) seqInWindow(sg *seg, fromClient bool) bool {
+	s, r, sSeen, _, rSeen, rAcked := f.win.sides(fromClient)
+	rWin := r.maxWin
+	if !rSeen {
+		rWin = liberalWin
+	}
+	if rAcked && seqAfter(sg.seq, r.ack+rWin) {
+		return false
+	}
+	return !sSeen || !seqAfter(s.end-max(rWin, minAckWin), sg.end)
 }
 
 // rstInWindow is the RST rule. RFC 5961 section 3.2 accepts a RST whose seq

@@ -139,7 +139,7 @@ func TestBlindSegmentsChangeNothing(t *testing.T) {
 					before := *f
 					r := rng(len(name))
 					const rounds = 200
-					passed := 0
+					passed, exposed := 0, 0
 					for range rounds {
 						seq, a := r.u32(), r.u32()
 						var pkt []byte
@@ -147,6 +147,17 @@ func TestBlindSegmentsChangeNothing(t *testing.T) {
 							pkt = tcp4(client, vip, fg.flags, seq, a, fg.data)
 						} else {
 							pkt = tcp4(k.real, k.to, fg.flags, seq, a, fg.data)
+						}
+						// A client segment whose seq the window lets through
+						// and whose ack passes the mark is stale at once
+						// (window.go): the one exposure, bounded below.
+						var p packet
+						if p.decodeIP(pkt) == DropNone && p.decodeL4() == DropNone && fromClient && fg.flags&ack != 0 {
+							var sg seg
+							if f.checkWindow(&p, true, &sg) == winStale {
+								exposed++
+								continue
+							}
 						}
 						v, out := d.Handle(pkt, false, 2)
 						if v != wire.Forward || out == nil {
@@ -164,7 +175,10 @@ func TestBlindSegmentsChangeNothing(t *testing.T) {
 					if !fromClient {
 						dir = DirToClient
 					}
-					if passed > rounds/50 || st.OutOfWindow[dir] < uint64(rounds-passed) {
+					if exposed > rounds/50 {
+						t.Fatalf("%d of %d blind segments would have made the flow stale", exposed, rounds)
+					}
+					if passed > rounds/50 || st.OutOfWindow[dir] < uint64(rounds-passed-exposed) {
 						t.Fatalf("%d of %d blind segments changed the flow, out_of_window %v", passed, rounds, st.OutOfWindow)
 					}
 					if st.StaleFlows != 0 || st.Flows != 1 {
@@ -226,15 +240,16 @@ func TestInWindowRSTAndFIN(t *testing.T) {
 	}
 }
 
-// A client ack beyond the mark only makes a flow suspect: what the real
-// answers decides. Its no-socket reset (bare RST, seq = that ack) removes
+// A client ack beyond the mark on a segment whose seq is out of window only
+// makes a flow suspect: what the real answers decides. Its no-socket reset (bare RST, seq = that ack) removes
 // the flow; any other answer clears the suspicion, after which the same
 // reset proves nothing.
 func TestStaleNeedsTheRealsReset(t *testing.T) {
 	d, fr := newRecDirector(t)
 	f := knownFlow(t, d)
 	beyond := uint32(5101 + 1<<30)
-	if handle(t, d, tcp4(client, vip, ack, 1006, beyond, nil), 2) == nil {
+	const far = 1006 + 1<<31 // a seq out of window
+	if handle(t, d, tcp4(client, vip, ack, far, beyond, nil), 2) == nil {
 		t.Fatal("suspect ack not forwarded")
 	}
 	if f.win.flags&winSuspect == 0 || f.win.suspectAck != beyond || f.hiSrv != 5101 {
@@ -267,7 +282,7 @@ func TestStaleNeedsTheRealsReset(t *testing.T) {
 	// Suspect again, and this time the real has no socket.
 	d, fr = newRecDirector(t)
 	knownFlow(t, d)
-	handle(t, d, tcp4(client, vip, psh, 1006, beyond, []byte("GET /2")), 2)
+	handle(t, d, tcp4(client, vip, psh, far, beyond, []byte("GET /2")), 2)
 	if out := handle(t, d, tcp4(rs1, client, rst, beyond, 0, nil), 2); out != nil {
 		t.Fatal("the confirming reset reached the client")
 	}
@@ -280,13 +295,27 @@ func TestStaleNeedsTheRealsReset(t *testing.T) {
 	}
 }
 
+// The client's own segment (its seq in window) acking server bytes this
+// director never carried is stale at once, and recovered: a failback
+// without sync.
+func TestStaleInWindow(t *testing.T) {
+	d, fr := newRecDirector(t)
+	knownFlow(t, d)
+	if out := handle(t, d, tcp4(client, vip, psh, 1006, 9000, []byte("GET /2")), 2); out != nil {
+		t.Fatal("the segment of a stale flow was forwarded to the old real")
+	}
+	if st := d.Stats(); st.StaleFlows != 1 || st.StaleSuspects != 0 || len(fr.dials) != 1 {
+		t.Fatalf("stale %d, suspects %d, recoveries %d; want 1, 0, 1", st.StaleFlows, st.StaleSuspects, len(fr.dials))
+	}
+}
+
 // A recovered flow's suspect ack is compared in the client's space: the
 // real's reset carries it translated.
 func TestStaleRecoveredFlow(t *testing.T) {
 	d, _ := newRecDirector(t)
 	recoveredFlow(t, d)
 	beyond := uint32(2100 + 1<<20)
-	out := handle(t, d, tcp4(client, vip, psh, 1005, beyond, []byte("GET /2")), 2)
+	out := handle(t, d, tcp4(client, vip, psh, 1005+1<<31, beyond, []byte("GET /2")), 2)
 	if out == nil || header.TCP(out[20:]).AckNumber() != beyond-(2000-9) {
 		t.Fatal("suspect segment not forwarded with the flow's deltas")
 	}
@@ -310,8 +339,8 @@ func TestSpoofedSACKDoesNotMoveTheMark(t *testing.T) {
 		}
 		// Stale detection is still on.
 		handle(t, d, tcp4(client, vip, ack, 1006, 5101+1<<30, nil), 3)
-		if f.win.flags&winSuspect == 0 {
-			t.Fatal("an ack 2^30 beyond the mark is not suspect")
+		if st := d.Stats(); st.StaleFlows != 1 {
+			t.Fatalf("an in-window ack 2^30 beyond the mark: stale %d, want 1", st.StaleFlows)
 		}
 	})
 	t.Run("adopted flow", func(t *testing.T) {
