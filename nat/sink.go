@@ -80,6 +80,10 @@ func (d *Director) Recovered(key Key, hs wire.Handshake, now int64) [][]byte {
 		marked:      true,
 		svc:         pd.svc,
 		real:        pd.real,
+		// Alive from the start: the parked segments are flushed in chunks,
+		// the lock released between them, and a client segment arriving
+		// meanwhile must find a live flow, not one expired at 0.
+		Expires: now + d.timeouts[StateEstablished],
 	}
 	if pd.hs.known && (hs.OurWScale < 0 || hs.PeerWScale < 0) {
 		// Scaling is off on the new connection: both shifts are 0.
