@@ -99,9 +99,8 @@ func (s *Segment) Append(b []byte) ([]byte, error) {
 		return b, fmt.Errorf("forge: packet of %d bytes", n)
 	}
 	off := len(b)
-	b = append(b, make([]byte, n)...) // no allocation when cap allows
+	b = append(b, make([]byte, n)...) // zeroed; no allocation when cap allows
 	pkt := b[off:]
-	clear(pkt)
 	ttl, win := s.TTL, s.Window
 	if ttl == 0 {
 		ttl = 64
@@ -237,8 +236,10 @@ func (r Report) Rate() float64 {
 	return float64(r.Sent) / r.Elapsed.Seconds()
 }
 
-// pacer admits sends at a rate, in bursts of at most about a millisecond's
-// worth (time.Sleep does not resolve finer).
+// pacer admits sends at a rate, in bursts of about a millisecond's worth
+// (time.Sleep does not resolve finer). After a stall (a starved CPU) it
+// catches up, so the average rate holds over the whole loop; the Max and
+// Duration bounds hold regardless.
 type pacer struct {
 	lim   Limits
 	start time.Time
