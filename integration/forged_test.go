@@ -590,6 +590,10 @@ func TestForgedFlood(t *testing.T) {
 		name := map[bool]string{true: "holdfast", false: "kernelNAT"}[holdfast]
 		t.Run(name, func(t *testing.T) {
 			s := newForgedSetup(t, holdfast, 1)
+			// Latency under a flood depends on the machine's other work: say it.
+			if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+				t.Logf("load average before the run: %s", strings.TrimSpace(string(la)))
+			}
 			r := forgedFlood(t, s)
 			results[name] = r
 			t.Logf("forged flood, %s: %v", s.name, r)
