@@ -7,6 +7,9 @@
 //
 //	go test -race -count=1 -tags forged -run 'TestForged' -v ./integration/
 //
+// HOLDFAST_FORGED_KINDS=rst,syn (say) restricts the blind attack to those
+// kinds, to tell which one does the damage; the acceptance is all five.
+//
 // Each test runs the same load and the same attack twice, against holdfast
 // and against the anchor, kernel NAT (iptables DNAT with conntrack in the
 // director's namespace, as integration/bench does), logs both side by side,
@@ -282,6 +285,7 @@ func workWhile(conns []*httpConn, done <-chan struct{}, seed uint64) []error {
 // blindResult is one side's numbers for a blind attack.
 type blindResult struct {
 	conns          int
+	kinds          []forge.Kind
 	loss           loss
 	openedSockets  int   // recovery-address sockets new on the reals
 	accepted       int64 // connections the reals accepted during the attack
@@ -312,6 +316,7 @@ const (
 // kinds while the connections work, and each makes a final request.
 func blindAttack(t *testing.T, s *forgedSetup, failover bool) blindResult {
 	t.Helper()
+	kinds := blindKinds(t)
 	conns := dialHTTP(t, s.l.Client, blindConns)
 	requireNoErrors(t, s.name+": before the attack", eachConn(conns, requests(1)))
 	if failover {
@@ -342,6 +347,7 @@ func blindAttack(t *testing.T, s *forgedSetup, failover bool) blindResult {
 		rep, forged = snd.Blind(ctx, forge.Blind{
 			Victims: victims(conns),
 			Rounds:  blindRounds,
+			Kinds:   kinds,
 			Rand:    rand.New(rand.NewPCG(12, 12)),
 			Limits:  forge.Limits{Rate: blindRate, Duration: 30 * time.Second},
 		})
@@ -351,12 +357,12 @@ func blindAttack(t *testing.T, s *forgedSetup, failover bool) blindResult {
 	if forged != nil {
 		t.Fatalf("%s: forger: %v (after %d segments)", s.name, forged, rep.Sent)
 	}
-	if want := blindConns * blindRounds * len(forge.Kinds); rep.Sent != want {
+	if want := blindConns * blindRounds * len(kinds); rep.Sent != want {
 		t.Fatalf("%s: forger sent %d segments, want %d", s.name, rep.Sent, want)
 	}
 
 	after := snapshotReals(t, s.l)
-	r := blindResult{conns: len(conns), loss: classify(errs), sent: rep, uplinkReceived: s.uplinkRx(t) - rxBefore}
+	r := blindResult{conns: len(conns), kinds: kinds, loss: classify(errs), sent: rep, uplinkReceived: s.uplinkRx(t) - rxBefore}
 	r.openedSockets, r.accepted = before.opened(after)
 	if recBefore >= 0 {
 		r.recoveries = s.recoveriesStarted(t) - recBefore
@@ -369,6 +375,29 @@ func blindAttack(t *testing.T, s *forgedSetup, failover bool) blindResult {
 			s.name, r.uplinkReceived, rep.Sent)
 	}
 	return r
+}
+
+// kindsEnv restricts the blind attack to some kinds, to tell which one does
+// the damage: a comma-separated list of forge.Kind names ("ack|psh+data",
+// "ack", "rst", "syn", "fin|ack"). Unset means all five (the acceptance).
+const kindsEnv = "HOLDFAST_FORGED_KINDS"
+
+func blindKinds(t *testing.T) []forge.Kind {
+	t.Helper()
+	v := os.Getenv(kindsEnv)
+	if v == "" {
+		return forge.Kinds
+	}
+	var ks []forge.Kind
+	for _, name := range strings.Split(v, ",") {
+		i := slices.IndexFunc(forge.Kinds, func(k forge.Kind) bool { return k.String() == strings.TrimSpace(name) })
+		if i < 0 {
+			t.Fatalf("%s=%q: no kind %q; kinds: %v", kindsEnv, v, name, forge.Kinds)
+		}
+		ks = append(ks, forge.Kinds[i])
+	}
+	t.Logf("%s: only %v", kindsEnv, ks)
+	return ks
 }
 
 // runBlind runs the blind attack against holdfast and kernel NAT, logs both
@@ -401,8 +430,8 @@ func runBlind(t *testing.T, failover bool) {
 	if !ok1 || !ok2 {
 		return // a subtest was not run or stopped early
 	}
-	t.Logf("blind attack, %s, side by side (%d connections, %d rounds of %d kinds per tuple):\n  holdfast:   lost %3d (reset %d, timeout %d), opened on reals %d (accepted %d), recoveries %d\n  kernel NAT: lost %3d (reset %d, timeout %d), opened on reals %d (accepted %d), recoveries n/a",
-		what, blindConns, blindRounds, len(forge.Kinds),
+	t.Logf("blind attack, %s, side by side (%d connections, %d rounds of %v per tuple):\n  holdfast:   lost %3d (reset %d, timeout %d), opened on reals %d (accepted %d), recoveries %d\n  kernel NAT: lost %3d (reset %d, timeout %d), opened on reals %d (accepted %d), recoveries n/a",
+		what, blindConns, blindRounds, h.kinds,
 		h.loss.lost, h.loss.resets, h.loss.timeouts, h.openedSockets, h.accepted, h.recoveries,
 		k.loss.lost, k.loss.resets, k.loss.timeouts, k.openedSockets, k.accepted)
 }
