@@ -122,6 +122,12 @@ func (f *flow) segOf(p *packet, fromClient bool, s *seg) {
 	switch {
 	case p.flags&header.TCPFlagSyn != 0:
 		// RFC 7323: the window of a SYN is never scaled.
+	case !f.hs.known && !fromClient && f.Kind == KindRecovered && f.winToClient.in >= 0 && !f.winToClient.active():
+		// A recovered flow knows the real's shift: it answered the
+		// director's own SYN. So the client's segments are checked
+		// against the real's true window, not the largest one: a blind
+		// seq passes about once in 2^32/window rather than once in four.
+		sh = uint8(min(f.winToClient.in, maxWScale))
 	case !f.hs.known:
 		sh = maxWScale
 	case fromClient:

@@ -440,3 +440,20 @@ func TestWindowAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per packet pair, want 0", n)
 	}
 }
+
+// A recovered flow knows the real's window scale (its SYN-ACK answered the
+// director's own SYN): a client segment 1 MiB beyond the real's window
+// (502 << 7 bytes) is out of window there, so an ack beyond the mark on it
+// only makes the flow suspect, where the largest scale (14) would have let
+// it through as stale.
+func TestRecoveredFlowKnowsTheRealsScale(t *testing.T) {
+	d, fr := newRecDirector(t)
+	f := recoveredFlow(t, d)
+	if got := f.win.srv.maxWin; got != 502<<7 {
+		t.Fatalf("the real's window %d, want %d (its shift 7 applied)", got, 502<<7)
+	}
+	handle(t, d, tcp4(client, vip, psh, 1005+1<<20, 2100+1<<20, []byte("GET /2")), 2)
+	if st := d.Stats(); st.StaleFlows != 0 || st.StaleSuspects != 1 || len(fr.dials) != 1 {
+		t.Fatalf("stale %d, suspects %d, dials %d; want 0, 1, 1 (the recovery's own)", st.StaleFlows, st.StaleSuspects, len(fr.dials))
+	}
+}
