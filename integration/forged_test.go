@@ -1,8 +1,8 @@
 // Forged-segment tests (issue 12, "Acceptance": the blind attack and the
-// forged flood). The blind attack on live flows runs in the default suite;
-// the blind attack right after a failover and the forged flood, which the
-// director does not pass yet (they need the challenge before recovery),
-// are in forged_pending_test.go behind the build tag `forged`:
+// forged flood). The blind attacks (on live flows, and right after a
+// failover) run in the default suite; the forged flood, which the director
+// does not pass yet (it needs the challenge before recovery), is in
+// forged_pending_test.go behind the build tag `forged`:
 //
 //	go test -race -count=1 -tags forged -run 'TestForged' -v ./integration/
 //
@@ -406,3 +406,8 @@ func runBlind(t *testing.T, failover bool) {
 // random seq and ack while they work. Holdfast must lose none, open no
 // connection on the reals and start no recovery.
 func TestForgedBlindAttack(t *testing.T) { runBlind(t, false) }
+
+// TestForgedBlindAttackAfterFailover: the same right after a failover,
+// when every flow has been picked up mid-stream on B (each made one request
+// through B before the attack).
+func TestForgedBlindAttackAfterFailover(t *testing.T) { runBlind(t, true) }
