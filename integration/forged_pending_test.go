@@ -1,7 +1,7 @@
 //go:build forged
 
 // The forged-segment acceptance test the director does not pass yet (see
-// forged_test.go): they stay out of the default suite until the challenge
+// forged_test.go): it stays out of the default suite until the challenge
 // before recovery lands; then this tag goes.
 
 package integration
