@@ -80,6 +80,7 @@ func (d *Director) Recovered(key Key, hs wire.Handshake, now int64) [][]byte {
 		marked:      true,
 		svc:         pd.svc,
 		real:        pd.real,
+		unconfirmed: true,
 	}
 	if pd.hs.known && (hs.OurWScale < 0 || hs.PeerWScale < 0) {
 		// Scaling is off on the new connection: both shifts are 0.
@@ -96,6 +97,7 @@ func (d *Director) Recovered(key Key, hs wire.Handshake, now int64) [][]byte {
 		d.mu.Unlock()
 		return [][]byte{buildRST(nil, local, real, hs.AckSeq, 0, false)}
 	}
+	d.rec.prefixAdd(key.Src.Addr(), 0, 1)
 	d.stats.RecoverySucceeded++
 	if pd.from.IsValid() {
 		d.stats.Rehomed++
@@ -135,13 +137,14 @@ func (d *Director) Failed(key Key, reason FailReason, now int64) [][]byte {
 }
 
 // takePending removes the recovery of key from the Director; d.mu is held.
-// Its parked segments stop counting against the parking limits: they are on
-// their way out.
+// Its parked segments stop counting against the parking limits (they are on
+// their way out), and it gives back its prefix's in-flight slot.
 func (d *Director) takePending(key Key) *pending {
 	pd := d.rec.pending[key]
 	if pd != nil {
 		d.rec.pending = shrink.Delete(d.rec.pending, key)
 		d.rec.parkedBytes -= pd.bytes
+		d.rec.prefixAdd(key.Src.Addr(), -1, 0)
 	}
 	return pd
 }

@@ -45,6 +45,11 @@ func (d *Director) refuseRecovery(p *packet, now int64) DropReason {
 		return DropSACKTrigger
 	case !rc.allowed(p.src.Addr()):
 		return DropRecoveryDenied
+	}
+	if r := rc.prefixRefuse(p.src.Addr()); r != DropNone {
+		return r
+	}
+	switch {
 	case len(rc.pending) >= rc.MaxInflight:
 		return DropRecoveryBusy
 	case d.flows.n+len(rc.pending) >= d.maxFlows:
@@ -111,6 +116,7 @@ func (d *Director) beginRecovery(key Key, pd *pending, p *packet, o wire.DialOpt
 		return v, r, nil
 	}
 	d.rec.pending[key] = pd
+	d.rec.prefixAdd(key.Src.Addr(), 1, 0)
 	d.stats.RecoveryStarted++
 	d.rec.Dialer.Dial(key, o)
 	return wire.Park, DropNone, nil
