@@ -99,14 +99,14 @@ func TestRecoveryPrefixOf(t *testing.T) {
 		}
 	}
 	v6a, v6b, v6c := netip.MustParseAddr("2001:db8:1::1"), netip.MustParseAddr("2001:db8:1:9::1"), netip.MustParseAddr("2001:db8:2::1")
-	rc.prefixAdd(v6a, 1, 0)
+	rc.prefixAdd(v6a, prefixUse{inflight: 1})
 	if r := rc.prefixRefuse(v6b); r != DropRecoveryPrefixBusy {
 		t.Errorf("same /48: %v, want %v", r, DropRecoveryPrefixBusy)
 	}
 	if r := rc.prefixRefuse(v6c); r != DropNone {
 		t.Errorf("another /48: %v", r)
 	}
-	rc.prefixAdd(v6b, -1, 0)
+	rc.prefixAdd(v6b, prefixUse{inflight: -1})
 	if len(rc.prefixes) != 0 {
 		t.Errorf("table %v after the use went back to zero, want empty", rc.prefixes)
 	}
@@ -241,5 +241,34 @@ func TestRecoveredUnconfirmedTimeout(t *testing.T) {
 	}
 	if got, want := fl[0].Expires, 6*sec+15*60*sec; got != want {
 		t.Fatalf("genuine flow expires at %d, want %d (ESTABLISHED timeout after its ack)", got, want)
+	}
+}
+
+// A prefix parks at most PrefixParkBytes at once, over all its recoveries;
+// the bytes come back when a recovery ends.
+func TestRecoveryPrefixParkBytes(t *testing.T) {
+	seg := func(src string, seq uint32) []byte { return tcp4(src, vip, psh, seq, 200, make([]byte, 500)) }
+	n := len(seg(client, 0))
+	d, _ := newRecDirector(t, func(c *RecoveryConfig) { c.PrefixParkBytes = 2 * n })
+	a, b := "198.18.1.2:1000", "198.18.1.3:1000"
+	for i, s := range [][]byte{seg(a, 100), seg(b, 100)} {
+		if v, _ := d.Handle(s, false, 1); v != wire.Park {
+			t.Fatalf("segment %d: %v", i, v)
+		}
+	}
+	for i, s := range [][]byte{seg(a, 600), seg("198.18.1.4:1000", 100)} {
+		if v, _ := d.Handle(s, false, 1); v != wire.Drop {
+			t.Fatalf("segment %d over the prefix's parking: %v", i, v)
+		}
+	}
+	if v, _ := d.Handle(seg("198.18.2.2:1000", 100), false, 1); v != wire.Park {
+		t.Fatalf("another prefix's segment: %v", v)
+	}
+	if st := d.Stats(); st.Drop(DropPrefixParkFull) != 2 || st.Inflight != 3 {
+		t.Fatalf("prefix park drops %d, in flight %d; want 2, 3", st.Drop(DropPrefixParkFull), st.Inflight)
+	}
+	d.Failed(clientKey(a), FailRefused, 2)
+	if v, _ := d.Handle(seg("198.18.1.4:1000", 100), false, 3); v != wire.Park {
+		t.Fatalf("after a recovery of the prefix ended: %v", v)
 	}
 }

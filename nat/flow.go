@@ -413,7 +413,7 @@ func (d *Director) removeFlow(slot uint32, now int64) {
 		// dial was asked for: the flow's end frees it, and the flow's
 		// place in its client prefix's budget.
 		d.rec.ports.release(f.Local, f.Real)
-		d.rec.prefixAdd(f.Client.Addr(), 0, -1)
+		d.rec.prefixAdd(f.Client.Addr(), prefixUse{flows: -1})
 	}
 	d.stats.FlowsBy[f.Kind][f.State]--
 	d.flows.remove(slot)

@@ -35,6 +35,7 @@ const (
 	DropStaleReset                     // a real's no-socket reset that proved a suspect flow stale (the client's connection lives elsewhere)
 	DropRecoveryPrefixBusy             // the client's prefix has RecoveryConfig.PrefixInflight recoveries in flight
 	DropRecoveryPrefixFlows            // the client's prefix has RecoveryConfig.PrefixFlows recovered flows and recoveries
+	DropPrefixParkFull                 // the client's prefix has RecoveryConfig.PrefixParkBytes parked
 	numDropReasons
 )
 
@@ -45,7 +46,7 @@ var dropNames = [numDropReasons]string{
 	"no_trigger", "sack_trigger", "recovery_denied", "recovery_rate",
 	"recovery_busy", "park_full", "recovery_no_flow", "rehomed",
 	"spoofed_source", "recovery_pending", "adopt_ambiguous", "stale_reset",
-	"recovery_prefix_busy", "recovery_prefix_flows",
+	"recovery_prefix_busy", "recovery_prefix_flows", "prefix_park_full",
 }
 
 func (r DropReason) String() string {

@@ -61,6 +61,10 @@ type RecoveryConfig struct {
 	// values take the Default ones.
 	PrefixLen4, PrefixLen6      int
 	PrefixInflight, PrefixFlows int
+	// PrefixParkBytes bounds the bytes one prefix's recoveries park at
+	// once; zero: ParkBytes/16 (at least ParkFlowBytes), so that one
+	// prefix cannot fill the parking all recoveries share.
+	PrefixParkBytes int
 	// UnconfirmedTimeout is the idle timeout of a recovered flow until the
 	// client acknowledges server data that crossed the recovered
 	// connection (a spoofed trigger's source never does): instead of the
@@ -94,7 +98,12 @@ const (
 )
 
 // prefixUse is what one client prefix holds of the recovery budgets.
-type prefixUse struct{ inflight, flows int32 }
+type prefixUse struct{ inflight, flows, parked int32 }
+
+// prefixParked is the bytes parked now by the recoveries of a's prefix.
+func (rc *recovery) prefixParked(a netip.Addr) int {
+	return int(rc.prefixes[rc.prefixOf(a)].parked)
+}
 
 // prefixOf is the budget prefix of client address a.
 func (rc *recovery) prefixOf(a netip.Addr) netip.Prefix {
@@ -107,13 +116,14 @@ func (rc *recovery) prefixOf(a netip.Addr) netip.Prefix {
 	return p
 }
 
-// prefixAdd adds inflight and flows to the use of a's prefix; an entry that
-// comes back to zero is removed (the table holds only prefixes in use).
-func (rc *recovery) prefixAdd(a netip.Addr, inflight, flows int32) {
+// prefixAdd adds delta to the use of a's prefix; an entry that comes back
+// to zero is removed (the table holds only prefixes in use).
+func (rc *recovery) prefixAdd(a netip.Addr, delta prefixUse) {
 	k := rc.prefixOf(a)
 	u := rc.prefixes[k]
-	u.inflight += inflight
-	u.flows += flows
+	u.inflight += delta.inflight
+	u.flows += delta.flows
+	u.parked += delta.parked
 	if u == (prefixUse{}) {
 		rc.prefixes = shrink.Delete(rc.prefixes, k)
 		return
@@ -214,6 +224,9 @@ func (rc *recovery) init(c RecoveryConfig, vips, reals map[netip.Addr]struct{}) 
 			*d.v = d.def
 		}
 	}
+	if c.PrefixParkBytes == 0 {
+		c.PrefixParkBytes = max(c.ParkBytes/16, c.ParkFlowBytes)
+	}
 	if c.UnconfirmedTimeout == 0 {
 		c.UnconfirmedTimeout = DefaultUnconfirmedTimeout
 	}
@@ -256,8 +269,8 @@ func (rc *recovery) init(c RecoveryConfig, vips, reals map[netip.Addr]struct{}) 
 		return fmt.Errorf("IPv4 budget prefix length %d: expected 1..32", c.PrefixLen4)
 	case c.PrefixLen6 < 1 || c.PrefixLen6 > 128:
 		return fmt.Errorf("IPv6 budget prefix length %d: expected 1..128", c.PrefixLen6)
-	case c.PrefixInflight < 0 || c.PrefixFlows < 0:
-		return fmt.Errorf("per-prefix budgets %d in flight, %d flows: expected positive numbers", c.PrefixInflight, c.PrefixFlows)
+	case c.PrefixInflight < 0 || c.PrefixFlows < 0 || c.PrefixParkBytes < 0:
+		return fmt.Errorf("per-prefix budgets %d in flight, %d flows, %d parked bytes: expected positive numbers", c.PrefixInflight, c.PrefixFlows, c.PrefixParkBytes)
 	case c.UnconfirmedTimeout < 0:
 		return fmt.Errorf("timeout of unconfirmed recovered flows %v: expected a positive duration", c.UnconfirmedTimeout)
 	}

@@ -97,7 +97,7 @@ func (d *Director) Recovered(key Key, hs wire.Handshake, now int64) [][]byte {
 		d.mu.Unlock()
 		return [][]byte{buildRST(nil, local, real, hs.AckSeq, 0, false)}
 	}
-	d.rec.prefixAdd(key.Src.Addr(), 0, 1)
+	d.rec.prefixAdd(key.Src.Addr(), prefixUse{flows: 1})
 	d.stats.RecoverySucceeded++
 	if pd.from.IsValid() {
 		d.stats.Rehomed++
@@ -138,13 +138,14 @@ func (d *Director) Failed(key Key, reason FailReason, now int64) [][]byte {
 
 // takePending removes the recovery of key from the Director; d.mu is held.
 // Its parked segments stop counting against the parking limits (they are on
-// their way out), and it gives back its prefix's in-flight slot.
+// their way out), and it gives back its prefix's in-flight slot and parked
+// bytes.
 func (d *Director) takePending(key Key) *pending {
 	pd := d.rec.pending[key]
 	if pd != nil {
 		d.rec.pending = shrink.Delete(d.rec.pending, key)
 		d.rec.parkedBytes -= pd.bytes
-		d.rec.prefixAdd(key.Src.Addr(), -1, 0)
+		d.rec.prefixAdd(key.Src.Addr(), prefixUse{inflight: -1, parked: -int32(pd.bytes)})
 	}
 	return pd
 }
