@@ -31,6 +31,36 @@ func trigger(t *testing.T, d *Director, src string, now int64) DropReason {
 
 func clientKey(src string) Key { return Key{protoTCP, ap(src), ap(vip)} }
 
+// checkPrefixTable recomputes the prefix table from the recoveries in flight
+// and the recovered flows, and fails if the Director's differs.
+func checkPrefixTable(t *testing.T, d *Director) {
+	t.Helper()
+	want := make(map[netip.Prefix]prefixUse)
+	for k, pd := range d.rec.pending {
+		p := d.rec.prefixOf(k.Src.Addr())
+		u := want[p]
+		u.inflight++
+		u.parked += int32(pd.bytes)
+		want[p] = u
+	}
+	for i := range d.flows.slab {
+		if f := &d.flows.slab[i]; f.used && f.Kind == KindRecovered {
+			p := d.rec.prefixOf(f.Client.Addr())
+			u := want[p]
+			u.flows++
+			want[p] = u
+		}
+	}
+	if len(want) != len(d.rec.prefixes) {
+		t.Fatalf("prefix table %v, want %v", d.rec.prefixes, want)
+	}
+	for p, u := range want {
+		if d.rec.prefixes[p] != u {
+			t.Fatalf("prefix table %v, want %v", d.rec.prefixes, want)
+		}
+	}
+}
+
 // A prefix has at most PrefixInflight recoveries in flight; the others are
 // not affected, and a slot comes back when a recovery ends.
 func TestRecoveryPrefixInflight(t *testing.T) {
@@ -179,6 +209,7 @@ func TestRecoveryPrefixTableDrains(t *testing.T) {
 				handle(t, d, tcp4(src, vip, psh, 105, 200+1<<20, []byte("x2")), now)
 				d.Failed(key, FailRefused, now)
 			}
+			checkPrefixTable(t, d)
 		}
 		for k, key := range piled {
 			if k%2 == 0 {
@@ -187,8 +218,10 @@ func TestRecoveryPrefixTableDrains(t *testing.T) {
 				d.Recovered(key, wire.Handshake{AckSeq: 1, AckAck: 1}, now)
 			}
 		}
+		checkPrefixTable(t, d)
 		now += 3 * sec
 		d.Sweep(now, 1<<20)
+		checkPrefixTable(t, d)
 	}
 	st := d.Stats()
 	if st.Drop(DropRecoveryPrefixBusy)+st.Drop(DropRecoveryPrefixFlows) == 0 {
