@@ -86,6 +86,14 @@ type Recovery struct {
 	MaxInflight    int           // recoveries in flight at most
 	Allow          []netip.Prefix
 	ParkBytes      int // bytes parked at once, all flows
+	// Budgets per client prefix (nat.RecoveryConfig); zero values take
+	// nat's defaults.
+	PrefixLen4, PrefixLen6 int // bits of a client's budget prefix
+	PrefixInflight         int // recoveries in flight per prefix
+	PrefixFlows            int // recovered flows (and recoveries) per prefix
+	// UnconfirmedTimeout is the idle timeout of a recovered flow until
+	// its client acks server data; 0: nat's default.
+	UnconfirmedTimeout time.Duration
 }
 
 // withDefaults returns c with its zero values that have a default filled
@@ -132,6 +140,10 @@ func (c Config) withDefaults() (Config, error) {
 			return c, invalid(PartRecovery, fmt.Errorf("timeout %v: expected a positive duration", r.Timeout))
 		case r.Rate <= 0 || r.MaxInflight <= 0 || r.ParkBytes <= 0:
 			return c, invalid(PartRecovery, fmt.Errorf("rate %d, max in flight %d, park bytes %d: expected positive numbers", r.Rate, r.MaxInflight, r.ParkBytes))
+		case r.PrefixLen4 < 0 || r.PrefixLen4 > 32 || r.PrefixLen6 < 0 || r.PrefixLen6 > 128:
+			return c, invalid(PartRecovery, fmt.Errorf("budget prefix lengths /%d (IPv4), /%d (IPv6): expected 1..32 and 1..128 (0: default)", r.PrefixLen4, r.PrefixLen6))
+		case r.PrefixInflight < 0 || r.PrefixFlows < 0 || r.UnconfirmedTimeout < 0:
+			return c, invalid(PartRecovery, fmt.Errorf("per-prefix in flight %d, flows %d, unconfirmed timeout %v: expected positive values (0: default)", r.PrefixInflight, r.PrefixFlows, r.UnconfirmedTimeout))
 		}
 	}
 	for _, a := range []struct {

@@ -309,6 +309,8 @@ func TestRunBadConfig(t *testing.T) {
 		{"bad checks", func(c *Config) { c.Checks = balancer.CheckTiming{Interval: time.Second} }, PartChecks, "timeout"},
 		{"recovery without address", func(c *Config) { c.Recovery.Addrs = nil }, PartRecovery, "recovery address"},
 		{"recovery without rate", func(c *Config) { c.Recovery.Rate = 0 }, PartRecovery, "rate 0"},
+		{"budget prefix too long", func(c *Config) { c.Recovery.PrefixLen4 = 33 }, PartRecovery, "/33 (IPv4)"},
+		{"negative per-prefix flows", func(c *Config) { c.Recovery.PrefixFlows = -1 }, PartRecovery, "flows -1"},
 		{"bad metrics address", func(c *Config) { c.MetricsAddr = "localhost" }, PartMetrics, `"localhost"`},
 		// Found by the parts themselves (nat owns the recovery ports).
 		{"recovery address is a VIP", func(c *Config) { c.Recovery.Addrs = []netip.Addr{vip.Addr()} }, PartDirector, "also a VIP"},

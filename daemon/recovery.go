@@ -51,6 +51,9 @@ func newDirector(ctx context.Context, cfg Config, mtu int, write func([]byte), c
 			PortLo: r.PortLo, PortHi: r.PortHi, WScale: r.WScale, MSS: mss,
 			Rate: float64(r.Rate), MaxInflight: r.MaxInflight, Allow: r.Allow,
 			ParkBytes: r.ParkBytes, ParkFlowBytes: min(r.ParkBytes, parkFlowBytes), MTU: mtu,
+			PrefixLen4: r.PrefixLen4, PrefixLen6: r.PrefixLen6,
+			PrefixInflight: r.PrefixInflight, PrefixFlows: r.PrefixFlows,
+			UnconfirmedTimeout: r.UnconfirmedTimeout,
 		}
 	}
 	d, err := nat.New(ncfg)

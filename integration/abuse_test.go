@@ -17,13 +17,16 @@ import (
 // Test (g): a flood of forged mid-stream segments (random source ports, each
 // a "connection" the director never saw) is held to --recovery-rate, every
 // refusal is counted, and established connections keep working during it.
+// The flood comes from one client address: the per-prefix budgets are raised
+// out of the way here (TestRecoveryFloodPrefixBudget tests them).
 func TestRecoveryFloodIsRateLimited(t *testing.T) {
 	const rate = 200
 	l := NewLab(t, lab.Options{Directors: 1, Reals: 3})
 	if err := l.ServeBackends(); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr", "--recovery-rate", strconv.Itoa(rate)}
+	args := []string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr", "--recovery-rate", strconv.Itoa(rate),
+		"--recovery-prefix-inflight", "4096", "--recovery-prefix-flows", "1000000"}
 	for _, r := range l.Reals {
 		args = append(args, "--real", netip.AddrPortFrom(r.Addr, lab.DefaultHTTPPort).String())
 	}
@@ -32,31 +35,9 @@ func TestRecoveryFloodIsRateLimited(t *testing.T) {
 	conns := dialHTTP(t, l.Client, 20)
 	requireNoErrors(t, "before the flood", eachConn(conns, requests(1)))
 
-	// The flood: forged segments with data from random ports, sent from the
-	// client namespace through a raw socket.
 	const forged = 5000
-	rng := rand.New(rand.NewPCG(7, 7))
 	start := time.Now()
-	flood := make(chan error, 1)
-	go func() {
-		flood <- l.Client.Do(func() error {
-			fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_RAW)
-			if err != nil {
-				return err
-			}
-			defer syscall.Close(fd)
-			to := &syscall.SockaddrInet4{Addr: lab.VIP.As4()}
-			for range forged {
-				src := netip.AddrPortFrom(lab.ClientAddr, uint16(1024+rng.IntN(28000)))
-				pkt := nattest.TCP4(src.String(), vipHTTP.String(), header.TCPFlagAck|header.TCPFlagPsh,
-					rng.Uint32(), rng.Uint32(), []byte("GET / HTTP/1.1\r\nHost: forged\r\n\r\n"))
-				if err := syscall.Sendto(fd, pkt, 0, to); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}()
+	flood := floodForged(l, forged)
 	// Established connections keep working while it lasts.
 	requireNoErrors(t, "during the flood", eachConn(conns, requests(5)))
 	if err := <-flood; err != nil {
@@ -79,4 +60,89 @@ func TestRecoveryFloodIsRateLimited(t *testing.T) {
 	if refused == 0 || c.RecoveryStarted+refused > forged {
 		t.Fatalf("recoveries %d + refused %d for %d forged segments", c.RecoveryStarted, refused, forged)
 	}
+}
+
+// A flood of forged segments from one client prefix is held to that
+// prefix's budgets (recoveries in flight, recovered flows), every refusal is
+// counted, established connections keep working, and the recovered flows of
+// the forged segments (their client never acknowledges the reals' data)
+// expire after --timeout-recovered-unconfirmed.
+func TestRecoveryFloodPrefixBudget(t *testing.T) {
+	const prefixFlows = 100
+	l := NewLab(t, lab.Options{Directors: 1, Reals: 3})
+	if err := l.ServeBackends(); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr",
+		"--recovery-prefix-inflight", "16", "--recovery-prefix-flows", strconv.Itoa(prefixFlows),
+		"--timeout-recovered-unconfirmed", "2s"}
+	for _, r := range l.Reals {
+		args = append(args, "--real", netip.AddrPortFrom(r.Addr, lab.DefaultHTTPPort).String())
+	}
+	StartDirector(t, l.Directors[0].NS, directorArgs(l.Directors[0], args...)...)
+
+	conns := dialHTTP(t, l.Client, 20)
+	requireNoErrors(t, "before the flood", eachConn(conns, requests(1)))
+	before := directorCounters(t, l.Directors[0])
+
+	const forged = 5000
+	flood := floodForged(l, forged)
+	requireNoErrors(t, "during the flood", eachConn(conns, requests(5)))
+	if err := <-flood; err != nil {
+		t.Fatalf("flood: %v", err)
+	}
+	c := directorCounters(t, l.Directors[0])
+	t.Logf("flood of %d forged segments: %d recoveries started, drops %v", forged, c.RecoveryStarted, nonZero(c.Drops))
+	// The prefix's recovered flows and recoveries in flight together stay
+	// within its budget (a place comes back when a recovery fails or its
+	// flow ends: stale, or expired already if the flood took long).
+	if n := c.Flows - before.Flows; n > prefixFlows {
+		t.Fatalf("%d flows of one prefix, over its budget %d", n, prefixFlows)
+	}
+	if c.RecoveryStarted == 0 {
+		t.Fatal("no recovery started: the flood did not reach the director")
+	}
+	refused := int(c.Drops["recovery_prefix_busy"] + c.Drops["recovery_prefix_flows"])
+	if refused == 0 || c.RecoveryStarted+refused > forged {
+		t.Fatalf("recoveries %d + refused by the prefix budgets %d for %d forged segments", c.RecoveryStarted, refused, forged)
+	}
+	// The forged segments' flows go after the short timeout (and the
+	// daemon's sweep): the table comes back to what it held before.
+	deadline := time.Now().Add(15 * time.Second)
+	for c.Flows > before.Flows {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d flows 15 s after the flood, %d before it: the unconfirmed recovered flows did not expire", c.Flows, before.Flows)
+		}
+		time.Sleep(200 * time.Millisecond) // polling the director's counters
+		c = directorCounters(t, l.Directors[0])
+	}
+	requireNoErrors(t, "after the flood", eachConn(conns, requests(1)))
+}
+
+// floodForged sends n forged segments with data (random source ports, seq
+// and ack) from the client's address to the VIP, through a raw socket in the
+// client namespace, and reports the end of it on the channel.
+func floodForged(l *lab.Lab, n int) <-chan error {
+	rng := rand.New(rand.NewPCG(7, 7))
+	flood := make(chan error, 1)
+	go func() {
+		flood <- l.Client.Do(func() error {
+			fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_RAW)
+			if err != nil {
+				return err
+			}
+			defer syscall.Close(fd)
+			to := &syscall.SockaddrInet4{Addr: lab.VIP.As4()}
+			for range n {
+				src := netip.AddrPortFrom(lab.ClientAddr, uint16(1024+rng.IntN(28000)))
+				pkt := nattest.TCP4(src.String(), vipHTTP.String(), header.TCPFlagAck|header.TCPFlagPsh,
+					rng.Uint32(), rng.Uint32(), []byte("GET / HTTP/1.1\r\nHost: forged\r\n\r\n"))
+				if err := syscall.Sendto(fd, pkt, 0, to); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}()
+	return flood
 }

@@ -132,6 +132,10 @@ type flow struct {
 	hiSrvSeen   bool
 	marked      bool
 	used        bool
+	// unconfirmed: a recovered flow whose client has not yet acknowledged
+	// server data that crossed the recovered connection (confirm, in
+	// recovery.go): it is on RecoveryConfig.UnconfirmedTimeout.
+	unconfirmed bool
 }
 
 func (f *flow) export() Flow {
@@ -342,6 +346,9 @@ func (d *Director) trackSeg(f *flow, p *packet, sg *seg, fromClient bool, v winV
 	case winStaleReset:
 		return
 	}
+	if f.unconfirmed && fromClient {
+		f.confirm(sg)
+	}
 	if p.flags&header.TCPFlagRst == 0 {
 		w.learn(sg, fromClient)
 	}
@@ -378,6 +385,10 @@ func (d *Director) trackSeg(f *flow, p *packet, sg *seg, fromClient bool, v winV
 		d.stats.FlowsBy[f.Kind][ns]++
 		f.State = ns
 	}
+	if f.unconfirmed {
+		d.unconfirmedExpiry(f, fromClient, now)
+		return
+	}
 	f.Expires = now + d.timeouts[f.State]
 }
 
@@ -399,8 +410,10 @@ func (d *Director) removeFlow(slot uint32, now int64) {
 	}
 	if f.Kind == KindRecovered {
 		// The recovery port was reserved for this flow's real when its
-		// dial was asked for: the flow's end frees it.
+		// dial was asked for: the flow's end frees it, and the flow's
+		// place in its client prefix's budget.
 		d.rec.ports.release(f.Local, f.Real)
+		d.rec.prefixAdd(f.Client.Addr(), prefixUse{flows: -1})
 	}
 	d.stats.FlowsBy[f.Kind][f.State]--
 	d.flows.remove(slot)

@@ -6,33 +6,36 @@ type DropReason uint8
 
 // Drop reasons.
 const (
-	DropNone            DropReason = iota
-	DropTruncated                  // shorter than its headers say
-	DropMalformed                  // impossible header fields
-	DropBadChecksum                // IPv4, TCP, UDP or ICMP checksum does not verify
-	DropFragment                   // an IP fragment to a VIP or from a real (not reassembled)
-	DropUnsupported                // not IPv4 (IPv6 is not served yet)
-	DropUnknownProto               // a VIP packet that is not TCP, UDP or ICMP
-	DropNoService                  // a VIP port with no service
-	DropNoReal                     // every real of the service has weight 0
-	DropFlowLimit                  // the flow table is full (Config.MaxFlows)
-	DropNoFlow                     // a real's service port sent a packet that belongs to no flow
-	DropStrayRST                   // a RST from a client that belongs to no flow
-	DropICMPNoFlow                 // an ICMP error to a VIP about no known flow
-	DropICMPOther                  // an ICMP message to a VIP that is neither echo nor an error
-	DropTupleClash                 // the real-side tuple is already used by another flow
-	DropNoTrigger                  // mid-stream segment with no flow and no payload (ACK, FIN, keepalive): never triggers recovery
-	DropSACKTrigger                // mid-stream segment with no flow carrying SACK blocks: waits for a retransmission
-	DropRecoveryDenied             // client outside RecoveryConfig.Allow
-	DropRecoveryRate               // over RecoveryConfig.Rate
-	DropRecoveryBusy               // RecoveryConfig.MaxInflight recoveries already in flight
-	DropParkFull                   // RecoveryConfig.ParkFlowBytes or ParkBytes reached
-	DropRecoveryNoFlow             // a packet to a recovery address that is neither a flow nor a dial in progress
-	DropRehomed                    // a packet from a real its flow is being re-homed away from
-	DropSpoofedSource              // a packet to a VIP whose source is a VIP, a recovery address or a real: never a client
-	DropRecoveryPending            // a SYN, or a re-home's trigger, for a tuple whose recovery is in flight
-	DropAdoptAmbiguous             // a real's packet with no flow, the real serving several VIPs and nothing telling which
-	DropStaleReset                 // a real's no-socket reset that proved a suspect flow stale (the client's connection lives elsewhere)
+	DropNone                DropReason = iota
+	DropTruncated                      // shorter than its headers say
+	DropMalformed                      // impossible header fields
+	DropBadChecksum                    // IPv4, TCP, UDP or ICMP checksum does not verify
+	DropFragment                       // an IP fragment to a VIP or from a real (not reassembled)
+	DropUnsupported                    // not IPv4 (IPv6 is not served yet)
+	DropUnknownProto                   // a VIP packet that is not TCP, UDP or ICMP
+	DropNoService                      // a VIP port with no service
+	DropNoReal                         // every real of the service has weight 0
+	DropFlowLimit                      // the flow table is full (Config.MaxFlows)
+	DropNoFlow                         // a real's service port sent a packet that belongs to no flow
+	DropStrayRST                       // a RST from a client that belongs to no flow
+	DropICMPNoFlow                     // an ICMP error to a VIP about no known flow
+	DropICMPOther                      // an ICMP message to a VIP that is neither echo nor an error
+	DropTupleClash                     // the real-side tuple is already used by another flow
+	DropNoTrigger                      // mid-stream segment with no flow and no payload (ACK, FIN, keepalive): never triggers recovery
+	DropSACKTrigger                    // mid-stream segment with no flow carrying SACK blocks: waits for a retransmission
+	DropRecoveryDenied                 // client outside RecoveryConfig.Allow
+	DropRecoveryRate                   // over RecoveryConfig.Rate
+	DropRecoveryBusy                   // RecoveryConfig.MaxInflight recoveries already in flight
+	DropParkFull                       // RecoveryConfig.ParkFlowBytes or ParkBytes reached
+	DropRecoveryNoFlow                 // a packet to a recovery address that is neither a flow nor a dial in progress
+	DropRehomed                        // a packet from a real its flow is being re-homed away from
+	DropSpoofedSource                  // a packet to a VIP whose source is a VIP, a recovery address or a real: never a client
+	DropRecoveryPending                // a SYN, or a re-home's trigger, for a tuple whose recovery is in flight
+	DropAdoptAmbiguous                 // a real's packet with no flow, the real serving several VIPs and nothing telling which
+	DropStaleReset                     // a real's no-socket reset that proved a suspect flow stale (the client's connection lives elsewhere)
+	DropRecoveryPrefixBusy             // the client's prefix has RecoveryConfig.PrefixInflight recoveries in flight
+	DropRecoveryPrefixFlows            // the client's prefix has RecoveryConfig.PrefixFlows recovered flows and recoveries
+	DropPrefixParkFull                 // the client's prefix has RecoveryConfig.PrefixParkBytes parked
 	numDropReasons
 )
 
@@ -43,6 +46,7 @@ var dropNames = [numDropReasons]string{
 	"no_trigger", "sack_trigger", "recovery_denied", "recovery_rate",
 	"recovery_busy", "park_full", "recovery_no_flow", "rehomed",
 	"spoofed_source", "recovery_pending", "adopt_ambiguous", "stale_reset",
+	"recovery_prefix_busy", "recovery_prefix_flows", "prefix_park_full",
 }
 
 func (r DropReason) String() string {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"holdfast/internal/shrink"
 	"holdfast/internal/wire"
@@ -51,11 +52,130 @@ type RecoveryConfig struct {
 	Allow         []netip.Prefix // clients that may trigger recovery; empty = any
 	ParkBytes     int            // bytes parked at once, all flows
 	ParkFlowBytes int            // bytes parked at once, one flow
+	// Budgets per client prefix (DESIGN.md section 6): a client's prefix
+	// is its address masked to PrefixLen4 bits (IPv4) or PrefixLen6
+	// (IPv6). A prefix has at most PrefixInflight recoveries in flight
+	// and PrefixFlows recovered flows alive and recoveries in flight
+	// together, so that a flood of forged segments from one prefix cannot
+	// take the in-flight slots, ports and flows the others need. Zero
+	// values take the Default ones.
+	PrefixLen4, PrefixLen6      int
+	PrefixInflight, PrefixFlows int
+	// PrefixParkBytes bounds the bytes one prefix's recoveries park at
+	// once; zero: ParkBytes/16 (at least ParkFlowBytes), so that one
+	// prefix cannot fill the parking all recoveries share.
+	PrefixParkBytes int
+	// UnconfirmedTimeout is the idle timeout of a recovered flow until the
+	// client acknowledges server data that crossed the recovered
+	// connection (a spoofed trigger's source never does): instead of the
+	// state's when shorter, and only the client's segments refresh it.
+	// Zero: DefaultUnconfirmedTimeout.
+	UnconfirmedTimeout time.Duration
 	// MTU is the largest packet the link to the reals takes: a parked GSO
 	// super-packet longer than it is parked as segments within it (see
 	// park). 0: no limit (a device without offload hands over no such
 	// packet).
 	MTU int
+}
+
+// Defaults of the per-prefix budgets (RecoveryConfig's zero values).
+//
+// They must not hurt a genuine failover, where every connection of a client
+// prefix (a NAT gateway, an office) is recovered at once and lives on as a
+// recovered flow. 1024 in flight per prefix is a quarter of the global 4096:
+// a recovery stays in flight for one dial round trip (about a millisecond on
+// a LAN), so it lets hundreds of thousands of recoveries a second through
+// for one prefix and leaves three quarters of the slots to the others.
+// 16384 recovered flows per prefix covers the 10,000 connections of the
+// bench's recovery storm from one client and bounds what one prefix's forged
+// segments keep alive (a backend connection and a recovery port each, out of
+// 13,000 ports per recovery address and real). Operators whose clients are
+// single hosts lower both.
+const (
+	DefaultPrefixLen4         = 24
+	DefaultPrefixLen6         = 64
+	DefaultPrefixInflight     = 1024
+	DefaultPrefixFlows        = 16384
+	DefaultUnconfirmedTimeout = 10 * time.Second
+)
+
+// prefixUse is what one client prefix holds of the recovery budgets.
+type prefixUse struct{ inflight, flows, parked int32 }
+
+// prefixParked is the bytes parked now by the recoveries of a's prefix.
+func (rc *recovery) prefixParked(a netip.Addr) int {
+	return int(rc.prefixes[rc.prefixOf(a)].parked)
+}
+
+// prefixOf is the budget prefix of client address a.
+func (rc *recovery) prefixOf(a netip.Addr) netip.Prefix {
+	a = a.Unmap()
+	bits := rc.PrefixLen6
+	if a.Is4() {
+		bits = rc.PrefixLen4
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}
+
+// prefixAdd adds delta to the use of a's prefix; an entry that comes back
+// to zero is removed (the table holds only prefixes in use).
+func (rc *recovery) prefixAdd(a netip.Addr, delta prefixUse) {
+	k := rc.prefixOf(a)
+	u := rc.prefixes[k]
+	u.inflight += delta.inflight
+	u.flows += delta.flows
+	u.parked += delta.parked
+	if u == (prefixUse{}) {
+		rc.prefixes = shrink.Delete(rc.prefixes, k)
+		return
+	}
+	rc.prefixes[k] = u
+}
+
+// prefixRefuse says whether a's prefix is over one of its budgets, or
+// DropNone.
+func (rc *recovery) prefixRefuse(a netip.Addr) DropReason {
+	u := rc.prefixes[rc.prefixOf(a)]
+	switch {
+	case int(u.inflight) >= rc.PrefixInflight:
+		return DropRecoveryPrefixBusy
+	case int(u.inflight)+int(u.flows) >= rc.PrefixFlows:
+		return DropRecoveryPrefixFlows
+	}
+	return DropNone
+}
+
+// confirm ends f's unconfirmed period if the client's in-window segment sg
+// acknowledges server data that crossed the recovered connection: an ack
+// beyond the highest it had sent, and within what the real sent through this
+// flow. The source of a forged trigger never receives that data; an
+// off-path attacker who keeps forging can still guess such an ack (it knows
+// its trigger's ack, and one byte past it is enough): that costs it a
+// second, timed segment per flow, within the prefix budgets. The
+// return-routability challenge before recovery (not built yet) is the
+// answer to that.
+func (f *flow) confirm(sg *seg) {
+	w := &f.win
+	if !sg.hasAck() || w.flags&winCliAcked == 0 || w.flags&winSrvSeen == 0 {
+		return
+	}
+	if seqAfter(sg.ack, w.cli.ack) && !seqAfter(sg.ack, w.srv.end) {
+		f.unconfirmed = false
+	}
+}
+
+// unconfirmedExpiry refreshes the expiry of f, a recovered flow still
+// unconfirmed, after one of its segments: the state's timeout or
+// UnconfirmedTimeout, whichever is shorter, and only on a client segment.
+// The real's own segments do not keep it: a real retransmitting to a spoofed
+// source would otherwise keep the flow (and its port) alive as long as it
+// retries.
+func (d *Director) unconfirmedExpiry(f *flow, fromClient bool, now int64) {
+	if !fromClient {
+		return
+	}
+	f.Expires = now + min(d.timeouts[f.State], int64(d.rec.UnconfirmedTimeout))
 }
 
 // pending is one recovery in flight.
@@ -89,7 +209,8 @@ type recovery struct {
 	enabled     bool
 	local       map[netip.Addr]struct{}
 	pending     map[Key]*pending
-	dialing     map[Key]Key // real-side tuple of a dial in progress -> client key
+	dialing     map[Key]Key                // real-side tuple of a dial in progress -> client key
+	prefixes    map[netip.Prefix]prefixUse // client prefixes holding a budget
 	ports       portAlloc
 	parkedBytes int
 	tokens      float64
@@ -97,8 +218,23 @@ type recovery struct {
 }
 
 func (rc *recovery) init(c RecoveryConfig, vips, reals map[netip.Addr]struct{}) error {
+	for _, d := range []struct {
+		v   *int
+		def int
+	}{{&c.PrefixLen4, DefaultPrefixLen4}, {&c.PrefixLen6, DefaultPrefixLen6}, {&c.PrefixInflight, DefaultPrefixInflight}, {&c.PrefixFlows, DefaultPrefixFlows}} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if c.PrefixParkBytes == 0 {
+		c.PrefixParkBytes = max(c.ParkBytes/16, c.ParkFlowBytes)
+	}
+	if c.UnconfirmedTimeout == 0 {
+		c.UnconfirmedTimeout = DefaultUnconfirmedTimeout
+	}
 	rc.RecoveryConfig = c
 	rc.local = make(map[netip.Addr]struct{})
+	rc.prefixes = make(map[netip.Prefix]prefixUse)
 	rc.pending = make(map[Key]*pending)
 	rc.dialing = make(map[Key]Key)
 	for _, a := range c.Addrs {
@@ -131,6 +267,14 @@ func (rc *recovery) init(c RecoveryConfig, vips, reals map[netip.Addr]struct{}) 
 		return fmt.Errorf("recoveries in flight %d: expected a positive number", c.MaxInflight)
 	case c.ParkBytes <= 0 || c.ParkFlowBytes <= 0:
 		return fmt.Errorf("parking limits %d (all flows), %d (one flow): expected positive sizes", c.ParkBytes, c.ParkFlowBytes)
+	case c.PrefixLen4 < 1 || c.PrefixLen4 > 32:
+		return fmt.Errorf("IPv4 budget prefix length %d: expected 1..32", c.PrefixLen4)
+	case c.PrefixLen6 < 1 || c.PrefixLen6 > 128:
+		return fmt.Errorf("IPv6 budget prefix length %d: expected 1..128", c.PrefixLen6)
+	case c.PrefixInflight < 0 || c.PrefixFlows < 0 || c.PrefixParkBytes < 0:
+		return fmt.Errorf("per-prefix budgets %d in flight, %d flows, %d parked bytes: expected positive numbers", c.PrefixInflight, c.PrefixFlows, c.PrefixParkBytes)
+	case c.UnconfirmedTimeout < 0:
+		return fmt.Errorf("timeout of unconfirmed recovered flows %v: expected a positive duration", c.UnconfirmedTimeout)
 	}
 	var err error
 	if rc.ports, err = newPortAlloc(c.Addrs, c.PortLo, c.PortHi); err != nil {

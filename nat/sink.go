@@ -80,10 +80,11 @@ func (d *Director) Recovered(key Key, hs wire.Handshake, now int64) [][]byte {
 		marked:      true,
 		svc:         pd.svc,
 		real:        pd.real,
+		unconfirmed: true,
 		// Alive from the start: the parked segments are flushed in chunks,
 		// the lock released between them, and a client segment arriving
 		// meanwhile must find a live flow, not one expired at 0.
-		Expires: now + d.timeouts[StateEstablished],
+		Expires: now + min(d.timeouts[StateEstablished], int64(d.rec.UnconfirmedTimeout)),
 	}
 	if pd.hs.known && (hs.OurWScale < 0 || hs.PeerWScale < 0) {
 		// Scaling is off on the new connection: both shifts are 0.
@@ -100,6 +101,7 @@ func (d *Director) Recovered(key Key, hs wire.Handshake, now int64) [][]byte {
 		d.mu.Unlock()
 		return [][]byte{buildRST(nil, local, real, hs.AckSeq, 0, false)}
 	}
+	d.rec.prefixAdd(key.Src.Addr(), prefixUse{flows: 1})
 	d.stats.RecoverySucceeded++
 	if pd.from.IsValid() {
 		d.stats.Rehomed++
@@ -139,13 +141,15 @@ func (d *Director) Failed(key Key, reason FailReason, now int64) [][]byte {
 }
 
 // takePending removes the recovery of key from the Director; d.mu is held.
-// Its parked segments stop counting against the parking limits: they are on
-// their way out.
+// Its parked segments stop counting against the parking limits (they are on
+// their way out), and it gives back its prefix's in-flight slot and parked
+// bytes.
 func (d *Director) takePending(key Key) *pending {
 	pd := d.rec.pending[key]
 	if pd != nil {
 		d.rec.pending = shrink.Delete(d.rec.pending, key)
 		d.rec.parkedBytes -= pd.bytes
+		d.rec.prefixAdd(key.Src.Addr(), prefixUse{inflight: -1, parked: -int32(pd.bytes)})
 	}
 	return pd
 }

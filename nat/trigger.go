@@ -45,6 +45,11 @@ func (d *Director) refuseRecovery(p *packet, now int64) DropReason {
 		return DropSACKTrigger
 	case !rc.allowed(p.src.Addr()):
 		return DropRecoveryDenied
+	}
+	if r := rc.prefixRefuse(p.src.Addr()); r != DropNone {
+		return r
+	}
+	switch {
 	case len(rc.pending) >= rc.MaxInflight:
 		return DropRecoveryBusy
 	case d.flows.n+len(rc.pending) >= d.maxFlows:
@@ -111,6 +116,7 @@ func (d *Director) beginRecovery(key Key, pd *pending, p *packet, o wire.DialOpt
 		return v, r, nil
 	}
 	d.rec.pending[key] = pd
+	d.rec.prefixAdd(key.Src.Addr(), prefixUse{inflight: 1})
 	d.stats.RecoveryStarted++
 	d.rec.Dialer.Dial(key, o)
 	return wire.Park, DropNone, nil
@@ -195,6 +201,9 @@ func (d *Director) park(pd *pending, p *packet) (wire.Verdict, DropReason, []byt
 	if pd.bytes+n > rc.ParkFlowBytes || rc.parkedBytes+n > rc.ParkBytes {
 		return wire.Drop, DropParkFull, nil
 	}
+	if rc.prefixParked(p.src.Addr())+n > rc.PrefixParkBytes {
+		return wire.Drop, DropPrefixParkFull, nil
+	}
 	if nseg == 1 {
 		cp := append([]byte(nil), p.ip...)
 		if p.partial {
@@ -214,6 +223,7 @@ func (d *Director) park(pd *pending, p *packet) (wire.Verdict, DropReason, []byt
 	}
 	pd.bytes += n
 	rc.parkedBytes += n
+	rc.prefixAdd(p.src.Addr(), prefixUse{parked: int32(n)})
 	if p.flags&header.TCPFlagAck != 0 && (len(pd.parked) == nseg || seqAfter(p.ack, pd.lastAck)) {
 		pd.lastAck = p.ack
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"time"
 
+	"holdfast/nat"
+
 	"github.com/urfave/cli/v2"
 )
 
@@ -145,6 +147,26 @@ var (
 		Name: "recovery-allow", Category: catRecover, EnvVars: env("RECOVERY_ALLOW"),
 		Usage: "client prefix (CIDR) allowed to trigger recovery (repeatable; default any)",
 	}
+	recoveryPrefixLen4Flag = &cli.IntFlag{
+		Name: "recovery-prefix-len4", Value: nat.DefaultPrefixLen4, Category: catRecover, EnvVars: env("RECOVERY_PREFIX_LEN4"),
+		Usage: "bits of an IPv4 client's address that make its budget prefix (the per-prefix recovery caps), 1..32",
+	}
+	recoveryPrefixLen6Flag = &cli.IntFlag{
+		Name: "recovery-prefix-len6", Value: nat.DefaultPrefixLen6, Category: catRecover, EnvVars: env("RECOVERY_PREFIX_LEN6"),
+		Usage: "bits of an IPv6 client's address that make its budget prefix, 1..128",
+	}
+	recoveryPrefixInflightFlag = &cli.IntFlag{
+		Name: "recovery-prefix-inflight", Value: nat.DefaultPrefixInflight, Category: catRecover, EnvVars: env("RECOVERY_PREFIX_INFLIGHT"),
+		Usage: "recoveries in flight at once per client prefix at most",
+	}
+	recoveryPrefixFlowsFlag = &cli.IntFlag{
+		Name: "recovery-prefix-flows", Value: nat.DefaultPrefixFlows, Category: catRecover, EnvVars: env("RECOVERY_PREFIX_FLOWS"),
+		Usage: "recovered flows alive (and recoveries in flight) per client prefix at most",
+	}
+	timeoutRecoveredUnconfirmedFlag = &cli.DurationFlag{
+		Name: "timeout-recovered-unconfirmed", Value: nat.DefaultUnconfirmedTimeout, Category: catRecover, EnvVars: env("TIMEOUT_RECOVERED_UNCONFIRMED"),
+		Usage: "idle timeout of a recovered flow until its client acknowledges server data (a forged trigger's source never does); refreshed by the client's segments only",
+	}
 	parkBytesFlag = &cli.StringFlag{
 		Name: "park-bytes", Value: "64MiB", Category: catRecover, EnvVars: env("PARK_BYTES"),
 		Usage: "bytes of client segments parked while their recovery is in flight, all flows together (suffixes KiB, MiB, GiB)",
@@ -197,6 +219,8 @@ func runFlags() []cli.Flag {
 		recoveryFlag, recoveryAddrFlag, recoveryPortsFlag, directorIDFlag,
 		recoveryWScaleFlag, recoveryMSSFlag, recoveryTimeoutFlag, recoveryRateFlag,
 		recoveryMaxInflightFlag, recoveryAllowFlag, parkBytesFlag,
+		recoveryPrefixLen4Flag, recoveryPrefixLen6Flag, recoveryPrefixInflightFlag, recoveryPrefixFlowsFlag,
+		timeoutRecoveredUnconfirmedFlag,
 		adminSocketFlag, metricsAddrFlag, pprofAddrFlag,
 		checkFlag, checkIntervalFlag, checkTimeoutFlag, checkRiseFlag, checkFallFlag,
 		logLevelFlag, logFormatFlag,

@@ -65,6 +65,21 @@ func parseRecovery(c *cli.Context) (daemon.Recovery, error) {
 	if r.ParkBytes, err = parseBytes(c.String(parkBytesFlag.Name)); err != nil || r.ParkBytes < 65536 {
 		return r, usagef("--park-bytes %q: expected a size of at least 64KiB, e.g. 64MiB", c.String(parkBytesFlag.Name))
 	}
+	if r.PrefixLen4 = c.Int(recoveryPrefixLen4Flag.Name); r.PrefixLen4 < 1 || r.PrefixLen4 > 32 {
+		return r, usagef("--recovery-prefix-len4 %d: expected 1..32", r.PrefixLen4)
+	}
+	if r.PrefixLen6 = c.Int(recoveryPrefixLen6Flag.Name); r.PrefixLen6 < 1 || r.PrefixLen6 > 128 {
+		return r, usagef("--recovery-prefix-len6 %d: expected 1..128", r.PrefixLen6)
+	}
+	if r.PrefixInflight = c.Int(recoveryPrefixInflightFlag.Name); r.PrefixInflight < 1 {
+		return r, usagef("--recovery-prefix-inflight %d: expected a positive number", r.PrefixInflight)
+	}
+	if r.PrefixFlows = c.Int(recoveryPrefixFlowsFlag.Name); r.PrefixFlows < 1 {
+		return r, usagef("--recovery-prefix-flows %d: expected a positive number", r.PrefixFlows)
+	}
+	if r.UnconfirmedTimeout = c.Duration(timeoutRecoveredUnconfirmedFlag.Name); r.UnconfirmedTimeout <= 0 {
+		return r, usagef("--timeout-recovered-unconfirmed %s: expected a positive duration, e.g. 10s", r.UnconfirmedTimeout)
+	}
 	return r, nil
 }
 
