@@ -99,7 +99,12 @@ func (s *Segment) Append(b []byte) ([]byte, error) {
 		return b, fmt.Errorf("forge: packet of %d bytes", n)
 	}
 	off := len(b)
-	b = append(b, make([]byte, n)...) // zeroed; no allocation when cap allows
+	if cap(b)-off >= n {
+		b = b[:off+n] // no allocation when cap allows (also under -race)
+		clear(b[off:])
+	} else {
+		b = append(b, make([]byte, n)...)
+	}
 	pkt := b[off:]
 	ttl, win := s.TTL, s.Window
 	if ttl == 0 {
