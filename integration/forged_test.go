@@ -51,7 +51,7 @@ func kernelNATTarget(l *lab.Lab) string {
 func setupKernelNAT(t *testing.T, l *lab.Lab, d *lab.Director) {
 	t.Helper()
 	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skip("kernel NAT anchor needs iptables")
+		t.Fatal("the kernel NAT anchor needs iptables (.ci/run installs it: apt-get install iptables)")
 	}
 	if err := d.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		t.Fatal(err)
