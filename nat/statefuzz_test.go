@@ -312,11 +312,9 @@ func (s *stepper) step(op byte, r *stepReader) {
 		s.d.Sweep(s.now, sfBudgets[r.byte()%byte(len(sfBudgets))])
 	case opRuntime:
 		ri, what := r.byte()%4, r.byte()%7
-		proto, svc, real := balancer.TCP, ap(vip), ap(rs1)
+		proto, svc, real := balancer.UDP, ap(udpVIP), ap(udpReal)
 		if ri < 3 {
-			real = ap(sfReals[ri])
-		} else {
-			proto, svc, real = balancer.UDP, ap(udpVIP), ap(udpReal)
+			proto, svc, real = balancer.TCP, ap(vip), ap(sfReals[ri])
 		}
 		switch what {
 		case 0:
