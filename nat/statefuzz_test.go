@@ -68,9 +68,9 @@ func TestDirectorStepSeeds(t *testing.T) {
 
 // Ops of a step.
 const (
-	opClient    = iota // ci flag seqSel ackSel len
-	opReal             // ri ci flag seqSel ackSel len
-	opRealLocal        // ri port flag seqSel ackSel len
+	opClient    = iota // ci flag seqSel ackSel len opt
+	opReal             // ri ci flag seqSel ackSel len opt
+	opRealLocal        // ri port flag seqSel ackSel len opt
 	opUDP              // dir ci len
 	opICMP             // kind ci ri port
 	opDial             // pick what hsSel
@@ -80,7 +80,12 @@ const (
 )
 
 var (
-	sfClients = []string{"198.18.1.2:40000", "198.18.1.2:40001", "198.18.2.3:40002"}
+	// Clients: five in one /24, two in another, and a forged source (a
+	// recovery address:port in the pool).
+	sfClients = []string{
+		"198.18.1.2:40000", "198.18.1.2:40001", "198.18.2.3:40002", "198.18.1.3:40000",
+		"198.18.1.4:40000", "198.18.1.5:40000", "198.18.2.3:40003", "198.18.200.1:10000",
+	}
 	sfReals   = []string{rs1, rs2, rs3}
 	sfFlags   = []header.TCPFlags{ack, psh, syn, fin, rst, rst | ack, synack, psh | header.TCPFlagFin}
 	sfLens    = []int{0, 1, 5, 300, 1400}
@@ -122,6 +127,25 @@ func (r *stepReader) num(base uint32) uint32 {
 	return base + uint32(int32(int8(sel)))
 }
 
+// tcpOpts picks the TCP options of a segment: none, timestamps, a SACK
+// block near the ack or 2^31 past it, both, or a SYN's.
+func (r *stepReader) tcpOpts(ackn uint32) []byte {
+	ts := tsOpt(r.u32()%4+100, 7)
+	switch r.byte() % 6 {
+	case 1:
+		return ts
+	case 2:
+		return sackOpt(ackn+100, ackn+200)
+	case 3:
+		return opts(ts, sackOpt(ackn+100, ackn+200))
+	case 4:
+		return synOpts(1460, 7, 100)
+	case 5:
+		return sackOpt(ackn+1<<31, ackn+1<<31+100)
+	}
+	return nil
+}
+
 // conn is the model of one client's connection: the next sequence of each
 // side, in the client's space.
 type conn struct{ cli, srv uint32 }
@@ -149,9 +173,10 @@ type stepper struct {
 
 func newStepDirector(t testing.TB) (*Director, *fakeDialer) {
 	return newRecDirector(t, func(c *RecoveryConfig) {
-		c.PortHi = 10003 // 4 ports: some dials find none
-		c.MaxInflight, c.PrefixInflight, c.PrefixFlows = 4, 3, 4
+		c.PortHi = 10001 // 2 ports per real: some dials find none
+		c.Rate, c.MaxInflight, c.PrefixInflight, c.PrefixFlows = 5, 5, 3, 4
 		c.ParkBytes, c.ParkFlowBytes, c.PrefixParkBytes = 4096, 2048, 3072
+		c.MTU = 700 // a 1400-byte payload parks as segments
 		c.UnconfirmedTimeout = 5 * time.Second
 	})
 }
@@ -208,7 +233,7 @@ func (s *stepper) step(op byte, r *stepReader) {
 		if fl == syn {
 			ackn = 0
 		}
-		s.send(tcp4(sfClients[ci], vip, fl, seq, ackn, make([]byte, n)))
+		s.send(tcp4(sfClients[ci], vip, fl, seq, ackn, make([]byte, n), r.tcpOpts(ackn)...))
 		advance(&c.cli, seq, fl, n)
 	case opReal:
 		real := sfReals[r.byte()%byte(len(sfReals))]
@@ -217,7 +242,7 @@ func (s *stepper) step(op byte, r *stepReader) {
 		fl := sfFlags[r.byte()%byte(len(sfFlags))]
 		seq, ackn := r.num(c.srv), r.num(c.cli)
 		n := sfLens[r.byte()%byte(len(sfLens))]
-		s.send(tcp4(real, sfClients[ci], fl, seq, ackn, make([]byte, n)))
+		s.send(tcp4(real, sfClients[ci], fl, seq, ackn, make([]byte, n), r.tcpOpts(ackn)...))
 		advance(&c.srv, seq, fl, n)
 	case opRealLocal:
 		real := sfReals[r.byte()%byte(len(sfReals))]
@@ -241,7 +266,7 @@ func (s *stepper) step(op byte, r *stepReader) {
 		s.d.mu.Unlock()
 		seq, ackn := r.num(seqBase), r.num(ackBase)
 		n := sfLens[r.byte()%byte(len(sfLens))]
-		s.send(tcp4(real, local.String(), fl, seq, ackn, make([]byte, n)))
+		s.send(tcp4(real, local.String(), fl, seq, ackn, make([]byte, n), r.tcpOpts(ackn)...))
 		if ci >= 0 {
 			c := &s.conns[ci]
 			advance(&c.srv, c.srv+(seq-seqBase), fl, n)
@@ -510,9 +535,15 @@ func checkDirector(t *testing.T, d *Director) {
 func stepSeeds() [][]byte {
 	// Builders of one step each; sequence selectors 0 mean "the model's
 	// next sequence".
-	cl := func(ci, flag, seqSel, ackSel, n byte) []byte { return []byte{opClient, ci, flag, seqSel, ackSel, n} }
-	rl := func(ri, ci, flag, n byte) []byte { return []byte{opReal, ri, ci, flag, 0, 0, n} }
-	rloc := func(ri, port, flag, n byte) []byte { return []byte{opRealLocal, ri, port, flag, 0, 0, n} }
+	// The TCP options' bytes (4 of timestamp, 1 of choice) are 0: none.
+	cl := func(ci, flag, seqSel, ackSel, n byte) []byte {
+		return []byte{opClient, ci, flag, seqSel, ackSel, n, 0, 0, 0, 0, 0}
+	}
+	rl := func(ri, ci, flag, n byte) []byte { return []byte{opReal, ri, ci, flag, 0, 0, n, 0, 0, 0, 0, 0} }
+	rloc := func(ri, port, flag, n byte) []byte {
+		return []byte{opRealLocal, ri, port, flag, 0, 0, n, 0, 0, 0, 0, 0}
+	}
+	none := []byte{0, 0, 0, 0, 0}
 	dial := func(pick, what, hs byte) []byte { return []byte{opDial, pick, what, hs} }
 	tick := func(dt, budget byte) []byte { return []byte{opTime, dt, budget} }
 	rt := func(ri, what byte) []byte { return []byte{opRuntime, ri, what} }
@@ -549,8 +580,9 @@ func stepSeeds() [][]byte {
 		// A stale flow: a handshake on rs1, the client acks server bytes
 		// never carried (suspect), the real's no-socket reset confirms it,
 		// and the client's next request is recovered.
-		slices.Concat(handshake(0, 0), []byte{opClient, 0, fPsh, 0x7f, 0x40, 0, 0, 0, 0x7f, 0, 1, 0, 0, 2},
-			[]byte{opReal, 0, 0, fRst, 0x7f, 0, 1, 0, 0, 0, 0}, []byte{opClient, 0, fPsh, 0, 0x7f, 0, 1, 0, 0, 2},
+		slices.Concat(handshake(0, 0), []byte{opClient, 0, fPsh, 0x7f, 0x40, 0, 0, 0, 0x7f, 0, 1, 0, 0, 2}, none,
+			[]byte{opReal, 0, 0, fRst, 0x7f, 0, 1, 0, 0, 0, 0}, none,
+			[]byte{opClient, 0, fPsh, 0, 0x7f, 0, 1, 0, 0, 2}, none,
 			dial(0, dRecovered, 0), tick(1, 3)),
 		// A re-home: handshakes on rs1 and rs2, rs1 goes down and the
 		// other is drained with re-homing; the next requests move.
