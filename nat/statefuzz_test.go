@@ -53,6 +53,14 @@ func TestDirectorStepSeeds(t *testing.T) {
 		{"stale flow", func(s Stats) bool { return s.StaleSuspects == 1 && s.StaleFlows == 1 && s.RecoverySucceeded == 1 }},
 		{"re-home", func(s Stats) bool { return s.RehomeStarted == 2 && s.Rehomed == 2 }},
 		{"shutdown", func(s Stats) bool { return s.RecoveryFailed[FailShutdown] == 3 && s.ClientResets == 0 }},
+		{"budgets", func(s Stats) bool {
+			return s.Drop(DropRecoveryPrefixBusy) == 1 && s.Drop(DropRecoveryBusy) == 1 && s.Drop(DropRecoveryPrefixFlows) == 1 &&
+				s.Drop(DropRecoveryRate) == 1 && s.RecoverySucceeded == 4
+		}},
+		{"no port", func(s Stats) bool {
+			return s.RecoverySucceeded == 6 && s.RecoveryFailed[FailError] == 1 && s.ClientResets == 1 && s.Parked == 6
+		}},
+		{"kept on its real", func(s Stats) bool { return s.RehomeKept == 1 && s.RehomeStarted == 0 }},
 	}
 	if len(checks) != len(seeds) {
 		t.Fatalf("%d seeds, %d checks", len(seeds), len(checks))
@@ -80,11 +88,12 @@ const (
 )
 
 var (
-	// Clients: five in one /24, two in another, and a forged source (a
-	// recovery address:port in the pool).
+	// Clients: five in one /24, two in another, a forged source (a
+	// recovery address:port in the pool) and one in a third /24.
 	sfClients = []string{
 		"198.18.1.2:40000", "198.18.1.2:40001", "198.18.2.3:40002", "198.18.1.3:40000",
 		"198.18.1.4:40000", "198.18.1.5:40000", "198.18.2.3:40003", "198.18.200.1:10000",
+		"198.18.3.9:40000",
 	}
 	sfReals   = []string{rs1, rs2, rs3}
 	sfFlags   = []header.TCPFlags{ack, psh, syn, fin, rst, rst | ack, synack, psh | header.TCPFlagFin}
@@ -174,7 +183,7 @@ type stepper struct {
 func newStepDirector(t testing.TB) (*Director, *fakeDialer) {
 	return newRecDirector(t, func(c *RecoveryConfig) {
 		c.PortHi = 10001 // 2 ports per real: some dials find none
-		c.Rate, c.MaxInflight, c.PrefixInflight, c.PrefixFlows = 5, 5, 3, 4
+		c.Rate, c.MaxInflight, c.PrefixInflight, c.PrefixFlows = 5, 4, 3, 4
 		c.ParkBytes, c.ParkFlowBytes, c.PrefixParkBytes = 4096, 2048, 3072
 		c.MTU = 700 // a 1400-byte payload parks as segments
 		c.UnconfirmedTimeout = 5 * time.Second
@@ -594,5 +603,20 @@ func stepSeeds() [][]byte {
 		// the engine stops: no client gets a RST.
 		slices.Concat(cl(0, fPsh, 0, 0, 3), cl(1, fPsh, 0, 0, 3), cl(2, fPsh, 0, 0, 4),
 			dial(0, dShutdown, 0), dial(0, dShutdown, 0), dial(0, dShutdown, 0), tick(2, 3)),
+		// The budgets: a fourth trigger of a /24 (prefix busy), a fifth
+		// in flight (busy); once four are recovered, a /24 at its flows
+		// (prefix flows), and the rate spent (5 a second).
+		slices.Concat(cl(0, fPsh, 0, 0, 2), cl(1, fPsh, 0, 0, 2), cl(3, fPsh, 0, 0, 2), cl(4, fPsh, 0, 0, 2),
+			cl(2, fPsh, 0, 0, 2), cl(6, fPsh, 0, 0, 2),
+			dial(0, dRecovered, 0), dial(0, dRecovered, 0), dial(0, dRecovered, 0), dial(0, dRecovered, 0),
+			cl(4, fPsh, 0, 0, 2), cl(5, fPsh, 0, 0, 2), cl(6, fPsh, 0, 0, 2)),
+		// No port: six recovered flows hold the two ports of each real,
+		// and the seventh trigger fails at once with a RST.
+		slices.Concat(cl(0, fPsh, 0, 0, 2), dial(0, dRecovered, 0), cl(1, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
+			cl(3, fPsh, 0, 0, 2), dial(0, dRecovered, 0), cl(4, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
+			tick(2, 0), cl(2, fPsh, 0, 0, 2), dial(0, dRecovered, 0), cl(6, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
+			cl(8, fPsh, 0, 0, 2)),
+		// A re-home with every real down: the flow stays on its real.
+		slices.Concat(handshake(0, 0), rt(1, rtDown), rt(2, rtDown), rt(0, rtDown), cl(0, fPsh, 0, 0, 2)),
 	}
 }
