@@ -61,6 +61,9 @@ func TestDirectorStepSeeds(t *testing.T) {
 			return s.RecoverySucceeded == 6 && s.RecoveryFailed[FailError] == 1 && s.ClientResets == 1 && s.Parked == 6
 		}},
 		{"kept on its real", func(s Stats) bool { return s.RehomeKept == 1 && s.RehomeStarted == 0 }},
+		{"re-home races", func(s Stats) bool {
+			return s.Drop(DropRehomed) == 1 && s.Drop(DropRecoveryPending) == 1 && s.Rehomed == 1 && s.AdoptAborts == 1
+		}},
 	}
 	if len(checks) != len(seeds) {
 		t.Fatalf("%d seeds, %d checks", len(seeds), len(checks))
@@ -618,5 +621,12 @@ func stepSeeds() [][]byte {
 			cl(8, fPsh, 0, 0, 2)),
 		// A re-home with every real down: the flow stays on its real.
 		slices.Concat(handshake(0, 0), rt(1, rtDown), rt(2, rtDown), rt(0, rtDown), cl(0, fPsh, 0, 0, 2)),
+		// Re-home races: the real a flow is re-homed from speaks during
+		// the dial (never adopted); a flow adopted during a recovery
+		// whose real goes down is not re-homed while that recovery is in
+		// flight.
+		slices.Concat(handshake(1, 0), rt(0, rtDown), cl(1, fPsh, 0, 0, 2), rl(0, 1, fPsh, 2), dial(0, dRecovered, 0),
+			rt(0, rtUp), cl(0, fPsh, 0, 0, 2), rl(1, 0, fPsh, 2), rt(1, rtDown), cl(0, fAck, 0, 0, 0), cl(0, fPsh, 0, 0, 2),
+			dial(0, dShutdown, 0)),
 	}
 }
