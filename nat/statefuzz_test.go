@@ -1,0 +1,632 @@
+package nat
+
+import (
+	"cmp"
+	"encoding/binary"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"holdfast/balancer"
+	"holdfast/internal/wire"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// FuzzDirectorSteps drives one Director with recovery on through a sequence
+// of steps read from the fuzz input: client, real and UDP packets, ICMP
+// errors quoting a flow's packet, the ends of the dials the fake dialer
+// recorded, time passing with sweeps, and runtime changes to the reals. After
+// every step it checks the index, counter, parking, dial-gate, port and
+// budget invariants (checkDirector).
+//
+// Encoding: one op byte (op % numOps), then the op's parameter bytes; a
+// missing byte reads as 0. Sequence numbers are picked relative to a small
+// model of each client's connection (sel), so that short inputs reach the
+// in-window paths.
+func FuzzDirectorSteps(f *testing.F) {
+	for _, s := range stepSeeds() {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		runSteps(t, b)
+	})
+}
+
+// The handmade seeds reach what they are meant to cover.
+func TestDirectorStepSeeds(t *testing.T) {
+	seeds := stepSeeds()
+	checks := []struct {
+		name string
+		ok   func(Stats) bool
+	}{
+		{"recovery succeeds", func(s Stats) bool {
+			return s.RecoverySucceeded == 1 && s.ICMPErrors == 2 && s.FlowsExpired == 1
+		}},
+		{"refused, retried, failed", func(s Stats) bool {
+			return s.RecoveryRetries[FailRefused] == 1 && s.RecoveryFailed[FailRefused] == 1 && s.RecoveryFailed[FailTimeout] == 1 && s.ClientResets == 2
+		}},
+		{"adoption during a dial", func(s Stats) bool {
+			return s.Adopted == 2 && s.AdoptAborts == 2 && s.RecoverySucceeded == 0
+		}},
+		{"stale flow", func(s Stats) bool { return s.StaleSuspects == 1 && s.StaleFlows == 1 && s.RecoverySucceeded == 1 }},
+		{"re-home", func(s Stats) bool { return s.RehomeStarted == 2 && s.Rehomed == 2 }},
+		{"shutdown", func(s Stats) bool { return s.RecoveryFailed[FailShutdown] == 3 && s.ClientResets == 0 }},
+		{"budgets", func(s Stats) bool {
+			return s.Drop(DropRecoveryPrefixBusy) == 1 && s.Drop(DropRecoveryBusy) == 1 && s.Drop(DropRecoveryPrefixFlows) == 1 &&
+				s.Drop(DropRecoveryRate) == 1 && s.RecoverySucceeded == 4
+		}},
+		{"no port", func(s Stats) bool {
+			return s.RecoverySucceeded == 6 && s.RecoveryFailed[FailError] == 1 && s.ClientResets == 1 && s.Parked == 6
+		}},
+		{"kept on its real", func(s Stats) bool { return s.RehomeKept == 1 && s.RehomeStarted == 0 }},
+		{"re-home races", func(s Stats) bool {
+			return s.Drop(DropRehomed) == 1 && s.Drop(DropRecoveryPending) == 1 && s.Rehomed == 1 && s.AdoptAborts == 1
+		}},
+	}
+	if len(checks) != len(seeds) {
+		t.Fatalf("%d seeds, %d checks", len(seeds), len(checks))
+	}
+	for i, c := range checks {
+		t.Run(c.name, func(t *testing.T) {
+			if st := runSteps(t, seeds[i]); !c.ok(st) {
+				t.Errorf("seed %d does not cover %s: %+v", i, c.name, st)
+			}
+		})
+	}
+}
+
+// Ops of a step.
+const (
+	opClient    = iota // ci flag seqSel ackSel len opt
+	opReal             // ri ci flag seqSel ackSel len opt
+	opRealLocal        // ri port flag seqSel ackSel len opt
+	opUDP              // dir ci len
+	opICMP             // kind ci ri port
+	opDial             // pick what hsSel
+	opTime             // dt budget
+	opRuntime          // ri what
+	numOps
+)
+
+var (
+	// Clients: five in one /24, two in another, a forged source (a
+	// recovery address:port in the pool) and one in a third /24.
+	sfClients = []string{
+		"198.18.1.2:40000", "198.18.1.2:40001", "198.18.2.3:40002", "198.18.1.3:40000",
+		"198.18.1.4:40000", "198.18.1.5:40000", "198.18.2.3:40003", "198.18.200.1:10000",
+		"198.18.3.9:40000",
+	}
+	sfReals   = []string{rs1, rs2, rs3}
+	sfFlags   = []header.TCPFlags{ack, psh, syn, fin, rst, rst | ack, synack, psh | header.TCPFlagFin}
+	sfLens    = []int{0, 1, 5, 300, 1400}
+	sfDts     = []int64{0, sec / 1000, sec, 6 * sec, 11 * sec, 65 * sec, 130 * sec, 16 * 60 * sec}
+	sfBudgets = []int{1, 2, 4, 64}
+	udpReal   = "198.18.10.11:5353"
+)
+
+// stepReader hands out the fuzz input's bytes.
+type stepReader struct {
+	b []byte
+	i int
+}
+
+func (r *stepReader) more() bool { return r.i < len(r.b) }
+
+func (r *stepReader) byte() byte {
+	if r.i >= len(r.b) {
+		return 0
+	}
+	r.i++
+	return r.b[r.i-1]
+}
+
+func (r *stepReader) u32() uint32 {
+	var v [4]byte
+	for i := range v {
+		v[i] = r.byte()
+	}
+	return binary.BigEndian.Uint32(v[:])
+}
+
+// num picks base plus a small signed offset, or (0x7f) any 32-bit number.
+func (r *stepReader) num(base uint32) uint32 {
+	sel := r.byte()
+	if sel == 0x7f {
+		return r.u32()
+	}
+	return base + uint32(int32(int8(sel)))
+}
+
+// tcpOpts picks the TCP options of a segment: none, timestamps, a SACK
+// block near the ack or 2^31 past it, both, or a SYN's.
+func (r *stepReader) tcpOpts(ackn uint32) []byte {
+	ts := tsOpt(r.u32()%4+100, 7)
+	switch r.byte() % 6 {
+	case 1:
+		return ts
+	case 2:
+		return sackOpt(ackn+100, ackn+200)
+	case 3:
+		return opts(ts, sackOpt(ackn+100, ackn+200))
+	case 4:
+		return synOpts(1460, 7, 100)
+	case 5:
+		return sackOpt(ackn+1<<31, ackn+1<<31+100)
+	}
+	return nil
+}
+
+// conn is the model of one client's connection: the next sequence of each
+// side, in the client's space.
+type conn struct{ cli, srv uint32 }
+
+func advance(next *uint32, seq uint32, flags header.TCPFlags, n int) {
+	if seq != *next || flags&header.TCPFlagRst != 0 {
+		return
+	}
+	*next += uint32(n)
+	if flags&header.TCPFlagSyn != 0 {
+		*next++
+	}
+	if flags&header.TCPFlagFin != 0 {
+		*next++
+	}
+}
+
+type stepper struct {
+	t     *testing.T
+	d     *Director
+	fr    *fakeDialer
+	now   int64
+	conns []conn
+}
+
+func newStepDirector(t testing.TB) (*Director, *fakeDialer) {
+	return newRecDirector(t, func(c *RecoveryConfig) {
+		c.PortHi = 10001 // 2 ports per real: some dials find none
+		c.Rate, c.MaxInflight, c.PrefixInflight, c.PrefixFlows = 5, 4, 3, 4
+		c.ParkBytes, c.ParkFlowBytes, c.PrefixParkBytes = 4096, 2048, 3072
+		c.MTU = 700 // a 1400-byte payload parks as segments
+		c.UnconfirmedTimeout = 5 * time.Second
+	})
+}
+
+// runSteps runs the steps of b and checks the invariants after each; it
+// returns the counters after the last step, before the final drain.
+func runSteps(t *testing.T, b []byte) Stats {
+	d, fr := newStepDirector(t)
+	s := &stepper{t: t, d: d, fr: fr, now: 1}
+	for i := range sfClients {
+		s.conns = append(s.conns, conn{cli: 1000 * uint32(i+1), srv: 5000 * uint32(i+1)})
+	}
+	r := &stepReader{b: b}
+	for n := 0; r.more(); n++ {
+		op := r.byte() % numOps
+		s.step(op, r)
+		checkDirector(t, d)
+		checkCancelled(t, d, fr)
+		if t.Failed() {
+			t.Fatalf("after step %d (op %d)", n, op)
+		}
+	}
+	st := d.Stats()
+	// Everything drains: the dials end (as the engine's shutdown ends
+	// them) and an hour passes.
+	for _, k := range pendingKeys(d) {
+		d.Failed(k, FailShutdown, s.now)
+	}
+	d.Sweep(s.now+int64(time.Hour), len(d.flows.slab)+1)
+	checkDirector(t, d)
+	if d.flows.n != 0 || len(d.rec.pending) != 0 || len(d.rec.ports.inUse) != 0 || len(d.rec.dialing) != 0 || len(d.rec.prefixes) != 0 || d.rec.parkedBytes != 0 {
+		t.Fatalf("left held after the drain: flows %d, pending %d, ports %d, gates %d, prefixes %v, parked %d",
+			d.flows.n, len(d.rec.pending), len(d.rec.ports.inUse), len(d.rec.dialing), d.rec.prefixes, d.rec.parkedBytes)
+	}
+	return st
+}
+
+// send hands one packet to the Director and checks what it writes.
+func (s *stepper) send(pkt []byte) {
+	v, out := s.d.Handle(pkt, false, s.now)
+	if (v == wire.Forward || v == wire.Reset) && out != nil {
+		checkChecksums(s.t, out)
+	}
+}
+
+func (s *stepper) step(op byte, r *stepReader) {
+	switch op {
+	case opClient:
+		ci := int(r.byte()) % len(sfClients)
+		c := &s.conns[ci]
+		fl := sfFlags[r.byte()%byte(len(sfFlags))]
+		seq, ackn := r.num(c.cli), r.num(c.srv)
+		n := sfLens[r.byte()%byte(len(sfLens))]
+		if fl == syn {
+			ackn = 0
+		}
+		s.send(tcp4(sfClients[ci], vip, fl, seq, ackn, make([]byte, n), r.tcpOpts(ackn)...))
+		advance(&c.cli, seq, fl, n)
+	case opReal:
+		real := sfReals[r.byte()%byte(len(sfReals))]
+		ci := int(r.byte()) % len(sfClients)
+		c := &s.conns[ci]
+		fl := sfFlags[r.byte()%byte(len(sfFlags))]
+		seq, ackn := r.num(c.srv), r.num(c.cli)
+		n := sfLens[r.byte()%byte(len(sfLens))]
+		s.send(tcp4(real, sfClients[ci], fl, seq, ackn, make([]byte, n), r.tcpOpts(ackn)...))
+		advance(&c.srv, seq, fl, n)
+	case opRealLocal:
+		real := sfReals[r.byte()%byte(len(sfReals))]
+		local := netip.AddrPortFrom(netip.MustParseAddr(recAddr), 10000+uint16(r.byte()%6))
+		fl := sfFlags[r.byte()%byte(len(sfFlags))]
+		// In the real's space: from the recovered flow's deltas if there
+		// is one on this tuple, else from a handshake's start (1, 1).
+		seqBase, ackBase := uint32(1), uint32(1)
+		var ci = -1
+		s.d.mu.Lock()
+		if slot, side, ok := s.d.flows.lookup(Key{protoTCP, ap(real), local}); ok && side == sideReal {
+			f := &s.d.flows.slab[slot]
+			for i, c := range sfClients {
+				if f.Client.AddrPort() == ap(c) {
+					ci = i
+					seqBase = s.conns[i].srv - f.AckDelta
+					ackBase = s.conns[i].cli - f.SeqDelta
+				}
+			}
+		}
+		s.d.mu.Unlock()
+		seq, ackn := r.num(seqBase), r.num(ackBase)
+		n := sfLens[r.byte()%byte(len(sfLens))]
+		s.send(tcp4(real, local.String(), fl, seq, ackn, make([]byte, n), r.tcpOpts(ackn)...))
+		if ci >= 0 {
+			c := &s.conns[ci]
+			advance(&c.srv, c.srv+(seq-seqBase), fl, n)
+		}
+	case opUDP:
+		dir := r.byte() % 2
+		ci := int(r.byte()) % len(sfClients)
+		n := sfLens[r.byte()%byte(len(sfLens))]
+		if dir == 0 {
+			s.send(udp4(sfClients[ci], udpVIP, make([]byte, n)))
+		} else {
+			s.send(udp4(udpReal, sfClients[ci], make([]byte, n)))
+		}
+	case opICMP:
+		kind := r.byte() % 4
+		ci := int(r.byte()) % len(sfClients)
+		real := sfReals[r.byte()%byte(len(sfReals))]
+		local := netip.AddrPortFrom(netip.MustParseAddr(recAddr), 10000+uint16(r.byte()%6)).String()
+		cl, c := sfClients[ci], s.conns[ci]
+		cla := ap(cl).Addr().String()
+		unreach := func(from, to string, quote []byte) []byte {
+			return icmp4(from, to, header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, 1400, quote[:28])
+		}
+		switch kind {
+		case 0: // the client, about the VIP's segment
+			s.send(unreach(cla, ap(vip).Addr().String(), tcp4(vip, cl, ack, c.srv, c.cli, nil)))
+		case 1: // the client, about a UDP reply
+			s.send(unreach(cla, ap(udpVIP).Addr().String(), udp4(udpVIP, cl, []byte("a"))))
+		case 2: // the real, about a client's segment
+			s.send(unreach(ap(real).Addr().String(), cla, tcp4(cl, real, ack, c.cli, c.srv, nil)))
+		case 3: // a router on the way, about a recovered flow's segment
+			s.send(unreach("198.18.10.1", recAddr, tcp4(local, real, ack, 1, 1, nil)))
+		}
+	case opDial:
+		keys := pendingKeys(s.d)
+		pick, what, hsSel := int(r.byte()), r.byte()%6, r.byte()
+		if len(keys) == 0 {
+			return
+		}
+		k := keys[pick%len(keys)]
+		reason := FailReason(hsSel % byte(FailShutdown))
+		switch what {
+		case 0, 1:
+			hs := wire.Handshake{
+				AckSeq: 1 + uint32(hsSel), AckAck: 1 + 7*uint32(hsSel),
+				TS: hsSel&1 != 0, OurWScale: int(hsSel>>1) % 15, PeerWScale: int(hsSel>>5) - 1,
+			}
+			s.checkOuts(s.d.Recovered(k, hs, s.now))
+		case 2:
+			// As the engine does: a retry, ended by Failed when no real
+			// is left.
+			if _, ok := s.d.Retry(k, reason, s.now); !ok {
+				s.checkOuts(s.d.Failed(k, reason, s.now))
+			}
+		case 3:
+			if _, ok := s.d.Retry(k, reason, s.now); ok {
+				s.checkOuts(s.d.Failed(k, reason, s.now))
+			} else {
+				s.checkOuts(s.d.Failed(k, reason, s.now))
+			}
+		case 4:
+			s.checkOuts(s.d.Failed(k, FailShutdown, s.now))
+		case 5:
+			s.checkOuts(s.d.Failed(k, reason, s.now))
+		}
+	case opTime:
+		s.now += sfDts[r.byte()%byte(len(sfDts))]
+		s.d.Sweep(s.now, sfBudgets[r.byte()%byte(len(sfBudgets))])
+	case opRuntime:
+		ri, what := r.byte()%4, r.byte()%7
+		proto, svc, real := balancer.UDP, ap(udpVIP), ap(udpReal)
+		if ri < 3 {
+			proto, svc, real = balancer.TCP, ap(vip), ap(sfReals[ri])
+		}
+		switch what {
+		case 0:
+			_ = s.d.SetDown(proto, svc, real, true)
+		case 1:
+			_ = s.d.SetDown(proto, svc, real, false)
+		case 2:
+			_ = s.d.SetWeight(proto, svc, real, 0)
+		case 3:
+			_ = s.d.SetWeight(proto, svc, real, 1)
+		case 4:
+			_ = s.d.RemoveReal(proto, svc, real, true)
+		case 5:
+			_ = s.d.RemoveReal(proto, svc, real, false)
+		case 6:
+			_ = s.d.AddReal(proto, svc, real, 1)
+		}
+	}
+}
+
+func (s *stepper) checkOuts(outs [][]byte) {
+	for _, b := range outs {
+		checkChecksums(s.t, b)
+	}
+}
+
+// checkCancelled checks that the dial of every recovery superseded by an
+// adoption was cancelled.
+func checkCancelled(t *testing.T, d *Director, fr *fakeDialer) {
+	t.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, pd := range d.rec.pending {
+		if pd.superseded && !slices.Contains(fr.cancelled, k) {
+			t.Errorf("recovery of %+v superseded, its dial never cancelled", k)
+		}
+	}
+}
+
+// pendingKeys lists the recoveries in flight, in a fixed order.
+func pendingKeys(d *Director) []Key {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	keys := make([]Key, 0, len(d.rec.pending))
+	for k := range d.rec.pending {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b Key) int {
+		return cmp.Or(a.Src.Compare(b.Src), a.Dst.Compare(b.Dst))
+	})
+	return keys
+}
+
+// checkDirector checks the Director's invariants, reading its internals
+// under d.mu.
+func checkDirector(t *testing.T, d *Director) {
+	t.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	// The index and the slab agree.
+	used := 0
+	var by [numKinds][numStates]int
+	type realRef struct{ svc, real uint16 }
+	active, inactive := map[realRef]int{}, map[realRef]int{}
+	ports := map[pair]string{}
+	for i := range d.flows.slab {
+		f := &d.flows.slab[i]
+		if !f.used {
+			continue
+		}
+		used++
+		for side, k := range []fkey{f.clientKey(), f.realKey()} {
+			if v, ok := d.flows.index[k]; !ok || v != uint32(i)<<1|uint32(side) {
+				t.Errorf("flow %d (%+v): key %+v (side %d) in the index as %d, %v", i, f.export(), k, side, v, ok)
+			}
+		}
+		if f.Expires == 0 {
+			t.Errorf("flow %d (%+v) has no expiry", i, f.export())
+		}
+		by[f.Kind][f.State]++
+		ref := realRef{f.svc, f.real}
+		if f.State == StateEstablished {
+			active[ref]++
+		} else {
+			inactive[ref]++
+		}
+		if f.Kind == KindRecovered {
+			p := pair{f.Local, f.Real}
+			if who, dup := ports[p]; dup {
+				t.Errorf("port pair %+v held by %s and recovered flow %+v", p, who, f.export())
+			}
+			ports[p] = "recovered flow"
+		}
+	}
+	if used != d.flows.n {
+		t.Errorf("flows.n %d, used slots %d", d.flows.n, used)
+	}
+	for k, v := range d.flows.index {
+		slot, side := v>>1, int(v&1)
+		if int(slot) >= len(d.flows.slab) || !d.flows.slab[slot].used {
+			t.Errorf("index entry %+v -> slot %d, not a used flow", k, slot)
+			continue
+		}
+		f := &d.flows.slab[slot]
+		if want := [2]fkey{f.clientKey(), f.realKey()}[side]; want != k {
+			t.Errorf("index entry %+v -> slot %d side %d, whose key is %+v", k, slot, side, want)
+		}
+	}
+	if len(d.flows.index) != 2*used {
+		t.Errorf("index holds %d entries for %d flows", len(d.flows.index), used)
+	}
+
+	// Counters.
+	if by != d.stats.FlowsBy {
+		t.Errorf("FlowsBy %v, flows in the table by kind and state %v", d.stats.FlowsBy, by)
+	}
+	for si := range d.services {
+		for ri, r := range d.services[si].Reals {
+			ref := realRef{uint16(si), uint16(ri)}
+			if r.Active != active[ref] || r.Inactive != inactive[ref] {
+				t.Errorf("real %s of service %d: active %d inactive %d, its flows %d established, %d other",
+					r.Addr, si, r.Active, r.Inactive, active[ref], inactive[ref])
+			}
+		}
+	}
+
+	// Parking.
+	parked := 0
+	for k, pd := range d.rec.pending {
+		parked += pd.bytes
+		if len(pd.parked) == 0 {
+			t.Errorf("recovery of %+v parks nothing", k)
+		}
+		n := 0
+		for _, b := range pd.parked {
+			n += len(b)
+		}
+		if n != pd.bytes {
+			t.Errorf("recovery of %+v: %d bytes counted, %d parked", k, pd.bytes, n)
+		}
+		if pd.bytes > d.rec.ParkFlowBytes {
+			t.Errorf("recovery of %+v parks %d bytes, over ParkFlowBytes %d", k, pd.bytes, d.rec.ParkFlowBytes)
+		}
+	}
+	if parked != d.rec.parkedBytes || parked > d.rec.ParkBytes {
+		t.Errorf("parkedBytes %d, parked by the recoveries %d, ParkBytes %d", d.rec.parkedBytes, parked, d.rec.ParkBytes)
+	}
+
+	// Dial gates and port reservations.
+	gates := 0
+	for k, pd := range d.rec.pending {
+		if !pd.dialing {
+			continue
+		}
+		real := d.services[pd.svc].Reals[pd.real].Addr
+		gk := Key{protoTCP, real, pd.local.AddrPort()}
+		if ck, ok := d.rec.dialing[gk]; !ok || ck != k {
+			t.Errorf("recovery of %+v dials %+v, gate %+v, %v", k, gk, ck, ok)
+		}
+		gates++
+		p := pair{pd.local, endpointOf(real)}
+		if who, dup := ports[p]; dup {
+			t.Errorf("port pair %+v held by %s and the dial of %+v", p, who, k)
+		}
+		ports[p] = "dial"
+	}
+	for gk, ck := range d.rec.dialing {
+		if pd := d.rec.pending[ck]; pd == nil || !pd.dialing {
+			t.Errorf("gate %+v -> %+v: no dial in progress", gk, ck)
+		}
+	}
+	if gates != len(d.rec.dialing) {
+		t.Errorf("%d gates for %d dials in progress", len(d.rec.dialing), gates)
+	}
+	for p := range d.rec.ports.inUse {
+		if _, ok := ports[p]; !ok {
+			t.Errorf("port pair %+v reserved for no dial and no recovered flow", p)
+		}
+	}
+	if len(ports) != len(d.rec.ports.inUse) {
+		t.Errorf("port reservations %v, held by dials and recovered flows %v", d.rec.ports.inUse, ports)
+	}
+	if len(d.rec.pending) > d.rec.MaxInflight {
+		t.Errorf("%d recoveries in flight, MaxInflight %d", len(d.rec.pending), d.rec.MaxInflight)
+	}
+
+	// Per-prefix budgets.
+	checkPrefixTable(t, d)
+}
+
+// stepSeeds are handmade step sequences (they run as unit tests).
+func stepSeeds() [][]byte {
+	// Builders of one step each; sequence selectors 0 mean "the model's
+	// next sequence".
+	// The TCP options' bytes (4 of timestamp, 1 of choice) are 0: none.
+	cl := func(ci, flag, seqSel, ackSel, n byte) []byte {
+		return []byte{opClient, ci, flag, seqSel, ackSel, n, 0, 0, 0, 0, 0}
+	}
+	rl := func(ri, ci, flag, n byte) []byte { return []byte{opReal, ri, ci, flag, 0, 0, n, 0, 0, 0, 0, 0} }
+	rloc := func(ri, port, flag, n byte) []byte {
+		return []byte{opRealLocal, ri, port, flag, 0, 0, n, 0, 0, 0, 0, 0}
+	}
+	none := []byte{0, 0, 0, 0, 0}
+	dial := func(pick, what, hs byte) []byte { return []byte{opDial, pick, what, hs} }
+	tick := func(dt, budget byte) []byte { return []byte{opTime, dt, budget} }
+	rt := func(ri, what byte) []byte { return []byte{opRuntime, ri, what} }
+	icmp := func(kind, ci, ri, port byte) []byte { return []byte{opICMP, kind, ci, ri, port} }
+	udp := func(dir, ci, n byte) []byte { return []byte{opUDP, dir, ci, n} }
+	const (
+		fAck, fPsh, fSyn, fFin, fRst, fRstAck, fSynAck = 0, 1, 2, 3, 4, 5, 6
+		dRecovered, dRetry, dRetryFail, dShutdown      = 0, 2, 3, 4
+		rtDown, rtUp, rtWeight0, rtRehome, rtAdd       = 0, 1, 2, 4, 6
+	)
+	// A handshake through the director for client ci (rr: rs1, rs2, rs3
+	// in turn), and a request and its reply.
+	handshake := func(ci, ri byte) []byte {
+		return slices.Concat(cl(ci, fSyn, 0, 0, 0), rl(ri, ci, fSynAck, 0), cl(ci, fAck, 0, 0, 0),
+			cl(ci, fPsh, 0, 0, 2), rl(ri, ci, fPsh, 3), cl(ci, fAck, 0, 0, 0))
+	}
+	return [][]byte{
+		// A failover recovery that succeeds: the trigger and a second
+		// segment park, the dial succeeds, the real answers through the
+		// recovery address, the client acknowledges (confirmed), ICMP
+		// errors both ways, and idle expiry.
+		slices.Concat(cl(0, fPsh, 0, 0, 2), cl(0, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
+			rloc(0, 0, fPsh, 2), cl(0, fAck, 0, 0, 0), icmp(0, 0, 0, 0), icmp(3, 0, 0, 0),
+			tick(3, 3), tick(7, 3)),
+		// Refused, retried, then failed (the client gets a RST); then a
+		// recovery whose retries run out of reals.
+		slices.Concat(cl(1, fPsh, 0, 0, 2), dial(0, dRetryFail, 0), cl(2, fPsh, 0, 0, 3),
+			dial(0, dRetry, 1), dial(0, dRetry, 1), dial(0, dRetry, 1)),
+		// An adoption during a dial: the original real retransmits to the
+		// client, the dial is cancelled and ends (Recovered: the new
+		// connection is reset, the parked bytes go to the adopted flow).
+		slices.Concat(cl(0, fPsh, 0, 0, 2), rl(1, 0, fPsh, 2), rl(2, 0, fPsh, 2), dial(0, dRecovered, 3),
+			cl(1, fPsh, 0, 0, 3), rl(0, 1, fAck, 0), dial(0, dShutdown, 0)),
+		// A stale flow: a handshake on rs1, the client acks server bytes
+		// never carried (suspect), the real's no-socket reset confirms it,
+		// and the client's next request is recovered.
+		slices.Concat(handshake(0, 0), []byte{opClient, 0, fPsh, 0x7f, 0x40, 0, 0, 0, 0x7f, 0, 1, 0, 0, 2}, none,
+			[]byte{opReal, 0, 0, fRst, 0x7f, 0, 1, 0, 0, 0, 0}, none,
+			[]byte{opClient, 0, fPsh, 0, 0x7f, 0, 1, 0, 0, 2}, none,
+			dial(0, dRecovered, 0), tick(1, 3)),
+		// A re-home: handshakes on rs1 and rs2, rs1 goes down and the
+		// other is drained with re-homing; the next requests move.
+		slices.Concat(handshake(0, 0), handshake(1, 1), rt(0, rtDown), rt(1, rtRehome),
+			cl(0, fPsh, 0, 0, 2), cl(1, fPsh, 0, 0, 2), dial(0, dRecovered, 5), dial(0, dRecovered, 9),
+			rt(0, rtUp), rt(1, rtAdd), rt(2, rtWeight0), cl(0, fPsh, 0, 0, 2), udp(0, 0, 2), udp(1, 0, 2),
+			rt(3, rtDown), udp(0, 0, 2), tick(5, 3)),
+		// A shutdown: three recoveries in flight (one prefix holds two),
+		// the engine stops: no client gets a RST.
+		slices.Concat(cl(0, fPsh, 0, 0, 3), cl(1, fPsh, 0, 0, 3), cl(2, fPsh, 0, 0, 4),
+			dial(0, dShutdown, 0), dial(0, dShutdown, 0), dial(0, dShutdown, 0), tick(2, 3)),
+		// The budgets: a fourth trigger of a /24 (prefix busy), a fifth
+		// in flight (busy); once four are recovered, a /24 at its flows
+		// (prefix flows), and the rate spent (5 a second).
+		slices.Concat(cl(0, fPsh, 0, 0, 2), cl(1, fPsh, 0, 0, 2), cl(3, fPsh, 0, 0, 2), cl(4, fPsh, 0, 0, 2),
+			cl(2, fPsh, 0, 0, 2), cl(6, fPsh, 0, 0, 2),
+			dial(0, dRecovered, 0), dial(0, dRecovered, 0), dial(0, dRecovered, 0), dial(0, dRecovered, 0),
+			cl(4, fPsh, 0, 0, 2), cl(5, fPsh, 0, 0, 2), cl(6, fPsh, 0, 0, 2)),
+		// No port: six recovered flows hold the two ports of each real,
+		// and the seventh trigger fails at once with a RST.
+		slices.Concat(cl(0, fPsh, 0, 0, 2), dial(0, dRecovered, 0), cl(1, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
+			cl(3, fPsh, 0, 0, 2), dial(0, dRecovered, 0), cl(4, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
+			tick(2, 0), cl(2, fPsh, 0, 0, 2), dial(0, dRecovered, 0), cl(6, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
+			cl(8, fPsh, 0, 0, 2)),
+		// A re-home with every real down: the flow stays on its real.
+		slices.Concat(handshake(0, 0), rt(1, rtDown), rt(2, rtDown), rt(0, rtDown), cl(0, fPsh, 0, 0, 2)),
+		// Re-home races: the real a flow is re-homed from speaks during
+		// the dial (never adopted); a flow adopted during a recovery
+		// whose real goes down is not re-homed while that recovery is in
+		// flight.
+		slices.Concat(handshake(1, 0), rt(0, rtDown), cl(1, fPsh, 0, 0, 2), rl(0, 1, fPsh, 2), dial(0, dRecovered, 0),
+			rt(0, rtUp), cl(0, fPsh, 0, 0, 2), rl(1, 0, fPsh, 2), rt(1, rtDown), cl(0, fAck, 0, 0, 0), cl(0, fPsh, 0, 0, 2),
+			dial(0, dShutdown, 0)),
+	}
+}
