@@ -113,7 +113,7 @@ func TestRecoveryFloodPrefixBudget(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d flows 15 s after the flood, %d before it: the unconfirmed recovered flows did not expire", c.Flows, before.Flows)
 		}
-		time.Sleep(200 * time.Millisecond) // polling the director's counters
+		time.Sleep(200 * time.Millisecond) // no event announces an expiry: poll the admin API
 		c = directorCounters(t, l.Directors[0])
 	}
 	requireNoErrors(t, "after the flood", eachConn(conns, requests(1)))

@@ -97,8 +97,7 @@ type floodResult struct {
 	baseP50, baseP99, floodP50, floodP99 time.Duration
 	baseErrs, floodErrs                  loss
 	sent                                 forge.Report
-	readRate                             float64 // forged segments per second the director read (flood phase less baseline)
-	uplinkRate                           float64 // the same from the packets its uplink received
+	readRate                             float64 // forged segments per second the director's uplink received (flood phase less baseline; see packetsRead)
 	openedSockets                        int
 	accepted                             int64
 	recoveries                           int
@@ -107,9 +106,9 @@ type floodResult struct {
 }
 
 func (r floodResult) String() string {
-	s := fmt.Sprintf("victims p50/p99 %v/%v without the flood, %v/%v under it (%.1fx); %d forged sent in %v (%.0f/s), director read %.0f forged/s (uplink %.0f/s); %d connections opened on the reals from %v (ss), %d accepted by the reals; victims lost: %d before, %d during",
+	s := fmt.Sprintf("victims p50/p99 %v/%v without the flood, %v/%v under it (%.1fx); %d forged sent in %v (%.0f/s), director received %.0f forged/s on its uplink; %d connections opened on the reals from %v (ss), %d accepted by the reals; victims lost: %d before, %d during",
 		r.baseP50.Round(10*time.Microsecond), r.baseP99.Round(10*time.Microsecond), r.floodP50.Round(10*time.Microsecond), r.floodP99.Round(10*time.Microsecond),
-		float64(r.floodP99)/float64(max(r.baseP99, 1)), r.sent.Sent, r.sent.Elapsed.Round(time.Millisecond), r.sent.Rate(), r.readRate, r.uplinkRate,
+		float64(r.floodP99)/float64(max(r.baseP99, 1)), r.sent.Sent, r.sent.Elapsed.Round(time.Millisecond), r.sent.Rate(), r.readRate,
 		r.openedSockets, lab.RecoveryAddr, r.accepted, r.baseErrs.lost, r.floodErrs.lost)
 	if r.rssBefore > 0 {
 		s += fmt.Sprintf("; %d recoveries started, %d flows created; RSS %.1f -> %.1f MB (+%.1f)", r.recoveries, r.flowsCreated,
@@ -127,11 +126,11 @@ func forgedFlood(t *testing.T, s *forgedSetup) floodResult {
 	requireNoErrors(t, s.name+": victims' first request", eachConn(conns, requests(1)))
 	var r floodResult
 
-	read0, rx0 := s.packetsRead(t), s.uplinkRx(t)
+	read0 := s.packetsRead(t)
 	t0 := time.Now()
 	base, errs := latencies(conns, floodDuration, 1)
 	el := time.Since(t0).Seconds()
-	baseRead, baseRx := float64(s.packetsRead(t)-read0)/el, float64(s.uplinkRx(t)-rx0)/el
+	baseRead := float64(s.packetsRead(t)-read0) / el
 	r.baseErrs = classify(errs)
 	requireNoErrors(t, s.name+": victims without the flood", errs)
 	r.baseP50, r.baseP99 = percentile(base, 0.5), percentile(base, 0.99)
@@ -147,7 +146,7 @@ func forgedFlood(t *testing.T, s *forgedSetup) floodResult {
 		r.rssBefore = vmRSS(t, p.PID())
 		statsBefore = directorCounters(t, s.activeDirector())
 	}
-	read1, rx1 := s.packetsRead(t), s.uplinkRx(t)
+	read1 := s.packetsRead(t)
 	t1 := time.Now()
 	var (
 		wg     sync.WaitGroup
@@ -167,11 +166,11 @@ func forgedFlood(t *testing.T, s *forgedSetup) floodResult {
 	flood, errs := latencies(conns, floodDuration, 2)
 	wg.Wait()
 	el = time.Since(t1).Seconds()
-	floodRead, floodRx := float64(s.packetsRead(t)-read1)/el, float64(s.uplinkRx(t)-rx1)/el
+	floodRead := float64(s.packetsRead(t)-read1) / el
 	if forged != nil {
 		t.Fatalf("%s: flood: %v (after %d segments)", s.name, forged, r.sent.Sent)
 	}
-	r.readRate, r.uplinkRate = floodRead-baseRead, floodRx-baseRx
+	r.readRate = floodRead - baseRead
 	r.floodErrs = classify(errs)
 	r.floodP50, r.floodP99 = percentile(flood, 0.5), percentile(flood, 0.99)
 	if p := s.activeProc(); p != nil {

@@ -53,13 +53,10 @@ func setupKernelNAT(t *testing.T, l *lab.Lab, d *lab.Director) {
 	if _, err := exec.LookPath("iptables"); err != nil {
 		t.Fatal("the kernel NAT anchor needs iptables (.ci/run installs it: apt-get install iptables)")
 	}
-	if err := d.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.KernelNAT(ctx, "tcp", lab.DefaultHTTPPort, kernelNATTarget(l)); err != nil {
 		t.Fatal(err)
-	}
-	out, err := runIn(d.NS, 10*time.Second, "iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-d", lab.VIP.String()+"/32",
-		"-p", "tcp", "--dport", strconv.Itoa(lab.DefaultHTTPPort), "-j", "DNAT", "--to-destination", kernelNATTarget(l))
-	if err != nil {
-		t.Fatalf("iptables DNAT in %s: %v\n%s", d.Name, err, out)
 	}
 	// A segment conntrack finds INVALID (out of window: most forged ones) is
 	// not translated; without this route its destination, the VIP, would go

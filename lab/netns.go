@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netns"
@@ -218,4 +219,20 @@ func (n *NS) LinkStats(ifname string) (LinkStats, error) {
 	}
 	s := links[0].Stats64
 	return LinkStats{RxPackets: s.Rx.Packets, TxPackets: s.Tx.Packets, RxBytes: s.Rx.Bytes, TxBytes: s.Tx.Bytes}, nil
+}
+
+// KernelNAT makes n a kernel NAT director for VIP:port of proto (tcp or
+// udp), the anchor the tests and the bench measure holdfast against:
+// forwarding on, and an iptables DNAT rule to to (ADDR:PORT, or a range
+// ADDR-ADDR:PORT) with conntrack. No SNAT: the reals route back through n.
+func (n *NS) KernelNAT(ctx context.Context, proto string, port int, to string) error {
+	if err := n.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return err
+	}
+	out, err := n.Run(ctx, "iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-d", VIP.String()+"/32",
+		"-p", proto, "--dport", strconv.Itoa(port), "-j", "DNAT", "--to-destination", to)
+	if err != nil {
+		return fmt.Errorf("iptables DNAT in %s: %w: %s", n.Name, err, out)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -63,7 +64,10 @@ func fakeNotify(mode string) int {
 		fmt.Fprintln(os.Stderr, "fake director: giving up")
 		return 3
 	}
-	time.Sleep(time.Hour) // until the test kills it
+	// Until the test stops it: SIGTERM (or the lab's SIGKILL at a deadline).
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM)
+	<-stop
 	return 0
 }
 

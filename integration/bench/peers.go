@@ -230,9 +230,6 @@ func setupKernelNAT(ctx context.Context, b *bench) (int, func() error, error) {
 	if err := b.use(d); err != nil {
 		return 0, nil, err
 	}
-	if err := d.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
-		return 0, nil, err
-	}
 	flush := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -244,10 +241,8 @@ func setupKernelNAT(ctx context.Context, b *bench) (int, func() error, error) {
 		port  int
 	}{{"tcp", iperfPort}, {"udp", iperfPort}, {"tcp", httpPort}} {
 		to := netip.AddrPortFrom(b.rs1.Addr, uint16(s.port)).String()
-		out, err := d.Run(ctx, "iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-d", lab.VIP.String()+"/32",
-			"-p", s.proto, "--dport", strconv.Itoa(s.port), "-j", "DNAT", "--to-destination", to)
-		if err != nil {
-			return 0, nil, errors.Join(fmt.Errorf("%w: %s", err, out), flush())
+		if err := d.KernelNAT(ctx, s.proto, s.port, to); err != nil {
+			return 0, nil, errors.Join(err, flush())
 		}
 	}
 	return 0, flush, nil
