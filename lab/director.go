@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"holdfast/internal/unixhttp"
+	"holdfast/daemon/adminapi"
 )
 
 // HoldfastArgs is `holdfast run` for director d with the lab's plumbing:
@@ -75,7 +75,7 @@ func ReadStats(ctx context.Context, d *Director) (DirectorStats, error) {
 
 func readStats(ctx context.Context, socket string) (DirectorStats, error) {
 	var raw json.RawMessage
-	if err := unixhttp.NewClient(socket).Do(ctx, "GET", "/stats", nil, &raw); err != nil {
+	if err := adminapi.NewClient(socket).Stats(ctx, &raw); err != nil {
 		return DirectorStats{}, fmt.Errorf("GET /stats: %w", err)
 	}
 	return decodeStats(raw)
