@@ -153,7 +153,7 @@ var counters = []counterDef{
 		}},
 	scalar("device_write_errors_total", "Packets the TUN device refused.", counterType,
 		func(s *snapshot) uint64 { return s.pumpTotal().WriteErrors + s.writeErrs }),
-	{name: "flows", help: "Live flows, by kind (plain, adopted, recovered) and state.", typ: gaugeType, labels: []string{"kind", "state"},
+	{name: "flows", help: "Live flows, by kind (plain, adopted, recovered, cookie, probe) and state.", typ: gaugeType, labels: []string{"kind", "state"},
 		each: func(s *snapshot, emit func(uint64, ...string)) {
 			// The bounds are the array's: nat lists no kinds or states.
 			for k := range len(s.nat.FlowsBy) {
@@ -179,16 +179,30 @@ var counters = []counterDef{
 		func(s *snapshot, r nat.FailReason) uint64 { return s.nat.RecoveryRetries[r] }),
 	{name: "recovery_latency_seconds", help: "Time from the first parked segment to the flush, successful recoveries.", typ: histogramType,
 		hist: func(s *snapshot) histogramValue {
-			h := histogramValue{Count: s.nat.RecoverySucceeded, Sum: float64(s.nat.RecoveryLatencyNs) / 1e9, Buckets: make(map[string]uint64, len(nat.LatencyBuckets))}
-			var cum uint64
-			for i, b := range nat.LatencyBuckets {
-				cum += s.nat.RecoveryLatency[i]
-				h.bounds = append(h.bounds, b.Seconds())
-				h.cum = append(h.cum, cum)
-				h.Buckets[strconv.FormatFloat(b.Seconds(), 'g', -1, 64)] = cum
-			}
-			return h
+			return latencyHist(nat.Latency{Count: s.nat.RecoverySucceeded, SumNs: s.nat.RecoveryLatencyNs, Buckets: s.nat.RecoveryLatency})
 		}},
+	scalar("cookie_steers_total", "Mid-stream segments with no flow sent at once to the real their timestamp cookie names (tentative).", counterType, func(s *snapshot) uint64 { return s.nat.CookieSteers }),
+	scalar("cookie_steers_confirmed_total", "Cookie steers the real answered: it holds the connection.", counterType, func(s *snapshot) uint64 { return s.nat.CookieConfirmed }),
+	scalar("cookie_steers_reset_total", "Cookie steers undone by the real's no-socket reset (swallowed; the probes tried next).", counterType, func(s *snapshot) uint64 { return s.nat.CookieResets }),
+	{name: "cookie_steer_latency_seconds", help: "Time from a cookie steer's first segment to the real's answer.", typ: histogramType,
+		hist: func(s *snapshot) histogramValue { return latencyHist(s.nat.CookieLatency) }},
+	scalar("probe_rounds_total", "Owner probe rounds: a mid-stream segment with no flow, no cookie, probing the service's reals.", counterType, func(s *snapshot) uint64 { return s.nat.ProbeRounds }),
+	scalar("probes_sent_total", "Owner probes sent to reals (retries included).", counterType, func(s *snapshot) uint64 { return s.nat.ProbesSent }),
+	scalar("probes_reset_total", "Owner probes answered by the real's no-socket reset (swallowed).", counterType, func(s *snapshot) uint64 { return s.nat.ProbeResets }),
+	scalar("probes_other_total", "Owner probes answered by an ACK that fits no parked segment (TIME_WAIT, a stale socket).", counterType, func(s *snapshot) uint64 { return s.nat.ProbeOthers }),
+	scalar("probes_silent_total", "Owner probes not answered after their retry.", counterType, func(s *snapshot) uint64 { return s.nat.ProbesSilent }),
+	scalar("probe_steers_total", "Flows steered to the one real that answered an owner probe as the connection's owner.", counterType, func(s *snapshot) uint64 { return s.nat.ProbeSteers }),
+	scalar("probe_steers_failed_total", "Owners found whose flow could not be made (its keys taken, the table full).", counterType, func(s *snapshot) uint64 { return s.nat.ProbeNoFlow }),
+	{name: "probe_steer_latency_seconds", help: "Time from a probed miss's first segment to its flush to the owner.", typ: histogramType,
+		hist: func(s *snapshot) histogramValue { return latencyHist(s.nat.ProbeLatency) }},
+	scalar("probes_inflight", "Misses whose owner probes wait for answers.", gaugeType, func(s *snapshot) uint64 { return uint64(s.nat.ProbesInflight) }),
+	scalar("challenges_sent_total", "Challenge ACKs sent to clients before a recovery (retries included).", counterType, func(s *snapshot) uint64 { return s.nat.ChallengesSent }),
+	scalar("challenges_passed_total", "Challenges the client answered with numbers a parked segment fits (a recovery dial follows).", counterType, func(s *snapshot) uint64 { return s.nat.ChallengesPassed }),
+	scalar("challenges_rejected_total", "Challenges answered with numbers no parked segment fits (forged segments: nothing dialed).", counterType, func(s *snapshot) uint64 { return s.nat.ChallengesRejected }),
+	scalar("challenges_reset_total", "Challenges answered by the source's no-socket reset (a spoofed source: nothing dialed).", counterType, func(s *snapshot) uint64 { return s.nat.ChallengeResets }),
+	scalar("challenges_unanswered_total", "Challenges not answered after their retry (nothing dialed).", counterType, func(s *snapshot) uint64 { return s.nat.ChallengesUnanswered }),
+	scalar("challenges_inflight", "Misses whose client challenge waits for its answer.", gaugeType, func(s *snapshot) uint64 { return uint64(s.nat.ChallengesInflight) }),
+	scalar("unconfirmed_resets_total", "RSTs sent to reals for recovered flows that expired before their client confirmed them.", counterType, func(s *snapshot) uint64 { return s.nat.UnconfirmedResets }),
 	scalar("recoveries_inflight", "Recoveries in flight.", gaugeType, func(s *snapshot) uint64 { return uint64(s.nat.Inflight) }),
 	scalar("parked_bytes", "Client bytes parked behind recoveries in flight.", gaugeType, func(s *snapshot) uint64 { return uint64(s.nat.ParkedBytes) }),
 	scalar("parked_packets_total", "Client segments parked behind a recovery.", counterType, func(s *snapshot) uint64 { return s.nat.Parked }),
@@ -228,6 +242,19 @@ var counters = []counterDef{
 			emit(r.BytesIn, "in")
 			emit(r.BytesOut, "out")
 		})},
+}
+
+// latencyHist is a nat latency histogram as the table shows it.
+func latencyHist(l nat.Latency) histogramValue {
+	h := histogramValue{Count: l.Count, Sum: float64(l.SumNs) / 1e9, Buckets: make(map[string]uint64, len(nat.LatencyBuckets))}
+	var cum uint64
+	for i, b := range nat.LatencyBuckets {
+		cum += l.Buckets[i]
+		h.bounds = append(h.bounds, b.Seconds())
+		h.cum = append(h.cum, cum)
+		h.Buckets[strconv.FormatFloat(b.Seconds(), 'g', -1, 64)] = cum
+	}
+	return h
 }
 
 // statsMap is every counter of the table, as /stats serves it and the

@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	st.run(ctx, PartClock, func(ctx context.Context) error { r.clk.Run(ctx, clockResolution); return nil }, nil)
 
 	var writeErrs atomic.Uint64
-	write := func(b []byte) { // off the packet loop: netstack and recovery engine
+	write := func(b []byte) { // the netstack, the recovery engine, the Director's own packets
 		if err := tun.WritePacket(dev, b); err != nil {
 			writeErrs.Add(1)
 		}

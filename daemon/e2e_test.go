@@ -87,6 +87,7 @@ type router struct {
 	client, reals *peerHost
 	realAddrs     map[netip.Addr]bool
 	active        atomic.Pointer[tuntest.MemDevice]
+	dead          atomic.Pointer[netip.Addr] // a real whose link is cut (it died)
 	ctx           context.Context
 	wg            sync.WaitGroup
 
@@ -127,7 +128,7 @@ func (r *router) fromHost(h *peerHost, mark *flowMark, toDirector func(netip.Add
 		}
 		pkt.DecRef()
 		ip := header.IPv4(b)
-		if !toDirector(netip.AddrFrom4(ip.DestinationAddress().As4())) {
+		if !toDirector(netip.AddrFrom4(ip.DestinationAddress().As4())) || r.isDead(netip.AddrFrom4(ip.SourceAddress().As4())) {
 			continue
 		}
 		if ip.Protocol() == uint8(tcp.ProtocolNumber) {
@@ -141,6 +142,12 @@ func (r *router) fromHost(h *peerHost, mark *flowMark, toDirector func(netip.Add
 		}
 		r.active.Load().Inject(b)
 	}
+}
+
+// isDead reports whether a is the real whose link is cut.
+func (r *router) isDead(a netip.Addr) bool {
+	d := r.dead.Load()
+	return d != nil && *d == a
 }
 
 // fromDirector delivers what director d writes, by destination.
@@ -159,7 +166,7 @@ func (r *router) fromDirector(d *tuntest.MemDevice) {
 		switch {
 		case dst == clientIP:
 			to, mark = r.client, &r.fromClient
-		case !r.realAddrs[dst]:
+		case !r.realAddrs[dst] || r.isDead(dst):
 			continue
 		}
 		if t := header.TCP(ip.Payload()); ip.Protocol() == uint8(tcp.ProtocolNumber) && t.Flags().Contains(header.TCPFlagAck) {
@@ -356,14 +363,53 @@ func TestFailoverKeepsStream(t *testing.T) {
 		got, cutAt, st["adoptions_total"], st["recoveries_started_total"], st["drops_total"])
 }
 
-// TestFailoverRecovers: a client of an echo service talks through A; the
+// TestFailoverSteers: a client of an echo service talks through A; the
 // connection is quiet (every byte acknowledged) when A dies, so only the
-// client's next request reaches B, which recovers the connection onto a
-// real through its netstack and the recovery address, and the client gets
-// the echo of that request, intact.
+// client's next request reaches B. B has no flow: it probes the service's
+// reals, the one holding the connection answers, and B forwards the
+// request to it with no deltas; the client gets the echo of that request,
+// intact, from its own connection.
+func TestFailoverSteers(t *testing.T) {
+	st := echoAcrossFailover(t, false)
+	if counter(t, st, "probe_steers_total") != 1 || counter(t, st, "recoveries_started_total") != 0 ||
+		counter(t, st, "adoptions_total") != 0 || counter(t, st, "client_resets_total") != 0 {
+		t.Fatalf("director B did not steer the connection to its real once: %v", st)
+	}
+	if flows := st["flows"].(map[string]any); flows["probe/ESTABLISHED"] != 1.0 {
+		t.Fatalf("director B's flows: %v, want one probe ESTABLISHED", flows)
+	}
+	t.Logf("B: steered %v, parked %v, latency %v", st["probe_steers_total"], st["parked_packets_total"], st["probe_steer_latency_seconds"])
+}
+
+// TestFailoverRecovers: as TestFailoverSteers, but the real holding the
+// connection dies with A. Its probe goes unanswered, the other real has no
+// socket for the tuple; B challenges the client, whose answer proves the
+// request is its own, and recovers the connection onto the live real through
+// its netstack and the recovery address.
 func TestFailoverRecovers(t *testing.T) {
+	st := echoAcrossFailover(t, true)
+	if counter(t, st, "recoveries_started_total") != 1 || counter(t, st, "recoveries_succeeded_total") != 1 ||
+		counter(t, st, "challenges_passed_total") != 1 || counter(t, st, "probes_silent_total") != 1 ||
+		counter(t, st, "adoptions_total") != 0 || counter(t, st, "client_resets_total") != 0 {
+		t.Fatalf("director B did not recover the connection once: %v", st)
+	}
+	if flows := st["flows"].(map[string]any); flows["recovered/ESTABLISHED"] != 1.0 {
+		t.Fatalf("director B's flows: %v, want one recovered ESTABLISHED", flows)
+	}
+	t.Logf("B: recoveries %v, parked %v, latency %v", st["recoveries_succeeded_total"], st["parked_packets_total"], st["recovery_latency_seconds"])
+}
+
+// echoAcrossFailover runs one echo connection through A, fails over to B
+// once it is quiet (with killOwner, the real holding it dies at the same
+// time), sends a request of several segments through B and checks its echo.
+// It returns B's counters.
+func echoAcrossFailover(t *testing.T, killOwner bool) map[string]any {
 	p := newPair(t)
-	p.serve(t, func(c net.Conn) { io.Copy(c, c) }) //nolint:errcheck // the echo ends with its connection
+	owner := make(chan netip.Addr, 1)
+	p.serve(t, func(c net.Conn) {
+		owner <- netip.MustParseAddrPort(c.LocalAddr().String()).Addr()
+		io.Copy(c, c) //nolint:errcheck // the echo ends with its connection
+	})
 	c := p.dial(t)
 	if err := c.SetDeadline(time.Now().Add(60 * time.Second)); err != nil {
 		t.Fatal(err)
@@ -383,21 +429,16 @@ func TestFailoverRecovers(t *testing.T) {
 	}
 	exchange([]byte("before the failover\n"))
 	p.router.waitQuiet(t)
+	if killOwner {
+		a := <-owner
+		p.router.dead.Store(&a)
+	}
 	p.failover(t)
-	// Several segments: the first starts the recovery, the rest park
-	// behind it.
+	// Several segments: the first starts the miss, the rest park behind it.
 	req := make([]byte, 20000)
 	for i := range req {
 		req[i] = streamByte(i)
 	}
 	exchange(req)
-	st := p.b.stats(t)
-	if counter(t, st, "recoveries_started_total") != 1 || counter(t, st, "recoveries_succeeded_total") != 1 ||
-		counter(t, st, "adoptions_total") != 0 || counter(t, st, "client_resets_total") != 0 {
-		t.Fatalf("director B did not recover the connection once: %v", st)
-	}
-	if flows := st["flows"].(map[string]any); flows["recovered/ESTABLISHED"] != 1.0 {
-		t.Fatalf("director B's flows: %v, want one recovered ESTABLISHED", flows)
-	}
-	t.Logf("B: recoveries %v, parked %v, latency %v", st["recoveries_succeeded_total"], st["parked_packets_total"], st["recovery_latency_seconds"])
+	return p.b.stats(t)
 }

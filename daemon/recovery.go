@@ -56,6 +56,14 @@ func newDirector(ctx context.Context, cfg Config, mtu int, write func([]byte), c
 			UnconfirmedTimeout: r.UnconfirmedTimeout,
 		}
 	}
+	// The Director's own packets (probes, challenges, segments flushed to
+	// a flow found by probe or adoption, resets) leave from the pump or
+	// sweep goroutine that made them.
+	ncfg.Emit = func(pkts [][]byte, _ int64) {
+		for _, b := range pkts {
+			write(b)
+		}
+	}
 	d, err := nat.New(ncfg)
 	if err != nil {
 		return nil, nil, invalid(PartDirector, err)

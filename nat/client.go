@@ -33,8 +33,7 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 		isSyn := p.proto == protoTCP && p.flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn
 		switch {
 		case f.Expires <= now:
-			d.removeFlow(slot, now)
-			d.stats.FlowsExpired++
+			d.expireFlow(slot, now)
 			found = false
 		case isSyn && (f.State == StateTimeWait || f.State == StateClose):
 			// A new connection reusing the tuple of a finished one is a
@@ -84,6 +83,9 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 		}
 		if p.proto == protoTCP {
 			if p.flags&header.TCPFlagRst != 0 {
+				if pd := d.rec.pending[key]; pd != nil && pd.phase == phaseChallenge && d.challengeReset(key, pd, p) {
+					return wire.Consume, DropNone, nil
+				}
 				return wire.Drop, DropStrayRST, nil
 			}
 			if p.flags&header.TCPFlagSyn == 0 && d.rec.enabled {

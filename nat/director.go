@@ -16,6 +16,12 @@ type Config struct {
 	Timeouts Timeouts
 	MaxFlows int
 	Recovery RecoveryConfig
+	// Emit writes the packets the Director sends on its own: owner probes
+	// and challenges with their retries, segments flushed to a flow found
+	// by probe or adoption, resets. It is called without the Director's
+	// lock, from the goroutine whose call made them (a pump, the sweep),
+	// with the time of that call; nil discards them.
+	Emit func(pkts [][]byte, now int64)
 }
 
 // Director is the NAT of one director: services, flow table, every piece of
@@ -43,6 +49,8 @@ type Director struct {
 	flows       table
 	rec         recovery
 	stats       Stats
+	emitq       [][]byte // packets to Emit once the lock is released
+	emitFn      func([][]byte, int64)
 }
 
 // New builds a Director. It validates that services do not overlap, and
@@ -62,6 +70,7 @@ func New(cfg Config) (*Director, error) {
 		timeouts:  cfg.Timeouts,
 		maxFlows:  cfg.MaxFlows,
 		flows:     newTable(),
+		emitFn:    cfg.Emit,
 	}
 	for _, s := range cfg.Services {
 		if !s.VIP.Addr().Is4() {
@@ -104,7 +113,9 @@ func New(cfg Config) (*Director, error) {
 func (d *Director) Handle(pkt []byte, partial bool, now int64) (wire.Verdict, []byte) {
 	d.mu.Lock()
 	v, out := d.handleCounted(pkt, partial, now)
+	q := d.takeEmits()
 	d.mu.Unlock()
+	d.send(q, now)
 	return v, out
 }
 
@@ -115,7 +126,9 @@ func (d *Director) HandleBatch(pkts [][]byte, partial []bool, now int64, verdict
 	for i, pkt := range pkts {
 		verdicts[i], outs[i] = d.handleCounted(pkt, partial[i], now)
 	}
+	q := d.takeEmits()
 	d.mu.Unlock()
+	d.send(q, now)
 }
 
 // handleCounted is handle plus the verdict and drop counters; d.mu is held.
@@ -128,7 +141,7 @@ func (d *Director) handleCounted(pkt []byte, partial bool, now int64) (wire.Verd
 	case wire.Drop:
 		d.stats.Drops[reason]++
 		out = nil
-	case wire.Park, wire.ToStack:
+	case wire.Park, wire.ToStack, wire.Consume:
 		out = nil
 	}
 	return v, out

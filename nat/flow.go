@@ -27,10 +27,12 @@ const (
 	KindPlain     Kind = iota // scheduled by this director (SYN, UDP, or a mid-stream segment with recovery off)
 	KindAdopted               // created from a real server's packet (recovery stage)
 	KindRecovered             // spliced into a recovery connection (recovery stage)
+	KindCookie                // a mid-stream segment sent to the real its timestamp cookie names (miss.go)
+	KindProbe                 // a mid-stream segment sent to the real that answered an owner probe (miss.go)
 	numKinds
 )
 
-var kindNames = [...]string{"plain", "adopted", "recovered"}
+var kindNames = [...]string{"plain", "adopted", "recovered", "cookie", "probe"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -134,8 +136,12 @@ type flow struct {
 	used        bool
 	// unconfirmed: a recovered flow whose client has not yet acknowledged
 	// server data that crossed the recovered connection (confirm, in
-	// recovery.go): it is on RecoveryConfig.UnconfirmedTimeout.
+	// recovery.go), or a tentative one: it is on
+	// RecoveryConfig.UnconfirmedTimeout.
 	unconfirmed bool
+	// tentative: a cookie flow whose real has not answered yet (miss.go,
+	// tentativeAnswer).
+	tentative bool
 }
 
 func (f *flow) export() Flow {
@@ -392,6 +398,22 @@ func (d *Director) trackSeg(f *flow, p *packet, sg *seg, fromClient bool, v winV
 	f.Expires = now + d.timeouts[f.State]
 }
 
+// expireFlow removes the flow in slot, idle past its expiry. A recovered
+// flow whose client never confirmed it (a trigger the challenge let
+// through, but whose source never acknowledged the real's data) leaves a
+// backend connection: the real gets a RST at the last client sequence it
+// was sent (its RCV.NXT, which RFC 5961 asks of a RST), so that it does not
+// keep the connection until its own keepalive gives up.
+func (d *Director) expireFlow(slot uint32, now int64) {
+	f := &d.flows.slab[slot]
+	if f.Kind == KindRecovered && f.unconfirmed && f.win.flags&winCliSeen != 0 {
+		d.emit(buildRST(nil, f.Local.AddrPort(), f.Real.AddrPort(), f.win.cli.end-f.SeqDelta, 0, false))
+		d.stats.UnconfirmedResets++
+	}
+	d.removeFlow(slot, now)
+	d.stats.FlowsExpired++
+}
+
 func (d *Director) removeFlow(slot uint32, now int64) {
 	f := &d.flows.slab[slot]
 	s := &d.services[f.svc]
@@ -424,11 +446,16 @@ func (d *Director) removeFlow(slot uint32, now int64) {
 // where the last call stopped, and forgets persistence entries that ran out.
 // It returns the flows removed. The daemon calls it from a ticker with its
 // coarse clock: nat reads no clock, so every table with deadlines that nat
-// keeps is swept here (and so will be the tables of client challenges before
-// a recovery and of owner probes, with their retries).
+// keeps is swept here, the miss path's probes and challenges with their
+// retries too (missTimers); the packets they send go out through
+// Config.Emit.
 func (d *Director) Sweep(now int64, budget int) int {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer func() {
+		q := d.takeEmits()
+		d.mu.Unlock()
+		d.send(q, now)
+	}()
 	removed := 0
 	t := &d.flows
 	for i := 0; i < budget && len(t.slab) > 0; i++ {
@@ -438,11 +465,11 @@ func (d *Director) Sweep(now int64, budget int) int {
 		slot := uint32(t.cursor)
 		t.cursor++
 		if f := &t.slab[slot]; f.used && f.Expires <= now {
-			d.removeFlow(slot, now)
-			d.stats.FlowsExpired++
+			d.expireFlow(slot, now)
 			removed++
 		}
 	}
+	d.missTimers(now)
 	for i := range d.services {
 		s := &d.services[i]
 		n := 0

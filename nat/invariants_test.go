@@ -2,6 +2,7 @@ package nat
 
 import (
 	"bytes"
+	"holdfast/nat/nattest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -171,7 +172,7 @@ func TestReloadRemovedServiceKeepsFlows(t *testing.T) {
 // whose recovery for that client is pending; with none, it is dropped as
 // ambiguous rather than answered from a VIP the client may not know.
 func TestAdoptAmbiguous(t *testing.T) {
-	fr := &fakeDialer{}
+	fr, pr := &fakeDialer{}, &nattest.Peers{}
 	d := newTestDirector(t, func(c *Config) {
 		c.Services = append(c.Services, tcpService(t, vip2, rs1))
 		c.Recovery = RecoveryConfig{
@@ -179,7 +180,9 @@ func TestAdoptAmbiguous(t *testing.T) {
 			PortLo: 10000, PortHi: 10009, WScale: 7, MSS: 1460,
 			Rate: 1000, MaxInflight: 10, ParkBytes: 1 << 20, ParkFlowBytes: 1 << 16,
 		}
+		c.Emit = pr.Emit
 	})
+	answer(d, pr)
 	if out := handle(t, d, tcp4(rs1, client, psh, 7, 8, []byte("retransmit")), 1); out != nil {
 		t.Fatalf("adopted with two VIPs to choose from: %x", out)
 	}

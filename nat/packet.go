@@ -165,33 +165,57 @@ func pseudoHeaderSum(ip header.IPv4, proto uint8, l4len int) uint16 {
 	return checksum.Combine(checksum.Combine(xsum, uint16(proto)), uint16(l4len))
 }
 
-// buildRST writes a 40-byte TCP RST from src to dst into buf (reusing its
-// storage when it is large enough) and returns it. With withAck the RST
-// carries ACK = ack.
+// buildRST writes a TCP RST from src to dst into buf (reusing its storage
+// when it is large enough) and returns it. With withAck the RST carries
+// ACK = ack.
 func buildRST(buf []byte, src, dst netip.AddrPort, seq, ack uint32, withAck bool) []byte {
-	const n = header.IPv4MinimumSize + header.TCPMinimumSize
-	if cap(buf) < n {
-		buf = make([]byte, n)
-	}
-	b := buf[:n]
-	clear(b)
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{
-		TotalLength: n, TTL: 64, Protocol: protoTCP,
-		SrcAddr: tcpipAddr(src.Addr()), DstAddr: tcpipAddr(dst.Addr()),
-	})
-	ip.SetChecksum(^ip.CalculateChecksum())
 	flags := header.TCPFlagRst
 	if !withAck {
 		ack = 0
 	} else {
 		flags |= header.TCPFlagAck
 	}
-	t := header.TCP(b[header.IPv4MinimumSize:])
+	return buildSegment(buf, src, dst, seq, ack, flags, 0)
+}
+
+// buildSegment writes a TCP segment with no option and no payload from src
+// to dst into buf (reusing its storage when it is large enough) and returns
+// it: the director's own resets, probes and challenges. src and dst are of
+// one family, IPv4 (a 40-byte packet) or IPv6 (60 bytes); the checksums are
+// complete.
+func buildSegment(buf []byte, src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags, win uint16) []byte {
+	ipLen := header.IPv4MinimumSize
+	if !src.Addr().Unmap().Is4() {
+		ipLen = header.IPv6MinimumSize
+	}
+	n := ipLen + header.TCPMinimumSize
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	b := buf[:n]
+	clear(b)
+	sa, da := anyAddr(src.Addr()), anyAddr(dst.Addr())
+	if ipLen == header.IPv4MinimumSize {
+		ip := header.IPv4(b)
+		ip.Encode(&header.IPv4Fields{
+			TotalLength: uint16(n), TTL: 64, Protocol: protoTCP, SrcAddr: sa, DstAddr: da,
+		})
+		ip.SetChecksum(^ip.CalculateChecksum())
+	} else {
+		header.IPv6(b).Encode(&header.IPv6Fields{
+			PayloadLength: header.TCPMinimumSize, TransportProtocol: header.TCPProtocolNumber,
+			HopLimit: 64, SrcAddr: sa, DstAddr: da,
+		})
+	}
+	if flags&header.TCPFlagAck == 0 {
+		ack = 0
+	}
+	t := header.TCP(b[ipLen:])
 	t.Encode(&header.TCPFields{
 		SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: seq, AckNum: ack,
-		DataOffset: header.TCPMinimumSize, Flags: flags,
+		DataOffset: header.TCPMinimumSize, Flags: flags, WindowSize: win,
 	})
-	t.SetChecksum(^t.CalculateChecksum(pseudoHeaderSum(ip, protoTCP, header.TCPMinimumSize)))
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, sa, da, header.TCPMinimumSize)
+	t.SetChecksum(^t.CalculateChecksum(xsum))
 	return b
 }

@@ -43,6 +43,9 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 				d.toClient(p, f)
 				return wire.Forward, DropNone, p.ip
 			}
+			if f.tentative && d.tentativeAnswer(slot, f, p, now) {
+				return wire.Consume, DropNone, nil
+			}
 			var sg seg
 			v := f.checkWindow(p, false, &sg)
 			if v == winStaleReset {
@@ -61,8 +64,12 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 			d.toClient(p, f)
 			return wire.Forward, DropNone, p.ip
 		}
-		d.removeFlow(slot, now)
-		d.stats.FlowsExpired++
+		d.expireFlow(slot, now)
+	}
+	if ck, ok := d.rec.probes[key]; ok {
+		if v, handled := d.probeAnswer(ck, key, p, now); handled {
+			return v, DropNone, nil
+		}
 	}
 	if d.rec.isLocal(p.dst.Addr()) {
 		// Only a handshake in progress may reach the netstack: one that
@@ -132,7 +139,12 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, Dro
 			si = int(s)
 		}
 		ck := Key{p.proto, p.dst, d.services[s].VIP}
-		if _, side, found := d.flows.lookup(ck); found && side == sideClient {
+		if slot, side, found := d.flows.lookup(ck); found && side == sideClient && d.flows.slab[slot].tentative {
+			// A real speaking on the tuple holds the connection; a
+			// tentative cookie flow to another real read noise.
+			d.removeFlow(slot, now)
+			d.stats.CookieResets++
+		} else if found && side == sideClient {
 			if p.proto != protoTCP {
 				return wire.Drop, DropNoFlow, nil
 			}
@@ -170,18 +182,26 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, Dro
 	if !ok {
 		return wire.Drop, DropTupleClash, nil
 	}
-	if pd != nil {
-		// The original connection beats a new one: have the dial
-		// cancelled. Its end finishes the recovery, whose parked
-		// segments then go to the adopted flow.
-		pd.superseded = true
-		d.rec.Dialer.Cancel(Key{p.proto, p.dst, d.services[si].VIP})
-		d.stats.AdoptAborts++
-	}
+	ck := Key{p.proto, p.dst, d.services[si].VIP}
 	d.stats.Adopted++
 	f := &d.flows.slab[slot]
 	d.track(f, p, false, now)
 	d.toClient(p, f)
+	switch {
+	case pd != nil && pd.phase == phaseDial:
+		// The original connection beats a new one: have the dial
+		// cancelled. Its end finishes the recovery, whose parked
+		// segments then go to the adopted flow.
+		pd.superseded = true
+		d.rec.Dialer.Cancel(ck)
+		d.stats.AdoptAborts++
+	case pd != nil:
+		// A miss still looking (probes, challenge, a cookie steer): the
+		// real found itself. Its parked segments go to it now.
+		d.endMiss(ck, pd)
+		d.stats.AdoptAborts++
+		d.flushLocked(slot, pd, now)
+	}
 	return wire.Forward, DropNone, p.ip
 }
 

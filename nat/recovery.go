@@ -203,6 +203,17 @@ type pending struct {
 	real    uint16
 	local   endpoint
 	noPort  bool // a real was passed over for want of a free recovery port
+
+	// The miss path (miss.go): what is being tried for the tuple, the
+	// next timer of that phase (a retry, or its end) and whether its one
+	// retry went out; the owner probes of phaseProbe, one per real (also
+	// the real a failed cookie steer went to, as not the owner); the
+	// trigger's window field and its arrival.
+	phase    phase
+	retried  bool
+	deadline int64
+	probes   []probe
+	win      uint16
 }
 
 type recovery struct {
@@ -211,6 +222,7 @@ type recovery struct {
 	local       map[netip.Addr]struct{}
 	pending     map[Key]*pending
 	dialing     map[Key]Key                // real-side tuple of a dial in progress -> client key
+	probes      map[Key]Key                // real-side tuple of an owner probe waiting for its answer -> client key
 	prefixes    map[netip.Prefix]prefixUse // client prefixes holding a budget
 	ports       portAlloc
 	parkedBytes int
@@ -238,6 +250,7 @@ func (rc *recovery) init(c RecoveryConfig, vips, reals map[netip.Addr]struct{}) 
 	rc.prefixes = make(map[netip.Prefix]prefixUse)
 	rc.pending = make(map[Key]*pending)
 	rc.dialing = make(map[Key]Key)
+	rc.probes = make(map[Key]Key)
 	for _, a := range c.Addrs {
 		if !a.Is4() {
 			return fmt.Errorf("recovery address %s: only IPv4 is served", a)

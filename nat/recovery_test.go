@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"holdfast/internal/wire"
+	"holdfast/nat/nattest"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -30,9 +31,20 @@ const (
 	local   = "198.18.200.1:10000"
 )
 
+// newRecDirector is a Director with recovery on, a fakeDialer, and peers
+// that answer its probes and challenges at once (nattest.Peers): every miss
+// goes straight through to a recovery dial, as when the connection's real
+// died.
 func newRecDirector(t testing.TB, mod ...func(*RecoveryConfig)) (*Director, *fakeDialer) {
 	t.Helper()
+	d, fr, _ := newRecDirectorPeers(t, mod...)
+	return d, fr
+}
+
+func newRecDirectorPeers(t testing.TB, mod ...func(*RecoveryConfig)) (*Director, *fakeDialer, *nattest.Peers) {
+	t.Helper()
 	fr := &fakeDialer{}
+	pr := &nattest.Peers{}
 	d := newTestDirector(t, func(c *Config) {
 		c.Recovery = RecoveryConfig{
 			Enabled: true, Dialer: fr, Addrs: []netip.Addr{netip.MustParseAddr(recAddr)},
@@ -42,8 +54,22 @@ func newRecDirector(t testing.TB, mod ...func(*RecoveryConfig)) (*Director, *fak
 		for _, m := range mod {
 			m(&c.Recovery)
 		}
+		c.Emit = pr.Emit
 	})
-	return d, fr
+	answer(d, pr)
+	return d, fr, pr
+}
+
+// answer makes pr answer d's probes and challenges (see nattest.Peers).
+func answer(d *Director, pr *nattest.Peers) {
+	pr.VIPs, pr.Reals = make(map[netip.Addr]bool), make(map[netip.Addr]bool)
+	for a := range d.vips {
+		pr.VIPs[a] = true
+	}
+	for a := range d.realAddrs {
+		pr.Reals[a] = true
+	}
+	pr.Handle = func(b []byte, now int64) { d.Handle(b, false, now) }
 }
 
 // TCP option builders (each padded with NOPs to a multiple of 4).
@@ -650,16 +676,17 @@ func TestRecoveryShutdownNoReset(t *testing.T) {
 // With every recovery port toward every real taken, a trigger fails at once
 // and resets the client.
 func TestRecoveryNoPort(t *testing.T) {
-	d, fr := newRecDirector(t, func(c *RecoveryConfig) { c.PortHi = c.PortLo })
+	d, fr, pr := newRecDirectorPeers(t, func(c *RecoveryConfig) { c.PortHi = c.PortLo })
 	for i := range 3 { // one dial per real, from the one port
 		handle(t, d, tcp4("198.18.1.2:"+itoa(1000+i), vip, psh, 1, 1, []byte("data")), 1)
 	}
 	if len(fr.dials) != 3 || len(d.rec.ports.inUse) != 3 {
 		t.Fatalf("%d dials, ports %v", len(fr.dials), d.rec.ports.inUse)
 	}
-	v, out := d.Handle(tcp4("198.18.1.2:2000", vip, psh, 700, 800, []byte("data")), false, 1)
-	if want := asRST(tcp4(vip, "198.18.1.2:2000", rst|ack, 800, 704, nil)); v != wire.Reset || !bytes.Equal(out, want) {
-		t.Fatalf("verdict %v, out %x; want a reset %x", v, out, want)
+	pr.Out = nil
+	v, _ := d.Handle(tcp4("198.18.1.2:2000", vip, psh, 700, 800, []byte("data")), false, 1)
+	if want := asRST(tcp4(vip, "198.18.1.2:2000", rst|ack, 800, 704, nil)); v != wire.Park || len(pr.Out) != 1 || !bytes.Equal(pr.Out[0], want) {
+		t.Fatalf("verdict %v, sent %x; want park, then a reset %x", v, pr.Out, want)
 	}
 	st := d.Stats()
 	if len(fr.dials) != 3 || st.RecoveryStarted != 4 || st.RecoveryFailed[FailError] != 1 || st.ClientResets != 1 || st.Inflight != 3 {

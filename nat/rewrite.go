@@ -18,6 +18,14 @@ import (
 
 func tcpipAddr(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }
 
+// anyAddr converts an address of either family (a 4-in-6 one as IPv4).
+func anyAddr(a netip.Addr) tcpip.Address {
+	if a = a.Unmap(); a.Is4() {
+		return tcpip.AddrFrom4(a.As4())
+	}
+	return tcpip.AddrFrom16(a.As16())
+}
+
 // rewriteDst sets the destination address and port of a decoded TCP or UDP
 // packet.
 func rewriteDst(p *packet, to netip.AddrPort) {

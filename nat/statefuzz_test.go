@@ -58,7 +58,7 @@ func TestDirectorStepSeeds(t *testing.T) {
 				s.Drop(DropRecoveryRate) == 1 && s.RecoverySucceeded == 4
 		}},
 		{"no port", func(s Stats) bool {
-			return s.RecoverySucceeded == 6 && s.RecoveryFailed[FailError] == 1 && s.ClientResets == 1 && s.Parked == 6
+			return s.RecoverySucceeded == 6 && s.RecoveryFailed[FailError] == 1 && s.ClientResets == 1 && s.Parked == 7
 		}},
 		{"kept on its real", func(s Stats) bool { return s.RehomeKept == 1 && s.RehomeStarted == 0 }},
 		{"re-home races", func(s Stats) bool {

@@ -46,6 +46,28 @@ type Stats struct {
 	// suspect's segment counts here too.
 	OutOfWindow [numDirs]uint64
 
+	// The miss path (miss.go): how a mid-stream segment with no flow
+	// found its connection's real. Cookie: steers to the real a timestamp
+	// cookie names (tentative), those the real confirmed, and those its
+	// no-socket reset undid. Probe: rounds of owner probes, probes sent
+	// (retries included), answered by a reset, answered by an ACK that
+	// fits no parked segment, not answered after the retry; flows steered
+	// to the one owner found, and owners found whose flow could not be
+	// made. Challenge: challenges sent to clients (retries included),
+	// answered with numbers a parked segment fits (the recovery dials),
+	// answered with numbers none fits, answered by the source's reset,
+	// not answered (all three: no backend connection).
+	CookieSteers, CookieConfirmed, CookieResets          uint64
+	ProbeRounds, ProbesSent, ProbeResets, ProbeOthers    uint64
+	ProbesSilent, ProbeSteers, ProbeNoFlow               uint64
+	ChallengesSent, ChallengesPassed, ChallengesRejected uint64
+	ChallengeResets, ChallengesUnanswered                uint64
+	// UnconfirmedResets counts the RSTs sent to reals for recovered flows
+	// that expired unconfirmed (expireFlow).
+	UnconfirmedResets                  uint64
+	CookieLatency, ProbeLatency        Latency // first segment to the real's confirmation (cookie), to the flush (probe)
+	ProbesInflight, ChallengesInflight int     // misses in those phases now
+
 	// FlowsBy counts live flows by kind and state.
 	FlowsBy [numKinds][numStates]int
 	// RecoveryLatency counts successful recoveries by latency (first
@@ -73,6 +95,18 @@ var LatencyBuckets = [...]time.Duration{
 	250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2500 * time.Millisecond, 5 * time.Second,
 }
 
+// Latency is a latency histogram in LatencyBuckets.
+type Latency struct {
+	Count, SumNs uint64
+	Buckets      [len(LatencyBuckets) + 1]uint64
+}
+
+func (l *Latency) add(ns int64) {
+	l.Count++
+	l.SumNs += uint64(ns)
+	l.Buckets[latencyBucket(ns)]++
+}
+
 func latencyBucket(ns int64) int {
 	for i, b := range LatencyBuckets {
 		if ns <= int64(b) {
@@ -93,5 +127,13 @@ func (d *Director) Stats() Stats {
 	s.Flows = d.flows.n
 	s.ParkedBytes = d.rec.parkedBytes
 	s.Inflight = len(d.rec.pending)
+	for _, pd := range d.rec.pending {
+		switch pd.phase {
+		case phaseProbe:
+			s.ProbesInflight++
+		case phaseChallenge:
+			s.ChallengesInflight++
+		}
+	}
 	return s
 }

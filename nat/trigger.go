@@ -15,35 +15,36 @@ import (
 // behind a recovery in flight.
 
 // recoverMiss handles a client TCP segment (not SYN, not RST) with no flow:
-// park it behind a recovery in flight, or start one if it may trigger.
+// the answer to a challenge, a segment parked behind a miss in progress, or
+// the start of one (miss.go) if it may trigger.
 func (d *Director) recoverMiss(si uint16, p *packet, now int64) (wire.Verdict, DropReason, []byte) {
 	key := Key{p.proto, p.src, p.dst}
 	if pd := d.rec.pending[key]; pd != nil {
+		if pd.phase == phaseChallenge && isPureACK(p) {
+			return d.challengeAnswer(key, pd, p, now)
+		}
 		return d.park(pd, p)
 	}
 	if r := d.refuseRecovery(p, now); r != DropNone {
 		return wire.Drop, r, nil
 	}
-	return d.startRecovery(si, p, now, unknownHandshake, netip.AddrPort{})
+	return d.startMiss(si, p, now)
 }
 
-// refuseRecovery says why a segment may not start a recovery, or DropNone.
-// It takes a rate-limiter token when it allows one.
+// refuseRecovery says why a segment may not start a miss (the search for
+// its connection's real, then a recovery), or DropNone. It takes a
+// rate-limiter token when it allows one.
 //
-// Only a segment with data proves a live connection worth a handshake; a
-// pure ACK, FIN or 1-byte keepalive probe (SND.UNA-1) does not, and a segment
-// with SACK blocks means the client holds bytes from the old real that the
-// new one would not match. Such segments wait for a retransmission.
+// Only a segment with data proves a live connection worth the search; a
+// pure ACK, FIN or 1-byte keepalive probe (SND.UNA-1) does not, and waits
+// for a retransmission. (A segment with SACK blocks may steer, but not
+// trigger a recovery dial: see challengeAnswer.)
 func (d *Director) refuseRecovery(p *packet, now int64) DropReason {
 	rc := &d.rec
 	if p.data <= 1 {
 		return DropNoTrigger
 	}
-	sack, _, _, _ := tcpOptions(header.TCP(p.l4))
-	switch {
-	case sack:
-		return DropSACKTrigger
-	case !rc.allowed(p.src.Addr()):
+	if !rc.allowed(p.src.Addr()) {
 		return DropRecoveryDenied
 	}
 	if r := rc.prefixRefuse(p.src.Addr()); r != DropNone {
@@ -60,45 +61,12 @@ func (d *Director) refuseRecovery(p *packet, now int64) DropReason {
 	return DropNone
 }
 
-// startRecovery parks p and asks the Dialer for the first dial recovering
-// its connection onto a real of service si. hs is what is known of the
-// client's handshake; from is the real being left behind by a re-home
-// (invalid otherwise).
-func (d *Director) startRecovery(si uint16, p *packet, now int64, hs clientHandshake, from netip.AddrPort) (wire.Verdict, DropReason, []byte) {
-	key := Key{p.proto, p.src, p.dst}
-	if pd := d.rec.pending[key]; pd != nil {
-		// Never a second recovery for a tuple: it would replace the
-		// first in the table, whose parked bytes would then never be
-		// given back to the parking budget.
-		return d.park(pd, p)
-	}
-	pd := newPending(si, p, now, hs, from)
-	o, ok := d.nextDial(key, pd, now)
-	if !ok && !pd.noPort {
-		return wire.Drop, DropNoReal, nil
-	}
-	if !ok {
-		// Every real that could take the flow has all its recovery ports
-		// taken: the recovery fails at once, and the client gets the RST
-		// a failed recovery gives (seq = its ack, its RCV.NXT).
-		d.stats.RecoveryStarted++
-		d.stats.RecoveryFailed[FailError]++
-		d.stats.ClientResets++
-		var seq uint32
-		if p.flags&header.TCPFlagAck != 0 {
-			seq = p.ack
-		}
-		return wire.Reset, DropNone, buildRST(p.ip[:0:len(p.ip)], p.dst, p.src, seq, segEnd(p), true)
-	}
-	return d.beginRecovery(key, pd, p, o)
-}
-
 // newPending is the recovery of p's connection onto a real of service si,
 // before its first dial.
 func newPending(si uint16, p *packet, now int64, hs clientHandshake, from netip.AddrPort) *pending {
 	_, ts, tsval, tsecr := tcpOptions(header.TCP(p.l4))
 	pd := &pending{
-		svc: si, started: now,
+		svc: si, started: now, win: header.TCP(p.l4).WindowSize(),
 		seq: p.seq, ack: p.ack, ts: ts, tsval: tsval, tsecr: tsecr,
 		hs: hs, from: from,
 	}
@@ -146,6 +114,9 @@ func (d *Director) rehome(slot uint32, si uint16, p *packet, now int64) (wire.Ve
 	}
 	if r := d.refuseRecovery(p, now); r != DropNone {
 		return wire.Drop, r, nil
+	}
+	if sack, _, _, _ := tcpOptions(header.TCP(p.l4)); sack {
+		return wire.Drop, DropSACKTrigger, nil
 	}
 	pd := newPending(si, p, now, f.hs, from)
 	o, ok := d.nextDial(key, pd, now)

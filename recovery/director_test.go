@@ -38,7 +38,14 @@ func TestEngineWithDirector(t *testing.T) {
 	fd := newFakeDialer(refuse, succeed, hang)
 	written := make(chan []byte, 16)
 	e := New(Config{}, fd, func(b []byte) { written <- b }, func() int64 { return 2 }, zerolog.Nop())
+	// The reals and the client answer the Director's probes and challenge
+	// as when the connection's real died: the miss goes on to a dial.
+	pr := &nattest.Peers{
+		VIPs:  map[netip.Addr]bool{nattest.AP(vip).Addr(): true},
+		Reals: map[netip.Addr]bool{nattest.AP(rs1).Addr(): true, nattest.AP(rs2).Addr(): true},
+	}
 	d, err := nat.New(nat.Config{
+		Emit:     pr.Emit,
 		Services: []*balancer.Service{svc},
 		Timeouts: nat.NewTimeouts(time.Minute, time.Minute, time.Minute),
 		MaxFlows: 100,
@@ -51,6 +58,7 @@ func TestEngineWithDirector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pr.Handle = func(b []byte, now int64) { d.Handle(b, false, now) }
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	go func() { ran <- e.Run(ctx, d) }()

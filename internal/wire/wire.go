@@ -17,17 +17,20 @@ type Verdict uint8
 // device with its virtio-net header; Reset writes the RST built in the
 // packet's place (a new packet: a plain virtio-net header); ToStack hands
 // the packet to the recovery netstack (a handshake in progress); Park means
-// the packet logic kept a copy until its flow's recovery ends; Drop drops it.
+// the packet logic kept a copy until its flow's recovery ends; Drop drops it;
+// Consume means the packet logic took the packet as the answer to one of its
+// own probes or challenges (nothing to write).
 const (
 	Forward Verdict = iota
 	ToStack
 	Park
 	Drop
 	Reset
+	Consume
 	NumVerdicts
 )
 
-var verdictNames = [NumVerdicts]string{"forward", "to_stack", "park", "drop", "reset"}
+var verdictNames = [NumVerdicts]string{"forward", "to_stack", "park", "drop", "reset", "consume"}
 
 func (v Verdict) String() string {
 	if v < NumVerdicts {
