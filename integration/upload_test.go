@@ -105,14 +105,15 @@ func (o uploadOutcome) why() string {
 	switch {
 	case o.intact():
 		return ""
+	case o.status != 0 && o.status != http.StatusOK && o.status != http.StatusCreated:
+		// Answered before the write failed, or after it was all sent.
+		return "status " + strconv.Itoa(o.status)
 	case errors.Is(o.err, os.ErrDeadlineExceeded):
 		return "timeout"
 	case errors.Is(o.err, syscall.ECONNRESET) || errors.Is(o.err, syscall.EPIPE) || errors.Is(o.err, io.EOF) || errors.Is(o.err, io.ErrUnexpectedEOF):
 		return "reset"
 	case o.err != nil:
 		return "error"
-	case o.status != http.StatusOK && o.status != http.StatusCreated:
-		return "status " + strconv.Itoa(o.status)
 	case o.res.Real != o.owner:
 		return "other real"
 	}
