@@ -154,6 +154,23 @@ func TestIdleFailoverOriginalReal(t *testing.T) {
 	}
 }
 
+// storedConsistent says whether every intact answer is an upload its real
+// stored, and every stored upload was answered intact: each upload is
+// stored on exactly one real, the one that answered.
+func (r uploadReport) storedConsistent() bool {
+	for real, n := range r.answered {
+		if r.stored[real] != n {
+			return false
+		}
+	}
+	for real, n := range r.stored {
+		if r.answered[real] != n {
+			return false
+		}
+	}
+	return true
+}
+
 // latencyQuantile is the q-quantile of ds (nearest rank), 0 if empty.
 func latencyQuantile(ds []time.Duration, q float64) time.Duration {
 	if len(ds) == 0 {

@@ -166,23 +166,6 @@ func (r uploadReport) String() string {
 	return s
 }
 
-// storedConsistent says whether every intact answer is an upload its real
-// stored, and every stored upload was answered intact: each upload is
-// stored on exactly one real, the one that answered.
-func (r uploadReport) storedConsistent() bool {
-	for real, n := range r.answered {
-		if r.stored[real] != n {
-			return false
-		}
-	}
-	for real, n := range r.stored {
-		if r.answered[real] != n {
-			return false
-		}
-	}
-	return true
-}
-
 // slowUploads runs the slow-upload failover on rig and returns its figures.
 func slowUploads(t *testing.T, rig *uploadRig) uploadReport {
 	t.Helper()
