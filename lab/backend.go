@@ -28,6 +28,7 @@ type Counters struct {
 	HTTPConns    atomic.Int64 // TCP connections accepted by the HTTP server
 	HTTPRequests atomic.Int64 // HTTP requests answered (any path)
 	UDPDatagrams atomic.Int64 // datagrams echoed
+	Uploads      atomic.Int64 // POST /upload bodies read to their end and answered
 }
 
 // UploadResult is the JSON body a backend answers to POST /upload.
@@ -63,7 +64,7 @@ func PatternSHA256(n int64) string {
 //	POST /upload     reads the body, answers UploadResult as JSON
 //	any other        body "<identity>\n"
 //
-// It counts every request in c.
+// It counts every request in c, and every upload it read to the end.
 func HTTPHandler(identity string, c *Counters) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /bytes", func(w http.ResponseWriter, r *http.Request) {
@@ -83,6 +84,7 @@ func HTTPHandler(identity string, c *Counters) http.Handler {
 			http.Error(w, "reading body: "+err.Error(), http.StatusBadRequest)
 			return
 		}
+		c.Uploads.Add(1)
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(UploadResult{Real: identity, Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil))}) //nolint:errcheck
 	})
