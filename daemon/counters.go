@@ -181,6 +181,7 @@ var counters = []counterDef{
 		hist: func(s *snapshot) histogramValue {
 			return latencyHist(nat.Latency{Count: s.nat.RecoverySucceeded, SumNs: s.nat.RecoveryLatencyNs, Buckets: s.nat.RecoveryLatency})
 		}},
+	scalar("misses_total", "Mid-stream segments with no flow that started the search for their connection's real (held to --recovery-rate).", counterType, func(s *snapshot) uint64 { return s.nat.Misses }),
 	scalar("cookie_steers_total", "Mid-stream segments with no flow sent at once to the real their timestamp cookie names (tentative).", counterType, func(s *snapshot) uint64 { return s.nat.CookieSteers }),
 	scalar("cookie_steers_confirmed_total", "Cookie steers the real answered: it holds the connection.", counterType, func(s *snapshot) uint64 { return s.nat.CookieConfirmed }),
 	scalar("cookie_steers_reset_total", "Cookie steers undone by the real's no-socket reset (swallowed; the probes tried next).", counterType, func(s *snapshot) uint64 { return s.nat.CookieResets }),

@@ -45,8 +45,8 @@ func TestDemo(t *testing.T) {
 		t.Errorf("holdfast: %d failed, %d reset, %d new connections, %d ok; want 0, 0, 0 and some",
 			hf.RequestsFailed, hf.ConnectionsReset, hf.NewConnections, hf.RequestsOK)
 	}
-	if hf.Recoveries+hf.Adoptions < hf.Connections {
-		t.Errorf("holdfast: %d recoveries + %d adoptions for %d connections moved twice", hf.Recoveries, hf.Adoptions, hf.Connections)
+	if hf.Steered+hf.Recoveries+hf.Adoptions < hf.Connections {
+		t.Errorf("holdfast: %d steered + %d recoveries + %d adoptions for %d connections moved twice", hf.Steered, hf.Recoveries, hf.Adoptions, hf.Connections)
 	}
 	if off.ConnectionsReset == 0 {
 		t.Errorf("recovery off: no connection reset: the demo shows nothing")

@@ -226,10 +226,11 @@ func TestFailoverIdle(t *testing.T) {
 	p, conns, errs := idleFailover(t, nil)
 	requireNoErrors(t, "after failover", errs)
 	c := directorCounters(t, p.l.Directors[1])
-	t.Logf("B: %d recovered, %d adopted, %d stale, drops %v", c.Recovered, c.Adopted, c.StaleFlows, nonZero(c.Drops))
-	if c.Recovered+c.Adopted != len(conns) || c.Failed() != 0 || c.ClientResets != 0 {
-		t.Fatalf("B recovered %d + adopted %d, want %d connections; failed %v, client resets %d",
-			c.Recovered, c.Adopted, len(conns), c.RecoveryFailed, c.ClientResets)
+	t.Logf("B: %d steered by probe, %d by cookie, %d recovered, %d adopted, %d stale, drops %v",
+		c.ProbeSteers, c.CookieConfirmed, c.Recovered, c.Adopted, c.StaleFlows, nonZero(c.Drops))
+	if c.Found() != len(conns) || c.Failed() != 0 || c.ClientResets != 0 {
+		t.Fatalf("B found %d (steered %d + %d, recovered %d, adopted %d), want %d connections; failed %v, client resets %d",
+			c.Found(), c.ProbeSteers, c.CookieConfirmed, c.Recovered, c.Adopted, len(conns), c.RecoveryFailed, c.ClientResets)
 	}
 }
 
@@ -376,13 +377,14 @@ func busyThrough(t *testing.T, p *pair, conns int, sizes []int64, failover func(
 	errs := <-done
 	requireNoErrors(t, "busy failover", errs)
 	c := directorCounters(t, p.l.Directors[p.active])
-	t.Logf("busy failover: %d connections, %d requests before; new director %d recovered, %d adopted (%d dials abandoned), %d stale, drops %v; "+
+	t.Logf("busy failover: %d connections, %d requests before; new director %d steered by probe, %d by cookie, %d recovered, %d adopted (%d dials abandoned), %d stale, drops %v; "+
 		"longest request after the failover %v (before it: %v); longest stall after the failover %v (before it: %v)",
-		conns, before.Load(), c.Recovered, c.Adopted, c.AdoptAborts, c.StaleFlows, nonZero(c.Drops),
+		conns, before.Load(), c.ProbeSteers, c.CookieConfirmed, c.Recovered, c.Adopted, c.AdoptAborts, c.StaleFlows, nonZero(c.Drops),
 		time.Duration(maxStall.Load()).Round(time.Millisecond), time.Duration(maxBefore.Load()).Round(time.Millisecond),
 		time.Duration(stallAfter.Load()).Round(time.Millisecond), time.Duration(stallBefore.Load()).Round(time.Millisecond))
-	if c.Recovered+c.Adopted < conns || c.ClientResets != 0 {
-		t.Fatalf("new director recovered %d + adopted %d flows, want at least %d; client resets %d", c.Recovered, c.Adopted, conns, c.ClientResets)
+	if c.Found() < conns || c.ClientResets != 0 {
+		t.Fatalf("new director found %d flows (recovered %d, adopted %d, steered %d + %d), want at least %d; client resets %d",
+			c.Found(), c.Recovered, c.Adopted, c.ProbeSteers, c.CookieConfirmed, conns, c.ClientResets)
 	}
 	return time.Duration(stallAfter.Load())
 }

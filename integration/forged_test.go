@@ -85,6 +85,12 @@ func (s *forgedSetup) activeDirector() *lab.Director { return s.l.Directors[s.ac
 // newForgedSetup builds a lab with `directors` directors running holdfast
 // (extra flags appended) or kernel NAT.
 func newForgedSetup(t *testing.T, holdfast bool, directors int, extra ...string) *forgedSetup {
+	return newForgedSetupBin(t, holdfastBinary, holdfast, directors, extra...)
+}
+
+// newForgedSetupBin is newForgedSetup with the holdfast binary bin gives (a
+// single director only: a pair always runs the suite's binary).
+func newForgedSetupBin(t *testing.T, bin func(testing.TB) string, holdfast bool, directors int, extra ...string) *forgedSetup {
 	t.Helper()
 	if !holdfast {
 		l := NewLab(t, lab.Options{Directors: directors, Reals: 3})
@@ -104,7 +110,7 @@ func newForgedSetup(t *testing.T, holdfast bool, directors int, extra ...string)
 	d := l.Directors[0]
 	args := append([]string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr"}, realFlags(l, lab.DefaultHTTPPort)...)
 	args = append(args, extra...)
-	return &forgedSetup{name: "holdfast", l: l, single: StartDirector(t, d.NS, directorArgs(d, args...)...)}
+	return &forgedSetup{name: "holdfast", l: l, single: startDirectorBin(t, bin(t), d.NS, directorArgs(d, args...)...)}
 }
 
 // failover moves the service from A to B: holdfast A is killed; for kernel

@@ -66,7 +66,12 @@ const serveTimeout = 5 * time.Second
 // exit (status 0) within 10 s; the lab kills it if it does not.
 func StartDirector(t testing.TB, ns *lab.NS, args ...string) *lab.Proc {
 	t.Helper()
-	bin := holdfastBinary(t)
+	return startDirectorBin(t, holdfastBinary(t), ns, args...)
+}
+
+// startDirectorBin is StartDirector with the holdfast binary bin.
+func startDirectorBin(t testing.TB, bin string, ns *lab.NS, args ...string) *lab.Proc {
+	t.Helper()
 	if dir := os.Getenv(pcapDirEnv); dir != "" {
 		startCapture(t, ns, dir)
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"holdfast/lab"
@@ -40,9 +41,35 @@ func TestMain(m *testing.M) {
 // -race too, so a data race in it fails the test that saw it (the binary then
 // exits 66, and StartDirector's cleanup wants 0).
 func buildHoldfast(dir string) (string, error) {
-	bin := filepath.Join(dir, "holdfast")
+	return goBuild(filepath.Join(dir, "holdfast"), raceEnabled)
+}
+
+// plainBin is holdfast built without -race whatever the test binary is, for
+// the tests that measure the director's packet rate against the kernel's
+// (the race detector slows every packet several times); built on first use.
+var (
+	plainOnce sync.Once
+	plainBin  string
+	plainErr  error
+)
+
+// holdfastPlainBinary returns plainBin, building it the first time.
+func holdfastPlainBinary(t testing.TB) string {
+	t.Helper()
+	if !raceEnabled {
+		return holdfastBinary(t)
+	}
+	plainOnce.Do(func() { plainBin, plainErr = goBuild(holdfastBin+"-norace", false) })
+	if plainErr != nil {
+		t.Fatalf("building holdfast without -race: %v", plainErr)
+	}
+	return plainBin
+}
+
+// goBuild builds ./cmd/holdfast into bin, with -race if race.
+func goBuild(bin string, race bool) (string, error) {
 	args := []string{"build", "-o", bin}
-	if raceEnabled {
+	if race {
 		args = append(args, "-race")
 	}
 	args = append(args, "./cmd/holdfast")

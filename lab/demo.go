@@ -36,6 +36,7 @@ type DemoResult struct {
 	ConnectionsReset int64         `json:"connections_reset"`
 	NewConnections   int64         `json:"new_connections"`
 	LongestStall     time.Duration `json:"longest_stall_ns"`
+	Steered          int           `json:"steered"` // found on their own real (owner probe, timestamp cookie)
 	Recoveries       int           `json:"recoveries"`
 	Adoptions        int           `json:"adoptions"`
 }
@@ -163,6 +164,7 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	res.ConnectionsReset = load.reset.Load()
 	res.NewConnections = load.redials.Load()
 	res.LongestStall = time.Duration(load.stall.Load())
+	res.Steered = aStats.ProbeSteers + aStats.CookieConfirmed + bStats.ProbeSteers + bStats.CookieConfirmed
 	res.Recoveries = aStats.Recovered + bStats.Recovered
 	res.Adoptions = aStats.Adopted + bStats.Adopted
 	progress("tearing the lab down")

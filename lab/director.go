@@ -49,9 +49,22 @@ type DirectorStats struct {
 	ClientResets    int               // RSTs sent to clients whose recovery failed
 	StaleFlows      int               // flows found stale
 	OldRealResets   int               // RSTs sent to a real whose connection was recovered elsewhere
+	Misses          int               // mid-stream segments with no flow that started the search for their real
+	CookieSteers    int               // misses steered to the real their timestamp cookie names (tentative)
+	CookieConfirmed int               // of those, confirmed by the real
+	ProbeSteers     int               // misses steered to the real that answered an owner probe
+	ChallengesSent  int               // challenge ACKs sent to clients before a recovery
+	ChallengesOK    int               // challenges answered with numbers a parked segment fits
+	ChallengeResets int               // challenges answered by the source's no-socket reset
 	RecoveryFailed  map[string]int    // failed recoveries by reason
 	Drops           map[string]uint64 // dropped packets by reason
 	ReadByQueue     []uint64          // packets read, by TUN queue (index = queue number)
+}
+
+// Found is the number of connections picked up with no flow: recovered,
+// adopted, or steered to their own real (probe, confirmed cookie).
+func (s DirectorStats) Found() int {
+	return s.Recovered + s.Adopted + s.ProbeSteers + s.CookieConfirmed
 }
 
 // Failed is the number of recoveries that failed, whatever the reason.
@@ -109,6 +122,13 @@ func decodeStats(data []byte) (DirectorStats, error) {
 		{"client_resets_total", &s.ClientResets},
 		{"stale_flows_total", &s.StaleFlows},
 		{"old_real_resets_total", &s.OldRealResets},
+		{"misses_total", &s.Misses},
+		{"cookie_steers_total", &s.CookieSteers},
+		{"cookie_steers_confirmed_total", &s.CookieConfirmed},
+		{"probe_steers_total", &s.ProbeSteers},
+		{"challenges_sent_total", &s.ChallengesSent},
+		{"challenges_passed_total", &s.ChallengesOK},
+		{"challenges_reset_total", &s.ChallengeResets},
 		{"recoveries_failed_total", &s.RecoveryFailed},
 		{"drops_total", &s.Drops},
 		{"device_queue_packets_read_total", &byQueue},

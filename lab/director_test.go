@@ -28,6 +28,8 @@ const statsSample = `{
   "client_resets_total": 1,
   "stale_flows_total": 6,
   "old_real_resets_total": 3,
+  "misses_total": 0, "cookie_steers_total": 0, "cookie_steers_confirmed_total": 0, "probe_steers_total": 0,
+  "challenges_sent_total": 0, "challenges_passed_total": 0, "challenges_reset_total": 0,
   "drops_total": {"no_flow": 3, "recovery_rate": 7},
   "packets_total": {"forward": 100, "to_stack": 4},
   "device_queue_packets_read_total": {"2": 30, "0": 100, "10": 7, "1": 50, "3": 0, "4": 1, "5": 1, "6": 1, "7": 1, "8": 1, "9": 1}

@@ -96,6 +96,7 @@ type probe struct {
 func (d *Director) startMiss(si uint16, p *packet, now int64) (wire.Verdict, DropReason, []byte) {
 	key := Key{p.proto, p.src, p.dst}
 	pd := newPending(si, p, now, unknownHandshake, netip.AddrPort{})
+	d.stats.Misses++
 	if pd.ts {
 		if ri, ok := d.cookieReal(si, pd.tsecr); ok {
 			if v, r, out, ok := d.steerByCookie(key, pd, p, ri, now); ok {

@@ -154,6 +154,7 @@ func printDemoTable(rs []lab.DemoResult, took time.Duration) {
 	row("connections reset", num(func(r lab.DemoResult) int64 { return r.ConnectionsReset }))
 	row("new connections", num(func(r lab.DemoResult) int64 { return r.NewConnections }))
 	row("longest stall", func(r lab.DemoResult) string { return r.LongestStall.Round(time.Millisecond).String() })
+	row("steered to their real", num(func(r lab.DemoResult) int64 { return int64(r.Steered) }))
 	row("recoveries", num(func(r lab.DemoResult) int64 { return int64(r.Recoveries) }))
 	row("adoptions", num(func(r lab.DemoResult) int64 { return int64(r.Adoptions) }))
 	w.Flush()
