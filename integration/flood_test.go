@@ -66,6 +66,28 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 }
 
 // vmRSS is a process's resident memory in bytes (/proc/PID/status).
+// cpuTime is the user and system time process pid has used
+// (/proc/PID/stat, in clock ticks of 10 ms).
+func cpuTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command name (field 2) may hold spaces: count from its ")".
+	i := strings.LastIndexByte(string(data), ')')
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		t.Fatalf("/proc/%d/stat: %q", pid, data)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("/proc/%d/stat: %q", pid, data)
+	}
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
 func vmRSS(t *testing.T, pid int) int64 {
 	t.Helper()
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -97,6 +119,8 @@ type floodResult struct {
 	recoveries                           int
 	flowsCreated                         int
 	rssBefore, rssAfter                  int64 // holdfast only
+	cpu                                  time.Duration
+	misses, challenges                   int
 }
 
 func (r floodResult) String() string {
@@ -105,8 +129,9 @@ func (r floodResult) String() string {
 		float64(r.floodP99)/float64(max(r.baseP99, 1)), r.sent.Sent, r.sent.Elapsed.Round(time.Millisecond), r.sent.Rate(), r.readRate,
 		r.openedSockets, lab.RecoveryAddr, r.accepted, r.baseErrs.lost, r.floodErrs.lost)
 	if r.rssBefore > 0 {
-		s += fmt.Sprintf("; %d recoveries started, %d flows created; RSS %.1f -> %.1f MB (+%.1f)", r.recoveries, r.flowsCreated,
-			float64(r.rssBefore)/(1<<20), float64(r.rssAfter)/(1<<20), float64(r.rssAfter-r.rssBefore)/(1<<20))
+		s += fmt.Sprintf("; %d misses, %d challenges, %d recoveries started, %d flows created; RSS %.1f -> %.1f MB (+%.1f); director CPU %.2f s",
+			r.misses, r.challenges, r.recoveries, r.flowsCreated,
+			float64(r.rssBefore)/(1<<20), float64(r.rssAfter)/(1<<20), float64(r.rssAfter-r.rssBefore)/(1<<20), r.cpu.Seconds())
 	}
 	return s
 }
@@ -138,6 +163,7 @@ func forgedFlood(t *testing.T, s *forgedSetup) floodResult {
 	var statsBefore lab.DirectorStats
 	if p := s.activeProc(); p != nil {
 		r.rssBefore = vmRSS(t, p.PID())
+		r.cpu = -cpuTime(t, p.PID())
 		statsBefore = directorCounters(t, s.activeDirector())
 	}
 	read1 := s.packetsRead(t)
@@ -169,7 +195,10 @@ func forgedFlood(t *testing.T, s *forgedSetup) floodResult {
 	r.floodP50, r.floodP99 = percentile(flood, 0.5), percentile(flood, 0.99)
 	if p := s.activeProc(); p != nil {
 		r.rssAfter = vmRSS(t, p.PID())
+		r.cpu += cpuTime(t, p.PID())
 		st := directorCounters(t, s.activeDirector())
+		r.misses = st.Misses - statsBefore.Misses
+		r.challenges = st.ChallengesSent - statsBefore.ChallengesSent
 		r.recoveries = st.RecoveryStarted - statsBefore.RecoveryStarted
 		r.flowsCreated = st.FlowsCreated - statsBefore.FlowsCreated
 	}
