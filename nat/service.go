@@ -55,10 +55,11 @@ type RealInfo struct {
 	Down     bool // marked down by health checks
 	Removed  bool // removed at runtime, flows still draining
 	Rehome   bool // removed with its flows moving to other reals
-	CookieID uint16 // its timestamp cookie id; 0: none
 	Active   int
 	Inactive int
 	balancer.Traffic
+
+	CookieID uint16 // its timestamp cookie id; 0: none
 }
 
 // ServiceInfo describes one service.

@@ -71,7 +71,7 @@ func serviceFromFlags(c *cli.Context) (*balancer.Service, error) {
 		return nil, usagef("--service %s has no --real ADDR:PORT[*WEIGHT]", sc.Service)
 	}
 	for _, r := range sc.Reals {
-		if _, _, err := balancer.ParseReal(r); err != nil {
+		if _, _, _, err := balancer.ParseReal(r); err != nil {
 			return nil, usagef("--real: %v", err)
 		}
 	}
