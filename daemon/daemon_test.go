@@ -449,7 +449,7 @@ func TestNotify(t *testing.T) {
 func TestServicesJSON(t *testing.T) {
 	in := []nat.ServiceInfo{
 		{Service: "tcp:198.18.100.1:80", Scheduler: "wrr", Persistence: 10 * time.Minute, Reals: []nat.RealInfo{{
-			Addr: realA, Weight: 3, Down: true, Removed: true, Rehome: true, Active: 4, Inactive: 5,
+			Addr: realA, Weight: 3, Down: true, Removed: true, Rehome: true, Active: 4, Inactive: 5, CookieID: 11,
 		}}},
 		{Service: "udp:198.18.100.1:53", Scheduler: "rr"},
 	}
@@ -459,8 +459,9 @@ func TestServicesJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// nat.ServiceInfo's encoding/json output before the move.
-	const want = `[{"service":"tcp:198.18.100.1:80","scheduler":"wrr","persistence_ns":600000000000,"reals":[{"addr":"198.18.10.11:8080","weight":3,"down":true,"removed":true,"rehome":true,"active":4,"inactive":5,"PacketsIn":6,"BytesIn":7,"PacketsOut":8,"BytesOut":9}]},{"service":"udp:198.18.100.1:53","scheduler":"rr","persistence_ns":0,"reals":null}]`
+	// nat.ServiceInfo's encoding/json output before the move, and the
+	// timestamp cookie id since.
+	const want = `[{"service":"tcp:198.18.100.1:80","scheduler":"wrr","persistence_ns":600000000000,"reals":[{"addr":"198.18.10.11:8080","weight":3,"down":true,"removed":true,"rehome":true,"active":4,"inactive":5,"PacketsIn":6,"BytesIn":7,"PacketsOut":8,"BytesOut":9,"cookie_id":11}]},{"service":"udp:198.18.100.1:53","scheduler":"rr","persistence_ns":0,"reals":null}]`
 	if string(got) != want {
 		t.Fatalf("services JSON\n got %s\nwant %s", got, want)
 	}
