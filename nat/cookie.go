@@ -84,7 +84,7 @@ func cookieEncode(t uint32, id uint16, k uint8) uint32 {
 }
 
 // cookieRoundUp is the end of the raw bucket a T' came from: the largest
-// raw TSval that encodes into T”s bucket.
+// raw TSval that encodes into the bucket of v, (v &^ mask) - 1.
 func cookieRoundUp(v uint32, k uint8) uint32 {
 	return v&^(1<<k-1) - 1
 }
@@ -106,6 +106,24 @@ func tsOption(t header.TCP) int {
 		}
 	}
 	return -1
+}
+
+// putTS32 is put32 for a timestamp field: where it is 16-bit aligned (the
+// layout Linux sends, NOP NOP TS), both words are folded into the checksum
+// at once (RFC 1624 eqn. 3, as csumReplace16); else put32 does it.
+func putTS32(b []byte, off int, v uint32, xsum uint16) uint16 {
+	if off&1 != 0 {
+		return put32(b, off, v, xsum)
+	}
+	old := binary.BigEndian.Uint32(b[off:])
+	binary.BigEndian.PutUint32(b[off:], v)
+	if old == v {
+		return xsum
+	}
+	s := uint32(^xsum) + uint32(^uint16(old>>16)) + uint32(^uint16(old)) + v>>16 + v&0xffff
+	s = s&0xffff + s>>16
+	s = s&0xffff + s>>16
+	return ^uint16(s)
 }
 
 // cookieToClient writes the cookie of f into the TSval of p, a real's
@@ -154,7 +172,7 @@ func (d *Director) cookieToClient(p *packet, f *flow) {
 	}
 	c.last = v
 	c.flags |= ckSent
-	xsum := put32(t, at+2, v, t.Checksum())
+	xsum := putTS32(t, at+2, v, t.Checksum())
 	if !p.partial {
 		// A partial checksum does not cover the header yet (as in
 		// xlate.apply).
@@ -179,23 +197,22 @@ func (d *Director) cookieToReal(p *packet, f *flow) {
 	}
 	e := binary.BigEndian.Uint32(t[at+6:])
 	if c.flags&ckSynAck != 0 && e == c.synAck {
+		// The echo of the SYN-ACK, whatever came since: the restore
+		// changes no flow state (a client's segment could be forged).
+		// After a wrap of the real's clock a rewritten value may equal
+		// it, and passes raw: off by less than two buckets.
 		return
 	}
-	// A restored echo is of a rewritten value: the client will not echo
-	// the SYN-ACK's TSval again (ts_recent only moves forward), and a
-	// rewritten value equal to it after a wrap must be restored.
 	var v uint32
 	switch b := e >> k; {
 	case b == c.last>>k:
 		v = c.raw
-		c.flags &^= ckSynAck
 	case c.flags&ckPrev != 0 && b == c.prev>>k:
 		v = c.prevRaw
-		c.flags &^= ckSynAck
 	default:
 		v = cookieRoundUp(e, k)
 	}
-	xsum := put32(t, at+6, v, t.Checksum())
+	xsum := putTS32(t, at+6, v, t.Checksum())
 	if !p.partial {
 		t.SetChecksum(xsum)
 	}

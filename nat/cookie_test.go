@@ -112,7 +112,7 @@ func TestCookieConnection(t *testing.T) {
 		{1026, 1010}, // the bucket before
 		{1010, 1007}, // no longer recorded: rounded up (exact here)
 		{1042, 1039}, // never sent here (another director): rounded up
-		{1000, 991},  // the SYN-ACK's, once a rewritten value was echoed: as any other
+		{1000, 1000}, // the SYN-ACK's, even after rewritten values were echoed
 	} {
 		step(tcp4(client, vip, ack, 1006, 7006, nil, tsOpt(505, c.echo)...), tcp4(client, rs1, ack, 1006, 7006, nil, tsOpt(505, c.want)...), 4)
 	}
@@ -239,6 +239,9 @@ func TestCookieChecksums(t *testing.T) {
 		tcp4(client, vip, psh, 1001, 7334, make([]byte, 77), opts(sackOpt(7001, 7002), tsOpt(502, 0x12345682))...),
 		tcp4(rs1, client, psh, 7334, 1078, make([]byte, 3), opts([]byte{1, 1, 1, 1}, tsOpt(0xffffffff, 502))...),
 		tcp4(client, vip, ack, 1078, 7337, nil, tsOpt(503, 0x0000000f)...),
+		// The option at an odd offset (one NOP before it): put32's path.
+		tcp4(rs1, client, psh, 7337, 1078, []byte("f"), oddTS(0x00010203, 503)...),
+		tcp4(client, vip, ack, 1078, 7338, nil, oddTS(504, 0x00010012)...),
 	}
 	for i, p := range pkts {
 		fo := handle(t, full, bytes.Clone(p), 2)
@@ -406,6 +409,14 @@ func TestCookieAddRealFull(t *testing.T) {
 	if err := d.AddReal(6, ap(vip), ap("198.18.10.41:8080"), 1, 1); err == nil {
 		t.Fatal("an explicit id held by another real taken")
 	}
+}
+
+// oddTS is a timestamp option after one NOP, its values at odd offsets.
+func oddTS(val, ecr uint32) []byte {
+	b := []byte{1, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(b[3:], val)
+	binary.BigEndian.PutUint32(b[7:], ecr)
+	return b
 }
 
 func svcWith(t *testing.T, reals ...string) []*balancer.Service {
