@@ -311,10 +311,17 @@ func TestRunBadConfig(t *testing.T) {
 		{"recovery without rate", func(c *Config) { c.Recovery.Rate = 0 }, PartRecovery, "rate 0"},
 		{"budget prefix too long", func(c *Config) { c.Recovery.PrefixLen4 = 33 }, PartRecovery, "/33 (IPv4)"},
 		{"negative per-prefix flows", func(c *Config) { c.Recovery.PrefixFlows = -1 }, PartRecovery, "flows -1"},
+		{"cookie too wide", func(c *Config) { c.Recovery.CookieBits = 10 }, PartRecovery, "timestamp cookie bits 10: expected 0..9"},
 		{"bad metrics address", func(c *Config) { c.MetricsAddr = "localhost" }, PartMetrics, `"localhost"`},
 		// Found by the parts themselves (nat owns the recovery ports).
 		{"recovery address is a VIP", func(c *Config) { c.Recovery.Addrs = []netip.Addr{vip.Addr()} }, PartDirector, "also a VIP"},
 		{"bad recovery ports", func(c *Config) { c.Recovery.PortLo, c.Recovery.PortHi = 2000, 1000 }, PartDirector, "recovery ports 2000-1000"},
+		{"cookie id collision", func(c *Config) {
+			s := c.Services[0]
+			c.Recovery.CookieBits = 4
+			s.Reals = append(s.Reals, &balancer.Real{Addr: netip.MustParseAddrPort("198.18.10.99:8080"), Weight: 1,
+				CookieID: balancer.DerivedCookieID(s.Reals[0].Addr, 4), CookieIDSet: true})
+		}, PartDirector, "have the same cookie id"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := good()
