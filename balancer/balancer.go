@@ -54,6 +54,14 @@ type Real struct {
 	Removed bool
 	Rehome  bool
 
+	// CookieID is the real's id in the timestamp cookie (package nat,
+	// cookie.go): 1..2^k-1, or 0 for none (cookies off, or a real beyond
+	// the ids of its service). CookieIDSet says it was given explicitly
+	// (",id=N"); else AssignCookieIDs derives it from the address. A
+	// removed real keeps its id while flows may carry it.
+	CookieID    uint16
+	CookieIDSet bool
+
 	Active   int
 	Inactive int
 

@@ -14,31 +14,55 @@ import (
 // with the flag (--real) or the config path (config FILE: services[1]: ...).
 
 const (
-	realSyntax    = "expected ADDR:PORT[*WEIGHT], e.g. 198.18.10.11:80*2"
+	realSyntax    = "expected ADDR:PORT[*WEIGHT][,id=N], e.g. 198.18.10.11:80*2"
 	serviceSyntax = "expected PROTO:VIP:PORT with PROTO tcp or udp, e.g. tcp:198.18.0.10:80"
 	maxWeight     = 65535 // as IPVS (ipvsadm -w).
 )
 
-// ParseReal parses ADDR:PORT[*WEIGHT], e.g. 198.18.10.11:80*2 or
-// [2001:db8::1]:80. The weight defaults to 1 and may be 0..65535 (0 quiesces
-// the real).
-func ParseReal(s string) (netip.AddrPort, int, error) {
-	addrPort, weightText, hasWeight := strings.Cut(s, "*")
+// ParseReal parses ADDR:PORT[*WEIGHT][,id=N], e.g. 198.18.10.11:80*2,id=3
+// or [2001:db8::1]:80. The weight defaults to 1 and may be 0..65535 (0
+// quiesces the real). N is the real's timestamp cookie id, 1..MaxCookieID
+// (what a service's cookie width allows is AssignCookieIDs' to check); id is
+// 0 when none is given.
+func ParseReal(s string) (addr netip.AddrPort, weight int, id uint16, err error) {
+	rest, idText, hasID := strings.Cut(s, ",")
+	addrPort, weightText, hasWeight := strings.Cut(rest, "*")
 	ap, err := parseAddrPort(addrPort)
 	if err == errSyntax {
-		return netip.AddrPort{}, 0, fmt.Errorf("invalid real %q: %s", s, realSyntax)
+		return netip.AddrPort{}, 0, 0, fmt.Errorf("invalid real %q: %s", s, realSyntax)
 	}
 	if err != nil {
-		return netip.AddrPort{}, 0, fmt.Errorf("invalid real %q: %w", s, err)
+		return netip.AddrPort{}, 0, 0, fmt.Errorf("invalid real %q: %w", s, err)
 	}
-	weight := 1
+	weight = 1
 	if hasWeight {
 		weight, err = parseWeight(weightText)
 		if err != nil {
-			return netip.AddrPort{}, 0, fmt.Errorf("invalid real %q: %w", s, err)
+			return netip.AddrPort{}, 0, 0, fmt.Errorf("invalid real %q: %w", s, err)
 		}
 	}
-	return ap, weight, nil
+	if hasID {
+		if id, err = parseCookieID(idText); err != nil {
+			return netip.AddrPort{}, 0, 0, fmt.Errorf("invalid real %q: %w", s, err)
+		}
+	}
+	return ap, weight, id, nil
+}
+
+// parseCookieID reads "id=N", N decimal digits 1..MaxCookieID.
+func parseCookieID(s string) (uint16, error) {
+	n, ok := strings.CutPrefix(s, "id=")
+	if !ok {
+		return 0, fmt.Errorf("%q: expected id=N after the comma", s)
+	}
+	if n == "" || len(n) > 3 || strings.Trim(n, "0123456789") != "" {
+		return 0, fmt.Errorf("cookie id %q: expected a number 1..%d", n, MaxCookieID)
+	}
+	v, _ := strconv.Atoi(n)
+	if v < 1 || v > MaxCookieID {
+		return 0, fmt.Errorf("cookie id %d: expected a number 1..%d", v, MaxCookieID)
+	}
+	return uint16(v), nil
 }
 
 // parseWeight accepts decimal digits only: strconv.Atoi would also take a
@@ -111,7 +135,7 @@ type ServiceConfig struct {
 	Service     string   `json:"service"`     // PROTO:VIP:PORT
 	Scheduler   string   `json:"scheduler"`   // rr, wrr, sh, dh or lc; "" = wrr
 	Persistence string   `json:"persistence"` // Go duration, e.g. "30m"; "" = none
-	Reals       []string `json:"reals"`       // ADDR:PORT[*WEIGHT]
+	Reals       []string `json:"reals"`       // ADDR:PORT[*WEIGHT][,id=N]
 	Check       string   `json:"check"`       // none, tcp, http:/PATH[=STATUS]; "" = none
 }
 
@@ -156,7 +180,7 @@ func (c ServiceConfig) Build() (*Service, error) {
 		Reals: make([]*Real, 0, len(c.Reals)), Check: check}
 	first := make(map[netip.AddrPort]int, len(c.Reals)) // real -> index where first given
 	for i, s := range c.Reals {
-		addr, weight, err := ParseReal(s)
+		addr, weight, id, err := ParseReal(s)
 		if err != nil {
 			return nil, fmt.Errorf("reals[%d]: %w", i, err)
 		}
@@ -172,7 +196,7 @@ func (c ServiceConfig) Build() (*Service, error) {
 			return nil, fmt.Errorf("reals[%d]: real %s is the service's own VIP:PORT", i, addr)
 		}
 		first[addr] = i
-		svc.Reals = append(svc.Reals, &Real{Addr: addr, Weight: weight})
+		svc.Reals = append(svc.Reals, &Real{Addr: addr, Weight: weight, CookieID: id, CookieIDSet: id != 0})
 	}
 	return svc, nil
 }

@@ -8,13 +8,23 @@ import (
 )
 
 func TestParseReal(t *testing.T) {
-	const syntax = ": expected ADDR:PORT[*WEIGHT], e.g. 198.18.10.11:80*2"
+	const syntax = ": expected ADDR:PORT[*WEIGHT][,id=N], e.g. 198.18.10.11:80*2"
 	tests := []struct {
 		in         string
 		wantAddr   string
 		wantWeight int
+		wantID     uint16
 		wantErr    string
 	}{
+		{in: "198.18.10.11:80,id=3", wantAddr: "198.18.10.11:80", wantWeight: 1, wantID: 3},
+		{in: "198.18.10.11:80*2,id=511", wantAddr: "198.18.10.11:80", wantWeight: 2, wantID: 511},
+		{in: "[2001:db8::1]:80*0,id=1", wantAddr: "[2001:db8::1]:80", wantWeight: 0, wantID: 1},
+		{in: "198.18.10.11:80,id=0", wantErr: `invalid real "198.18.10.11:80,id=0": cookie id 0: expected a number 1..511`},
+		{in: "198.18.10.11:80,id=512", wantErr: `invalid real "198.18.10.11:80,id=512": cookie id 512: expected a number 1..511`},
+		{in: "198.18.10.11:80,id=", wantErr: `invalid real "198.18.10.11:80,id=": cookie id "": expected a number 1..511`},
+		{in: "198.18.10.11:80,id=+1", wantErr: `invalid real "198.18.10.11:80,id=+1": cookie id "+1": expected a number 1..511`},
+		{in: "198.18.10.11:80,weight=1", wantErr: `invalid real "198.18.10.11:80,weight=1": "weight=1": expected id=N after the comma`},
+		{in: "198.18.10.11:80,id=1*2", wantErr: `invalid real "198.18.10.11:80,id=1*2": cookie id "1*2": expected a number 1..511`},
 		{in: "198.18.10.11:80", wantAddr: "198.18.10.11:80", wantWeight: 1},
 		{in: "198.18.10.11:80*2", wantAddr: "198.18.10.11:80", wantWeight: 2},
 		{in: "198.18.10.11:80*0", wantAddr: "198.18.10.11:80", wantWeight: 0},
@@ -44,7 +54,7 @@ func TestParseReal(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			addr, weight, err := ParseReal(tt.in)
+			addr, weight, id, err := ParseReal(tt.in)
 			if tt.wantErr != "" {
 				if err == nil || err.Error() != tt.wantErr {
 					t.Fatalf("ParseReal(%q) error = %v\nwant %s", tt.in, err, tt.wantErr)
@@ -54,8 +64,8 @@ func TestParseReal(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseReal(%q): %v", tt.in, err)
 			}
-			if addr != netip.MustParseAddrPort(tt.wantAddr) || weight != tt.wantWeight {
-				t.Errorf("ParseReal(%q) = %v, %d, want %s, %d", tt.in, addr, weight, tt.wantAddr, tt.wantWeight)
+			if addr != netip.MustParseAddrPort(tt.wantAddr) || weight != tt.wantWeight || id != tt.wantID {
+				t.Errorf("ParseReal(%q) = %v, %d, %d, want %s, %d, %d", tt.in, addr, weight, id, tt.wantAddr, tt.wantWeight, tt.wantID)
 			}
 		})
 	}
@@ -134,7 +144,7 @@ func TestServiceConfigBuild(t *testing.T) {
 		{"no reals", valid(func(c *ServiceConfig) { c.Reals = nil }),
 			`reals: no real server given for service tcp:198.18.0.10:80; expected at least one ADDR:PORT[*WEIGHT]`},
 		{"bad real", valid(func(c *ServiceConfig) { c.Reals = append(c.Reals, "198.18.10.13") }),
-			`reals[2]: invalid real "198.18.10.13": expected ADDR:PORT[*WEIGHT], e.g. 198.18.10.11:80*2`},
+			`reals[2]: invalid real "198.18.10.13": expected ADDR:PORT[*WEIGHT][,id=N], e.g. 198.18.10.11:80*2`},
 		{"duplicate real", valid(func(c *ServiceConfig) { c.Reals = append(c.Reals, "198.18.10.11:80*5") }),
 			`reals[2]: duplicate real 198.18.10.11:80, already given as reals[0]`},
 		{"mixed IP versions", valid(func(c *ServiceConfig) { c.Reals = []string{"[2001:db8::1]:80"} }),
@@ -235,18 +245,21 @@ func errString(err error) string {
 // FuzzParseReal checks that ParseReal never panics and that what it accepts
 // prints back to text it reads the same way.
 func FuzzParseReal(f *testing.F) {
-	for _, s := range []string{"198.18.10.11:80*2", "[2001:db8::1]:80", "1.2.3.4:0", "a*b", "[::ffff:1.2.3.4]:1*65535"} {
+	for _, s := range []string{"198.18.10.11:80*2", "[2001:db8::1]:80", "1.2.3.4:0", "a*b", "[::ffff:1.2.3.4]:1*65535", "1.2.3.4:80*1,id=7"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		addr, weight, err := ParseReal(s)
+		addr, weight, id, err := ParseReal(s)
 		if err != nil {
 			return
 		}
 		again := addr.String() + "*" + strconv.Itoa(weight)
-		addr2, weight2, err := ParseReal(again)
-		if err != nil || addr2 != addr || weight2 != weight {
-			t.Fatalf("ParseReal(%q) = %v, %d; ParseReal(%q) = %v, %d, %v", s, addr, weight, again, addr2, weight2, err)
+		if id != 0 {
+			again += ",id=" + strconv.Itoa(int(id))
+		}
+		addr2, weight2, id2, err := ParseReal(again)
+		if err != nil || addr2 != addr || weight2 != weight || id2 != id {
+			t.Fatalf("ParseReal(%q) = %v, %d, %d; ParseReal(%q) = %v, %d, %d, %v", s, addr, weight, id, again, addr2, weight2, id2, err)
 		}
 	})
 }

@@ -40,7 +40,7 @@ func services(in []nat.ServiceInfo) []adminapi.Service {
 		for _, r := range s.Reals {
 			as.Reals = append(as.Reals, adminapi.Real{
 				Addr: r.Addr, Weight: r.Weight, Down: r.Down, Removed: r.Removed, Rehome: r.Rehome,
-				Active: r.Active, Inactive: r.Inactive,
+				CookieID: r.CookieID, Active: r.Active, Inactive: r.Inactive,
 				PacketsIn: r.PacketsIn, BytesIn: r.BytesIn, PacketsOut: r.PacketsOut, BytesOut: r.BytesOut,
 			})
 		}
@@ -88,7 +88,7 @@ func (r *runner) real(w http.ResponseWriter, req *http.Request) {
 // applyReal applies one change. Errors start with the name of the
 // request's field they are about (see adminapi.RealChange).
 func (r *runner) applyReal(c adminapi.RealChange) error {
-	addr, weight, err := balancer.ParseReal(c.Real)
+	addr, weight, id, err := balancer.ParseReal(c.Real)
 	if err != nil {
 		return fmt.Errorf("real: %w", err)
 	}
@@ -101,7 +101,7 @@ func (r *runner) applyReal(c adminapi.RealChange) error {
 	}
 	switch c.Op {
 	case "add":
-		return r.d.AddReal(proto, vip, addr, weight)
+		return r.d.AddReal(proto, vip, addr, weight, id)
 	case "remove":
 		return removeError(r.d.RemoveReal(proto, vip, addr, c.Rehome))
 	case "weight":

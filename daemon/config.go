@@ -94,6 +94,10 @@ type Recovery struct {
 	// UnconfirmedTimeout is the idle timeout of a recovered flow until
 	// its client acks server data; 0: nat's default.
 	UnconfirmedTimeout time.Duration
+	// CookieBits is the width of the timestamp cookie, 0..
+	// nat.MaxCookieBits (nat.Config.CookieBits); 0 turns cookies off. It
+	// applies with recovery off too: a peer director may need the cookies.
+	CookieBits int
 }
 
 // withDefaults returns c with its zero values that have a default filled
@@ -132,6 +136,9 @@ func (c Config) withDefaults() (Config, error) {
 		return c, invalid(PartChecks, err)
 	}
 	r := c.Recovery
+	if r.CookieBits < 0 || r.CookieBits > nat.MaxCookieBits {
+		return c, invalid(PartRecovery, fmt.Errorf("timestamp cookie bits %d: expected 0..%d", r.CookieBits, nat.MaxCookieBits))
+	}
 	if r.Enabled {
 		switch {
 		case len(r.Addrs) == 0:

@@ -323,6 +323,7 @@ func (r *runner) logStart(tunName string, mtu int) {
 	c := r.cfg
 	for _, svc := range c.Services {
 		r.logService(svc)
+		r.logCookieless(svc)
 	}
 	addrs := zerolog.Arr()
 	for _, a := range c.Recovery.Addrs {
@@ -332,17 +333,44 @@ func (r *runner) logStart(tunName string, mtu int) {
 	r.log.Info().Bool("recovery", rec.Enabled).Array("recovery_addrs", addrs).
 		Str("recovery_ports", strconv.Itoa(int(rec.PortLo))+"-"+strconv.Itoa(int(rec.PortHi))).
 		Int("recovery_wscale", rec.WScale).Dur("recovery_timeout", rec.Timeout).
-		Int("recovery_rate", rec.Rate).Int("recovery_max_inflight", rec.MaxInflight).Msg("recovery")
+		Int("recovery_rate", rec.Rate).Int("recovery_max_inflight", rec.MaxInflight).
+		Int("ts_cookie_bits", rec.CookieBits).Msg("recovery")
 	r.log.Info().Str(fTUN, tunName).Int("mtu", mtu).Bool("setup_routes", c.Routes.Setup).Bool("tun_offload", c.Offload).
 		Int("tun_queues", c.Queues).Int("packet_nice", c.Nice).
 		Int("max_flows", c.MaxFlows).Str("admin_socket", c.AdminSocket).Str("metrics_addr", c.MetricsAddr).
 		Int("pid", os.Getpid()).Msg("serving")
 }
 
+// logCookieless warns, once at start, of the reals of svc beyond its
+// timestamp cookie ids (nat.Config.CookieBits): their flows carry no
+// cookie, and another director finds them by probe only.
+func (r *runner) logCookieless(svc *balancer.Service) {
+	k := r.cfg.Recovery.CookieBits
+	if k == 0 {
+		return
+	}
+	without := zerolog.Arr()
+	n := 0
+	for _, real := range svc.Reals {
+		if real.CookieID == 0 {
+			without.Str(real.Addr.String())
+			n++
+		}
+	}
+	if n > 0 {
+		r.log.Warn().Str(fService, svc.String()).Int("ts_cookie_bits", k).Array(fReals, without).
+			Msgf("more reals than the %d timestamp cookie ids: these get no cookie (raise --ts-cookie-bits)", 1<<k-1)
+	}
+}
+
 func (r *runner) logService(svc *balancer.Service) {
 	reals := zerolog.Arr()
 	for _, real := range svc.Reals {
-		reals.Str(real.Addr.String() + "*" + strconv.Itoa(real.Weight))
+		s := real.Addr.String() + "*" + strconv.Itoa(real.Weight)
+		if real.CookieID != 0 {
+			s += ",id=" + strconv.Itoa(int(real.CookieID))
+		}
+		reals.Str(s)
 	}
 	r.log.Info().Str(fService, svc.String()).Str(fScheduler, svc.Scheduler.Name()).
 		Dur("persistence", svc.Persistence).Array(fReals, reals).Msg("service")

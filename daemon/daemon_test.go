@@ -311,10 +311,17 @@ func TestRunBadConfig(t *testing.T) {
 		{"recovery without rate", func(c *Config) { c.Recovery.Rate = 0 }, PartRecovery, "rate 0"},
 		{"budget prefix too long", func(c *Config) { c.Recovery.PrefixLen4 = 33 }, PartRecovery, "/33 (IPv4)"},
 		{"negative per-prefix flows", func(c *Config) { c.Recovery.PrefixFlows = -1 }, PartRecovery, "flows -1"},
+		{"cookie too wide", func(c *Config) { c.Recovery.CookieBits = 10 }, PartRecovery, "timestamp cookie bits 10: expected 0..9"},
 		{"bad metrics address", func(c *Config) { c.MetricsAddr = "localhost" }, PartMetrics, `"localhost"`},
 		// Found by the parts themselves (nat owns the recovery ports).
 		{"recovery address is a VIP", func(c *Config) { c.Recovery.Addrs = []netip.Addr{vip.Addr()} }, PartDirector, "also a VIP"},
 		{"bad recovery ports", func(c *Config) { c.Recovery.PortLo, c.Recovery.PortHi = 2000, 1000 }, PartDirector, "recovery ports 2000-1000"},
+		{"cookie id collision", func(c *Config) {
+			s := c.Services[0]
+			c.Recovery.CookieBits = 4
+			s.Reals = append(s.Reals, &balancer.Real{Addr: netip.MustParseAddrPort("198.18.10.99:8080"), Weight: 1,
+				CookieID: balancer.DerivedCookieID(s.Reals[0].Addr, 4), CookieIDSet: true})
+		}, PartDirector, "have the same cookie id"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := good()
@@ -449,7 +456,7 @@ func TestNotify(t *testing.T) {
 func TestServicesJSON(t *testing.T) {
 	in := []nat.ServiceInfo{
 		{Service: "tcp:198.18.100.1:80", Scheduler: "wrr", Persistence: 10 * time.Minute, Reals: []nat.RealInfo{{
-			Addr: realA, Weight: 3, Down: true, Removed: true, Rehome: true, Active: 4, Inactive: 5,
+			Addr: realA, Weight: 3, Down: true, Removed: true, Rehome: true, Active: 4, Inactive: 5, CookieID: 11,
 		}}},
 		{Service: "udp:198.18.100.1:53", Scheduler: "rr"},
 	}
@@ -459,8 +466,9 @@ func TestServicesJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// nat.ServiceInfo's encoding/json output before the move.
-	const want = `[{"service":"tcp:198.18.100.1:80","scheduler":"wrr","persistence_ns":600000000000,"reals":[{"addr":"198.18.10.11:8080","weight":3,"down":true,"removed":true,"rehome":true,"active":4,"inactive":5,"PacketsIn":6,"BytesIn":7,"PacketsOut":8,"BytesOut":9}]},{"service":"udp:198.18.100.1:53","scheduler":"rr","persistence_ns":0,"reals":null}]`
+	// nat.ServiceInfo's encoding/json output before the move, and the
+	// timestamp cookie id since.
+	const want = `[{"service":"tcp:198.18.100.1:80","scheduler":"wrr","persistence_ns":600000000000,"reals":[{"addr":"198.18.10.11:8080","weight":3,"down":true,"removed":true,"rehome":true,"active":4,"inactive":5,"PacketsIn":6,"BytesIn":7,"PacketsOut":8,"BytesOut":9,"cookie_id":11}]},{"service":"udp:198.18.100.1:53","scheduler":"rr","persistence_ns":0,"reals":null}]`
 	if string(got) != want {
 		t.Fatalf("services JSON\n got %s\nwant %s", got, want)
 	}

@@ -30,7 +30,7 @@ const attempts = 3
 func newDirector(ctx context.Context, cfg Config, mtu int, write func([]byte), clk *clock.Clock, st *stages, log zerolog.Logger) (*nat.Director, *netstack.Stack, error) {
 	r := cfg.Recovery
 	ncfg := nat.Config{Services: cfg.Services, Timeouts: cfg.Timeouts, MaxFlows: cfg.MaxFlows,
-		Recovery: nat.RecoveryConfig{Addrs: r.Addrs}}
+		Recovery: nat.RecoveryConfig{Addrs: r.Addrs}, CookieBits: r.CookieBits}
 	var ns *netstack.Stack
 	if len(r.Addrs) > 0 {
 		var err error

@@ -112,6 +112,7 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 
 // toReal rewrites a client's packet for its flow's real.
 func (d *Director) toReal(p *packet, f *flow) {
+	d.cookieToReal(p, f)
 	if f.Kind == KindRecovered {
 		f.toServer().apply(p)
 		rewriteSrc(p, f.Local.AddrPort())

@@ -22,6 +22,10 @@ type Config struct {
 	// lock, from the goroutine whose call made them (a pump, the sweep),
 	// with the time of that call; nil discards them.
 	Emit func(pkts [][]byte, now int64)
+	// CookieBits is the width k of the timestamp cookie (cookie.go), 0..
+	// MaxCookieBits: 0 turns cookies off. The reals of every service get
+	// their cookie ids (balancer.AssignCookieIDs) in New.
+	CookieBits int
 }
 
 // Director is the NAT of one director: services, flow table, every piece of
@@ -47,6 +51,7 @@ type Director struct {
 	timeouts    Timeouts
 	maxFlows    int
 	flows       table
+	cookieBits  uint8 // Config.CookieBits
 	rec         recovery
 	stats       Stats
 	emitq       [][]byte // packets to Emit once the lock is released
@@ -62,6 +67,9 @@ func New(cfg Config) (*Director, error) {
 	if cfg.MaxFlows <= 0 {
 		return nil, fmt.Errorf("max flows %d: expected a positive number", cfg.MaxFlows)
 	}
+	if cfg.CookieBits < 0 || cfg.CookieBits > MaxCookieBits {
+		return nil, fmt.Errorf("timestamp cookie bits %d: expected 0..%d", cfg.CookieBits, MaxCookieBits)
+	}
 	d := &Director{
 		bySvc:     make(map[svcKey]uint16),
 		vips:      make(map[netip.Addr]struct{}),
@@ -72,6 +80,7 @@ func New(cfg Config) (*Director, error) {
 		flows:     newTable(),
 		emitFn:    cfg.Emit,
 	}
+	d.cookieBits = uint8(cfg.CookieBits)
 	for _, s := range cfg.Services {
 		if !s.VIP.Addr().Is4() {
 			return nil, fmt.Errorf("service %s: only IPv4 VIPs are served", s)
@@ -79,6 +88,9 @@ func New(cfg Config) (*Director, error) {
 		k := svcKey{uint8(s.Proto), s.VIP}
 		if _, dup := d.bySvc[k]; dup {
 			return nil, fmt.Errorf("service %s configured twice", s)
+		}
+		if _, err := balancer.AssignCookieIDs(s, cfg.CookieBits); err != nil {
+			return nil, err
 		}
 		si := uint16(len(d.services))
 		d.bySvc[k] = si

@@ -15,5 +15,6 @@
 // accounting), service.go (services and reals, runtime changes), recovery.go,
 // trigger.go, sink.go and ports.go (recovery state, triggers and parking, the
 // ends of dials, the port allocator), stats.go, and the packet work in
-// packet.go, rewrite.go, tcpx.go, icmp.go and state.go.
+// packet.go, rewrite.go, tcpx.go, icmp.go and state.go, and the timestamp
+// cookie (the real's id in the server's TSval) in cookie.go.
 package nat

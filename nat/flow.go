@@ -96,7 +96,8 @@ type Flow struct {
 
 // flow is one NATed connection as the table keeps it: fields as in Flow,
 // addresses packed, the one-byte fields last so that nothing pads
-// (112 bytes in all, 29 of them window tracking; 88 before it).
+// (136 bytes in all, 29 of them window tracking and 24 the timestamp
+// cookie; 112 before the cookie, 88 before window tracking).
 type flow struct {
 	Client  endpoint
 	VIP     endpoint
@@ -122,6 +123,11 @@ type flow struct {
 	// hs is the client's side of the handshake, for flows whose SYN and
 	// SYN-ACK crossed this director (and flows re-homed from those).
 	hs clientHandshake
+
+	// ck is the flow's timestamp cookie state (cookie.go): the last TSval
+	// sent to the client, the raw TSvals of the last two buckets for the
+	// restore of the client's TSecr, and the SYN-ACK's raw TSval.
+	ck cookieFlow
 
 	svc         uint16 // index into Director.services
 	real        uint16 // index into the service's Reals

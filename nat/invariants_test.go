@@ -311,7 +311,7 @@ func TestFlowsInChunks(t *testing.T) {
 func TestOverlapOnRuntimeChanges(t *testing.T) {
 	d, _ := newRecDirector(t)
 	for _, real := range []string{"198.18.100.1:8080", recAddr + ":8080"} {
-		if err := d.AddReal(balancer.TCP, ap(vip), ap(real), 1); err == nil {
+		if err := d.AddReal(balancer.TCP, ap(vip), ap(real), 1, 0); err == nil {
 			t.Fatalf("AddReal %s: no error", real)
 		}
 	}

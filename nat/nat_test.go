@@ -408,7 +408,7 @@ func TestServicesAndRemoval(t *testing.T) {
 		t.Fatalf("after its flow ended: %+v", reals)
 	}
 	// Added again, it takes its old place back.
-	if err := d.AddReal(6, ap(vip), ap(rs1), 3); err != nil {
+	if err := d.AddReal(6, ap(vip), ap(rs1), 3, 0); err != nil {
 		t.Fatal(err)
 	}
 	if r := d.Services()[0].Reals[0]; r.Addr != ap(rs1) || r.Weight != 3 || r.Removed || r.PacketsIn != 1 {

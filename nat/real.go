@@ -110,6 +110,7 @@ func (d *Director) toClient(p *packet, f *flow) {
 		f.toClient().apply(p)
 		rewriteDst(p, f.Client.AddrPort())
 	}
+	d.cookieToClient(p, f)
 	rewriteSrc(p, f.VIP.AddrPort())
 	r := d.services[f.svc].Reals[f.real]
 	r.PacketsOut++

@@ -42,9 +42,10 @@ func newService(s *balancer.Service) service {
 	return service{Service: s, persist: make(map[netip.Addr]affinity)}
 }
 
-// addReal appends a new real to s (the caller checked it is not there).
-func (s *service) addReal(addr netip.AddrPort, weight int) {
-	s.Reals = append(s.Reals, &balancer.Real{Addr: addr, Weight: weight})
+// addReal appends a new real to s (the caller checked it is not there)
+// with its cookie id (newRealCookieID); explicit says it was given.
+func (s *service) addReal(addr netip.AddrPort, weight int, id uint16, explicit bool) {
+	s.Reals = append(s.Reals, &balancer.Real{Addr: addr, Weight: weight, CookieID: id, CookieIDSet: explicit})
 }
 
 // RealInfo describes one real of a service.
@@ -57,6 +58,8 @@ type RealInfo struct {
 	Active   int
 	Inactive int
 	balancer.Traffic
+
+	CookieID uint16 // its timestamp cookie id; 0: none
 }
 
 // ServiceInfo describes one service.
@@ -86,7 +89,7 @@ func (d *Director) Services() []ServiceInfo {
 			}
 			si.Reals = append(si.Reals, RealInfo{
 				Addr: r.Addr, Weight: r.Weight, Down: r.Down, Removed: r.Removed, Rehome: r.Rehome,
-				Active: r.Active, Inactive: r.Inactive, Traffic: r.Traffic,
+				CookieID: r.CookieID, Active: r.Active, Inactive: r.Inactive, Traffic: r.Traffic,
 			})
 		}
 		out = append(out, si)
@@ -174,8 +177,11 @@ func (d *Director) SetWeight(proto balancer.Proto, vip, real netip.AddrPort, wei
 	return err
 }
 
-// AddReal adds a real to a service (or gives a removed one back its weight).
-func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weight int) error {
+// AddReal adds a real to a service (or gives a removed one back its weight)
+// with its timestamp cookie id: id, or derived from its address if 0. An id
+// another real holds refuses the add (see newRealCookieID); a removed real
+// keeps its id.
+func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weight int, id uint16) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s, si, err := d.service(proto, vip)
@@ -193,13 +199,20 @@ func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weigh
 		if !r.Removed {
 			return fmt.Errorf("service %s already has real %s", s, real)
 		}
+		if err := d.readdCookieID(s, r, id); err != nil {
+			return err
+		}
 		r.Removed, r.Rehome, r.Weight = false, false, weight
 		return nil
 	}
 	if len(s.Reals) >= 0xffff {
 		return fmt.Errorf("service %s: too many reals", s)
 	}
-	s.addReal(real, weight)
+	cid, err := d.newRealCookieID(s, real, id, func(r *balancer.Real) bool { return !r.Removed }, nil)
+	if err != nil {
+		return err
+	}
+	s.addReal(real, weight, cid, id != 0)
 	d.realAddrs[real.Addr()] = struct{}{}
 	rk := svcKey{uint8(proto), real}
 	d.realSvcs[rk] = append(d.realSvcs[rk], si)
@@ -259,6 +272,10 @@ func (d *Director) Reconfigure(svcs []*balancer.Service) error {
 	if err := d.checkOverlap(svcs); err != nil {
 		return err
 	}
+	ids, err := d.reloadCookieIDs(svcs)
+	if err != nil {
+		return err
+	}
 	keep := make(map[svcKey]bool, len(svcs))
 	for _, ns := range svcs {
 		k := svcKey{uint8(ns.Proto), ns.VIP}
@@ -300,7 +317,7 @@ func (d *Director) Reconfigure(svcs []*balancer.Service) error {
 		}
 		for _, r := range ns.Reals { // new reals, in file order
 			if w, ok := want[r.Addr]; ok {
-				s.addReal(r.Addr, w)
+				s.addReal(r.Addr, w, ids[r], r.CookieIDSet)
 				d.noteReal(ns.Proto, r.Addr, si)
 			}
 		}

@@ -367,7 +367,7 @@ func (s *stepper) step(op byte, r *stepReader) {
 		case 5:
 			_ = s.d.RemoveReal(proto, svc, real, false)
 		case 6:
-			_ = s.d.AddReal(proto, svc, real, 1)
+			_ = s.d.AddReal(proto, svc, real, 1, 0)
 		}
 	}
 }

@@ -46,12 +46,27 @@ func loadServices(c *cli.Context) ([]*balancer.Service, error) {
 	return svcs, nil
 }
 
+// realArgs undoes the split of a slice flag at its commas (urfave/cli
+// splits every value, and HOLDFAST_REAL, at them): a piece that starts
+// with "id=" is the cookie id of the real before it (ADDR:PORT,id=N).
+func realArgs(in []string) []string {
+	out := make([]string, 0, len(in))
+	for _, s := range in {
+		if n := len(out); n > 0 && strings.HasPrefix(s, "id=") {
+			out[n-1] += "," + s
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
 func serviceFromFlags(c *cli.Context) (*balancer.Service, error) {
 	sc := balancer.ServiceConfig{
 		Service:     c.String(serviceFlag.Name),
 		Scheduler:   c.String(schedulerFlag.Name),
 		Persistence: c.String(persistenceFlag.Name),
-		Reals:       c.StringSlice(realFlag.Name),
+		Reals:       realArgs(c.StringSlice(realFlag.Name)),
 		Check:       c.String(checkFlag.Name),
 	}
 	// Check each flag on its own first so the message names the flag.
@@ -71,7 +86,7 @@ func serviceFromFlags(c *cli.Context) (*balancer.Service, error) {
 		return nil, usagef("--service %s has no --real ADDR:PORT[*WEIGHT]", sc.Service)
 	}
 	for _, r := range sc.Reals {
-		if _, _, err := balancer.ParseReal(r); err != nil {
+		if _, _, _, err := balancer.ParseReal(r); err != nil {
 			return nil, usagef("--real: %v", err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -33,7 +34,7 @@ func ctlClient(c *cli.Context) *directorClient {
 func ctlCommands() []*cli.Command {
 	serviceReal := []cli.Flag{
 		&cli.StringFlag{Name: "service", Required: true, Usage: "the service, PROTO:VIP:PORT"},
-		&cli.StringFlag{Name: "real", Required: true, Usage: "the real, ADDR:PORT (with add: ADDR:PORT[*WEIGHT])"},
+		&cli.StringFlag{Name: "real", Required: true, Usage: "the real, ADDR:PORT (with add: ADDR:PORT[*WEIGHT][,id=N], N its timestamp cookie id)"},
 	}
 	return []*cli.Command{
 		{
@@ -139,7 +140,7 @@ func ctlServiceList(c *cli.Context) error {
 	for _, s := range svcs {
 		fmt.Printf("%s  scheduler %s  persistence %s\n", s.Service, s.Scheduler, s.Persistence)
 		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "  REAL\tWEIGHT\tHEALTH\tACTIVE\tINACTIVE\tPACKETS-IN\tPACKETS-OUT")
+		fmt.Fprintln(w, "  REAL\tWEIGHT\tCOOKIE\tHEALTH\tACTIVE\tINACTIVE\tPACKETS-IN\tPACKETS-OUT")
 		for _, r := range s.Reals {
 			health := "up"
 			if r.Down {
@@ -151,7 +152,11 @@ func ctlServiceList(c *cli.Context) error {
 			if r.Rehome {
 				health += ",rehoming"
 			}
-			fmt.Fprintf(w, "  %s\t%d\t%s\t%d\t%d\t%d\t%d\n", r.Addr, r.Weight, health, r.Active, r.Inactive, r.PacketsIn, r.PacketsOut)
+			cookie := "-" // no cookie id: cookies off, or more reals than ids
+			if r.CookieID != 0 {
+				cookie = strconv.Itoa(int(r.CookieID))
+			}
+			fmt.Fprintf(w, "  %s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\n", r.Addr, r.Weight, cookie, health, r.Active, r.Inactive, r.PacketsIn, r.PacketsOut)
 		}
 		if err := w.Flush(); err != nil {
 			return err

@@ -68,7 +68,7 @@ var (
 	}
 	realFlag = &cli.StringSliceFlag{
 		Name: "real", Category: catService, EnvVars: env("REAL"),
-		Usage: "real server ADDR:PORT[*WEIGHT] of --service (repeatable; weight 1 by default, 0 = no new flows)",
+		Usage: "real server ADDR:PORT[*WEIGHT][,id=N] of --service (repeatable; weight 1 by default, 0 = no new flows; N its timestamp cookie id, default derived from the address)",
 	}
 	persistenceFlag = &cli.StringFlag{
 		Name: "persistence", Category: catService, EnvVars: env("PERSISTENCE"),
@@ -167,6 +167,10 @@ var (
 		Name: "timeout-recovered-unconfirmed", Value: nat.DefaultUnconfirmedTimeout, Category: catRecover, EnvVars: env("TIMEOUT_RECOVERED_UNCONFIRMED"),
 		Usage: "idle timeout of a recovered flow until its client acknowledges server data (a forged trigger's source never does); refreshed by the client's segments only",
 	}
+	tsCookieBitsFlag = &cli.IntFlag{
+		Name: "ts-cookie-bits", Value: nat.DefaultCookieBits, Category: catRecover, EnvVars: env("TS_COOKIE_BITS"),
+		Usage: "bits of the server's TCP timestamp that carry its real's cookie id, 0..9 (0: off): 2^K-1 reals a service get one, and any director finds the real of a connection from the client's echo",
+	}
 	parkBytesFlag = &cli.StringFlag{
 		Name: "park-bytes", Value: "64MiB", Category: catRecover, EnvVars: env("PARK_BYTES"),
 		Usage: "bytes of client segments parked while their recovery is in flight, all flows together (suffixes KiB, MiB, GiB)",
@@ -220,7 +224,7 @@ func runFlags() []cli.Flag {
 		recoveryWScaleFlag, recoveryMSSFlag, recoveryTimeoutFlag, recoveryRateFlag,
 		recoveryMaxInflightFlag, recoveryAllowFlag, parkBytesFlag,
 		recoveryPrefixLen4Flag, recoveryPrefixLen6Flag, recoveryPrefixInflightFlag, recoveryPrefixFlowsFlag,
-		timeoutRecoveredUnconfirmedFlag,
+		timeoutRecoveredUnconfirmedFlag, tsCookieBitsFlag,
 		adminSocketFlag, metricsAddrFlag, pprofAddrFlag,
 		checkFlag, checkIntervalFlag, checkTimeoutFlag, checkRiseFlag, checkFallFlag,
 		logLevelFlag, logFormatFlag,

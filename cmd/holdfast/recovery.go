@@ -80,6 +80,9 @@ func parseRecovery(c *cli.Context) (daemon.Recovery, error) {
 	if r.UnconfirmedTimeout = c.Duration(timeoutRecoveredUnconfirmedFlag.Name); r.UnconfirmedTimeout <= 0 {
 		return r, usagef("--timeout-recovered-unconfirmed %s: expected a positive duration, e.g. 10s", r.UnconfirmedTimeout)
 	}
+	if r.CookieBits = c.Int(tsCookieBitsFlag.Name); r.CookieBits < 0 || r.CookieBits > nat.MaxCookieBits {
+		return r, usagef("--ts-cookie-bits %d: expected 0..%d (0: no timestamp cookies)", r.CookieBits, nat.MaxCookieBits)
+	}
 	return r, nil
 }
 

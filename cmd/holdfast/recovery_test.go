@@ -64,3 +64,70 @@ func TestRecoveryBudgetFlags(t *testing.T) {
 		}
 	}
 }
+
+// --ts-cookie-bits: nat's default, a value from the flag or HOLDFAST_*, and
+// one usage line (exit 2) for a value out of 0..9.
+func TestTSCookieBitsFlag(t *testing.T) {
+	r, err := parseRecoveryArgs(t)
+	if err != nil || r.CookieBits != nat.DefaultCookieBits {
+		t.Fatalf("default: %d, %v", r.CookieBits, err)
+	}
+	if r, err = parseRecoveryArgs(t, "--ts-cookie-bits", "0"); err != nil || r.CookieBits != 0 {
+		t.Fatalf("0: %d, %v", r.CookieBits, err)
+	}
+	// urfave/cli keeps a value from the environment in the flag's Value.
+	defer func(v int) { tsCookieBitsFlag.Value = v }(tsCookieBitsFlag.Value)
+	t.Setenv("HOLDFAST_TS_COOKIE_BITS", "9")
+	if r, err = parseRecoveryArgs(t); err != nil || r.CookieBits != 9 {
+		t.Fatalf("env 9: %d, %v", r.CookieBits, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--ts-cookie-bits", "10"}, "--ts-cookie-bits 10: expected 0..9 (0: no timestamp cookies)"},
+		{[]string{"--ts-cookie-bits", "-1"}, "--ts-cookie-bits -1: expected 0..9 (0: no timestamp cookies)"},
+	} {
+		_, err := parseRecoveryArgs(t, tc.args...)
+		var ec cli.ExitCoder
+		if !errors.As(err, &ec) || ec.ExitCode() != exitUsage || err.Error() != tc.msg {
+			t.Errorf("%q: %v, want exit %d %q", tc.args, err, exitUsage, tc.msg)
+		}
+	}
+}
+
+// Cookie ids of --real: explicit with ,id=N, else derived; a collision is
+// one usage line (exit 2) naming both reals.
+func TestRealCookieIDs(t *testing.T) {
+	run := func(args ...string) (daemon.Config, error) {
+		t.Helper()
+		var cfg daemon.Config
+		var perr error
+		app := &cli.App{Name: "t", Flags: runFlags(), Action: func(c *cli.Context) error {
+			cfg, perr = parseRun(c)
+			return nil
+		}}
+		base := []string{"t", "--recovery-addr", "198.18.200.1", "--service", "tcp:198.18.100.1:80"}
+		if err := app.Run(append(base, args...)); err != nil {
+			t.Fatalf("flags %q: %v", args, err)
+		}
+		return cfg, perr
+	}
+	cfg, err := run("--real", "198.18.10.11:80", "--real", "198.18.10.12:80*2,id=7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := cfg.Services[0].Reals; rs[0].CookieID != 12 || rs[1].CookieID != 7 || !rs[1].CookieIDSet {
+		t.Fatalf("ids %d %d", rs[0].CookieID, rs[1].CookieID)
+	}
+	_, err = run("--real", "198.18.10.11:80", "--real", "198.18.10.12:80,id=12")
+	const want = "service tcp:198.18.100.1:80: reals 198.18.10.11:80 and 198.18.10.12:80 have the same cookie id 12; give one of them its own with ,id=N (1..15)"
+	var ec cli.ExitCoder
+	if !errors.As(err, &ec) || ec.ExitCode() != exitUsage || err.Error() != want {
+		t.Fatalf("collision: %v\nwant exit %d %q", err, exitUsage, want)
+	}
+	// With cookies off, ids are not checked.
+	if _, err = run("--ts-cookie-bits", "0", "--real", "198.18.10.11:80", "--real", "198.18.10.12:80,id=12"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -105,6 +105,13 @@ func parseRun(c *cli.Context) (daemon.Config, error) {
 	if s.Recovery, err = parseRecovery(c); err != nil {
 		return s, err
 	}
+	for _, svc := range s.Services {
+		// The reals' cookie ids (nat.New assigns them again): a
+		// collision is the configuration's fault.
+		if _, err := balancer.AssignCookieIDs(svc, s.Recovery.CookieBits); err != nil {
+			return s, usagef("%v", err)
+		}
+	}
 	return s, nil
 }
 

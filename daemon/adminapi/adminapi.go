@@ -59,6 +59,8 @@ type Real struct {
 	BytesIn    uint64         `json:"BytesIn"`
 	PacketsOut uint64         `json:"PacketsOut"` // real -> client
 	BytesOut   uint64         `json:"BytesOut"`
+
+	CookieID uint16 `json:"cookie_id"` // timestamp cookie id; 0: none
 }
 
 // RealChange is the body of POST /real. An error answer names the field it
@@ -67,7 +69,7 @@ type Real struct {
 type RealChange struct {
 	Op      string `json:"op"`      // add, remove, weight
 	Service string `json:"service"` // PROTO:VIP:PORT; for remove "" means every service with the real
-	Real    string `json:"real"`    // ADDR:PORT[*WEIGHT] for add, ADDR:PORT otherwise
+	Real    string `json:"real"`    // ADDR:PORT[*WEIGHT][,id=N] for add, ADDR:PORT otherwise
 	Weight  int    `json:"weight"`  // for weight
 	Rehome  bool   `json:"rehome"`  // for remove: move the real's flows to other reals
 }
