@@ -1,13 +1,7 @@
-//go:build steering
-
 // The acceptance tests of issue 13 (find the connection's own real before
-// making a new one) that the director does not pass yet: the slow-upload
-// failover through holdfast (upload_test.go has the machinery and the
-// anchor) and the idle keep-alive failover answered by the original real.
-// They stay out of the default suite until the steering lands; then this tag
-// goes:
-//
-//	go test -count=1 -tags steering -run 'TestUploadFailover|TestIdleFailoverOriginalReal' -v ./integration/
+// making a new one): the slow-upload failover through holdfast
+// (upload_test.go has the machinery and the kernel NAT + conntrackd anchor)
+// and the idle keep-alive failover answered by the original real.
 
 package integration
 
