@@ -50,6 +50,7 @@ type DirectorStats struct {
 	StaleFlows      int               // flows found stale
 	OldRealResets   int               // RSTs sent to a real whose connection was recovered elsewhere
 	Misses          int               // mid-stream segments with no flow that started the search for their real
+	Inflight        int               // misses and recoveries in flight now
 	CookieSteers    int               // misses steered to the real their timestamp cookie names (tentative)
 	CookieConfirmed int               // of those, confirmed by the real
 	ProbeSteers     int               // misses steered to the real that answered an owner probe
@@ -123,6 +124,7 @@ func decodeStats(data []byte) (DirectorStats, error) {
 		{"stale_flows_total", &s.StaleFlows},
 		{"old_real_resets_total", &s.OldRealResets},
 		{"misses_total", &s.Misses},
+		{"recoveries_inflight", &s.Inflight},
 		{"cookie_steers_total", &s.CookieSteers},
 		{"cookie_steers_confirmed_total", &s.CookieConfirmed},
 		{"probe_steers_total", &s.ProbeSteers},

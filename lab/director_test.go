@@ -28,7 +28,7 @@ const statsSample = `{
   "client_resets_total": 1,
   "stale_flows_total": 6,
   "old_real_resets_total": 3,
-  "misses_total": 0, "cookie_steers_total": 0, "cookie_steers_confirmed_total": 0, "probe_steers_total": 0,
+  "misses_total": 0, "recoveries_inflight": 0, "cookie_steers_total": 0, "cookie_steers_confirmed_total": 0, "probe_steers_total": 0,
   "challenges_sent_total": 0, "challenges_passed_total": 0, "challenges_reset_total": 0,
   "drops_total": {"no_flow": 3, "recovery_rate": 7},
   "packets_total": {"forward": 100, "to_stack": 4},

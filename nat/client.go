@@ -51,17 +51,33 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 	var sg seg
 	v := winOK
 	if found && p.proto == protoTCP {
-		// A client segment in window that acknowledges server bytes this
-		// director never carried proves the flow stale: the connection
-		// moved on through another director (failback without sync), and
-		// the segment goes through recovery. Out of window, such an ack
-		// only makes the flow suspect, and the real's own no-socket reset
-		// proves it stale (fromReal). Out of window or suspect, the
-		// segment is forwarded with the flow's rewrite and changes nothing.
-		if v = d.flows.slab[slot].checkWindow(p, true, &sg); v == winStale {
-			d.removeFlow(slot, now)
-			d.stats.StaleFlows++
-			found = false
+		// A client segment that acknowledges server bytes this director
+		// never carried makes the flow suspect: the connection may have
+		// moved on through another director (failback without sync), or
+		// the segment is forged. It is forwarded with the flow's rewrite
+		// and changes nothing. Proof that the flow is stale is something
+		// an off-path attacker cannot produce: the real's own no-socket
+		// reset (fromReal), or, for a segment in window (the client's own,
+		// or a lucky guess), the client's answer to a challenge that fits
+		// the segment (staleChallenge).
+		f := &d.flows.slab[slot]
+		if f.win.flags&winSuspect != 0 && isPureACK(p) {
+			if v, stale := d.staleAnswer(slot, p, now); stale {
+				return v, DropNone, nil
+			}
+		}
+		if v = f.checkWindow(p, true, &sg); v == winStale {
+			if !d.rec.enabled {
+				// No challenge without recovery: as before window
+				// tracking, the flow goes and the segment opens a new
+				// one (a plain NAT director without state sync).
+				d.removeFlow(slot, now)
+				d.stats.StaleFlows++
+				found = false
+			} else {
+				d.staleChallenge(slot, p, now)
+				v = winSuspectAck
+			}
 		}
 	}
 	if found && p.proto == protoTCP {

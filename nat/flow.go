@@ -335,7 +335,7 @@ func (d *Director) track(f *flow, p *packet, fromClient bool, now int64) winVerd
 // checkWindow said of it.
 func (d *Director) trackSeg(f *flow, p *packet, sg *seg, fromClient bool, v winVerdict, now int64) {
 	w := &f.win
-	if !fromClient && w.flags&winSuspect != 0 && v != winStaleReset && p.flags&header.TCPFlagRst == 0 {
+	if !fromClient && w.flags&winSuspect != 0 && v != winStaleReset && p.flags&header.TCPFlagRst == 0 && d.staleAccepted(f, sg) {
 		// The real answered a suspect flow normally: it holds the
 		// connection, and its numbers are the truth.
 		w.resync(sg)
@@ -422,6 +422,9 @@ func (d *Director) expireFlow(slot uint32, now int64) {
 
 func (d *Director) removeFlow(slot uint32, now int64) {
 	f := &d.flows.slab[slot]
+	if f.win.flags&winSuspect != 0 {
+		d.endStale(f, slot)
+	}
 	s := &d.services[f.svc]
 	r := s.Reals[f.real]
 	if f.State == StateEstablished {

@@ -50,6 +50,7 @@ const (
 	phaseSteer                  // a tentative cookie steer: the flow exists, the trigger is kept until the real answers
 	phaseProbe                  // owner probes out to the service's reals
 	phaseChallenge              // the client challenged before a dial
+	phaseStale                  // the client of a suspect flow challenged: is the segment that made it suspect its own?
 )
 
 // Timers of the miss path.
@@ -67,8 +68,10 @@ const (
 	// farBelow puts a probe's or challenge's sequence number outside any
 	// receive window (at most 2^30 bytes, RFC 7323).
 	farBelow = 1 << 30
-	// fitWin is how far apart an answer's numbers and a parked segment's
-	// may be for the segment to fit: the largest window there is.
+	// fitWin is how far a challenge's answer (the client's SND.NXT) may be
+	// past a parked segment for the segment to fit: the largest window
+	// there is (the answer's ack, which must equal the segment's, is the
+	// check a blind attacker fails).
 	fitWin = 1 << 30
 )
 
@@ -323,7 +326,7 @@ func (d *Director) probeAnswer(ck, rk Key, p *packet, now int64) (v wire.Verdict
 		if q.state == probeWaiting {
 			q.seq, q.ack, q.win = p.seq, p.ack, header.TCP(p.l4).WindowSize()
 			q.state = probeOther
-			if pd.fitsOwner(q.seq, q.ack) {
+			if pd.fitsOwner(q.seq, q.ack, q.win) {
 				q.state = probeOwner
 			} else {
 				d.stats.ProbeOthers++
@@ -337,6 +340,38 @@ func (d *Director) probeAnswer(ck, rk Key, p *packet, now int64) (v wire.Verdict
 	return wire.Consume, true
 }
 
+// recheckOwners runs when a segment parks behind a miss whose probes were
+// answered: a real that answered with numbers no parked segment fitted may
+// fit the new one (a forged segment started the miss, the client's own
+// arrives now). In the probe round the decision is retaken; after it (the
+// client challenged) the one plausible owner, if there is one, takes the
+// flow at once.
+func (d *Director) recheckOwners(key Key, pd *pending, now int64) {
+	changed := false
+	for i := range pd.probes {
+		if q := &pd.probes[i]; q.state == probeOther && pd.fitsOwner(q.seq, q.ack, q.win) {
+			q.state = probeOwner
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	if pd.phase == phaseProbe {
+		d.decideProbes(key, pd, now, false)
+		return
+	}
+	owner, owners := -1, 0
+	for i, q := range pd.probes {
+		if q.state == probeOwner {
+			owner, owners = i, owners+1
+		}
+	}
+	if owners == 1 {
+		d.steerByProbe(key, pd, pd.probes[owner], now)
+	}
+}
+
 // probeOf is pd's probe of the real at addr.
 func (pd *pending) probeOf(reals []*balancer.Real, addr netip.AddrPort) *probe {
 	for i := range pd.probes {
@@ -348,19 +383,34 @@ func (pd *pending) probeOf(reals []*balancer.Real, addr netip.AddrPort) *probe {
 }
 
 // fitsOwner reports whether a real's answer (its SND.NXT seq, its RCV.NXT
-// ack) fits one of pd's parked segments: the real has sent at least what
-// the client acknowledged, and at most a window more, and expects the
-// segment's bytes within a window. A TIME_WAIT socket of an earlier
+// ack, its window field win) fits one of pd's parked segments: the real has
+// sent at least what the client acknowledged and at most the client's
+// receive window more (the segment's window field at the largest scale,
+// the scale being unknown), and the segment's bytes lie within the real's
+// receive window of what it expects (a retransmission below it, or bytes
+// after a lost segment above it). A TIME_WAIT socket of an earlier
 // connection on the tuple, or a socket an earlier recovery left behind with
-// stale numbers, answers with numbers that fit nothing.
-func (pd *pending) fitsOwner(seq, ack uint32) bool {
+// stale numbers, answers with numbers that fit nothing, but for a chance of
+// about (w<<14)^2 / 2^63: 1 in 130,000 at Linux's usual 502.
+func (pd *pending) fitsOwner(seq, ack uint32, win uint16) bool {
+	rwin := max(uint32(win)<<maxWScale, minAckWin)
 	for _, b := range pd.parked {
 		sq, _, sa, hasAck, _ := segNumbers(b)
-		if hasAck && !seqAfter(sa, seq) && seq-sa <= fitWin && (ack-sq <= fitWin || sq-ack <= fitWin) {
+		cwin := max(uint32(segWindow(b))<<maxWScale, minAckWin)
+		if hasAck && !seqAfter(sa, seq) && seq-sa <= cwin && (ack-sq <= rwin || sq-ack <= rwin) {
 			return true
 		}
 	}
 	return false
+}
+
+// segWindow is a parked segment's window field.
+func segWindow(b []byte) uint16 {
+	var p packet
+	if p.decodeIP(b) != DropNone || len(p.l4) < header.TCPMinimumSize {
+		return 0
+	}
+	return header.TCP(p.l4).WindowSize()
 }
 
 // segNumbers reads a parked segment's seq, end, ack, whether it carries an
@@ -562,6 +612,78 @@ func (d *Director) dialMiss(key Key, pd *pending, now int64) {
 	d.rec.Dialer.Dial(key, o)
 }
 
+// staleChallenge challenges the client of the flow in slot, whose segment p
+// is in window but acknowledges server bytes this director never carried.
+// If the client's answer fits p (staleAnswer), p was its own and the flow is
+// stale; else p was forged, and the flow lives on. One challenge at a time
+// per flow, within the recovery budgets (beyond them the flow stays
+// suspect, for the real's no-socket reset to prove).
+func (d *Director) staleChallenge(slot uint32, p *packet, now int64) {
+	key := Key{p.proto, p.src, p.dst}
+	rc := &d.rec
+	if rc.pending[key] != nil || len(rc.pending) >= rc.MaxInflight || rc.prefixRefuse(p.src.Addr()) != DropNone {
+		return
+	}
+	f := &d.flows.slab[slot]
+	pd := &pending{svc: f.svc, started: now, seq: p.seq, ack: p.ack, lastEnd: segEnd(p), slot: slot}
+	d.addPending(key, pd)
+	d.startChallenge(key, pd, now)
+	pd.phase = phaseStale
+	d.stats.StaleChallenges++
+}
+
+// staleAnswer handles the client's pure ACK a on a suspect flow (slot) whose
+// client is challenged: an answer with the suspect segment's ack and a seq
+// at or past its end says the segment was the client's own: the flow is
+// stale, removed, and the client's next segment finds its real through the
+// miss path. Any other answer says it was forged: the flow is no longer
+// suspect. stale is false when the caller goes on with a as for any flow.
+func (d *Director) staleAnswer(slot uint32, a *packet, now int64) (v wire.Verdict, stale bool) {
+	key := Key{a.proto, a.src, a.dst}
+	pd := d.rec.pending[key]
+	if pd == nil || pd.phase != phaseStale || pd.slot != slot {
+		return 0, false
+	}
+	d.endMiss(key, pd)
+	if a.ack == pd.ack && !seqAfter(pd.lastEnd, a.seq) {
+		d.removeFlow(slot, now)
+		d.stats.StaleFlows++
+		return wire.Consume, true
+	}
+	d.flows.slab[slot].win.flags &^= winSuspect
+	d.stats.StaleCleared++
+	return 0, false
+}
+
+// staleAccepted ends the challenge of f's client, a suspect flow, when the
+// real's segment sg acknowledges the segment that made it suspect: the real
+// took the client's bytes, so it holds the client's connection and the flow
+// is live. It reports whether f's suspicion may be cleared: also when no
+// challenge is out (the real answered normally), not when the real answered
+// with numbers short of the suspect segment (a socket the connection left
+// behind: the client's answer decides).
+func (d *Director) staleAccepted(f *flow, sg *seg) bool {
+	key := Key{f.Proto, f.Client.AddrPort(), f.VIP.AddrPort()}
+	pd := d.rec.pending[key]
+	if pd == nil || pd.phase != phaseStale {
+		return true
+	}
+	if !sg.hasAck() || seqAfter(pd.lastEnd, sg.ack) {
+		return false
+	}
+	d.endMiss(key, pd)
+	return true
+}
+
+// endStale ends the stale challenge of the flow in slot, if one is out: the
+// flow is going.
+func (d *Director) endStale(f *flow, slot uint32) {
+	key := Key{f.Proto, f.Client.AddrPort(), f.VIP.AddrPort()}
+	if pd := d.rec.pending[key]; pd != nil && pd.phase == phaseStale && pd.slot == slot {
+		d.endMiss(key, pd)
+	}
+}
+
 // missTimers runs the miss path's timers due at now: the retries of probes
 // and challenges, and the ends of phases whose answers did not come.
 func (d *Director) missTimers(now int64) {
@@ -588,8 +710,11 @@ func (d *Director) missTimers(now int64) {
 					d.stats.ProbesSent++
 				}
 			}
-		case phaseChallenge:
+		case phaseChallenge, phaseStale:
 			if pd.retried {
+				// Unanswered: a miss ends at no cost; a suspect flow
+				// stays suspect (the real's no-socket reset may still
+				// prove it stale).
 				d.stats.ChallengesUnanswered++
 				d.endMiss(key, pd)
 				continue

@@ -81,21 +81,27 @@ type RecoveryConfig struct {
 // Defaults of the per-prefix budgets (RecoveryConfig's zero values).
 //
 // They must not hurt a genuine failover, where every connection of a client
-// prefix (a NAT gateway, an office) is recovered at once and lives on as a
-// recovered flow. 2048 in flight per prefix is half of the global 4096: the
-// bench's recovery storm from one client (6,000 idle connections, all
-// triggering at once) recovered in 0.78 s with it, 0.71 s with 4096, but
-// 3.44 s with 1024 (the refused triggers wait for the clients' retransmission
-// timeouts); half the slots stay for the other prefixes.
+// prefix (a NAT gateway, an office) is picked up at once. A miss (the
+// search for a connection's real, miss.go) holds its prefix's in-flight slot
+// for a round trip to the reals when the real still holds the connection,
+// and for about a second when the source never answers its challenge (a
+// spoofed one): the slot count is what a flood from one prefix costs per
+// second (each miss: a probe and its answer per real, two challenges).
+// The bench's recovery storm from one client (6,000 idle keep-alive
+// connections, all resuming at once, every one steered back to its real)
+// took 0.59 to 1.01 s with 1024 in flight per prefix, 1.06 to 1.15 s with
+// 2048 (more probes at once overflow the TUN's queue and their answers wait
+// for the 510 ms retry), 1.00 to 1.77 s with 512, 6.86 s with 256 (the
+// refused segments wait for the clients' retransmission timeouts).
 // 16384 recovered flows per prefix covers the 10,000 connections of the
-// bench's recovery storm from one client and bounds what one prefix's forged
-// segments keep alive (a backend connection and a recovery port each, out of
-// 13,000 ports per recovery address and real). Operators whose clients are
-// single hosts lower both.
+// bench's recovery storm from one client and bounds what one prefix's
+// segments that passed the challenge keep alive (a backend connection and a
+// recovery port each, out of 13,000 ports per recovery address and real).
+// Operators whose clients are single hosts lower both.
 const (
 	DefaultPrefixLen4         = 24
 	DefaultPrefixLen6         = 64
-	DefaultPrefixInflight     = 2048
+	DefaultPrefixInflight     = 1024
 	DefaultPrefixFlows        = 16384
 	DefaultUnconfirmedTimeout = 10 * time.Second
 )
@@ -214,6 +220,7 @@ type pending struct {
 	deadline int64
 	probes   []probe
 	win      uint16
+	slot     uint32 // phaseStale: the suspect flow's slot
 }
 
 type recovery struct {

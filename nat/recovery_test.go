@@ -365,8 +365,11 @@ func TestAdoption(t *testing.T) {
 		if st := d.Stats(); st.StaleFlows != 0 || len(fr.dials) != 0 {
 			t.Fatalf("stale %d, recoveries %d", st.StaleFlows, len(fr.dials))
 		}
-		// Beyond anything seen or held, it is.
+		// Beyond anything seen or held, it is: the client's answer to the
+		// challenge fits the segment (the peers answer at once), and its
+		// retransmission is recovered.
 		handle(t, d, tcp4(client, vip, psh, 8, 9500, []byte("GET /")), 4)
+		handle(t, d, tcp4(client, vip, psh, 8, 9500, []byte("GET /")), 5)
 		if st := d.Stats(); st.StaleFlows != 1 || len(fr.dials) != 1 {
 			t.Fatalf("stale %d, recoveries %d; want 1 and 1", st.StaleFlows, len(fr.dials))
 		}
@@ -412,9 +415,11 @@ func TestAdoption(t *testing.T) {
 }
 
 // A flow whose client acknowledges server bytes this director never carried
-// is stale (failback without sync) and goes through recovery again.
+// is suspect; the client's answer to a challenge proves the segment its own,
+// so the flow is stale (failback without sync), and the client's
+// retransmission goes through recovery again.
 func TestStaleFlowRecoversAgain(t *testing.T) {
-	d, fr := newRecDirector(t)
+	d, fr, pr := newRecDirectorPeers(t)
 	handle(t, d, tcp4(client, vip, syn, 1000, 0, nil), 1)
 	handle(t, d, tcp4(rs1, client, synack, 5000, 1001, nil), 1)
 	handle(t, d, tcp4(client, vip, ack, 1001, 5001, nil), 1)
@@ -423,12 +428,18 @@ func TestStaleFlowRecoversAgain(t *testing.T) {
 	if out := handle(t, d, tcp4(client, vip, ack, 1001, 5101, nil), 2); out == nil {
 		t.Fatal("ack of forwarded bytes dropped")
 	}
-	// Then the connection lives on elsewhere and comes back.
-	if out := handle(t, d, tcp4(client, vip, psh, 1001, 9000, []byte("GET /")), 3); out != nil {
-		t.Fatal("segment of a stale flow forwarded")
+	// Then the connection lives on elsewhere and comes back: the segment
+	// goes to the flow's real, unchanged but for the address, and the
+	// client is challenged.
+	if out := handle(t, d, tcp4(client, vip, psh, 1001, 9000, []byte("GET /")), 3); out == nil {
+		t.Fatal("segment of a suspect flow dropped")
 	}
-	if st := d.Stats(); st.StaleFlows != 1 || len(fr.dials) != 1 {
-		t.Fatalf("stale %d, recoveries %d; want 1 and 1", st.StaleFlows, len(fr.dials))
+	if st := d.Stats(); st.StaleFlows != 1 || st.StaleChallenges != 1 || len(pr.Challenges) != 1 || st.Flows != 0 {
+		t.Fatalf("stale %d, stale challenges %d (sent %d), flows %d; want 1, 1, 1, 0", st.StaleFlows, st.StaleChallenges, len(pr.Challenges), st.Flows)
+	}
+	handle(t, d, tcp4(client, vip, psh, 1001, 9000, []byte("GET /")), 4)
+	if len(fr.dials) != 1 {
+		t.Fatalf("recoveries %d; want 1", len(fr.dials))
 	}
 }
 

@@ -63,6 +63,11 @@ type Stats struct {
 	ProbesSilent, ProbeSteers, ProbeNoFlow               uint64
 	ChallengesSent, ChallengesPassed, ChallengesRejected uint64
 	ChallengeResets, ChallengesUnanswered                uint64
+	// StaleChallenges counts the challenges sent to the client of a flow
+	// made suspect by a segment in window (StaleFlows counts those whose
+	// answer proved the segment the client's own, StaleCleared those
+	// whose answer did not, or whose real acknowledged the segment).
+	StaleChallenges uint64
 	// UnconfirmedResets counts the RSTs sent to reals for recovered flows
 	// that expired unconfirmed (expireFlow).
 	UnconfirmedResets                  uint64

@@ -23,7 +23,11 @@ func (d *Director) recoverMiss(si uint16, p *packet, now int64) (wire.Verdict, D
 		if pd.phase == phaseChallenge && isPureACK(p) {
 			return d.challengeAnswer(key, pd, p, now)
 		}
-		return d.park(pd, p)
+		v, r, out := d.park(pd, p)
+		if v == wire.Park && (pd.phase == phaseProbe || pd.phase == phaseChallenge) {
+			d.recheckOwners(key, pd, now)
+		}
+		return v, r, out
 	}
 	if r := d.refuseRecovery(p, now); r != DropNone {
 		return wire.Drop, r, nil

@@ -296,16 +296,38 @@ func TestStaleNeedsTheRealsReset(t *testing.T) {
 }
 
 // The client's own segment (its seq in window) acking server bytes this
-// director never carried is stale at once, and recovered: a failback
-// without sync.
+// director never carried makes the flow suspect and challenges the client:
+// an answer that fits the segment proves the flow stale (a failback without
+// sync), and the client's retransmission is recovered; an answer that does
+// not (the segment was forged) clears the suspicion, and the flow lives on.
 func TestStaleInWindow(t *testing.T) {
-	d, fr := newRecDirector(t)
+	d, fr, pr := newRecDirectorPeers(t)
 	knownFlow(t, d)
-	if out := handle(t, d, tcp4(client, vip, psh, 1006, 9000, []byte("GET /2")), 2); out != nil {
-		t.Fatal("the segment of a stale flow was forwarded to the old real")
+	if out := handle(t, d, tcp4(client, vip, psh, 1006, 9000, []byte("GET /2")), 2); out == nil {
+		t.Fatal("the segment of a suspect flow was not forwarded")
 	}
-	if st := d.Stats(); st.StaleFlows != 1 || st.StaleSuspects != 0 || len(fr.dials) != 1 {
-		t.Fatalf("stale %d, suspects %d, recoveries %d; want 1, 0, 1", st.StaleFlows, st.StaleSuspects, len(fr.dials))
+	if st := d.Stats(); st.StaleFlows != 1 || st.StaleSuspects != 1 || st.Flows != 0 {
+		t.Fatalf("stale %d, suspects %d, flows %d; want 1, 1, 0", st.StaleFlows, st.StaleSuspects, st.Flows)
+	}
+	handle(t, d, tcp4(client, vip, psh, 1006, 9000, []byte("GET /2")), 3)
+	if len(fr.dials) != 1 {
+		t.Fatalf("the retransmission after the stale verdict: %d recoveries, want 1", len(fr.dials))
+	}
+
+	// A forged segment in window: the client's answer (its own numbers)
+	// does not fit it.
+	d, fr, pr = newRecDirectorPeers(t)
+	pr.Quiet = true
+	knownFlow(t, d)
+	handle(t, d, tcp4(client, vip, psh, 1006, 9000, []byte("EVIL")), 2)
+	if len(pr.Challenges) != 1 {
+		t.Fatalf("%d challenges, want 1", len(pr.Challenges))
+	}
+	if out := handle(t, d, tcp4(client, vip, ack, 1006, 5101, nil), 2); out == nil {
+		t.Fatal("the client's answer that does not fit was not forwarded as a plain ACK")
+	}
+	if st := d.Stats(); st.StaleFlows != 0 || st.StaleCleared != 1 || st.Flows != 1 || st.Inflight != 0 || len(fr.dials) != 0 {
+		t.Fatalf("stale %d, cleared %d, flows %d, in flight %d, dials %d; want 0, 1, 1, 0, 0", st.StaleFlows, st.StaleCleared, st.Flows, st.Inflight, len(fr.dials))
 	}
 }
 

@@ -81,11 +81,21 @@ type Segment struct {
 	Window   uint16 // 0 means 502 (Linux's usual unscaled value on an idle flow)
 	ID       uint16 // IP identification
 	TTL      uint8  // 0 means 64
+	Options  []byte // TCP options, padded by the caller to a multiple of 4 (at most 40 bytes)
 	Payload  []byte
 }
 
 // Len is the length of the packet Append writes.
-func (s *Segment) Len() int { return header.IPv4MinimumSize + header.TCPMinimumSize + len(s.Payload) }
+func (s *Segment) Len() int {
+	return header.IPv4MinimumSize + header.TCPMinimumSize + len(s.Options) + len(s.Payload)
+}
+
+// TimestampOption is the TCP timestamp option (NOP, NOP, kind 8) with val
+// and ecr, as Linux sends it.
+func TimestampOption(val, ecr uint32) []byte {
+	return []byte{header.TCPOptionNOP, header.TCPOptionNOP, header.TCPOptionTS, header.TCPOptionTSLength,
+		byte(val >> 24), byte(val >> 16), byte(val >> 8), byte(val), byte(ecr >> 24), byte(ecr >> 16), byte(ecr >> 8), byte(ecr)}
+}
 
 // Append appends s as an IPv4 packet (no options) carrying a TCP segment
 // (no options) to b and returns the extended slice. Both checksums are
@@ -93,6 +103,9 @@ func (s *Segment) Len() int { return header.IPv4MinimumSize + header.TCPMinimumS
 func (s *Segment) Append(b []byte) ([]byte, error) {
 	if !s.Src.Addr().Is4() || !s.Dst.Addr().Is4() {
 		return b, fmt.Errorf("forge: %v -> %v: IPv4 addresses only", s.Src, s.Dst)
+	}
+	if len(s.Options)%4 != 0 || len(s.Options) > 40 {
+		return b, fmt.Errorf("forge: %d bytes of TCP options: want a multiple of 4, at most 40", len(s.Options))
 	}
 	n := s.Len()
 	if n > 0xffff {
@@ -130,11 +143,12 @@ func (s *Segment) Append(b []byte) ([]byte, error) {
 		DstPort:    s.Dst.Port(),
 		SeqNum:     s.Seq,
 		AckNum:     s.Ack,
-		DataOffset: header.TCPMinimumSize,
+		DataOffset: uint8(header.TCPMinimumSize + len(s.Options)),
 		Flags:      s.Flags,
 		WindowSize: win,
 	})
-	copy(tcp[header.TCPMinimumSize:], s.Payload)
+	copy(tcp[header.TCPMinimumSize:], s.Options)
+	copy(tcp[header.TCPMinimumSize+len(s.Options):], s.Payload)
 	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
 	xsum = checksum.Checksum(s.Payload, xsum)
 	tcp.SetChecksum(^tcp.CalculateChecksum(xsum))

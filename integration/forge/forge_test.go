@@ -38,9 +38,31 @@ func checkPacket(t *testing.T, pkt []byte, seg *Segment) {
 	}
 	if tcp.SourcePort() != seg.Src.Port() || tcp.DestinationPort() != seg.Dst.Port() ||
 		tcp.SequenceNumber() != seg.Seq || tcp.AckNumber() != seg.Ack || tcp.Flags() != seg.Flags ||
-		int(tcp.DataOffset()) != header.TCPMinimumSize || string(payload) != string(seg.Payload) {
+		int(tcp.DataOffset()) != header.TCPMinimumSize+len(seg.Options) || string(tcp.Options()) != string(seg.Options) ||
+		string(payload) != string(seg.Payload) {
 		t.Fatalf("TCP %d -> %d seq %d ack %d flags %v offset %d payload %q, want %+v",
 			tcp.SourcePort(), tcp.DestinationPort(), tcp.SequenceNumber(), tcp.AckNumber(), tcp.Flags(), tcp.DataOffset(), payload, seg)
+	}
+}
+
+// A segment with a timestamp option: the option is in the header, counted
+// in the data offset and covered by the checksum; options of a bad length
+// are refused.
+func TestAppendOptions(t *testing.T) {
+	seg := Segment{Src: netip.MustParseAddrPort("198.18.1.2:40000"), Dst: netip.MustParseAddrPort("198.18.100.1:80"),
+		Flags: header.TCPFlagAck | header.TCPFlagPsh, Seq: 7, Ack: 9, Options: TimestampOption(0x01020304, 0xa0b0c0d5), Payload: []byte("x")}
+	pkt, err := seg.Append(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPacket(t, pkt, &seg)
+	opts := header.ParseTCPOptions(header.TCP(header.IPv4(pkt).Payload()).Options())
+	if !opts.TS || opts.TSVal != 0x01020304 || opts.TSEcr != 0xa0b0c0d5 {
+		t.Fatalf("timestamp option %+v", opts)
+	}
+	seg.Options = []byte{header.TCPOptionNOP}
+	if _, err := seg.Append(nil); err == nil {
+		t.Fatal("a 1-byte option list was accepted")
 	}
 }
 
