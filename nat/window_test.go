@@ -301,7 +301,7 @@ func TestStaleNeedsTheRealsReset(t *testing.T) {
 // sync), and the client's retransmission is recovered; an answer that does
 // not (the segment was forged) clears the suspicion, and the flow lives on.
 func TestStaleInWindow(t *testing.T) {
-	d, fr, pr := newRecDirectorPeers(t)
+	d, fr, _ := newRecDirectorPeers(t)
 	knownFlow(t, d)
 	if out := handle(t, d, tcp4(client, vip, psh, 1006, 9000, []byte("GET /2")), 2); out == nil {
 		t.Fatal("the segment of a suspect flow was not forwarded")
@@ -316,7 +316,7 @@ func TestStaleInWindow(t *testing.T) {
 
 	// A forged segment in window: the client's answer (its own numbers)
 	// does not fit it.
-	d, fr, pr = newRecDirectorPeers(t)
+	d, fr, pr := newRecDirectorPeers(t)
 	pr.Quiet = true
 	knownFlow(t, d)
 	handle(t, d, tcp4(client, vip, psh, 1006, 9000, []byte("EVIL")), 2)
