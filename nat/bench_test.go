@@ -186,7 +186,7 @@ func BenchmarkCookie(b *testing.B) {
 		pkt  []byte
 		fn   func(*packet, *flow)
 	}{
-		{"to-client", tcp4(rs1, client, psh, 3, 2, nil, tsOpt(1006, 101)...), d.cookieToClient},
+		{"to-client", tcp4(rs1, client, psh, 3, 2, nil, tsOpt(1006, 101)...), func(p *packet, f *flow) { d.cookieToClient(p, f, 5) }},
 		{"to-real", tcp4(client, vip, psh, 2, 3, nil, tsOpt(101, 1010)...), d.cookieToReal},
 	} {
 		var p packet

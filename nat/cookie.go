@@ -126,10 +126,10 @@ func putTS32(b []byte, off int, v uint32, xsum uint16) uint16 {
 	return ^uint16(s)
 }
 
-// cookieToClient writes the cookie of f into the TSval of p, a real's
-// segment on its way to the client (after a recovered flow's translation).
-// A SYN-ACK is left alone; its TSval is recorded.
-func (d *Director) cookieToClient(p *packet, f *flow) {
+// cookieToClient writes the cookie of f, whose real's id is realID, into the
+// TSval of p, a real's segment on its way to the client (after a recovered
+// flow's translation). A SYN-ACK is left alone; its TSval is recorded.
+func (d *Director) cookieToClient(p *packet, f *flow, realID uint16) {
 	k := d.cookieBits
 	if k == 0 || p.proto != protoTCP || (f.Kind == KindRecovered && !f.TS) {
 		return
@@ -147,7 +147,7 @@ func (d *Director) cookieToClient(p *packet, f *flow) {
 	}
 	var id uint16
 	if f.Kind != KindRecovered {
-		id = d.services[f.svc].Reals[f.real].CookieID
+		id = realID
 	}
 	v := cookieEncode(raw, id, k)
 	if c.flags&ckSent != 0 && seqAfter(c.last, v) {

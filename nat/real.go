@@ -110,9 +110,9 @@ func (d *Director) toClient(p *packet, f *flow) {
 		f.toClient().apply(p)
 		rewriteDst(p, f.Client.AddrPort())
 	}
-	d.cookieToClient(p, f)
-	rewriteSrc(p, f.VIP.AddrPort())
 	r := d.services[f.svc].Reals[f.real]
+	d.cookieToClient(p, f, r.CookieID)
+	rewriteSrc(p, f.VIP.AddrPort())
 	r.PacketsOut++
 	r.BytesOut += uint64(len(p.ip))
 }
