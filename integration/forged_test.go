@@ -181,6 +181,31 @@ func snapshotReals(t *testing.T, l *lab.Lab) realSnapshot {
 	return s
 }
 
+// realPeers lists the established TCP sockets of the reals by peer
+// address:port (the real's label for each; a peer on two reals is listed as
+// "rs1+rs2").
+func realPeers(t *testing.T, l *lab.Lab) map[string]string {
+	t.Helper()
+	peers := map[string]string{}
+	for _, r := range l.Reals {
+		out, err := runIn(r.NS, 30*time.Second, "ss", "-Htan", "state", "established")
+		if err != nil {
+			t.Fatalf("ss in %s: %v\n%s", r.Name, err, out)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			// Recv-Q Send-Q Local:Port Peer:Port (the state filter drops the state column)
+			if f := strings.Fields(line); len(f) >= 4 {
+				if old, ok := peers[f[3]]; ok {
+					peers[f[3]] = old + "+" + r.Label
+				} else {
+					peers[f[3]] = r.Label
+				}
+			}
+		}
+	}
+	return peers
+}
+
 // opened is what the reals gained from s to later: recovery-address sockets
 // present in later and not in s, and connections accepted in between (this
 // also catches connections that came and went between the snapshots).

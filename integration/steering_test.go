@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -137,9 +138,28 @@ func TestIdleFailoverOriginalReal(t *testing.T) {
 			}
 			wg.Wait()
 			c := directorCounters(t, p.l.Directors[1])
-			t.Logf("idle failover, holdfast, client %s: answered by the original real %d of %d (%d failed, %d answered by another real); first request after the failover: median %v, p99 %v (resumed %d at a time, all in %v); B: %d recovered, %d adopted",
+			// The reals still see each connection from the client's own
+			// address and port, on one real: the one that answered.
+			peers := realPeers(t, p.l)
+			seen := 0
+			for i, h := range conns {
+				if peers[h.c.LocalAddr().String()] == owner[i] {
+					seen++
+				}
+			}
+			fromRecovery := 0
+			for peer := range peers {
+				if strings.HasPrefix(peer, lab.RecoveryAddr.String()+":") {
+					fromRecovery++
+				}
+			}
+			t.Logf("idle failover, holdfast, client %s: answered by the original real %d of %d (%d failed, %d answered by another real); first request after the failover: median %v, p99 %v (resumed %d at a time, all in %v); the reals see %d of %d connections from the client's own address on their original real, %d from the recovery address; B: %d steered by cookie, %d by probe, %d recovered, %d adopted",
 				timestampsName(ts), original, len(conns), failed, movedTo, latencyQuantile(first, 0.5), latencyQuantile(first, 0.99),
-				idleResumers, time.Since(start).Round(time.Millisecond), c.Recovered, c.Adopted)
+				idleResumers, time.Since(start).Round(time.Millisecond), seen, len(conns), fromRecovery, c.CookieConfirmed, c.ProbeSteers, c.Recovered, c.Adopted)
+			if seen != len(conns) || fromRecovery != 0 {
+				t.Errorf("client %s: the reals see %d of %d connections from the client's address on their original real, and %d from the recovery address; want all and none",
+					timestampsName(ts), seen, len(conns), fromRecovery)
+			}
 			if original != len(conns) {
 				t.Errorf("client %s: %d of %d connections answered only by their original real, want all; failed: %d (first: %v); answered by another real: %d (first: %v)",
 					timestampsName(ts), original, len(conns), failed, firstErr(errs), movedTo, firstOf(moved))
