@@ -203,6 +203,7 @@ var counters = []counterDef{
 	scalar("challenges_reset_total", "Challenges answered by the source's no-socket reset (a spoofed source: nothing dialed).", counterType, func(s *snapshot) uint64 { return s.nat.ChallengeResets }),
 	scalar("challenges_unanswered_total", "Challenges not answered after their retry (nothing dialed).", counterType, func(s *snapshot) uint64 { return s.nat.ChallengesUnanswered }),
 	scalar("challenges_inflight", "Misses whose client challenge waits for its answer.", gaugeType, func(s *snapshot) uint64 { return uint64(s.nat.ChallengesInflight) }),
+	scalar("syn_flows_replaced_total", "Flows of a SYN whose handshake did not complete, replaced by a segment of another connection on the tuple (a forged or stale SYN).", counterType, func(s *snapshot) uint64 { return s.nat.SynFlowsReplaced }),
 	scalar("unconfirmed_resets_total", "RSTs sent to reals for recovered flows that expired before their client confirmed them.", counterType, func(s *snapshot) uint64 { return s.nat.UnconfirmedResets }),
 	scalar("recoveries_inflight", "Recoveries in flight.", gaugeType, func(s *snapshot) uint64 { return uint64(s.nat.Inflight) }),
 	scalar("parked_bytes", "Client bytes parked behind recoveries in flight.", gaugeType, func(s *snapshot) uint64 { return uint64(s.nat.ParkedBytes) }),

@@ -41,6 +41,18 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 			d.removeFlow(slot, now)
 			d.stats.FlowsReused++
 			found = false
+		case p.proto == protoTCP && d.rec.enabled && f.win.flags&(winHandshake|winSrvSeen) == winHandshake|winSrvSeen &&
+			p.flags&(header.TCPFlagSyn|header.TCPFlagRst|header.TCPFlagAck) == header.TCPFlagAck && p.ack != f.win.srv.end:
+			// The flow is a SYN's, its handshake not completed, and this
+			// segment's ack does not answer the real's SYN-ACK: it belongs
+			// to a connection on the tuple this director never saw (after
+			// a failover), whose tuple a SYN took, forged or stale. The
+			// SYN's flow goes, and the segment finds its connection's real.
+			// (A director that did not see the SYN-ACK, the replies going
+			// through another one, cannot tell, and does not judge.)
+			d.removeFlow(slot, now)
+			d.stats.SynFlowsReplaced++
+			found = false
 		case p.proto == protoUDP && d.leaving(f):
 			// A UDP flow has no connection to keep: its next datagram
 			// goes to a healthy real (IPVS expire_nodest_conn).
@@ -50,6 +62,11 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 	}
 	var sg seg
 	v := winOK
+	if found && p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 && d.flows.slab[slot].win.flags&(winHandshake|winSrvSeen) == winHandshake|winSrvSeen {
+		// The client acks the SYN-ACK (the case above took any other
+		// ack): the handshake is the client's own.
+		d.flows.slab[slot].win.flags &^= winHandshake
+	}
 	if found && p.proto == protoTCP {
 		// A client segment that acknowledges server bytes this director
 		// never carried makes the flow suspect: the connection may have
@@ -118,6 +135,7 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 		}
 		if p.proto == protoTCP && p.flags&header.TCPFlagSyn != 0 {
 			d.flows.slab[slot].hs = synOptions(p)
+			d.flows.slab[slot].win.flags |= winHandshake
 		}
 	}
 	f := &d.flows.slab[slot]

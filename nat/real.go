@@ -46,6 +46,21 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 			if f.tentative && d.tentativeAnswer(slot, f, p, now) {
 				return wire.Consume, DropNone, nil
 			}
+			if f.win.flags&winHandshake != 0 && d.rec.enabled &&
+				p.flags&(header.TCPFlagRst|header.TCPFlagAck) == header.TCPFlagRst {
+				// A flow made by a SYN here whose client has not acked
+				// the real's SYN-ACK, and the real rejects a client
+				// segment on it with the reset a socket in SYN_RECV (or
+				// none) gives a segment whose ack is not its SYN-ACK's:
+				// the client's connection is another one on the tuple (the
+				// SYN was forged or stale, and the client's segment
+				// overtook the SYN-ACK). Swallowed; the client's
+				// retransmission finds its connection's real through the
+				// miss path.
+				d.removeFlow(slot, now)
+				d.stats.SynFlowsReplaced++
+				return wire.Consume, DropNone, nil
+			}
 			var sg seg
 			v := f.checkWindow(p, false, &sg)
 			if v == winStaleReset {
@@ -83,8 +98,11 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 	if !ok {
 		return wire.Forward, DropNone, p.ip // the real's other traffic
 	}
-	if !d.rec.enabled || (p.proto == protoTCP && p.flags&header.TCPFlagRst != 0) {
+	if !d.rec.enabled || (p.proto == protoTCP && p.flags&(header.TCPFlagRst|header.TCPFlagSyn) != 0) {
 		// The patent's step 5: a real's service port talking to no flow.
+		// A reset proves nothing, and a SYN-ACK answers a SYN whose flow
+		// is gone (replaced, expired): adopting it would pin the tuple to
+		// that real.
 		return wire.Drop, DropNoFlow, nil
 	}
 	return d.adopt(svcs, p, now)

@@ -68,6 +68,11 @@ type Stats struct {
 	// answer proved the segment the client's own, StaleCleared those
 	// whose answer did not, or whose real acknowledged the segment).
 	StaleChallenges uint64
+	// SynFlowsReplaced counts flows of a SYN whose handshake did not
+	// complete, removed for a client segment of another connection on the
+	// tuple (its ack does not answer the SYN-ACK): the SYN was forged or
+	// stale.
+	SynFlowsReplaced uint64
 	// UnconfirmedResets counts the RSTs sent to reals for recovered flows
 	// that expired unconfirmed (expireFlow).
 	UnconfirmedResets                  uint64

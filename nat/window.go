@@ -59,6 +59,7 @@ const (
 	winSrvSeen                       // a real's segment was learned
 	winSrvAcked                      // srv.ack is valid
 	winSuspect                       // stale suspect: the client acked server bytes this director never carried
+	winHandshake                     // a flow made by a SYN here, whose client has not yet acked the real's SYN-ACK
 )
 
 // tcpWin is a flow's window state (24 bytes of directions, the suspect's
