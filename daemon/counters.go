@@ -182,6 +182,7 @@ var counters = []counterDef{
 			return latencyHist(nat.Latency{Count: s.nat.RecoverySucceeded, SumNs: s.nat.RecoveryLatencyNs, Buckets: s.nat.RecoveryLatency})
 		}},
 	scalar("misses_total", "Mid-stream segments with no flow that started the search for their connection's real (held to --recovery-rate).", counterType, func(s *snapshot) uint64 { return s.nat.Misses }),
+	scalar("cookie_overrides_total", "Misses probing or challenging that a later segment's cookie took over (the segment that started them had none).", counterType, func(s *snapshot) uint64 { return s.nat.CookieOverrides }),
 	scalar("cookie_steers_total", "Mid-stream segments with no flow sent at once to the real their timestamp cookie names (tentative).", counterType, func(s *snapshot) uint64 { return s.nat.CookieSteers }),
 	scalar("cookie_steers_confirmed_total", "Cookie steers the real answered: it holds the connection.", counterType, func(s *snapshot) uint64 { return s.nat.CookieConfirmed }),
 	scalar("cookie_steers_reset_total", "Cookie steers undone by the real's no-socket reset (swallowed; the probes tried next).", counterType, func(s *snapshot) uint64 { return s.nat.CookieResets }),

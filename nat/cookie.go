@@ -185,9 +185,15 @@ func (d *Director) cookieToClient(p *packet, f *flow, realID uint16) {
 func (d *Director) cookieToReal(p *packet, f *flow) {
 	k := d.cookieBits
 	c := &f.ck
-	// TSecr is meaningful only on an ACK (RFC 7323, section 3.2), and
-	// nothing is restored before the first rewrite.
-	if k == 0 || c.flags&ckSent == 0 || p.flags&(header.TCPFlagAck|header.TCPFlagSyn) != header.TCPFlagAck || p.proto != protoTCP {
+	// TSecr is meaningful only on an ACK (RFC 7323, section 3.2). On a
+	// flow whose handshake crossed here nothing is restored before the
+	// first rewrite (the echo is the SYN-ACK's, or raw), nor on a
+	// recovered flow (its TSecrDelta maps the raw echo of the trigger); a
+	// flow picked up mid-stream by its own real (adopted, steered: a moved
+	// flow) echoes what another director wrote, and is rounded up from the
+	// start.
+	if k == 0 || p.flags&(header.TCPFlagAck|header.TCPFlagSyn) != header.TCPFlagAck || p.proto != protoTCP ||
+		c.flags&ckSent == 0 && (f.Kind == KindPlain && f.hs.view < 0 || f.Kind == KindRecovered) {
 		return
 	}
 	t := header.TCP(p.l4)

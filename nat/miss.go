@@ -174,6 +174,29 @@ func (d *Director) steerByCookie(key Key, pd *pending, p *packet, ri int, now in
 	return wire.Forward, DropNone, p.ip, true
 }
 
+// cookieOverrides reports whether p, a segment arriving behind pd (probing
+// or challenging), carries a cookie naming an up real of pd's service that pd
+// has not ruled out, and data enough to start a miss.
+func (d *Director) cookieOverrides(pd *pending, p *packet) bool {
+	if (pd.phase != phaseProbe && pd.phase != phaseChallenge) || p.data <= 1 || d.cookieBits == 0 {
+		return false
+	}
+	_, ts, _, tsecr := tcpOptions(header.TCP(p.l4))
+	if !ts {
+		return false
+	}
+	ri, ok := d.cookieReal(pd.svc, tsecr)
+	if !ok {
+		return false
+	}
+	for _, q := range pd.probes {
+		if int(q.real) == ri && q.state == probeReset {
+			return false
+		}
+	}
+	return true
+}
+
 // unpark takes back the segment just parked behind pd (not yet in the
 // table) for client.
 func (d *Director) unpark(pd *pending, client netip.Addr) {

@@ -58,6 +58,7 @@ type Stats struct {
 	// answered with numbers none fits, answered by the source's reset,
 	// not answered (all three: no backend connection).
 	Misses                                               uint64 // mid-stream segments with no flow that started the search (each took a token of RecoveryConfig.Rate)
+	CookieOverrides                                      uint64 // misses probing or challenging, ended for a segment whose cookie names a real (miss.go, cookieOverrides)
 	CookieSteers, CookieConfirmed, CookieResets          uint64
 	ProbeRounds, ProbesSent, ProbeResets, ProbeOthers    uint64
 	ProbesSilent, ProbeSteers, ProbeNoFlow               uint64

@@ -23,6 +23,19 @@ func (d *Director) recoverMiss(si uint16, p *packet, now int64) (wire.Verdict, D
 		if pd.phase == phaseChallenge && isPureACK(p) {
 			return d.challengeAnswer(key, pd, p, now)
 		}
+		if d.cookieOverrides(pd, p) {
+			// A segment whose cookie names a real this miss has not
+			// ruled out, behind a miss that probes or challenges: the
+			// miss was started by a segment without a cookie (forged,
+			// or the client's own before its first rewritten TSval),
+			// and the probes may wait for a real that an attacker's
+			// segments keep rate-limited. The cookie is tried now, on
+			// this segment; the parked ones go (the client retransmits
+			// its own).
+			d.endMiss(key, pd)
+			d.stats.CookieOverrides++
+			return d.startMiss(si, p, now)
+		}
 		v, r, out := d.park(pd, p)
 		if v == wire.Park && (pd.phase == phaseProbe || pd.phase == phaseChallenge) {
 			d.recheckOwners(key, pd, now)
