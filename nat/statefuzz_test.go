@@ -213,6 +213,9 @@ type stepper struct {
 	conns []conn
 	// The probes and challenges opPass answered up to.
 	passedProbes, passedChallenges int
+	// The packets emitted that checkEmits saw, and the calls of Emit made
+	// with the Director's lock held.
+	seenOut, seenProbes, seenChallenges, lockedEmits int
 }
 
 // newStepDirector is the fuzz's Director: cookies of 4 bits, Quiet peers,
@@ -232,6 +235,15 @@ func newStepDirector(t testing.TB) (*Director, *fakeDialer, *nattest.Peers) {
 func runSteps(t *testing.T, b []byte) Stats {
 	d, fr, pr := newStepDirector(t)
 	s := &stepper{t: t, d: d, fr: fr, pr: pr, now: 1}
+	emit := d.emitFn
+	d.emitFn = func(pkts [][]byte, now int64) {
+		if !d.mu.TryLock() {
+			s.lockedEmits++
+		} else {
+			d.mu.Unlock()
+		}
+		emit(pkts, now)
+	}
 	for i := range sfClients {
 		s.conns = append(s.conns, conn{cli: 1000 * uint32(i+1), srv: 5000 * uint32(i+1)})
 	}
@@ -241,6 +253,7 @@ func runSteps(t *testing.T, b []byte) Stats {
 		s.step(op, r)
 		checkDirector(t, d)
 		checkMiss(t, d)
+		s.checkEmits()
 		checkCancelled(t, d, fr)
 		if t.Failed() {
 			t.Fatalf("after step %d (op %d)", n, op)
@@ -509,6 +522,33 @@ func (s *stepper) step(op byte, r *stepReader) {
 			loud.Emit(s.pr.Challenges[n-1:], s.now)
 		}
 	}
+}
+
+// checkEmits checks the packets the Director emitted since the last call:
+// valid checksums, nothing left queued, Emit never called under the lock,
+// and no reset without ACK toward a client (a real's no-socket reset is
+// never passed on, and the Director's own resets to clients carry an ACK).
+func (s *stepper) checkEmits() {
+	t := s.t
+	t.Helper()
+	s.d.mu.Lock()
+	queued := len(s.d.emitq)
+	s.d.mu.Unlock()
+	if queued != 0 || s.lockedEmits != 0 {
+		t.Errorf("%d packets left queued, %d calls of Emit under the lock", queued, s.lockedEmits)
+	}
+	for _, b := range s.pr.Out[s.seenOut:] {
+		in := infoOf(t, b)
+		if slices.Contains(sfClients, in.dst.String()) && in.flags&(rst|ack) == rst {
+			t.Errorf("emitted a reset without ACK to client %v: %+v", in.dst, in)
+		}
+	}
+	for _, b := range slices.Concat(s.pr.Probes[s.seenProbes:], s.pr.Challenges[s.seenChallenges:]) {
+		if in := infoOf(t, b); in.hl != header.TCPMinimumSize || in.data != 0 || in.flags != ack {
+			t.Errorf("a probe or challenge with options, payload or flags other than ACK: %+v", in)
+		}
+	}
+	s.seenOut, s.seenProbes, s.seenChallenges = len(s.pr.Out), len(s.pr.Probes), len(s.pr.Challenges)
 }
 
 func (s *stepper) checkOuts(outs [][]byte) {
