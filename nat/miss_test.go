@@ -711,3 +711,45 @@ func (l *lockedDialer) Cancel(k Key) {
 
 // wrap is n modulo 2^32.
 func wrap(n int64) uint32 { return uint32(n) }
+
+// A probed real's second or late answer (to the probe and to its retry)
+// is not adopted when its numbers fit no parked segment: a TIME_WAIT or
+// stale socket does not take the connection (an owner answering both is
+// found by the first).
+func TestProbeLateAnswer(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		seq, ack uint32
+		adopted  bool
+	}{
+		{"time-wait", 0x9abcdef0, 0x12345678, false},
+		{"stale owner", trigAck - 5000, trigSeq + 5, false},
+		{"owner", trigAck, trigSeq + 5, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, fr, pr := newMissDirector(t, 0)
+			d.Handle(trig(), false, 1)
+			resetProbes(t, d, pr, 0, 2, rs3)
+			d.Sweep(1+retryAfter, 100) // the retry to rs3
+			// rs3's answer to the first probe comes late, then its answer
+			// to the retry.
+			if v, _ := d.Handle(ownerAnswer(rs3, c.seq, c.ack), false, 2+retryAfter); v != wire.Consume {
+				t.Fatalf("first answer: verdict %v", v)
+			}
+			v, out := d.Handle(ownerAnswer(rs3, c.seq, c.ack), false, 3+retryAfter)
+			f := d.Flows(3 + retryAfter)
+			if !c.adopted {
+				if v != wire.Drop || out != nil || len(f) != 0 || d.Stats().Adopted != 0 || len(pr.Out) != 0 {
+					t.Fatalf("second answer: verdict %v, flows %+v, flushed %d", v, f, len(pr.Out))
+				}
+				if st := d.Stats(); len(pr.Challenges) != 1 || st.ChallengesInflight != 1 || len(fr.dials) != 0 {
+					t.Fatalf("challenges %d, in flight %d", len(pr.Challenges), st.ChallengesInflight)
+				}
+				return
+			}
+			if len(f) != 1 || f[0].Real != ap(rs3) || len(pr.Challenges) != 0 || len(pr.Out) != 1 {
+				t.Fatalf("flows %+v, challenges %d, flushed %d", f, len(pr.Challenges), len(pr.Out))
+			}
+		})
+	}
+}
