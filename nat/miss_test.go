@@ -753,3 +753,17 @@ func TestProbeLateAnswer(t *testing.T) {
 		})
 	}
 }
+
+// A recovery whose challenge passed and whose dials then fail resets the
+// client with the numbers of its answer (seq = its RCV.NXT), not those of
+// a forged segment parked before the genuine one.
+func TestChallengeFailedResetNumbers(t *testing.T) {
+	d, _, pr := newMissDirector(t, 0)
+	key := Key{protoTCP, ap(client), ap(vip)}
+	toChallenge(t, d, pr, 1, tcp4(client, vip, psh, 777777, 888888, []byte("evil bytes")), trig())
+	d.Handle(tcp4(client, vip, ack, trigSeq+5, trigAck, nil), false, 2)
+	out := d.Failed(key, FailRefused, 3)
+	if want := asRST(tcp4(vip, client, rst|ack, trigAck, trigSeq+5, nil)); len(out) != 1 || !bytes.Equal(out[0], want) {
+		t.Fatalf("RST %+v, want %+v", infoOf(t, out[0]), infoOf(t, want))
+	}
+}
