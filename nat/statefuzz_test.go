@@ -743,7 +743,8 @@ func checkDirector(t *testing.T, d *Director) {
 
 // checkMiss checks the miss path's invariants: the index of probes and the
 // probes waiting agree, a probe round waits for an answer, a cookie steer
-// has its tentative flow (or none), no other miss has a flow, and the
+// has its tentative flow (or none), a stale challenge its suspect flow, no
+// other miss has a flow, and the
 // counters of misses in flight match the table.
 func checkMiss(t *testing.T, d *Director) {
 	t.Helper()
@@ -782,6 +783,10 @@ func checkMiss(t *testing.T, d *Director) {
 			}
 		case phaseChallenge:
 			challenging++
+		case phaseStale:
+			if !found || side != sideClient || slot != pd.slot {
+				t.Errorf("stale challenge of %+v: its flow (slot %d) is not the tuple's (%v, slot %d, side %d)", ck, pd.slot, found, slot, side)
+			}
 		case phaseSteer:
 			if found && (side != sideClient || !d.flows.slab[slot].tentative || d.flows.slab[slot].Kind != KindCookie) {
 				t.Errorf("cookie steer of %+v: its flow %+v is not a tentative cookie flow", ck, d.flows.slab[slot].export())
