@@ -589,6 +589,17 @@ func (d *Director) challengeAnswer(key Key, pd *pending, a *packet, now int64) (
 		pd.bytes -= n
 		d.rec.parkedBytes -= n
 		d.rec.prefixAdd(key.Src.Addr(), prefixUse{parked: -int32(n)})
+		// The reset of a failed dial takes the client's numbers from the
+		// segments kept (as park does), not from those dropped.
+		for i, b := range pd.parked {
+			_, end, ack, hasAck, _ := segNumbers(b)
+			if hasAck && (i == 0 || seqAfter(ack, pd.lastAck)) {
+				pd.lastAck = ack
+			}
+			if i == 0 || seqAfter(end, pd.lastEnd) {
+				pd.lastEnd = end
+			}
+		}
 	}
 	var t packet
 	t.decodeIP(pd.parked[0])

@@ -184,6 +184,13 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, Dro
 		// The real this flow is being re-homed from: dead or drained,
 		// never adopted.
 		return wire.Drop, DropRehomed, nil
+	case pd != nil && (pd.phase == phaseProbe || pd.phase == phaseChallenge) && isPureACK(p) &&
+		pd.probeOf(d.services[si].Reals, p.src) != nil && !pd.fitsOwner(p.seq, p.ack, header.TCP(p.l4).WindowSize()):
+		// A second or late answer to an owner probe (a socket that
+		// answered the probe and its retry), whose numbers fit no
+		// parked segment: a TIME_WAIT or stale socket, not the
+		// connection speaking.
+		return wire.Drop, DropNoFlow, nil
 	}
 	if d.flows.n >= d.maxFlows {
 		return wire.Drop, DropFlowLimit, nil

@@ -10,6 +10,7 @@ import (
 
 	"holdfast/balancer"
 	"holdfast/internal/wire"
+	"holdfast/nat/nattest"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -17,9 +18,12 @@ import (
 // FuzzDirectorSteps drives one Director with recovery on through a sequence
 // of steps read from the fuzz input: client, real and UDP packets, ICMP
 // errors quoting a flow's packet, the ends of the dials the fake dialer
-// recorded, time passing with sweeps, and runtime changes to the reals. After
-// every step it checks the index, counter, parking, dial-gate, port and
-// budget invariants (checkDirector).
+// recorded, time passing with sweeps, runtime changes to the reals, and the
+// miss path's answers: a real's to an owner probe, the client's to a
+// challenge, a tentative cookie flow's real's. The peers are Quiet: only
+// these steps answer what the Director emits. After every step it checks the
+// index, counter, parking, dial-gate, port, budget and miss-path invariants
+// (checkDirector, checkMiss).
 //
 // Encoding: one op byte (op % numOps), then the op's parameter bytes; a
 // missing byte reads as 0. Sequence numbers are picked relative to a small
@@ -64,6 +68,16 @@ func TestDirectorStepSeeds(t *testing.T) {
 		{"re-home races", func(s Stats) bool {
 			return s.Drop(DropRehomed) == 1 && s.Drop(DropRecoveryPending) == 1 && s.Rehomed == 1 && s.AdoptAborts == 1
 		}},
+		{"cookie steers", func(s Stats) bool {
+			return s.CookieSteers == 4 && s.CookieResets == 1 && s.ProbeSteers == 1 && s.CookieConfirmed == 3 && s.ProbesSent == 2
+		}},
+		{"probe answers", func(s Stats) bool {
+			return s.ProbeOthers == 1 && s.ProbeResets == 4 && s.ProbesSilent == 1 && s.ChallengesRejected == 2 && s.RecoveryStarted == 0
+		}},
+		{"challenges", func(s Stats) bool {
+			return s.ChallengeResets == 1 && s.ChallengesPassed == 2 && s.ChallengesUnanswered == 1 &&
+				s.RecoveryStarted == 2 && s.Drop(DropStrayRST) == 2
+		}},
 	}
 	if len(checks) != len(seeds) {
 		t.Fatalf("%d seeds, %d checks", len(seeds), len(checks))
@@ -79,14 +93,19 @@ func TestDirectorStepSeeds(t *testing.T) {
 
 // Ops of a step.
 const (
-	opClient    = iota // ci flag seqSel ackSel len opt
-	opReal             // ri ci flag seqSel ackSel len opt
-	opRealLocal        // ri port flag seqSel ackSel len opt
-	opUDP              // dir ci len
-	opICMP             // kind ci ri port
-	opDial             // pick what hsSel
-	opTime             // dt budget
-	opRuntime          // ri what
+	opClient          = iota // ci flag seqSel ackSel len opt
+	opReal                   // ri ci flag seqSel ackSel len opt
+	opRealLocal              // ri port flag seqSel ackSel len opt
+	opUDP                    // dir ci len
+	opICMP                   // kind ci ri port
+	opDial                   // pick what hsSel
+	opTime                   // dt budget
+	opRuntime                // ri what
+	opProbeAnswer            // pick kind seqSel ackSel (u32 u32 for random numbers)
+	opChallengeAnswer        // kind off seqSel
+	opTentative              // pick kind
+	opSweep                  // dt budget
+	opPass                   // (none): the peers answer as when the real died (nattest.Peers not Quiet)
 	numOps
 )
 
@@ -103,7 +122,11 @@ var (
 	sfLens    = []int{0, 1, 5, 300, 1400}
 	sfDts     = []int64{0, sec / 1000, sec, 6 * sec, 11 * sec, 65 * sec, 130 * sec, 16 * 60 * sec}
 	sfBudgets = []int{1, 2, 4, 64}
-	udpReal   = "198.18.10.11:5353"
+	// How far past the trigger's seq (the challenge's ack) a client's
+	// answer to a challenge says it has sent: the first ones fit the
+	// triggers sfLens makes, the last is past any window.
+	sfSent  = []uint32{0, 1, 5, 300, 1400, 1 << 16, 1 << 30, 1<<30 + 1}
+	udpReal = "198.18.10.11:5353"
 )
 
 // stepReader hands out the fuzz input's bytes.
@@ -140,10 +163,16 @@ func (r *stepReader) num(base uint32) uint32 {
 }
 
 // tcpOpts picks the TCP options of a segment: none, timestamps, a SACK
-// block near the ack or 2^31 past it, both, or a SYN's.
+// block near the ack or 2^31 past it, both, a SYN's, or timestamps whose
+// echo carries a cookie: of one of the reals, or any id.
 func (r *stepReader) tcpOpts(ackn uint32) []byte {
-	ts := tsOpt(r.u32()%4+100, 7)
-	switch r.byte() % 6 {
+	v := r.u32()
+	ts := tsOpt(v%4+100, 7)
+	switch r.byte() % 8 {
+	case 6:
+		return tsOpt(v%4+100, cookieEncode(1000+v>>8, uint16(2+v%3), 4))
+	case 7:
+		return tsOpt(v%4+100, cookieEncode(1000+v>>8, uint16(v>>4%16), 4))
 	case 1:
 		return ts
 	case 2:
@@ -179,12 +208,20 @@ type stepper struct {
 	t     *testing.T
 	d     *Director
 	fr    *fakeDialer
+	pr    *nattest.Peers
 	now   int64
 	conns []conn
+	// The probes and challenges opPass answered up to.
+	passedProbes, passedChallenges int
+	// The packets emitted that checkEmits saw, and the calls of Emit made
+	// with the Director's lock held.
+	seenOut, seenProbes, seenChallenges, lockedEmits int
 }
 
-func newStepDirector(t testing.TB) (*Director, *fakeDialer) {
-	return newRecDirector(t, func(c *RecoveryConfig) {
+// newStepDirector is the fuzz's Director: cookies of 4 bits, Quiet peers,
+// small budgets.
+func newStepDirector(t testing.TB) (*Director, *fakeDialer, *nattest.Peers) {
+	return newMissDirector(t, 4, func(c *RecoveryConfig) {
 		c.PortHi = 10001 // 2 ports per real: some dials find none
 		c.Rate, c.MaxInflight, c.PrefixInflight, c.PrefixFlows = 5, 4, 3, 4
 		c.ParkBytes, c.ParkFlowBytes, c.PrefixParkBytes = 4096, 2048, 3072
@@ -196,8 +233,17 @@ func newStepDirector(t testing.TB) (*Director, *fakeDialer) {
 // runSteps runs the steps of b and checks the invariants after each; it
 // returns the counters after the last step, before the final drain.
 func runSteps(t *testing.T, b []byte) Stats {
-	d, fr := newStepDirector(t)
-	s := &stepper{t: t, d: d, fr: fr, now: 1}
+	d, fr, pr := newStepDirector(t)
+	s := &stepper{t: t, d: d, fr: fr, pr: pr, now: 1}
+	emit := d.emitFn
+	d.emitFn = func(pkts [][]byte, now int64) {
+		if !d.mu.TryLock() {
+			s.lockedEmits++
+		} else {
+			d.mu.Unlock()
+		}
+		emit(pkts, now)
+	}
 	for i := range sfClients {
 		s.conns = append(s.conns, conn{cli: 1000 * uint32(i+1), srv: 5000 * uint32(i+1)})
 	}
@@ -206,6 +252,8 @@ func runSteps(t *testing.T, b []byte) Stats {
 		op := r.byte() % numOps
 		s.step(op, r)
 		checkDirector(t, d)
+		checkMiss(t, d)
+		s.checkEmits()
 		checkCancelled(t, d, fr)
 		if t.Failed() {
 			t.Fatalf("after step %d (op %d)", n, op)
@@ -213,15 +261,21 @@ func runSteps(t *testing.T, b []byte) Stats {
 	}
 	st := d.Stats()
 	// Everything drains: the dials end (as the engine's shutdown ends
-	// them) and an hour passes.
-	for _, k := range pendingKeys(d) {
+	// them), the misses run out of time unanswered, and an hour passes.
+	for _, k := range dialKeys(d) {
 		d.Failed(k, FailShutdown, s.now)
+	}
+	for range 4 {
+		s.now += sec
+		d.Sweep(s.now, 1)
+		checkMiss(t, d)
 	}
 	d.Sweep(s.now+int64(time.Hour), len(d.flows.slab)+1)
 	checkDirector(t, d)
-	if d.flows.n != 0 || len(d.rec.pending) != 0 || len(d.rec.ports.inUse) != 0 || len(d.rec.dialing) != 0 || len(d.rec.prefixes) != 0 || d.rec.parkedBytes != 0 {
-		t.Fatalf("left held after the drain: flows %d, pending %d, ports %d, gates %d, prefixes %v, parked %d",
-			d.flows.n, len(d.rec.pending), len(d.rec.ports.inUse), len(d.rec.dialing), d.rec.prefixes, d.rec.parkedBytes)
+	checkMiss(t, d)
+	if d.flows.n != 0 || len(d.rec.pending) != 0 || len(d.rec.ports.inUse) != 0 || len(d.rec.dialing) != 0 || len(d.rec.prefixes) != 0 || d.rec.parkedBytes != 0 || len(d.rec.probes) != 0 {
+		t.Fatalf("left held after the drain: flows %d, pending %d, ports %d, gates %d, prefixes %v, parked %d, probes %v",
+			d.flows.n, len(d.rec.pending), len(d.rec.ports.inUse), len(d.rec.dialing), d.rec.prefixes, d.rec.parkedBytes, d.rec.probes)
 	}
 	return st
 }
@@ -313,7 +367,7 @@ func (s *stepper) step(op byte, r *stepReader) {
 			s.send(unreach("198.18.10.1", recAddr, tcp4(local, real, ack, 1, 1, nil)))
 		}
 	case opDial:
-		keys := pendingKeys(s.d)
+		keys := dialKeys(s.d)
 		pick, what, hsSel := int(r.byte()), r.byte()%6, r.byte()
 		if len(keys) == 0 {
 			return
@@ -369,7 +423,137 @@ func (s *stepper) step(op byte, r *stepReader) {
 		case 6:
 			_ = s.d.AddReal(proto, svc, real, 1, 0)
 		}
+	case opProbeAnswer:
+		// A real's answer to one of the last probes sent (pick 0: the
+		// last): its no-socket reset, an owner's duplicate ACK with
+		// numbers near the trigger's, an ACK with numbers far from them
+		// (or any, 0x7f), or a real socket's RST|ACK.
+		pick, kind := int(r.byte()%4), r.byte()%4
+		if len(s.pr.Probes) == 0 {
+			r.num(0)
+			r.num(0)
+			return
+		}
+		q := infoOf(s.t, s.pr.Probes[max(0, len(s.pr.Probes)-1-pick)])
+		from, to := q.dst.String(), q.src.String()
+		far := uint32(0)
+		if kind == 2 {
+			far = 1 << 31
+		}
+		seq, ackn := r.num(q.ack+far), r.num(q.seq+farBelow+far)
+		switch kind {
+		case 0:
+			s.send(tcp4(from, to, rst, seq, 0, nil))
+		case 1, 2:
+			s.send(tcp4(from, to, ack, seq, ackn, nil))
+		case 3:
+			s.send(tcp4(from, to, rst|ack, seq, ackn, nil))
+		}
+	case opChallengeAnswer:
+		// The client's answer to the last challenge: a duplicate ACK
+		// saying it sent sfSent past the trigger's seq, its ack the
+		// trigger's (or near it), or a reset: its host's no-socket one
+		// (seq = the challenge's ack, or near it) or one with ACK.
+		kind, off := r.byte()%4, sfSent[r.byte()%byte(len(sfSent))]
+		if len(s.pr.Challenges) == 0 {
+			r.num(0)
+			r.num(0)
+			return
+		}
+		q := infoOf(s.t, s.pr.Challenges[len(s.pr.Challenges)-1])
+		from, to := q.dst.String(), q.src.String()
+		seq, ackn := r.num(q.ack+off), r.num(q.seq+farBelow)
+		switch kind {
+		case 0, 1:
+			s.send(tcp4(from, to, ack, seq, ackn, nil))
+		case 2:
+			s.send(tcp4(from, to, rst, seq-off, 0, nil))
+		case 3:
+			s.send(tcp4(from, to, rst|ack, seq-off, ackn, nil))
+		}
+	case opTentative:
+		// A tentative cookie flow's real answers: its no-socket reset,
+		// an ACK, a real socket's RST|ACK, or data.
+		pick, kind := int(r.byte()), r.byte()%4
+		var real, cl string
+		var ci int
+		s.d.mu.Lock()
+		var tent []uint32
+		for i := range s.d.flows.slab {
+			if f := &s.d.flows.slab[i]; f.used && f.tentative {
+				tent = append(tent, uint32(i))
+			}
+		}
+		if len(tent) > 0 {
+			f := &s.d.flows.slab[tent[pick%len(tent)]]
+			real, cl = f.Real.AddrPort().String(), f.Client.AddrPort().String()
+			ci = slices.Index(sfClients, cl)
+		}
+		s.d.mu.Unlock()
+		if real == "" || ci < 0 {
+			return
+		}
+		c := &s.conns[ci]
+		switch kind {
+		case 0:
+			s.send(tcp4(real, cl, rst, c.cli, 0, nil))
+		case 1:
+			s.send(tcp4(real, cl, ack, c.srv, c.cli, nil))
+		case 2:
+			s.send(tcp4(real, cl, rst|ack, c.srv, c.cli, nil))
+		case 3:
+			s.send(tcp4(real, cl, psh, c.srv, c.cli, make([]byte, 5)))
+			advance(&c.srv, c.srv, psh, 5)
+		}
+	case opSweep:
+		s.now += (1 + int64(r.byte()%20)) * sec / 10
+		s.d.Sweep(s.now, sfBudgets[r.byte()%byte(len(sfBudgets))])
+	case opPass:
+		// The peers answer what was emitted since the last pass as when
+		// the connection's real died: every probe with the real's
+		// no-socket reset, the last challenge with the client's fitting
+		// duplicate ACK (nattest.Peers, not Quiet).
+		loud := nattest.Peers{Handle: s.pr.Handle, VIPs: s.pr.VIPs, Reals: s.pr.Reals}
+		probes := s.pr.Probes[s.passedProbes:]
+		s.passedProbes = len(s.pr.Probes)
+		loud.Emit(probes, s.now)
+		if n := len(s.pr.Challenges); n > s.passedChallenges {
+			s.passedChallenges = n
+			loud.Emit(s.pr.Challenges[n-1:], s.now)
+		}
 	}
+}
+
+// checkEmits checks the packets the Director emitted since the last call:
+// valid checksums, nothing left queued, Emit never called under the lock,
+// challenges bare ACKs, and no reset without ACK toward a client (a real's no-socket reset is
+// never passed on, and the Director's own resets to clients carry an ACK).
+func (s *stepper) checkEmits() {
+	t := s.t
+	t.Helper()
+	s.d.mu.Lock()
+	queued := len(s.d.emitq)
+	s.d.mu.Unlock()
+	if queued != 0 || s.lockedEmits != 0 {
+		t.Errorf("%d packets left queued, %d calls of Emit under the lock", queued, s.lockedEmits)
+	}
+	for _, b := range s.pr.Out[s.seenOut:] {
+		in := infoOf(t, b)
+		if slices.Contains(sfClients, in.dst.String()) && in.flags&(rst|ack) == rst {
+			t.Errorf("emitted a reset without ACK to client %v: %+v", in.dst, in)
+		}
+	}
+	for _, b := range s.pr.Probes[s.seenProbes:] {
+		// Peers counts any pure ACK to a real as a probe: a flushed one
+		// too.
+		checkChecksums(t, b)
+	}
+	for _, b := range s.pr.Challenges[s.seenChallenges:] {
+		if in := infoOf(t, b); in.hl != header.TCPMinimumSize || in.data != 0 || in.flags != ack {
+			t.Errorf("a challenge with options, payload or flags other than ACK: %+v", in)
+		}
+	}
+	s.seenOut, s.seenProbes, s.seenChallenges = len(s.pr.Out), len(s.pr.Probes), len(s.pr.Challenges)
 }
 
 func (s *stepper) checkOuts(outs [][]byte) {
@@ -389,6 +573,20 @@ func checkCancelled(t *testing.T, d *Director, fr *fakeDialer) {
 			t.Errorf("recovery of %+v superseded, its dial never cancelled", k)
 		}
 	}
+}
+
+// dialKeys lists the recoveries with a dial asked of the engine (the only
+// ones it reports the end of), in a fixed order.
+func dialKeys(d *Director) []Key {
+	var keys []Key
+	for _, k := range pendingKeys(d) {
+		d.mu.Lock()
+		if d.rec.pending[k].phase == phaseDial {
+			keys = append(keys, k)
+		}
+		d.mu.Unlock()
+	}
+	return keys
 }
 
 // pendingKeys lists the recoveries in flight, in a fixed order.
@@ -483,7 +681,7 @@ func checkDirector(t *testing.T, d *Director) {
 	parked := 0
 	for k, pd := range d.rec.pending {
 		parked += pd.bytes
-		if len(pd.parked) == 0 {
+		if len(pd.parked) == 0 && pd.phase != phaseStale {
 			t.Errorf("recovery of %+v parks nothing", k)
 		}
 		n := 0
@@ -543,6 +741,69 @@ func checkDirector(t *testing.T, d *Director) {
 	checkPrefixTable(t, d)
 }
 
+// checkMiss checks the miss path's invariants: the index of probes and the
+// probes waiting agree, a probe round waits for an answer, a cookie steer
+// has its tentative flow (or none), a stale challenge its suspect flow, no
+// other miss has a flow, and the
+// counters of misses in flight match the table.
+func checkMiss(t *testing.T, d *Director) {
+	t.Helper()
+	st := d.Stats()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for rk, ck := range d.rec.probes {
+		pd := d.rec.pending[ck]
+		if pd == nil || pd.phase != phaseProbe {
+			t.Errorf("probe %+v of %+v: no miss in phaseProbe (%+v)", rk, ck, pd)
+			continue
+		}
+		if q := pd.probeOf(d.services[pd.svc].Reals, rk.Src); q == nil || q.state != probeWaiting || rk.Dst != ck.Src {
+			t.Errorf("probe %+v of %+v: no waiting probe for the real (%+v)", rk, ck, q)
+		}
+	}
+	var probing, challenging int
+	for ck, pd := range d.rec.pending {
+		slot, side, found := d.flows.lookup(ck)
+		switch pd.phase {
+		case phaseProbe:
+			probing++
+			waiting := 0
+			for _, q := range pd.probes {
+				if q.state != probeWaiting {
+					continue
+				}
+				waiting++
+				rk := Key{protoTCP, d.services[pd.svc].Reals[q.real].Addr, ck.Src}
+				if d.rec.probes[rk] != ck {
+					t.Errorf("miss of %+v: waiting probe of %+v not in the index", ck, rk)
+				}
+			}
+			if waiting == 0 {
+				t.Errorf("miss of %+v in phaseProbe waits for no probe: %+v", ck, pd.probes)
+			}
+		case phaseChallenge:
+			challenging++
+		case phaseStale:
+			if !found || side != sideClient || slot != pd.slot {
+				t.Errorf("stale challenge of %+v: its flow (slot %d) is not the tuple's (%v, slot %d, side %d)", ck, pd.slot, found, slot, side)
+			}
+		case phaseSteer:
+			if found && (side != sideClient || !d.flows.slab[slot].tentative || d.flows.slab[slot].Kind != KindCookie) {
+				t.Errorf("cookie steer of %+v: its flow %+v is not a tentative cookie flow", ck, d.flows.slab[slot].export())
+			}
+		}
+		if found && (pd.phase == phaseProbe || pd.phase == phaseChallenge) {
+			t.Errorf("miss of %+v (phase %d) while a flow %+v holds the tuple", ck, pd.phase, d.flows.slab[slot].export())
+		}
+		if pd.phase != phaseDial && (pd.dialing || pd.superseded) {
+			t.Errorf("miss of %+v (phase %d) dialing %v, superseded %v", ck, pd.phase, pd.dialing, pd.superseded)
+		}
+	}
+	if st.Inflight != len(d.rec.pending) || st.ProbesInflight != probing || st.ChallengesInflight != challenging {
+		t.Errorf("inflight %d/%d probing %d/%d challenging %d/%d (stats/table)", st.Inflight, len(d.rec.pending), st.ProbesInflight, probing, st.ChallengesInflight, challenging)
+	}
+}
+
 // stepSeeds are handmade step sequences (they run as unit tests).
 func stepSeeds() [][]byte {
 	// Builders of one step each; sequence selectors 0 mean "the model's
@@ -572,29 +833,52 @@ func stepSeeds() [][]byte {
 		return slices.Concat(cl(ci, fSyn, 0, 0, 0), rl(ri, ci, fSynAck, 0), cl(ci, fAck, 0, 0, 0),
 			cl(ci, fPsh, 0, 0, 2), rl(ri, ci, fPsh, 3), cl(ci, fAck, 0, 0, 0))
 	}
+	// The miss path's steps. A pass answers the probes and the challenge
+	// as when the connection's real died (the miss goes on to a dial).
+	pass := []byte{opPass}
+	// A client segment whose timestamp echo carries the cookie of real
+	// ri (choice 6 of tcpOpts; the u32's low bits pick the real).
+	ck := func(ci, flag, n, ri byte) []byte {
+		return []byte{opClient, ci, flag, 0, 0, n, 0, 0, 0, ri, 6}
+	}
+	probeAns := func(pick, kind byte) []byte { return []byte{opProbeAnswer, pick, kind, 0, 0} }
+	chalAns := func(kind, off, seqSel, ackSel byte) []byte {
+		return []byte{opChallengeAnswer, kind, off, seqSel, ackSel}
+	}
+	tent := func(kind byte) []byte { return []byte{opTentative, 0, kind} }
+	sweep := func(tenths, budget byte) []byte { return []byte{opSweep, tenths - 1, budget} }
+	const (
+		pReset, pOwner, pRandom, pRstAck = 0, 1, 2, 3
+		cAck, cReset, cRstAck            = 0, 2, 3
+		sent5, sentPastWindow            = 2, 7
+		tReset, tAck, tRstAck, tData     = 0, 1, 2, 3
+	)
+	// Every real's no-socket reset to the three probes of a miss.
+	resets := slices.Concat(probeAns(0, pReset), probeAns(1, pReset), probeAns(2, pReset))
 	return [][]byte{
 		// A failover recovery that succeeds: the trigger and a second
-		// segment park, the dial succeeds, the real answers through the
-		// recovery address, the client acknowledges (confirmed), ICMP
-		// errors both ways, and idle expiry.
-		slices.Concat(cl(0, fPsh, 0, 0, 2), cl(0, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
+		// segment park, the probes and the challenge pass, the dial
+		// succeeds, the real answers through the recovery address, the
+		// client acknowledges (confirmed), ICMP errors both ways, and
+		// idle expiry.
+		slices.Concat(cl(0, fPsh, 0, 0, 2), cl(0, fPsh, 0, 0, 2), pass, dial(0, dRecovered, 0),
 			rloc(0, 0, fPsh, 2), cl(0, fAck, 0, 0, 0), icmp(0, 0, 0, 0), icmp(3, 0, 0, 0),
 			tick(3, 3), tick(7, 3)),
 		// Refused, retried, then failed (the client gets a RST); then a
 		// recovery whose retries run out of reals.
-		slices.Concat(cl(1, fPsh, 0, 0, 2), dial(0, dRetryFail, 0), cl(2, fPsh, 0, 0, 3),
+		slices.Concat(cl(1, fPsh, 0, 0, 2), pass, dial(0, dRetryFail, 0), cl(2, fPsh, 0, 0, 3), pass,
 			dial(0, dRetry, 1), dial(0, dRetry, 1), dial(0, dRetry, 1)),
 		// An adoption during a dial: the original real retransmits to the
 		// client, the dial is cancelled and ends (Recovered: the new
 		// connection is reset, the parked bytes go to the adopted flow).
-		slices.Concat(cl(0, fPsh, 0, 0, 2), rl(1, 0, fPsh, 2), rl(2, 0, fPsh, 2), dial(0, dRecovered, 3),
-			cl(1, fPsh, 0, 0, 3), rl(0, 1, fAck, 0), dial(0, dShutdown, 0)),
+		slices.Concat(cl(0, fPsh, 0, 0, 2), pass, rl(1, 0, fPsh, 2), rl(2, 0, fPsh, 2), dial(0, dRecovered, 3),
+			cl(1, fPsh, 0, 0, 3), pass, rl(0, 1, fAck, 0), dial(0, dShutdown, 0)),
 		// A stale flow: a handshake on rs1, the client acks server bytes
 		// never carried (suspect), the real's no-socket reset confirms it,
 		// and the client's next request is recovered.
 		slices.Concat(handshake(0, 0), []byte{opClient, 0, fPsh, 0x7f, 0x40, 0, 0, 0, 0x7f, 0, 1, 0, 0, 2}, none,
 			[]byte{opReal, 0, 0, fRst, 0x7f, 0, 1, 0, 0, 0, 0}, none,
-			[]byte{opClient, 0, fPsh, 0, 0x7f, 0, 1, 0, 0, 2}, none,
+			[]byte{opClient, 0, fPsh, 0, 0x7f, 0, 1, 0, 0, 2}, none, pass,
 			dial(0, dRecovered, 0), tick(1, 3)),
 		// A re-home: handshakes on rs1 and rs2, rs1 goes down and the
 		// other is drained with re-homing; the next requests move.
@@ -604,21 +888,23 @@ func stepSeeds() [][]byte {
 			rt(3, rtDown), udp(0, 0, 2), tick(5, 3)),
 		// A shutdown: three recoveries in flight (one prefix holds two),
 		// the engine stops: no client gets a RST.
-		slices.Concat(cl(0, fPsh, 0, 0, 3), cl(1, fPsh, 0, 0, 3), cl(2, fPsh, 0, 0, 4),
+		slices.Concat(cl(0, fPsh, 0, 0, 3), pass, cl(1, fPsh, 0, 0, 3), pass, cl(2, fPsh, 0, 0, 4), pass,
 			dial(0, dShutdown, 0), dial(0, dShutdown, 0), dial(0, dShutdown, 0), tick(2, 3)),
 		// The budgets: a fourth trigger of a /24 (prefix busy), a fifth
 		// in flight (busy); once four are recovered, a /24 at its flows
-		// (prefix flows), and the rate spent (5 a second).
-		slices.Concat(cl(0, fPsh, 0, 0, 2), cl(1, fPsh, 0, 0, 2), cl(3, fPsh, 0, 0, 2), cl(4, fPsh, 0, 0, 2),
-			cl(2, fPsh, 0, 0, 2), cl(6, fPsh, 0, 0, 2),
+		// (prefix flows: a miss counts from its first segment), and the
+		// rate spent (5 a second).
+		slices.Concat(cl(0, fPsh, 0, 0, 2), pass, cl(1, fPsh, 0, 0, 2), pass, cl(3, fPsh, 0, 0, 2), pass, cl(4, fPsh, 0, 0, 2),
+			cl(2, fPsh, 0, 0, 2), pass, cl(6, fPsh, 0, 0, 2),
 			dial(0, dRecovered, 0), dial(0, dRecovered, 0), dial(0, dRecovered, 0), dial(0, dRecovered, 0),
 			cl(4, fPsh, 0, 0, 2), cl(5, fPsh, 0, 0, 2), cl(6, fPsh, 0, 0, 2)),
 		// No port: six recovered flows hold the two ports of each real,
-		// and the seventh trigger fails at once with a RST.
-		slices.Concat(cl(0, fPsh, 0, 0, 2), dial(0, dRecovered, 0), cl(1, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
-			cl(3, fPsh, 0, 0, 2), dial(0, dRecovered, 0), cl(4, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
-			tick(2, 0), cl(2, fPsh, 0, 0, 2), dial(0, dRecovered, 0), cl(6, fPsh, 0, 0, 2), dial(0, dRecovered, 0),
-			cl(8, fPsh, 0, 0, 2)),
+		// and the seventh trigger fails at once (once its client passed
+		// the challenge) with a RST.
+		slices.Concat(cl(0, fPsh, 0, 0, 2), pass, dial(0, dRecovered, 0), cl(1, fPsh, 0, 0, 2), pass, dial(0, dRecovered, 0),
+			cl(3, fPsh, 0, 0, 2), pass, dial(0, dRecovered, 0), cl(4, fPsh, 0, 0, 2), pass, dial(0, dRecovered, 0),
+			tick(2, 0), cl(2, fPsh, 0, 0, 2), pass, dial(0, dRecovered, 0), cl(6, fPsh, 0, 0, 2), pass, dial(0, dRecovered, 0),
+			cl(8, fPsh, 0, 0, 2), pass),
 		// A re-home with every real down: the flow stays on its real.
 		slices.Concat(handshake(0, 0), rt(1, rtDown), rt(2, rtDown), rt(0, rtDown), cl(0, fPsh, 0, 0, 2)),
 		// Re-home races: the real a flow is re-homed from speaks during
@@ -626,7 +912,30 @@ func stepSeeds() [][]byte {
 		// whose real goes down is not re-homed while that recovery is in
 		// flight.
 		slices.Concat(handshake(1, 0), rt(0, rtDown), cl(1, fPsh, 0, 0, 2), rl(0, 1, fPsh, 2), dial(0, dRecovered, 0),
-			rt(0, rtUp), cl(0, fPsh, 0, 0, 2), rl(1, 0, fPsh, 2), rt(1, rtDown), cl(0, fAck, 0, 0, 0), cl(0, fPsh, 0, 0, 2),
+			rt(0, rtUp), cl(0, fPsh, 0, 0, 2), pass, rl(1, 0, fPsh, 2), rt(1, rtDown), cl(0, fAck, 0, 0, 0), cl(0, fPsh, 0, 0, 2),
 			dial(0, dShutdown, 0)),
+		// Cookie steers: to rs2, whose no-socket reset sends the probes to
+		// rs1 and rs3, rs3 the owner (steered by probe); to rs1, which
+		// answers (confirmed); to rs3, whose socket resets (RST|ACK to the
+		// client); to rs1, which answers only after the steer ended
+		// (confirmed all the same).
+		slices.Concat(ck(0, fPsh, 2, 1), tent(tReset), probeAns(1, pReset), probeAns(0, pOwner),
+			ck(1, fPsh, 2, 0), tent(tData), ck(2, fPsh, 2, 2), tent(tRstAck),
+			ck(3, fPsh, 2, 0), sweep(11, 3), tent(tAck)),
+		// Probe answers: an ACK of random numbers, a reset and a silent
+		// real (retried, then counted): the challenge, answered with
+		// numbers that do not fit; a second miss whose client answers
+		// past any window.
+		slices.Concat(cl(0, fPsh, 0, 0, 2), probeAns(0, pRandom), probeAns(1, pReset), sweep(6, 3),
+			probeAns(1, pRstAck), sweep(5, 3), chalAns(cAck, sent5, 0, 1),
+			cl(2, fPsh, 0, 0, 2), probeAns(0, pReset), probeAns(1, pReset), probeAns(2, pReset),
+			chalAns(cAck, sentPastWindow, 0, 0)),
+		// Challenges: the source's reset (after one of another seq and one
+		// with ACK); a fitting
+		// answer after the retry; one unanswered; then two owners.
+		slices.Concat(cl(0, fPsh, 0, 0, 2), resets, chalAns(cReset, 0, 1, 0), chalAns(cRstAck, 0, 0, 0), chalAns(cReset, 0, 0, 0),
+			cl(1, fPsh, 0, 0, 2), resets, sweep(6, 3), chalAns(cAck, sent5, 0, 0),
+			cl(2, fPsh, 0, 0, 2), resets, sweep(6, 3), sweep(5, 3),
+			cl(3, fPsh, 0, 0, 2), probeAns(0, pOwner), probeAns(1, pOwner), probeAns(2, pReset), chalAns(cAck, sent5, 0, 0)),
 	}
 }
