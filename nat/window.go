@@ -54,12 +54,12 @@ type dirWin struct {
 type winFlags uint8
 
 const (
-	winCliSeen  winFlags = 1 << iota // a client segment was learned
-	winCliAcked                      // cli.ack is valid
-	winSrvSeen                       // a real's segment was learned
-	winSrvAcked                      // srv.ack is valid
-	winSuspect                       // stale suspect: the client acked server bytes this director never carried
-	winHandshake                     // a flow made by a SYN here, whose client has not yet acked the real's SYN-ACK
+	winCliSeen   winFlags = 1 << iota // a client segment was learned
+	winCliAcked                       // cli.ack is valid
+	winSrvSeen                        // a real's segment was learned
+	winSrvAcked                       // srv.ack is valid
+	winSuspect                        // stale suspect: the client acked server bytes this director never carried
+	winHandshake                      // a flow made by a SYN here, whose client has not yet acked the real's SYN-ACK
 )
 
 // tcpWin is a flow's window state (24 bytes of directions, the suspect's
