@@ -185,6 +185,7 @@ var counters = []counterDef{
 	scalar("cookie_overrides_total", "Misses probing or challenging that a later segment's cookie took over (the segment that started them had none).", counterType, func(s *snapshot) uint64 { return s.nat.CookieOverrides }),
 	scalar("cookie_steers_total", "Mid-stream segments with no flow sent at once to the real their timestamp cookie names (tentative).", counterType, func(s *snapshot) uint64 { return s.nat.CookieSteers }),
 	scalar("cookie_steers_confirmed_total", "Cookie steers the real answered: it holds the connection.", counterType, func(s *snapshot) uint64 { return s.nat.CookieConfirmed }),
+	scalar("cookie_steers_unfit_total", "Cookie steers undone by the real's ACK with numbers that fit no kept segment (a TIME_WAIT socket, the owner answering a forged segment).", counterType, func(s *snapshot) uint64 { return s.nat.CookieUnfit }),
 	scalar("cookie_steers_reset_total", "Cookie steers undone by the real's no-socket reset (swallowed; the probes tried next).", counterType, func(s *snapshot) uint64 { return s.nat.CookieResets }),
 	{name: "cookie_steer_latency_seconds", help: "Time from a cookie steer's first segment to the real's answer.", typ: histogramType,
 		hist: func(s *snapshot) histogramValue { return latencyHist(s.nat.CookieLatency) }},

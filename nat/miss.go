@@ -209,21 +209,34 @@ func (d *Director) unpark(pd *pending, client netip.Addr) {
 // (in slot; ck its client key). A no-socket reset (RST without ACK: the
 // form Linux's tcp_v4_send_reset answers a segment carrying an ACK with,
 // when it has no socket for it) says the cookie was noise or forged: it is
-// swallowed, the flow removed, and the miss goes on with the probes. Any
-// other segment proves the real holds the connection: the flow is
-// confirmed, its windows learned afresh from the real's numbers (what the
-// client side had learned may have come from a forged segment). handled
-// is false when the caller goes on with the segment as for any flow.
+// swallowed, the flow removed, and the miss goes on with the probes; so
+// does a pure ACK whose numbers fit no kept segment. Any other segment
+// proves the real holds the connection: the flow is confirmed, its windows
+// learned afresh from the real's numbers (what the client side had learned
+// may have come from a forged segment). handled is false when the caller
+// goes on with the segment as for any flow.
 func (d *Director) tentativeAnswer(slot uint32, f *flow, p *packet, now int64) (handled bool) {
 	ck := Key{protoTCP, f.Client.AddrPort(), f.VIP.AddrPort()}
 	pd := d.rec.pending[ck]
 	if pd != nil && pd.phase != phaseSteer {
 		pd = nil
 	}
-	if p.flags&(header.TCPFlagRst|header.TCPFlagAck) == header.TCPFlagRst {
+	// While the steer's trigger is kept, a pure ACK must fit it to
+	// confirm: a TIME_WAIT socket of an earlier connection on the tuple,
+	// or the owner answering a forged segment with its own numbers, does
+	// not (then the steer is undone as for a reset, and the probes
+	// decide). Data, a FIN or a SYN from the real is the real speaking on
+	// its connection, as adoption takes it.
+	noSocket := p.flags&(header.TCPFlagRst|header.TCPFlagAck) == header.TCPFlagRst
+	unfit := pd != nil && isPureACK(p) && !pd.fitsOwner(p.seq, p.ack, header.TCP(p.l4).WindowSize())
+	if noSocket || unfit {
 		ri := f.real
 		d.removeFlow(slot, now)
-		d.stats.CookieResets++
+		if noSocket {
+			d.stats.CookieResets++
+		} else {
+			d.stats.CookieUnfit++
+		}
 		if pd != nil {
 			for i := range pd.probes {
 				if pd.probes[i].real == ri {

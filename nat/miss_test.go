@@ -767,3 +767,34 @@ func TestChallengeFailedResetNumbers(t *testing.T) {
 		t.Fatalf("RST %+v, want %+v", infoOf(t, out[0]), infoOf(t, want))
 	}
 }
+
+// A cookie steer is confirmed only by an answer that fits its trigger: a
+// pure ACK with other numbers (a TIME_WAIT socket of an earlier connection,
+// the owner answering a forged segment) undoes it as a reset does, and the
+// probes go to the other reals; the real's ACK of the trigger's bytes
+// confirms it.
+func TestCookieSteerConfirmFits(t *testing.T) {
+	d, _, pr := newMissDirector(t, 4)
+	if v, _ := d.Handle(trig(tsOpt(50, cookieOf(d, 1))...), false, 1); v != wire.Forward {
+		t.Fatalf("cookie steer: verdict %v, want forward", v)
+	}
+	if v, out := d.Handle(ownerAnswer(rs2, 1<<31, 3<<30), false, 2); v != wire.Consume || out != nil {
+		t.Fatalf("an unfitting ACK of the cookie's real: verdict %v, out %x; want consume", v, out)
+	}
+	if st := d.Stats(); st.CookieUnfit != 1 || st.CookieConfirmed != 0 || st.Flows != 0 {
+		t.Fatalf("cookie unfit %d, confirmed %d, flows %d; want 1, 0, 0", st.CookieUnfit, st.CookieConfirmed, st.Flows)
+	}
+	if got := probedReals(t, pr, 0); len(got) != 2 || got[0] != ap(rs1) || got[1] != ap(rs3) {
+		t.Fatalf("probes to %v, want %s and %s", got, rs1, rs3)
+	}
+
+	d, _, _ = newMissDirector(t, 4)
+	d.Handle(trig(tsOpt(50, cookieOf(d, 1))...), false, 1)
+	if v, out := d.Handle(ownerAnswer(rs2, trigAck, trigSeq+uint32(len(trigData))), false, 2); v != wire.Forward || out == nil {
+		t.Fatalf("the owner's ACK of the trigger: verdict %v; want forward", v)
+	}
+	if st := d.Stats(); st.CookieConfirmed != 1 || st.Flows != 1 {
+		t.Fatalf("cookie confirmed %d, flows %d; want 1, 1", st.CookieConfirmed, st.Flows)
+	}
+	checkMissOver(t, d)
+}

@@ -60,6 +60,7 @@ type Stats struct {
 	Misses                                               uint64 // mid-stream segments with no flow that started the search (each took a token of RecoveryConfig.Rate)
 	CookieOverrides                                      uint64 // misses probing or challenging, ended for a segment whose cookie names a real (miss.go, cookieOverrides)
 	CookieSteers, CookieConfirmed, CookieResets          uint64
+	CookieUnfit                                          uint64 // cookie steers undone by the real's pure ACK that fit no kept segment (TIME_WAIT, the owner answering a forged segment)
 	ProbeRounds, ProbesSent, ProbeResets, ProbeOthers    uint64
 	ProbesSilent, ProbeSteers, ProbeNoFlow               uint64
 	ChallengesSent, ChallengesPassed, ChallengesRejected uint64
