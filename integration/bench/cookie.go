@@ -526,10 +526,10 @@ func (b *bench) cookieIperf(ctx context.Context, r *CookieRun, during func(start
 var ssTimestamps = regexp.MustCompile(`(^|\s)ts(\s|$)`)
 
 // clientTimestamps reports whether every TCP connection of the client to
-// VIP:iperfPort has timestamps (ss -ti lists "ts" among its options), and
+// VIP:iperfPort has timestamps (ss -tio lists "ts" among its options: iproute2 shows the options only with -o, the timers), and
 // the info line of the busiest one.
 func (b *bench) clientTimestamps(ctx context.Context) (bool, string) {
-	out, err := b.l.Client.Run(ctx, "ss", "-Htni", "dst", netip.AddrPortFrom(lab.VIP, iperfPort).String())
+	out, err := b.l.Client.Run(ctx, "ss", "-Htnio", "dst", netip.AddrPortFrom(lab.VIP, iperfPort).String())
 	if err != nil {
 		return false, ""
 	}
