@@ -75,10 +75,14 @@ type CookieCell struct {
 // CookieRun is one measured run.
 type CookieRun struct {
 	Run int `json:"run"`
-	// Gbps: the receiver's bits/s, the first second omitted (on, off); on a
-	// moved flow the receiver's interval reports from 1 s after the
-	// failover to the end.
-	Gbps        float64 `json:"gbit_s"`
+	// Gbps: the bytes that reached the receiver's link (headers
+	// included) in the window (ckBefore+ckSettle on, -duration long): for
+	// a moved flow, from 1 s after the failover.
+	Gbps float64 `json:"gbit_s"`
+	// IperfGbps is iperf3's receiver figure for the whole test, the first
+	// second omitted (0 when iperf3 did not finish), and Retransmits its
+	// sender's count.
+	IperfGbps   float64 `json:"iperf3_gbit_s"`
 	Retransmits int     `json:"sender_retransmits"`
 	// Timestamps: ss -ti on the client showed "ts" on every connection to
 	// the VIP (control and data) during the run.
@@ -93,9 +97,9 @@ type CookieRun struct {
 // movedRun is what a moved-flow run adds: when the failover came, what
 // director B counted, and the first second after it.
 type movedRun struct {
-	FailoverAt      float64 `json:"failover_at_s"`        // after iperf3 started
-	MeasuredSeconds float64 `json:"measured_seconds"`     // of interval reports in the figure
-	FirstSecondGbps float64 `json:"first_second_gbit_s"`  // the second right after the failover (not in the figure)
+	FailoverAt      float64 `json:"failover_at_s"`       // after iperf3 started
+	FirstSecondGbps float64 `json:"first_second_gbit_s"` // the second right after the failover (not in the figure)
+	IperfKilled     string  `json:"iperf3_killed,omitempty"`
 	CookieSteers    int     `json:"b_cookie_steers"`      // misses B steered by cookie
 	CookieConfirmed int     `json:"b_cookie_confirmed"`   // of those, confirmed by the real
 	ProbeSteers     int     `json:"b_probe_steers"`       // steered by owner probe
@@ -161,15 +165,16 @@ var lossRules = `table ip ` + lossTable + ` {
 }
 `
 
-const cookieMethod = "holdfast only, every VIP port to rs1; iperf3 -c VIP, 1 stream, -R for downloads (rs1 sends); " +
+const cookieMethod = "holdfast only, every VIP port to rs1; iperf3 -c VIP -t 3+D+1 -O 1, 1 stream, -R for downloads (rs1 sends); " +
 	"1 % random loss each way on the client link (nftables in the router namespace: numgen random mod 100 < 1 drop, " +
 	"oifname and iifname cl0, with counters); on: --ts-cookie-bits 4 (the default), off: --ts-cookie-bits 0, holdfast on " +
-	"director A, -t D -O 1, the receiver's bits/s. moved: holdfast with cookies on on A and B, -t 3+D -i 0.5, after 2 s " +
-	"SIGKILL A and lab.Failover to B (routes moved), the receiver's interval reports (the client's for downloads, the " +
-	"server's via --get-server-output for uploads) from 1 s after the failover to the end. Runs interleaved: for each " +
-	"run, each direction, each variant in turn (the order rotating); the figure is the median; ratios are of medians; " +
-	"the target holds when on/off and moved/on are both within 5 % of 1. Timestamps: the client's ss -ti during each " +
-	"run shows ts on every connection to the VIP."
+	"director A. moved: holdfast with cookies on on A and B, 2 s after iperf3 started SIGKILL A and lab.Failover to B " +
+	"(routes moved). Every variant: Gbit/s = the bytes that reached the receiver's link (the client's up0 for downloads, " +
+	"rs1's eth0 for uploads; headers included) from 3 s to 3+D s after iperf3 started, i.e. from 1 s after the failover " +
+	"(iperf3's own figure, for the whole test, is kept per run as iperf3_gbit_s; a moved run's iperf3 may not finish, see " +
+	"iperf3_killed). Runs interleaved: for each run, each direction, each variant in turn (the order rotating); the figure " +
+	"is the median; ratios are of medians; the target holds when on/off and moved/on are both within 5 % of 1. " +
+	"Timestamps: the client's ss -tio 1.5 s into each run shows ts on every connection to the VIP."
 
 // runCookie runs the cookie group. A failure ends the group with its
 // error in the result; the rest of the bench goes on.
@@ -306,11 +311,7 @@ func (b *bench) cookieRun(ctx context.Context, cfg string, download bool, varian
 	if err != nil {
 		return r, err
 	}
-	if variant == ckMoved {
-		err = b.cookieMoved(ctx, r, download, a)
-	} else {
-		err = b.cookieDirect(ctx, r, download)
-	}
+	err = b.cookieMeasure(ctx, r, download, variant == ckMoved, a)
 	loss1, lerr := b.lossCounters(ctx)
 	if lerr != nil {
 		return r, errors.Join(err, lerr)
@@ -326,126 +327,137 @@ func direction(download bool) string {
 	return "upload"
 }
 
-// cookieDirect is an on or off run: one stream through A, the first
-// second omitted.
-func (b *bench) cookieDirect(ctx context.Context, r *CookieRun, download bool) error {
-	args := []string{"-t", b.seconds(), "-O", "1"}
-	if download {
-		args = append(args, "-R")
-	}
-	res, err := b.cookieIperf(ctx, r, nil, args...)
-	if err != nil {
-		return err
-	}
-	r.Gbps = res.End.SumReceived.BitsPerSecond / 1e9
-	r.Retransmits = res.End.SumSent.Retransmits
-	return nil
-}
-
-// Timing of a moved-flow run: the failover comes movedBefore after iperf3
-// starts (its slow start and a second through A), and the figure counts
-// from movedSettle after it (B picking the flow up, and the losses the
-// switch itself cost, are not the cookie's steady cost).
+// Timing of a run, the same for every variant: iperf3 runs -t
+// ckBefore+ckSettle+D+1 s; a moved run fails over ckBefore after iperf3
+// started (its slow start and a second through A), and every variant counts
+// the bytes that reached the receiver's link in the D seconds from
+// ckBefore+ckSettle on (B picking the flow up, and the losses the switch
+// itself costs, are not the cookie's steady cost), ending a second before
+// the sender stops.
 const (
-	movedBefore = 2 * time.Second
-	movedSettle = time.Second
+	ckBefore = 2 * time.Second
+	ckSettle = time.Second
+	// ckGrace is how long after its end iperf3 may take to finish before
+	// it is killed: after a failover its control connection may not close
+	// (see printCookie's notes).
+	ckGrace = 3 * time.Second
 )
 
-// cookieMoved is a moved-flow run: one stream through A, A killed and the
-// routes moved to B (the lab's failover), the throughput after it.
-func (b *bench) cookieMoved(ctx context.Context, r *CookieRun, download bool, a *lab.Proc) error {
-	secs := int((movedBefore + movedSettle).Seconds()) + int(b.cfg.duration.Round(time.Second)/time.Second)
-	args := []string{"-t", strconv.Itoa(secs), "-i", "0.5"}
+// cookieMeasure runs one iperf3 stream (-R for a download) through the
+// active director, fails over to B mid-transfer if moved, and measures the
+// receiver's link in the window.
+func (b *bench) cookieMeasure(ctx context.Context, r *CookieRun, download, moved bool, a *lab.Proc) error {
+	window := b.cfg.duration.Round(time.Second)
+	total := ckBefore + ckSettle + window + time.Second
+	args := []string{"-t", strconv.Itoa(int(total / time.Second)), "-O", "1"}
+	// The receiver's link: the client's for downloads, rs1's for uploads.
+	rx := func() (uint64, error) {
+		ls, err := b.l.Client.LinkStats(lab.ClientIface)
+		return ls.RxBytes, err
+	}
 	if download {
 		args = append(args, "-R")
 	} else {
-		args = append(args, "--get-server-output")
-	}
-	m := &movedRun{}
-	r.Moved = m
-	var failAt time.Duration
-	failErr := make(chan error, 1)
-	res, err := b.cookieIperf(ctx, r, func(started time.Time) {
-		select {
-		case <-ctx.Done():
-			failErr <- ctx.Err()
-			return
-		case <-time.After(time.Until(started.Add(movedBefore))):
+		rx = func() (uint64, error) {
+			ls, err := b.rs1.LinkStats(lab.RealIface)
+			return ls.RxBytes, err
 		}
-		failAt = time.Since(started)
-		failErr <- b.l.Failover(ctx, 1, func() error {
-			if err := a.Signal(syscall.SIGKILL); err != nil {
+	}
+	if moved {
+		r.Moved = &movedRun{}
+	}
+	var (
+		failAt        time.Duration
+		gbps, firstGb float64
+	)
+	res, runErr := b.cookieIperf(ctx, r, total+ckGrace, func(started time.Time) error {
+		at := func(d time.Duration) error {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Until(started.Add(d))):
+				return nil
+			}
+		}
+		if err := at(ckBefore); err != nil {
+			return err
+		}
+		var f0 uint64
+		if moved {
+			failAt = time.Since(started)
+			var err error
+			if f0, err = rx(); err != nil {
 				return err
 			}
-			<-a.Done()
-			// A killed director leaves its admin socket behind.
-			os.Remove(lab.AdminSocket(b.dirA)) //nolint:errcheck // gone is fine
-			return nil
-		})
-	}, args...)
-	if ferr := <-failErr; ferr != nil {
-		return errors.Join(fmt.Errorf("failover: %w", ferr), err)
-	}
-	b.active = b.dirB
-	m.FailoverAt = failAt.Seconds()
-	if st, serr := lab.ReadStats(ctx, b.dirB); serr == nil {
-		m.CookieSteers, m.CookieConfirmed, m.ProbeSteers = st.CookieSteers, st.CookieConfirmed, st.ProbeSteers
-		m.Recovered, m.Adopted, m.Misses, m.Flows = st.Recovered, st.Adopted, st.Misses, st.Flows
-		m.FailedRecovery, m.ClientResets, m.StaleFlows = st.Failed(), st.ClientResets, st.StaleFlows
-		var drops []string
-		for _, k := range keys(st.Drops) {
-			if st.Drops[k] != 0 {
-				drops = append(drops, fmt.Sprintf("%s %d", k, st.Drops[k]))
+			err = b.l.Failover(ctx, 1, func() error {
+				if err := a.Signal(syscall.SIGKILL); err != nil {
+					return err
+				}
+				<-a.Done()
+				// A killed director leaves its admin socket behind.
+				os.Remove(lab.AdminSocket(b.dirA)) //nolint:errcheck // gone is fine
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("failover: %w", err)
 			}
+			b.active = b.dirB
 		}
-		m.Drops = strings.Join(drops, ", ")
-		m.FoundByCookie = st.CookieConfirmed > 0 && st.Found() == st.CookieConfirmed
-	} else {
-		err = errors.Join(err, serr)
-	}
-	if err != nil {
-		return err
-	}
-	intervals := res.Intervals
-	if !download {
-		if res.ServerOutput == nil {
-			return errors.New("iperf3 --get-server-output: no server_output_json")
+		if err := at(ckBefore + ckSettle); err != nil {
+			return err
 		}
-		intervals = res.ServerOutput.Intervals
-	}
-	// Interval times count from iperf3's test start, which comes after the
-	// process start the failover was timed from: an interval that starts
-	// at or after failAt+settle in test time does in wall time too.
-	from := (failAt + movedSettle).Seconds()
-	var bytes, seconds, firstBytes, firstSeconds float64
-	for _, iv := range intervals {
-		s := iv.Sum
-		switch {
-		case s.Start >= from:
-			bytes += s.Bytes
-			seconds += s.Seconds
-		case s.Start >= failAt.Seconds():
-			firstBytes += s.Bytes
-			firstSeconds += s.Seconds
+		t0 := time.Now()
+		c0, err := rx()
+		if err != nil {
+			return err
 		}
-	}
-	if seconds < b.cfg.duration.Seconds()-1 {
-		return fmt.Errorf("only %.1f s of interval reports after the failover (of %d intervals)", seconds, len(intervals))
-	}
-	r.Gbps = 8 * bytes / seconds / 1e9
-	m.MeasuredSeconds = seconds
-	if firstSeconds > 0 {
-		m.FirstSecondGbps = 8 * firstBytes / firstSeconds / 1e9
-	}
+		if moved {
+			firstGb = 8 * float64(c0-f0) / t0.Sub(started.Add(failAt)).Seconds() / 1e9
+		}
+		if err := at(ckBefore + ckSettle + window); err != nil {
+			return err
+		}
+		c1, err := rx()
+		if err != nil {
+			return err
+		}
+		gbps = 8 * float64(c1-c0) / time.Since(t0).Seconds() / 1e9
+		return nil
+	}, args...)
+	r.Gbps = gbps
+	r.IperfGbps = res.End.SumReceived.BitsPerSecond / 1e9
 	r.Retransmits = res.End.SumSent.Retransmits
-	return nil
+	if m := r.Moved; m != nil {
+		m.FailoverAt, m.FirstSecondGbps = failAt.Seconds(), firstGb
+		if st, err := lab.ReadStats(ctx, b.dirB); err == nil {
+			m.CookieSteers, m.CookieConfirmed, m.ProbeSteers = st.CookieSteers, st.CookieConfirmed, st.ProbeSteers
+			m.Recovered, m.Adopted, m.Misses, m.Flows = st.Recovered, st.Adopted, st.Misses, st.Flows
+			m.FailedRecovery, m.ClientResets, m.StaleFlows = st.Failed(), st.ClientResets, st.StaleFlows
+			var drops []string
+			for _, k := range keys(st.Drops) {
+				if st.Drops[k] != 0 {
+					drops = append(drops, fmt.Sprintf("%s %d", k, st.Drops[k]))
+				}
+			}
+			m.Drops = strings.Join(drops, ", ")
+			m.FoundByCookie = st.CookieConfirmed > 0 && st.Found() == st.CookieConfirmed
+		} else {
+			runErr = errors.Join(runErr, err)
+		}
+	}
+	var killed *iperfKilled
+	if moved && errors.As(runErr, &killed) && gbps > 0 {
+		// The window is measured; what iperf3 could not finish is a note.
+		r.Moved.IperfKilled = killed.Error()
+		return nil
+	}
+	return runErr
 }
 
 // cookieIperfResult is the part of iperf3's -J output this group reads.
 type cookieIperfResult struct {
-	Error     string          `json:"error"`
-	Intervals []iperfInterval `json:"intervals"`
-	End       struct {
+	Error string `json:"error"`
+	End   struct {
 		SumReceived struct {
 			BitsPerSecond float64 `json:"bits_per_second"`
 		} `json:"sum_received"`
@@ -453,66 +465,55 @@ type cookieIperfResult struct {
 			Retransmits int `json:"retransmits"`
 		} `json:"sum_sent"`
 	} `json:"end"`
-	ServerOutput *struct {
-		Intervals []iperfInterval `json:"intervals"`
-	} `json:"server_output_json"`
 }
 
-type iperfInterval struct {
-	Sum struct {
-		Start   float64 `json:"start"`
-		Seconds float64 `json:"seconds"`
-		Bytes   float64 `json:"bytes"`
-	} `json:"sum"`
+// iperfKilled is an iperf3 client that did not finish in time.
+type iperfKilled struct{ after time.Duration }
+
+func (e *iperfKilled) Error() string {
+	return fmt.Sprintf("iperf3 did not finish within %v of its start: killed", e.after)
 }
 
 // cookieIperf runs one iperf3 test from the client to VIP:iperfPort
-// against a one-off server on rs1, as bench.iperf does, and also: checks
-// the client's connections for timestamps 1.5 s in (ss -ti), and calls
-// during (if not nil) on its own goroutine with the time the client
-// started; cookieIperf returns after during has.
-func (b *bench) cookieIperf(ctx context.Context, r *CookieRun, during func(started time.Time), args ...string) (cookieIperfResult, error) {
+// against a one-off server on rs1, as bench.iperf does, and kills it if it
+// has not finished after limit. Meanwhile it checks the client's
+// connections for timestamps 1.5 s in (ss), and runs during on its own
+// goroutine with the time the client started; during's error is returned
+// first.
+func (b *bench) cookieIperf(ctx context.Context, r *CookieRun, limit time.Duration, during func(started time.Time) error, args ...string) (cookieIperfResult, error) {
 	var res cookieIperfResult
 	rs := b.rs1
 	srv, err := rs.Start("iperf3-server", "iperf3", "-s", "-1", "-B", rs.Addr.String(), "-p", strconv.Itoa(iperfPort))
 	if err != nil {
-		if during != nil {
-			go during(time.Now())
-		}
 		return res, err
 	}
 	defer stopProc(srv, syscall.SIGTERM, 5*time.Second) //nolint:errcheck // a one-off server has usually exited
 	if err := waitListening(ctx, rs.NS, srv, 5*time.Second, netip.AddrPortFrom(rs.Addr, iperfPort)); err != nil {
-		if during != nil {
-			go during(time.Now())
-		}
 		return res, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.duration+30*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	argv := append([]string{"iperf3", "-c", lab.VIP.String(), "-p", strconv.Itoa(iperfPort), "-J", "--connect-timeout", "3000"}, args...)
 	started := time.Now()
-	done := make(chan struct{}, 2)
+	tsDone := make(chan struct{})
 	go func() {
-		defer func() { done <- struct{}{} }()
+		defer close(tsDone)
 		select {
-		case <-ctx.Done():
+		case <-cctx.Done():
 			return
 		case <-time.After(1500 * time.Millisecond):
 		}
-		r.Timestamps, r.SS = b.clientTimestamps(ctx)
+		r.Timestamps, r.SS = b.clientTimestamps(cctx)
 	}()
-	waits := 1
-	if during != nil {
-		waits++
-		go func() {
-			defer func() { done <- struct{}{} }()
-			during(started)
-		}()
+	duringErr := make(chan error, 1)
+	go func() { duringErr <- during(started) }()
+	out, runErr := b.l.Client.Run(cctx, argv...)
+	<-tsDone
+	if err := <-duringErr; err != nil {
+		return res, err
 	}
-	out, runErr := b.l.Client.Run(ctx, argv...)
-	for range waits {
-		<-done
+	if cctx.Err() != nil && ctx.Err() == nil {
+		return res, &iperfKilled{limit}
 	}
 	if err := json.Unmarshal(out, &res); err != nil {
 		return res, errors.Join(runErr, fmt.Errorf("iperf3 output: %w: %.300s", err, out))
@@ -667,6 +668,9 @@ func printCookie(w io.Writer, c *Cookie) {
 	for _, d := range c.Directions {
 		fmt.Fprintf(w, "  %-8s runs: on %s; off %s; moved %s\n", d.Key, runsText(d.On), runsText(d.Off), runsText(d.Moved))
 	}
+	for _, d := range c.Directions {
+		fmt.Fprintf(w, "  %-8s iperf3's own figure (Gbit/s, sender retransmits): on %s; off %s\n", d.Key, iperfText(d.On), iperfText(d.Off))
+	}
 	ts := "yes"
 	if !c.TimestampsAllRuns {
 		ts = "NO"
@@ -679,6 +683,9 @@ func printCookie(w io.Writer, c *Cookie) {
 			if m := r.Moved; m != nil {
 				fmt.Fprintf(w, "  moved %s run %d: failover at %.2f s, first second after %.2f Gbit/s; B: %d misses, %d cookie steers (%d confirmed), %d probe, %d recovered, %d adopted, %d stale%s\n",
 					d.Key, r.Run, m.FailoverAt, m.FirstSecondGbps, m.Misses, m.CookieSteers, m.CookieConfirmed, m.ProbeSteers, m.Recovered, m.Adopted, m.StaleFlows, dropsText(m.Drops))
+				if m.IperfKilled != "" {
+					fmt.Fprintf(w, "    %s\n", m.IperfKilled)
+				}
 			}
 		}
 	}
@@ -707,7 +714,19 @@ func runsText(c *CookieCell) string {
 			s = append(s, "failed")
 			continue
 		}
-		s = append(s, fmt.Sprintf("%.2f (%d retr)", r.Gbps, r.Retransmits))
+		s = append(s, fmt.Sprintf("%.2f", r.Gbps))
+	}
+	return strings.Join(s, ", ")
+}
+
+func iperfText(c *CookieCell) string {
+	var s []string
+	for _, r := range c.Runs {
+		if r.Error != "" {
+			s = append(s, "failed")
+			continue
+		}
+		s = append(s, fmt.Sprintf("%.2f (%d)", r.IperfGbps, r.Retransmits))
 	}
 	return strings.Join(s, ", ")
 }
