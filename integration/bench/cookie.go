@@ -91,7 +91,10 @@ type CookieRun struct {
 	ToClient   lossCount `json:"loss_to_client"`
 	FromClient lossCount `json:"loss_from_client"`
 	Moved      *movedRun `json:"moved,omitempty"`
-	Error      string    `json:"error,omitempty"`
+	// IperfKilled: iperf3 had not finished ckGrace after its end (its
+	// control connection's close), and was killed; the window was measured.
+	IperfKilled string `json:"iperf3_killed,omitempty"`
+	Error       string `json:"error,omitempty"`
 }
 
 // movedRun is what a moved-flow run adds: when the failover came, what
@@ -99,7 +102,6 @@ type CookieRun struct {
 type movedRun struct {
 	FailoverAt      float64 `json:"failover_at_s"`       // after iperf3 started
 	FirstSecondGbps float64 `json:"first_second_gbit_s"` // the second right after the failover (not in the figure)
-	IperfKilled     string  `json:"iperf3_killed,omitempty"`
 	CookieSteers    int     `json:"b_cookie_steers"`      // misses B steered by cookie
 	CookieConfirmed int     `json:"b_cookie_confirmed"`   // of those, confirmed by the real
 	ProbeSteers     int     `json:"b_probe_steers"`       // steered by owner probe
@@ -451,9 +453,9 @@ func (b *bench) cookieMeasure(ctx context.Context, r *CookieRun, download, moved
 		}
 	}
 	var killed *iperfKilled
-	if moved && errors.As(runErr, &killed) && gbps > 0 {
+	if errors.As(runErr, &killed) && gbps > 0 {
 		// The window is measured; what iperf3 could not finish is a note.
-		r.Moved.IperfKilled = killed.Error()
+		r.IperfKilled = killed.Error()
 		return nil
 	}
 	return runErr
@@ -688,17 +690,16 @@ func printCookie(w io.Writer, c *Cookie) {
 			if m := r.Moved; m != nil {
 				fmt.Fprintf(w, "  moved %s run %d: failover at %.2f s, first second after %.2f Gbit/s; B: %d misses, %d cookie steers (%d confirmed), %d probe, %d recovered, %d adopted, %d stale%s\n",
 					d.Key, r.Run, m.FailoverAt, m.FirstSecondGbps, m.Misses, m.CookieSteers, m.CookieConfirmed, m.ProbeSteers, m.Recovered, m.Adopted, m.StaleFlows, dropsText(m.Drops))
-				if m.IperfKilled != "" {
-					fmt.Fprintf(w, "    %s\n", m.IperfKilled)
-				}
 			}
 		}
 	}
 	for _, d := range c.Directions {
-		for _, cell := range []*CookieCell{d.On, d.Off, d.Moved} {
-			for _, r := range cell.Runs {
+		for _, v := range cookieVariants {
+			for _, r := range d.cell(v).Runs {
 				if r.Error != "" {
-					fmt.Fprintf(w, "  %s run %d: %s\n", d.Key, r.Run, firstLine(r.Error))
+					fmt.Fprintf(w, "  %s %s run %d: %s\n", d.Key, v, r.Run, firstLine(r.Error))
+				} else if r.IperfKilled != "" {
+					fmt.Fprintf(w, "  %s %s run %d: %s (the window was measured)\n", d.Key, v, r.Run, r.IperfKilled)
 				}
 			}
 		}
