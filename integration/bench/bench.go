@@ -126,9 +126,15 @@ func (b *bench) run(ctx context.Context) (res *Results, err error) {
 	}
 	res.HTTPBackend = b.backend
 
-	// The storm runs before the kernel's NAT (see measureOrder).
+	// The storm and the cookie group, which run holdfast on director B,
+	// come before the kernel's NAT (see measureOrder).
 	if b.cfg.groups[groupStorm] {
 		if err := b.runStorm(ctx); err != nil {
+			return res, err
+		}
+	}
+	if b.cfg.groups[groupCookie] {
+		if err := b.runCookie(ctx); err != nil {
 			return res, err
 		}
 	}

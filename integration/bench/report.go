@@ -29,6 +29,7 @@ type Results struct {
 	Directors   []string                   `json:"directors"` // measured, in the order they ran
 	Rows        []*Row                     `json:"rows"`
 	Storm       *Storm                     `json:"storm,omitempty"`
+	Cookie      *Cookie                    `json:"cookie,omitempty"`
 	Counters    map[string]json.RawMessage `json:"holdfast_counters,omitempty"` // `holdfast stats` at the end of each phase
 	Method      map[string]string          `json:"method"`
 	Notes       []string                   `json:"notes,omitempty"`
@@ -79,7 +80,7 @@ func newResults(cfg config) *Results {
 		Counters:    map[string]json.RawMessage{},
 		Method: map[string]string{
 			"topology":      "client ns -- router ns -- director A or B ns (identical links) -- switch -- rs1 (throughput rows: every VIP port to rs1 only); rs2, rs3 join for the storm; addresses in 198.18.0.0/15",
-			"order":         "interleaved: for each run, for each row, each director in turn (the order rotating), set up for that one measurement and torn down after; the storm first",
+			"order":         "interleaved: for each run, for each row, each director in turn (the order rotating), set up for that one measurement and torn down after; the storm and the cookie group first",
 			"kernel_nat":    "iptables -t nat PREROUTING DNAT to rs1 in director B's namespace (lab.Flip(1)), conntrack, no SNAT (the reals route back through B); on B because its conntrack hooks stay registered in that namespace after the rules go",
 			"haproxy":       "haproxy -db in TCP mode on director A, the VIP on lo for its run only",
 			"holdfast":      "holdfast run with lab.HoldfastArgs (--setup-routes) on director A, the build under test",
@@ -94,6 +95,7 @@ func newResults(cfg config) *Results {
 			"storm":         "directors A and B run holdfast with tcp:VIP:80 over rs1..rs3 (rr, default recovery settings); N keep-alive connections (TCP keepalive off) make one request through A; SIGKILL A, lab.Flip(1); then one request on every connection at once. -runs passes as shipped, then one pass with GOGC=1 for the heap",
 			"storm_seconds": "from the failover (A dead, routes on B) until the last connection had its answer; median of the default passes",
 			"storm_memory":  memoryMethod,
+			"cookie":        cookieMethod,
 		},
 	}
 	var u syscall.Utsname
@@ -289,6 +291,9 @@ func printTable(w io.Writer, r *Results) {
 		fmt.Fprintf(w, "  memory per plain flow     %10s   target <= %g B%s   (RSS %s)\n", bytesText(s.PlainHeapBytesPerFlow), s.TargetPlain, metText(s.MetPlain), bytesText(s.PlainRSSBytesPerFlow))
 		fmt.Fprintf(w, "  memory per recovered flow %10s   target <= %g B%s   (RSS %s)\n", bytesText(s.RecoveredHeapBytesPerFlow), s.TargetRecovered, metText(s.MetRecovered), bytesText(s.RecoveredRSSBytesPerFlow))
 		fmt.Fprintf(w, "  (heap: Go HeapAlloc growth per flow with GOGC=%s, i.e. live heap within ~1%%; RSS: median VmRSS growth per flow, default GOGC)\n", memGOGC)
+	}
+	if r.Cookie != nil {
+		printCookie(w, r.Cookie)
 	}
 	notes := r.noteLines()
 	if len(notes) > 0 {
