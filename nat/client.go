@@ -62,10 +62,16 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 	}
 	var sg seg
 	v := winOK
-	if found && p.proto == protoTCP && p.flags&header.TCPFlagAck != 0 && d.flows.slab[slot].win.flags&(winHandshake|winSrvSeen) == winHandshake|winSrvSeen {
+	if found && p.proto == protoTCP && d.flows.slab[slot].win.flags&winHandshake != 0 {
 		// The client acks the SYN-ACK (the case above took any other
-		// ack): the handshake is the client's own.
-		d.flows.slab[slot].win.flags &^= winHandshake
+		// ack), or, the SYN-ACK not seen here (replies through another
+		// director), sends the byte after its SYN: the handshake is the
+		// client's own.
+		f := &d.flows.slab[slot]
+		if p.flags&(header.TCPFlagSyn|header.TCPFlagRst|header.TCPFlagAck) == header.TCPFlagAck &&
+			(f.win.flags&winSrvSeen != 0 || p.seq == f.win.cli.end) {
+			f.win.flags &^= winHandshake
+		}
 	}
 	if found && p.proto == protoTCP {
 		// A client segment that acknowledges server bytes this director

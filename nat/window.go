@@ -158,6 +158,13 @@ func (f *flow) classify(sg *seg, fromClient bool) winVerdict {
 	w := &f.win
 	s, r, sSeen, _, rSeen, rAcked := w.sides(fromClient)
 
+	if fromClient && w.flags&(winHandshake|winCliSeen) == winHandshake|winCliSeen && sg.flags&header.TCPFlagSyn == 0 && sg.seq != w.cli.end {
+		// Until the client completes the handshake of a SYN seen here,
+		// its next segment starts at the byte after its SYN: anything
+		// else (a forged segment) must not move the client's side, which
+		// the real's SYN-ACK is checked against.
+		return winOut
+	}
 	if !fromClient && w.flags&winSuspect != 0 && sg.flags&(header.TCPFlagRst|header.TCPFlagAck) == header.TCPFlagRst && sg.seq == w.suspectAck {
 		// Linux's tcp_v4_send_reset with no socket answers a segment
 		// carrying an ACK with a bare RST at seq = that ack: the real has
