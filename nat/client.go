@@ -71,6 +71,20 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 		if p.flags&(header.TCPFlagSyn|header.TCPFlagRst|header.TCPFlagAck) == header.TCPFlagAck &&
 			(f.win.flags&winSrvSeen != 0 || p.seq == f.win.cli.end) {
 			f.win.flags &^= winHandshake
+			if p.seq != f.win.cli.end {
+				// The ack answers the real's numbers, but the seq is
+				// not the byte after the SYN: the real answered the SYN
+				// from an established socket of the client's connection
+				// (a challenge ACK), and the SYN was not the client's.
+				// The flow carries on as one picked up mid-stream: the
+				// client's side and the handshake record (the SYN's
+				// options) are forgotten, to be learned from the client's
+				// own segments.
+				f.win.flags &^= winCliSeen | winCliAcked
+				f.hs = clientHandshake{ws: -1, view: -1}
+				f.marked = false
+				d.stats.SynFlowsReplaced++
+			}
 		}
 	}
 	if found && p.proto == protoTCP {

@@ -164,10 +164,16 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, Dro
 			d.removeFlow(slot, now)
 			d.stats.CookieResets++
 		} else if found && side == sideClient {
-			if p.proto != protoTCP {
+			if p.proto != protoTCP || d.flows.slab[slot].Kind != KindRecovered {
+				// The client's flow is on another real with the
+				// client's own numbers: this real's packet is a late
+				// one of an older connection on the tuple, or the
+				// client's flow was made by a forged SYN. Dropped, never
+				// answered with a reset (that could end the client's
+				// live connection on this real).
 				return wire.Drop, DropNoFlow, nil
 			}
-			// Recovered (or adopted) elsewhere: end the orphan.
+			// Recovered elsewhere: end the orphan.
 			d.stats.OldRealResets++
 			return wire.Reset, DropNone, buildRST(p.ip[:0:len(p.ip)], p.dst, p.src, p.ack, 0, false)
 		}

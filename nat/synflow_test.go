@@ -66,3 +66,48 @@ func TestForgedSYNRealRejects(t *testing.T) {
 		t.Fatalf("SYN flows replaced %d, flows %d; want 1, 0", st.SynFlowsReplaced, st.Flows)
 	}
 }
+
+// A forged SYN reaches the real that holds the client's connection: the
+// real answers from its established socket (a challenge ACK with its own
+// numbers), and the client's next segment acks those numbers but is not the
+// byte after the forged SYN. The flow carries on to that real as one picked
+// up mid-stream: the forged SYN's numbers and options are forgotten, so that
+// a later forged RST inside the range they spanned changes nothing.
+func TestForgedSYNAnsweredByTheOwner(t *testing.T) {
+	d, _ := newRecDirector(t)
+	handle(t, d, tcp4(client, vip, syn, 3042012064, 0, nil), 1) // forged
+	f := flowOf(d, client)
+	real := f.Real.AddrPort().String()
+	handle(t, d, tcp4(real, client, ack, 654406734, 2273632763, nil), 1) // the owner's challenge ACK
+	if out := handle(t, d, tcp4(client, vip, psh, 2273632763, 654406734, make([]byte, 73)), 2); out == nil {
+		t.Fatal("the client's request was not forwarded to the owner")
+	}
+	if f.win.flags&winHandshake != 0 || f.hs.known || f.win.cli.end != 2273632836 {
+		t.Fatalf("flags %b, handshake %+v, client end %d; want the client's side learned afresh", f.win.flags, f.hs, f.win.cli.end)
+	}
+	handle(t, d, tcp4(real, client, ack, 654406734, 2273632836, nil), 2)
+	handle(t, d, tcp4(client, vip, rst, 3002903511, 0, nil), 3) // forged, between the two
+	if f.State != StateEstablished || d.Stats().SynFlowsReplaced != 1 {
+		t.Fatalf("state %v after a forged RST, SYN flows replaced %d", f.State, d.Stats().SynFlowsReplaced)
+	}
+}
+
+// A real speaking on a tuple whose client flow goes to another real is
+// answered with a reset only if that flow is a recovered one (the client's
+// connection lives on the recovery connection); otherwise its packet is
+// dropped: the client flow may come from a forged SYN, and the reset would
+// end the client's live connection on this real.
+func TestNoOrphanResetForPlainFlows(t *testing.T) {
+	d, _ := newRecDirector(t)
+	handle(t, d, tcp4(client, vip, syn, 777, 0, nil), 1) // forged, to some real
+	other := rs1
+	if flowOf(d, client).Real.AddrPort() == ap(rs1) {
+		other = rs2
+	}
+	if out := handle(t, d, tcp4(other, client, psh, 5000, 3000, []byte("data")), 2); out != nil {
+		t.Fatalf("answered the client's own real: %x", out)
+	}
+	if st := d.Stats(); st.OldRealResets != 0 || st.Drop(DropNoFlow) != 1 {
+		t.Fatalf("old real resets %d, no_flow %d; want 0, 1", st.OldRealResets, st.Drop(DropNoFlow))
+	}
+}
