@@ -100,8 +100,8 @@ type CookieRun struct {
 // movedRun is what a moved-flow run adds: when the failover came, what
 // director B counted, and the first second after it.
 type movedRun struct {
-	FailoverAt      float64 `json:"failover_at_s"`       // after iperf3 started
-	FirstSecondGbps float64 `json:"first_second_gbit_s"` // the second right after the failover (not in the figure)
+	FailoverAt      float64 `json:"failover_at_s"`        // after iperf3 started
+	FirstSecondGbps float64 `json:"first_second_gbit_s"`  // the second right after the failover (not in the figure)
 	CookieSteers    int     `json:"b_cookie_steers"`      // misses B steered by cookie
 	CookieConfirmed int     `json:"b_cookie_confirmed"`   // of those, confirmed by the real
 	ProbeSteers     int     `json:"b_probe_steers"`       // steered by owner probe
