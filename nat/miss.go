@@ -570,19 +570,31 @@ func isPureACK(p *packet) bool {
 // before it are dropped. None fits: the parked segments were not the
 // client's (forged), and the miss ends at no cost.
 func (d *Director) challengeAnswer(key Key, pd *pending, a *packet, now int64) (wire.Verdict, DropReason, []byte) {
-	at, sacked := -1, false
+	at, sacked, short := -1, false, false
 	for i, b := range pd.parked {
 		seq, end, ack, hasAck, sack := segNumbers(b)
 		if hasAck && ack == a.ack && !seqAfter(end, a.seq) && a.seq-seq <= fitWin {
-			if !sack {
+			switch {
+			case end-seq <= 1:
+				// One byte may be a keepalive probe's (SND.UNA-1):
+				// the new real would take it for data.
+				short = true
+			case sack:
+				sacked = true
+			default:
 				at = i
+			}
+			if at >= 0 {
 				break
 			}
-			sacked = true
 		}
 	}
 	if at < 0 {
-		if sacked {
+		if short && !sacked {
+			// The client's own segments, but none with two bytes or
+			// more: they wait for one that proves a request.
+			d.stats.Drops[DropNoTrigger]++
+		} else if sacked {
 			// The client's own segments, but carrying SACK blocks: they
 			// wait for a retransmission without.
 			d.stats.Drops[DropSACKTrigger]++

@@ -802,3 +802,25 @@ func TestCookieSteerConfirmFits(t *testing.T) {
 	}
 	checkMissOver(t, d)
 }
+
+// A one-byte segment (a protocol's one-byte message, or a keepalive probe
+// at SND.UNA-1) starts the search: it steers to the real its cookie names,
+// or that answers the probes; but no real holding it, it never becomes a
+// recovery dial's trigger (the new real would take a keepalive's byte for
+// data): the miss ends, counted no_trigger.
+func TestOneByteSegment(t *testing.T) {
+	d, _, _ := newMissDirector(t, 4)
+	if v, _ := d.Handle(tcp4(client, vip, psh, trigSeq, trigAck, []byte{1}, tsOpt(50, cookieOf(d, 0))...), false, 1); v != wire.Forward {
+		t.Fatalf("one byte with a cookie: verdict %v, want forward (steered)", v)
+	}
+
+	d, fr, pr := newMissDirector(t, 4)
+	toChallenge(t, d, pr, 1, tcp4(client, vip, psh, trigSeq, trigAck, []byte{1}))
+	if v, _ := d.Handle(tcp4(client, vip, ack, trigSeq+1, trigAck, nil), false, 2); v != wire.Consume {
+		t.Fatalf("challenge answer: verdict %v, want consume", v)
+	}
+	if st := d.Stats(); len(fr.dials) != 0 || st.Drop(DropNoTrigger) != 1 {
+		t.Fatalf("dials %d, no_trigger %d; want 0, 1", len(fr.dials), st.Drop(DropNoTrigger))
+	}
+	checkMissOver(t, d)
+}

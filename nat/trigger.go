@@ -53,12 +53,14 @@ func (d *Director) recoverMiss(si uint16, p *packet, now int64) (wire.Verdict, D
 // rate-limiter token when it allows one.
 //
 // Only a segment with data proves a live connection worth the search; a
-// pure ACK, FIN or 1-byte keepalive probe (SND.UNA-1) does not, and waits
-// for a retransmission. (A segment with SACK blocks may steer, but not
-// trigger a recovery dial: see challengeAnswer.)
+// pure ACK or FIN does not, and waits for a retransmission. One byte
+// starts the search (it may be a protocol's one-byte message, or a
+// keepalive probe at SND.UNA-1, which the connection's own real answers
+// as such), but never becomes the trigger of a recovery dial, nor does a
+// segment with SACK blocks (see challengeAnswer).
 func (d *Director) refuseRecovery(p *packet, now int64) DropReason {
 	rc := &d.rec
-	if p.data <= 1 {
+	if p.data == 0 {
 		return DropNoTrigger
 	}
 	if !rc.allowed(p.src.Addr()) {
