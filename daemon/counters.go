@@ -190,6 +190,7 @@ var counters = []counterDef{
 	{name: "cookie_steer_latency_seconds", help: "Time from a cookie steer's first segment to the real's answer.", typ: histogramType,
 		hist: func(s *snapshot) histogramValue { return latencyHist(s.nat.CookieLatency) }},
 	scalar("probe_rounds_total", "Owner probe rounds: a mid-stream segment with no flow, no cookie, probing the service's reals.", counterType, func(s *snapshot) uint64 { return s.nat.ProbeRounds }),
+	scalar("probe_rounds_delayed_total", "Owner probe rounds that followed another on the tuple within 510 ms, sent at its retry time.", counterType, func(s *snapshot) uint64 { return s.nat.ProbeRoundsDelayed }),
 	scalar("probes_sent_total", "Owner probes sent to reals (retries included).", counterType, func(s *snapshot) uint64 { return s.nat.ProbesSent }),
 	scalar("probes_reset_total", "Owner probes answered by the real's no-socket reset (swallowed).", counterType, func(s *snapshot) uint64 { return s.nat.ProbeResets }),
 	scalar("probes_other_total", "Owner probes answered by an ACK that fits no parked segment (TIME_WAIT, a stale socket).", counterType, func(s *snapshot) uint64 { return s.nat.ProbeOthers }),

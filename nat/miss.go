@@ -272,6 +272,12 @@ func (d *Director) startProbes(key Key, pd *pending, now int64) (ok bool) {
 			pd.probes = append(pd.probes, q) // ruled out before: kept so
 		}
 	}
+	// One probe round per tuple per retryAfter: a round that follows
+	// another too soon (a new miss on the tuple) is sent at the earlier
+	// round's retry time, when the reals' rate limit lets them answer;
+	// that send is its one retry.
+	last, recent := d.rec.probed[key]
+	delayed := recent && now-last < retryAfter
 	sent := 0
 	for ri, r := range s.Reals {
 		if r.Down || r.Rehome || pd.probed(uint16(ri)) {
@@ -286,7 +292,9 @@ func (d *Director) startProbes(key Key, pd *pending, now int64) (ok bool) {
 		}
 		d.rec.probes[rk] = key
 		pd.probes = append(pd.probes, probe{real: uint16(ri)})
-		d.emit(d.probePacket(key, pd, r.Addr))
+		if !delayed {
+			d.emit(d.probePacket(key, pd, r.Addr))
+		}
 		sent++
 	}
 	if sent == 0 {
@@ -294,6 +302,12 @@ func (d *Director) startProbes(key Key, pd *pending, now int64) (ok bool) {
 	}
 	pd.phase, pd.retried, pd.deadline = phaseProbe, false, now+retryAfter
 	d.stats.ProbeRounds++
+	if delayed {
+		pd.deadline = last + retryAfter
+		d.stats.ProbeRoundsDelayed++
+		return true
+	}
+	d.rec.probed[key] = now
 	d.stats.ProbesSent += uint64(sent)
 	return true
 }
@@ -746,6 +760,11 @@ func (d *Director) endStale(f *flow, slot uint32) {
 // missTimers runs the miss path's timers due at now: the retries of probes
 // and challenges, and the ends of phases whose answers did not come.
 func (d *Director) missTimers(now int64) {
+	for key, last := range d.rec.probed {
+		if now-last >= retryAfter {
+			delete(d.rec.probed, key)
+		}
+	}
 	for key, pd := range d.rec.pending {
 		if pd.phase == phaseDial || pd.deadline > now {
 			continue
@@ -762,6 +781,7 @@ func (d *Director) missTimers(now int64) {
 				continue
 			}
 			pd.retried, pd.deadline = true, now+answerWait
+			d.rec.probed[key] = now
 			s := &d.services[pd.svc]
 			for _, q := range pd.probes {
 				if q.state == probeWaiting {

@@ -824,3 +824,29 @@ func TestOneByteSegment(t *testing.T) {
 	}
 	checkMissOver(t, d)
 }
+
+// One probe round per tuple per 510 ms: a new miss on a tuple whose last
+// round went out less than retryAfter ago sends its probes at that round's
+// retry time (from Sweep), not at once.
+func TestProbeRoundPacing(t *testing.T) {
+	d, _, pr := newMissDirector(t, 4)
+	toChallenge(t, d, pr, 1, trig()) // round 1 at 1, answered by resets
+	// The client's answer does not fit: the miss ends.
+	d.Handle(tcp4(client, vip, ack, 1<<31, 1<<30, nil), false, 2)
+	checkMissOver(t, d)
+	n := len(pr.Probes)
+	if v, _ := d.Handle(trig(), false, 3); v != wire.Park {
+		t.Fatalf("the next trigger: verdict %v, want park", v)
+	}
+	if len(pr.Probes) != n {
+		t.Fatalf("%d probes sent at once within 510 ms of the last round", len(pr.Probes)-n)
+	}
+	d.Sweep(1+retryAfter-1, 100)
+	if len(pr.Probes) != n {
+		t.Fatal("probes sent before the last round's retry time")
+	}
+	d.Sweep(1+retryAfter, 100)
+	if got := len(pr.Probes) - n; got != 3 || d.Stats().ProbeRoundsDelayed != 1 {
+		t.Fatalf("%d probes at the retry time, delayed rounds %d; want 3, 1", got, d.Stats().ProbeRoundsDelayed)
+	}
+}

@@ -230,6 +230,7 @@ type recovery struct {
 	pending     map[Key]*pending
 	dialing     map[Key]Key                // real-side tuple of a dial in progress -> client key
 	probes      map[Key]Key                // real-side tuple of an owner probe waiting for its answer -> client key
+	probed      map[Key]int64              // client key -> when its last probe round went out (for retryAfter, swept)
 	prefixes    map[netip.Prefix]prefixUse // client prefixes holding a budget
 	ports       portAlloc
 	parkedBytes int
@@ -258,6 +259,7 @@ func (rc *recovery) init(c RecoveryConfig, vips, reals map[netip.Addr]struct{}) 
 	rc.pending = make(map[Key]*pending)
 	rc.dialing = make(map[Key]Key)
 	rc.probes = make(map[Key]Key)
+	rc.probed = make(map[Key]int64)
 	for _, a := range c.Addrs {
 		if !a.Is4() {
 			return fmt.Errorf("recovery address %s: only IPv4 is served", a)

@@ -63,6 +63,7 @@ type Stats struct {
 	CookieUnfit                                          uint64 // cookie steers undone by the real's pure ACK that fit no kept segment (TIME_WAIT, the owner answering a forged segment)
 	ProbeRounds, ProbesSent, ProbeResets, ProbeOthers    uint64
 	ProbesSilent, ProbeSteers, ProbeNoFlow               uint64
+	ProbeRoundsDelayed                                   uint64 // probe rounds sent at the previous round's retry time (one round per tuple per 510 ms)
 	ChallengesSent, ChallengesPassed, ChallengesRejected uint64
 	ChallengeResets, ChallengesUnanswered                uint64
 	// StaleChallenges counts the challenges sent to the client of a flow
