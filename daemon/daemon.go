@@ -332,7 +332,7 @@ func (r *runner) logStart(tunName string, mtu int) {
 	rec := c.Recovery
 	r.log.Info().Bool("recovery", rec.Enabled).Array("recovery_addrs", addrs).
 		Str("recovery_ports", strconv.Itoa(int(rec.PortLo))+"-"+strconv.Itoa(int(rec.PortHi))).
-		Int("recovery_wscale", rec.WScale).Dur("recovery_timeout", rec.Timeout).
+		Int("recovery_wscale", rec.WScale).Str("recovery_timeout", rec.Timeout.String()).
 		Int("recovery_rate", rec.Rate).Int("recovery_max_inflight", rec.MaxInflight).
 		Int("ts_cookie_bits", rec.CookieBits).Msg("recovery")
 	r.log.Info().Str(fTUN, tunName).Int("mtu", mtu).Bool("setup_routes", c.Routes.Setup).Bool("tun_offload", c.Offload).
@@ -373,5 +373,5 @@ func (r *runner) logService(svc *balancer.Service) {
 		reals.Str(s)
 	}
 	r.log.Info().Str(fService, svc.String()).Str(fScheduler, svc.Scheduler.Name()).
-		Dur("persistence", svc.Persistence).Array(fReals, reals).Msg("service")
+		Str("persistence", svc.Persistence.String()).Array(fReals, reals).Msg("service")
 }

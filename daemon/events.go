@@ -33,11 +33,20 @@ func watchEvents(ctx context.Context, d *nat.Director, log zerolog.Logger) {
 			return
 		case now := <-t.C:
 			st := d.Stats()
-			if n := st.RecoveryStarted - prev.RecoveryStarted; n > 0 {
+			if n := st.Misses - prev.Misses; n > 0 {
 				if now.Sub(lastRecovery) > quiet {
-					log.Info().Uint64("recoveries", n).Msg("recoveries started: connections without a flow reached this director (a failover?)")
+					// The first of a burst: after a failover to this
+					// director, or a failback to it.
+					log.Info().Uint64("misses", n).
+						Uint64("steered_cookie", st.CookieConfirmed-prev.CookieConfirmed).
+						Uint64("steered_probe", st.ProbeSteers-prev.ProbeSteers).
+						Uint64("recoveries", st.RecoveryStarted-prev.RecoveryStarted).
+						Msg("connections with no flow here reached this director: finding their reals")
 				}
 				lastRecovery = now
+			}
+			if n := st.RehomeStarted - prev.RehomeStarted; n > 0 {
+				log.Info().Uint64("rehomes", n).Msg("flows of a down or drained real moving to another real")
 			}
 			for _, r := range []nat.DropReason{nat.DropFlowLimit, nat.DropRecoveryRate, nat.DropRecoveryBusy, nat.DropParkFull, nat.DropRecoveryDenied} {
 				warn(r.String(), st.Drop(r)-prev.Drop(r), now, log.Warn())
