@@ -220,6 +220,12 @@ func ValidateServices(svcs []*Service) error {
 			return fmt.Errorf("services[%d]: duplicate service %s, already given as services[%d]", i, s, j)
 		}
 		first[k] = i
+		if s.Proto == UDP && s.Check.Kind != CheckNone {
+			// A tcp or http check connects over TCP to the real's port:
+			// a UDP real there refuses it, is marked down, and the
+			// service is black-holed.
+			return fmt.Errorf("services[%d]: service %s: the check %s probes its reals over TCP; a UDP service takes no check (none)", i, s, s.Check)
+		}
 	}
 	return nil
 }

@@ -224,6 +224,9 @@ func TestValidateServices(t *testing.T) {
 		{"duplicate", []*Service{svc("tcp:198.18.0.10:80"), svc("udp:198.18.0.10:80"), svc("TCP:198.18.0.10:80")},
 			"services[2]: duplicate service tcp:198.18.0.10:80, already given as services[0]"},
 		{"nil", []*Service{svc("tcp:198.18.0.10:80"), nil}, "services[1]: missing service"},
+		{"UDP with a TCP check", []*Service{svc("tcp:198.18.0.10:53"), withCheck(svc("udp:198.18.0.10:53"), Check{Kind: CheckTCP})},
+			"services[1]: service udp:198.18.0.10:53: the check tcp probes its reals over TCP; a UDP service takes no check (none)"},
+		{"TCP with a TCP check", []*Service{withCheck(svc("tcp:198.18.0.10:53"), Check{Kind: CheckTCP})}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -233,6 +236,11 @@ func TestValidateServices(t *testing.T) {
 			}
 		})
 	}
+}
+
+func withCheck(s *Service, c Check) *Service {
+	s.Check = c
+	return s
 }
 
 func errString(err error) string {

@@ -60,7 +60,10 @@ func parseRecovery(c *cli.Context) (daemon.Recovery, error) {
 		if err != nil || !p.Addr().Is4() {
 			return r, usagef("--recovery-allow %q: expected an IPv4 CIDR prefix, e.g. 198.18.0.0/15", s)
 		}
-		r.Allow = append(r.Allow, p.Masked())
+		if p.Masked() != p {
+			return r, usagef("--recovery-allow %q: host bits set; expected a network prefix (%s?)", s, p.Masked())
+		}
+		r.Allow = append(r.Allow, p)
 	}
 	if r.ParkBytes, err = parseBytes(c.String(parkBytesFlag.Name)); err != nil || r.ParkBytes < 65536 {
 		return r, usagef("--park-bytes %q: expected a size of at least 64KiB, e.g. 64MiB", c.String(parkBytesFlag.Name))

@@ -131,3 +131,16 @@ func TestRealCookieIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// --recovery-allow takes a network prefix: one with host bits set (a typo
+// for the network, or for a /32) is refused in one line.
+func TestRecoveryAllowHostBits(t *testing.T) {
+	if _, err := parseRecoveryArgs(t, "--recovery-allow", "198.18.1.0/24"); err != nil {
+		t.Fatalf("a network prefix refused: %v", err)
+	}
+	_, err := parseRecoveryArgs(t, "--recovery-allow", "198.18.1.5/24")
+	var ec cli.ExitCoder
+	if !errors.As(err, &ec) || ec.ExitCode() != exitUsage || err.Error() != `--recovery-allow "198.18.1.5/24": host bits set; expected a network prefix (198.18.1.0/24?)` {
+		t.Fatalf("host bits: %v", err)
+	}
+}
