@@ -7,6 +7,8 @@ import (
 	"net/http/pprof"
 	"time"
 
+	"holdfast/internal/buildinfo"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -62,7 +64,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 // metrics.
 func metricsHandler(c prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	bi := buildinfo.Read()
+	build := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "holdfast_build_info", Help: "The build of holdfast serving: always 1, the build in the labels.",
+		ConstLabels: prometheus.Labels{"version": bi.Version, "revision": bi.Revision, "goversion": bi.GoVersion},
+	}, func() float64 { return 1 })
+	reg.MustRegister(c, build, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux

@@ -9,9 +9,10 @@ import (
 	"io"
 	"os"
 	"regexp"
-	"runtime/debug"
 	"slices"
 	"strings"
+
+	"holdfast/internal/buildinfo"
 
 	"github.com/urfave/cli/v2"
 )
@@ -54,7 +55,7 @@ func newApp() *cli.App {
 	app := &cli.App{
 		Name:    "holdfast",
 		Usage:   "an L4 load-balancing director whose TCP connections survive its failover",
-		Version: version(),
+		Version: buildinfo.Read().String(),
 		Commands: append([]*cli.Command{
 			runCommand(),
 			labCommand(),
@@ -67,27 +68,6 @@ func newApp() *cli.App {
 	}
 	oneLineRequired(app.Commands)
 	return app
-}
-
-// version is the module's version and VCS revision as the build recorded
-// them (go build stamps both), for --version.
-func version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			v += " " + s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				v += " (modified)"
-			}
-		}
-	}
-	return v
 }
 
 // oneLineRequired replaces urfave/cli's check of required flags, which
