@@ -80,6 +80,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	var adminLn net.Listener
 	if cfg.AdminSocket != "" {
 		if adminLn, err = listenAdmin(cfg.AdminSocket); err != nil {
+			if cfg.Device != nil {
+				cfg.Device.Close() // Run closes a device it was given
+			}
 			return err
 		}
 		defer func() {
