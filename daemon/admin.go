@@ -4,8 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"syscall"
 	"time"
 
 	"holdfast/balancer"
@@ -19,8 +25,25 @@ import (
 // subcommands and the lab. The JSON types are defined there, not in nat:
 // presentation belongs to the edge.
 
+// listenAdmin takes the admin socket: Run calls it before it opens the TUN
+// or installs a route, so that a second director with the same socket (the
+// default one: same TUN name, same network namespace) refuses to start
+// with nothing to undo.
+func listenAdmin(path string) (net.Listener, error) {
+	ln, err := unixhttp.Listen(path)
+	if err != nil {
+		return nil, runtimeError(PartAdmin, err)
+	}
+	return ln, nil
+}
+
+// adminHandler is the admin API; its /info says the director started now.
 func (r *runner) adminHandler() http.Handler {
 	mux := http.NewServeMux()
+	started := time.Now()
+	mux.HandleFunc("GET "+adminapi.PathInfo, func(w http.ResponseWriter, _ *http.Request) {
+		unixhttp.WriteJSON(w, r.info(started))
+	})
 	mux.HandleFunc("GET "+adminapi.PathConns, r.conns)
 	mux.HandleFunc("GET "+adminapi.PathStats, func(w http.ResponseWriter, _ *http.Request) {
 		unixhttp.WriteJSON(w, statsMap(r.src.snapshot()))
@@ -31,6 +54,70 @@ func (r *runner) adminHandler() http.Handler {
 	mux.HandleFunc("POST "+adminapi.PathReal, r.real)
 	return mux
 }
+
+// info is GET /info.
+func (r *runner) info(started time.Time) adminapi.Info {
+	inode, name := netNS()
+	tunName := r.cfg.TUN
+	if r.cfg.Device != nil {
+		tunName = r.cfg.Device.Name()
+	}
+	return adminapi.Info{
+		ID: r.cfg.Recovery.ID, PID: os.Getpid(), TUN: tunName, NetNS: inode, NetNSName: name,
+		Started: started.Truncate(time.Millisecond), Uptime: time.Since(started).Seconds(),
+		Version: version(), Socket: r.cfg.AdminSocket,
+	}
+}
+
+// netNS returns the inode of the process's network namespace and its name
+// under /run/netns (where `ip netns add` bind-mounts it), "" if it has
+// none there. The inode is 0 if /proc cannot tell.
+func netNS() (inode uint64, name string) {
+	self, err := os.Stat("/proc/self/ns/net")
+	if err != nil {
+		return 0, ""
+	}
+	st, ok := self.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, ""
+	}
+	entries, _ := os.ReadDir("/run/netns") // none: no names
+	for _, e := range entries {
+		fi, err := os.Stat(filepath.Join("/run/netns", e.Name()))
+		if err != nil {
+			continue
+		}
+		if o, ok := fi.Sys().(*syscall.Stat_t); ok && o.Ino == st.Ino && o.Dev == st.Dev {
+			return st.Ino, e.Name()
+		}
+	}
+	return st.Ino, ""
+}
+
+// version is the module version of the binary, with its VCS revision
+// when the build recorded one ("(devel)" for a plain go build).
+var version = sync.OnceValue(func() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if rev != "" {
+		v += " " + rev[:min(12, len(rev))] + dirty
+	}
+	return v
+})
 
 // services converts nat's view of the services to the API's.
 func services(in []nat.ServiceInfo) []adminapi.Service {

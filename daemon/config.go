@@ -75,6 +75,9 @@ type Routes struct {
 // Recovery is the recovery settings.
 type Recovery struct {
 	Enabled bool
+	// ID is the director's id (holdfast --director-id, which also picks
+	// PortLo..PortHi): the admin API's /info names the director by it.
+	ID int
 	// Addrs are the recovery addresses (a netstack serves them even with
 	// recovery off, so that a peer's recovered flows are not misrouted).
 	Addrs          []netip.Addr

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -72,6 +73,25 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		defer stop()
 	}
 
+	// The admin socket before the TUN and the routes: a director whose
+	// socket is taken (another one in this network namespace with the same
+	// TUN name, or the same --admin-socket) refuses to start having
+	// changed nothing.
+	var adminLn net.Listener
+	if cfg.AdminSocket != "" {
+		if adminLn, err = listenAdmin(cfg.AdminSocket); err != nil {
+			if cfg.Device != nil {
+				cfg.Device.Close() // Run closes a device it was given
+			}
+			return err
+		}
+		defer func() {
+			if adminLn != nil { // an error came before serving it
+				adminLn.Close()
+			}
+		}()
+	}
+
 	dev := cfg.Device
 	if dev == nil {
 		if dev, err = openTUN(cfg.TUN, cfg.Offload, cfg.Queues, log); err != nil {
@@ -127,12 +147,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	pumps.SetNice(cfg.Nice)
 	r.src.pumps = pumps
 
-	if cfg.AdminSocket != "" {
-		stop, err := unixhttp.Serve(cfg.AdminSocket, r.adminHandler(), log)
-		if err != nil {
-			return runtimeError(PartAdmin, err)
-		}
-		st.own(string(PartAdmin), stop)
+	if adminLn != nil {
+		st.own(string(PartAdmin), unixhttp.ServeListener(adminLn, r.adminHandler(), log))
+		adminLn = nil // the stage stops it
 	}
 	if cfg.MetricsAddr != "" {
 		stop, err := serveHTTP(PartMetrics, cfg.MetricsAddr, metricsHandler(newCollector(r.src)), log)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -19,6 +20,7 @@ import (
 
 	"holdfast/balancer"
 	"holdfast/daemon/adminapi"
+	"holdfast/internal/unixhttp"
 	"holdfast/nat"
 	"holdfast/stack/tun"
 	"holdfast/stack/tun/tuntest"
@@ -339,19 +341,62 @@ func TestRunBadConfig(t *testing.T) {
 	}
 }
 
-// TestRunAdminSocketInUse: a socket another director listens on is a
-// runtime error of the admin API (not a usage error), and the first
-// director keeps serving.
+// TestRunAdminSocketInUse: a socket another director listens on (a file,
+// or an abstract one as the CLI's default) is a runtime error of the admin
+// API (not a usage error), found before anything is set up: the second Run
+// logs nothing and closes its device; the first director keeps serving.
 func TestRunAdminSocketInUse(t *testing.T) {
-	first := startDaemon(t, testConfig(t, tuntest.NewMemDevice("mem0", 1), 1))
-	cfg := testConfig(t, tuntest.NewMemDevice("mem1", 1), 2)
-	cfg.AdminSocket = first.cfg.AdminSocket
-	err := Run(context.Background(), cfg, zerolog.Nop())
-	var de *Error
-	if !errors.As(err, &de) || de.Part != PartAdmin || errors.Is(err, ErrInvalid) {
-		t.Fatalf("Run on a socket in use: %v, want a runtime admin API error", err)
+	for _, abstract := range []bool{false, true} {
+		t.Run(fmt.Sprintf("abstract=%v", abstract), func(t *testing.T) {
+			cfg := testConfig(t, tuntest.NewMemDevice("mem0", 1), 1)
+			if abstract {
+				cfg.AdminSocket = fmt.Sprintf("@holdfast-test/%d/%s", os.Getpid(), t.Name())
+			}
+			first := startDaemon(t, cfg)
+			dev := tuntest.NewMemDevice("mem1", 1)
+			cfg = testConfig(t, dev, 2)
+			cfg.AdminSocket = first.cfg.AdminSocket
+			log := &logBuffer{}
+			err := Run(context.Background(), cfg, zerolog.New(log))
+			var de *Error
+			if !errors.As(err, &de) || de.Part != PartAdmin || errors.Is(err, ErrInvalid) || !errors.Is(err, unixhttp.ErrInUse) {
+				t.Fatalf("Run on a socket in use: %v, want a runtime admin API error", err)
+			}
+			log.mu.Lock()
+			logged := log.buf.String()
+			log.mu.Unlock()
+			if logged != "" {
+				t.Fatalf("Run on a socket in use logged, want nothing:\n%s", logged)
+			}
+			if _, err := dev.Read([][]byte{make([]byte, 64)}, []int{0}, 0); !errors.Is(err, tun.ErrClosed) {
+				t.Fatalf("Run on a socket in use left its device open: read %v", err)
+			}
+			first.stats(t)
+		})
 	}
-	first.stats(t)
+}
+
+// TestRunAdminInfo: GET /info names the director that answers.
+func TestRunAdminInfo(t *testing.T) {
+	cfg := testConfig(t, tuntest.NewMemDevice("mem0", 1), 1)
+	cfg.Recovery.ID = 3
+	cfg.AdminSocket = fmt.Sprintf("@holdfast-test/%d/info", os.Getpid())
+	td := startDaemon(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	info, err := td.admin.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := os.Stat("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.ID != 3 || info.PID != os.Getpid() || info.TUN != "mem0" || info.Socket != cfg.AdminSocket ||
+		info.NetNS != ns.Sys().(*syscall.Stat_t).Ino || info.Uptime < 0 || info.Uptime > 60 || info.Version == "" ||
+		time.Since(info.Started) > time.Minute {
+		t.Fatalf("info %+v", info)
+	}
 }
 
 // TestRunSignals: with HandleSignals, SIGHUP reloads (a set of services

@@ -80,8 +80,20 @@ func ctlJSON(t *testing.T, l *lab.Lab, v any, args ...string) {
 	if err != nil {
 		t.Fatalf("holdfast %v: %v\n%s", args, err, out)
 	}
-	if err := json.Unmarshal([]byte(out), v); err != nil {
+	// {"director": {...}, "<what was asked>": ...}: v gets the second.
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
 		t.Fatalf("holdfast %v: %v\n%s", args, err, out)
+	}
+	var d struct{ PID int }
+	if err := json.Unmarshal(m["director"], &d); err != nil || d.PID == 0 || len(m) != 2 {
+		t.Fatalf("holdfast %v: no director field with its pid, or more than one other field: %v\n%s", args, err, out)
+	}
+	delete(m, "director")
+	for _, raw := range m {
+		if err := json.Unmarshal(raw, v); err != nil {
+			t.Fatalf("holdfast %v: %v\n%s", args, err, out)
+		}
 	}
 }
 
@@ -185,9 +197,10 @@ func TestConnsListsLiveFlows(t *testing.T) {
 	} else if uid := st.Sys().(*syscall.Stat_t).Uid; int(uid) != os.Getuid() {
 		t.Fatalf("admin socket owned by uid %d, want %d", uid, os.Getuid())
 	}
-	// The table form prints one line per flow under a header.
+	// The table form prints the director's line, then one line per flow
+	// under a header.
 	out, err := ctl(t, l, "conns")
-	if err != nil || strings.Count(strings.TrimSpace(out), "\n") != len(conns) {
+	if err != nil || !strings.HasPrefix(out, "director 1  pid ") || strings.Count(strings.TrimSpace(out), "\n") != len(conns)+1 {
 		t.Fatalf("holdfast conns: %v\n%s", err, out)
 	}
 }

@@ -20,9 +20,9 @@ func HoldfastArgs(d *Director, extra ...string) []string {
 		"--admin-socket", AdminSocket(d)}, extra...)
 }
 
-// AdminSocket is the admin socket of director d's holdfast: the directors
-// of a lab share one filesystem and one TUN name, so the default path
-// (which includes the TUN name) would clash.
+// AdminSocket is the admin socket of director d's holdfast: a file, not
+// the default abstract socket, which is reachable only from d's network
+// namespace, while the lab and the tests call it from the host's.
 func AdminSocket(d *Director) string { return "/run/holdfast/" + d.Name + ".sock" }
 
 // StartHoldfast starts `bin args...` in d's namespace and waits (bounded by

@@ -10,14 +10,23 @@ import (
 	"holdfast/internal/unixhttp"
 )
 
-// defaultAdminSocket includes the TUN name: directors in different network
-// namespaces share one filesystem.
-func defaultAdminSocket(tun string) string { return "/run/holdfast/" + tun + ".sock" }
+// defaultAdminSocket is the admin socket without --admin-socket: an
+// abstract unix socket named after the TUN. Linux scopes abstract names by
+// network namespace (unix(7)), and so is a TUN name: two directors in two
+// namespaces with the same --tun each get their own socket, and a client
+// run in a namespace reaches that namespace's director, as `ip netns exec`
+// users expect. A path keyed by the namespace (/run/holdfast/<netns
+// inode>/<tun>.sock) would do the same, but leaves a file and a directory
+// behind every killed director and namespace, needs a writable /run, and
+// its key means nothing to an operator. The price of an abstract socket is
+// that no file mode guards it: the server checks each caller's credentials
+// instead (unixhttp.PeerAllowed: root or the director's user).
+func defaultAdminSocket(tun string) string { return "@holdfast/" + tun }
 
 // unreachable points an error that reached no server at --admin-socket.
 func unreachable(err error) error {
 	if errors.Is(err, unixhttp.ErrUnreachable) {
-		return fmt.Errorf("%w (is holdfast run --tun ... running? see --admin-socket)", err)
+		return fmt.Errorf("%w (is holdfast run --tun ... running in this network namespace? see --tun, --admin-socket)", err)
 	}
 	return err
 }
@@ -40,6 +49,11 @@ func flagError(err error) error {
 		}
 	}
 	return err
+}
+
+func (c *directorClient) info() (adminapi.Info, error) {
+	out, err := c.Info(context.Background())
+	return out, flagError(err)
 }
 
 func (c *directorClient) conns() ([]adminapi.Conn, error) {

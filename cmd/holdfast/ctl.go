@@ -2,14 +2,17 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"holdfast/daemon/adminapi"
+	"holdfast/internal/unixhttp"
 
 	"github.com/urfave/cli/v2"
 )
@@ -18,7 +21,8 @@ import (
 // `holdfast run` through its --admin-socket.
 
 // ctlFlags are the flags that find the director: its TUN name (the default
-// socket path includes it) or the socket itself.
+// socket, one per network namespace, is named after it) or the socket
+// itself.
 func ctlFlags(more ...cli.Flag) []cli.Flag {
 	return append([]cli.Flag{tunFlag, adminSocketFlag}, more...)
 }
@@ -94,14 +98,52 @@ func ctlCommands() []*cli.Command {
 	}
 }
 
+// director asks which director answers on the socket: conns, service
+// list and stats say it first (a line, or a "director" field in JSON), as
+// the default socket's name does not tell which process has it. A
+// director that cannot say (one older than /info) is no reason to fail.
+func director(cl *directorClient) (*adminapi.Info, error) {
+	info, err := cl.info()
+	if errors.Is(err, unixhttp.ErrUnreachable) {
+		return nil, cli.Exit(err.Error(), exitRuntime)
+	}
+	if err != nil {
+		return nil, nil //nolint:nilerr // see above: the answer is still useful
+	}
+	return &info, nil
+}
+
+// directorLine is the line that names the director that answered.
+func directorLine(info *adminapi.Info) string {
+	if info == nil {
+		return "director: unknown (it does not answer GET " + adminapi.PathInfo + ")"
+	}
+	ns := strconv.FormatUint(info.NetNS, 10)
+	if info.NetNSName != "" {
+		ns = info.NetNSName + " (" + ns + ")"
+	}
+	up := time.Duration(info.Uptime * float64(time.Second)).Round(time.Second)
+	return fmt.Sprintf("director %d  pid %d  tun %s  netns %s  up %s  version %s",
+		info.ID, info.PID, info.TUN, ns, up, info.Version)
+}
+
 func ctlConns(c *cli.Context) error {
-	conns, err := ctlClient(c).conns()
+	cl := ctlClient(c)
+	info, err := director(cl)
+	if err != nil {
+		return err
+	}
+	conns, err := cl.conns()
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
 	if c.Bool(jsonFlag.Name) {
-		return printJSON(conns)
+		return printJSON(struct {
+			Director *adminapi.Info  `json:"director"`
+			Conns    []adminapi.Conn `json:"conns"`
+		}{info, conns})
 	}
+	fmt.Println(directorLine(info))
 	sort.Slice(conns, func(i, j int) bool { return conns[i].Client < conns[j].Client })
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "PRO\tCLIENT\tVIP\tREAL\tSTATE\tKIND\tEXPIRES\tLOCAL\tSEQ-DELTA\tACK-DELTA")
@@ -121,22 +163,43 @@ func fmtExpiry(s float64) string {
 	return fmt.Sprintf("%02d:%02d", n/60, n%60)
 }
 
+// ctlStats prints the counters as one JSON object (its only form so far):
+// the director that answered is its "director" field, next to the
+// counters' keys, so that the output stays JSON for scripts.
 func ctlStats(c *cli.Context) error {
-	st, err := ctlClient(c).stats()
+	cl := ctlClient(c)
+	info, err := director(cl)
+	if err != nil {
+		return err
+	}
+	st, err := cl.stats()
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
+	if st == nil {
+		st = map[string]any{}
+	}
+	st["director"] = info
 	return printJSON(st)
 }
 
 func ctlServiceList(c *cli.Context) error {
-	svcs, err := ctlClient(c).services()
+	cl := ctlClient(c)
+	info, err := director(cl)
+	if err != nil {
+		return err
+	}
+	svcs, err := cl.services()
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
 	if c.Bool(jsonFlag.Name) {
-		return printJSON(svcs)
+		return printJSON(struct {
+			Director *adminapi.Info     `json:"director"`
+			Services []adminapi.Service `json:"services"`
+		}{info, svcs})
 	}
+	fmt.Println(directorLine(info))
 	for _, s := range svcs {
 		fmt.Printf("%s  scheduler %s  persistence %s\n", s.Service, s.Scheduler, s.Persistence)
 		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)

@@ -180,7 +180,7 @@ var (
 var (
 	adminSocketFlag = &cli.StringFlag{
 		Name: "admin-socket", Category: catOps, EnvVars: env("ADMIN_SOCKET"),
-		Usage: "unix socket of the admin API (default /run/holdfast/<tun>.sock; 0600, owned by the running user)",
+		Usage: "unix socket file of the admin API (0600, owned by the running user); default: the abstract socket @holdfast/<tun> of this network namespace, root and the running user only",
 	}
 	metricsAddrFlag = &cli.StringFlag{
 		Name: "metrics-addr", Category: catOps, EnvVars: env("METRICS_ADDR"),

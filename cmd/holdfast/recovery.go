@@ -32,7 +32,8 @@ func parseRecovery(c *cli.Context) (daemon.Recovery, error) {
 		return r, usagef("--recovery=on needs --recovery-addr ADDR (an address routed to the directors, not on the reals' link), or --recovery=off")
 	}
 	var err error
-	if r.PortLo, r.PortHi, err = nat.DirectorPorts(c.Int(directorIDFlag.Name)); err != nil {
+	r.ID = c.Int(directorIDFlag.Name)
+	if r.PortLo, r.PortHi, err = nat.DirectorPorts(r.ID); err != nil {
 		return r, usagef("--director-id %d: expected 1..4", c.Int(directorIDFlag.Name))
 	}
 	if s := c.String(recoveryPortsFlag.Name); s != "" {

@@ -19,7 +19,23 @@ const (
 	PathStats    = "/stats"    // GET: one object, a key per counter (see package daemon)
 	PathServices = "/services" // GET: []Service
 	PathReal     = "/real"     // POST RealChange: []Service after the change
+	PathInfo     = "/info"     // GET: Info
 )
+
+// Info says which director answers: the CLI prints it first, since a
+// socket name alone (the default one is per network namespace) does not
+// tell an operator which process that is.
+type Info struct {
+	ID        int       `json:"director_id"` // --director-id
+	PID       int       `json:"pid"`
+	TUN       string    `json:"tun"`
+	NetNS     uint64    `json:"netns"`                // inode of its network namespace (/proc/PID/ns/net)
+	NetNSName string    `json:"netns_name,omitempty"` // its name under /run/netns (ip netns), if it has one
+	Started   time.Time `json:"started"`
+	Uptime    float64   `json:"uptime_s"`
+	Version   string    `json:"version"`
+	Socket    string    `json:"admin_socket"`
+}
 
 // Conn is one flow as `holdfast conns` shows it.
 type Conn struct {
@@ -102,6 +118,12 @@ func (c *Client) Stats(ctx context.Context, out any) error {
 func (c *Client) Services(ctx context.Context) ([]Service, error) {
 	var out []Service
 	return out, c.c.Do(ctx, "GET", PathServices, nil, &out)
+}
+
+// Info says which director answers.
+func (c *Client) Info(ctx context.Context) (Info, error) {
+	var out Info
+	return out, c.c.Do(ctx, "GET", PathInfo, nil, &out)
 }
 
 // ChangeReal applies ch and returns the services after it.
