@@ -9,13 +9,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime/debug"
-	"sync"
 	"syscall"
 	"time"
 
 	"holdfast/balancer"
 	"holdfast/daemon/adminapi"
+	"holdfast/internal/buildinfo"
 	"holdfast/internal/unixhttp"
 	"holdfast/nat"
 )
@@ -65,7 +64,7 @@ func (r *runner) info(started time.Time) adminapi.Info {
 	return adminapi.Info{
 		ID: r.cfg.Recovery.ID, PID: os.Getpid(), TUN: tunName, NetNS: inode, NetNSName: name,
 		Started: started.Truncate(time.Millisecond), Uptime: time.Since(started).Seconds(),
-		Version: version(), Socket: r.cfg.AdminSocket,
+		Version: buildinfo.Read().String(), Socket: r.cfg.AdminSocket,
 	}
 }
 
@@ -93,31 +92,6 @@ func netNS() (inode uint64, name string) {
 	}
 	return st.Ino, ""
 }
-
-// version is the module version of the binary, with its VCS revision
-// when the build recorded one ("(devel)" for a plain go build).
-var version = sync.OnceValue(func() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	var rev, dirty string
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				dirty = "+dirty"
-			}
-		}
-	}
-	if rev != "" {
-		v += " " + rev[:min(12, len(rev))] + dirty
-	}
-	return v
-})
 
 // services converts nat's view of the services to the API's.
 func services(in []nat.ServiceInfo) []adminapi.Service {
