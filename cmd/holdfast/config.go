@@ -101,7 +101,9 @@ func serviceFromFlags(sc balancer.ServiceConfig) (*balancer.Service, error) {
 		flag := strings.SplitN(err.Error(), ":", 2)[0]
 		switch {
 		case strings.HasPrefix(flag, "reals"):
-			flag = "real"
+			// reals[i] counts the reals of this service only.
+			_, msg, _ := strings.Cut(err.Error(), ": ")
+			return nil, usagef("--real: %s (--service %s)", msg, sc.Service)
 		case flag != "persistence" && flag != "scheduler" && flag != "service" && flag != "check":
 			return nil, usagef("--service %s: %v", sc.Service, err)
 		}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"strings"
 	"time"
 
+	"holdfast/balancer"
 	"holdfast/nat"
 
 	"github.com/urfave/cli/v2"
@@ -194,6 +196,34 @@ var (
 		Usage: "consecutive failed checks that mark an up real down",
 	}
 )
+
+// Names of the per-service flags.
+const (
+	serviceFlagName     = "service"
+	schedulerFlagName   = "scheduler"
+	realFlagName        = "real"
+	persistenceFlagName = "persistence"
+	checkFlagName       = "check"
+)
+
+// serviceFlags returns the five per-service flags sharing a new
+// serviceArgs (services.go), which records them in argument order.
+func serviceFlags() []cli.Flag {
+	sa := &serviceArgs{env: map[string]string{}}
+	mk := func(name, def, usage string) cli.Flag {
+		return &serviceFlag{sa: sa, GenericFlag: &cli.GenericFlag{
+			Name: name, Category: catService, EnvVars: env(strings.ToUpper(name)),
+			Value: &serviceValue{sa: sa, name: name}, DefaultText: def, Usage: usage,
+		}}
+	}
+	return []cli.Flag{
+		mk(serviceFlagName, "", "virtual service PROTO:VIP:PORT, PROTO tcp or udp (repeatable: each --service owns the --scheduler, --real, --persistence and --check that follow it, until the next --service; HOLDFAST_* variables can describe one service only)"),
+		mk(schedulerFlagName, balancer.DefaultScheduler, "scheduler of its --service: rr, wrr, sh, dh or lc"),
+		mk(realFlagName, "", "real server ADDR:PORT[*WEIGHT][,id=N] of its --service (repeatable; weight 1 by default, 0 = no new flows; N its timestamp cookie id, default derived from the address)"),
+		mk(persistenceFlagName, "", "keep a client address on its real this long after its last flow (as ipvsadm -p), e.g. 10m; per --service"),
+		mk(checkFlagName, "none", "health check of its --service's reals: none, tcp, http:/PATH or http:/PATH=STATUS (config files: \"check\" per service; --check-interval and the other check-* flags are for every service)"),
+	}
+}
 
 // runFlags returns the flags of `holdfast run`; the per-service ones
 // (services.go) are new at every call, as they record what one parse saw.
