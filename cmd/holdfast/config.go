@@ -19,26 +19,38 @@ type fileConfig struct {
 	Services []balancer.ServiceConfig `json:"services"`
 }
 
-// loadServices assembles the services from --config and --service/--real,
-// validated the same way. Errors name the flag or the file and field.
+// loadServices assembles the services from --config or from the
+// per-service flags (services.go), validated the same way. Errors name the
+// flag or the file and field.
 func loadServices(c *cli.Context) ([]*balancer.Service, error) {
-	var svcs []*balancer.Service
+	sa := serviceArgsOf(c)
 	if path := c.Path(configFlag.Name); path != "" {
-		fs, err := loadConfigFile(path)
-		if err != nil {
+		if err := sa.configConflict(); err != nil {
 			return nil, err
 		}
-		svcs = append(svcs, fs...)
+		return loadConfigFile(path)
 	}
-	if c.IsSet(serviceFlag.Name) || c.IsSet(realFlag.Name) {
-		s, err := serviceFromFlags(c)
+	cfgs, err := sa.serviceConfigs()
+	if err != nil {
+		return nil, err
+	}
+	if len(cfgs) == 0 {
+		return nil, usagef("no service: give --service PROTO:VIP:PORT with --real ADDR:PORT, or --config FILE")
+	}
+	svcs := make([]*balancer.Service, 0, len(cfgs))
+	for _, sc := range cfgs {
+		s, err := serviceFromFlags(sc)
 		if err != nil {
 			return nil, err
 		}
 		svcs = append(svcs, s)
 	}
-	if len(svcs) == 0 {
-		return nil, usagef("no service: give --service PROTO:VIP:PORT with --real ADDR:PORT, or --config FILE")
+	for i, s := range svcs {
+		for _, o := range svcs[:i] {
+			if o.Proto == s.Proto && o.VIP == s.VIP {
+				return nil, usagef("--service %s given twice (each --service starts a new service; give all of its flags after one --service)", cfgs[i].Service)
+			}
+		}
 	}
 	if err := balancer.ValidateServices(svcs); err != nil {
 		return nil, usagef("%v", err)
@@ -46,8 +58,7 @@ func loadServices(c *cli.Context) ([]*balancer.Service, error) {
 	return svcs, nil
 }
 
-// realArgs undoes the split of a slice flag at its commas (urfave/cli
-// splits every value, and HOLDFAST_REAL, at them): a piece that starts
+// realArgs undoes the split of a value at its commas: a piece that starts
 // with "id=" is the cookie id of the real before it (ADDR:PORT,id=N).
 func realArgs(in []string) []string {
 	out := make([]string, 0, len(in))
@@ -61,26 +72,21 @@ func realArgs(in []string) []string {
 	return out
 }
 
-func serviceFromFlags(c *cli.Context) (*balancer.Service, error) {
-	sc := balancer.ServiceConfig{
-		Service:     c.String(serviceFlag.Name),
-		Scheduler:   c.String(schedulerFlag.Name),
-		Persistence: c.String(persistenceFlag.Name),
-		Reals:       realArgs(c.StringSlice(realFlag.Name)),
-		Check:       c.String(checkFlag.Name),
-	}
+// serviceFromFlags builds one service given by the per-service flags.
+func serviceFromFlags(sc balancer.ServiceConfig) (*balancer.Service, error) {
 	// Check each flag on its own first so the message names the flag.
-	if sc.Service == "" {
-		return nil, usagef("--real given without --service PROTO:VIP:PORT")
-	}
 	if _, _, err := balancer.ParseService(sc.Service); err != nil {
 		return nil, usagef("--service: %v", err)
 	}
-	if _, err := balancer.NewScheduler(sc.Scheduler); err != nil {
-		return nil, usagef("--scheduler: %v", err)
+	if sc.Scheduler != "" {
+		if _, err := balancer.NewScheduler(sc.Scheduler); err != nil {
+			return nil, usagef("--scheduler: %v", err)
+		}
 	}
-	if _, err := balancer.ParseCheck(sc.Check); err != nil {
-		return nil, usagef("--check: %v", err)
+	if sc.Check != "" {
+		if _, err := balancer.ParseCheck(sc.Check); err != nil {
+			return nil, usagef("--check: %v", err)
+		}
 	}
 	if len(sc.Reals) == 0 {
 		return nil, usagef("--service %s has no --real ADDR:PORT[*WEIGHT]", sc.Service)
@@ -95,11 +101,13 @@ func serviceFromFlags(c *cli.Context) (*balancer.Service, error) {
 		flag := strings.SplitN(err.Error(), ":", 2)[0]
 		switch {
 		case strings.HasPrefix(flag, "reals"):
-			flag = "real"
+			// reals[i] counts the reals of this service only.
+			_, msg, _ := strings.Cut(err.Error(), ": ")
+			return nil, usagef("--real: %s (--service %s)", msg, sc.Service)
 		case flag != "persistence" && flag != "scheduler" && flag != "service" && flag != "check":
 			return nil, usagef("--service %s: %v", sc.Service, err)
 		}
-		return nil, usagef("--%s: %v", flag, err)
+		return nil, usagef("--%s: %s", flag, strings.TrimPrefix(err.Error(), flag+": "))
 	}
 	return s, nil
 }

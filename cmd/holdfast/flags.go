@@ -1,8 +1,10 @@
 package main
 
 import (
+	"strings"
 	"time"
 
+	"holdfast/balancer"
 	"holdfast/nat"
 
 	"github.com/urfave/cli/v2"
@@ -58,25 +60,9 @@ var (
 		Usage: "TUN MTU set by --setup-routes (0 = the smallest MTU of the other links)",
 	}
 
-	serviceFlag = &cli.StringFlag{
-		Name: "service", Category: catService, EnvVars: env("SERVICE"),
-		Usage: "virtual service PROTO:VIP:PORT, PROTO tcp or udp",
-	}
-	schedulerFlag = &cli.StringFlag{
-		Name: "scheduler", Value: "wrr", Category: catService, EnvVars: env("SCHEDULER"),
-		Usage: "scheduler of --service: rr, wrr, sh, dh or lc",
-	}
-	realFlag = &cli.StringSliceFlag{
-		Name: "real", Category: catService, EnvVars: env("REAL"),
-		Usage: "real server ADDR:PORT[*WEIGHT][,id=N] of --service (repeatable; weight 1 by default, 0 = no new flows; N its timestamp cookie id, default derived from the address)",
-	}
-	persistenceFlag = &cli.StringFlag{
-		Name: "persistence", Category: catService, EnvVars: env("PERSISTENCE"),
-		Usage: "keep a client address on its real this long after its last flow (as ipvsadm -p), e.g. 10m",
-	}
 	configFlag = &cli.PathFlag{
 		Name: "config", Category: catService, EnvVars: env("CONFIG"),
-		Usage: "JSON file with several services: {\"services\":[{\"service\":..,\"scheduler\":..,\"persistence\":..,\"reals\":[..]}]}",
+		Usage: "JSON file with several services: {\"services\":[{\"service\":..,\"scheduler\":..,\"persistence\":..,\"reals\":[..]}]} (instead of the per-service flags; reread on SIGHUP)",
 	}
 
 	timeoutTCPFlag = &cli.DurationFlag{
@@ -193,13 +179,9 @@ var (
 		Usage: "serve Go's pprof profiles on ADDR:PORT at /debug/pprof/ (default off; keep it on a local address)",
 	}
 
-	checkFlag = &cli.StringFlag{
-		Name: "check", Value: "none", Category: catOps, EnvVars: env("CHECK"),
-		Usage: "health check of the --service reals: none, tcp, http:/PATH or http:/PATH=STATUS (config files: \"check\" per service)",
-	}
 	checkIntervalFlag = &cli.DurationFlag{
 		Name: "check-interval", Value: 2 * time.Second, Category: catOps, EnvVars: env("CHECK_INTERVAL"),
-		Usage: "time between two checks of a real",
+		Usage: "time between two checks of a real (every service's --check)",
 	}
 	checkTimeoutFlag = &cli.DurationFlag{
 		Name: "check-timeout", Value: 2 * time.Second, Category: catOps, EnvVars: env("CHECK_TIMEOUT"),
@@ -215,10 +197,41 @@ var (
 	}
 )
 
-func runFlags() []cli.Flag {
+// Names of the per-service flags.
+const (
+	serviceFlagName     = "service"
+	schedulerFlagName   = "scheduler"
+	realFlagName        = "real"
+	persistenceFlagName = "persistence"
+	checkFlagName       = "check"
+)
+
+// serviceFlags returns the five per-service flags sharing a new
+// serviceArgs (services.go), which records them in argument order.
+func serviceFlags() []cli.Flag {
+	sa := &serviceArgs{env: map[string]string{}}
+	mk := func(name, def, usage string) cli.Flag {
+		return &serviceFlag{sa: sa, GenericFlag: &cli.GenericFlag{
+			Name: name, Category: catService, EnvVars: env(strings.ToUpper(name)),
+			Value: &serviceValue{sa: sa, name: name}, DefaultText: def, Usage: usage,
+		}}
+	}
 	return []cli.Flag{
+		mk(serviceFlagName, "", "virtual service PROTO:VIP:PORT, PROTO tcp or udp (repeatable: each --service owns the --scheduler, --real, --persistence and --check that follow it, until the next --service; HOLDFAST_* variables can describe one service only)"),
+		mk(schedulerFlagName, balancer.DefaultScheduler, "scheduler of its --service: rr, wrr, sh, dh or lc"),
+		mk(realFlagName, "", "real server ADDR:PORT[*WEIGHT][,id=N] of its --service (repeatable; weight 1 by default, 0 = no new flows; N its timestamp cookie id, default derived from the address)"),
+		mk(persistenceFlagName, "", "keep a client address on its real this long after its last flow (as ipvsadm -p), e.g. 10m; per --service"),
+		mk(checkFlagName, "none", "health check of its --service's reals: none, tcp, http:/PATH or http:/PATH=STATUS (config files: \"check\" per service; --check-interval and the other check-* flags are for every service)"),
+	}
+}
+
+// runFlags returns the flags of `holdfast run`; the per-service ones
+// (services.go) are new at every call, as they record what one parse saw.
+func runFlags() []cli.Flag {
+	return append(append([]cli.Flag{
 		tunFlag, tunOffloadFlag, tunQueuesFlag, packetNiceFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
-		serviceFlag, schedulerFlag, realFlag, persistenceFlag, configFlag,
+	}, serviceFlags()...), []cli.Flag{
+		configFlag,
 		timeoutTCPFlag, timeoutTCPFinFlag, timeoutUDPFlag, maxFlowsFlag,
 		recoveryFlag, recoveryAddrFlag, recoveryPortsFlag, directorIDFlag,
 		recoveryWScaleFlag, recoveryMSSFlag, recoveryTimeoutFlag, recoveryRateFlag,
@@ -226,7 +239,7 @@ func runFlags() []cli.Flag {
 		recoveryPrefixLen4Flag, recoveryPrefixLen6Flag, recoveryPrefixInflightFlag, recoveryPrefixFlowsFlag,
 		timeoutRecoveredUnconfirmedFlag, tsCookieBitsFlag,
 		adminSocketFlag, metricsAddrFlag, pprofAddrFlag,
-		checkFlag, checkIntervalFlag, checkTimeoutFlag, checkRiseFlag, checkFallFlag,
+		checkIntervalFlag, checkTimeoutFlag, checkRiseFlag, checkFallFlag,
 		logLevelFlag, logFormatFlag,
-	}
+	}...)
 }

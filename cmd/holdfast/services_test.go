@@ -1,0 +1,251 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"holdfast/balancer"
+
+	"github.com/urfave/cli/v2"
+)
+
+// runMainEnv makes the test binary run main instead of the tests, so that
+// a test can run holdfast as a user does: its exit code, stdout, stderr.
+const runMainEnv = "HOLDFAST_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		os.Args = append([]string{"holdfast"}, os.Args[1:]...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// holdfast runs the test binary as holdfast with args and env added to a
+// clean environment (no HOLDFAST_* of the caller's). As root it runs in a
+// throwaway network namespace (unshare -n), so that a value wrongly
+// accepted cannot create a TUN device on the host.
+func holdfast(t *testing.T, env []string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := append([]string{self}, args...)
+	if os.Geteuid() == 0 {
+		argv = append([]string{"unshare", "--net"}, argv...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append([]string{runMainEnv + "=1", "PATH=" + os.Getenv("PATH")}, env...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatalf("%q: %v", argv, err)
+	}
+	return code, out.String(), errOut.String()
+}
+
+// TestServiceFlagErrors: per-service flags that cannot be told apart, are
+// misplaced or conflict with --config are refused before anything starts:
+// exit 2, stdout empty, one line on stderr.
+func TestServiceFlagErrors(t *testing.T) {
+	config := filepath.Join(t.TempDir(), "services.json")
+	if err := os.WriteFile(config, []byte(`{"services":[{"service":"tcp:198.18.0.10:80","reals":["198.18.10.11:80"]}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const (
+		tcp80  = "tcp:198.18.0.10:80"
+		udp53  = "udp:198.18.0.10:53"
+		rs1_80 = "198.18.10.11:80"
+		rs1_53 = "198.18.10.11:53"
+	)
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+		want string // the whole line, after "holdfast: "
+	}{
+		{name: "real before the first of two services",
+			args: []string{"--real", rs1_80, "--service", tcp80, "--service", udp53, "--real", rs1_53},
+			want: "--real 198.18.10.11:80 before any --service (with several services, each --service comes first and owns the flags after it)"},
+		{name: "scheduler before the first of two services, = form",
+			args: []string{"--scheduler=sh", "--service=" + tcp80, "--real=" + rs1_80, "--service=" + udp53, "--real=" + rs1_53},
+			want: "--scheduler sh before any --service (with several services, each --service comes first and owns the flags after it)"},
+		{name: "second service without a real",
+			args: []string{"--service", tcp80, "--real", rs1_80, "--service", udp53, "--scheduler", "rr"},
+			want: "--service udp:198.18.0.10:53 has no --real ADDR:PORT[*WEIGHT]"},
+		{name: "duplicate service",
+			args: []string{"--service", tcp80, "--real", rs1_80, "--service", tcp80, "--real", "198.18.10.12:80"},
+			want: "--service tcp:198.18.0.10:80 given twice (each --service starts a new service; give all of its flags after one --service)"},
+		{name: "duplicate service written otherwise",
+			args: []string{"--service", tcp80, "--real", rs1_80, "--service", "TCP:[::ffff:198.18.0.10]:80", "--real", "198.18.10.12:80"},
+			want: "--service TCP:[::ffff:198.18.0.10]:80 given twice (each --service starts a new service; give all of its flags after one --service)"},
+		{name: "scheduler twice for one service",
+			args: []string{"--service", tcp80, "--scheduler", "rr", "--real", rs1_80, "--scheduler", "sh"},
+			want: "--scheduler sh: --service tcp:198.18.0.10:80 already has --scheduler rr (one per service)"},
+		{name: "check twice for the second service",
+			args: []string{"--service", udp53, "--real", rs1_53, "--service", tcp80, "--check", "tcp", "--real", rs1_80, "--check=http:/"},
+			want: "--check http:/: --service tcp:198.18.0.10:80 already has --check tcp (one per service)"},
+		{name: "bad scheduler of the second service",
+			args: []string{"--service", tcp80, "--real", rs1_80, "--service", udp53, "--scheduler", "fastest", "--real", rs1_53},
+			want: `--scheduler: unknown scheduler "fastest" (expected rr, wrr, sh, dh or lc)`},
+		{name: "bad persistence of the second service",
+			args: []string{"--service", tcp80, "--real", rs1_80, "--service", udp53, "--persistence", "soon", "--real", rs1_53},
+			want: `--persistence: invalid duration "soon": expected a non-negative Go duration, e.g. 30m or 1h30m`},
+		{name: "duplicate real of the second service",
+			args: []string{"--service", tcp80, "--real", rs1_80, "--service", udp53, "--real", rs1_53, "--real", rs1_53},
+			want: "--real: duplicate real 198.18.10.11:53, already given as reals[0] (--service udp:198.18.0.10:53)"},
+		{name: "IPv6 real of an IPv4 service",
+			args: []string{"--service", tcp80, "--real", "[2001:db8::1]:80"},
+			want: "--real: real [2001:db8::1]:80 and VIP 198.18.0.10 are of different IP versions (--service tcp:198.18.0.10:80)"},
+		{name: "real without service",
+			args: []string{"--real", rs1_80},
+			want: "--real given without --service PROTO:VIP:PORT"},
+		{name: "variable without service",
+			env:  []string{"HOLDFAST_REAL=" + rs1_80},
+			want: "HOLDFAST_REAL given without --service PROTO:VIP:PORT"},
+		{name: "variable with two services",
+			env:  []string{"HOLDFAST_SCHEDULER=sh"},
+			args: []string{"--service", tcp80, "--real", rs1_80, "--service", udp53, "--real", rs1_53},
+			want: "HOLDFAST_SCHEDULER is set and 2 --service flags are given: environment variables have no order, so they can describe one service only (unset it, or give that service's --scheduler on the command line)"},
+		{name: "service variable with two services",
+			env:  []string{"HOLDFAST_SERVICE=" + tcp80},
+			args: []string{"--service", tcp80, "--real", rs1_80, "--service", udp53, "--real", rs1_53},
+			want: "HOLDFAST_SERVICE is set and 2 --service flags are given: environment variables have no order, so they can describe one service only (unset it, or give that service's --service on the command line)"},
+		{name: "per-service flag with config",
+			args: []string{"--config", config, "--scheduler", "rr"},
+			want: "--scheduler rr: per-service flags cannot be combined with --config (put the service in the config file)"},
+		{name: "service flag with config",
+			args: []string{"--service", udp53, "--real", rs1_53, "--config", config},
+			want: "--service udp:198.18.0.10:53: per-service flags cannot be combined with --config (put the service in the config file)"},
+		{name: "per-service variable with config",
+			env:  []string{"HOLDFAST_REAL=" + rs1_80},
+			args: []string{"--config", config},
+			want: "HOLDFAST_REAL is set: per-service variables cannot be combined with --config (unset it, and put the service in the config file)"},
+		{name: "config variable with per-service flag",
+			env:  []string{"HOLDFAST_CONFIG=" + config},
+			args: []string{"--check", "tcp"},
+			want: "--check tcp: per-service flags cannot be combined with --config (put the service in the config file)"},
+		{name: "no service",
+			want: "no service: give --service PROTO:VIP:PORT with --real ADDR:PORT, or --config FILE"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"run", "--tun", "hf0", "--log-format", "json", "--recovery-addr", "198.18.200.1"}, tc.args...)
+			code, stdout, stderr := holdfast(t, tc.env, args...)
+			if code != exitUsage {
+				t.Errorf("exit %d, want %d", code, exitUsage)
+			}
+			if want := "holdfast: " + tc.want + "\n"; stderr != want {
+				t.Errorf("stderr\n%q, want\n%q", stderr, want)
+			}
+			if stdout != "" {
+				t.Errorf("stdout %q, want nothing", stdout)
+			}
+		})
+	}
+}
+
+// loadArgs runs loadServices on the run flags set from args, twice (as a
+// SIGHUP reload does: it reads the same flags again) and requires the same
+// answer both times.
+func loadArgs(t *testing.T, args ...string) ([]*balancer.Service, error) {
+	t.Helper()
+	var svcs []*balancer.Service
+	var lerr error
+	app := &cli.App{Name: "t", Flags: runFlags(), Action: func(c *cli.Context) error {
+		svcs, lerr = loadServices(c)
+		again, err := loadServices(c)
+		if describe(again) != describe(svcs) || (err == nil) != (lerr == nil) {
+			t.Errorf("%q: a second load gave %v, %v; the first %v, %v", args, describe(again), err, describe(svcs), lerr)
+		}
+		return nil
+	}}
+	if err := app.Run(append([]string{"t"}, args...)); err != nil {
+		t.Fatalf("flags %q: %v", args, err)
+	}
+	return svcs, lerr
+}
+
+// describe writes services as "PROTO:VIP:PORT SCHED [p=D] [check] REAL*W...; ...".
+func describe(svcs []*balancer.Service) string {
+	var parts []string
+	for _, s := range svcs {
+		p := []string{s.String(), s.Scheduler.Name()}
+		if s.Persistence != 0 {
+			p = append(p, "p="+s.Persistence.String())
+		}
+		if s.Check != (balancer.Check{}) {
+			p = append(p, "check")
+		}
+		for _, r := range s.Reals {
+			p = append(p, r.Addr.String()+"*"+strconv.Itoa(r.Weight))
+		}
+		parts = append(parts, strings.Join(p, " "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// TestServiceFlagGroups: which per-service flags go to which service.
+func TestServiceFlagGroups(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{name: "ipvsadm order, tcp and udp on one VIP:PORT",
+			args: []string{"--service", "tcp:198.18.0.10:5201", "--real", "198.18.10.11:5201",
+				"--service=udp:198.18.0.10:5201", "--scheduler=rr", "--real=198.18.10.11:5201",
+				"--service", "tcp:198.18.0.10:80", "--scheduler", "sh", "--persistence", "10m", "--check", "tcp",
+				"--real", "198.18.10.11:80*2", "--real", "198.18.10.12:80,198.18.10.13:80,id=5"},
+			want: "tcp:198.18.0.10:5201 wrr 198.18.10.11:5201*1; udp:198.18.0.10:5201 rr 198.18.10.11:5201*1; " +
+				"tcp:198.18.0.10:80 sh p=10m0s check 198.18.10.11:80*2 198.18.10.12:80*1 198.18.10.13:80*1"},
+		{name: "one service, its flags in any order",
+			args: []string{"--scheduler", "rr", "--real", "198.18.10.11:80", "--service", "tcp:198.18.0.10:80", "--real", "198.18.10.12:80*0"},
+			want: "tcp:198.18.0.10:80 rr 198.18.10.11:80*1 198.18.10.12:80*0"},
+		{name: "one service from variables",
+			env:  map[string]string{"HOLDFAST_SERVICE": "udp:198.18.0.10:53", "HOLDFAST_REAL": "198.18.10.11:53,198.18.10.12:53,id=4", "HOLDFAST_SCHEDULER": "sh"},
+			want: "udp:198.18.0.10:53 sh 198.18.10.11:53*1 198.18.10.12:53*1"},
+		{name: "the command line wins over a variable",
+			env:  map[string]string{"HOLDFAST_SERVICE": "udp:198.18.0.10:53", "HOLDFAST_REAL": "198.18.10.11:53", "HOLDFAST_SCHEDULER": "sh"},
+			args: []string{"--service", "tcp:198.18.0.10:80", "--real", "198.18.10.12:80"},
+			want: "tcp:198.18.0.10:80 sh 198.18.10.12:80*1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			svcs, err := loadArgs(t, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := describe(svcs); got != tc.want {
+				t.Errorf("services\n%s, want\n%s", got, tc.want)
+			}
+		})
+	}
+	// The flags of one parse are not those of the next.
+	a, _ := loadArgs(t, "--service", "tcp:198.18.0.10:80", "--real", "198.18.10.11:80")
+	b, _ := loadArgs(t, "--service", "tcp:198.18.0.10:81", "--real", "198.18.10.11:81")
+	if len(a) != 1 || len(b) != 1 || !slices.Equal([]string{a[0].String(), b[0].String()}, []string{"tcp:198.18.0.10:80", "tcp:198.18.0.10:81"}) {
+		t.Errorf("two parses: %s then %s", describe(a), describe(b))
+	}
+}
