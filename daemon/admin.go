@@ -142,7 +142,20 @@ func (r *runner) real(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.setChecks() // a real added is checked from now on, one removed no longer
-	r.log.Info().Str("op", c.Op).Str(fService, c.Service).Str("real", c.Real).Int("weight", c.Weight).Bool("rehome", c.Rehome).Msg("real changed")
+	ev := r.log.Info().Str("op", c.Op).Str(fService, c.Service).Str("real", c.Real)
+	switch c.Op {
+	case "add":
+		// The weight is the one in the real's ADDR:PORT*WEIGHT (1 if
+		// none): RealChange.Weight is real weight's field.
+		if _, weight, _, err := balancer.ParseReal(c.Real); err == nil {
+			ev = ev.Int("weight", weight)
+		}
+	case "weight":
+		ev = ev.Int("weight", c.Weight)
+	case "remove":
+		ev = ev.Bool("rehome", c.Rehome)
+	}
+	ev.Msg("real changed")
 	unixhttp.WriteJSON(w, services(r.d.Services()))
 }
 

@@ -579,3 +579,25 @@ func TestRuntimeRealChecked(t *testing.T) {
 		}
 	}
 }
+
+// A runtime change is logged with what it changed: `real add ADDR*3` logs
+// weight 3 (the weight inside the real's string), `real weight` its own.
+func TestRealChangeLogged(t *testing.T) {
+	dev := tuntest.NewMemDevice("hft", 64)
+	td := startDaemon(t, testConfig(t, dev, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	svc := "tcp:" + vip.String()
+	if _, err := td.admin.ChangeReal(ctx, adminapi.RealChange{Op: "add", Service: svc, Real: "198.18.10.99:8080*3"}); err != nil {
+		t.Fatal(err)
+	}
+	if l := td.log.wait(t, "real changed", 1); l["op"] != "add" || l["weight"] != 3.0 {
+		t.Fatalf("logged %v, want op add, weight 3", l)
+	}
+	if _, err := td.admin.ChangeReal(ctx, adminapi.RealChange{Op: "weight", Service: svc, Real: "198.18.10.99:8080", Weight: 0}); err != nil {
+		t.Fatal(err)
+	}
+	if l := td.log.wait(t, "real changed", 2); l["op"] != "weight" || l["weight"] != 0.0 {
+		t.Fatalf("logged %v, want op weight, weight 0", l)
+	}
+}
