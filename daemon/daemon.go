@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -241,8 +242,10 @@ func (r *runner) expire(ctx context.Context) error {
 func openTUN(name string, offload bool, queues int, log zerolog.Logger) (tun.Device, error) {
 	if offload {
 		dev, err := tun.OpenTUNOffload(name, queues)
-		if err == nil {
-			return dev, nil
+		if err == nil || errors.Is(err, tun.ErrInUse) {
+			// A TUN another process holds is not an offload problem:
+			// a plain TUN would be refused the same.
+			return dev, err
 		}
 		log.Warn().Err(err).Msg("TUN offload unavailable; using a plain TUN (slower)")
 	}

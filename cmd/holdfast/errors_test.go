@@ -46,3 +46,13 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
 	}
 }
+
+// An interface name the kernel would refuse is refused up front.
+func TestTUNName(t *testing.T) {
+	for name, ok := range map[string]bool{"hf0": true, "holdfast-tun-15": true, "": false, "holdfast-tun-016": false,
+		"a/b": false, "a:b": false, "a b": false, ".": false, "..": false} {
+		if validIfName(name) != ok {
+			t.Errorf("validIfName(%q) = %v, want %v", name, !ok, ok)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 
 	"holdfast/balancer"
 	"holdfast/daemon"
@@ -49,8 +50,8 @@ func parseRun(c *cli.Context) (daemon.Config, error) {
 	if c.Args().Len() > 0 {
 		return s, usagef("run: unexpected argument %q (every setting is a --flag)", c.Args().First())
 	}
-	if s.TUN == "" || len(s.TUN) > 15 {
-		return s, usagef("--tun %q: expected an interface name of 1 to 15 characters", s.TUN)
+	if !validIfName(s.TUN) {
+		return s, usagef("--tun %q: expected an interface name: 1 to 15 characters, no '/', ':' or space, not . or ..", s.TUN)
 	}
 	if s.AdminSocket == "" {
 		s.AdminSocket = defaultAdminSocket(s.TUN)
@@ -159,4 +160,13 @@ func runError(err error, cfg daemon.Config) error {
 		msg = "packet loop: " + msg
 	}
 	return cli.Exit(msg, code)
+}
+
+// validIfName is the kernel's rule for an interface name (dev_valid_name):
+// 1 to 15 bytes, not "." or "..", no '/', ':' or white space.
+func validIfName(name string) bool {
+	if name == "" || len(name) > 15 || name == "." || name == ".." {
+		return false
+	}
+	return !strings.ContainsAny(name, "/: \t\n\r\v\f")
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/songgao/water"
+	"golang.org/x/sys/unix"
 )
 
 // Device is a packet device in the shape of wireguard-go's tun.Device: reads
@@ -62,9 +63,25 @@ func OpenTUN(name string) (Device, error) {
 		PlatformSpecificParams: water.PlatformSpecificParams{Name: name},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open TUN %q (needs CAP_NET_ADMIN): %w", name, err)
+		return nil, openError(name, err)
 	}
 	return &tunDevice{ifc: ifc}, nil
+}
+
+// ErrInUse is wrapped by an open error when another process holds the TUN
+// device (TUNSETIFF's EBUSY): another director on the same --tun.
+var ErrInUse = errors.New("in use by another process")
+
+// openError says why attaching to TUN name failed: in use, or not allowed,
+// as such.
+func openError(name string, err error) error {
+	switch {
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("TUN %q is %w (another holdfast on this --tun?)", name, ErrInUse)
+	case errors.Is(err, unix.EPERM):
+		return fmt.Errorf("open TUN %q (needs CAP_NET_ADMIN): %w", name, err)
+	}
+	return fmt.Errorf("open TUN %q: %w", name, err)
 }
 
 func (d *tunDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {

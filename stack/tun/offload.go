@@ -87,7 +87,7 @@ func OpenTUNOffload(name string, queues int) (Device, error) {
 		}
 		ifr.SetUint16(flags)
 		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			return fail(fmt.Errorf("open TUN %q (needs CAP_NET_ADMIN): %w", name, err))
+			return fail(openError(name, err))
 		}
 		d.name = ifr.Name()
 		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4); err != nil {

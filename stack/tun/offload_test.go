@@ -99,3 +99,22 @@ func waitInRead(t *testing.T, tid int) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A TUN another process (here: another open) holds is refused as in use,
+// by both kinds of device, and not blamed on capabilities.
+func TestOpenInUse(t *testing.T) {
+	netnstest.Enter(t)
+	dev, err := OpenTUNOffload("hf0", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	_, err = OpenTUNOffload("hf0", 1)
+	if !errors.Is(err, ErrInUse) || strings.Contains(err.Error(), "CAP_NET_ADMIN") {
+		t.Fatalf("offload TUN held: %v, want ErrInUse", err)
+	}
+	_, err = OpenTUN("hf0")
+	if !errors.Is(err, ErrInUse) || strings.Contains(err.Error(), "CAP_NET_ADMIN") {
+		t.Fatalf("plain TUN held: %v, want ErrInUse", err)
+	}
+}
