@@ -5,7 +5,10 @@ GO      ?= go
 BIN     ?= bin/holdfast
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test unit integration lint fuzz bench clean
+.PHONY: all build demo test unit integration lint fuzz bench clean install
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
 
 all: build
 
@@ -54,6 +57,16 @@ fuzz:
 bench: build
 	$(GO) test -run XXX -bench . -benchmem ./nat/ ./balancer/
 	$(GO) run ./integration/bench -holdfast $(BIN) $(BENCHFLAGS)
+
+# The binary, the systemd unit and an example configuration (kept if one is
+# there already): then edit /etc/holdfast/*, `systemctl enable --now holdfast`.
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/holdfast
+	install -D -m 0644 dist/holdfast.service $(DESTDIR)/lib/systemd/system/holdfast.service
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/holdfast/README.md
+	install -d -m 0755 $(DESTDIR)/etc/holdfast
+	test -e $(DESTDIR)/etc/holdfast/holdfast.env || install -m 0644 dist/holdfast.env $(DESTDIR)/etc/holdfast/holdfast.env
+	test -e $(DESTDIR)/etc/holdfast/services.json || install -m 0644 dist/services.json $(DESTDIR)/etc/holdfast/services.json
 
 clean:
 	rm -rf bin
