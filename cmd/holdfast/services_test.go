@@ -163,9 +163,8 @@ func TestServiceFlagErrors(t *testing.T) {
 	}
 }
 
-// loadArgs runs loadServices on the run flags set from args, twice (as a
-// SIGHUP reload does: it reads the same flags again) and requires the same
-// answer both times.
+// loadArgs runs loadServices on the run flags set from args, twice, and
+// requires the same answer both times (reading the flags keeps no state).
 func loadArgs(t *testing.T, args ...string) ([]*balancer.Service, error) {
 	t.Helper()
 	var svcs []*balancer.Service
