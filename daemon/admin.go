@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -49,6 +50,9 @@ func (r *runner) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET "+adminapi.PathServices, func(w http.ResponseWriter, _ *http.Request) {
 		unixhttp.WriteJSON(w, services(r.d.Services()))
+	})
+	mux.HandleFunc("GET "+adminapi.PathConfig, func(w http.ResponseWriter, _ *http.Request) {
+		unixhttp.WriteJSON(w, runningConfig(r.d.Services()))
 	})
 	mux.HandleFunc("POST "+adminapi.PathReal, r.real)
 	return mux
@@ -106,6 +110,36 @@ func services(in []nat.ServiceInfo) []adminapi.Service {
 			})
 		}
 		out = append(out, as)
+	}
+	return out
+}
+
+// runningConfig is the services as a --config file (GET /config): each
+// real with its weight now and its cookie id made explicit (so that the
+// file, run or reloaded, gives every real the id its flows carry). Reals
+// removed at runtime are left out; a real marked down by its check is
+// listed (its health is no configuration).
+func runningConfig(in []nat.ServiceInfo) adminapi.Config {
+	out := adminapi.Config{Services: make([]adminapi.ConfigService, 0, len(in))}
+	for _, s := range in {
+		cs := adminapi.ConfigService{Service: s.Service, Scheduler: s.Scheduler, Reals: []string{}}
+		if s.Persistence != 0 {
+			cs.Persistence = s.Persistence.String()
+		}
+		if s.Check.Kind != balancer.CheckNone {
+			cs.Check = s.Check.String()
+		}
+		for _, r := range s.Reals {
+			if r.Removed {
+				continue
+			}
+			real := r.Addr.String() + "*" + strconv.Itoa(r.Weight)
+			if r.CookieID != 0 {
+				real += ",id=" + strconv.Itoa(int(r.CookieID))
+			}
+			cs.Reals = append(cs.Reals, real)
+		}
+		out.Services = append(out.Services, cs)
 	}
 	return out
 }

@@ -18,8 +18,10 @@ type Config struct {
 	// Services are served from the start. Each Run needs services of its
 	// own: the director keeps its flow counts in them.
 	Services []*balancer.Service
-	// Reload returns the services again, validated whole, on SIGHUP (nil:
-	// SIGHUP reloads nothing).
+	// Reload returns the services again, validated whole, on SIGHUP: the
+	// file's new version. A real the file did not change since its last
+	// version keeps its runtime state (reload.go). nil, or an error that
+	// is ErrNothingToReload: SIGHUP changes nothing, logged.
 	Reload func() ([]*balancer.Service, error)
 
 	// TUN is the device to open (or attach to), unless Device is set.

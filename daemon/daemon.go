@@ -55,6 +55,10 @@ type runner struct {
 	// race): the last to read the Director's reals is the last to Set.
 	checksMu sync.Mutex
 	src      *sources
+	// file is the services as the reload source last gave them (at start:
+	// Config.Services), to tell which reals a reload changes (reload.go).
+	// Only the main loop reads and writes it.
+	file fileState
 }
 
 // Run runs a director until ctx ends (or, with cfg.HandleSignals, SIGINT or
@@ -122,7 +126,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 
 	st := newStages(log)
 	defer st.stopAll() // on an error before serving; a no-op after the stop below
-	r := &runner{cfg: cfg, log: log, clk: clock.New()}
+	r := &runner{cfg: cfg, log: log, clk: clock.New(), file: fileStateOf(cfg.Services)}
 	r.clk.Update()
 	st.run(ctx, PartClock, func(ctx context.Context) error { r.clk.Run(ctx, clockResolution); return nil }, nil)
 
@@ -285,28 +289,6 @@ func (r *runner) healthChanged(t balancer.Target, up bool, reason string) {
 		ev, msg = r.log.Info(), "real up"
 	}
 	ev.Str(fService, t.Service).Str("real", t.Addr.String()).Str("check", t.Check.String()).Str("reason", reason).Msg(msg)
-}
-
-// reload applies the services of cfg.Reload on SIGHUP. Services that do
-// not validate are rejected whole: the running configuration stays.
-func (r *runner) reload() {
-	if r.cfg.Reload == nil {
-		r.log.Warn().Msg("reload asked, but there is nothing to reload from")
-		return
-	}
-	svcs, err := r.cfg.Reload()
-	if err == nil {
-		err = r.d.Reconfigure(svcs)
-	}
-	if err != nil {
-		r.log.Error().Err(err).Msg("reload rejected; the running configuration stays")
-		return
-	}
-	r.setChecks()
-	for _, svc := range svcs {
-		r.logService(svc)
-	}
-	r.log.Info().Int("services", len(svcs)).Msg("reloaded")
 }
 
 // setChecks makes the checker probe every real the Director has now (the

@@ -254,7 +254,7 @@ func (d *Director) SetDown(proto balancer.Proto, vip, real netip.AddrPort, down 
 // knows (addresses that are both a VIP and a real, or a recovery address):
 // an error changes nothing, and once checked this cannot fail half-way. A service that stays keeps
 // its flows and its reals' counters: reals are added, removed (drained) or
-// re-weighted, and the scheduler and persistence replaced. A new service is
+// re-weighted, and the scheduler, persistence and check replaced. A new service is
 // added. A service no longer listed takes no new flows; its flows finish.
 func (d *Director) Reconfigure(svcs []*balancer.Service) error {
 	for _, s := range svcs {
@@ -302,6 +302,7 @@ func (d *Director) Reconfigure(svcs []*balancer.Service) error {
 		s.gone = false
 		s.Scheduler = ns.Scheduler
 		s.Persistence = ns.Persistence
+		s.Check = ns.Check
 		want := make(map[netip.AddrPort]int, len(ns.Reals))
 		for _, r := range ns.Reals {
 			want[r.Addr] = r.Weight

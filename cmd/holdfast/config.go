@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"holdfast/balancer"
+	"holdfast/daemon"
 
 	"github.com/urfave/cli/v2"
 )
@@ -56,6 +57,20 @@ func loadServices(c *cli.Context) ([]*balancer.Service, error) {
 		return nil, usagef("%v", err)
 	}
 	return svcs, nil
+}
+
+// reloadServices is what a SIGHUP reloads: the --config file again. The
+// per-service flags cannot change in a running process, and reading them
+// again would only undo the runtime changes (real weight, add, remove): a
+// HUP without --config changes nothing.
+func reloadServices(c *cli.Context) func() ([]*balancer.Service, error) {
+	return func() ([]*balancer.Service, error) {
+		path := c.Path(configFlag.Name)
+		if path == "" {
+			return nil, fmt.Errorf("no --%s; %w", configFlag.Name, daemon.ErrNothingToReload)
+		}
+		return loadConfigFile(path)
+	}
 }
 
 // realArgs undoes the split of a value at its commas: a piece that starts

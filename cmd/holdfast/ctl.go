@@ -54,7 +54,7 @@ func ctlCommands() []*cli.Command {
 			Subcommands: []*cli.Command{{
 				Name: "list", Usage: "list services and reals with weights, health and flow counts",
 				Flags: ctlFlags(jsonFlag), OnUsageError: usageError, Action: ctlServiceList,
-			}},
+			}, dumpCommand()},
 		},
 		{
 			Name: "real", Usage: "change the reals of a running director (applies at once, existing flows stay)",

@@ -36,7 +36,7 @@ func parseRun(c *cli.Context) (daemon.Config, error) {
 		Offload:     c.Bool(tunOffloadFlag.Name),
 		Queues:      c.Int(tunQueuesFlag.Name),
 		Nice:        c.Int(packetNiceFlag.Name),
-		Reload:      func() ([]*balancer.Service, error) { return loadServices(c) },
+		Reload:      reloadServices(c),
 		Routes: daemon.Routes{
 			Setup:     c.Bool(setupRoutesFlag.Name),
 			RealIface: c.String(realIfaceFlag.Name),

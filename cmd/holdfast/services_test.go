@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/daemon"
 
 	"github.com/urfave/cli/v2"
 )
@@ -163,9 +164,8 @@ func TestServiceFlagErrors(t *testing.T) {
 	}
 }
 
-// loadArgs runs loadServices on the run flags set from args, twice (as a
-// SIGHUP reload does: it reads the same flags again) and requires the same
-// answer both times.
+// loadArgs runs loadServices on the run flags set from args, twice, and
+// requires the same answer both times (reading the flags keeps no state).
 func loadArgs(t *testing.T, args ...string) ([]*balancer.Service, error) {
 	t.Helper()
 	var svcs []*balancer.Service
@@ -247,5 +247,37 @@ func TestServiceFlagGroups(t *testing.T) {
 	b, _ := loadArgs(t, "--service", "tcp:198.18.0.10:81", "--real", "198.18.10.11:81")
 	if len(a) != 1 || len(b) != 1 || !slices.Equal([]string{a[0].String(), b[0].String()}, []string{"tcp:198.18.0.10:80", "tcp:198.18.0.10:81"}) {
 		t.Errorf("two parses: %s then %s", describe(a), describe(b))
+	}
+}
+
+// TestReloadServices: a SIGHUP rereads --config only; services from flags
+// have nothing to reload (reading the flags again would undo the runtime
+// changes), said in one line.
+func TestReloadServices(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.json")
+	if err := os.WriteFile(file, []byte(`{"services":[{"service":"tcp:198.18.0.10:80","reals":["198.18.10.11:80*2"]}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args    []string
+		want    string
+		wantErr string
+	}{
+		{[]string{"--service", "tcp:198.18.0.10:80", "--real", "198.18.10.11:80"}, "", "no --config; nothing to reload"},
+		{[]string{"--config", file}, "tcp:198.18.0.10:80 wrr 198.18.10.11:80*2", ""},
+	} {
+		app := &cli.App{Name: "t", Flags: runFlags(), Action: func(c *cli.Context) error {
+			svcs, err := reloadServices(c)()
+			switch {
+			case tc.wantErr != "" && (!errors.Is(err, daemon.ErrNothingToReload) || err.Error() != tc.wantErr):
+				t.Errorf("%q: reload error %v, want %q", tc.args, err, tc.wantErr)
+			case tc.wantErr == "" && (err != nil || describe(svcs) != tc.want):
+				t.Errorf("%q: reload %s, %v; want %s", tc.args, describe(svcs), err, tc.want)
+			}
+			return nil
+		}}
+		if err := app.Run(append([]string{"t"}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

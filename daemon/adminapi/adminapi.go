@@ -20,6 +20,7 @@ const (
 	PathServices = "/services" // GET: []Service
 	PathReal     = "/real"     // POST RealChange: []Service after the change
 	PathInfo     = "/info"     // GET: Info
+	PathConfig   = "/config"   // GET: Config, the running configuration
 )
 
 // Info says which director answers: the CLI prints it first, since a
@@ -79,6 +80,23 @@ type Real struct {
 	CookieID uint16 `json:"cookie_id"` // timestamp cookie id; 0: none
 }
 
+// Config is the running configuration in the form of a --config file
+// (holdfast run --config; balancer.ServiceConfig has the same fields), as
+// `holdfast service dump` prints it: runtime changes included, reals
+// removed at runtime left out.
+type Config struct {
+	Services []ConfigService `json:"services"`
+}
+
+// ConfigService is one service of a Config.
+type ConfigService struct {
+	Service     string   `json:"service"`               // PROTO:VIP:PORT
+	Scheduler   string   `json:"scheduler"`             // rr, wrr, sh, dh or lc
+	Persistence string   `json:"persistence,omitempty"` // Go duration; none if absent
+	Check       string   `json:"check,omitempty"`       // tcp, http:/PATH[=STATUS]; none if absent
+	Reals       []string `json:"reals"`                 // ADDR:PORT*WEIGHT[,id=N], N its cookie id
+}
+
 // RealChange is the body of POST /real. An error answer names the field it
 // is about first ("real ...", "service ...", "weight ..."): the CLI, whose
 // flags carry the same names, adds the dashes.
@@ -124,6 +142,12 @@ func (c *Client) Services(ctx context.Context) ([]Service, error) {
 func (c *Client) Info(ctx context.Context) (Info, error) {
 	var out Info
 	return out, c.c.Do(ctx, "GET", PathInfo, nil, &out)
+}
+
+// Config returns the running configuration as a --config file.
+func (c *Client) Config(ctx context.Context) (Config, error) {
+	var out Config
+	return out, c.c.Do(ctx, "GET", PathConfig, nil, &out)
 }
 
 // ChangeReal applies ch and returns the services after it.
