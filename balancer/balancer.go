@@ -70,6 +70,7 @@ type Real struct {
 
 // Traffic counts what crossed the director for one real.
 type Traffic struct {
+	Conns                uint64 // flows ever created on the real (ipvsadm --stats Conns)
 	PacketsIn, BytesIn   uint64 // client -> real
 	PacketsOut, BytesOut uint64 // real -> client
 }
