@@ -46,8 +46,8 @@ func ctlCommands() []*cli.Command {
 			Flags: ctlFlags(jsonFlag), OnUsageError: usageError, Action: ctlConns,
 		},
 		{
-			Name: "stats", Usage: "print the counters of a running director",
-			Flags: ctlFlags(), OnUsageError: usageError, Action: ctlStats,
+			Name: "stats", Usage: "print the non-zero counters of a running director with their rates per second (--json: every counter)",
+			Flags: ctlFlags(jsonFlag, statsWatchFlag, statsIntervalFlag), OnUsageError: usageError, Action: ctlStats,
 		},
 		{
 			Name: "service", Usage: "services of a running director",
@@ -161,26 +161,6 @@ func ctlConns(c *cli.Context) error {
 func fmtExpiry(s float64) string {
 	n := int(s + 0.5)
 	return fmt.Sprintf("%02d:%02d", n/60, n%60)
-}
-
-// ctlStats prints the counters as one JSON object (its only form so far):
-// the director that answered is its "director" field, next to the
-// counters' keys, so that the output stays JSON for scripts.
-func ctlStats(c *cli.Context) error {
-	cl := ctlClient(c)
-	info, err := director(cl)
-	if err != nil {
-		return err
-	}
-	st, err := cl.stats()
-	if err != nil {
-		return cli.Exit(err.Error(), exitRuntime)
-	}
-	if st == nil {
-		st = map[string]any{}
-	}
-	st["director"] = info
-	return printJSON(st)
 }
 
 func ctlServiceList(c *cli.Context) error {
