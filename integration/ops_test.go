@@ -198,9 +198,10 @@ func TestConnsListsLiveFlows(t *testing.T) {
 		t.Fatalf("admin socket owned by uid %d, want %d", uid, os.Getuid())
 	}
 	// The table form prints the director's line, then one line per flow
-	// under a header.
+	// under a header, then the count.
 	out, err := ctl(t, l, "conns")
-	if err != nil || !strings.HasPrefix(out, "director 1  pid ") || strings.Count(strings.TrimSpace(out), "\n") != len(conns)+1 {
+	if err != nil || !strings.HasPrefix(out, "director 1  pid ") || strings.Count(strings.TrimSpace(out), "\n") != len(conns)+2 ||
+		!strings.HasSuffix(out, fmt.Sprintf("\n%d flows\n", len(conns))) {
 		t.Fatalf("holdfast conns: %v\n%s", err, out)
 	}
 }

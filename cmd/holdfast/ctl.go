@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/netip"
 	"os"
 	"sort"
 	"strconv"
@@ -11,8 +13,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"holdfast/balancer"
 	"holdfast/daemon/adminapi"
 	"holdfast/internal/unixhttp"
+	"holdfast/nat"
 
 	"github.com/urfave/cli/v2"
 )
@@ -42,8 +46,13 @@ func ctlCommands() []*cli.Command {
 	}
 	return []*cli.Command{
 		{
-			Name: "conns", Usage: "list the flows of a running director (like ipvsadm -Lnc)",
-			Flags: ctlFlags(jsonFlag), OnUsageError: usageError, Action: ctlConns,
+			Name: "conns", Usage: "list the flows of a running director (like ipvsadm -Lnc), and how many",
+			Flags: ctlFlags(jsonFlag,
+				&cli.StringFlag{Name: "service", Usage: "only the flows of the service PROTO:VIP:PORT"},
+				&cli.StringFlag{Name: "real", Usage: "only the flows to the real ADDR:PORT"},
+				&cli.StringFlag{Name: "state", Usage: "only the flows in STATE (" + strings.Join(nat.StateNames()[1:], ", ") + ")"},
+			),
+			OnUsageError: usageError, Action: ctlConns,
 		},
 		{
 			Name: "stats", Usage: "print the non-zero counters of a running director with their rates per second (--json: every counter)",
@@ -127,7 +136,76 @@ func directorLine(info *adminapi.Info) string {
 		info.ID, info.PID, info.TUN, ns, up, info.Version)
 }
 
+// connFilter is what conns --service, --real and --state keep: the zero
+// value of a field keeps every flow. The admin API answers every flow;
+// the filter is the client's.
+type connFilter struct {
+	proto string // "tcp" or "udp", with vip
+	vip   netip.AddrPort
+	real  netip.AddrPort
+	state string // as the API names it
+}
+
+// newConnFilter reads conns' filter flags.
+func newConnFilter(c *cli.Context) (connFilter, error) {
+	var f connFilter
+	if s := c.String("service"); s != "" {
+		proto, vip, err := balancer.ParseService(s)
+		if err != nil {
+			return f, usagef("--service: %v", err)
+		}
+		f.proto, f.vip = proto.String(), vip
+	}
+	if s := c.String("real"); s != "" {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return f, usagef("--real %q: expected ADDR:PORT", s)
+		}
+		f.real = ap
+	}
+	if s := c.String("state"); s != "" {
+		st, ok := nat.StateNamed(s)
+		if !ok || st == nat.StateNone {
+			return f, usagef("--state %q: expected one of %s", s, strings.Join(nat.StateNames()[1:], ", "))
+		}
+		f.state = st.String()
+	}
+	return f, nil
+}
+
+// keep reports whether the flow passes the filter.
+func (f connFilter) keep(c adminapi.Conn) bool {
+	same := func(want netip.AddrPort, got string) bool {
+		ap, err := netip.ParseAddrPort(got)
+		return err == nil && ap == want
+	}
+	switch {
+	case f.proto != "" && (c.Proto != f.proto || !same(f.vip, c.VIP)):
+		return false
+	case f.real.IsValid() && !same(f.real, c.Real):
+		return false
+	case f.state != "" && c.State != f.state:
+		return false
+	}
+	return true
+}
+
+// filter returns the flows that pass.
+func (f connFilter) filter(conns []adminapi.Conn) []adminapi.Conn {
+	out := conns[:0:0]
+	for _, c := range conns {
+		if f.keep(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 func ctlConns(c *cli.Context) error {
+	filter, err := newConnFilter(c)
+	if err != nil {
+		return err
+	}
 	cl := ctlClient(c)
 	info, err := director(cl)
 	if err != nil {
@@ -137,6 +215,7 @@ func ctlConns(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
+	conns = filter.filter(conns)
 	if c.Bool(jsonFlag.Name) {
 		return printJSON(struct {
 			Director *adminapi.Info  `json:"director"`
@@ -144,8 +223,13 @@ func ctlConns(c *cli.Context) error {
 		}{info, conns})
 	}
 	fmt.Println(directorLine(info))
+	return writeConns(os.Stdout, conns)
+}
+
+// writeConns writes the flows' table, sorted by client, and their count.
+func writeConns(out io.Writer, conns []adminapi.Conn) error {
 	sort.Slice(conns, func(i, j int) bool { return conns[i].Client < conns[j].Client })
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "PRO\tCLIENT\tVIP\tREAL\tSTATE\tKIND\tEXPIRES\tLOCAL\tSEQ-DELTA\tACK-DELTA")
 	for _, f := range conns {
 		local := f.Local
@@ -155,7 +239,15 @@ func ctlConns(c *cli.Context) error {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", strings.ToUpper(f.Proto), f.Client, f.VIP, f.Real,
 			f.State, f.Kind, fmtExpiry(f.ExpiresIn), local, f.SeqDelta, f.AckDelta)
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	flows := "flows"
+	if len(conns) == 1 {
+		flows = "flow"
+	}
+	_, err := fmt.Fprintf(out, "%d %s\n", len(conns), flows)
+	return err
 }
 
 func fmtExpiry(s float64) string {
