@@ -81,7 +81,7 @@ func TestCtlNamesTheDirector(t *testing.T) {
 	}
 	defer stop()
 
-	for _, args := range [][]string{{"conns"}, {"service", "list"}, {"stats", "--interval", "10ms"}} {
+	for _, args := range [][]string{{"conns"}, {"service", "list", "--interval", "10ms"}, {"stats", "--interval", "10ms"}} {
 		out, err := runCLI(t, append(args, "--admin-socket", sock)...)
 		if err != nil || !strings.HasPrefix(out, "director 1  pid 777  tun hf0  netns 4026531840  up 0s  version test\n") {
 			t.Errorf("holdfast %v: %v\n%s", args, err, out)
@@ -96,7 +96,7 @@ func TestCtlNamesTheDirector(t *testing.T) {
 		key  string
 	}{
 		{[]string{"conns", "--json"}, "conns"},
-		{[]string{"service", "list", "--json"}, "services"},
+		{[]string{"service", "list", "--json", "--interval", "0"}, "services"},
 		{[]string{"stats", "--json"}, "flows_created_total"},
 	} {
 		out, err := runCLI(t, append(tc.args, "--admin-socket", sock)...)

@@ -61,8 +61,10 @@ func ctlCommands() []*cli.Command {
 		{
 			Name: "service", Usage: "services of a running director",
 			Subcommands: []*cli.Command{{
-				Name: "list", Usage: "list services and reals with weights, health and flow counts",
-				Flags: ctlFlags(jsonFlag), OnUsageError: usageError, Action: ctlServiceList,
+				Name: "list", Usage: "list services and reals with weights, health, flow counts, connections and bytes, and rates (like ipvsadm -Ln --stats --rate)",
+				Flags: ctlFlags(jsonFlag, &cli.DurationFlag{Name: "interval", Value: time.Second,
+					Usage: "time between the two samples the rates come from (0: one sample, no rates)"}),
+				OnUsageError: usageError, Action: ctlServiceList,
 			}},
 		},
 		{
@@ -255,27 +257,118 @@ func fmtExpiry(s float64) string {
 	return fmt.Sprintf("%02d:%02d", n/60, n%60)
 }
 
+// realRate is a real's traffic per second between two samples (ipvsadm
+// --rate).
+type realRate struct {
+	Conns      float64 `json:"conns_per_s"`
+	PacketsIn  float64 `json:"packets_in_per_s"`
+	PacketsOut float64 `json:"packets_out_per_s"`
+	BytesIn    float64 `json:"bytes_in_per_s"`
+	BytesOut   float64 `json:"bytes_out_per_s"`
+}
+
+// realKey names a real of a service across two samples.
+type realKey struct {
+	service string
+	addr    netip.AddrPort
+}
+
+// realRates is the rate of every real of cur that prev, dt earlier, has
+// too, with counters that did not go down (a restart between the two).
+func realRates(prev, cur []adminapi.Service, dt time.Duration) map[realKey]realRate {
+	if dt <= 0 || prev == nil {
+		return nil
+	}
+	before := make(map[realKey]adminapi.Real)
+	for _, s := range prev {
+		for _, r := range s.Reals {
+			before[realKey{s.Service, r.Addr}] = r
+		}
+	}
+	per := func(a, b uint64) float64 { return float64(b-a) / dt.Seconds() }
+	rates := make(map[realKey]realRate)
+	for _, s := range cur {
+		for _, r := range s.Reals {
+			k := realKey{s.Service, r.Addr}
+			p, ok := before[k]
+			if !ok || r.Conns < p.Conns || r.PacketsIn < p.PacketsIn || r.PacketsOut < p.PacketsOut || r.BytesIn < p.BytesIn || r.BytesOut < p.BytesOut {
+				continue
+			}
+			rates[k] = realRate{per(p.Conns, r.Conns), per(p.PacketsIn, r.PacketsIn), per(p.PacketsOut, r.PacketsOut), per(p.BytesIn, r.BytesIn), per(p.BytesOut, r.BytesOut)}
+		}
+	}
+	return rates
+}
+
+// ratedService is a service as service list --json prints it: the API's,
+// each real with its rates (none with --interval 0).
+type ratedService struct {
+	adminapi.Service
+	Reals []ratedReal `json:"reals"`
+}
+
+type ratedReal struct {
+	adminapi.Real
+	Rate *realRate `json:"rate,omitempty"`
+}
+
+func withRates(svcs []adminapi.Service, rates map[realKey]realRate) []ratedService {
+	out := make([]ratedService, 0, len(svcs))
+	for _, s := range svcs {
+		rs := ratedService{Service: s, Reals: make([]ratedReal, 0, len(s.Reals))}
+		for _, r := range s.Reals {
+			rr := ratedReal{Real: r}
+			if rate, ok := rates[realKey{s.Service, r.Addr}]; ok {
+				rr.Rate = &rate
+			}
+			rs.Reals = append(rs.Reals, rr)
+		}
+		out = append(out, rs)
+	}
+	return out
+}
+
 func ctlServiceList(c *cli.Context) error {
+	interval := c.Duration("interval")
+	if interval < 0 {
+		return usagef("service list: --interval %s: expected a duration, 0 for no rates", interval)
+	}
 	cl := ctlClient(c)
 	info, err := director(cl)
 	if err != nil {
 		return err
 	}
+	var prev []adminapi.Service
+	var prevAt time.Time
+	if interval > 0 {
+		if prev, err = cl.services(); err != nil {
+			return cli.Exit(err.Error(), exitRuntime)
+		}
+		prevAt = time.Now()
+		time.Sleep(interval)
+	}
 	svcs, err := cl.services()
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
+	rates := realRates(prev, svcs, time.Since(prevAt))
 	if c.Bool(jsonFlag.Name) {
 		return printJSON(struct {
-			Director *adminapi.Info     `json:"director"`
-			Services []adminapi.Service `json:"services"`
-		}{info, svcs})
+			Director *adminapi.Info `json:"director"`
+			Services []ratedService `json:"services"`
+		}{info, withRates(svcs, rates)})
 	}
 	fmt.Println(directorLine(info))
+	return writeServices(os.Stdout, svcs, rates)
+}
+
+// writeServices writes each service's line and the table of its reals
+// ("-" for a rate: none).
+func writeServices(out io.Writer, svcs []adminapi.Service, rates map[realKey]realRate) error {
 	for _, s := range svcs {
-		fmt.Printf("%s  scheduler %s  persistence %s\n", s.Service, s.Scheduler, s.Persistence)
-		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "  REAL\tWEIGHT\tCOOKIE\tHEALTH\tACTIVE\tINACTIVE\tPACKETS-IN\tPACKETS-OUT")
+		fmt.Fprintf(out, "%s  scheduler %s  persistence %s\n", s.Service, s.Scheduler, s.Persistence)
+		w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "  REAL\tWEIGHT\tCOOKIE\tHEALTH\tACTIVE\tINACTIVE\tCONNS\tCONNS/S\tPACKETS-IN\tPACKETS-OUT\tBYTES-IN\tBYTES-OUT")
 		for _, r := range s.Reals {
 			health := "up"
 			if r.Down {
@@ -291,7 +384,12 @@ func ctlServiceList(c *cli.Context) error {
 			if r.CookieID != 0 {
 				cookie = strconv.Itoa(int(r.CookieID))
 			}
-			fmt.Fprintf(w, "  %s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\n", r.Addr, r.Weight, cookie, health, r.Active, r.Inactive, r.PacketsIn, r.PacketsOut)
+			cps := "-"
+			if rate, ok := rates[realKey{s.Service, r.Addr}]; ok {
+				cps = fmtNum(rate.Conns)
+			}
+			fmt.Fprintf(w, "  %s\t%d\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%d\t%d\t%d\n", r.Addr, r.Weight, cookie, health, r.Active, r.Inactive,
+				r.Conns, cps, r.PacketsIn, r.PacketsOut, r.BytesIn, r.BytesOut)
 		}
 		if err := w.Flush(); err != nil {
 			return err
