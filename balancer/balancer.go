@@ -68,8 +68,15 @@ type Real struct {
 	Traffic
 }
 
-// Traffic counts what crossed the director for one real.
+// Traffic counts what crossed the director for one real: its flows and
+// their packets and bytes.
+//
+// Conns is every flow ever created on the real (ipvsadm --stats Conns):
+// new connections, and those a failover brought to this director (adopted,
+// steered by a cookie or a probe, recovered), a cookie steer that the real
+// then refused included. It never goes down.
 type Traffic struct {
+	Conns                uint64
 	PacketsIn, BytesIn   uint64 // client -> real
 	PacketsOut, BytesOut uint64 // real -> client
 }

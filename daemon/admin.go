@@ -105,7 +105,7 @@ func services(in []nat.ServiceInfo) []adminapi.Service {
 		for _, r := range s.Reals {
 			as.Reals = append(as.Reals, adminapi.Real{
 				Addr: r.Addr, Weight: r.Weight, Down: r.Down, Removed: r.Removed, Rehome: r.Rehome,
-				CookieID: r.CookieID, Active: r.Active, Inactive: r.Inactive,
+				CookieID: r.CookieID, Active: r.Active, Inactive: r.Inactive, Conns: r.Conns,
 				PacketsIn: r.PacketsIn, BytesIn: r.BytesIn, PacketsOut: r.PacketsOut, BytesOut: r.BytesOut,
 			})
 		}

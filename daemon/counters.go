@@ -237,6 +237,8 @@ var counters = []counterDef{
 		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) { emit(uint64(r.Weight)) })},
 	{name: "real_up", help: "Health per real: 1 up, 0 down.", typ: gaugeType, labels: []string{"service", "real"},
 		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) { emit(b2u(!r.Down)) })},
+	{name: "real_connections_total", help: "Flows ever created per real (ipvsadm --stats Conns).", typ: counterType, labels: []string{"service", "real"},
+		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) { emit(r.Conns) })},
 	{name: "real_packets_total", help: "Packets per real, by direction (in: to the real, out: from it).", typ: counterType, labels: []string{"service", "real", "direction"},
 		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) {
 			emit(r.PacketsIn, "in")

@@ -506,14 +506,14 @@ func TestServicesJSON(t *testing.T) {
 		{Service: "udp:198.18.100.1:53", Scheduler: "rr"},
 	}
 	r := &in[0].Reals[0]
-	r.PacketsIn, r.BytesIn, r.PacketsOut, r.BytesOut = 6, 7, 8, 9
+	r.PacketsIn, r.BytesIn, r.PacketsOut, r.BytesOut, r.Conns = 6, 7, 8, 9, 12
 	got, err := json.Marshal(services(in))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// nat.ServiceInfo's encoding/json output before the move, and the
-	// timestamp cookie id since.
-	const want = `[{"service":"tcp:198.18.100.1:80","scheduler":"wrr","persistence_ns":600000000000,"reals":[{"addr":"198.18.10.11:8080","weight":3,"down":true,"removed":true,"rehome":true,"active":4,"inactive":5,"PacketsIn":6,"BytesIn":7,"PacketsOut":8,"BytesOut":9,"cookie_id":11}]},{"service":"udp:198.18.100.1:53","scheduler":"rr","persistence_ns":0,"reals":null}]`
+	// timestamp cookie id and the real's connections since.
+	const want = `[{"service":"tcp:198.18.100.1:80","scheduler":"wrr","persistence_ns":600000000000,"reals":[{"addr":"198.18.10.11:8080","weight":3,"down":true,"removed":true,"rehome":true,"active":4,"inactive":5,"conns":12,"PacketsIn":6,"BytesIn":7,"PacketsOut":8,"BytesOut":9,"cookie_id":11}]},{"service":"udp:198.18.100.1:53","scheduler":"rr","persistence_ns":0,"reals":null}]`
 	if string(got) != want {
 		t.Fatalf("services JSON\n got %s\nwant %s", got, want)
 	}

@@ -64,7 +64,7 @@ func TestDefaultAdminSocketPerNetNS(t *testing.T) {
 			}
 			t.Logf("holdfast %v in %s: %s", args, d.Name, strings.SplitN(string(out), "\n", 2)[0])
 		}
-		out, err := d.Run(ctx, bin, "stats", "--tun", "hf0")
+		out, err := d.Run(ctx, bin, "stats", "--json", "--tun", "hf0")
 		if want := fmt.Sprintf(`"pid": %d,`, procs[i].PID()); err != nil || !strings.Contains(string(out), want) {
 			t.Fatalf("holdfast stats in %s: %v\n%s\nwant %s in its director field", d.Name, err, out, want)
 		}

@@ -198,9 +198,10 @@ func TestConnsListsLiveFlows(t *testing.T) {
 		t.Fatalf("admin socket owned by uid %d, want %d", uid, os.Getuid())
 	}
 	// The table form prints the director's line, then one line per flow
-	// under a header.
+	// under a header, then the count.
 	out, err := ctl(t, l, "conns")
-	if err != nil || !strings.HasPrefix(out, "director 1  pid ") || strings.Count(strings.TrimSpace(out), "\n") != len(conns)+1 {
+	if err != nil || !strings.HasPrefix(out, "director 1  pid ") || strings.Count(strings.TrimSpace(out), "\n") != len(conns)+2 ||
+		!strings.HasSuffix(out, fmt.Sprintf("\n%d flows\n", len(conns))) {
 		t.Fatalf("holdfast conns: %v\n%s", err, out)
 	}
 }
@@ -320,14 +321,14 @@ func TestReload(t *testing.T) {
 		}
 	}
 	var before, after any
-	ctlJSON(t, l, &before, "service", "list")
+	ctlJSON(t, l, &before, "service", "list", "--interval", "0") // no rates: the same answer twice
 
 	// Broken: rejected whole, nothing changes.
 	if err := os.WriteFile(path, []byte(`{"services":[{"service":"tcp:`+vipHTTP.String()+`","scheduler":"xx","reals":[]}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	reloadAndWait("reload rejected")
-	ctlJSON(t, l, &after, "service", "list")
+	ctlJSON(t, l, &after, "service", "list", "--interval", "0")
 	if fmt.Sprint(before) != fmt.Sprint(after) {
 		t.Fatalf("a rejected reload changed the services:\n%v\n%v", before, after)
 	}

@@ -284,7 +284,8 @@ func (h clientHandshake) viewOr(def int8) int8 {
 }
 
 // insertFlow adds f (its State still StateNone for TCP, the caller's track
-// sets it) and accounts it to its real and persistence template. ok is
+// sets it) and accounts it to its real (its flow counts and Conns) and
+// persistence template. ok is
 // false, and nothing changed but Stats.IndexRefused, if one of f's keys is
 // already taken (see table.insert).
 func (d *Director) insertFlow(f flow) (slot uint32, ok bool) {
@@ -303,6 +304,7 @@ func (d *Director) insertFlow(f flow) (slot uint32, ok bool) {
 	} else {
 		r.Inactive++
 	}
+	r.Conns++
 	if s.Persistence > 0 {
 		ri := int(f.real)
 		a := s.persist[f.Client.Addr()]

@@ -104,6 +104,34 @@ func TestTCPStatesAndReuse(t *testing.T) {
 	}
 }
 
+// TestRealConns: every flow inserted counts once on its real's Conns
+// (ipvsadm's Conns), whatever becomes of it; packets of a flow do not.
+func TestRealConns(t *testing.T) {
+	d := newTestDirector(t)
+	conns := func() [3]uint64 {
+		r := d.Services()[0].Reals
+		return [3]uint64{r[0].Conns, r[1].Conns, r[2].Conns}
+	}
+	handle(t, d, tcp4(client, vip, syn, 1, 0, nil), 1) // rr: rs1
+	handle(t, d, tcp4(rs1, client, synack, 9, 2, nil), 2)
+	handle(t, d, tcp4(client, vip, ack, 2, 10, nil), 3)
+	if got := conns(); got != [3]uint64{1, 0, 0} {
+		t.Fatalf("after one connection to rs1: conns %v, want [1 0 0]", got)
+	}
+	handle(t, d, tcp4(client2, vip, syn, 1, 0, nil), 4) // rs2
+	handle(t, d, tcp4(client, vip, rst, 2, 0, nil), 5)
+	handle(t, d, tcp4(client, vip, syn, 500, 0, nil), 6) // the tuple reused: rs3
+	handle(t, d, tcp4(client, vip, syn, 500, 0, nil), 7) // a retransmitted SYN: the same flow
+	if got := conns(); got != [3]uint64{1, 1, 1} {
+		t.Fatalf("after three flows: conns %v, want [1 1 1]", got)
+	}
+	// Expired flows stay counted.
+	d.Sweep(1+20*60*sec, 100)
+	if got := conns(); got != [3]uint64{1, 1, 1} || d.Stats().Flows != 0 {
+		t.Fatalf("after the flows expired: conns %v, want [1 1 1] (flows %d)", got, d.Stats().Flows)
+	}
+}
+
 func TestMidStreamMissIsScheduled(t *testing.T) {
 	d := newTestDirector(t)
 	out := handle(t, d, tcp4(client, vip, psh, 123, 456, []byte("x")), 1)
@@ -398,7 +426,7 @@ func TestServicesAndRemoval(t *testing.T) {
 	}
 	r := svcs[0].Reals[0]
 	want := RealInfo{Addr: ap(rs1), Weight: 0, Removed: true, Inactive: 1,
-		Traffic: balancer.Traffic{PacketsIn: 1, BytesIn: uint64(len(syn1)), PacketsOut: 1, BytesOut: 50}}
+		Traffic: balancer.Traffic{Conns: 1, PacketsIn: 1, BytesIn: uint64(len(syn1)), PacketsOut: 1, BytesOut: 50}}
 	if r != want {
 		t.Fatalf("rs1 %+v, want %+v", r, want)
 	}

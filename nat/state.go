@@ -1,6 +1,8 @@
 package nat
 
 import (
+	"slices"
+	"strings"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -31,6 +33,20 @@ var stateNames = [numStates]string{
 	"NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT",
 	"CLOSE", "CLOSE_WAIT", "LAST_ACK", "UDP",
 }
+
+// StateNamed returns the state String names s (any case): how a user
+// names one (holdfast conns --state).
+func StateNamed(s string) (State, bool) {
+	for i, n := range stateNames {
+		if strings.EqualFold(n, s) {
+			return State(i), true
+		}
+	}
+	return 0, false
+}
+
+// StateNames lists the names of the states, in order.
+func StateNames() []string { return slices.Clone(stateNames[:]) }
 
 func (s State) String() string {
 	if s < numStates {

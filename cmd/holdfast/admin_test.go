@@ -81,19 +81,23 @@ func TestCtlNamesTheDirector(t *testing.T) {
 	}
 	defer stop()
 
-	for _, args := range [][]string{{"conns"}, {"service", "list"}} {
+	for _, args := range [][]string{{"conns"}, {"service", "list", "--interval", "10ms"}, {"stats", "--interval", "10ms"}} {
 		out, err := runCLI(t, append(args, "--admin-socket", sock)...)
 		if err != nil || !strings.HasPrefix(out, "director 1  pid 777  tun hf0  netns 4026531840  up 0s  version test\n") {
 			t.Errorf("holdfast %v: %v\n%s", args, err, out)
 		}
+	}
+	// The table: one counter, the same in both samples.
+	if out, err := runCLI(t, "stats", "--interval", "10ms", "--admin-socket", sock); err != nil || !strings.HasSuffix(out, "\nflows_created_total      1           0\n") {
+		t.Errorf("holdfast stats: %v\n%s", err, out)
 	}
 	for _, tc := range []struct {
 		args []string
 		key  string
 	}{
 		{[]string{"conns", "--json"}, "conns"},
-		{[]string{"service", "list", "--json"}, "services"},
-		{[]string{"stats"}, "flows_created_total"},
+		{[]string{"service", "list", "--json", "--interval", "0"}, "services"},
+		{[]string{"stats", "--json"}, "flows_created_total"},
 	} {
 		out, err := runCLI(t, append(tc.args, "--admin-socket", sock)...)
 		var m map[string]json.RawMessage

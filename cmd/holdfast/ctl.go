@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/netip"
 	"os"
 	"sort"
 	"strconv"
@@ -11,8 +13,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"holdfast/balancer"
 	"holdfast/daemon/adminapi"
 	"holdfast/internal/unixhttp"
+	"holdfast/nat"
 
 	"github.com/urfave/cli/v2"
 )
@@ -42,18 +46,25 @@ func ctlCommands() []*cli.Command {
 	}
 	return []*cli.Command{
 		{
-			Name: "conns", Usage: "list the flows of a running director (like ipvsadm -Lnc)",
-			Flags: ctlFlags(jsonFlag), OnUsageError: usageError, Action: ctlConns,
+			Name: "conns", Usage: "list the flows of a running director (like ipvsadm -Lnc), and how many",
+			Flags: ctlFlags(jsonFlag,
+				&cli.StringFlag{Name: "service", Usage: "only the flows of the service PROTO:VIP:PORT"},
+				&cli.StringFlag{Name: "real", Usage: "only the flows to the real ADDR:PORT"},
+				&cli.StringFlag{Name: "state", Usage: "only the flows in STATE (" + strings.Join(nat.StateNames()[1:], ", ") + ")"},
+			),
+			OnUsageError: usageError, Action: ctlConns,
 		},
 		{
-			Name: "stats", Usage: "print the counters of a running director",
-			Flags: ctlFlags(), OnUsageError: usageError, Action: ctlStats,
+			Name: "stats", Usage: "print the non-zero counters of a running director with their rates per second (--json: every counter)",
+			Flags: ctlFlags(jsonFlag, statsWatchFlag, statsIntervalFlag), OnUsageError: usageError, Action: ctlStats,
 		},
 		{
 			Name: "service", Usage: "services of a running director",
 			Subcommands: []*cli.Command{{
-				Name: "list", Usage: "list services and reals with weights, health and flow counts",
-				Flags: ctlFlags(jsonFlag), OnUsageError: usageError, Action: ctlServiceList,
+				Name: "list", Usage: "list services and reals with weights, health, flow counts, connections and bytes, and rates (like ipvsadm -Ln --stats --rate)",
+				Flags: ctlFlags(jsonFlag, &cli.DurationFlag{Name: "interval", Value: time.Second,
+					Usage: "time between the two samples the rates come from (0: one sample, no rates; with --json the default is 0)"}),
+				OnUsageError: usageError, Action: ctlServiceList,
 			}, dumpCommand()},
 		},
 		{
@@ -127,7 +138,76 @@ func directorLine(info *adminapi.Info) string {
 		info.ID, info.PID, info.TUN, ns, up, info.Version)
 }
 
+// connFilter is what conns --service, --real and --state keep: the zero
+// value of a field keeps every flow. The admin API answers every flow;
+// the filter is the client's.
+type connFilter struct {
+	proto string // "tcp" or "udp", with vip
+	vip   netip.AddrPort
+	real  netip.AddrPort
+	state string // as the API names it
+}
+
+// newConnFilter reads conns' filter flags.
+func newConnFilter(c *cli.Context) (connFilter, error) {
+	var f connFilter
+	if s := c.String("service"); s != "" {
+		proto, vip, err := balancer.ParseService(s)
+		if err != nil {
+			return f, usagef("--service: %v", err)
+		}
+		f.proto, f.vip = proto.String(), vip
+	}
+	if s := c.String("real"); s != "" {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return f, usagef("--real %q: expected ADDR:PORT", s)
+		}
+		f.real = ap
+	}
+	if s := c.String("state"); s != "" {
+		st, ok := nat.StateNamed(s)
+		if !ok || st == nat.StateNone {
+			return f, usagef("--state %q: expected one of %s", s, strings.Join(nat.StateNames()[1:], ", "))
+		}
+		f.state = st.String()
+	}
+	return f, nil
+}
+
+// keep reports whether the flow passes the filter.
+func (f connFilter) keep(c adminapi.Conn) bool {
+	same := func(want netip.AddrPort, got string) bool {
+		ap, err := netip.ParseAddrPort(got)
+		return err == nil && ap == want
+	}
+	switch {
+	case f.proto != "" && (c.Proto != f.proto || !same(f.vip, c.VIP)):
+		return false
+	case f.real.IsValid() && !same(f.real, c.Real):
+		return false
+	case f.state != "" && c.State != f.state:
+		return false
+	}
+	return true
+}
+
+// filter returns the flows that pass.
+func (f connFilter) filter(conns []adminapi.Conn) []adminapi.Conn {
+	out := conns[:0:0]
+	for _, c := range conns {
+		if f.keep(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 func ctlConns(c *cli.Context) error {
+	filter, err := newConnFilter(c)
+	if err != nil {
+		return err
+	}
 	cl := ctlClient(c)
 	info, err := director(cl)
 	if err != nil {
@@ -137,6 +217,7 @@ func ctlConns(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
+	conns = filter.filter(conns)
 	if c.Bool(jsonFlag.Name) {
 		return printJSON(struct {
 			Director *adminapi.Info  `json:"director"`
@@ -144,8 +225,13 @@ func ctlConns(c *cli.Context) error {
 		}{info, conns})
 	}
 	fmt.Println(directorLine(info))
+	return writeConns(os.Stdout, conns)
+}
+
+// writeConns writes the flows' table, sorted by client, and their count.
+func writeConns(out io.Writer, conns []adminapi.Conn) error {
 	sort.Slice(conns, func(i, j int) bool { return conns[i].Client < conns[j].Client })
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "PRO\tCLIENT\tVIP\tREAL\tSTATE\tKIND\tEXPIRES\tLOCAL\tSEQ-DELTA\tACK-DELTA")
 	for _, f := range conns {
 		local := f.Local
@@ -155,7 +241,15 @@ func ctlConns(c *cli.Context) error {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", strings.ToUpper(f.Proto), f.Client, f.VIP, f.Real,
 			f.State, f.Kind, fmtExpiry(f.ExpiresIn), local, f.SeqDelta, f.AckDelta)
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	flows := "flows"
+	if len(conns) == 1 {
+		flows = "flow"
+	}
+	_, err := fmt.Fprintf(out, "%d %s\n", len(conns), flows)
+	return err
 }
 
 func fmtExpiry(s float64) string {
@@ -163,47 +257,123 @@ func fmtExpiry(s float64) string {
 	return fmt.Sprintf("%02d:%02d", n/60, n%60)
 }
 
-// ctlStats prints the counters as one JSON object (its only form so far):
-// the director that answered is its "director" field, next to the
-// counters' keys, so that the output stays JSON for scripts.
-func ctlStats(c *cli.Context) error {
-	cl := ctlClient(c)
-	info, err := director(cl)
-	if err != nil {
-		return err
+// realRate is a real's traffic per second between two samples (ipvsadm
+// --rate).
+type realRate struct {
+	Conns      float64 `json:"conns_per_s"`
+	PacketsIn  float64 `json:"packets_in_per_s"`
+	PacketsOut float64 `json:"packets_out_per_s"`
+	BytesIn    float64 `json:"bytes_in_per_s"`
+	BytesOut   float64 `json:"bytes_out_per_s"`
+}
+
+// realKey names a real of a service across two samples.
+type realKey struct {
+	service string
+	addr    netip.AddrPort
+}
+
+// realRates is the rate of every real of cur that prev, dt earlier, has
+// too, with counters that did not go down (a restart between the two).
+func realRates(prev, cur []adminapi.Service, dt time.Duration) map[realKey]realRate {
+	if dt <= 0 || prev == nil {
+		return nil
 	}
-	st, err := cl.stats()
-	if err != nil {
-		return cli.Exit(err.Error(), exitRuntime)
+	before := make(map[realKey]adminapi.Real)
+	for _, s := range prev {
+		for _, r := range s.Reals {
+			before[realKey{s.Service, r.Addr}] = r
+		}
 	}
-	if st == nil {
-		st = map[string]any{}
+	per := func(a, b uint64) float64 { return float64(b-a) / dt.Seconds() }
+	rates := make(map[realKey]realRate)
+	for _, s := range cur {
+		for _, r := range s.Reals {
+			k := realKey{s.Service, r.Addr}
+			p, ok := before[k]
+			if !ok || r.Conns < p.Conns || r.PacketsIn < p.PacketsIn || r.PacketsOut < p.PacketsOut || r.BytesIn < p.BytesIn || r.BytesOut < p.BytesOut {
+				continue
+			}
+			rates[k] = realRate{per(p.Conns, r.Conns), per(p.PacketsIn, r.PacketsIn), per(p.PacketsOut, r.PacketsOut), per(p.BytesIn, r.BytesIn), per(p.BytesOut, r.BytesOut)}
+		}
 	}
-	st["director"] = info
-	return printJSON(st)
+	return rates
+}
+
+// ratedService is a service as service list --json prints it: the API's,
+// each real with its rates (none with --interval 0).
+type ratedService struct {
+	adminapi.Service
+	Reals []ratedReal `json:"reals"`
+}
+
+type ratedReal struct {
+	adminapi.Real
+	Rate *realRate `json:"rate,omitempty"`
+}
+
+func withRates(svcs []adminapi.Service, rates map[realKey]realRate) []ratedService {
+	out := make([]ratedService, 0, len(svcs))
+	for _, s := range svcs {
+		rs := ratedService{Service: s, Reals: make([]ratedReal, 0, len(s.Reals))}
+		for _, r := range s.Reals {
+			rr := ratedReal{Real: r}
+			if rate, ok := rates[realKey{s.Service, r.Addr}]; ok {
+				rr.Rate = &rate
+			}
+			rs.Reals = append(rs.Reals, rr)
+		}
+		out = append(out, rs)
+	}
+	return out
 }
 
 func ctlServiceList(c *cli.Context) error {
+	interval := c.Duration("interval")
+	if interval < 0 {
+		return usagef("service list: --interval %s: expected a duration, 0 for no rates", interval)
+	}
+	if c.Bool(jsonFlag.Name) && !c.IsSet("interval") {
+		// A script asks for the counters, not for a second's wait: rates
+		// in JSON only with an --interval given.
+		interval = 0
+	}
 	cl := ctlClient(c)
 	info, err := director(cl)
 	if err != nil {
 		return err
+	}
+	var prev []adminapi.Service
+	var prevAt time.Time
+	if interval > 0 {
+		if prev, err = cl.services(); err != nil {
+			return cli.Exit(err.Error(), exitRuntime)
+		}
+		prevAt = time.Now()
+		time.Sleep(interval)
 	}
 	svcs, err := cl.services()
 	if err != nil {
 		return cli.Exit(err.Error(), exitRuntime)
 	}
+	rates := realRates(prev, svcs, time.Since(prevAt))
 	if c.Bool(jsonFlag.Name) {
 		return printJSON(struct {
-			Director *adminapi.Info     `json:"director"`
-			Services []adminapi.Service `json:"services"`
-		}{info, svcs})
+			Director *adminapi.Info `json:"director"`
+			Services []ratedService `json:"services"`
+		}{info, withRates(svcs, rates)})
 	}
 	fmt.Println(directorLine(info))
+	return writeServices(os.Stdout, svcs, rates)
+}
+
+// writeServices writes each service's line and the table of its reals
+// ("-" for a rate: none).
+func writeServices(out io.Writer, svcs []adminapi.Service, rates map[realKey]realRate) error {
 	for _, s := range svcs {
-		fmt.Printf("%s  scheduler %s  persistence %s\n", s.Service, s.Scheduler, s.Persistence)
-		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "  REAL\tWEIGHT\tCOOKIE\tHEALTH\tACTIVE\tINACTIVE\tPACKETS-IN\tPACKETS-OUT")
+		fmt.Fprintf(out, "%s  scheduler %s  persistence %s\n", s.Service, s.Scheduler, s.Persistence)
+		w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "  REAL\tWEIGHT\tCOOKIE\tHEALTH\tACTIVE\tINACTIVE\tCONNS\tCONNS/S\tPACKETS-IN\tPACKETS-OUT\tBYTES-IN\tBYTES-OUT")
 		for _, r := range s.Reals {
 			health := "up"
 			if r.Down {
@@ -219,7 +389,12 @@ func ctlServiceList(c *cli.Context) error {
 			if r.CookieID != 0 {
 				cookie = strconv.Itoa(int(r.CookieID))
 			}
-			fmt.Fprintf(w, "  %s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\n", r.Addr, r.Weight, cookie, health, r.Active, r.Inactive, r.PacketsIn, r.PacketsOut)
+			cps := "-"
+			if rate, ok := rates[realKey{s.Service, r.Addr}]; ok {
+				cps = fmtNum(rate.Conns)
+			}
+			fmt.Fprintf(w, "  %s\t%d\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%d\t%d\t%d\n", r.Addr, r.Weight, cookie, health, r.Active, r.Inactive,
+				r.Conns, cps, r.PacketsIn, r.PacketsOut, r.BytesIn, r.BytesOut)
 		}
 		if err := w.Flush(); err != nil {
 			return err

@@ -72,6 +72,7 @@ type Real struct {
 	Rehome     bool           `json:"rehome"`  // removed with rehome: its flows move away
 	Active     int            `json:"active"`
 	Inactive   int            `json:"inactive"`
+	Conns      uint64         `json:"conns"`     // flows ever created on it
 	PacketsIn  uint64         `json:"PacketsIn"` // client -> real
 	BytesIn    uint64         `json:"BytesIn"`
 	PacketsOut uint64         `json:"PacketsOut"` // real -> client

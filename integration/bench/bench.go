@@ -277,14 +277,14 @@ func (b *bench) checkPath(ctx context.Context) error {
 	return fmt.Errorf("no HTTP answer through the VIP within 10s: %w", err)
 }
 
-// holdfastStats is `holdfast stats` of the director in d: its counters as
+// holdfastStats is `holdfast stats --json` of the director in d: its counters as
 // JSON (or a JSON string with the error).
 func (b *bench) holdfastStats(ctx context.Context, d *lab.Director) json.RawMessage {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	out, err := runHost(ctx, b.cfg.holdfast, "stats", "--admin-socket", lab.AdminSocket(d))
+	out, err := runHost(ctx, b.cfg.holdfast, "stats", "--json", "--admin-socket", lab.AdminSocket(d))
 	if err != nil || !json.Valid(out) {
-		msg, _ := json.Marshal(fmt.Sprintf("holdfast stats: %v: %s", err, strings.TrimSpace(string(out))))
+		msg, _ := json.Marshal(fmt.Sprintf("holdfast stats --json: %v: %s", err, strings.TrimSpace(string(out))))
 		return msg
 	}
 	return json.RawMessage(out)

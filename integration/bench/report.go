@@ -30,7 +30,7 @@ type Results struct {
 	Rows        []*Row                     `json:"rows"`
 	Storm       *Storm                     `json:"storm,omitempty"`
 	Cookie      *Cookie                    `json:"cookie,omitempty"`
-	Counters    map[string]json.RawMessage `json:"holdfast_counters,omitempty"` // `holdfast stats` at the end of each phase
+	Counters    map[string]json.RawMessage `json:"holdfast_counters,omitempty"` // `holdfast stats --json` at the end of each phase
 	Method      map[string]string          `json:"method"`
 	Notes       []string                   `json:"notes,omitempty"`
 }
@@ -414,7 +414,7 @@ func firstLine(s string) string {
 	return line
 }
 
-// counterAnomalies lists the non-zero counters of `holdfast stats` output
+// counterAnomalies lists the non-zero counters of `holdfast stats --json` output
 // that count trouble.
 func counterAnomalies(raw json.RawMessage) string {
 	var m map[string]any
