@@ -59,8 +59,16 @@ const (
 	// Linux's 500 ms tcp_invalid_ratelimit (a rate-limited answer does not
 	// restart it, so the retry always gets one from a live socket).
 	retryAfter = 510_000_000
-	// answerWait is how long an answer to the retry is waited for.
+	// answerWait is how long a real's answer to a probe's retry is waited
+	// for (the reals' link: a round trip of well under a millisecond).
 	answerWait = 500_000_000
+	// challengeWait is how long a client's answer to a challenge's retry
+	// is waited for: a round trip to a client far away. A genuine client
+	// answers well before it and ends the wait; only a source that never
+	// answers (a spoofed one) holds its prefix's slot for it, so that a
+	// flood of them from one prefix starts RecoveryConfig.PrefixInflight
+	// misses per 2 s, not per second.
+	challengeWait = 1_500_000_000
 	// steerWait bounds how long a cookie steer keeps its trigger for a
 	// fall-through to the probes: the real's answer to a forwarded
 	// segment takes one round trip on the reals' link.
@@ -798,7 +806,7 @@ func (d *Director) missTimers(now int64) {
 				d.endMiss(key, pd)
 				continue
 			}
-			pd.retried, pd.deadline = true, now+answerWait
+			pd.retried, pd.deadline = true, now+challengeWait
 			d.emit(challengePacket(key, pd))
 			d.stats.ChallengesSent++
 		}

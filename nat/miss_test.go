@@ -478,11 +478,11 @@ func TestChallenge(t *testing.T) {
 		if len(pr.Challenges) != 2 || !bytes.Equal(pr.Challenges[0], pr.Challenges[1]) {
 			t.Fatalf("%d challenges, want the retry (the same packet)", len(pr.Challenges))
 		}
-		d.Sweep(t0+retryAfter+answerWait-1, 100)
+		d.Sweep(t0+retryAfter+challengeWait-1, 100)
 		if d.Stats().Inflight != 1 {
-			t.Fatal("ended before answerWait")
+			t.Fatal("ended before challengeWait")
 		}
-		d.Sweep(t0+retryAfter+answerWait, 100)
+		d.Sweep(t0+retryAfter+challengeWait, 100)
 		st := d.Stats()
 		if st.ChallengesUnanswered != 1 || st.ChallengesSent != 2 || len(fr.dials) != 0 || st.Flows != 0 || len(pr.Out) != 0 || st.ClientResets != 0 {
 			t.Fatalf("stats %+v, dials %d, out %d", st, len(fr.dials), len(pr.Out))

@@ -84,9 +84,10 @@ type RecoveryConfig struct {
 // prefix (a NAT gateway, an office) is picked up at once. A miss (the
 // search for a connection's real, miss.go) holds its prefix's in-flight slot
 // for a round trip to the reals when the real still holds the connection,
-// and for about a second when the source never answers its challenge (a
-// spoofed one): the slot count is what a flood from one prefix costs per
-// second (each miss: a probe and its answer per real, two challenges).
+// and for about two seconds when the source never answers its challenge (a
+// spoofed one: challengeWait): the slot count is what a flood from one
+// prefix costs per two seconds (each miss: a probe and its answer per real,
+// two challenges).
 // The bench's recovery storm from one client (6,000 idle keep-alive
 // connections, all resuming at once, every one steered back to its real)
 // took 0.59 to 1.01 s with 1024 in flight per prefix, 1.06 to 1.15 s with

@@ -935,7 +935,7 @@ func stepSeeds() [][]byte {
 		// answer after the retry; one unanswered; then two owners.
 		slices.Concat(cl(0, fPsh, 0, 0, 2), resets, chalAns(cReset, 0, 1, 0), chalAns(cRstAck, 0, 0, 0), chalAns(cReset, 0, 0, 0),
 			cl(1, fPsh, 0, 0, 2), resets, sweep(6, 3), chalAns(cAck, sent5, 0, 0),
-			cl(2, fPsh, 0, 0, 2), resets, sweep(6, 3), sweep(5, 3),
+			cl(2, fPsh, 0, 0, 2), resets, sweep(6, 3), sweep(15, 3),
 			cl(3, fPsh, 0, 0, 2), probeAns(0, pOwner), probeAns(1, pOwner), probeAns(2, pReset), chalAns(cAck, sent5, 0, 0)),
 	}
 }
