@@ -200,6 +200,11 @@ func (r *runner) applyReal(c adminapi.RealChange) error {
 	if err != nil {
 		return fmt.Errorf("real: %w", err)
 	}
+	if c.Op != "add" && addr.String() != c.Real {
+		// A weight or an id in the real's string would be ignored: say
+		// so instead (`real weight` takes --weight).
+		return fmt.Errorf("real %q: expected ADDR:PORT alone (a weight or an id is for real add; real weight takes --weight)", c.Real)
+	}
 	if c.Op == "remove" && c.Service == "" {
 		return r.removeEverywhere(addr, c.Rehome)
 	}

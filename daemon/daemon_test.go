@@ -601,3 +601,31 @@ func TestRealChangeLogged(t *testing.T) {
 		t.Fatalf("logged %v, want op weight, weight 0", l)
 	}
 }
+
+// `real weight` and `real remove` take the real as ADDR:PORT alone: a weight
+// or an id in it (which they would ignore) is refused, naming the field.
+func TestRealChangeRejectsWeightInReal(t *testing.T) {
+	dev := tuntest.NewMemDevice("hft", 64)
+	td := startDaemon(t, testConfig(t, dev, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	svc := "tcp:" + vip.String()
+	for _, ch := range []adminapi.RealChange{
+		{Op: "weight", Service: svc, Real: realA.String() + "*3", Weight: 2},
+		{Op: "remove", Service: svc, Real: realA.String() + ",id=4"},
+	} {
+		_, err := td.admin.ChangeReal(ctx, ch)
+		if err == nil || !strings.Contains(err.Error(), "expected ADDR:PORT alone") {
+			t.Errorf("%s %q: %v, want a refusal", ch.Op, ch.Real, err)
+		}
+	}
+	svcs, err := td.admin.Services(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range svcs[0].Reals {
+		if r.Addr == realA && r.Weight != 1 {
+			t.Fatalf("the refused change applied: %+v", r)
+		}
+	}
+}
