@@ -61,19 +61,17 @@ func iperf3(ctx context.Context, l *lab.Lab, args ...string) (iperfEnd, error) {
 func TestThreeServices(t *testing.T) {
 	l := startLab(t, lab.Options{Reals: 3})
 	d, rs1 := l.Directors[0], l.Reals[0]
-	if _, err := rs1.Start("iperf3-server", "iperf3", "-s", "-B", rs1.Addr.String(), "-p", strconv.Itoa(iperfPort)); err != nil {
+	// iperf3 prints its banner once it listens (--forceflush: at once,
+	// through the pipe).
+	srv, err := rs1.Start("iperf3-server", "iperf3", "-s", "--forceflush", "-B", rs1.Addr.String(), "-p", strconv.Itoa(iperfPort))
+	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		out, _ := runIn(rs1.NS, 2*time.Second, "ss", "-Hltn", "sport = :"+strconv.Itoa(iperfPort))
-		if strings.TrimSpace(out) != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("iperf3 server on rs1 not listening after 5s")
-		}
-		time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, err = srv.WaitForLine(ctx, func(l lab.Line) bool { return strings.Contains(l.Text, "Server listening") })
+	cancel()
+	if err != nil {
+		t.Fatalf("iperf3 server on rs1 not listening: %v\n%s", err, srv.Stderr())
 	}
 
 	iperfReal := netip.AddrPortFrom(rs1.Addr, iperfPort).String()
@@ -118,7 +116,7 @@ func TestThreeServices(t *testing.T) {
 			}
 		})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	tcp, tcpErr := iperf3(ctx, l, "-t", "2")
 	udp, udpErr := iperf3(ctx, l, "-u", "-b", "10M", "-t", "2")

@@ -435,7 +435,7 @@ func (a *anchorPair) waitSynced(t *testing.T, conns []*httpConn) {
 			t.Fatalf("B's conntrackd external cache lacks %d of %d connections after 10 s (client ports %v); it holds:\n%s",
 				len(m), len(ports), m, strings.Join(lines, "\n"))
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll interval: conntrackd announces nothing when entries arrive
 	}
 }
 

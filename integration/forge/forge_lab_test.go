@@ -25,7 +25,7 @@ import (
 // Needs root.
 func TestSendThroughLab(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: a namespace lab and raw sockets")
+		t.Skip("skipping: needs root for a namespace lab and raw sockets (CI runs as root)")
 	}
 	l, err := lab.New(lab.Options{})
 	if err != nil {

@@ -139,7 +139,7 @@ func TestServeFile(t *testing.T) {
 // credentials), which needs root.
 func TestServeAbstractRefusesOtherUsers(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: connects as another uid")
+		t.Skip("skipping: needs root to set another uid on the connecting thread (CI runs as root)")
 	}
 	path := abstractName(t)
 	stop, err := Serve(path, okHandler(), zerolog.Nop())
