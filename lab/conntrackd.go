@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/template"
 	"time"
 )
@@ -252,21 +251,4 @@ func entryLines(out string) []string {
 // stop ends the conntrackd processes (SIGTERM, by PID: each removes its lock
 // file and socket) and removes the directory. One that does not exit in
 // time is left to the lab's SIGKILL.
-func (s *ConntrackSync) stop() error {
-	var errs []error
-	for _, p := range s.procs {
-		if err := p.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-			errs = append(errs, fmt.Errorf("lab: SIGTERM %s (pid %d): %w", p.Name, p.PID(), err))
-		}
-	}
-	for _, p := range s.procs {
-		select {
-		case <-p.Done():
-		case <-time.After(5 * time.Second):
-		}
-	}
-	if err := os.RemoveAll(s.dir); err != nil {
-		errs = append(errs, fmt.Errorf("lab: %w", err))
-	}
-	return errors.Join(errs...)
-}
+func (s *ConntrackSync) stop() error { return stopProcs(s.procs, s.dir) }

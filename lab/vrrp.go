@@ -255,20 +255,25 @@ func (l *Lab) startVRRP() error {
 // stop ends the keepalived processes (SIGTERM, by PID: each removes its
 // floating addresses and tells its peer) and removes the directory. One that
 // does not exit in time is left to the lab's SIGKILL.
-func (v *vrrpState) stop() error {
+func (v *vrrpState) stop() error { return stopProcs(v.keepalived, v.dir) }
+
+// stopProcs sends each of procs SIGTERM (by PID), waits up to 5 s for each
+// to exit (one that does not is left to the lab's SIGKILL) and removes dir,
+// their configuration.
+func stopProcs(procs []*Proc, dir string) error {
 	var errs []error
-	for _, p := range v.keepalived {
+	for _, p := range procs {
 		if err := p.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			errs = append(errs, fmt.Errorf("lab: SIGTERM %s (pid %d): %w", p.Name, p.PID(), err))
 		}
 	}
-	for _, p := range v.keepalived {
+	for _, p := range procs {
 		select {
 		case <-p.Done():
 		case <-time.After(5 * time.Second):
 		}
 	}
-	if err := os.RemoveAll(v.dir); err != nil {
+	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, fmt.Errorf("lab: %w", err))
 	}
 	return errors.Join(errs...)

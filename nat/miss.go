@@ -453,8 +453,9 @@ func (pd *pending) probeOf(reals []*balancer.Real, addr netip.AddrPort) *probe {
 func (pd *pending) fitsOwner(seq, ack uint32, win uint16) bool {
 	rwin := max(uint32(win)<<maxWScale, minAckWin)
 	for _, b := range pd.parked {
-		sq, _, sa, hasAck, _ := segNumbers(b)
-		cwin := max(uint32(segWindow(b))<<maxWScale, minAckWin)
+		ps, _ := readParked(b)
+		sq, sa, hasAck := ps.seq, ps.ack, ps.hasAck
+		cwin := max(uint32(ps.win)<<maxWScale, minAckWin)
 		if hasAck && !seqAfter(sa, seq) && seq-sa <= cwin && (ack-sq <= rwin || sq-ack <= rwin) {
 			return true
 		}
@@ -462,30 +463,29 @@ func (pd *pending) fitsOwner(seq, ack uint32, win uint16) bool {
 	return false
 }
 
-// segWindow is a parked segment's window field.
-func segWindow(b []byte) uint16 {
-	var p packet
-	if p.decodeIP(b) != DropNone || len(p.l4) < header.TCPMinimumSize {
-		return 0
-	}
-	return header.TCP(p.l4).WindowSize()
+// parkedSeg is what the miss path reads of a parked segment.
+type parkedSeg struct {
+	seq, end, ack uint32
+	win           uint16
+	hasAck, sack  bool // an ACK; SACK blocks
 }
 
-// segNumbers reads a parked segment's seq, end, ack, whether it carries an
-// ACK and SACK blocks (parked copies are well formed: they were decoded).
-func segNumbers(b []byte) (seq, end, ack uint32, hasAck, sack bool) {
+// readParked reads a parked segment (parked copies are well formed: they
+// were decoded when parked); ok is false otherwise.
+func readParked(b []byte) (ps parkedSeg, ok bool) {
 	var p packet
 	if p.decodeIP(b) != DropNone {
-		return 0, 0, 0, false, false
+		return ps, false
 	}
 	t := header.TCP(p.l4)
 	if len(t) < header.TCPMinimumSize || int(t.DataOffset()) > len(t) {
-		return 0, 0, 0, false, false
+		return ps, false
 	}
 	p.seq, p.flags = t.SequenceNumber(), t.Flags()
 	p.data = len(t) - int(t.DataOffset())
-	sack, _, _, _ = tcpOptions(t)
-	return p.seq, segEnd(&p), t.AckNumber(), p.flags&header.TCPFlagAck != 0, sack
+	ps = parkedSeg{seq: p.seq, end: segEnd(&p), ack: t.AckNumber(), win: t.WindowSize(), hasAck: p.flags&header.TCPFlagAck != 0}
+	ps.sack, _, _, _ = tcpOptions(t)
+	return ps, true
 }
 
 // decideProbes ends the probe round of pd when it can: exactly one
@@ -594,7 +594,8 @@ func isPureACK(p *packet) bool {
 func (d *Director) challengeAnswer(key Key, pd *pending, a *packet, now int64) (wire.Verdict, DropReason, []byte) {
 	at, sacked, short := -1, false, false
 	for i, b := range pd.parked {
-		seq, end, ack, hasAck, sack := segNumbers(b)
+		ps, _ := readParked(b)
+		seq, end, ack, hasAck, sack := ps.seq, ps.end, ps.ack, ps.hasAck, ps.sack
 		if hasAck && ack == a.ack && !seqAfter(end, a.seq) && a.seq-seq <= fitWin {
 			switch {
 			case end-seq <= 1:
@@ -639,12 +640,12 @@ func (d *Director) challengeAnswer(key Key, pd *pending, a *packet, now int64) (
 		// The reset of a failed dial takes the client's numbers from the
 		// segments kept (as park does), not from those dropped.
 		for i, b := range pd.parked {
-			_, end, ack, hasAck, _ := segNumbers(b)
-			if hasAck && (i == 0 || seqAfter(ack, pd.lastAck)) {
-				pd.lastAck = ack
+			ps, _ := readParked(b)
+			if ps.hasAck && (i == 0 || seqAfter(ps.ack, pd.lastAck)) {
+				pd.lastAck = ps.ack
 			}
-			if i == 0 || seqAfter(end, pd.lastEnd) {
-				pd.lastEnd = end
+			if i == 0 || seqAfter(ps.end, pd.lastEnd) {
+				pd.lastEnd = ps.end
 			}
 		}
 	}

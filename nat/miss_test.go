@@ -25,21 +25,8 @@ const ms = sec / 1000
 // Quiet peers.
 func newMissDirector(t testing.TB, cookieBits int, mod ...func(*RecoveryConfig)) (*Director, *fakeDialer, *nattest.Peers) {
 	t.Helper()
-	fr := &fakeDialer{}
-	pr := &nattest.Peers{Quiet: true}
-	d := newTestDirector(t, func(c *Config) {
-		c.CookieBits = cookieBits
-		c.Recovery = RecoveryConfig{
-			Enabled: true, Dialer: fr, Addrs: []netip.Addr{netip.MustParseAddr(recAddr)},
-			PortLo: 10000, PortHi: 10009, WScale: 7, MSS: 1460,
-			Rate: 1000, MaxInflight: 10, ParkBytes: 1 << 20, ParkFlowBytes: 1 << 16,
-		}
-		for _, m := range mod {
-			m(&c.Recovery)
-		}
-		c.Emit = pr.Emit
-	})
-	answer(d, pr)
+	d, fr, pr := recDirector(t, cookieBits, mod...)
+	pr.Quiet = true
 	return d, fr, pr
 }
 

@@ -43,9 +43,17 @@ func newRecDirector(t testing.TB, mod ...func(*RecoveryConfig)) (*Director, *fak
 
 func newRecDirectorPeers(t testing.TB, mod ...func(*RecoveryConfig)) (*Director, *fakeDialer, *nattest.Peers) {
 	t.Helper()
+	return recDirector(t, 0, mod...)
+}
+
+// recDirector is newRecDirectorPeers with timestamp cookies of cookieBits
+// bits (0: off).
+func recDirector(t testing.TB, cookieBits int, mod ...func(*RecoveryConfig)) (*Director, *fakeDialer, *nattest.Peers) {
+	t.Helper()
 	fr := &fakeDialer{}
 	pr := &nattest.Peers{}
 	d := newTestDirector(t, func(c *Config) {
+		c.CookieBits = cookieBits
 		c.Recovery = RecoveryConfig{
 			Enabled: true, Dialer: fr, Addrs: []netip.Addr{netip.MustParseAddr(recAddr)},
 			PortLo: 10000, PortHi: 10009, WScale: 7, MSS: 1460,

@@ -489,15 +489,11 @@ func (e *iperfKilled) Error() string {
 // first.
 func (b *bench) cookieIperf(ctx context.Context, r *CookieRun, limit time.Duration, during func(started time.Time) error, args ...string) (cookieIperfResult, error) {
 	var res cookieIperfResult
-	rs := b.rs1
-	srv, err := rs.Start("iperf3-server", "iperf3", "-s", "-1", "-B", rs.Addr.String(), "-p", strconv.Itoa(iperfPort))
+	srv, err := b.iperfServer(ctx)
 	if err != nil {
 		return res, err
 	}
 	defer stopProc(srv, syscall.SIGTERM, 5*time.Second) //nolint:errcheck // a one-off server has usually exited
-	if err := waitListening(ctx, rs.NS, srv, 5*time.Second, netip.AddrPortFrom(rs.Addr, iperfPort)); err != nil {
-		return res, err
-	}
 	cctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	argv := append([]string{"iperf3", "-c", lab.VIP.String(), "-p", strconv.Itoa(iperfPort), "-J", "--connect-timeout", "3000"}, args...)

@@ -414,19 +414,30 @@ type iperfResult struct {
 	} `json:"end"`
 }
 
+// iperfServer starts a one-off iperf3 server on rs1 and waits until it
+// listens; the caller stops it.
+func (b *bench) iperfServer(ctx context.Context) (*lab.Proc, error) {
+	rs := b.rs1
+	srv, err := rs.Start("iperf3-server", "iperf3", "-s", "-1", "-B", rs.Addr.String(), "-p", strconv.Itoa(iperfPort))
+	if err != nil {
+		return nil, err
+	}
+	if err := waitListening(ctx, rs.NS, srv, 5*time.Second, netip.AddrPortFrom(rs.Addr, iperfPort)); err != nil {
+		stopProc(srv, syscall.SIGTERM, 5*time.Second) //nolint:errcheck // the error that matters is err
+		return nil, err
+	}
+	return srv, nil
+}
+
 // iperf runs one iperf3 test from the client to VIP:iperfPort against a
 // one-off server on rs1.
 func (b *bench) iperf(ctx context.Context, args ...string) (iperfResult, error) {
 	var res iperfResult
-	rs := b.rs1
-	srv, err := rs.Start("iperf3-server", "iperf3", "-s", "-1", "-B", rs.Addr.String(), "-p", strconv.Itoa(iperfPort))
+	srv, err := b.iperfServer(ctx)
 	if err != nil {
 		return res, err
 	}
 	defer stopProc(srv, syscall.SIGTERM, 5*time.Second) //nolint:errcheck // a one-off server has usually exited
-	if err := waitListening(ctx, rs.NS, srv, 5*time.Second, netip.AddrPortFrom(rs.Addr, iperfPort)); err != nil {
-		return res, err
-	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.duration+30*time.Second)
 	defer cancel()
 	argv := append([]string{"iperf3", "-c", lab.VIP.String(), "-p", strconv.Itoa(iperfPort), "-J", "--connect-timeout", "3000"}, args...)
