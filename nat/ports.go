@@ -36,7 +36,8 @@ func newPortAlloc(addrs []netip.Addr, lo, hi uint16) (portAlloc, error) {
 
 func (a *portAlloc) size() int { return len(a.addrs) * (int(a.hi-a.lo) + 1) }
 
-// get reserves a local address:port not in use toward real.
+// get reserves a local address:port not in use toward real, other than
+// the real's own port.
 func (a *portAlloc) get(real netip.AddrPort) (netip.AddrPort, bool) {
 	n := a.size()
 	ports := int(a.hi-a.lo) + 1
@@ -44,6 +45,11 @@ func (a *portAlloc) get(real netip.AddrPort) (netip.AddrPort, bool) {
 		i := a.next
 		a.next = (a.next + 1) % n
 		local := netip.AddrPortFrom(a.addrs[i/ports], a.lo+uint16(i%ports))
+		if local.Port() == real.Port() {
+			// Never the real's own port: a connection from port 80 to
+			// port 80 reads, on the reals' side, as the service's reply.
+			continue
+		}
 		k := pair{endpointOf(local), endpointOf(real)}
 		if _, used := a.inUse[k]; !used {
 			a.inUse[k] = struct{}{}

@@ -54,3 +54,28 @@ func TestDirectorPortsDisjoint(t *testing.T) {
 		}
 	}
 }
+
+// A real is never dialled from its own port: a range that is nothing but
+// the real's port has no port toward it, and a wider one skips it.
+func TestPortAllocSkipsRealPort(t *testing.T) {
+	rec := netip.MustParseAddr("198.18.200.1")
+	real := netip.MustParseAddrPort("198.18.10.11:10001")
+	a, err := newPortAlloc([]netip.Addr{rec}, 10001, 10001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := a.get(real); ok {
+		t.Fatalf("dialled %v from the real's own port %v", real, l)
+	}
+	if a, err = newPortAlloc([]netip.Addr{rec}, 10000, 10002); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if l, ok := a.get(real); !ok || l.Port() == real.Port() {
+			t.Fatalf("get = %v, %v", l, ok)
+		}
+	}
+	if l, ok := a.get(real); ok {
+		t.Fatalf("a third port toward the real, of two that are not its own: %v", l)
+	}
+}

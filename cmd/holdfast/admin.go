@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 
 	"holdfast/daemon/adminapi"
 	"holdfast/internal/unixhttp"
@@ -23,13 +24,31 @@ import (
 // instead (unixhttp.PeerAllowed: root or the director's user).
 func defaultAdminSocket(tun string) string { return "@holdfast/" + tun }
 
-// unreachable points an error that reached no server at --admin-socket.
+// unreachable says an error that reached no server in a sentence: where
+// the client looked, why it failed (the errno, not the HTTP client's chain
+// of wrappers), and what to check.
 func unreachable(err error) error {
-	if errors.Is(err, unixhttp.ErrUnreachable) {
-		return fmt.Errorf("%w (is holdfast run --tun ... running in this network namespace? see --tun, --admin-socket)", err)
+	if !errors.Is(err, unixhttp.ErrUnreachable) {
+		return err
 	}
-	return err
+	why := "no answer"
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		why = errno.Error()
+	}
+	var ue *unixhttp.UnreachableError
+	where := "the admin socket"
+	if errors.As(err, &ue) {
+		where = ue.Path
+	}
+	return noDirector(fmt.Sprintf("no director answers on %s (%s): is holdfast run --tun ... running in this network namespace? (see --tun, --admin-socket)", where, why))
 }
+
+// noDirector is unreachable's sentence; it is unixhttp.ErrUnreachable.
+type noDirector string
+
+func (e noDirector) Error() string        { return string(e) }
+func (e noDirector) Is(target error) bool { return target == unixhttp.ErrUnreachable }
 
 // directorClient is a director's admin API client with the CLI's words for
 // its errors: the flag that finds the socket, and the flags a refused

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
+	"regexp"
 	"strings"
 
 	"holdfast/balancer"
@@ -54,7 +56,12 @@ func loadServices(c *cli.Context) ([]*balancer.Service, error) {
 		}
 	}
 	if err := balancer.ValidateServices(svcs); err != nil {
-		return nil, usagef("%v", err)
+		// services[i] means nothing on a command line: the flag does.
+		msg := servicesIndex.ReplaceAllString(err.Error(), "")
+		if strings.Contains(msg, ": the check ") {
+			msg = "--check: " + msg
+		}
+		return nil, usagef("%s", msg)
 	}
 	return svcs, nil
 }
@@ -86,6 +93,10 @@ func realArgs(in []string) []string {
 	}
 	return out
 }
+
+// servicesIndex is ValidateServices' "services[i]: " (the config file's
+// words).
+var servicesIndex = regexp.MustCompile(`^services\[\d+\]: `)
 
 // serviceFromFlags builds one service given by the per-service flags.
 func serviceFromFlags(sc balancer.ServiceConfig) (*balancer.Service, error) {
@@ -187,5 +198,34 @@ func jsonError(data []byte, err error) string {
 	}
 	line := 1 + bytes.Count(data[:off], []byte("\n"))
 	col := off - int64(bytes.LastIndexByte(data[:off], '\n'))
+	if te != nil {
+		// Not the decoder's Go type names: what the field should hold.
+		return fmt.Sprintf("line %d col %d: %s: a JSON %s, expected %s (as in the README)", line, col, jsonField(te), te.Value, jsonWant(te))
+	}
 	return fmt.Sprintf("line %d col %d: %s (expected JSON as in the README)", line, col, strings.TrimPrefix(err.Error(), "json: "))
+}
+
+// jsonField names the field of a value of the wrong JSON type.
+func jsonField(te *json.UnmarshalTypeError) string {
+	if te.Field == "" {
+		return "the file"
+	}
+	return te.Field
+}
+
+// jsonWant names what a field of the config file holds, for a value of
+// the wrong JSON type in it.
+func jsonWant(te *json.UnmarshalTypeError) string {
+	if te.Field == "" {
+		return `an object {"services": [...]}`
+	}
+	switch te.Type.Kind() {
+	case reflect.Slice:
+		return "a list"
+	case reflect.String:
+		return "a string"
+	case reflect.Struct:
+		return "an object"
+	}
+	return "a " + te.Type.Kind().String()
 }

@@ -44,7 +44,7 @@ func ctlCommands() []*cli.Command {
 		&cli.StringFlag{Name: "service", Required: true, Usage: "the service, PROTO:VIP:PORT"},
 		&cli.StringFlag{Name: "real", Required: true, Usage: "the real, ADDR:PORT (with add: ADDR:PORT[*WEIGHT][,id=N], N its timestamp cookie id)"},
 	}
-	return []*cli.Command{
+	return noArgs([]*cli.Command{
 		{
 			Name: "conns", Usage: "list the flows of a running director (like ipvsadm -Lnc), and how many",
 			Flags: ctlFlags(jsonFlag,
@@ -106,7 +106,26 @@ func ctlCommands() []*cli.Command {
 				},
 			},
 		},
+	})
+}
+
+// noArgs refuses arguments to the control commands (every setting is a
+// flag): `service list tcp:VIP:80` would otherwise list every service.
+func noArgs(cmds []*cli.Command) []*cli.Command {
+	for _, cmd := range cmds {
+		noArgs(cmd.Subcommands)
+		if cmd.Action == nil {
+			continue
+		}
+		action := cmd.Action
+		cmd.Action = func(c *cli.Context) error {
+			if c.Args().Len() > 0 {
+				return usagef("%s: unexpected argument %q (every setting is a --flag)", strings.TrimPrefix(c.Command.HelpName, c.App.Name+" "), c.Args().First())
+			}
+			return action(c)
+		}
 	}
+	return cmds
 }
 
 // director asks which director answers on the socket: conns, service
@@ -409,8 +428,24 @@ func ctlReal(c *cli.Context, ch adminapi.RealChange) error {
 }
 
 func sendReal(c *cli.Context, ch adminapi.RealChange) error {
+	if ch.Service != "" {
+		if _, _, err := balancer.ParseService(ch.Service); err != nil {
+			return usagef("--service: %v", err)
+		}
+	}
+	if ch.Op == "add" {
+		if _, _, _, err := balancer.ParseReal(ch.Real); err != nil {
+			return usagef("--real: %v", err)
+		}
+	} else if _, err := netip.ParseAddrPort(ch.Real); err != nil {
+		return usagef("--%s %q: expected ADDR:PORT (no weight, no id: they are not part of a real's name)", map[bool]string{true: "rehome", false: "real"}[ch.Rehome], ch.Real)
+	}
 	if err := ctlClient(c).changeReal(ch); err != nil {
-		return cli.Exit(err.Error(), exitUsage)
+		code := exitUsage // the director refused the change
+		if errors.Is(err, unixhttp.ErrUnreachable) {
+			code = exitRuntime
+		}
+		return cli.Exit(err.Error(), code)
 	}
 	fmt.Printf("%s %s: done\n", ch.Op, ch.Real)
 	return nil

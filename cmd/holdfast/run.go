@@ -106,6 +106,9 @@ func parseRun(c *cli.Context) (daemon.Config, error) {
 	if s.Recovery, err = parseRecovery(c); err != nil {
 		return s, err
 	}
+	if err := recoveryClear(s.Recovery, s.Services, c.IsSet(recoveryPortsFlag.Name)); err != nil {
+		return s, err
+	}
 	for _, svc := range s.Services {
 		// The reals' cookie ids (nat.New assigns them again): a
 		// collision is the configuration's fault.
@@ -169,4 +172,40 @@ func validIfName(name string) bool {
 		return false
 	}
 	return !strings.ContainsAny(name, "/: \t\n\r\v\f")
+}
+
+// recoveryClear refuses a recovery address that is a VIP or a real (nat
+// refuses it too, without naming the flag) and an explicit --recovery-ports
+// range holding a service's port (its VIP's or a real's): a recovered
+// connection from the recovery address's port 80 to a real reads, on the
+// reals' side, as a reply of the web service, which stateless filters
+// ("source port 80, let it in") pass and captures mislabel. A range derived
+// from --director-id is not the operator's choice to refuse: the allocator
+// never dials a real from the real's own port (nat portAlloc.get).
+func recoveryClear(r daemon.Recovery, svcs []*balancer.Service, explicitPorts bool) error {
+	for _, svc := range svcs {
+		for _, a := range r.Addrs {
+			if a == svc.VIP.Addr() {
+				return usagef("--%s %s: is the VIP of service %s (a recovery address is the director's own, routed to it, never a VIP or a real)", recoveryAddrFlag.Name, a, svc)
+			}
+			for _, rl := range svc.Reals {
+				if a == rl.Addr.Addr() {
+					return usagef("--%s %s: is a real of service %s (a recovery address is the director's own, routed to it, never a VIP or a real)", recoveryAddrFlag.Name, a, svc)
+				}
+			}
+		}
+		if !explicitPorts {
+			continue
+		}
+		ports := []uint16{svc.VIP.Port()}
+		for _, rl := range svc.Reals {
+			ports = append(ports, rl.Addr.Port())
+		}
+		for _, p := range ports {
+			if p >= r.PortLo && p <= r.PortHi {
+				return usagef("--%s %d-%d: holds port %d of service %s; a recovered connection from it reads as the service's reply on the reals' side: choose a range clear of the services' ports", recoveryPortsFlag.Name, r.PortLo, r.PortHi, p, svc)
+			}
+		}
+	}
+	return nil
 }

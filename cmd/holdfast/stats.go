@@ -138,6 +138,13 @@ func fmtNum(v float64) string {
 // JSON object, the director that answered being its "director" field next
 // to the counters' keys so that the output stays JSON for scripts.
 func ctlStats(c *cli.Context) error {
+	interval := c.Duration(statsIntervalFlag.Name)
+	switch {
+	case c.Bool(jsonFlag.Name) && c.Bool(statsWatchFlag.Name):
+		return usagef("stats: --watch is for the table, not --json")
+	case interval < 0 || (interval == 0 && c.Bool(statsWatchFlag.Name)):
+		return usagef("stats: --interval %s: expected a positive duration (0 without --watch: no rates)", interval)
+	}
 	cl := ctlClient(c)
 	info, err := director(cl)
 	if err != nil {
@@ -154,19 +161,12 @@ func ctlStats(c *cli.Context) error {
 		return st, nil
 	}
 	if c.Bool(jsonFlag.Name) {
-		if c.Bool(statsWatchFlag.Name) {
-			return usagef("stats: --watch is for the table, not --json")
-		}
 		st, err := sample()
 		if err != nil {
 			return err
 		}
 		st["director"] = info
 		return printJSON(st)
-	}
-	interval := c.Duration(statsIntervalFlag.Name)
-	if interval < 0 || (interval == 0 && c.Bool(statsWatchFlag.Name)) {
-		return usagef("stats: --interval %s: expected a positive duration (0 without --watch: no rates)", interval)
 	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

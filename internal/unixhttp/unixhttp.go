@@ -196,6 +196,22 @@ func NewClient(path string) *Client {
 // ErrUnreachable wraps the error of a call that reached no server.
 var ErrUnreachable = errors.New("no server on the socket")
 
+// UnreachableError is the error of a call that reached no server on Path:
+// it is ErrUnreachable, and it wraps the dial's error.
+type UnreachableError struct {
+	Path string
+	Err  error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("socket %s: %v: %v", e.Path, ErrUnreachable, e.Err)
+}
+
+// Is makes errors.Is(err, ErrUnreachable) hold.
+func (e *UnreachableError) Is(target error) bool { return target == ErrUnreachable }
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
 // Do sends a request (body as JSON, if not nil) and decodes the JSON answer
 // into out. A non-200 answer is an error with the answer's first line.
 func (c *Client) Do(ctx context.Context, method, url string, body, out any) error {
@@ -213,7 +229,7 @@ func (c *Client) Do(ctx context.Context, method, url string, body, out any) erro
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("socket %s: %w: %w", c.Path, ErrUnreachable, err)
+		return &UnreachableError{Path: c.Path, Err: err}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
