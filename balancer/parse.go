@@ -173,8 +173,12 @@ func (c ServiceConfig) Build() (*Service, error) {
 			return nil, fmt.Errorf("check: %w", err)
 		}
 	}
-	if len(c.Reals) == 0 {
-		return nil, fmt.Errorf("reals: no real server given for service %s; expected at least one ADDR:PORT[*WEIGHT]", c.Service)
+	if c.Reals == nil {
+		// Missing, as opposed to an empty list: a service with no real
+		// yet (it drops its new flows, counted as no_real, until `real
+		// add`), as `service dump` writes one whose reals were all
+		// removed, and as ipvsadm -S does.
+		return nil, fmt.Errorf("reals: no real server given for service %s; expected at least one ADDR:PORT[*WEIGHT] (or [] for none yet)", c.Service)
 	}
 	svc := &Service{Proto: proto, VIP: vip, Scheduler: sched, Persistence: persist,
 		Reals: make([]*Real, 0, len(c.Reals)), Check: check}

@@ -142,7 +142,7 @@ func TestServiceConfigBuild(t *testing.T) {
 		{"negative persistence", valid(func(c *ServiceConfig) { c.Persistence = "-1s" }),
 			`persistence: invalid duration "-1s": expected a non-negative Go duration, e.g. 30m or 1h30m`},
 		{"no reals", valid(func(c *ServiceConfig) { c.Reals = nil }),
-			`reals: no real server given for service tcp:198.18.0.10:80; expected at least one ADDR:PORT[*WEIGHT]`},
+			`reals: no real server given for service tcp:198.18.0.10:80; expected at least one ADDR:PORT[*WEIGHT] (or [] for none yet)`},
 		{"bad real", valid(func(c *ServiceConfig) { c.Reals = append(c.Reals, "198.18.10.13") }),
 			`reals[2]: invalid real "198.18.10.13": expected ADDR:PORT[*WEIGHT][,id=N], e.g. 198.18.10.11:80*2`},
 		{"duplicate real", valid(func(c *ServiceConfig) { c.Reals = append(c.Reals, "198.18.10.11:80*5") }),

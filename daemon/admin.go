@@ -171,11 +171,16 @@ func (r *runner) real(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	if err := r.applyReal(c); err != nil {
+	r.changeMu.Lock()
+	err := r.applyReal(c)
+	if err == nil {
+		r.setChecks() // a real added is checked from now on, one removed no longer
+	}
+	r.changeMu.Unlock()
+	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	r.setChecks() // a real added is checked from now on, one removed no longer
 	ev := r.log.Info().Str("op", c.Op).Str(fService, c.Service).Str("real", c.Real)
 	switch c.Op {
 	case "add":

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"os/signal"
 	"strconv"
 	"sync"
@@ -54,6 +55,10 @@ type runner struct {
 	// checksMu orders setChecks calls (a reload and an admin change may
 	// race): the last to read the Director's reals is the last to Set.
 	checksMu sync.Mutex
+	// changeMu orders the changes to the Director's services: a reload
+	// reads the running services, merges the file into them and applies
+	// the merge; an admin change in between would be undone by it.
+	changeMu sync.Mutex
 	src      *sources
 	// file is the services as the reload source last gave them (at start:
 	// Config.Services), to tell which reals a reload changes (reload.go).
@@ -323,7 +328,9 @@ func (r *runner) setChecks() {
 // (readiness itself goes to the service manager, see notify).
 func (r *runner) logStart(tunName string, mtu int) {
 	c := r.cfg
-	for _, svc := range c.Services {
+	for _, svc := range r.d.Services() {
+		// The Director's copy under its lock: it owns c.Services now,
+		// and health checks may be changing them.
 		r.logService(svc)
 		r.logCookieless(svc)
 	}
@@ -346,7 +353,7 @@ func (r *runner) logStart(tunName string, mtu int) {
 // logCookieless warns, once at start, of the reals of svc beyond its
 // timestamp cookie ids (nat.Config.CookieBits): their flows carry no
 // cookie, and another director finds them by probe only.
-func (r *runner) logCookieless(svc *balancer.Service) {
+func (r *runner) logCookieless(svc nat.ServiceInfo) {
 	k := r.cfg.Recovery.CookieBits
 	if k == 0 {
 		return
@@ -354,26 +361,33 @@ func (r *runner) logCookieless(svc *balancer.Service) {
 	without := zerolog.Arr()
 	n := 0
 	for _, real := range svc.Reals {
-		if real.CookieID == 0 {
+		if real.CookieID == 0 && !real.Removed {
 			without.Str(real.Addr.String())
 			n++
 		}
 	}
 	if n > 0 {
-		r.log.Warn().Str(fService, svc.String()).Int("ts_cookie_bits", k).Array(fReals, without).
+		r.log.Warn().Str(fService, svc.Service).Int("ts_cookie_bits", k).Array(fReals, without).
 			Msgf("more reals than the %d timestamp cookie ids: these get no cookie (raise --ts-cookie-bits)", 1<<k-1)
 	}
 }
 
-func (r *runner) logService(svc *balancer.Service) {
+func (r *runner) logService(svc nat.ServiceInfo) {
 	reals := zerolog.Arr()
 	for _, real := range svc.Reals {
+		if real.Removed {
+			continue
+		}
 		s := real.Addr.String() + "*" + strconv.Itoa(real.Weight)
 		if real.CookieID != 0 {
 			s += ",id=" + strconv.Itoa(int(real.CookieID))
 		}
 		reals.Str(s)
 	}
-	r.log.Info().Str(fService, svc.String()).Str(fScheduler, svc.Scheduler.Name()).
-		Str("persistence", svc.Persistence.String()).Array(fReals, reals).Msg("service")
+	ev, msg := r.log.Info(), "service"
+	if !slices.ContainsFunc(svc.Reals, func(r nat.RealInfo) bool { return !r.Removed }) {
+		ev, msg = r.log.Warn(), "service has no real: its new flows are dropped (no_real) until real add"
+	}
+	ev.Str(fService, svc.Service).Str(fScheduler, svc.Scheduler).
+		Str("persistence", svc.Persistence.String()).Array(fReals, reals).Msg(msg)
 }

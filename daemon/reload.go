@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"holdfast/balancer"
@@ -138,6 +139,12 @@ func mergeReload(prev fileState, next []*balancer.Service, running []nat.Service
 			case cur.Weight != fr.Weight:
 				lines = append(lines, reloadLine{service: name, real: a, msg: fmt.Sprintf("real %s weight %d -> %d (reload)", a, cur.Weight, fr.Weight)})
 			}
+			if isLive && fr.CookieIDSet && cur.CookieID != 0 && cur.CookieID != fr.CookieID {
+				// nat keeps a live real's id: its flows' cookies, on
+				// every director, carry it. Say so instead of nothing.
+				lines = append(lines, reloadLine{service: name, real: a, kept: true,
+					msg: fmt.Sprintf("real %s keeps cookie id %d, not the file's %d (its flows' cookies carry it: remove the real, let its flows end, then add it with the new id)", a, cur.CookieID, fr.CookieID)})
+			}
 			ms.Reals = append(ms.Reals, &balancer.Real{Addr: fr.Addr, Weight: fr.Weight, CookieID: fr.CookieID, CookieIDSet: fr.CookieIDSet})
 		}
 		for _, r := range rs.Reals { // live reals the file does not list
@@ -181,13 +188,17 @@ func (r *runner) reload() {
 		return
 	}
 	nextFile := fileStateOf(next) // before Reconfigure, which owns next's new services
+	r.changeMu.Lock()
 	apply, lines := mergeReload(r.file, next, r.d.Services())
 	if err := r.d.Reconfigure(apply); err != nil {
+		r.changeMu.Unlock()
 		r.log.Error().Err(err).Msg("reload rejected; the running configuration stays")
 		return
 	}
 	r.file = nextFile
 	r.setChecks()
+	running := r.d.Services()
+	r.changeMu.Unlock()
 	changed := 0
 	for _, l := range lines {
 		ev := r.log.Info().Str(fService, l.service)
@@ -199,8 +210,10 @@ func (r *runner) reload() {
 		}
 		ev.Msg(l.msg)
 	}
-	for _, svc := range apply {
-		r.logService(svc)
+	for _, svc := range running {
+		if listed := slices.ContainsFunc(apply, func(s *balancer.Service) bool { return s.String() == svc.Service }); listed {
+			r.logService(svc)
+		}
 	}
 	r.log.Info().Int("services", len(apply)).Int("changes", changed).Msg("reloaded")
 }

@@ -31,16 +31,16 @@ func svc(t *testing.T, sched, check string, reals ...string) *balancer.Service {
 }
 
 // running is the Director's view of one service of vip with reals
-// ADDR*WEIGHT (a trailing "-": removed, draining).
+// ADDR*WEIGHT[,id=N] (a trailing "-": removed, draining).
 func running(sched string, reals ...string) []nat.ServiceInfo {
 	si := nat.ServiceInfo{Service: "tcp:" + vip.String(), Scheduler: sched}
 	for _, r := range reals {
 		removed := strings.HasSuffix(r, "-")
-		addr, w, _, err := balancer.ParseReal(strings.TrimSuffix(r, "-"))
+		addr, w, id, err := balancer.ParseReal(strings.TrimSuffix(r, "-"))
 		if err != nil {
 			panic(err)
 		}
-		si.Reals = append(si.Reals, nat.RealInfo{Addr: addr, Weight: w, Removed: removed})
+		si.Reals = append(si.Reals, nat.RealInfo{Addr: addr, Weight: w, Removed: removed, CookieID: id})
 	}
 	return []nat.ServiceInfo{si}
 }
@@ -108,6 +108,15 @@ func TestMergeReload(t *testing.T) {
 			want: []string{a + "*1", b + "*1"},
 			wantLines: []string{
 				"real " + b + " weight 0 -> 1 (reload)",
+			},
+		},
+		{
+			name: "a live real keeps its cookie id, and says so",
+			prev: svc(t, "rr", "", a, b+",id=3"), next: svc(t, "rr", "", a, b+",id=5"),
+			run:  running("rr", a, b+",id=3"),
+			want: []string{a + "*1", b + "*1"},
+			wantKept: []string{
+				"real " + b + " keeps cookie id 3, not the file's 5 (its flows' cookies carry it: remove the real, let its flows end, then add it with the new id)",
 			},
 		},
 	}

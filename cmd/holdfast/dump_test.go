@@ -21,7 +21,7 @@ import (
 // TestServiceDumpRoundTrip: a director run from a --config file, changed
 // at runtime (a weight, a real added, one removed); holdfast service dump
 // prints a file that the --config parser reads back as the services that
-// run, cookie ids included.
+// run, cookie ids included, and a service whose reals were all removed.
 func TestServiceDumpRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "in.json")
@@ -38,8 +38,7 @@ func TestServiceDumpRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := fmt.Sprintf("@holdfast-test/%d/dump", os.Getpid())
-	// READY=1 comes after the start-up log, which reads the services
-	// unlocked: no change before it.
+	// READY=1: the director serves, its admin socket is up.
 	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "notify"), Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
@@ -71,6 +70,7 @@ func TestServiceDumpRoundTrip(t *testing.T) {
 		{Op: "weight", Service: "tcp:" + vip + ":80", Real: "198.18.10.12:80", Weight: 0},
 		{Op: "add", Service: "tcp:" + vip + ":80", Real: "198.18.10.14:80*3"},
 		{Op: "remove", Service: "tcp:" + vip + ":80", Real: "198.18.10.11:80"},
+		{Op: "remove", Service: "udp:" + vip + ":53", Real: "198.18.10.11:53"}, // its only real: "reals": []
 	} {
 		if running, err = cl.ChangeReal(context.Background(), ch); err != nil {
 			t.Fatalf("%+v: %v", ch, err)
@@ -89,7 +89,7 @@ func TestServiceDumpRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the dump is not a valid --config file: %v\n%s", err, out)
 	}
-	want := "tcp:" + vip + ":80 rr p=30m0s check 198.18.10.12:80*0 198.18.10.13:80*1 198.18.10.14:80*3; udp:" + vip + ":53 sh 198.18.10.11:53*1"
+	want := "tcp:" + vip + ":80 rr p=30m0s check 198.18.10.12:80*0 198.18.10.13:80*1 198.18.10.14:80*3; udp:" + vip + ":53 sh"
 	if got := describe(back); got != want {
 		t.Errorf("dump read back:\n%s\nwant\n%s\ndump:\n%s", got, want, out)
 	}
