@@ -41,14 +41,15 @@ func newDirector(ctx context.Context, cfg Config, mtu int, write func([]byte), c
 	}
 	var eng *recovery.Engine
 	if r.Enabled {
-		mss := r.MSS
+		mss, mss6 := r.MSS, r.MSS
 		if mss == 0 {
 			mss = mtu - header.IPv4MinimumSize - header.TCPMinimumSize
+			mss6 = mtu - header.IPv6MinimumSize - header.TCPMinimumSize
 		}
 		eng = recovery.New(recovery.Config{Timeout: r.Timeout, Attempts: attempts}, ns, write, clk.Now, log)
 		ncfg.Recovery = nat.RecoveryConfig{
 			Enabled: true, Dialer: eng, Addrs: r.Addrs,
-			PortLo: r.PortLo, PortHi: r.PortHi, WScale: r.WScale, MSS: mss,
+			PortLo: r.PortLo, PortHi: r.PortHi, WScale: r.WScale, MSS: mss, MSS6: mss6,
 			Rate: float64(r.Rate), MaxInflight: r.MaxInflight, Allow: r.Allow,
 			ParkBytes: r.ParkBytes, ParkFlowBytes: min(r.ParkBytes, parkFlowBytes), MTU: mtu,
 			PrefixLen4: r.PrefixLen4, PrefixLen6: r.PrefixLen6,

@@ -2,6 +2,7 @@ package nat
 
 import (
 	"bytes"
+	"net/netip"
 	"testing"
 
 	"holdfast/internal/wire"
@@ -121,7 +122,7 @@ func BenchmarkLookup(b *testing.B) {
 	for i := range n {
 		f := flow{
 			Proto:  protoTCP,
-			Client: endpoint{[4]byte{198, 18, byte(i >> 8), byte(i)}, uint16(1024 + i%60000)},
+			Client: endpointOf(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), uint16(1024+i%60000))),
 			VIP:    endpointOf(ap(vip)), Real: endpointOf(ap(rs1)),
 		}
 		t.insert(f)

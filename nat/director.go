@@ -82,9 +82,6 @@ func New(cfg Config) (*Director, error) {
 	}
 	d.cookieBits = uint8(cfg.CookieBits)
 	for _, s := range cfg.Services {
-		if !s.VIP.Addr().Is4() {
-			return nil, fmt.Errorf("service %s: only IPv4 VIPs are served", s)
-		}
 		k := svcKey{uint8(s.Proto), s.VIP}
 		if _, dup := d.bySvc[k]; dup {
 			return nil, fmt.Errorf("service %s configured twice", s)
@@ -98,9 +95,6 @@ func New(cfg Config) (*Director, error) {
 		d.vips[s.VIP.Addr()] = struct{}{}
 		d.servesProto[s.Proto] = true
 		for _, r := range s.Reals {
-			if !r.Addr.Addr().Is4() {
-				return nil, fmt.Errorf("real %s: only IPv4 reals are served", r.Addr)
-			}
 			d.realAddrs[r.Addr.Addr()] = struct{}{}
 			rk := svcKey{uint8(s.Proto), r.Addr}
 			d.realSvcs[rk] = append(d.realSvcs[rk], si)
@@ -112,7 +106,50 @@ func New(cfg Config) (*Director, error) {
 	if err := d.rec.init(cfg.Recovery, d.vips, d.realAddrs); err != nil {
 		return nil, err
 	}
+	if err := d.checkFamilies(cfg.Services); err != nil {
+		return nil, err
+	}
 	return d, nil
+}
+
+// checkFamilies refuses a service whose reals are not all of its VIP's
+// family (no NAT46 or NAT64 here) and, with recovery on, a service of a
+// family no recovery address has: its recovery dials would have no source.
+func (d *Director) checkFamilies(svcs []*balancer.Service) error {
+	for _, s := range svcs {
+		v4 := s.VIP.Addr().Is4()
+		for _, r := range s.Reals {
+			if err := sameFamily(s, r.Addr); err != nil {
+				return err
+			}
+		}
+		if d.rec.enabled && !d.rec.ports.has(v4) {
+			return fmt.Errorf("service %s is %s: recovery needs a recovery address of that family", s, family(v4))
+		}
+	}
+	return nil
+}
+
+// sameFamily refuses a real of the other family than s's VIP.
+func sameFamily(s fmt.Stringer, real netip.AddrPort) error {
+	var vip netip.AddrPort
+	switch sv := s.(type) {
+	case *balancer.Service:
+		vip = sv.VIP
+	case *service:
+		vip = sv.VIP
+	}
+	if v4 := vip.Addr().Is4(); real.Addr().Is4() != v4 {
+		return fmt.Errorf("real %s of service %s: an %s service takes %s reals only (no NAT46 or NAT64)", real, s, family(v4), family(v4))
+	}
+	return nil
+}
+
+func family(v4 bool) string {
+	if v4 {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // Handle decides one packet read from the device, rewriting it in place, and

@@ -41,22 +41,24 @@ func (k Kind) String() string {
 	return "kind?"
 }
 
-// endpoint is an IPv4 address and port in 6 bytes and no pointer. Flows and
-// the index's keys hold endpoints rather than netip.AddrPort (32 bytes, one
-// of them a pointer): the table stays small and the garbage collector has
-// nothing in it to scan. The zero endpoint stands for "none".
+// endpoint is an address and port in 18 bytes and no pointer, an IPv4
+// address in its IPv4-mapped IPv6 form (decodeIPv6 refuses that form on
+// the wire, so the two families never meet). Flows and the index's keys
+// hold endpoints rather than netip.AddrPort (32 bytes, one of them a
+// pointer): the garbage collector has nothing in the table to scan. The
+// zero endpoint stands for "none".
 type endpoint struct {
-	ip   [4]byte
+	ip   [16]byte
 	port uint16
 }
 
-// endpointOf packs a (4-byte or 4-in-6) address and port; an invalid one
-// gives the zero endpoint.
+// endpointOf packs an address and port; an invalid one gives the zero
+// endpoint.
 func endpointOf(a netip.AddrPort) endpoint {
 	if !a.Addr().IsValid() {
 		return endpoint{}
 	}
-	return endpoint{a.Addr().As4(), a.Port()}
+	return endpoint{a.Addr().As16(), a.Port()}
 }
 
 // AddrPort unpacks e; the zero endpoint gives the invalid AddrPort.
@@ -64,13 +66,13 @@ func (e endpoint) AddrPort() netip.AddrPort {
 	if e == (endpoint{}) {
 		return netip.AddrPort{}
 	}
-	return netip.AddrPortFrom(netip.AddrFrom4(e.ip), e.port)
+	return netip.AddrPortFrom(e.Addr(), e.port)
 }
 
-// Addr returns e's address.
-func (e endpoint) Addr() netip.Addr { return netip.AddrFrom4(e.ip) }
+// Addr returns e's address (IPv4 as IPv4).
+func (e endpoint) Addr() netip.Addr { return netip.AddrFrom16(e.ip).Unmap() }
 
-// fkey is a Key packed for the index (14 bytes, no pointer).
+// fkey is a Key packed for the index (38 bytes, no pointer).
 type fkey struct {
 	src, dst endpoint
 	proto    uint8

@@ -246,7 +246,6 @@ func TestBadInput(t *testing.T) {
 		{"empty", nil, DropTruncated},
 		{"short ip", good[:10], DropTruncated},
 		{"version 5", mut(func(b []byte) []byte { b[0] = 0x55; return b }), DropMalformed},
-		{"ipv6", mut(func(b []byte) []byte { b[0] = 0x60; return b }), DropUnsupported},
 		{"ihl 4", mut(func(b []byte) []byte { b[0] = 0x44; return b }), DropMalformed},
 		{"total length beyond buffer", good[:len(good)-1], DropTruncated},
 		{"ip checksum", mut(func(b []byte) []byte { b[10] ^= 1; return b }), DropBadChecksum},

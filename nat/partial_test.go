@@ -6,8 +6,6 @@ import (
 	"testing"
 
 	"holdfast/internal/wire"
-
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 // asPartial returns b with its TCP/UDP checksum replaced by what a
@@ -15,12 +13,15 @@ import (
 // pseudo-header sum only.
 func asPartial(b []byte) []byte {
 	b = bytes.Clone(b)
-	ip := header.IPv4(b)
-	off := 20 + 16
-	if ip.Protocol() == protoUDP {
-		off = 20 + 6
+	var p packet
+	if p.decodeIP(b) != DropNone {
+		panic("asPartial: not an IP packet")
 	}
-	binary.BigEndian.PutUint16(b[off:], pseudoHeaderSum(ip, ip.Protocol(), len(ip.Payload())))
+	off := len(b) - len(p.l4) + 16
+	if p.proto == protoUDP {
+		off = len(b) - len(p.l4) + 6
+	}
+	binary.BigEndian.PutUint16(b[off:], p.pseudoSum(len(p.l4)))
 	return b
 }
 

@@ -10,16 +10,22 @@ import (
 // portAlloc hands out the recovery address:port a recovery dials from. A pair
 // may serve several reals at once (the 4-tuple stays unique), so it is
 // reserved per real: from the moment nat asks for a dial until the dial fails
-// or, when it succeeds, until the recovered flow ends. Guarded by the
-// Director's lock.
+// or, when it succeeds, until the recovered flow ends. A real is dialled from
+// a recovery address of its own family. Guarded by the Director's lock.
 type portAlloc struct {
-	addrs  []netip.Addr
+	fam    [2]famPorts // IPv4, IPv6
 	lo, hi uint16
-	next   int // cursor over addrs x ports
 	inUse  map[pair]struct{}
 }
 
-// pair is a (local, real) reservation packed in 12 bytes without a pointer
+// famPorts are the recovery addresses of one family and the cursor over
+// addrs x ports.
+type famPorts struct {
+	addrs []netip.Addr
+	next  int
+}
+
+// pair is a (local, real) reservation packed in 36 bytes without a pointer
 // (two netip.AddrPort are 64 bytes, with pointers the collector scans):
 // there is one per recovered flow.
 type pair struct{ local, real endpoint }
@@ -31,20 +37,47 @@ func newPortAlloc(addrs []netip.Addr, lo, hi uint16) (portAlloc, error) {
 	if lo == 0 || hi < lo {
 		return portAlloc{}, fmt.Errorf("recovery ports %d-%d: expected 1 <= LO <= HI", lo, hi)
 	}
-	return portAlloc{addrs: addrs, lo: lo, hi: hi, inUse: make(map[pair]struct{})}, nil
+	a := portAlloc{lo: lo, hi: hi, inUse: make(map[pair]struct{})}
+	for _, addr := range addrs {
+		f := &a.fam[famIndex(addr)]
+		f.addrs = append(f.addrs, addr.Unmap())
+	}
+	return a, nil
 }
 
-func (a *portAlloc) size() int { return len(a.addrs) * (int(a.hi-a.lo) + 1) }
+// famIndex is 0 for an IPv4 address, 1 for IPv6.
+func famIndex(a netip.Addr) int {
+	if a.Unmap().Is4() {
+		return 0
+	}
+	return 1
+}
 
-// get reserves a local address:port not in use toward real, other than
-// the real's own port.
+// has reports whether there is a recovery address of the family (IPv4 if
+// v4, else IPv6).
+func (a *portAlloc) has(v4 bool) bool {
+	i := 1
+	if v4 {
+		i = 0
+	}
+	return len(a.fam[i].addrs) > 0
+}
+
+// size is the number of address:port pairs of all families.
+func (a *portAlloc) size() int {
+	return (len(a.fam[0].addrs) + len(a.fam[1].addrs)) * (int(a.hi-a.lo) + 1)
+}
+
+// get reserves a local address:port of real's family not in use toward
+// real, other than the real's own port.
 func (a *portAlloc) get(real netip.AddrPort) (netip.AddrPort, bool) {
-	n := a.size()
+	f := &a.fam[famIndex(real.Addr())]
 	ports := int(a.hi-a.lo) + 1
+	n := len(f.addrs) * ports
 	for range n {
-		i := a.next
-		a.next = (a.next + 1) % n
-		local := netip.AddrPortFrom(a.addrs[i/ports], a.lo+uint16(i%ports))
+		i := f.next
+		f.next = (f.next + 1) % n
+		local := netip.AddrPortFrom(f.addrs[i/ports], a.lo+uint16(i%ports))
 		if local.Port() == real.Port() {
 			// Never the real's own port: a connection from port 80 to
 			// port 80 reads, on the reals' side, as the service's reply.

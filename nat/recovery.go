@@ -44,9 +44,10 @@ type RecoveryConfig struct {
 	PortLo, PortHi uint16
 	// WScale (0..14) and MSS are what a recovery SYN advertises when the
 	// client's own handshake is unknown (after a failover); MSS 0 leaves
-	// it to the dialer. A re-home knows the client's and says what it said.
+	// it to the dialer. MSS6 is the MSS of IPv6 dials (their headers are
+	// 20 bytes longer). A re-home knows the client's and says what it said.
 	WScale        int
-	MSS           int
+	MSS, MSS6     int
 	Rate          float64        // recoveries started per second
 	MaxInflight   int            // recoveries in flight at once
 	Allow         []netip.Prefix // clients that may trigger recovery; empty = any
@@ -262,8 +263,8 @@ func (rc *recovery) init(c RecoveryConfig, vips, reals map[netip.Addr]struct{}) 
 	rc.probes = make(map[Key]Key)
 	rc.probed = make(map[Key]int64)
 	for _, a := range c.Addrs {
-		if !a.Is4() {
-			return fmt.Errorf("recovery address %s: only IPv4 is served", a)
+		if a = a.Unmap(); !a.IsGlobalUnicast() {
+			return fmt.Errorf("recovery address %s: expected a unicast address", a)
 		}
 		if _, clash := vips[a]; clash {
 			return fmt.Errorf("recovery address %s is also a VIP", a)
@@ -283,8 +284,8 @@ func (rc *recovery) init(c RecoveryConfig, vips, reals map[netip.Addr]struct{}) 
 		return errors.New("recovery enabled without a recovery address")
 	case c.WScale < 0 || c.WScale > 14:
 		return fmt.Errorf("recovery window scale %d: expected 0..14", c.WScale)
-	case c.MSS < 0 || c.MSS > 0xffff:
-		return fmt.Errorf("recovery MSS %d: expected 0..65535", c.MSS)
+	case c.MSS < 0 || c.MSS > 0xffff || c.MSS6 < 0 || c.MSS6 > 0xffff:
+		return fmt.Errorf("recovery MSS %d (IPv4), %d (IPv6): expected 0..65535", c.MSS, c.MSS6)
 	case c.Rate <= 0:
 		return fmt.Errorf("recovery rate %g: expected a positive number of recoveries per second", c.Rate)
 	case c.MaxInflight <= 0:
@@ -351,6 +352,9 @@ func (rc *recovery) dialOptions(pd *pending, local, real netip.AddrPort) wire.Di
 	o := wire.DialOptions{
 		Local: local, Remote: real, Timestamps: pd.ts, SACK: true,
 		WScale: rc.WScale, MSS: rc.MSS,
+	}
+	if !real.Addr().Is4() {
+		o.MSS = rc.MSS6
 	}
 	if pd.hs.known {
 		o.WScale, o.SACK = int(pd.hs.ws), pd.hs.sack

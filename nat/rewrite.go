@@ -16,8 +16,6 @@ import (
 // edges (tcpx.go), the quoted header of an ICMP error (icmp.go), and the TTL
 // and type of an echo reply.
 
-func tcpipAddr(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }
-
 // anyAddr converts an address of either family (a 4-in-6 one as IPv4).
 func anyAddr(a netip.Addr) tcpip.Address {
 	if a = a.Unmap(); a.Is4() {
@@ -30,9 +28,8 @@ func anyAddr(a netip.Addr) tcpip.Address {
 // packet.
 func rewriteDst(p *packet, to netip.AddrPort) {
 	if old := p.dst.Addr(); old != to.Addr() {
-		oa, na := tcpipAddr(old), tcpipAddr(to.Addr())
-		p.ip.SetDestinationAddressWithChecksumUpdate(na)
-		l4PseudoAddr(p, oa, na)
+		p.setIPAddr(false, to.Addr())
+		l4PseudoAddr(p, anyAddr(old), anyAddr(to.Addr()))
 	}
 	if p.dst.Port() != to.Port() {
 		l4SetPort(p, false, to.Port())
@@ -43,9 +40,8 @@ func rewriteDst(p *packet, to netip.AddrPort) {
 // rewriteSrc sets the source address and port of a decoded TCP or UDP packet.
 func rewriteSrc(p *packet, to netip.AddrPort) {
 	if old := p.src.Addr(); old != to.Addr() {
-		oa, na := tcpipAddr(old), tcpipAddr(to.Addr())
-		p.ip.SetSourceAddressWithChecksumUpdate(na)
-		l4PseudoAddr(p, oa, na)
+		p.setIPAddr(true, to.Addr())
+		l4PseudoAddr(p, anyAddr(old), anyAddr(to.Addr()))
 	}
 	if p.src.Port() != to.Port() {
 		l4SetPort(p, true, to.Port())
@@ -53,17 +49,52 @@ func rewriteSrc(p *packet, to netip.AddrPort) {
 	p.src = to
 }
 
-// l4PseudoAddr folds an address change into the TCP or UDP checksum. A
-// partial checksum holds the pseudo-header sum itself: it is updated
-// without complementing (the kernel's inet_proto_csum_replace4 with
-// CHECKSUM_PARTIAL).
+// setAddr sets the packet's source (src) or destination address and keeps
+// every checksum that covers it right: IPv4's header checksum, and the
+// pseudo-header's share of the TCP, UDP or ICMPv6 checksum. For packets
+// whose ports stay (ICMP, a translated error's outer header).
+func setAddr(p *packet, src bool, to netip.Addr) {
+	old := p.dst.Addr()
+	if src {
+		old = p.src.Addr()
+	}
+	if old == to {
+		return
+	}
+	p.setIPAddr(src, to)
+	l4PseudoAddr(p, anyAddr(old), anyAddr(to))
+	if src {
+		p.src = netip.AddrPortFrom(to, p.src.Port())
+	} else {
+		p.dst = netip.AddrPortFrom(to, p.dst.Port())
+	}
+}
+
+// l4PseudoAddr folds an address change into the TCP, UDP or ICMPv6
+// checksum (ICMPv4 covers no pseudo-header). A partial checksum holds the
+// pseudo-header sum itself: it is updated without complementing (the
+// kernel's inet_proto_csum_replace4 with CHECKSUM_PARTIAL).
 func l4PseudoAddr(p *packet, old, new tcpip.Address) {
 	switch p.proto {
 	case protoTCP:
 		header.TCP(p.l4).UpdateChecksumPseudoHeaderAddress(old, new, !p.partial)
 	case protoUDP:
 		header.UDP(p.l4).UpdateChecksumPseudoHeaderAddress(old, new, !p.partial)
+	case protoICMP6:
+		if p.v6 && len(p.l4) >= header.ICMPv6MinimumSize {
+			icmp := header.ICMPv6(p.l4)
+			icmp.SetChecksum(csumReplaceAddr(icmp.Checksum(), old.AsSlice(), new.AsSlice()))
+		}
 	}
+}
+
+// csumReplaceAddr updates a stored checksum for an address (4 or 16 bytes)
+// that changed from old to new.
+func csumReplaceAddr(xsum uint16, old, new []byte) uint16 {
+	for i := 0; i+1 < len(old) && i+1 < len(new); i += 2 {
+		xsum = csumReplace16(xsum, binary.BigEndian.Uint16(old[i:]), binary.BigEndian.Uint16(new[i:]))
+	}
+	return xsum
 }
 
 // l4SetPort sets a port. A partial checksum does not cover ports yet: it
@@ -111,9 +142,12 @@ func put16(b []byte, off int, v uint16, xsum uint16) uint16 {
 	return csumReplace16(xsum, old, v)
 }
 
-// putAddr4 writes a into b[off:off+4] and returns xsum updated for it.
-func putAddr4(b []byte, off int, a netip.Addr, xsum uint16) uint16 {
-	n := a.As4()
-	xsum = put16(b, off, binary.BigEndian.Uint16(n[0:2]), xsum)
-	return put16(b, off+2, binary.BigEndian.Uint16(n[2:4]), xsum)
+// putAddr writes a (4 bytes for IPv4, 16 for IPv6) into b[off:] and
+// returns xsum updated for it.
+func putAddr(b []byte, off int, a netip.Addr, xsum uint16) uint16 {
+	n := a.AsSlice()
+	for i := 0; i < len(n); i += 2 {
+		xsum = put16(b, off+i, binary.BigEndian.Uint16(n[i:]), xsum)
+	}
+	return xsum
 }

@@ -188,8 +188,8 @@ func (d *Director) AddReal(proto balancer.Proto, vip, real netip.AddrPort, weigh
 	if err != nil {
 		return err
 	}
-	if !real.Addr().Is4() {
-		return fmt.Errorf("real %s: only IPv4 reals are served", real)
+	if err := sameFamily(s, real); err != nil {
+		return err
 	}
 	if err := d.checkRealAddr(real.Addr(), nil); err != nil {
 		return err
@@ -257,15 +257,8 @@ func (d *Director) SetDown(proto balancer.Proto, vip, real netip.AddrPort, down 
 // re-weighted, and the scheduler, persistence and check replaced. A new service is
 // added. A service no longer listed takes no new flows; its flows finish.
 func (d *Director) Reconfigure(svcs []*balancer.Service) error {
-	for _, s := range svcs {
-		if !s.VIP.Addr().Is4() {
-			return fmt.Errorf("service %s: only IPv4 VIPs are served", s)
-		}
-		for _, r := range s.Reals {
-			if !r.Addr.Addr().Is4() {
-				return fmt.Errorf("real %s: only IPv4 reals are served", r.Addr)
-			}
-		}
+	if err := d.checkFamilies(svcs); err != nil {
+		return err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -226,18 +226,25 @@ func (d *Director) park(pd *pending, p *packet) (wire.Verdict, DropReason, []byt
 
 // segmentOf is segment k of TCP super-packet p, as TSO makes it: the
 // headers (hl bytes) copied, the payload bytes [off, off+size), sequence
-// number advanced by off, the IP ID by k, FIN and PSH only on the last
+// number advanced by off, the IPv4 ID by k, FIN and PSH only on the last
 // segment and CWR only on the first; with complete IP and TCP checksums.
 func segmentOf(p *packet, hl, off, size, k int, last bool) []byte {
 	b := make([]byte, hl+size)
 	copy(b, p.ip[:hl])
 	copy(b[hl:], p.ip[hl+off:hl+off+size])
-	ip := header.IPv4(b)
-	ip.SetTotalLength(uint16(len(b)))
-	ip.SetID(ip.ID() + uint16(k))
-	ip.SetChecksum(0)
-	ip.SetChecksum(^ip.CalculateChecksum())
-	t := header.TCP(b[ip.HeaderLength():])
+	l4 := len(p.ip) - len(p.l4) // the IP headers' length
+	if p.v6 {
+		// No ID, no header checksum (TSO6 copies the rest of the headers).
+		header.IPv6(b).SetPayloadLength(uint16(len(b) - header.IPv6MinimumSize))
+	} else {
+		ip := header.IPv4(b)
+		ip.SetTotalLength(uint16(len(b)))
+		ip.SetID(ip.ID() + uint16(k))
+		ip.SetChecksum(0)
+		ip.SetChecksum(^ip.CalculateChecksum())
+	}
+	seg := packet{ip: b, v6: p.v6, proto: protoTCP}
+	t := header.TCP(b[l4:])
 	t.SetSequenceNumber(p.seq + uint32(off))
 	flags := p.flags
 	if !last {
@@ -248,6 +255,6 @@ func segmentOf(p *packet, hl, off, size, k int, last bool) []byte {
 	}
 	t.SetFlags(uint8(flags))
 	t.SetChecksum(0)
-	t.SetChecksum(^checksum.Checksum(t, pseudoHeaderSum(ip, protoTCP, len(t))))
+	t.SetChecksum(^checksum.Checksum(t, seg.pseudoSum(len(t))))
 	return b
 }
