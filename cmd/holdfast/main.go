@@ -67,6 +67,7 @@ func newApp() *cli.App {
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
 	oneLineRequired(app.Commands)
+	helpTemplates(app)
 	return app
 }
 
