@@ -58,10 +58,23 @@ bench: build
 	$(GO) test -run XXX -bench . -benchmem ./nat/ ./balancer/
 	$(GO) run ./integration/bench -holdfast $(BIN) $(BENCHFLAGS)
 
-# The binary, the systemd unit and an example configuration (kept if one is
-# there already): then edit /etc/holdfast/*, `systemctl enable --now holdfast`.
+# The binary, the systemd unit, an example configuration (kept if one is
+# there already), and the man page and shell completions the binary prints
+# (`holdfast man`, `holdfast completion SHELL`): then edit /etc/holdfast/*,
+# `systemctl enable --now holdfast`.
+MAN8DIR  = $(DESTDIR)$(PREFIX)/share/man/man8
+BASHCOMP = $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+ZSHCOMP  = $(DESTDIR)$(PREFIX)/share/zsh/site-functions
+FISHCOMP = $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/holdfast
+	install -d -m 0755 $(MAN8DIR) $(BASHCOMP) $(ZSHCOMP) $(FISHCOMP)
+	$(abspath $(BIN)) man > $(MAN8DIR)/holdfast.8
+	$(abspath $(BIN)) completion bash > $(BASHCOMP)/holdfast
+	$(abspath $(BIN)) completion zsh > $(ZSHCOMP)/_holdfast
+	$(abspath $(BIN)) completion fish > $(FISHCOMP)/holdfast.fish
+	chmod 0644 $(MAN8DIR)/holdfast.8 $(BASHCOMP)/holdfast $(ZSHCOMP)/_holdfast $(FISHCOMP)/holdfast.fish
 	install -D -m 0644 dist/holdfast.service $(DESTDIR)/lib/systemd/system/holdfast.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/holdfast/README.md
 	install -d -m 0755 $(DESTDIR)/etc/holdfast

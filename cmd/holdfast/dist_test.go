@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -53,5 +55,66 @@ func TestDist(t *testing.T) {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("dist/holdfast.service lacks %q", strings.TrimSpace(want))
 		}
+	}
+}
+
+// `make install` under DESTDIR installs the binary, the unit, the example
+// configuration, and the man page and completions the binary prints, each
+// with its mode; a second run keeps an edited configuration.
+func TestMakeInstall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds holdfast")
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make not installed")
+	}
+	dest, bin := t.TempDir(), filepath.Join(t.TempDir(), "holdfast")
+	install := func() {
+		t.Helper()
+		cmd := exec.Command("make", "-s", "install", "DESTDIR="+dest, "PREFIX=/usr", "BIN="+bin)
+		cmd.Dir = "../.."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("make install: %v\n%s", err, out)
+		}
+	}
+	install()
+	files := map[string]os.FileMode{
+		"usr/bin/holdfast":                                  0o755,
+		"usr/share/man/man8/holdfast.8":                     0o644,
+		"usr/share/bash-completion/completions/holdfast":    0o644,
+		"usr/share/zsh/site-functions/_holdfast":            0o644,
+		"usr/share/fish/vendor_completions.d/holdfast.fish": 0o644,
+		"usr/share/doc/holdfast/README.md":                  0o644,
+		"lib/systemd/system/holdfast.service":               0o644,
+		"etc/holdfast/holdfast.env":                         0o644,
+		"etc/holdfast/services.json":                        0o644,
+	}
+	for name, mode := range files {
+		fi, err := os.Stat(filepath.Join(dest, name))
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		if fi.Mode().Perm() != mode || fi.Size() == 0 {
+			t.Errorf("%s: mode %v, %d bytes; want %v, not empty", name, fi.Mode().Perm(), fi.Size(), mode)
+		}
+	}
+	for name, start := range map[string]string{
+		"usr/share/man/man8/holdfast.8":                     ".TH HOLDFAST 8 ",
+		"usr/share/bash-completion/completions/holdfast":    "# bash completion for holdfast",
+		"usr/share/zsh/site-functions/_holdfast":            "#compdef holdfast\n",
+		"usr/share/fish/vendor_completions.d/holdfast.fish": "# holdfast fish shell completion",
+	} {
+		if b, err := os.ReadFile(filepath.Join(dest, name)); err != nil || !strings.HasPrefix(string(b), start) {
+			t.Errorf("%s does not start with %q: %v", name, start, err)
+		}
+	}
+	env := filepath.Join(dest, "etc/holdfast/holdfast.env")
+	if err := os.WriteFile(env, []byte("HOLDFAST_TUN=edited\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	install()
+	if b, _ := os.ReadFile(env); string(b) != "HOLDFAST_TUN=edited\n" {
+		t.Errorf("a second make install replaced the edited holdfast.env: %q", b)
 	}
 }

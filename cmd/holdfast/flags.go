@@ -21,10 +21,17 @@ const (
 	catService = "Service"
 	catDevice  = "Device and routes"
 	catTable   = "Flow table"
-	catLog     = "Logging"
 	catRecover = "Recovery"
-	catOps     = "Operations"
+	catChecks  = "Health checks"
+	catAdmin   = "Admin API and metrics"
+	catLog     = "Logging"
 )
+
+// categoryOrder is the order of the option groups in the help and the man
+// page (help.go): what a director serves first, then what it needs in the
+// order of setting one up; uncategorized options (a subcommand's own) come
+// before all of them.
+var categoryOrder = []string{"", catService, catDevice, catTable, catRecover, catChecks, catAdmin, catLog}
 
 var (
 	tunFlag = &cli.StringFlag{
@@ -62,7 +69,7 @@ var (
 
 	configFlag = &cli.PathFlag{
 		Name: "config", Category: catService, EnvVars: env("CONFIG"),
-		Usage: "JSON file with several services: {\"services\":[{\"service\":..,\"scheduler\":..,\"persistence\":..,\"reals\":[..]}]} (instead of the per-service flags; reread on SIGHUP)",
+		Usage: "JSON file with several services: {\"services\": [{\"service\": .., \"scheduler\": .., \"persistence\": .., \"check\": .., \"reals\": [..]}]} (instead of the per-service flags; reread on SIGHUP)",
 	}
 
 	timeoutTCPFlag = &cli.DurationFlag{
@@ -114,8 +121,8 @@ var (
 		Usage: "window scale advertised in recovery SYNs, 0..14 (7 is what Linux clients usually use)",
 	}
 	recoveryMSSFlag = &cli.IntFlag{
-		Name: "recovery-mss", Category: catRecover, EnvVars: env("RECOVERY_MSS"),
-		Usage: "MSS advertised in recovery SYNs (default: TUN MTU - 40)",
+		Name: "recovery-mss", Category: catRecover, EnvVars: env("RECOVERY_MSS"), DefaultText: "TUN MTU - 40",
+		Usage: "MSS advertised in recovery SYNs",
 	}
 	recoveryTimeoutFlag = &cli.DurationFlag{
 		Name: "recovery-timeout", Value: 3 * time.Second, Category: catRecover, EnvVars: env("RECOVERY_TIMEOUT"),
@@ -165,34 +172,34 @@ var (
 
 var (
 	adminSocketFlag = &cli.StringFlag{
-		Name: "admin-socket", Category: catOps, EnvVars: env("ADMIN_SOCKET"),
+		Name: "admin-socket", Category: catAdmin, EnvVars: env("ADMIN_SOCKET"),
 		Usage: "unix socket file of the admin API (0600, owned by the running user); default: the abstract socket @holdfast/<tun> of this network namespace, root and the running user only",
 	}
 	metricsAddrFlag = &cli.StringFlag{
-		Name: "metrics-addr", Category: catOps, EnvVars: env("METRICS_ADDR"),
+		Name: "metrics-addr", Category: catAdmin, EnvVars: env("METRICS_ADDR"),
 		Usage: "serve Prometheus metrics on ADDR:PORT at /metrics (default off)",
 	}
 	jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 
 	pprofAddrFlag = &cli.StringFlag{
-		Name: "pprof-addr", Category: catOps, EnvVars: env("PPROF_ADDR"),
+		Name: "pprof-addr", Category: catAdmin, EnvVars: env("PPROF_ADDR"),
 		Usage: "serve Go's pprof profiles on ADDR:PORT at /debug/pprof/ (default off; keep it on a local address)",
 	}
 
 	checkIntervalFlag = &cli.DurationFlag{
-		Name: "check-interval", Value: 2 * time.Second, Category: catOps, EnvVars: env("CHECK_INTERVAL"),
+		Name: "check-interval", Value: 2 * time.Second, Category: catChecks, EnvVars: env("CHECK_INTERVAL"),
 		Usage: "time between two checks of a real (every service's --check)",
 	}
 	checkTimeoutFlag = &cli.DurationFlag{
-		Name: "check-timeout", Value: 2 * time.Second, Category: catOps, EnvVars: env("CHECK_TIMEOUT"),
+		Name: "check-timeout", Value: 2 * time.Second, Category: catChecks, EnvVars: env("CHECK_TIMEOUT"),
 		Usage: "time one check may take (at most --check-interval)",
 	}
 	checkRiseFlag = &cli.IntFlag{
-		Name: "check-rise", Value: 2, Category: catOps, EnvVars: env("CHECK_RISE"),
+		Name: "check-rise", Value: 2, Category: catChecks, EnvVars: env("CHECK_RISE"),
 		Usage: "consecutive successful checks that mark a down real up",
 	}
 	checkFallFlag = &cli.IntFlag{
-		Name: "check-fall", Value: 3, Category: catOps, EnvVars: env("CHECK_FALL"),
+		Name: "check-fall", Value: 3, Category: catChecks, EnvVars: env("CHECK_FALL"),
 		Usage: "consecutive failed checks that mark an up real down",
 	}
 )
@@ -228,18 +235,17 @@ func serviceFlags() []cli.Flag {
 // runFlags returns the flags of `holdfast run`; the per-service ones
 // (services.go) are new at every call, as they record what one parse saw.
 func runFlags() []cli.Flag {
-	return append(append([]cli.Flag{
-		tunFlag, tunOffloadFlag, tunQueuesFlag, packetNiceFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag,
-	}, serviceFlags()...), []cli.Flag{
+	return append(serviceFlags(), []cli.Flag{
 		configFlag,
+		tunFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag, tunOffloadFlag, tunQueuesFlag, packetNiceFlag,
 		timeoutTCPFlag, timeoutTCPFinFlag, timeoutUDPFlag, maxFlowsFlag,
-		recoveryFlag, recoveryAddrFlag, recoveryPortsFlag, directorIDFlag,
-		recoveryWScaleFlag, recoveryMSSFlag, recoveryTimeoutFlag, recoveryRateFlag,
-		recoveryMaxInflightFlag, recoveryAllowFlag, parkBytesFlag,
+		recoveryFlag, directorIDFlag, recoveryAddrFlag, recoveryPortsFlag, recoveryAllowFlag,
+		recoveryRateFlag, recoveryMaxInflightFlag,
 		recoveryPrefixLen4Flag, recoveryPrefixLen6Flag, recoveryPrefixInflightFlag, recoveryPrefixFlowsFlag,
+		parkBytesFlag, recoveryTimeoutFlag, recoveryWScaleFlag, recoveryMSSFlag,
 		timeoutRecoveredUnconfirmedFlag, tsCookieBitsFlag,
-		adminSocketFlag, metricsAddrFlag, pprofAddrFlag,
 		checkIntervalFlag, checkTimeoutFlag, checkRiseFlag, checkFallFlag,
+		adminSocketFlag, metricsAddrFlag, pprofAddrFlag,
 		logLevelFlag, logFormatFlag,
 	}...)
 }

@@ -56,10 +56,13 @@ func newApp() *cli.App {
 		Name:    "holdfast",
 		Usage:   "an L4 load-balancing director whose TCP connections survive its failover",
 		Version: buildinfo.Read().String(),
-		Commands: append([]*cli.Command{
+		Commands: append(append([]*cli.Command{
 			runCommand(),
 			labCommand(),
-		}, ctlCommands()...),
+		}, ctlCommands()...), docsCommands()...),
+		// `holdfast ... --generate-bash-completion` prints the words that
+		// can follow: the shell completions (docs.go) ask it.
+		EnableBashCompletion: true,
 		// Usage errors (unknown flag, a value that does not parse) exit 2
 		// with one line; the help is one --help away.
 		OnUsageError: usageError,
@@ -67,6 +70,7 @@ func newApp() *cli.App {
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
 	oneLineRequired(app.Commands)
+	helpTemplates(app)
 	return app
 }
 
