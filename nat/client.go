@@ -18,7 +18,7 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 	if r := p.decodeL4(); r != DropNone {
 		return wire.Drop, r, nil
 	}
-	if p.proto == protoICMP {
+	if p.isICMP() {
 		return d.icmpToVIP(p)
 	}
 	// The flow first: a service removed by a reload takes no new flows,

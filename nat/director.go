@@ -219,7 +219,7 @@ func (d *Director) handle(b []byte, partial bool, now int64) (wire.Verdict, Drop
 	if _, ok := d.realAddrs[p.src.Addr()]; ok {
 		return d.fromReal(&p, now)
 	}
-	if p.proto == protoICMP && !p.frag {
+	if p.isICMP() && !p.frag {
 		// An error from a router between the director and the reals, about
 		// a packet toward a real.
 		if v, r, ok := d.icmpErrorFromRealSide(&p); ok {

@@ -3,6 +3,7 @@ package nat
 import (
 	"bytes"
 	"encoding/binary"
+	"holdfast/nat/nattest"
 	"net/netip"
 	"testing"
 
@@ -18,6 +19,15 @@ func fuzzSeeds(f *testing.F) {
 	f.Add(icmp4("198.18.1.2", "198.18.100.1", header.ICMPv4Echo, 0, 1, []byte("x")))
 	f.Add(icmp4("198.18.2.1", "198.18.100.1", header.ICMPv4DstUnreachable, 4, 1400, tcp4(vip, client, ack, 1, 1, nil)[:28]))
 	f.Add([]byte{0x45})
+	// IPv6: a service's SYN, a reply, UDP, an echo request, a Packet Too
+	// Big quoting a VIP -> client segment, extension headers, a fragment.
+	f.Add(tcp4(client6, vip6, syn, 1000, 0, nil))
+	f.Add(tcp4(rs1v6, client6, psh, 5, 6, []byte("reply")))
+	f.Add(udp4(client6, udpVIP6, []byte("q")))
+	f.Add(nattest.ICMP6("2001:2:0:10::2", "2001:2::100", header.ICMPv6EchoRequest, 0, 1, []byte("x")))
+	f.Add(nattest.ICMP6("2001:2:0:10::1", "2001:2::100", header.ICMPv6PacketTooBig, 0, 1280, tcp4(vip6, client6, ack, 1, 1, nil)[:48]))
+	f.Add(withExt(tcp4(client6, vip6, syn, 1000, 0, nil), 0, 60))
+	f.Add(withExt(tcp4(client6, vip6, psh, 1, 1, []byte("frag")), 44))
 }
 
 // FuzzHandle feeds arbitrary bytes to a director that already holds a flow:
@@ -132,6 +142,9 @@ func FuzzRewriteRoundTrip(f *testing.F) {
 		tcp4(client, vip, syn, 1000, 0, nil),
 		tcp4(client, vip, psh, 0xfffffff0, 7, []byte("hello world"), 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2),
 		udp4(client, udpVIP, []byte("q")),
+		tcp4(client6, vip6, psh, 0xfffffff0, 7, []byte("hello world"), 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2),
+		udp4(client6, udpVIP6, []byte("q")),
+		withExt(tcp4(client6, vip6, syn, 1000, 0, nil), 0, 60),
 	} {
 		f.Add(s, uint32(0xc6120a0b), uint16(8080))
 	}
@@ -150,6 +163,14 @@ func FuzzRewriteRoundTrip(f *testing.F) {
 		var a [4]byte
 		binary.BigEndian.PutUint32(a[:], addr)
 		to := netip.AddrPortFrom(netip.AddrFrom4(a), port)
+		if p.v6 {
+			// An address of the packet's family: 2001:2::/48 with the
+			// fuzzed bits at both ends.
+			b6 := netip.MustParseAddr("2001:2::").As16()
+			copy(b6[6:10], a[:])
+			copy(b6[12:], a[:])
+			to = netip.AddrPortFrom(netip.AddrFrom16(b6), port)
+		}
 		src, dst := p.src, p.dst
 		rewriteDst(&p, to)
 		rewriteSrc(&p, to)
@@ -179,13 +200,19 @@ func sameModuloZero(a, b []byte) bool {
 			binary.BigEndian.PutUint16(x[off:], 0)
 		}
 	}
-	hl := int(header.IPv4(a).HeaderLength())
+	var p packet
+	if p.decodeIP(a) != DropNone {
+		return false
+	}
+	hl := len(a) - len(p.l4)
 	off := hl + 16
-	if header.IPv4(a).Protocol() == protoUDP {
+	if p.proto == protoUDP {
 		off = hl + 6
 	}
 	for _, x := range [][]byte{a, b} {
-		norm(x, 10)
+		if !p.v6 {
+			norm(x, 10) // IPv4's header checksum
+		}
 		norm(x, off)
 	}
 	return bytes.Equal(a, b)

@@ -63,11 +63,6 @@ func (a *portAlloc) has(v4 bool) bool {
 	return len(a.fam[i].addrs) > 0
 }
 
-// size is the number of address:port pairs of all families.
-func (a *portAlloc) size() int {
-	return (len(a.fam[0].addrs) + len(a.fam[1].addrs)) * (int(a.hi-a.lo) + 1)
-}
-
 // get reserves a local address:port of real's family not in use toward
 // real, other than the real's own port.
 func (a *portAlloc) get(real netip.AddrPort) (netip.AddrPort, bool) {

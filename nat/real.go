@@ -18,7 +18,7 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 		}
 		return wire.Forward, DropNone, p.ip
 	}
-	if p.proto == protoICMP {
+	if p.isICMP() {
 		if v, r, ok := d.icmpErrorFromRealSide(p); ok {
 			return v, r, p.ip
 		}

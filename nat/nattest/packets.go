@@ -44,13 +44,22 @@ func IPv6(src, dst netip.Addr, proto uint8, l4 []byte) []byte {
 	return b
 }
 
-// Layers splits an IPv4 or IPv6 packet (IPv6: fixed header only) into its
-// transport protocol, the transport bytes and the pseudo-header sum.
+// Layers splits an IPv4 or IPv6 packet into its transport protocol, the
+// transport bytes and the pseudo-header sum (IPv6: after hop-by-hop,
+// routing and destination options headers; a fragment header is the
+// "transport").
 func Layers(b []byte) (proto uint8, l4 []byte, pseudo func(int) uint16) {
 	if header.IPVersion(b) == header.IPv6Version {
 		ip := header.IPv6(b)
-		return ip.NextHeader(), b[header.IPv6MinimumSize:], func(n int) uint16 {
-			return header.PseudoHeaderChecksum(tcpip.TransportProtocolNumber(ip.NextHeader()), ip.SourceAddress(), ip.DestinationAddress(), uint16(n))
+		next, off := ip.NextHeader(), header.IPv6MinimumSize
+		for (next == 0 || next == 43 || next == 60) && off+8 <= len(b) { // hop-by-hop, routing, destination options
+			next, off = b[off], off+8*(int(b[off+1])+1)
+		}
+		if off > len(b) {
+			off = len(b)
+		}
+		return next, b[off:], func(n int) uint16 {
+			return header.PseudoHeaderChecksum(tcpip.TransportProtocolNumber(next), ip.SourceAddress(), ip.DestinationAddress(), uint16(n))
 		}
 	}
 	ip := header.IPv4(b)
@@ -129,8 +138,7 @@ func ICMP6(src, dst string, typ header.ICMPv6Type, code header.ICMPv6Code, rest 
 	return b
 }
 
-// FixL4Checksum recomputes the TCP or UDP checksum of b (IPv4, or IPv6
-// without extension headers) from scratch.
+// FixL4Checksum recomputes the TCP or UDP checksum of b from scratch.
 func FixL4Checksum(b []byte) {
 	proto, l4, pseudo := Layers(b)
 	var off int
@@ -151,8 +159,7 @@ func FixL4Checksum(b []byte) {
 }
 
 // CheckChecksums fails the test unless every checksum of b (IPv4 header,
-// and TCP, UDP, ICMP or ICMPv6) verifies when recomputed from scratch. An
-// IPv6 packet is read without extension headers.
+// and TCP, UDP, ICMP or ICMPv6) verifies when recomputed from scratch.
 func CheckChecksums(t testing.TB, b []byte) {
 	t.Helper()
 	if header.IPVersion(b) == header.IPv6Version {

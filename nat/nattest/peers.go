@@ -31,14 +31,22 @@ type Peers struct {
 func (pr *Peers) Emit(pkts [][]byte, now int64) {
 	for _, b := range pkts {
 		b = append([]byte(nil), b...)
-		ip := header.IPv4(b)
-		if len(b) < header.IPv4MinimumSize || ip.Protocol() != uint8(header.TCPProtocolNumber) {
+		if len(b) < header.IPv4MinimumSize {
 			pr.Out = append(pr.Out, b)
 			continue
 		}
-		src := netip.AddrFrom4(ip.SourceAddress().As4())
-		dst := netip.AddrFrom4(ip.DestinationAddress().As4())
-		t := header.TCP(ip.Payload())
+		proto, l4, _ := Layers(b)
+		if proto != uint8(header.TCPProtocolNumber) || len(l4) < header.TCPMinimumSize {
+			pr.Out = append(pr.Out, b)
+			continue
+		}
+		var src, dst netip.Addr
+		if header.IPVersion(b) == header.IPv6Version {
+			src, dst = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
+		} else {
+			src, dst = netip.AddrFrom4([4]byte(b[12:16])), netip.AddrFrom4([4]byte(b[16:20]))
+		}
+		t := header.TCP(l4)
 		pure := len(t.Payload()) == 0 && t.Flags() == header.TCPFlagAck
 		from := netip.AddrPortFrom(src, t.SourcePort()).String()
 		to := netip.AddrPortFrom(dst, t.DestinationPort()).String()
