@@ -25,7 +25,10 @@ func TestLabUsageErrors(t *testing.T) {
 		{[]string{"lab", "up", "--directors", "two"}, `--directors "two": expected an integer`},
 		{[]string{"lab", "demo", "--phase", "100ms"}, "--phase 100ms: expected 500ms..1m"},
 		{[]string{"lab", "demo", "--idle", "0", "--busy", "0"}, "--idle 0 --busy 0: expected 1..2000 connections in all"},
-		{[]string{"lab", "status", "--json"}, "unknown flag --json"},
+		{[]string{"lab", "status", "--yaml"}, "unknown flag --yaml"},
+		{[]string{"lab", "logs"}, `lab logs "": expected one director, A or B`},
+		{[]string{"lab", "logs", "C"}, `lab logs "C": expected one director, A or B`},
+		{[]string{"lab", "logs", "A", "B"}, `lab logs "A B": expected one director, A or B`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			err := newApp().Run(append([]string{"holdfast"}, tc.args...))
