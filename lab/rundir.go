@@ -101,7 +101,9 @@ func SupervisorSocket() string { return filepath.Join(RuntimeDir(), "lab.sock") 
 // command. As root that is `ip netns exec`; an unprivileged lab's
 // namespaces are named in its own mount namespace, inside its user
 // namespace, which nsenter(1) enters first (the user owns both, so needs
-// no privilege for it), by the pid the host knows the lab by.
+// no privilege for it), by the pid the host knows the lab by. The user
+// keeps its own uid (--preserve-credentials), which the user namespace
+// maps to its root, and its groups: the lab denied setgroups(2) there.
 func EnterArgv() []string {
 	ip, err := exec.LookPath("ip")
 	if err != nil {
@@ -110,5 +112,5 @@ func EnterArgv() []string {
 	if HostPID() == 0 {
 		return []string{"ip", "netns", "exec"}
 	}
-	return []string{"nsenter", "-t", strconv.Itoa(HostPID()), "-U", "-m", "--", ip, "netns", "exec"}
+	return []string{"nsenter", "-t", strconv.Itoa(HostPID()), "-U", "-m", "--preserve-credentials", "--", ip, "netns", "exec"}
 }

@@ -127,6 +127,11 @@ func StartSupervisor(ctx context.Context, o SupervisorOptions) (_ *Supervisor, e
 			}
 		}
 	}
+	if o.VRRP {
+		if err := s.waitStandby(ctx, 1); err != nil {
+			return nil, err
+		}
+	}
 	s.stopSock = unixhttp.ServeListener(ln, s.handler(), o.Log)
 	return s, nil
 }
@@ -197,6 +202,16 @@ func (s *Supervisor) start(ctx context.Context, i int) error {
 	return nil
 }
 
+// waitStandby waits (up to 10 s) until director i's keepalived is BACKUP:
+// its holdfast has started, and keepalived's check (once a second) has
+// seen it, so the lab that `lab up` or `lab failover` reports has a
+// standby that can take over.
+func (s *Supervisor) waitStandby(ctx context.Context, i int) error {
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return s.l.WaitVRRPState(wctx, i, VRRPBackupState)
+}
+
 func (s *Supervisor) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) { unixhttp.WriteJSON(w, s.Status(r.Context())) })
@@ -253,14 +268,14 @@ type DirectorStatus struct {
 }
 
 // RealStatus is one real server of a Status: the flows the directors hold
-// to it now (Active, UDPFlows: their admin API's per-real active count),
+// to it now (Active, UDPFlows: from their admin API's per-real counts),
 // and what its backends served since `lab up` (the totals).
 type RealStatus struct {
 	Label           string `json:"label"`
 	Addr            string `json:"addr"`
 	Namespace       string `json:"namespace"`
-	Active          int    `json:"active"`    // TCP connections to its HTTP backend the directors hold now
-	UDPFlows        int    `json:"udp_flows"` // UDP flows to its echo the directors hold now
+	Active          int    `json:"active"`    // established TCP connections to its HTTP backend the directors hold now
+	UDPFlows        int    `json:"udp_flows"` // UDP flows to its echo the directors hold now (until their idle timeout)
 	HTTPConnections int64  `json:"http_connections"`
 	HTTPRequests    int64  `json:"http_requests"`
 	UDPDatagrams    int64  `json:"udp_datagrams"`
@@ -322,7 +337,11 @@ func addActive(ctx context.Context, d *Director, active map[string]int) {
 	for _, svc := range svcs {
 		proto, _, _ := strings.Cut(svc.Service, ":")
 		for _, r := range svc.Reals {
-			active[proto+":"+r.Addr.Addr().String()] += r.Active
+			n := r.Active
+			if proto == "udp" {
+				n += r.Inactive // as in ipvsadm, a UDP flow is never "active"
+			}
+			active[proto+":"+r.Addr.Addr().String()] += n
 		}
 	}
 }
@@ -358,6 +377,11 @@ func (s *Supervisor) Failover(ctx context.Context) (Status, error) {
 	}
 	if err := s.start(ctx, from); err != nil {
 		return Status{}, fmt.Errorf("restarting %s as the standby: %w", s.l.Directors[from].Label, err)
+	}
+	if s.vrrp {
+		if err := s.waitStandby(ctx, from); err != nil {
+			return Status{}, err
+		}
 	}
 	st := s.Status(ctx)
 	how := "routes moved"

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 
 	"holdfast/internal/unixhttp"
 	"holdfast/lab"
@@ -117,14 +118,16 @@ func printLabUp(l *lab.Lab) {
 	fmt.Printf("  VIP        %-16s tcp:%d (HTTP) and udp:%d (echo), rr over the reals; active director %s\n\n",
 		lab.VIP, lab.DefaultHTTPPort, lab.DefaultUDPPort, active)
 	fmt.Printf("Try, from another terminal:\n")
-	fmt.Printf("  %s %s curl -s http://%s/          # answered by a real\n", enter, l.Client.Name, lab.VIP)
-	fmt.Printf("  holdfast conns --admin-socket %s\n", lab.AdminSocket(l.Directors[0]))
-	fmt.Printf("  holdfast lab status [--json]\n")
-	fmt.Printf("  holdfast lab logs A [-f]                       # director A's log\n")
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "  %s %s curl -s http://%s/\t# answered by a real\n", enter, l.Client.Name, lab.VIP)
+	fmt.Fprintf(w, "  holdfast conns --admin-socket %s\t# director A's flows\n", lab.AdminSocket(l.Directors[0]))
+	fmt.Fprintf(w, "  holdfast lab status [--json]\t# directors, keepalived, flows per real\n")
+	fmt.Fprintf(w, "  holdfast lab logs A [-f]\t# director A's log\n")
 	if len(l.Directors) > 1 {
-		fmt.Printf("  holdfast lab failover                          # kill the active director, move the routes\n")
+		fmt.Fprintf(w, "  holdfast lab failover\t# kill the active director, move the routes\n")
 	}
-	fmt.Printf("  holdfast lab down                              # or Ctrl-C here\n")
+	fmt.Fprintf(w, "  holdfast lab down\t# or Ctrl-C here\n")
+	w.Flush()
 }
 
 // labRequest sends a lab subcommand to the supervisor and prints its answer.
