@@ -199,7 +199,7 @@ func demoAsNobody(t *testing.T) (bin string, cmd *exec.Cmd, stdout, stderr *byte
 	tun := privateTUN(t, bin)
 	ctx, cancel := context.WithTimeout(context.Background(), unprivDemoTimeout)
 	t.Cleanup(cancel)
-	cmd, stdout, stderr = asNobody(ctx, bin, tun, "lab", "demo")
+	cmd, stdout, stderr = asNobodyEnv(ctx, bin, tun, []string{"TMPDIR=" + nobodyTmp(t, bin)}, "lab", "demo")
 	return bin, cmd, stdout, stderr
 }
 
