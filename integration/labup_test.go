@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"os/exec"
 	"strings"
 	"testing"
@@ -244,8 +245,31 @@ func TestLabUpStatusVRRPLogs(t *testing.T) {
 	if r := runCmd(t, exec.Command(bin, "lab", "logs", "B")); r.code != 0 || !strings.Contains(r.stdout, "hflab-dirB") {
 		t.Errorf("lab logs B: exit %d\n%s%s", r.code, tail(r.stdout, 5), r.stderr)
 	}
+	// A follower of A's log sees A's holdfast end with the lab, then exits 0.
+	follow := exec.Command(bin, "lab", "logs", "A", "-f")
+	followOut, err := follow.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { follow.Process.Kill() }) // by PID; a no-op once it exited
+	followed := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(followOut)
+		followed <- string(b)
+	}()
 	if r := runCmd(t, exec.Command(bin, "lab", "down")); r.code != 0 || r.stdout != "the lab is down\n" {
 		t.Fatalf("lab down: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	select {
+	case out := <-followed:
+		if err := follow.Wait(); err != nil || !strings.Contains(out, `"message":"serving"`) || !strings.Contains(out, ") ended: signal: killed --") {
+			t.Errorf("lab logs A -f: %v, want exit 0 with A's serving and its end:\n%s", err, tail(out, 10))
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("lab logs A -f still running 30 s after lab down")
 	}
 	if err := u.wait(t); err != nil {
 		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(stderr.String(), 20))

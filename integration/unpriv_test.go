@@ -330,6 +330,13 @@ func TestUnprivilegedLabCommands(t *testing.T) {
 	}
 	wantServingLog(t, nob(bin, "lab", "logs", "A"))
 
+	// A second lab of the same user would take the first one's socket.
+	second, _, secondErr := asNobodyEnv(ctx, bin, tun, env, "lab", "up")
+	if err := second.Run(); err == nil || second.ProcessState.ExitCode() != 1 ||
+		!strings.Contains(secondErr.String(), "a lab is already up (") || !strings.Contains(secondErr.String(), "run `holdfast lab down` first") {
+		t.Errorf("a second lab up as nobody: %v, want exit 1 saying a lab is up\nstderr:\n%s", err, secondErr)
+	}
+
 	curl := strings.Fields(u.bannerLine(t, "curl -s"))
 	if r := nob(append(curl[:len(curl):len(curl)], "-m", "5")...); r.code != 0 || !strings.HasPrefix(r.stdout, "rs") {
 		t.Errorf("the banner's %q as nobody: exit %d, %q\nstderr:\n%s", strings.Join(curl, " "), r.code, r.stdout, r.stderr)
@@ -340,6 +347,9 @@ func TestUnprivilegedLabCommands(t *testing.T) {
 		t.Errorf("the banner's %q as nobody: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(conns, " "), r.code, r.stdout, r.stderr)
 	}
 
+	if r := nob(bin, "lab", "failover"); r.code != 0 || !strings.Contains(r.stdout, "routes moved to B") || !strings.Contains(r.stdout, "active director B") {
+		t.Errorf("lab failover as nobody: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
 	if r := nob(bin, "lab", "down"); r.code != 0 || r.stdout != "the lab is down\n" || r.stderr != "" {
 		t.Fatalf("lab down: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}

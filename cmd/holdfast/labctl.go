@@ -207,11 +207,30 @@ func labLogsCommand() *cli.Command {
 	}
 }
 
-func labLogs(c *cli.Context) error {
-	if c.NArg() != 1 || (c.Args().First() != "A" && c.Args().First() != "B") {
-		return usagef("lab logs %q: expected one director, A or B", strings.Join(c.Args().Slice(), " "))
+// labLogsArgs splits `lab logs`'s arguments into the director and whether
+// to follow: urfave/cli stops parsing flags at the first argument, and
+// `lab logs A -f` is what a user types (the banner shows it so).
+func labLogsArgs(args []string, follow bool) (string, bool, error) {
+	var pos []string
+	for _, a := range args {
+		if a == "-f" || a == "--follow" {
+			follow = true
+			continue
+		}
+		pos = append(pos, a)
 	}
-	director, sock, follow := c.Args().First(), lab.SupervisorSocket(), c.Bool(labFollowFlag.Name)
+	if len(pos) != 1 || (pos[0] != "A" && pos[0] != "B") {
+		return "", false, usagef("lab logs %q: expected one director, A or B", strings.Join(pos, " "))
+	}
+	return pos[0], follow, nil
+}
+
+func labLogs(c *cli.Context) error {
+	director, follow, err := labLogsArgs(c.Args().Slice(), c.Bool(labFollowFlag.Name))
+	if err != nil {
+		return err
+	}
+	sock := lab.SupervisorSocket()
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var since uint64
