@@ -80,6 +80,11 @@ func unprivBinary(t *testing.T) string {
 // non-empty tun names a TUN device node that the command sees as
 // /dev/net/tun, in a mount namespace of its own (see privateTUN).
 func asNobody(ctx context.Context, bin, tun string, args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+	return asNobodyEnv(ctx, bin, tun, nil, args...)
+}
+
+// asNobodyEnv is asNobody with env added to the environment.
+func asNobodyEnv(ctx context.Context, bin, tun string, env []string, args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
 	dir := filepath.Dir(bin)
 	name, argv := bin, args
 	attr := &syscall.SysProcAttr{
@@ -95,7 +100,7 @@ func asNobody(ctx context.Context, bin, tun string, args ...string) (*exec.Cmd, 
 	cmd := exec.CommandContext(ctx, name, argv...)
 	cmd.SysProcAttr = attr
 	cmd.Dir = dir
-	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + dir, "LANG=C"}
+	cmd.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + dir, "LANG=C"}, env...)
 	// On timeout: Ctrl-C first, as a user would, so the lab is torn down.
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 30 * time.Second
@@ -194,7 +199,7 @@ func demoAsNobody(t *testing.T) (bin string, cmd *exec.Cmd, stdout, stderr *byte
 	tun := privateTUN(t, bin)
 	ctx, cancel := context.WithTimeout(context.Background(), unprivDemoTimeout)
 	t.Cleanup(cancel)
-	cmd, stdout, stderr = asNobody(ctx, bin, tun, "lab", "demo")
+	cmd, stdout, stderr = asNobodyEnv(ctx, bin, tun, []string{"TMPDIR=" + nobodyTmp(t, bin)}, "lab", "demo")
 	return bin, cmd, stdout, stderr
 }
 
@@ -261,4 +266,132 @@ func TestUnprivilegedDemoInterrupt(t *testing.T) {
 		t.Errorf("processes of the demo still running after it exited: %v", pids)
 	}
 	t.Logf("exited %v after SIGINT; stderr ends:\n%s", time.Since(sent).Round(time.Millisecond), tail(stderr.String(), 3))
+}
+
+// nobodyTmp makes a directory nobody can write, in bin's directory, for
+// TMPDIR: nobody has no XDG_RUNTIME_DIR (no login session, as with su or
+// sudo -u), so the lab's sockets go to TMPDIR's holdfast-65534, which is
+// then this test's and goes with it instead of staying in /tmp.
+func nobodyTmp(t *testing.T, bin string) string {
+	t.Helper()
+	dir := filepath.Join(filepath.Dir(bin), "tmp")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// nobodyCmd is argv run as nobody, with asNobody's environment plus env.
+func nobodyCmd(env []string, argv ...string) *exec.Cmd {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody, Groups: []uint32{}}}
+	cmd.Dir = "/"
+	cmd.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C"}, env...)
+	return cmd
+}
+
+// Issue 14 item 8: what `lab up` prints, run by nobody, works from
+// nobody's other shells: `lab status` (and --json), `lab logs A`, the curl
+// line of the banner and its `holdfast conns`, and `lab down`, which ends
+// the lab and then says none is up; `lab status` then fails, exit 1, with
+// one line that says where it looked.
+func TestUnprivilegedLabCommands(t *testing.T) {
+	bin := unprivBinary(t)
+	tun := privateTUN(t, bin)
+	env := []string{"TMPDIR=" + nobodyTmp(t, bin)}
+	ctx, cancel := context.WithTimeout(context.Background(), unprivDemoTimeout)
+	t.Cleanup(cancel)
+	up, _, stderr := asNobodyEnv(ctx, bin, tun, env, "lab", "up")
+	up.Stdout = nil
+	u := startLabUp(t, up, stderr)
+	t.Cleanup(func() {
+		up.Process.Signal(os.Interrupt) // by PID: Ctrl-C, which tears the lab down
+		select {
+		case <-u.exited:
+		case <-time.After(30 * time.Second):
+			up.Process.Kill()
+			<-u.exited
+		}
+	})
+	t.Logf("holdfast lab up as nobody:\n%s", strings.Join(u.banner, "\n"))
+	nob := func(argv ...string) result { return runCmd(t, nobodyCmd(env, argv...)) }
+
+	st := nob(bin, "lab", "status")
+	wantOK(t, "lab status", st)
+	if !strings.Contains(st.stdout, "active director A") || strings.Count(st.stdout, "running (pid") != 2 {
+		t.Fatalf("lab status:\n%s", st.stdout)
+	}
+	js := parseLabStatus(t, nob(bin, "lab", "status", "--json"))
+	if js.Active != "A" || len(js.Directors) != 2 || len(js.Reals) != 3 || len(js.Enter) == 0 || js.Enter[0] != "nsenter" {
+		t.Errorf("lab status --json: %+v", js)
+	}
+	wantServingLog(t, nob(bin, "lab", "logs", "A"))
+
+	// A second lab of the same user would take the first one's socket.
+	second, _, secondErr := asNobodyEnv(ctx, bin, tun, env, "lab", "up")
+	if err := second.Run(); err == nil || second.ProcessState.ExitCode() != 1 ||
+		!strings.Contains(secondErr.String(), "a lab is already up (") || !strings.Contains(secondErr.String(), "run `holdfast lab down` first") {
+		t.Errorf("a second lab up as nobody: %v, want exit 1 saying a lab is up\nstderr:\n%s", err, secondErr)
+	}
+
+	curl := strings.Fields(u.bannerLine(t, "curl -s"))
+	if r := nob(append(curl[:len(curl):len(curl)], "-m", "5")...); r.code != 0 || !strings.HasPrefix(r.stdout, "rs") {
+		t.Errorf("the banner's %q as nobody: exit %d, %q\nstderr:\n%s", strings.Join(curl, " "), r.code, r.stdout, r.stderr)
+	}
+	conns := strings.Fields(u.bannerLine(t, "holdfast conns"))
+	conns[0] = bin
+	if r := nob(conns...); r.code != 0 || !strings.Contains(r.stdout, "director 1") {
+		t.Errorf("the banner's %q as nobody: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(conns, " "), r.code, r.stdout, r.stderr)
+	}
+
+	if r := nob(bin, "lab", "failover"); r.code != 0 || !strings.Contains(r.stdout, "routes moved to B") || !strings.Contains(r.stdout, "active director B") {
+		t.Errorf("lab failover as nobody: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	if r := nob(bin, "lab", "down"); r.code != 0 || r.stdout != "the lab is down\n" || r.stderr != "" {
+		t.Fatalf("lab down: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	if err := u.wait(t); err != nil {
+		t.Fatalf("holdfast lab up as nobody exited with %v after lab down\nstderr:\n%s", err, tail(stderr.String(), 20))
+	}
+	if pids := procsRunning(bin); len(pids) > 0 {
+		t.Errorf("processes of the lab still running after lab down: %v", pids)
+	}
+	if r := nob(bin, "lab", "down"); r.code != 0 || !strings.HasPrefix(r.stdout, "no lab is up (nothing answers on ") {
+		t.Errorf("a second lab down: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	r := nob(bin, "lab", "status")
+	if r.code != 1 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "/holdfast-65534/lab.sock") ||
+		!strings.Contains(r.stderr, "is `holdfast lab up` running as this user?") {
+		t.Errorf("lab status with no lab: exit %d, stderr %q; want exit 1 and one line naming the socket", r.code, r.stderr)
+	}
+}
+
+// Without access to /dev/net/tun, `lab up` as nobody refuses with exit 1
+// and one line that says what to run about it.
+func TestUnprivilegedRefusalGivesTheTUNFix(t *testing.T) {
+	bin := unprivBinary(t)
+	var st syscall.Stat_t
+	if err := syscall.Stat("/dev/net/tun", &st); err != nil {
+		t.Skipf("skipping: /dev/net/tun: %v", err)
+	}
+	if st.Mode&0o006 == 0o006 {
+		t.Skipf("skipping: /dev/net/tun is mode %#o here: nobody may open it", st.Mode&0o777)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd, stdout, stderr := asNobody(ctx, bin, "", "lab", "up")
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("lab up as nobody: %v, want exit 1\nstderr:\n%s", err, stderr)
+	}
+	line := stderr.String()
+	if stdout.Len() != 0 || strings.Count(line, "\n") != 1 || !strings.Contains(line, unprivRefusal) ||
+		!strings.Contains(line, "/dev/net/tun is not accessible: permission denied (it is mode 0600: `sudo chmod 0666 /dev/net/tun`") ||
+		!strings.Contains(line, `KERNEL=="tun", MODE="0666"`) || !strings.HasSuffix(line, "(or run it as root)\n") {
+		t.Errorf("lab up as nobody said %q (stdout %q), want one line with the chmod and the udev rule", line, stdout)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strconv"
 
 	"holdfast/daemon/adminapi"
@@ -22,15 +23,21 @@ func HoldfastArgs(d *Director, extra ...string) []string {
 
 // AdminSocket is the admin socket of director d's holdfast: a file, not
 // the default abstract socket, which is reachable only from d's network
-// namespace, while the lab and the tests call it from the host's.
-func AdminSocket(d *Director) string { return "/run/holdfast/" + d.Name + ".sock" }
+// namespace, while the lab and the tests call it from the host's; in
+// RuntimeDir, which an unprivileged lab's user reaches from any shell.
+func AdminSocket(d *Director) string { return filepath.Join(RuntimeDir(), d.Name+".sock") }
 
 // StartHoldfast starts `bin args...` in d's namespace and waits (bounded by
 // ctx) until it is serving: it sends READY=1 on the notify socket the lab
 // gives it (NS.StartReady). On failure the process is killed and the error
 // carries its stderr.
 func StartHoldfast(ctx context.Context, d *Director, bin string, args ...string) (*Proc, error) {
-	p, err := d.StartReady(ctx, "holdfast-"+d.Label, append([]string{bin}, args...)...)
+	return startHoldfast(ctx, d, bin, procOptions{}, args...)
+}
+
+// startHoldfast is StartHoldfast with o shaping what the Proc keeps.
+func startHoldfast(ctx context.Context, d *Director, bin string, o procOptions, args ...string) (*Proc, error) {
+	p, err := d.startReady(ctx, "holdfast-"+d.Label, o, append([]string{bin}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("director %s not serving: %w", d.Label, err)
 	}

@@ -20,8 +20,9 @@
 // What it holds: the topology (lab.go, netns.go), the processes it starts
 // and their output (proc.go), the built-in backends and load (backend.go,
 // demo.go), keepalived (vrrp.go), the user-namespace re-exec that lets an
-// ordinary user run a lab (userns.go), and the supervisor behind `holdfast
-// lab up` (supervisor.go).
+// ordinary user run a lab (userns.go), where its sockets live (rundir.go),
+// and the supervisor behind `holdfast lab up` (supervisor.go) with its
+// directors' log rings (logring.go).
 //
 // A director is a holdfast process the lab talks to through its contracts,
 // never its log text: it is ready when it sends READY=1 on the notify

@@ -149,6 +149,10 @@ func New(opts Options) (_ *Lab, err error) {
 		return nil, fmt.Errorf("lab: Prefix %q, want 1-40 characters of [A-Za-z0-9_.-]", opts.Prefix)
 	}
 
+	// The directors' admin sockets go there.
+	if _, err := EnsureRuntimeDir(); err != nil {
+		return nil, err
+	}
 	l := &Lab{Prefix: opts.Prefix}
 	defer func() {
 		if err != nil {

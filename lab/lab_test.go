@@ -135,7 +135,7 @@ func TestServeUDPEcho(t *testing.T) {
 }
 
 func TestProcWaitForLine(t *testing.T) {
-	p, err := startProc("sh", exec.Command("sh", "-c", `echo two >&2; printf partial >&2; echo one; exec sleep 60`))
+	p, err := startProc("sh", exec.Command("sh", "-c", `echo two >&2; printf partial >&2; echo one; exec sleep 60`), procOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ func TestProcWaitForLine(t *testing.T) {
 }
 
 func TestProcWaitForLineDeadline(t *testing.T) {
-	p, err := startProc("sleep", exec.Command("sleep", "60"))
+	p, err := startProc("sleep", exec.Command("sleep", "60"), procOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -160,7 +160,7 @@ func (n *NS) Run(ctx context.Context, argv ...string) ([]byte, error) {
 // is argv's own) and returns it running. The lab kills it on Close if it is
 // still running; name labels it in errors.
 func (n *NS) Start(name string, argv ...string) (*Proc, error) {
-	return n.start(name, nil, argv...)
+	return n.start(name, nil, procOptions{}, argv...)
 }
 
 // StartReady starts argv inside n as Start does, with NOTIFY_SOCKET naming
@@ -168,15 +168,20 @@ func (n *NS) Start(name string, argv ...string) (*Proc, error) {
 // (sd_notify(3)), as `holdfast run` does once it serves. If it exits first
 // or ctx ends, it is killed and the error carries its stderr.
 func (n *NS) StartReady(ctx context.Context, name string, argv ...string) (*Proc, error) {
-	return startReady(ctx, func(env []string) (*Proc, error) { return n.start(name, env, argv...) })
+	return n.startReady(ctx, name, procOptions{}, argv...)
+}
+
+// startReady is StartReady with o shaping what the Proc keeps.
+func (n *NS) startReady(ctx context.Context, name string, o procOptions, argv ...string) (*Proc, error) {
+	return startReady(ctx, func(env []string) (*Proc, error) { return n.start(name, env, o, argv...) })
 }
 
 // start is Start with env added to the lab's environment.
-func (n *NS) start(name string, env []string, argv ...string) (*Proc, error) {
+func (n *NS) start(name string, env []string, o procOptions, argv ...string) (*Proc, error) {
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("lab: %s: Start %s: empty argv", n.Name, name)
 	}
-	p, err := startProc(name, command(env, append([]string{"ip", "netns", "exec", n.Name}, argv...)...))
+	p, err := startProc(name, command(env, append([]string{"ip", "netns", "exec", n.Name}, argv...)...), o)
 	if err != nil {
 		return nil, fmt.Errorf("lab: %s: %w", n.Name, err)
 	}

@@ -79,7 +79,7 @@ func startFake(t *testing.T, ctx context.Context, mode string) (*Proc, string, e
 	var socket string
 	p, err := startReady(ctx, func(env []string) (*Proc, error) {
 		socket = strings.TrimPrefix(env[0], notifySocketEnv+"=")
-		p, err := startProc("fake", command(append(env, fakeNotifyEnv+"="+mode), os.Args[0]))
+		p, err := startProc("fake", command(append(env, fakeNotifyEnv+"="+mode), os.Args[0]), procOptions{})
 		started = p
 		return p, err
 	})

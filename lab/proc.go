@@ -30,6 +30,9 @@ type Proc struct {
 	done chan struct{} // closed once the process is reaped and output flushed
 
 	mu      sync.Mutex
+	keep    int        // most lines kept (oldest go first); 0 means all
+	dropped int        // lines no longer kept
+	sink    func(Line) // also gets every line, in order, under mu; may be nil
 	lines   []Line
 	partial [2][]byte     // unterminated output of stdout, stderr
 	changed chan struct{} // closed and replaced on every new line and on exit
@@ -41,8 +44,8 @@ type Proc struct {
 
 // startProc starts cmd, capturing its output. The child gets SIGKILL if the
 // process that started it dies, so a crashed test leaves no server behind.
-func startProc(name string, cmd *exec.Cmd) (*Proc, error) {
-	p := &Proc{Name: name, cmd: cmd, done: make(chan struct{}), changed: make(chan struct{})}
+func startProc(name string, cmd *exec.Cmd, o procOptions) (*Proc, error) {
+	p := &Proc{Name: name, cmd: cmd, done: make(chan struct{}), changed: make(chan struct{}), keep: o.keep, sink: o.sink}
 	cmd.Stdout = lineWriter{p, false}
 	cmd.Stderr = lineWriter{p, true}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -56,7 +59,7 @@ func startProc(name string, cmd *exec.Cmd) (*Proc, error) {
 		p.mu.Lock()
 		for i, b := range p.partial {
 			if len(b) > 0 {
-				p.lines = append(p.lines, Line{Stderr: i == 1, Text: string(b)})
+				p.add(Line{Stderr: i == 1, Text: string(b)})
 			}
 		}
 		p.exited, p.state, p.waitErr = true, cmd.ProcessState, err
@@ -104,7 +107,7 @@ func (w lineWriter) Write(b []byte) (int, error) {
 		if j < 0 {
 			break
 		}
-		p.lines = append(p.lines, Line{Stderr: w.stderr, Text: strings.TrimSuffix(string(buf[:j]), "\r")})
+		p.add(Line{Stderr: w.stderr, Text: strings.TrimSuffix(string(buf[:j]), "\r")})
 		buf = buf[j+1:]
 		added = true
 	}
@@ -114,6 +117,28 @@ func (w lineWriter) Write(b []byte) (int, error) {
 		p.changed = make(chan struct{})
 	}
 	return len(b), nil
+}
+
+// procOptions shape what a Proc keeps of its output. The zero value keeps
+// every line: a test's processes are short-lived, while the supervisor's
+// directors run for as long as a lab is up and pass their lines on to its
+// log rings (logring.go).
+type procOptions struct {
+	keep int        // most lines kept, 0 for all
+	sink func(Line) // gets every line too; must not block or call p
+}
+
+// add records one complete line; p.mu is held.
+func (p *Proc) add(l Line) {
+	p.lines = append(p.lines, l)
+	if p.keep > 0 && len(p.lines) > p.keep {
+		n := len(p.lines) - p.keep
+		p.lines = append(p.lines[:0:0], p.lines[n:]...)
+		p.dropped += n
+	}
+	if p.sink != nil {
+		p.sink(l)
+	}
 }
 
 // PID returns the process id.
@@ -136,7 +161,7 @@ func (p *Proc) Wait(ctx context.Context) (*os.ProcessState, error) {
 	}
 }
 
-// Lines returns every complete line so far, stdout and stderr interleaved in
+// Lines returns every complete line so far (of those kept), stdout and stderr interleaved in
 // the order they were read.
 func (p *Proc) Lines() []Line {
 	p.mu.Lock()
@@ -164,14 +189,16 @@ func (p *Proc) text(stderr bool) string {
 // ErrExited is returned by WaitForLine when the process exits first.
 var ErrExited = errors.New("process exited")
 
-// WaitForLine returns the first line (from the start of the output) that
-// match accepts. It fails when ctx ends or when the process exits without
-// such a line (wrapping ErrExited, with the exit state).
+// WaitForLine returns the first line (from the start of the output, or of
+// what is kept of it) that match accepts. It fails when ctx ends or when
+// the process exits without such a line (wrapping ErrExited, with the exit
+// state).
 func (p *Proc) WaitForLine(ctx context.Context, match func(Line) bool) (Line, error) {
-	next := 0
+	next := 0 // counts every line, dropped ones included
 	for {
 		p.mu.Lock()
-		lines, changed, exited, state := p.lines[next:], p.changed, p.exited, p.state
+		next = max(next, p.dropped)
+		lines, changed, exited, state := p.lines[next-p.dropped:], p.changed, p.exited, p.state
 		p.mu.Unlock()
 		for _, l := range lines {
 			if match(l) {

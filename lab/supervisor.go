@@ -6,10 +6,15 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"holdfast/daemon/adminapi"
 	"holdfast/internal/unixhttp"
 
 	"github.com/rs/zerolog"
@@ -18,16 +23,26 @@ import (
 // The lab supervisor: `holdfast lab up` builds a lab and supervises it in
 // the foreground (the built-in backends live in its process); `lab status`,
 // `lab failover` and `lab down`, from another terminal, ask it on a unix
-// socket (Ask).
+// socket (Ask): SupervisorSocket, in the user's RuntimeDir, so that the
+// user's other shells reach an unprivileged lab too, whose namespaces and
+// /run they do not see.
 
 const (
 	// SupervisedPrefix starts the names of the namespaces of the lab a
-	// Supervisor builds: there is one such lab per host, which Remove can
-	// find and delete after its supervisor was killed.
+	// Supervisor builds. Root has one such lab per host, which Remove can
+	// find and delete after its supervisor was killed; an ordinary user has
+	// one (its SupervisorSocket), whose namespaces the kernel removes with
+	// its processes.
 	SupervisedPrefix = "hflab-"
-	// SupervisorSocket is the supervisor's control socket.
-	SupervisorSocket = "/run/holdfast/lab.sock"
+
+	// dirLogKeep is what a director's Proc keeps of its own output, for the
+	// error of a start that fails; the supervisor's log ring has the rest.
+	dirLogKeep = 200
 )
+
+// ErrLabUp says a supervisor of this user's already answers on
+// SupervisorSocket.
+var ErrLabUp = errors.New("a lab is already up")
 
 // SupervisorOptions shape a supervised lab.
 type SupervisorOptions struct {
@@ -50,6 +65,8 @@ type Supervisor struct {
 	mu   sync.Mutex
 	dirs []*Proc // holdfast of each director, nil before its first start
 
+	logs []*logRing // each director's log, over its restarts; set once
+
 	downOnce  sync.Once
 	down      chan struct{} // closed by POST /down
 	closeOnce sync.Once
@@ -59,21 +76,38 @@ type Supervisor struct {
 
 // StartSupervisor builds the lab (namespaces SupervisedPrefix*), serves the
 // backends, starts holdfast in each director namespace (A first, the VRRP
-// master) and listens on SupervisorSocket. On error everything it made is
-// removed. ctx bounds the start; the caller waits for Down or its own
-// signal, then calls Close.
+// master) and serves SupervisorSocket, which it takes first: when another
+// supervisor of this user's answers there, it fails with ErrLabUp before
+// building anything. On error everything it made is removed. ctx bounds
+// the start; the caller waits for Down or its own signal, then calls Close.
 func StartSupervisor(ctx context.Context, o SupervisorOptions) (_ *Supervisor, err error) {
 	if o.VRRP && o.Directors != 2 {
 		return nil, fmt.Errorf("lab: VRRP with %d directors, want 2", o.Directors)
 	}
+	if _, err := EnsureRuntimeDir(); err != nil {
+		return nil, err
+	}
+	sock := SupervisorSocket()
+	ln, err := unixhttp.Listen(sock)
+	if errors.Is(err, unixhttp.ErrInUse) {
+		return nil, fmt.Errorf("%w (%s answers)", ErrLabUp, sock)
+	}
+	if err != nil {
+		return nil, err
+	}
 	l, err := New(Options{Prefix: SupervisedPrefix, Directors: o.Directors, Reals: o.Reals, VRRP: o.VRRP})
 	if err != nil {
+		ln.Close()
 		return nil, err
 	}
 	s := &Supervisor{l: l, bin: o.Binary, vrrp: o.VRRP, dirs: make([]*Proc, len(l.Directors)),
 		down: make(chan struct{}), gone: make(chan struct{})}
+	for range l.Directors {
+		s.logs = append(s.logs, newLogRing(logRingLines))
+	}
 	defer func() {
 		if err != nil {
+			ln.Close() // removes the socket file
 			err = errors.Join(err, l.Close())
 		}
 	}()
@@ -93,9 +127,12 @@ func StartSupervisor(ctx context.Context, o SupervisorOptions) (_ *Supervisor, e
 			}
 		}
 	}
-	if s.stopSock, err = unixhttp.Serve(SupervisorSocket, s.handler(), o.Log); err != nil {
-		return nil, err
+	if o.VRRP {
+		if err := s.waitStandby(ctx, 1); err != nil {
+			return nil, err
+		}
 	}
+	s.stopSock = unixhttp.ServeListener(ln, s.handler(), o.Log)
 	return s, nil
 }
 
@@ -119,23 +156,60 @@ func (s *Supervisor) Close() error {
 	return s.closeErr
 }
 
-// start runs holdfast in director i's namespace.
-func (s *Supervisor) start(ctx context.Context, i int) error {
-	d := s.l.Directors[i]
-	args := []string{"--service", "tcp:" + netip.AddrPortFrom(VIP, DefaultHTTPPort).String(), "--scheduler", "rr"}
-	for _, r := range s.l.Reals {
-		args = append(args, "--real", netip.AddrPortFrom(r.Addr, DefaultHTTPPort).String())
+// supervisedServices are the directors' services: HTTP, and the UDP echo
+// every real serves too (ServeBackends).
+var supervisedServices = []struct {
+	proto string
+	port  uint16
+}{{"tcp", DefaultHTTPPort}, {"udp", DefaultUDPPort}}
+
+// serviceArgs are the `holdfast run` flags of supervisedServices, rr over
+// the reals.
+func (s *Supervisor) serviceArgs() []string {
+	var args []string
+	for _, svc := range supervisedServices {
+		args = append(args, "--service", svc.proto+":"+netip.AddrPortFrom(VIP, svc.port).String(), "--scheduler", "rr")
+		for _, r := range s.l.Reals {
+			args = append(args, "--real", netip.AddrPortFrom(r.Addr, svc.port).String())
+		}
 	}
+	return args
+}
+
+// start runs holdfast in director i's namespace. Its output goes to the
+// director's log ring, between a line that says it starts and one that
+// says how it ended, which `lab logs` shows.
+func (s *Supervisor) start(ctx context.Context, i int) error {
+	d, ring := s.l.Directors[i], s.logs[i]
+	ring.add(Line{Text: fmt.Sprintf("-- holdfast lab: starting holdfast in %s --", d.Name)})
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	p, err := StartHoldfast(sctx, d, s.bin, HoldfastArgs(d, args...)...)
+	o := procOptions{keep: dirLogKeep, sink: ring.add}
+	p, err := startHoldfast(sctx, d, s.bin, o, HoldfastArgs(d, s.serviceArgs()...)...)
 	if err != nil {
+		ring.add(Line{Text: "-- holdfast lab: " + firstLine(err.Error()) + " --"})
 		return err
 	}
+	p.atExit(func() {
+		p.mu.Lock()
+		state := p.state
+		p.mu.Unlock()
+		ring.add(Line{Text: fmt.Sprintf("-- holdfast lab: holdfast (pid %d) ended: %v --", p.PID(), state)})
+	})
 	s.mu.Lock()
 	s.dirs[i] = p
 	s.mu.Unlock()
 	return nil
+}
+
+// waitStandby waits (up to 10 s) until director i's keepalived is BACKUP:
+// its holdfast has started, and keepalived's check (once a second) has
+// seen it, so the lab that `lab up` or `lab failover` reports has a
+// standby that can take over.
+func (s *Supervisor) waitStandby(ctx context.Context, i int) error {
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return s.l.WaitVRRPState(wctx, i, VRRPBackupState)
 }
 
 func (s *Supervisor) handler() http.Handler {
@@ -149,6 +223,7 @@ func (s *Supervisor) handler() http.Handler {
 		}
 		unixhttp.WriteJSON(w, st)
 	})
+	mux.HandleFunc("GET /logs/{director}", s.serveLogs)
 	mux.HandleFunc("POST /down", func(w http.ResponseWriter, r *http.Request) {
 		s.downOnce.Do(func() { close(s.down) })
 		select {
@@ -168,7 +243,9 @@ type Status struct {
 	Namespaces []string         `json:"namespaces"`
 	Client     string           `json:"client"`
 	VIP        string           `json:"vip"`
-	Active     string           `json:"active"` // a director's label, or "none"
+	Services   []string         `json:"services"` // PROTO:VIP:PORT
+	Active     string           `json:"active"`   // a director's label, or "none"
+	Enter      []string         `json:"enter"`    // argv that runs a command in one of the lab's namespaces: append the namespace, then the command
 	Directors  []DirectorStatus `json:"directors"`
 	Reals      []RealStatus     `json:"reals"`
 	Message    string           `json:"message,omitempty"`
@@ -177,29 +254,39 @@ type Status struct {
 // DirectorStatus is one director of a Status. The counters are zero when
 // the director is not running or did not answer in time.
 type DirectorStatus struct {
-	Label     string `json:"label"`
-	Namespace string `json:"namespace"`
-	Uplink    string `json:"uplink"`
-	RS        string `json:"rs"`
-	Running   bool   `json:"running"`
-	PID       int    `json:"pid,omitempty"`
-	Flows     int    `json:"flows"`
-	Recovered int    `json:"recovered"`
-	Adopted   int    `json:"adopted"`
+	Label       string `json:"label"`
+	Namespace   string `json:"namespace"`
+	Uplink      string `json:"uplink"`
+	RS          string `json:"rs"`
+	AdminSocket string `json:"admin_socket"`
+	Running     bool   `json:"running"`
+	PID         int    `json:"pid,omitempty"`
+	VRRP        string `json:"vrrp,omitempty"` // keepalived's state (VRRPMasterState, ...) in a VRRP lab
+	Flows       int    `json:"flows"`
+	Recovered   int    `json:"recovered"`
+	Adopted     int    `json:"adopted"`
 }
 
-// RealStatus is one real server of a Status: what its HTTP backend served.
+// RealStatus is one real server of a Status: the flows the directors hold
+// to it now (Active, UDPFlows: from their admin API's per-real counts),
+// and what its backends served since `lab up` (the totals).
 type RealStatus struct {
 	Label           string `json:"label"`
 	Addr            string `json:"addr"`
 	Namespace       string `json:"namespace"`
+	Active          int    `json:"active"`    // established TCP connections to its HTTP backend the directors hold now
+	UDPFlows        int    `json:"udp_flows"` // UDP flows to its echo the directors hold now (until their idle timeout)
 	HTTPConnections int64  `json:"http_connections"`
 	HTTPRequests    int64  `json:"http_requests"`
+	UDPDatagrams    int64  `json:"udp_datagrams"`
 }
 
 // Status describes the lab now.
 func (s *Supervisor) Status(ctx context.Context) Status {
-	st := Status{Prefix: s.l.Prefix, Client: ClientAddr.String(), VIP: VIP.String(), Active: "none"}
+	st := Status{Prefix: s.l.Prefix, Client: ClientAddr.String(), VIP: VIP.String(), Active: "none", Enter: EnterArgv()}
+	for _, svc := range supervisedServices {
+		st.Services = append(st.Services, svc.proto+":"+netip.AddrPortFrom(VIP, svc.port).String())
+	}
 	if a := s.l.Active(); a != nil {
 		st.Active = a.Label
 	}
@@ -209,8 +296,10 @@ func (s *Supervisor) Status(ctx context.Context) Status {
 	s.mu.Lock()
 	dirs := append([]*Proc(nil), s.dirs...)
 	s.mu.Unlock()
+	active := map[string]int{} // PROTO:ADDR -> flows held now, over the directors
 	for i, d := range s.l.Directors {
-		ds := DirectorStatus{Label: d.Label, Namespace: d.Name, Uplink: d.Uplink.String(), RS: d.RSAddr.String()}
+		ds := DirectorStatus{Label: d.Label, Namespace: d.Name, Uplink: d.Uplink.String(), RS: d.RSAddr.String(),
+			AdminSocket: AdminSocket(d), VRRP: s.l.VRRPState(i)}
 		if p := dirs[i]; p != nil {
 			select {
 			case <-p.Done():
@@ -220,6 +309,7 @@ func (s *Supervisor) Status(ctx context.Context) Status {
 				if c, err := ReadStats(rctx, d); err == nil {
 					ds.Flows, ds.Recovered, ds.Adopted = c.Flows, c.Recovered, c.Adopted
 				}
+				addActive(rctx, d, active)
 				cancel()
 			}
 		}
@@ -227,9 +317,33 @@ func (s *Supervisor) Status(ctx context.Context) Status {
 	}
 	for _, r := range s.l.Reals {
 		st.Reals = append(st.Reals, RealStatus{Label: r.Label, Addr: r.Addr.String(), Namespace: r.Name,
-			HTTPConnections: r.Stats.HTTPConns.Load(), HTTPRequests: r.Stats.HTTPRequests.Load()})
+			Active: active["tcp:"+r.Addr.String()], UDPFlows: active["udp:"+r.Addr.String()],
+			HTTPConnections: r.Stats.HTTPConns.Load(), HTTPRequests: r.Stats.HTTPRequests.Load(),
+			UDPDatagrams: r.Stats.UDPDatagrams.Load()})
 	}
 	return st
+}
+
+// addActive adds director d's active flows per real (GET /services) to
+// active, keyed "PROTO:ADDR". A director that does not answer adds nothing:
+// its flows are gone or unknown, and Status says whether it runs.
+func addActive(ctx context.Context, d *Director, active map[string]int) {
+	c := adminapi.NewClient(AdminSocket(d))
+	defer c.Close()
+	svcs, err := c.Services(ctx)
+	if err != nil {
+		return
+	}
+	for _, svc := range svcs {
+		proto, _, _ := strings.Cut(svc.Service, ":")
+		for _, r := range svc.Reals {
+			n := r.Active
+			if proto == "udp" {
+				n += r.Inactive // as in ipvsadm, a UDP flow is never "active"
+			}
+			active[proto+":"+r.Addr.Addr().String()] += n
+		}
+	}
 }
 
 // Failover kills the active director (SIGKILL), moves the routes to the
@@ -264,6 +378,11 @@ func (s *Supervisor) Failover(ctx context.Context) (Status, error) {
 	if err := s.start(ctx, from); err != nil {
 		return Status{}, fmt.Errorf("restarting %s as the standby: %w", s.l.Directors[from].Label, err)
 	}
+	if s.vrrp {
+		if err := s.waitStandby(ctx, from); err != nil {
+			return Status{}, err
+		}
+	}
 	st := s.Status(ctx)
 	how := "routes moved"
 	if s.vrrp {
@@ -272,6 +391,61 @@ func (s *Supervisor) Failover(ctx context.Context) (Status, error) {
 	st.Message = fmt.Sprintf("director %s killed (SIGKILL); %s to %s; %s restarted as the standby",
 		s.l.Directors[from].Label, how, s.l.Directors[to].Label, s.l.Directors[from].Label)
 	return st, nil
+}
+
+// logsWait bounds how long GET /logs/{director}?wait=1 holds an answer
+// with no new line: a follower asks again, and a dead client is noticed.
+const logsWait = 25 * time.Second
+
+// serveLogs answers GET /logs/{director}?since=SEQ[&wait=1]: the
+// director's kept lines from SEQ on; with wait and none yet, it answers on
+// the next line or after logsWait.
+func (s *Supervisor) serveLogs(w http.ResponseWriter, r *http.Request) {
+	label := r.PathValue("director")
+	i := slices.IndexFunc(s.l.Directors, func(d *Director) bool { return d.Label == label })
+	if i < 0 {
+		http.Error(w, fmt.Sprintf("this lab has no director %q (it has %s)", label, s.labels()), http.StatusNotFound)
+		return
+	}
+	var since uint64
+	if v := r.URL.Query().Get("since"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("since=%q: want a line number", v), http.StatusBadRequest)
+			return
+		}
+		since = n
+	}
+	lines, next, dropped, changed := s.logs[i].since(since)
+	if len(lines) == 0 && r.URL.Query().Get("wait") == "1" {
+		t := time.NewTimer(logsWait)
+		defer t.Stop()
+		select {
+		case <-changed:
+			lines, next, dropped, _ = s.logs[i].since(since)
+		case <-t.C:
+		case <-r.Context().Done():
+			return
+		case <-s.gone:
+		}
+	}
+	unixhttp.WriteJSON(w, Logs{Director: label, Lines: lines, Next: next, Dropped: dropped})
+}
+
+// labels lists the directors' labels: "A and B", or "A".
+func (s *Supervisor) labels() string {
+	var ls []string
+	for _, d := range s.l.Directors {
+		ls = append(ls, d.Label)
+	}
+	return strings.Join(ls, " and ")
+}
+
+// firstLine is s up to its first newline: an error that carries a
+// process's stderr after its first line.
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
 
 // Supervisor commands, for Ask.
@@ -303,4 +477,20 @@ func Ask(ctx context.Context, socket, command string) (Status, error) {
 	var st Status
 	err := c.Do(ctx, method, "/"+command, nil, &st)
 	return st, err
+}
+
+// AskLogs asks the supervisor on socket for director's log lines from
+// since on (GET /logs/{director}); with wait it holds on until there is
+// one, up to logsWait. When nothing listens on socket the error wraps
+// unixhttp.ErrUnreachable.
+func AskLogs(ctx context.Context, socket, director string, since uint64, wait bool) (Logs, error) {
+	c := unixhttp.NewClient(socket)
+	c.HTTP.Timeout = logsWait + 10*time.Second
+	q := url.Values{"since": {strconv.FormatUint(since, 10)}}
+	if wait {
+		q.Set("wait", "1")
+	}
+	var l Logs
+	err := c.Do(ctx, "GET", "/logs/"+url.PathEscape(director)+"?"+q.Encode(), nil, &l)
+	return l, err
 }

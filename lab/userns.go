@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -206,6 +207,7 @@ type hostFacts struct {
 	sysctls    map[string]string // dotted key -> value, for the keys in checkedSysctls that exist
 	apparmor   string            // this process's AppArmor label ("unconfined"), "" if unknown
 	tunErr     error             // from opening /dev/net/tun read-write
+	tunMode    uint32            // its permission bits, if it exists
 	ip         string            // path of ip(8), "" if not found
 	mountinfo  string            // /proc/self/mountinfo
 	searchPath string            // the PATH ip was looked up in
@@ -248,6 +250,10 @@ func readHostFacts(path string) hostFacts {
 	} else {
 		t.Close()
 	}
+	var st syscall.Stat_t
+	if syscall.Stat("/dev/net/tun", &st) == nil {
+		f.tunMode = st.Mode & 0o777
+	}
 	f.ip, _ = lookIn(path, "ip")
 	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		f.mountinfo = string(b)
@@ -276,12 +282,34 @@ func (f hostFacts) missing() []string {
 		m = append(m, "user namespaces are restricted by AppArmor (kernel.apparmor_restrict_unprivileged_userns=1)")
 	}
 	if f.tunErr != nil {
-		m = append(m, "/dev/net/tun is not accessible: "+errnoText(f.tunErr))
+		m = append(m, "/dev/net/tun is not accessible: "+errnoText(f.tunErr)+tunFix(f.tunErr, f.tunMode))
 	}
 	if f.ip == "" {
 		m = append(m, "ip (iproute2) not found (searched "+f.searchPath+")")
 	}
 	return m
+}
+
+// tunFix is what the user can do about err, from opening /dev/net/tun
+// (mode: its permission bits), in parentheses, or "" if nothing is known.
+// Opening the node grants nothing by itself (creating a TUN needs
+// CAP_NET_ADMIN, which the lab has in its own namespaces only), which is
+// why most distributions ship it mode 0666.
+func tunFix(err error, mode uint32) string {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return ""
+	}
+	switch errno {
+	case syscall.EACCES, syscall.EPERM:
+		return fmt.Sprintf(" (it is mode %#o: `sudo chmod 0666 /dev/net/tun` lets users open it, as most distributions ship it,"+
+			" and a udev rule KERNEL==\"tun\", MODE=\"0666\" in /etc/udev/rules.d/60-tun.rules keeps it so after a reboot)", mode)
+	case syscall.ENOENT:
+		return " (no device node: `sudo modprobe tun` loads the driver, which makes it)"
+	case syscall.ENODEV, syscall.ENXIO:
+		return " (no tun driver: `sudo modprobe tun`)"
+	}
+	return ""
 }
 
 // usePIDNS reports whether the child can have a PID namespace: the kernel
@@ -361,6 +389,10 @@ func setupChild() error {
 		return fmt.Errorf("%s is set, but this process is not the child holdfast re-executed in a user namespace (euid %d, uid_map %q): unset it",
 			usernsChildEnv, os.Geteuid(), strings.TrimSpace(string(uidMap)))
 	}
+	hostUID, _ = strconv.Atoi(strings.Fields(string(uidMap))[1])
+	// The host's /proc, before the PID namespace's replaces it, still
+	// knows this process's pid outside: `nsenter -t` needs that one.
+	hostPID = readHostPID()
 	// Nothing mounted here is to reach the host (it could not anyway: the
 	// host's shared mounts are slaves in a less privileged namespace).
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
@@ -386,6 +418,31 @@ func setupChild() error {
 		return childSetupError("setting lo up", err)
 	}
 	return nil
+}
+
+// hostPID is this process's pid in the host's PID namespace when it is the
+// re-executed child (setupChild sets it), 0 otherwise.
+var hostPID int
+
+// HostPID is the pid by which the user's other shells reach this
+// unprivileged lab's namespaces (`nsenter -t PID -U -m`), 0 when the lab
+// runs as root.
+func HostPID() int { return hostPID }
+
+// readHostPID reads the first (outermost) pid of NSpid in
+// /proc/self/status (proc_pid_status(5)), or os.Getpid() without one.
+func readHostPID() int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err == nil {
+		for line := range strings.Lines(string(b)) {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "NSpid:" {
+				if pid, err := strconv.Atoi(f[1]); err == nil {
+					return pid
+				}
+			}
+		}
+	}
+	return os.Getpid()
 }
 
 // childUIDMap reports whether uidMap (/proc/self/uid_map) is the one

@@ -30,6 +30,10 @@ func okFacts() hostFacts {
 	}
 }
 
+// tunChmodFix is the fix missing() gives for a /dev/net/tun of mode 0600.
+const tunChmodFix = " (it is mode 0600: `sudo chmod 0666 /dev/net/tun` lets users open it, as most distributions ship it," +
+	` and a udev rule KERNEL=="tun", MODE="0666" in /etc/udev/rules.d/60-tun.rules keeps it so after a reboot)`
+
 func TestHostFactsMissing(t *testing.T) {
 	tests := []struct {
 		name string
@@ -62,22 +66,24 @@ func TestHostFactsMissing(t *testing.T) {
 		}, nil},
 		{"tun mode 0600", func(f *hostFacts) {
 			f.tunErr = &fs.PathError{Op: "open", Path: "/dev/net/tun", Err: syscall.EACCES}
-		}, []string{"/dev/net/tun is not accessible: permission denied"}},
+			f.tunMode = 0o600
+		}, []string{"/dev/net/tun is not accessible: permission denied" + tunChmodFix}},
 		{"no tun node", func(f *hostFacts) {
 			f.tunErr = &fs.PathError{Op: "open", Path: "/dev/net/tun", Err: syscall.ENOENT}
-		}, []string{"/dev/net/tun is not accessible: no such file or directory"}},
+		}, []string{"/dev/net/tun is not accessible: no such file or directory (no device node: `sudo modprobe tun` loads the driver, which makes it)"}},
 		{"no tun driver", func(f *hostFacts) {
 			f.tunErr = &fs.PathError{Op: "open", Path: "/dev/net/tun", Err: syscall.ENODEV}
-		}, []string{"/dev/net/tun is not accessible: no such device"}},
+		}, []string{"/dev/net/tun is not accessible: no such device (no tun driver: `sudo modprobe tun`)"}},
 		{"no ip", func(f *hostFacts) { f.ip = "" },
 			[]string{"ip (iproute2) not found (searched /usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin)"}},
 		{"several, in order", func(f *hostFacts) {
 			f.sysctls["user.max_user_namespaces"] = "0"
 			f.tunErr = &fs.PathError{Op: "open", Path: "/dev/net/tun", Err: syscall.EACCES}
+			f.tunMode = 0o600
 			f.ip = ""
 		}, []string{
 			"user.max_user_namespaces is 0",
-			"/dev/net/tun is not accessible: permission denied",
+			"/dev/net/tun is not accessible: permission denied" + tunChmodFix,
 			"ip (iproute2) not found (searched /usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin)",
 		}},
 	}

@@ -25,6 +25,7 @@ func labCommand() *cli.Command {
 			labSimpleCommand(lab.AskStatus, "show the lab's topology, the active director and flow counts"),
 			labSimpleCommand(lab.AskFailover, "kill the active director (SIGKILL), move the routes to the other, restart the killed one as standby"),
 			labSimpleCommand(lab.AskDown, "tear the lab down (also a lab whose `lab up` was killed)"),
+			labLogsCommand(),
 		},
 		OnUsageError: usageError,
 	}

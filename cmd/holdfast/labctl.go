@@ -1,11 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"text/tabwriter"
 
 	"holdfast/internal/unixhttp"
 	"holdfast/lab"
@@ -15,11 +18,16 @@ import (
 
 // `holdfast lab up` runs a lab.Supervisor in the foreground; `lab status`,
 // `lab failover` and `lab down`, from another terminal, ask it on its
-// socket (lab.Ask). This file holds the commands' flags, checks and output.
+// socket (lab.Ask), which is in the user's runtime directory
+// (lab.RuntimeDir): an unprivileged lab's namespaces and /run are its own,
+// and only that socket reaches it. This file holds the commands' flags,
+// checks and output.
 
 var (
 	labDirectorsFlag = &cli.IntFlag{Name: "directors", Value: 2, Usage: "directors in the lab: 1 or 2"}
 	labRealsFlag     = &cli.IntFlag{Name: "reals", Value: 3, Usage: "real servers in the lab: 1..100"}
+	labJSONFlag      = &cli.BoolFlag{Name: "json", Usage: "print the answer as JSON (for scripts)"}
+	labFollowFlag    = &cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new lines until Ctrl-C or the lab goes down"}
 )
 
 func labUpCommand() *cli.Command {
@@ -32,8 +40,12 @@ func labUpCommand() *cli.Command {
 }
 
 func labSimpleCommand(command, usage string) *cli.Command {
-	return &cli.Command{Name: command, Usage: usage, OnUsageError: usageError,
+	cmd := &cli.Command{Name: command, Usage: usage, OnUsageError: usageError,
 		Action: func(c *cli.Context) error { return labRequest(c, command) }}
+	if command == lab.AskStatus {
+		cmd.Flags = []cli.Flag{labJSONFlag}
+	}
+	return cmd
 }
 
 func labUp(c *cli.Context) error {
@@ -47,8 +59,13 @@ func labUp(c *cli.Context) error {
 	if vrrp && n != 2 {
 		return usagef("--vrrp needs --directors 2")
 	}
-	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
-		return cli.Exit(fmt.Sprintf("a lab is already up (%s...): run `holdfast lab down` first", left[0]), exitRuntime)
+	// Root's lab leaves named namespaces when its `lab up` is killed; an
+	// unprivileged lab's die with it, and its socket says whether it runs
+	// (lab.StartSupervisor).
+	if !unprivilegedLab() {
+		if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
+			return cli.Exit(fmt.Sprintf("a lab is already up (%s...): run `holdfast lab down` first", left[0]), exitRuntime)
+		}
 	}
 	bin, err := os.Executable()
 	if err != nil {
@@ -59,6 +76,9 @@ func labUp(c *cli.Context) error {
 
 	fmt.Fprintln(os.Stderr, "building the lab...")
 	s, err := lab.StartSupervisor(ctx, lab.SupervisorOptions{Binary: bin, Directors: n, Reals: reals, VRRP: vrrp, Log: newQuietLogger()})
+	if errors.Is(err, lab.ErrLabUp) {
+		return cli.Exit("holdfast lab up: "+err.Error()+": run `holdfast lab down` first", exitRuntime)
+	}
 	if err != nil {
 		return cli.Exit("holdfast lab up: "+err.Error(), exitRuntime)
 	}
@@ -75,7 +95,13 @@ func labUp(c *cli.Context) error {
 	return nil
 }
 
+// unprivilegedLab reports whether this process is the user-namespace child
+// of an ordinary user's `holdfast lab`, or an ordinary user's command that
+// talks to such a lab.
+func unprivilegedLab() bool { return lab.HostPID() != 0 || os.Geteuid() != 0 }
+
 func printLabUp(l *lab.Lab) {
+	enter := strings.Join(lab.EnterArgv(), " ")
 	fmt.Printf("The lab is up (namespaces %s*, addresses in 198.18.0.0/15):\n\n", l.Prefix)
 	fmt.Printf("  client     %-16s ns %s\n", lab.ClientAddr, l.Client.Name)
 	fmt.Printf("  router     %-16s ns %s\n", lab.ClientGateway, l.Router.Name)
@@ -89,49 +115,148 @@ func printLabUp(l *lab.Lab) {
 	if a := l.Active(); a != nil {
 		active = a.Label
 	}
-	fmt.Printf("  VIP        %-16s tcp:%d, rr over the reals; active director %s\n\n", lab.VIP, lab.DefaultHTTPPort, active)
+	fmt.Printf("  VIP        %-16s tcp:%d (HTTP) and udp:%d (echo), rr over the reals; active director %s\n\n",
+		lab.VIP, lab.DefaultHTTPPort, lab.DefaultUDPPort, active)
 	fmt.Printf("Try, from another terminal:\n")
-	fmt.Printf("  ip netns exec %s curl -s http://%s/          # answered by a real\n", l.Client.Name, lab.VIP)
-	fmt.Printf("  holdfast conns --admin-socket %s\n", lab.AdminSocket(l.Directors[0]))
-	fmt.Printf("  holdfast lab status\n")
-	fmt.Printf("  holdfast lab failover                          # kill the active director, move the routes\n")
-	fmt.Printf("  holdfast lab down                              # or Ctrl-C here\n")
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "  %s %s curl -s http://%s/\t# answered by a real\n", enter, l.Client.Name, lab.VIP)
+	fmt.Fprintf(w, "  holdfast conns --admin-socket %s\t# director A's flows\n", lab.AdminSocket(l.Directors[0]))
+	fmt.Fprintf(w, "  holdfast lab status [--json]\t# directors, keepalived, flows per real\n")
+	fmt.Fprintf(w, "  holdfast lab logs A [-f]\t# director A's log\n")
+	if len(l.Directors) > 1 {
+		fmt.Fprintf(w, "  holdfast lab failover\t# kill the active director, move the routes\n")
+	}
+	fmt.Fprintf(w, "  holdfast lab down\t# or Ctrl-C here\n")
+	w.Flush()
 }
 
 // labRequest sends a lab subcommand to the supervisor and prints its answer.
 func labRequest(c *cli.Context, command string) error {
-	st, err := lab.Ask(c.Context, lab.SupervisorSocket, command)
+	sock := lab.SupervisorSocket()
+	st, err := lab.Ask(c.Context, sock, command)
 	if command == lab.AskDown {
-		if err == nil {
-			fmt.Println(st.Message)
-			if left, _ := lab.List(lab.SupervisedPrefix); len(left) == 0 {
-				return nil
-			}
-		}
-		// No supervisor (killed), or it left something: sweep.
-		return labSweep()
+		return labDown(st, err, sock)
 	}
 	if errors.Is(err, unixhttp.ErrUnreachable) {
-		return cli.Exit(fmt.Sprintf("holdfast lab %s: %v (is `holdfast lab up` running?)", command, err), exitRuntime)
+		return cli.Exit(fmt.Sprintf("holdfast lab %s: %v (is `holdfast lab up` running as this user?)", command, err), exitRuntime)
 	}
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("holdfast lab %s: %v", command, err), exitRuntime)
 	}
+	if c.Bool(labJSONFlag.Name) {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	printLabStatus(st)
+	return nil
+}
+
+// labDown reports the answer of the supervisor on sock to POST /down.
+// Root's lab may have been left without one (its `lab up` killed): its
+// namespaces are swept. An unprivileged lab's die with its processes, so
+// without a supervisor there is none.
+func labDown(st lab.Status, err error, sock string) error {
+	if err == nil {
+		fmt.Println(st.Message)
+	}
+	if unprivilegedLab() {
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, unixhttp.ErrUnreachable) {
+			fmt.Printf("no lab is up (nothing answers on %s)\n", sock)
+			return nil
+		}
+		return cli.Exit("holdfast lab down: "+err.Error(), exitRuntime)
+	}
+	if err == nil {
+		if left, _ := lab.List(lab.SupervisedPrefix); len(left) == 0 {
+			return nil
+		}
+	}
+	// No supervisor (killed), or it left something: sweep.
+	return labSweep()
+}
+
+func printLabStatus(st lab.Status) {
 	if st.Message != "" {
 		fmt.Println(st.Message)
 	}
-	fmt.Printf("lab %s*: client %s, VIP %s, active director %s\n", st.Prefix, st.Client, st.VIP, st.Active)
+	fmt.Printf("lab %s*: client %s, VIP %s (%s), active director %s\n", st.Prefix, st.Client, st.VIP, strings.Join(st.Services, ", "), st.Active)
 	for _, d := range st.Directors {
 		state := "not running"
 		if d.Running {
 			state = fmt.Sprintf("running (pid %d): %d flows, %d recovered, %d adopted", d.PID, d.Flows, d.Recovered, d.Adopted)
 		}
+		if d.VRRP != "" {
+			state = "keepalived " + d.VRRP + ", holdfast " + state
+		}
 		fmt.Printf("  director %s  %-18s ns %-16s %s\n", d.Label, d.Uplink, d.Namespace, state)
 	}
 	for _, r := range st.Reals {
-		fmt.Printf("  %-5v %-15v ns %-16v %v connections, %v requests\n", r.Label, r.Addr, r.Namespace, r.HTTPConnections, r.HTTPRequests)
+		fmt.Printf("  %-5v %-15v ns %-16v now %d connections, %d UDP flows; served %d connections, %d requests, %d datagrams\n",
+			r.Label, r.Addr, r.Namespace, r.Active, r.UDPFlows, r.HTTPConnections, r.HTTPRequests, r.UDPDatagrams)
 	}
-	return nil
+}
+
+func labLogsCommand() *cli.Command {
+	return &cli.Command{
+		Name: "logs", Usage: "print a director's log (the last 5000 lines, over its restarts)", ArgsUsage: "A|B",
+		Flags: []cli.Flag{labFollowFlag}, OnUsageError: usageError, Action: labLogs,
+	}
+}
+
+// labLogsArgs splits `lab logs`'s arguments into the director and whether
+// to follow: urfave/cli stops parsing flags at the first argument, and
+// `lab logs A -f` is what a user types (the banner shows it so).
+func labLogsArgs(args []string, follow bool) (string, bool, error) {
+	var pos []string
+	for _, a := range args {
+		if a == "-f" || a == "--follow" {
+			follow = true
+			continue
+		}
+		pos = append(pos, a)
+	}
+	if len(pos) != 1 || (pos[0] != "A" && pos[0] != "B") {
+		return "", false, usagef("lab logs %q: expected one director, A or B", strings.Join(pos, " "))
+	}
+	return pos[0], follow, nil
+}
+
+func labLogs(c *cli.Context) error {
+	director, follow, err := labLogsArgs(c.Args().Slice(), c.Bool(labFollowFlag.Name))
+	if err != nil {
+		return err
+	}
+	sock := lab.SupervisorSocket()
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var since uint64
+	for first := true; ; first = false {
+		l, err := lab.AskLogs(ctx, sock, director, since, !first)
+		switch {
+		case ctx.Err() != nil:
+			return nil // Ctrl-C ends a follow
+		case errors.Is(err, unixhttp.ErrUnreachable) && !first:
+			return nil // the lab went down
+		case errors.Is(err, unixhttp.ErrUnreachable):
+			return cli.Exit(fmt.Sprintf("holdfast lab logs: %v (is `holdfast lab up` running as this user?)", err), exitRuntime)
+		case err != nil:
+			return cli.Exit("holdfast lab logs: "+err.Error(), exitRuntime)
+		}
+		if l.Dropped > 0 {
+			fmt.Printf("-- holdfast lab: %d earlier lines are no longer kept --\n", l.Dropped)
+		}
+		for _, line := range l.Lines {
+			fmt.Println(line.Text)
+		}
+		if !follow {
+			return nil
+		}
+		since = l.Next
+	}
 }
 
 // labSweep removes a lab whose supervisor is gone (killed).
