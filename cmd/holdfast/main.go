@@ -46,7 +46,9 @@ func run(app *cli.App, args []string, stderr io.Writer) int {
 		msg, code = fmt.Sprintf("unknown command %q (see 'holdfast --help')", m[1]), exitUsage
 	}
 	if msg != "" {
-		fmt.Fprintln(stderr, "holdfast:", strings.TrimPrefix(msg, "holdfast: "))
+		// A command's own prefix ("holdfast lab demo: ...") reads
+		// "holdfast: lab demo: ...".
+		fmt.Fprintln(stderr, "holdfast:", strings.TrimPrefix(strings.TrimPrefix(msg, "holdfast: "), "holdfast "))
 	}
 	return code
 }
