@@ -3,6 +3,7 @@ package nat
 import (
 	"bytes"
 	"net/netip"
+	"runtime"
 	"testing"
 
 	"holdfast/internal/wire"
@@ -198,6 +199,54 @@ func BenchmarkCookie(b *testing.B) {
 			for b.Loop() {
 				c.fn(&p, f)
 			}
+		})
+	}
+}
+
+// BenchmarkFlowMemory reports the heap one flow costs (its slab slot and
+// its two index entries), in a table of 50,000 flows made by SYNs: IPv4
+// flows on the IPv4 test director, IPv6 ones on the dual-stack one.
+func BenchmarkFlowMemory(b *testing.B) {
+	for _, f := range []struct {
+		name   string
+		d      func() *Director
+		client func(i int) string
+		vip    string
+	}{
+		{"IPv4", func() *Director { return newTestDirector(b, func(c *Config) { c.MaxFlows = 100_000 }) },
+			func(i int) string {
+				return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), 40000).String()
+			}, vip},
+		{"IPv6", func() *Director { d, _ := dualDirector(b); d.maxFlows = 100_000; return d },
+			func(i int) string {
+				a := netip.MustParseAddr("2001:2:0:10::").As16()
+				a[14], a[15] = byte(i>>8), byte(i)
+				return netip.AddrPortFrom(netip.AddrFrom16(a), 40000).String()
+			}, vip6},
+	} {
+		b.Run(f.name, func(b *testing.B) {
+			const n = 50_000
+			syns := make([][]byte, n)
+			for i := range syns {
+				syns[i] = tcp4(f.client(i), f.vip, syn, 1, 0, nil)
+			}
+			var perFlow float64
+			for b.Loop() {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				d := f.d()
+				for _, s := range syns {
+					if out, _ := d.HandlePacket(bytes.Clone(s), 1); out == nil {
+						b.Fatal("SYN dropped")
+					}
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				perFlow = float64(after.HeapAlloc-before.HeapAlloc) / n
+				runtime.KeepAlive(d)
+			}
+			b.ReportMetric(perFlow, "B/flow")
 		})
 	}
 }
