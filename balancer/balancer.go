@@ -103,7 +103,7 @@ func (s *Service) String() string {
 
 // Scheduler picks the real for a new flow.
 type Scheduler interface {
-	// Name is the scheduler's short name: rr, wrr, sh, dh or lc.
+	// Name is the scheduler's short name: rr, wrr, sh, dh, lc, mh or mh:addr.
 	Name() string
 	// Pick returns the index in reals of the real for a new flow from client
 	// to dst (the VIP:port), or -1 if no real can take a new flow (every

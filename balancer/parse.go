@@ -133,7 +133,7 @@ func parseAddrPort(s string) (netip.AddrPort, error) {
 // from CLI flags).
 type ServiceConfig struct {
 	Service     string   `json:"service"`     // PROTO:VIP:PORT
-	Scheduler   string   `json:"scheduler"`   // rr, wrr, sh, dh or lc; "" = wrr
+	Scheduler   string   `json:"scheduler"`   // rr, wrr, sh, dh, lc, mh or mh:addr; "" = wrr
 	Persistence string   `json:"persistence"` // Go duration, e.g. "30m"; "" = none
 	Reals       []string `json:"reals"`       // ADDR:PORT[*WEIGHT][,id=N]
 	Check       string   `json:"check"`       // none, tcp, http:/PATH[=STATUS]; "" = none

@@ -136,7 +136,7 @@ func TestServiceConfigBuild(t *testing.T) {
 		{"bad service", valid(func(c *ServiceConfig) { c.Service = "sctp:1.2.3.4:80" }),
 			`service: invalid service "sctp:1.2.3.4:80": expected PROTO:VIP:PORT with PROTO tcp or udp, e.g. tcp:198.18.0.10:80`},
 		{"bad scheduler", valid(func(c *ServiceConfig) { c.Scheduler = "xx" }),
-			`scheduler: unknown scheduler "xx" (expected rr, wrr, sh, dh or lc)`},
+			`scheduler: unknown scheduler "xx" (expected rr, wrr, sh, dh, lc, mh or mh:addr)`},
 		{"bad persistence", valid(func(c *ServiceConfig) { c.Persistence = "30" }),
 			`persistence: invalid duration "30": expected a non-negative Go duration, e.g. 30m or 1h30m`},
 		{"negative persistence", valid(func(c *ServiceConfig) { c.Persistence = "-1s" }),

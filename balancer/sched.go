@@ -6,9 +6,10 @@ import (
 	"strings"
 )
 
-// NewScheduler returns a fresh scheduler by its short name: rr, wrr, sh, dh or
-// lc (case-insensitive). Each Service needs its own instance: rr, wrr, sh and
-// dh keep state about the reals they last saw.
+// NewScheduler returns a fresh scheduler by its short name: rr, wrr, sh, dh,
+// lc, mh or mh:addr (case-insensitive). Each Service needs its own
+// instance: rr, wrr, sh, dh and mh keep state about the reals they last
+// saw.
 //
 // Schedulers are not safe for concurrent use: nat calls them under its lock
 // (from every pump, and from the recovery engine's goroutine), which
@@ -28,8 +29,12 @@ func NewScheduler(name string) (Scheduler, error) {
 		return &hashScheduler{name: "dh", byDst: true}, nil
 	case "lc":
 		return leastConn{}, nil
+	case "mh":
+		return &maglev{}, nil
+	case "mh:addr":
+		return &maglev{addrOnly: true}, nil
 	}
-	return nil, fmt.Errorf("unknown scheduler %q (expected rr, wrr, sh, dh or lc)", name)
+	return nil, fmt.Errorf("unknown scheduler %q (expected rr, wrr, sh, dh, lc, mh or mh:addr)", name)
 }
 
 // roundRobin hands new flows to the available reals (weight > 0, not down) in

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-var schedulerNames = []string{"rr", "wrr", "sh", "dh", "lc"}
+var schedulerNames = []string{"rr", "wrr", "sh", "dh", "lc", "mh", "mh:addr"}
 
 // realsW builds reals 198.18.10.1:80, 198.18.10.2:80, ... with the given weights.
 func realsW(weights ...int) []*Real {
@@ -61,7 +61,7 @@ func TestNewScheduler(t *testing.T) {
 	}
 	for _, name := range []string{"xx", "", "wlc", "maglev"} {
 		_, err := NewScheduler(name)
-		want := fmt.Sprintf("unknown scheduler %q (expected rr, wrr, sh, dh or lc)", name)
+		want := fmt.Sprintf("unknown scheduler %q (expected rr, wrr, sh, dh, lc, mh or mh:addr)", name)
 		if err == nil || err.Error() != want {
 			t.Errorf("NewScheduler(%q) error = %v, want %q", name, err, want)
 		}

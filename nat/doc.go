@@ -1,4 +1,4 @@
-// Package nat is holdfast's packet logic: decode an IPv4 packet, find or create
+// Package nat is holdfast's packet logic: decode an IPv4 or IPv6 packet, find or create
 // its flow, rewrite it in place (LVS VS/NAT: destination VIP -> real on the way
 // in, source real -> VIP on the way out, ICMP errors translated with their
 // quoted header), and return a verdict. It also owns all recovery state

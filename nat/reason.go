@@ -9,10 +9,10 @@ const (
 	DropNone                DropReason = iota
 	DropTruncated                      // shorter than its headers say
 	DropMalformed                      // impossible header fields
-	DropBadChecksum                    // IPv4, TCP, UDP or ICMP checksum does not verify
+	DropBadChecksum                    // IPv4 header, TCP, UDP, ICMP or ICMPv6 checksum does not verify
 	DropFragment                       // an IP fragment to a VIP or from a real (not reassembled)
-	DropUnsupported                    // not IPv4 (IPv6 is not served yet)
-	DropUnknownProto                   // a VIP packet that is not TCP, UDP or ICMP
+	DropUnsupported                    // an IPv6 jumbogram, or a routing header with segments left
+	DropUnknownProto                   // a VIP packet that is not TCP, UDP or its family's ICMP
 	DropNoService                      // a VIP port with no service
 	DropNoReal                         // every real of the service has weight 0
 	DropFlowLimit                      // the flow table is full (Config.MaxFlows)

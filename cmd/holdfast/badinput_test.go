@@ -59,7 +59,7 @@ func TestBadInputs(t *testing.T) {
 			want: "--check http:/: --service tcp:198.18.0.10:80 already has --check tcp (one per service)"},
 		{name: "bad scheduler of the second service",
 			args: []string{"--service", tcp80, "--real", rs1_80, "--service", udp53, "--scheduler", "fastest", "--real", rs1_53},
-			want: `--scheduler: unknown scheduler "fastest" (expected rr, wrr, sh, dh or lc)`},
+			want: `--scheduler: unknown scheduler "fastest" (expected rr, wrr, sh, dh, lc, mh or mh:addr)`},
 		{name: "bad persistence of the second service",
 			args: []string{"--service", tcp80, "--real", rs1_80, "--service", udp53, "--persistence", "soon", "--real", rs1_53},
 			want: `--persistence: invalid duration "soon": expected a non-negative Go duration, e.g. 30m or 1h30m`},

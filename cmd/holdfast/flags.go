@@ -225,7 +225,7 @@ func serviceFlags() []cli.Flag {
 	}
 	return []cli.Flag{
 		mk(serviceFlagName, "", "virtual service PROTO:VIP:PORT, PROTO tcp or udp (repeatable: each --service owns the --scheduler, --real, --persistence and --check that follow it, until the next --service; HOLDFAST_* variables can describe one service only)"),
-		mk(schedulerFlagName, balancer.DefaultScheduler, "scheduler of its --service: rr, wrr, sh, dh or lc"),
+		mk(schedulerFlagName, balancer.DefaultScheduler, "scheduler of its --service: rr, wrr, sh, dh, lc, mh (Maglev: the same choice on every director; mh:addr hashes the client's address only, not its port)"),
 		mk(realFlagName, "", "real server ADDR:PORT[*WEIGHT][,id=N] of its --service (repeatable; weight 1 by default, 0 = no new flows; N its timestamp cookie id, default derived from the address)"),
 		mk(persistenceFlagName, "", "keep a client address on its real this long after its last flow (as ipvsadm -p), e.g. 10m; per --service"),
 		mk(checkFlagName, "none", "health check of its --service's reals: none, tcp, http:/PATH or http:/PATH=STATUS (config files: \"check\" per service; --check-interval and the other check-* flags are for every service)"),

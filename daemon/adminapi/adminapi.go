@@ -92,7 +92,7 @@ type Config struct {
 // ConfigService is one service of a Config.
 type ConfigService struct {
 	Service     string   `json:"service"`               // PROTO:VIP:PORT
-	Scheduler   string   `json:"scheduler"`             // rr, wrr, sh, dh or lc
+	Scheduler   string   `json:"scheduler"`             // rr, wrr, sh, dh, lc, mh or mh:addr
 	Persistence string   `json:"persistence,omitempty"` // Go duration; none if absent
 	Check       string   `json:"check,omitempty"`       // tcp, http:/PATH[=STATUS]; none if absent
 	Reals       []string `json:"reals"`                 // ADDR:PORT*WEIGHT[,id=N], N its cookie id
