@@ -94,13 +94,24 @@ func (a *portAlloc) release(local, real endpoint) {
 	a.inUse = shrink.Delete(a.inUse, pair{local, real})
 }
 
-// DirectorPorts is the default recovery port range of director id (1..4):
-// disjoint ranges, so that two directors sharing a recovery address never
-// reuse each other's tuples.
+// MaxDirectorID is the largest director id: eight directors share a
+// recovery address with disjoint ranges.
+const MaxDirectorID = 8
+
+// directorRange is the size of each id's range: 10000-61999 in eight
+// slices. 6500 ports toward each real is 6500 connections recovered at once
+// per real and director (a storm of 10,000 over three reals fits); the
+// ports below 10000 (well-known and registered services) and the highest
+// ones stay clear.
+const directorRange = 6500
+
+// DirectorPorts is the default recovery port range of director id
+// (1..MaxDirectorID): disjoint ranges, so that directors sharing a recovery
+// address never reuse each other's tuples.
 func DirectorPorts(id int) (lo, hi uint16, err error) {
-	if id < 1 || id > 4 {
-		return 0, 0, fmt.Errorf("director id %d: expected 1..4", id)
+	if id < 1 || id > MaxDirectorID {
+		return 0, 0, fmt.Errorf("director id %d: expected 1..%d", id, MaxDirectorID)
 	}
-	lo = uint16(10000 + (id-1)*13000)
-	return lo, lo + 12999, nil
+	lo = uint16(10000 + (id-1)*directorRange)
+	return lo, lo + directorRange - 1, nil
 }

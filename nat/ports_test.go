@@ -41,14 +41,17 @@ func TestPortAllocPerReal(t *testing.T) {
 
 func TestDirectorPortsDisjoint(t *testing.T) {
 	var prevHi uint16
-	for id := 1; id <= 4; id++ {
+	for id := 1; id <= MaxDirectorID; id++ {
 		lo, hi, err := DirectorPorts(id)
 		if err != nil || lo <= prevHi || hi < lo {
 			t.Fatalf("id %d: %d-%d, %v (previous ended at %d)", id, lo, hi, err, prevHi)
 		}
 		prevHi = hi
 	}
-	for _, id := range []int{0, 5} {
+	if _, hi, _ := DirectorPorts(MaxDirectorID); hi > 61999 {
+		t.Fatalf("the last range ends at %d, past 61999", hi)
+	}
+	for _, id := range []int{0, MaxDirectorID + 1} {
 		if _, _, err := DirectorPorts(id); err == nil {
 			t.Fatalf("id %d accepted", id)
 		}
