@@ -203,7 +203,8 @@ func (n *Stack) Close() {
 }
 
 // Stray counts packets the tap dropped: anything the stack sent that was not
-// part of a handshake in progress (RSTs after Abort, retransmissions).
+// part of a handshake in progress (RSTs after Abort, retransmissions, and
+// any NDP or MLD the IPv6 protocol sends though newIPv6 turns them off).
 func (n *Stack) Stray() uint64 { return n.stray.Load() }
 
 // rcvBufForShift is the receive buffer that makes gVisor advertise shift s
