@@ -40,7 +40,7 @@ var (
 	}
 	setupRoutesFlag = &cli.BoolFlag{
 		Name: "setup-routes", Category: catDevice, EnvVars: env("SETUP_ROUTES"),
-		Usage: "route the VIPs and the real-server side into the TUN, set its MTU and sysctls; undone on exit (needs --real-iface)",
+		Usage: "route the VIPs and the real-server side into the TUN (IPv6 too when a VIP or recovery address is IPv6), set its MTU and sysctls; undone on exit (needs --real-iface)",
 	}
 	realIfaceFlag = &cli.StringFlag{
 		Name: "real-iface", Category: catDevice, EnvVars: env("REAL_IFACE"),
@@ -106,7 +106,7 @@ var (
 	}
 	recoveryAddrFlag = &cli.StringSliceFlag{
 		Name: "recovery-addr", Category: catRecover, EnvVars: env("RECOVERY_ADDR"),
-		Usage: "address recovery connections come from (repeatable; shared by the directors of a pair, routed to the active one, never on-link for the reals)",
+		Usage: "address recovery connections come from, IPv4 or IPv6 (repeatable; with recovery on, one of each IP version the services use; shared by the directors of a pair, routed to the active one, never on-link for the reals)",
 	}
 	recoveryPortsFlag = &cli.StringFlag{
 		Name: "recovery-ports", Category: catRecover, EnvVars: env("RECOVERY_PORTS"),
@@ -114,14 +114,14 @@ var (
 	}
 	directorIDFlag = &cli.IntFlag{
 		Name: "director-id", Value: 1, Category: catRecover, EnvVars: env("DIRECTOR_ID"),
-		Usage: "this director's number in its pair, 1..4: picks a recovery port range disjoint from its peers'",
+		Usage: "this director's number among those sharing its recovery address, 1..8: picks a recovery port range disjoint from theirs (6500 ports from 10000 + 6500 * (N-1))",
 	}
 	recoveryWScaleFlag = &cli.IntFlag{
 		Name: "recovery-wscale", Value: 7, Category: catRecover, EnvVars: env("RECOVERY_WSCALE"),
 		Usage: "window scale advertised in recovery SYNs, 0..14 (7 is what Linux clients usually use)",
 	}
 	recoveryMSSFlag = &cli.IntFlag{
-		Name: "recovery-mss", Category: catRecover, EnvVars: env("RECOVERY_MSS"), DefaultText: "TUN MTU - 40",
+		Name: "recovery-mss", Category: catRecover, EnvVars: env("RECOVERY_MSS"), DefaultText: "TUN MTU - 40 on IPv4, - 60 on IPv6",
 		Usage: "MSS advertised in recovery SYNs",
 	}
 	recoveryTimeoutFlag = &cli.DurationFlag{
@@ -138,7 +138,7 @@ var (
 	}
 	recoveryAllowFlag = &cli.StringSliceFlag{
 		Name: "recovery-allow", Category: catRecover, EnvVars: env("RECOVERY_ALLOW"),
-		Usage: "client prefix (CIDR) allowed to trigger recovery (repeatable; default any)",
+		Usage: "client prefix (CIDR, IPv4 or IPv6) allowed to trigger recovery (repeatable; default any)",
 	}
 	recoveryPrefixLen4Flag = &cli.IntFlag{
 		Name: "recovery-prefix-len4", Value: nat.DefaultPrefixLen4, Category: catRecover, EnvVars: env("RECOVERY_PREFIX_LEN4"),
@@ -224,9 +224,9 @@ func serviceFlags() []cli.Flag {
 		}}
 	}
 	return []cli.Flag{
-		mk(serviceFlagName, "", "virtual service PROTO:VIP:PORT, PROTO tcp or udp (repeatable: each --service owns the --scheduler, --real, --persistence and --check that follow it, until the next --service; HOLDFAST_* variables can describe one service only)"),
+		mk(serviceFlagName, "", "virtual service PROTO:VIP:PORT, PROTO tcp or udp, an IPv6 VIP in brackets (tcp:[2001:2::10]:80) (repeatable: each --service owns the --scheduler, --real, --persistence and --check that follow it, until the next --service; HOLDFAST_* variables can describe one service only)"),
 		mk(schedulerFlagName, balancer.DefaultScheduler, "scheduler of its --service: rr, wrr, sh, dh, lc, mh (Maglev: the same choice on every director; mh:addr hashes the client's address only, not its port)"),
-		mk(realFlagName, "", "real server ADDR:PORT[*WEIGHT][,id=N] of its --service (repeatable; weight 1 by default, 0 = no new flows; N its timestamp cookie id, default derived from the address)"),
+		mk(realFlagName, "", "real server ADDR:PORT[*WEIGHT][,id=N] of its --service, of the VIP's IP version ([ADDR]:PORT for IPv6) (repeatable; weight 1 by default, 0 = no new flows; N its timestamp cookie id, default derived from the address)"),
 		mk(persistenceFlagName, "", "keep a client address on its real this long after its last flow (as ipvsadm -p), e.g. 10m; per --service"),
 		mk(checkFlagName, "none", "health check of its --service's reals: none, tcp, http:/PATH or http:/PATH=STATUS (config files: \"check\" per service; --check-interval and the other check-* flags are for every service)"),
 	}

@@ -51,11 +51,11 @@ func parseRecovery(c *cli.Context) (daemon.Recovery, error) {
 	var err error
 	r.ID = c.Int(directorIDFlag.Name)
 	if r.PortLo, r.PortHi, err = nat.DirectorPorts(r.ID); err != nil {
-		return r, usagef("--director-id %d: expected 1..4", c.Int(directorIDFlag.Name))
+		return r, usagef("--director-id %d: expected 1..%d", c.Int(directorIDFlag.Name), nat.MaxDirectorID)
 	}
 	if s := c.String(recoveryPortsFlag.Name); s != "" {
 		if r.PortLo, r.PortHi, err = parsePortRange(s); err != nil {
-			return r, usagef("--recovery-ports %q: expected LO-HI with 1 <= LO <= HI <= 65535, e.g. 10000-22999", s)
+			return r, usagef("--recovery-ports %q: expected LO-HI with 1 <= LO <= HI <= 65535, e.g. 10000-16499", s)
 		}
 	}
 	if r.WScale = c.Int(recoveryWScaleFlag.Name); r.WScale < 0 || r.WScale > 14 {
