@@ -81,9 +81,10 @@ func (p *Pump) Run() error {
 	hdr := p.dev.VnetHdrLen()
 	bufs := make([][]byte, batch)
 	for i := range bufs {
-		// Room for any packet the device can deliver (a GSO packet is up
-		// to 64 KiB), after the virtio-net header.
-		bufs[i] = make([]byte, hdr+65535)
+		// Room for any packet the device can deliver after the
+		// virtio-net header: a GSO packet is up to 64 KiB, an IPv6 one's
+		// payload up to 65535 bytes after its 40-byte header.
+		bufs[i] = make([]byte, hdr+40+65535)
 	}
 	sizes := make([]int, batch)
 	out := make([][]byte, 0, batch)

@@ -54,9 +54,10 @@ type tunQueue struct {
 }
 
 // OpenTUNOffload creates (or attaches to) TUN device name with a
-// virtio-net header and TCPv4 segmentation and checksum offload, with the
-// given number of queues (1 or more; see Queues). It fails where the kernel
-// does not support them; callers fall back to OpenTUN.
+// virtio-net header and TCP segmentation (IPv4 and IPv6) and checksum
+// offload, with the given number of queues (1 or more; see Queues). It
+// fails where the kernel does not support them; callers fall back to
+// OpenTUN.
 func OpenTUNOffload(name string, queues int) (Device, error) {
 	if queues < 1 {
 		return nil, fmt.Errorf("TUN %q: %d queues: want 1 or more", name, queues)
@@ -90,7 +91,10 @@ func OpenTUNOffload(name string, queues int) (Device, error) {
 			return fail(openError(name, err))
 		}
 		d.name = ifr.Name()
-		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4); err != nil {
+		// TSO6 too: nat rewrites an IPv6 super-packet as an IPv4 one (the
+		// addresses and the pseudo-header share of the partial
+		// checksum) and splits it when it parks it (segmentOf).
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO6); err != nil {
 			return fail(fmt.Errorf("TUN %q: offload (TUNSETOFFLOAD): %w", name, err))
 		}
 	}
