@@ -118,3 +118,45 @@ func TestMakeInstall(t *testing.T) {
 		t.Errorf("a second make install replaced the edited holdfast.env: %q", b)
 	}
 }
+
+// The keepalived sample is valid as shipped (IPv4) and with its IPv6
+// instances uncommented and listed in the sync group.
+func TestKeepalivedSample(t *testing.T) {
+	ka, err := exec.LookPath("keepalived")
+	if err != nil {
+		t.Skip("skipping: keepalived is not installed (.ci/run installs it)")
+	}
+	b, err := os.ReadFile("../../deploy/keepalived.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sample := string(b)
+	i := strings.Index(sample, "# With IPv6 services (dual-stack directors)")
+	if i < 0 {
+		t.Fatal("the sample has no IPv6 part")
+	}
+	head := strings.NewReplacer("#clients6", "clients6", "#reals6", "reals6").Replace(sample[:i])
+	var v6 []string
+	for _, l := range strings.Split(sample[i:], "\n") {
+		switch {
+		case strings.HasPrefix(l, "#vrrp_instance"), strings.HasPrefix(l, "#    "), l == "#}":
+			l = l[1:]
+		case l == "#":
+			l = ""
+		}
+		v6 = append(v6, l)
+	}
+	dir := t.TempDir()
+	for name, conf := range map[string]string{"ipv4.conf": sample, "dual.conf": head + strings.Join(v6, "\n")} {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(ka, "--config-test", "-f", path).CombinedOutput(); err != nil || len(out) != 0 {
+			t.Errorf("keepalived --config-test %s: %v\n%s", name, err, out)
+		}
+	}
+	if !strings.Contains(head, "\n        clients6 ") || !strings.Contains(strings.Join(v6, "\n"), "native_ipv6") {
+		t.Error("the IPv6 instances were not uncommented: the test checks nothing")
+	}
+}
