@@ -72,6 +72,12 @@ type probe struct {
 	cancel context.CancelFunc // nil for CheckNone: no goroutine.
 	done   chan struct{}      // closed when the goroutine has returned.
 	up     bool               // guarded by Checker.mu.
+	// proven: a check of the real has passed (always, for CheckNone);
+	// guarded by Checker.mu. A real is up until its checks fail, but it is
+	// not proven before one passed: a director announces a VIP only for
+	// proven reals (a restarted director with dead reals must not attract
+	// traffic while its first checks are still out).
+	proven bool
 }
 
 // NewChecker returns a Checker that probes with timing and reports
@@ -147,6 +153,15 @@ func (c *Checker) State(t Target) (up bool, known bool) {
 	return p.up, true
 }
 
+// Proven reports whether a check of t has passed since Set gave it (always
+// true for a target without a check; false for one Set does not hold).
+func (c *Checker) Proven(t Target) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.targets[t]
+	return ok && p.proven
+}
+
 // Stop ends every probe and waits for their goroutines, cutting short the
 // checks in flight. It is idempotent.
 func (c *Checker) Stop() {
@@ -167,6 +182,7 @@ func (c *Checker) Stop() {
 func (c *Checker) start(t Target) *probe {
 	p := &probe{up: true, done: make(chan struct{})}
 	if t.Check.Kind == CheckNone {
+		p.proven = true
 		close(p.done)
 		return p
 	}
@@ -208,6 +224,12 @@ func (c *Checker) run(ctx context.Context, t Target, p *probe) {
 		if ctx.Err() != nil {
 			return // ended mid-check: not the real's failure.
 		}
+		if ok && !h.proven {
+			h.proven = true
+			c.mu.Lock()
+			p.proven = true
+			c.mu.Unlock()
+		}
 		if h.observe(ok, c.timing.Rise, c.timing.Fall) {
 			c.mu.Lock()
 			p.up = h.up
@@ -231,8 +253,9 @@ func (c *Checker) run(ctx context.Context, t Target, p *probe) {
 
 // health counts consecutive results against rise and fall.
 type health struct {
-	up bool
-	n  int // consecutive results that disagree with up.
+	up     bool
+	n      int  // consecutive results that disagree with up.
+	proven bool // a check passed (probe.proven, without the lock)
 }
 
 // observe records one check result and reports whether up changed.

@@ -618,3 +618,31 @@ func TestCheckerStateInOnChange(t *testing.T) {
 	default:
 	}
 }
+
+// TestCheckerProven: a real is proven once a check of it passed, not
+// before (it is up meanwhile); one whose checks fail never is; a target
+// without a check is at once.
+func TestCheckerProven(t *testing.T) {
+	srv := listenTCP(t, "127.0.0.1:0")
+	dead := listenTCP(t, "127.0.0.1:0")
+	dead.close()
+	c := newChecker(t, fast, newRecorder())
+	good := Target{Service: "tcp:198.18.100.1:80", Addr: srv.addr(), Check: Check{Kind: CheckTCP}}
+	bad := Target{Service: "tcp:198.18.100.1:80", Addr: dead.addr(), Check: Check{Kind: CheckTCP}}
+	none := Target{Service: "udp:198.18.100.1:53", Addr: dead.addr()}
+	c.Set([]Target{good, bad, none})
+	if !c.Proven(none) {
+		t.Error("a target without a check is not proven")
+	}
+	eventually(t, "the good real proven", func() bool { return c.Proven(good) })
+	if srv.accepted.Load() < 1 {
+		t.Fatal("proven without a check")
+	}
+	eventually(t, "the dead real down", func() bool { up, _ := c.State(bad); return !up })
+	if c.Proven(bad) {
+		t.Error("a real whose every check failed is proven")
+	}
+	if c.Proven(Target{Service: "tcp:198.18.100.1:81", Addr: srv.addr()}) {
+		t.Error("a target the checker does not hold is proven")
+	}
+}

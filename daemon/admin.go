@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/bgp"
 	"holdfast/daemon/adminapi"
 	"holdfast/internal/buildinfo"
 	"holdfast/internal/unixhttp"
@@ -55,7 +56,34 @@ func (r *runner) adminHandler() http.Handler {
 		unixhttp.WriteJSON(w, runningConfig(r.d.Services()))
 	})
 	mux.HandleFunc("POST "+adminapi.PathReal, r.real)
+	mux.HandleFunc("GET "+adminapi.PathBGP, func(w http.ResponseWriter, _ *http.Request) {
+		sp := r.src.bgp.Load()
+		if sp == nil {
+			http.Error(w, "BGP is off (holdfast run --bgp-local-as ... --bgp-peer ...)", http.StatusNotFound)
+			return
+		}
+		unixhttp.WriteJSON(w, bgpStatus(sp.Status()))
+	})
 	return mux
+}
+
+// bgpStatus is the speaker's state in the API's words.
+func bgpStatus(st bgp.Status) adminapi.BGP {
+	strs := func(ps []netip.Prefix) []string {
+		out := make([]string, 0, len(ps))
+		for _, p := range ps {
+			out = append(out, p.String())
+		}
+		return out
+	}
+	out := adminapi.BGP{LocalAS: st.LocalAS, RouterID: st.RouterID.String(), MED: st.MED,
+		Peers: make([]adminapi.BGPPeer, 0, len(st.Peers)), ClientSide: strs(st.ClientSide), RealSide: strs(st.RealSide), Withdrawn: st.Withdrawn}
+	for _, p := range st.Peers {
+		out.Peers = append(out.Peers, adminapi.BGPPeer{Addr: p.Addr.String(), Side: p.Side.String(), AS: p.AS, State: p.State,
+			Since: p.Since.Truncate(time.Millisecond), Uptime: p.Uptime.Seconds(), LastError: p.LastError,
+			Advertised: p.Advertised, Received: p.Received})
+	}
+	return out
 }
 
 // info is GET /info.

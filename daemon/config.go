@@ -46,6 +46,10 @@ type Config struct {
 	// real-server side into the TUN, and undoes that when Run returns.
 	Routes Routes
 
+	// BGP, if not nil, announces the VIPs and the recovery addresses with
+	// the embedded speaker (bgp.go).
+	BGP *BGP
+
 	Timeouts nat.Timeouts // every state's idle timeout, positive (nat.NewTimeouts)
 	MaxFlows int          // most flows at once, positive
 	Recovery Recovery

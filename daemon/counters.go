@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"holdfast/bgp"
 	"holdfast/internal/wire"
 	"holdfast/nat"
 	"holdfast/stack/pump"
@@ -60,6 +61,7 @@ type snapshot struct {
 	writeErrs uint64           // packets of the netstack and engine the device refused
 	stray     uint64           // netstack packets dropped by its tap
 	services  []nat.ServiceInfo
+	bgp       *bgp.Status // nil without BGP
 }
 
 // sources are the live objects a snapshot reads.
@@ -67,7 +69,8 @@ type sources struct {
 	d         *nat.Director
 	pumps     pump.Pumps
 	writeErrs *atomic.Uint64
-	stray     func() uint64 // nil: no netstack
+	stray     func() uint64               // nil: no netstack
+	bgp       atomic.Pointer[bgp.Speaker] // nil: no BGP (or not started yet); set while the exports run
 }
 
 func (src *sources) snapshot() *snapshot {
@@ -77,6 +80,10 @@ func (src *sources) snapshot() *snapshot {
 	}
 	if src.stray != nil {
 		s.stray = src.stray()
+	}
+	if sp := src.bgp.Load(); sp != nil {
+		st := sp.Status()
+		s.bgp = &st
 	}
 	return s
 }
@@ -249,6 +256,50 @@ var counters = []counterDef{
 			emit(r.BytesIn, "in")
 			emit(r.BytesOut, "out")
 		})},
+	{name: "bgp_session_up", help: "BGP sessions: 1 established, 0 not, per peer and side (client or real).", typ: gaugeType, labels: []string{"peer", "side"},
+		each: eachPeer(func(p *bgp.PeerStatus, emit func(uint64, ...string)) { emit(b2u(p.State == "Established")) })},
+	{name: "bgp_advertised_prefixes", help: "Prefixes a BGP peer has been sent and not withdrawn.", typ: gaugeType, labels: []string{"peer", "side"},
+		each: eachPeer(func(p *bgp.PeerStatus, emit func(uint64, ...string)) { emit(p.Advertised) })},
+	{name: "bgp_announced_prefixes", help: "Prefixes announced now, per side (client: the VIPs; real: the recovery addresses and --bgp-announce).", typ: gaugeType, labels: []string{"side"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			var st bgp.Status // without BGP: nothing announced
+			if s.bgp != nil {
+				st = *s.bgp
+			}
+			emit(uint64(len(st.ClientSide)), "client")
+			emit(uint64(len(st.RealSide)), "real")
+		}},
+	bgpCounter("bgp_session_establishments_total", "BGP sessions that reached Established.", func(c bgp.Counters) uint64 { return c.Establishments }),
+	bgpCounter("bgp_session_drops_total", "Established BGP sessions that went down.", func(c bgp.Counters) uint64 { return c.Drops }),
+	bgpCounter("bgp_updates_sent_total", "BGP UPDATE messages sent, all peers.", func(c bgp.Counters) uint64 { return c.UpdatesSent }),
+	bgpCounter("bgp_announcements_total", "Prefixes announced (or changed), one per prefix and change.", func(c bgp.Counters) uint64 { return c.Announcements }),
+	bgpCounter("bgp_withdrawals_total", "Prefixes withdrawn.", func(c bgp.Counters) uint64 { return c.Withdrawals }),
+}
+
+// eachPeer emits f's value for every BGP peer (none without BGP).
+func eachPeer(f func(p *bgp.PeerStatus, emit func(v uint64, more ...string))) func(*snapshot, func(uint64, ...string)) {
+	return func(s *snapshot, emit func(uint64, ...string)) {
+		if s.bgp == nil {
+			return
+		}
+		for i := range s.bgp.Peers {
+			p := &s.bgp.Peers[i]
+			f(p, func(v uint64, more ...string) {
+				emit(v, append([]string{p.Addr.String(), p.Side.String()}, more...)...)
+			})
+		}
+	}
+}
+
+// bgpCounter is one of the speaker's counters (0 without BGP).
+func bgpCounter(name, help string, f func(bgp.Counters) uint64) counterDef {
+	return counterDef{name: name, help: help, typ: counterType, each: func(s *snapshot, emit func(uint64, ...string)) {
+		var c bgp.Counters
+		if s.bgp != nil {
+			c = s.bgp.Counters
+		}
+		emit(f(c))
+	}}
 }
 
 // latencyHist is a nat latency histogram as the table shows it.

@@ -1,11 +1,13 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"math"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"holdfast/bgp"
 	"holdfast/internal/clock"
 	"holdfast/nat"
 	"holdfast/nat/nattest"
@@ -93,6 +96,16 @@ func TestCountersEverywhere(t *testing.T) {
 	var writeErrs atomic.Uint64
 	writeErrs.Store(2)
 	src := &sources{d: d, pumps: pumps, writeErrs: &writeErrs, stray: func() uint64 { return 5 }}
+	// A speaker whose peers never answer (a port nothing listens on): its
+	// sessions are samples of the per-peer counters.
+	sp, err := bgp.New(context.Background(), bgp.Config{LocalAS: 65001, PeerAS: 65000, RouterID: netip.MustParseAddr("198.18.0.1"),
+		ClientPeers: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, RealPeers: []netip.Addr{netip.MustParseAddr("127.0.0.2")},
+		Port: 9, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	src.bgp.Store(sp)
 	var log logBuffer
 	r := &runner{log: zerolog.New(&log), d: d, src: src, clk: clock.New()}
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/bgp"
 	"holdfast/internal/clock"
 	"holdfast/internal/unixhttp"
 	"holdfast/nat"
@@ -64,6 +65,10 @@ type runner struct {
 	// Config.Services), to tell which reals a reload changes (reload.go).
 	// Only the main loop reads and writes it.
 	file fileState
+	// bgp is the speaker (nil without BGP) and announceStop ends its
+	// announcing stage (bgp.go).
+	bgp          *bgp.Speaker
+	announceStop chan struct{}
 }
 
 // Run runs a director until ctx ends (or, with cfg.HandleSignals, SIGINT or
@@ -77,6 +82,10 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The stages run under runCtx: a SIGTERM ends the wait below (ctx),
+	// not the stages, which keep the director working (clock, sweeps,
+	// recoveries) through the BGP drain; stopAll ends them.
+	runCtx := ctx
 	if cfg.HandleSignals {
 		var stop context.CancelFunc
 		ctx, stop = signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
@@ -133,7 +142,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	defer st.stopAll() // on an error before serving; a no-op after the stop below
 	r := &runner{cfg: cfg, log: log, clk: clock.New(), file: fileStateOf(cfg.Services)}
 	r.clk.Update()
-	st.run(ctx, PartClock, func(ctx context.Context) error { r.clk.Run(ctx, clockResolution); return nil }, nil)
+	st.run(runCtx, PartClock, func(ctx context.Context) error { r.clk.Run(ctx, clockResolution); return nil }, nil)
 
 	var writeErrs atomic.Uint64
 	write := func(b []byte) { // the netstack, the recovery engine, the Director's own packets
@@ -141,12 +150,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			writeErrs.Add(1)
 		}
 	}
-	d, ns, err := newDirector(ctx, cfg, mtu, write, r.clk, st, log)
+	d, ns, err := newDirector(runCtx, cfg, mtu, write, r.clk, st, log)
 	if err != nil {
 		return err
 	}
 	r.d = d
-	st.run(ctx, PartExpiry, r.expire, nil)
+	st.run(runCtx, PartExpiry, r.expire, nil)
 
 	var stk pump.Stack
 	r.src = &sources{d: d, writeErrs: &writeErrs}
@@ -178,8 +187,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	r.checker = balancer.NewChecker(cfg.Checks, r.healthChanged)
 	st.own(string(PartChecks), r.checker.Stop)
 	r.setChecks()
-	st.run(ctx, PartEvents, func(ctx context.Context) error { watchEvents(ctx, d, log); return nil }, nil)
-	st.run(ctx, PartPackets, func(context.Context) error { return pumps.Run() }, func() { dev.Close() })
+	st.run(runCtx, PartEvents, func(ctx context.Context) error { watchEvents(ctx, d, log); return nil }, nil)
+	st.run(runCtx, PartPackets, func(context.Context) error { return pumps.Run() }, func() { dev.Close() })
 
 	// SIGUSR1 logs the counters, as the exit does; SIGHUP reloads. Both
 	// are caught before READY=1: a manager may send one right after it.
@@ -190,6 +199,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		defer signal.Stop(sigs)
 	}
 	r.logStart(dev.Name(), mtu)
+	if cfg.BGP != nil {
+		// Serving now: the speaker may announce (once health allows).
+		if err := r.startBGP(runCtx, st); err != nil {
+			return err
+		}
+	}
 	if err := notify(cfg.NotifySocket, stateReady()); err != nil {
 		log.Warn().Err(err).Str("socket", cfg.NotifySocket).Msg("cannot notify the service manager")
 	}
@@ -222,6 +237,8 @@ wait:
 	if err := notify(cfg.NotifySocket, stateStopping); err != nil {
 		log.Warn().Err(err).Str("socket", cfg.NotifySocket).Msg("cannot notify the service manager")
 	}
+	// Withdraw before the packet path stops; drain only if it still runs.
+	r.stopBGP(runErr == nil)
 	st.stopAll()
 	r.logCounters("stopped")
 	return runErr

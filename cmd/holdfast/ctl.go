@@ -54,6 +54,7 @@ func ctlCommands() []*cli.Command {
 			),
 			OnUsageError: usageError, Action: ctlConns,
 		},
+		bgpCommand(),
 		{
 			Name: "stats", Usage: "print the non-zero counters of a running director with their rates per second (--json: every counter)",
 			Flags: ctlFlags(jsonFlag, statsWatchFlag, statsIntervalFlag), OnUsageError: usageError, Action: ctlStats,

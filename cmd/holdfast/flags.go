@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/bgp"
 	"holdfast/nat"
 
 	"github.com/urfave/cli/v2"
@@ -23,6 +24,7 @@ const (
 	catTable   = "Flow table"
 	catRecover = "Recovery"
 	catChecks  = "Health checks"
+	catBGP     = "BGP"
 	catAdmin   = "Admin API and metrics"
 	catLog     = "Logging"
 )
@@ -31,7 +33,7 @@ const (
 // page (help.go): what a director serves first, then what it needs in the
 // order of setting one up; uncategorized options (a subcommand's own) come
 // before all of them.
-var categoryOrder = []string{"", catService, catDevice, catTable, catRecover, catChecks, catAdmin, catLog}
+var categoryOrder = []string{"", catService, catDevice, catTable, catRecover, catChecks, catBGP, catAdmin, catLog}
 
 var (
 	tunFlag = &cli.StringFlag{
@@ -204,6 +206,54 @@ var (
 	}
 )
 
+// BGP: the embedded speaker (bgp.go).
+var (
+	bgpLocalASFlag = &cli.UintFlag{
+		Name: "bgp-local-as", Category: catBGP, EnvVars: env("BGP_LOCAL_AS"), DefaultText: "none: no BGP",
+		Usage: "this director's AS number; setting it (with --bgp-peer or --bgp-real-peer) turns BGP on",
+	}
+	bgpPeerASFlag = &cli.UintFlag{
+		Name: "bgp-peer-as", Category: catBGP, EnvVars: env("BGP_PEER_AS"), DefaultText: "none",
+		Usage: "the routers' AS number (eBGP: not --bgp-local-as)",
+	}
+	bgpRouterIDFlag = &cli.StringFlag{
+		Name: "bgp-router-id", Category: catBGP, EnvVars: env("BGP_ROUTER_ID"),
+		Usage: "BGP identifier, an IPv4 address unique among the routers' peers (usually the director's own uplink address)",
+	}
+	bgpPeerFlag = &cli.StringSliceFlag{
+		Name: "bgp-peer", Category: catBGP, EnvVars: env("BGP_PEER"),
+		Usage: "client-side router ADDR (repeatable): sent the VIPs while their services have a real up",
+	}
+	bgpRealPeerFlag = &cli.StringSliceFlag{
+		Name: "bgp-real-peer", Category: catBGP, EnvVars: env("BGP_REAL_PEER"),
+		Usage: "real-side router ADDR (repeatable): sent the recovery addresses and the --bgp-announce prefixes",
+	}
+	bgpAnnounceFlag = &cli.StringSliceFlag{
+		Name: "bgp-announce", Category: catBGP, EnvVars: env("BGP_ANNOUNCE"),
+		Usage: "prefix sent to the real-side routers (repeatable), e.g. 0.0.0.0/0 or the client prefixes, so the reals' replies come back through a director",
+	}
+	bgpMEDFlag = &cli.UintFlag{
+		Name: "bgp-med", Category: catBGP, EnvVars: env("BGP_MED"),
+		Usage: "MED of everything announced (a pair: the backup announces a higher one)",
+	}
+	bgpHoldFlag = &cli.DurationFlag{
+		Name: "bgp-hold-time", Value: bgp.DefaultHoldTime, Category: catBGP, EnvVars: env("BGP_HOLD_TIME"),
+		Usage: "hold time proposed to the peers (3s..65535s; the routers notice a silent director after it)",
+	}
+	bgpKeepaliveFlag = &cli.DurationFlag{
+		Name: "bgp-keepalive", Value: bgp.DefaultKeepalive, Category: catBGP, EnvVars: env("BGP_KEEPALIVE"),
+		Usage: "keepalive interval (at most a third of the hold time)",
+	}
+	bgpPasswordFlag = &cli.StringFlag{
+		Name: "bgp-password", Category: catBGP, EnvVars: env("BGP_PASSWORD"),
+		Usage: "TCP-MD5 password of every session (RFC 2385; prefer the environment variable, the command line is visible to every user)",
+	}
+	bgpDrainFlag = &cli.DurationFlag{
+		Name: "bgp-drain", Value: 5 * time.Second, Category: catBGP, EnvVars: env("BGP_DRAIN"),
+		Usage: "on SIGTERM, time to keep forwarding after everything is withdrawn, while the routers move the traffic away",
+	}
+)
+
 // Names of the per-service flags.
 const (
 	serviceFlagName     = "service"
@@ -245,6 +295,8 @@ func runFlags() []cli.Flag {
 		parkBytesFlag, recoveryTimeoutFlag, recoveryWScaleFlag, recoveryMSSFlag,
 		timeoutRecoveredUnconfirmedFlag, tsCookieBitsFlag,
 		checkIntervalFlag, checkTimeoutFlag, checkRiseFlag, checkFallFlag,
+		bgpLocalASFlag, bgpPeerASFlag, bgpRouterIDFlag, bgpPeerFlag, bgpRealPeerFlag, bgpAnnounceFlag, bgpMEDFlag,
+		bgpHoldFlag, bgpKeepaliveFlag, bgpPasswordFlag, bgpDrainFlag,
 		adminSocketFlag, metricsAddrFlag, pprofAddrFlag,
 		logLevelFlag, logFormatFlag,
 	}...)

@@ -47,7 +47,7 @@ func TestRunHelpGroups(t *testing.T) {
 			}
 		}
 	}
-	want := []string{catService, catDevice, catTable, catRecover, catChecks, catAdmin, catLog}
+	want := []string{catService, catDevice, catTable, catRecover, catChecks, catBGP, catAdmin, catLog}
 	if !slices.Equal(headers, want) {
 		t.Errorf("groups %q, want %q", headers, want)
 	}

@@ -106,6 +106,9 @@ func parseRun(c *cli.Context) (daemon.Config, error) {
 	if s.Recovery, err = parseRecovery(c); err != nil {
 		return s, err
 	}
+	if s.BGP, err = parseBGP(c); err != nil {
+		return s, err
+	}
 	if err := recoveryClear(s.Recovery, s.Services, c.IsSet(recoveryPortsFlag.Name)); err != nil {
 		return s, err
 	}

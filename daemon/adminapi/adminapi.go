@@ -21,6 +21,7 @@ const (
 	PathReal     = "/real"     // POST RealChange: []Service after the change
 	PathInfo     = "/info"     // GET: Info
 	PathConfig   = "/config"   // GET: Config, the running configuration
+	PathBGP      = "/bgp"      // GET: BGP (404 without BGP)
 )
 
 // Info says which director answers: the CLI prints it first, since a
@@ -155,4 +156,35 @@ func (c *Client) Config(ctx context.Context) (Config, error) {
 func (c *Client) ChangeReal(ctx context.Context, ch RealChange) ([]Service, error) {
 	var out []Service
 	return out, c.c.Do(ctx, "POST", PathReal, ch, &out)
+}
+
+// BGP is the embedded speaker's state (`holdfast bgp`, as `birdc show
+// protocols` and `show route export`).
+type BGP struct {
+	LocalAS    uint32    `json:"local_as"`
+	RouterID   string    `json:"router_id"`
+	MED        uint32    `json:"med"`
+	Peers      []BGPPeer `json:"peers"`
+	ClientSide []string  `json:"client_side"` // prefixes announced to the client-side peers
+	RealSide   []string  `json:"real_side"`   // to the real-side peers
+	Withdrawn  bool      `json:"withdrawn"`   // stopping: everything withdrawn
+}
+
+// BGPPeer is one session.
+type BGPPeer struct {
+	Addr       string    `json:"addr"`
+	Side       string    `json:"side"` // client or real
+	AS         uint32    `json:"as"`
+	State      string    `json:"state"` // Idle, Connect, Active, OpenSent, OpenConfirm, Established
+	Since      time.Time `json:"since"`
+	Uptime     float64   `json:"uptime_seconds"` // 0 unless established
+	LastError  string    `json:"last_error,omitempty"`
+	Advertised uint64    `json:"advertised"`
+	Received   uint64    `json:"received"` // all refused: holdfast imports nothing
+}
+
+// BGP returns the speaker's state; an error without BGP.
+func (c *Client) BGP(ctx context.Context) (BGP, error) {
+	var out BGP
+	return out, c.c.Do(ctx, "GET", PathBGP, nil, &out)
 }

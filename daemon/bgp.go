@@ -1,0 +1,154 @@
+package daemon
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"os/signal"
+	"slices"
+	"syscall"
+	"time"
+
+	"holdfast/balancer"
+	"holdfast/bgp"
+
+	"github.com/rs/zerolog"
+)
+
+// BGP: the director announces its VIPs itself (DESIGN.md section 7). The
+// speaker starts once the director serves (TUN, routes, packet threads);
+// every announceEvery the runner works out what to announce: to the
+// client-side routers each VIP one of whose services has a real that is
+// available and proven by a passing health check (a restarted director with
+// dead reals attracts nothing), to the real-side routers the recovery
+// addresses and the --bgp-announce prefixes. On stop it withdraws
+// everything first, keeps forwarding for Drain while the routers move the
+// traffic away, then stops.
+
+// BGP configures the speaker; nil in Config.BGP is no BGP.
+type BGP struct {
+	bgp.Config
+	// Announce are prefixes sent to the real-side peers with the recovery
+	// addresses (e.g. 0.0.0.0/0, or the client prefixes), so that the
+	// reals' replies come back through a director.
+	Announce []netip.Prefix
+	// Drain is how long the director keeps forwarding after it withdrew
+	// everything at stop.
+	Drain time.Duration
+}
+
+// announceEvery is how often the announcements follow health: a real's
+// check interval is 2 s by default, a router's hold time 9 s; a quarter
+// second is quick beside both and costs nothing.
+const announceEvery = 250 * time.Millisecond
+
+// PartBGP is the BGP speaker.
+const PartBGP Part = "bgp"
+
+// startBGP starts the speaker and the stage that keeps its announcements
+// following the services' health. The speaker is r.bgp; stopBGP ends it.
+func (r *runner) startBGP(ctx context.Context, st *stages) error {
+	c := r.cfg.BGP.Config
+	c.Log = r.log.With().Str(fStage, string(PartBGP)).Logger()
+	sp, err := bgp.New(ctx, c)
+	if err != nil {
+		return runtimeError(PartBGP, err)
+	}
+	r.bgp = sp
+	r.src.bgp.Store(sp)
+	r.announceStop = make(chan struct{})
+	st.run(ctx, PartBGP, func(ctx context.Context) error { r.announce(ctx); return nil }, nil)
+	return nil
+}
+
+// announce sets the speaker's two sides every announceEvery until ctx ends
+// or stopBGP says so.
+func (r *runner) announce(ctx context.Context) {
+	t := time.NewTicker(announceEvery)
+	defer t.Stop()
+	for {
+		r.bgpSet(r.log)
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.announceStop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// bgpSet gives the speaker what to announce now (it changes only what
+// differs, and logs it).
+func (r *runner) bgpSet(log zerolog.Logger) {
+	if err := r.bgp.SetClientSide(r.clientSide()); err != nil {
+		log.Error().Err(err).Msg("bgp: client side")
+	}
+	real := slices.Clone(r.cfg.BGP.Announce)
+	for _, a := range r.cfg.Recovery.Addrs {
+		real = append(real, netip.PrefixFrom(a, a.BitLen()))
+	}
+	if err := r.bgp.SetRealSide(real); err != nil {
+		log.Error().Err(err).Msg("bgp: real side")
+	}
+}
+
+// clientSide is the VIPs (/32 or /128) one of whose services has a real
+// that takes new flows (a weight, not down) and has passed a health check.
+func (r *runner) clientSide() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range r.d.Services() {
+		_, vip, err := balancer.ParseService(s.Service)
+		if err != nil {
+			continue
+		}
+		p := netip.PrefixFrom(vip.Addr(), vip.Addr().BitLen())
+		if slices.Contains(out, p) {
+			continue
+		}
+		for _, real := range s.Reals {
+			if real.Removed || real.Down || real.Weight == 0 {
+				continue
+			}
+			if r.checker.Proven(balancer.Target{Service: s.Service, Addr: real.Addr, Check: s.Check}) {
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// stopBGP withdraws everything, keeps forwarding for the drain time if
+// drain (the packet path still runs), then closes the speaker. A no-op
+// without BGP.
+func (r *runner) stopBGP(drain bool) {
+	if r.bgp == nil {
+		return
+	}
+	close(r.announceStop)
+	if err := r.bgp.WithdrawAll(); err != nil {
+		r.log.Error().Err(err).Msg("bgp: withdrawing")
+	}
+	if d := r.cfg.BGP.Drain; drain && d > 0 {
+		r.log.Info().Str("drain", d.String()).Msg("bgp: everything withdrawn; forwarding while the routers move the traffic away (a second SIGINT or SIGTERM cuts it short)")
+		// The drain is a time, not an event: the routers say nothing
+		// once they moved the traffic.
+		timer := time.NewTimer(d)
+		var again chan os.Signal
+		if r.cfg.HandleSignals {
+			again = make(chan os.Signal, 1)
+			signal.Notify(again, syscall.SIGINT, syscall.SIGTERM)
+			defer signal.Stop(again)
+		}
+		select {
+		case <-timer.C:
+		case sig := <-again:
+			r.log.Warn().Str(fSignal, sig.String()).Msg("bgp: drain cut short")
+		}
+		timer.Stop()
+	}
+	if err := r.bgp.Close(); err != nil {
+		r.log.Error().Err(err).Msg("bgp: closing")
+	}
+}
