@@ -36,6 +36,7 @@ const (
 	setClientTag   = "holdfast-client-tag"
 	setRealTag     = "holdfast-real-tag"
 	policyExport   = "holdfast-export"
+	policyImport   = "holdfast-import"
 	globalRIB      = "global" // GoBGP's name for the global policy assignment
 )
 
@@ -121,9 +122,22 @@ func (s *Speaker) start(ctx context.Context) error {
 		return fmt.Errorf("start: %w", err)
 	}
 	// Holdfast announces and never learns: reject every route received.
+	// GoBGP runs the global import policy on the paths added locally too
+	// (AddPath), so those are let in by name and the rest rejected.
+	if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{
+		Name: policyImport,
+		Statements: []*api.Statement{{
+			Name:       policyImport + "-local",
+			Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+			Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT},
+		}},
+	}}); err != nil {
+		return fmt.Errorf("import policy: %w", err)
+	}
 	if err := s.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
 		Name:          globalRIB,
 		Direction:     api.PolicyDirection_POLICY_DIRECTION_IMPORT,
+		Policies:      []*api.Policy{{Name: policyImport}},
 		DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT,
 	}}); err != nil {
 		return fmt.Errorf("import policy: %w", err)
