@@ -15,6 +15,7 @@ import (
 	bgppkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
 	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
 )
 
 // receiver is a GoBGP router on a loopback address that accepts the
@@ -227,5 +228,33 @@ func TestSpeakerSides(t *testing.T) {
 	}
 	if err := s.SetClientSide(pfx("198.18.0.100/32")); err != ErrClosed {
 		t.Errorf("SetClientSide after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestSpeakerCloseLeavesNoGoroutine: Close stops GoBGP's event loop, the
+// per-peer FSMs (one dialling a peer that does not answer) and the watch.
+func TestSpeakerCloseLeavesNoGoroutine(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	port := freePort(t, "127.0.0.9")
+	s, err := New(context.Background(), Config{
+		LocalAS: 65001, PeerAS: 65000, RouterID: netip.MustParseAddr("198.18.10.2"),
+		ClientPeers: []netip.Addr{netip.MustParseAddr("127.0.0.9")},
+		RealPeers:   []netip.Addr{netip.MustParseAddr("::1")},
+		Port:        port, ConnectRetry: time.Second, Log: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetClientSide(pfx("198.18.0.100/32")); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); len(st.Peers) != 2 || st.Peers[0].Side != ClientSide || st.Peers[0].State == "Established" {
+		t.Errorf("status peers %+v: want the client-side peer first, not established", st.Peers)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
 	}
 }

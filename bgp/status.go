@@ -38,8 +38,10 @@ type PeerStatus struct {
 	Since time.Time // the last state change
 	// Uptime is how long the session has been established; 0 when it is not.
 	Uptime time.Duration
-	// LastError is why the session last went down (the notification or
-	// the TCP error, as GoBGP reports it); empty if it never did.
+	// LastError is why the established session last went down (the
+	// notification or the TCP error, as GoBGP reports it); empty if it
+	// never did. A session that never came up has none: GoBGP keeps its
+	// connect errors to its debug log.
 	LastError string
 	// Advertised is the number of prefixes the peer has been sent and not
 	// withdrawn; Received those it sent us (GoBGP's Adj-RIB-In); Imported

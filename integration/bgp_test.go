@@ -100,6 +100,7 @@ func bgpLink(t *testing.T, a bgpNS, ifA string, addrsA []string, b bgpNS, ifB st
 // bird is a BIRD 2 daemon running in a namespace, driven with birdc.
 type bird struct {
 	name, sock string
+	kill       func() // kills it (by PID) and waits for it; idempotent
 }
 
 // startBIRD starts bird in ns with conf, in the foreground so that the PID
@@ -120,9 +121,12 @@ func startBIRD(t *testing.T, ns bgpNS, name, conf string) *bird {
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
+	b.kill = sync.OnceFunc(func() {
 		cmd.Process.Kill()
 		<-done
+	})
+	t.Cleanup(func() {
+		b.kill()
 		if t.Failed() {
 			t.Logf("bird %s output:\n%s", name, log.String())
 		}
@@ -557,5 +561,68 @@ func TestBGPSpeakerCloseWithdraws(t *testing.T) {
 		return len(client.routes(t, "hf4")) == 0 && len(real.routes(t, "hf4")) == 0
 	}); !ok {
 		t.Errorf("after Close and %v: client %v, real %v", d, prefixSet(client.routes(t, "hf4")), prefixSet(real.routes(t, "hf4")))
+	}
+}
+
+// TestBGPSpeakerRouterRestart: a router that dies is seen as a drop (with
+// its reason), and once it is back the speaker dials it again and it gets
+// its routes back without a Set.
+func TestBGPSpeakerRouterRestart(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds network namespaces (CI runs as root)")
+	}
+	if _, err := exec.LookPath("bird"); err != nil {
+		t.Skip("needs BIRD 2 (Debian bird2; .ci/run installs it)")
+	}
+	spk, cr, rr := newBGPNS(t, "spk"), newBGPNS(t, "cr"), newBGPNS(t, "rr")
+	bgpLink(t, spk, "tocr", []string{spCV4.String() + "/24"}, cr, "tospk", []string{crV4.String() + "/24"})
+	bgpLink(t, spk, "torr", []string{spRV4.String() + "/24"}, rr, "tospk", []string{rrV4.String() + "/24"})
+	realConf := birdConf(rrV4) + birdSession("hf4", "ipv4", rrV4, spRV4)
+	client := startBIRD(t, cr, "client", birdConf(crV4)+birdSession("hf4", "ipv4", crV4, spCV4))
+	real := startBIRD(t, rr, "real", realConf)
+	sp := startSpeaker(t, spk, "-router-id", spCV4.String(), "-password", bgpPassword,
+		"-client-peer", crV4.String(), "-real-peer", rrV4.String())
+	sp.do("client 198.18.0.100/32")
+	sp.do("real 198.18.30.1/32,0.0.0.0/0")
+	if d, ok := within(20*time.Second, func() bool {
+		return samePrefixes(client.routes(t, "hf4"), "198.18.0.100/32") && samePrefixes(real.routes(t, "hf4"), "0.0.0.0/0", "198.18.30.1/32")
+	}); !ok {
+		t.Fatalf("after %v: client %v, real %v", d, prefixSet(client.routes(t, "hf4")), prefixSet(real.routes(t, "hf4")))
+	}
+
+	real.kill()
+	var rp bgp.PeerStatus
+	// The speaker learns of the drop from its socket (BIRD's end closed
+	// with the process): poll its status, there is no event to wait on
+	// from outside the helper.
+	if _, ok := within(5*time.Second, func() bool {
+		for _, p := range sp.do("status").Peers {
+			if p.Addr == rrV4 {
+				rp = p
+			}
+		}
+		return rp.State != "Established"
+	}); !ok {
+		t.Fatalf("real-side peer still %s after its router died", rp.State)
+	}
+	st := sp.do("status")
+	if st.Counters.Drops != 1 || rp.LastError == "" || rp.Uptime != 0 {
+		t.Errorf("after the real router died: counters %+v, peer %+v; want 1 drop, a last error, no uptime", st.Counters, rp)
+	}
+	t.Logf("real-side peer after its router died: %s, last error %q", rp.State, rp.LastError)
+
+	real = startBIRD(t, rr, "real (restarted)", realConf)
+	if d, ok := within(20*time.Second, func() bool {
+		return samePrefixes(real.routes(t, "hf4"), "0.0.0.0/0", "198.18.30.1/32")
+	}); !ok {
+		t.Fatalf("restarted real router has %v after %v, want its routes back", prefixSet(real.routes(t, "hf4")), d)
+	} else {
+		t.Logf("restarted real router had its routes back after %v", d.Round(time.Millisecond))
+	}
+	if st := sp.do("status"); st.Counters.Establishments != 3 {
+		t.Errorf("counters %+v: want 3 establishments (2, then the restarted router)", st.Counters)
+	}
+	if !samePrefixes(client.routes(t, "hf4"), "198.18.0.100/32") {
+		t.Errorf("client router: %v after the real router's restart", prefixSet(client.routes(t, "hf4")))
 	}
 }
