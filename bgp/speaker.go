@@ -18,15 +18,15 @@ import (
 
 // Log field names.
 const (
-	fPeer     = "peer"
-	fSide     = "side"
-	fState    = "state"
-	fPrefix   = "prefix"
-	fTo       = "to"
-	fReason   = "reason"
-	fPeerAS   = "peer_as"
-	fMED      = "med"
-	fFamilies = "family"
+	fPeer   = "peer"
+	fSide   = "side"
+	fState  = "state"
+	fPrefix = "prefix"
+	fTo     = "to"
+	fReason = "reason"
+	fPeerAS = "peer_as"
+	fMED    = "med"
+	fWas    = "was"
 )
 
 // Names of the GoBGP defined sets and policies the speaker installs.
@@ -433,7 +433,7 @@ func (s *Speaker) onPeer(ev *apiutil.WatchEventMessage_PeerEvent, at time.Time) 
 	if was == bgppkt.BGP_FSM_ESTABLISHED {
 		ev2 = s.log.Warn()
 	}
-	ev2 = ev2.Str(fPeer, a.String()).Str(fSide, side.String()).Str(fState, stateName(st)).Str("was", stateName(was))
+	ev2 = ev2.Str(fPeer, a.String()).Str(fSide, side.String()).Str(fState, stateName(st)).Str(fWas, stateName(was))
 	if reason != "" && st != bgppkt.BGP_FSM_ESTABLISHED {
 		ev2 = ev2.Str(fReason, reason)
 	}
@@ -446,7 +446,7 @@ func (s *Speaker) onPeer(ev *apiutil.WatchEventMessage_PeerEvent, at time.Time) 
 		// Idle, Connect, Active, OpenSent, OpenConfirm: every attempt goes
 		// through them; at debug so a router that is away does not flood
 		// the log every ConnectRetry.
-		s.log.Debug().Str(fPeer, a.String()).Str(fSide, side.String()).Str(fState, stateName(st)).Str("was", stateName(was)).Msg("bgp session state")
+		s.log.Debug().Str(fPeer, a.String()).Str(fSide, side.String()).Str(fState, stateName(st)).Str(fWas, stateName(was)).Msg("bgp session state")
 	}
 }
 
