@@ -54,6 +54,8 @@ type Config struct {
 	// Port is the peers' BGP port; 0 means 179. For tests.
 	Port uint16
 
+	// Log gets the session changes, announcements and withdrawals, and
+	// GoBGP's own warnings; the zero Logger discards them.
 	Log zerolog.Logger
 }
 

@@ -11,8 +11,8 @@
 //     no port (GoBGP's Global.ListenPort -1): a director is not a router
 //     that anyone may dial;
 //   - an import policy rejects every route: holdfast announces, it never
-//     learns; what the routers send ends in GoBGP's Adj-RIB-In (counted as
-//     received in Status) and never in its RIB;
+//     learns; what the routers send ends in GoBGP's Adj-RIB-In (Received in
+//     Status) and never in its RIB (Imported, 0);
 //   - what goes to whom is decided by the path, not by the peer: each
 //     announced path carries a large community per side it belongs to, and
 //     the export policy accepts a path for a peer only when the peer is in

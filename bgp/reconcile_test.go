@@ -18,11 +18,11 @@ func pfx(ss ...string) []netip.Prefix {
 // the path updates each one asks for and what is announced after it.
 func TestReconcile(t *testing.T) {
 	type step struct {
-		side       Side
-		set        []string
-		want       []change
-		client     []string // announced to the client side after the step
-		real       []string
+		side   Side
+		set    []string
+		want   []change
+		client []string // announced to the client side after the step
+		real   []string
 	}
 	c := func(p string, s Side) change { return change{netip.MustParsePrefix(p), s} }
 	steps := []step{
@@ -58,8 +58,8 @@ func TestReconcile(t *testing.T) {
 			real:   []string{"0.0.0.0/0", "198.18.30.7/32", "198.18.31.0/24", "2001:2::30:1/128"}},
 		// Everything gone from one side leaves the other alone.
 		{side: ClientSide, set: nil,
-			want:   []change{c("198.18.0.101/32", 0), c("198.18.30.1/32", 0), c("2001:2::100/128", 0)},
-			real:   []string{"0.0.0.0/0", "198.18.30.7/32", "198.18.31.0/24", "2001:2::30:1/128"}},
+			want: []change{c("198.18.0.101/32", 0), c("198.18.30.1/32", 0), c("2001:2::100/128", 0)},
+			real: []string{"0.0.0.0/0", "198.18.30.7/32", "198.18.31.0/24", "2001:2::30:1/128"}},
 		{side: RealSide, set: nil,
 			want: []change{c("0.0.0.0/0", 0), c("198.18.30.7/32", 0), c("198.18.31.0/24", 0), c("2001:2::30:1/128", 0)}},
 	}

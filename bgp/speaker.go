@@ -18,15 +18,15 @@ import (
 
 // Log field names.
 const (
-	fPeer     = "peer"
-	fSide     = "side"
-	fState    = "state"
-	fPrefix   = "prefix"
-	fTo       = "to"
-	fReason   = "reason"
-	fPeerAS   = "peer_as"
-	fMED      = "med"
-	fFamilies = "family"
+	fPeer   = "peer"
+	fSide   = "side"
+	fState  = "state"
+	fPrefix = "prefix"
+	fTo     = "to"
+	fReason = "reason"
+	fPeerAS = "peer_as"
+	fMED    = "med"
+	fWas    = "was"
 )
 
 // Names of the GoBGP defined sets and policies the speaker installs.
@@ -36,6 +36,7 @@ const (
 	setClientTag   = "holdfast-client-tag"
 	setRealTag     = "holdfast-real-tag"
 	policyExport   = "holdfast-export"
+	policyImport   = "holdfast-import"
 	globalRIB      = "global" // GoBGP's name for the global policy assignment
 )
 
@@ -121,9 +122,22 @@ func (s *Speaker) start(ctx context.Context) error {
 		return fmt.Errorf("start: %w", err)
 	}
 	// Holdfast announces and never learns: reject every route received.
+	// GoBGP runs the global import policy on the paths added locally too
+	// (AddPath), so those are let in by name and the rest rejected.
+	if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{
+		Name: policyImport,
+		Statements: []*api.Statement{{
+			Name:       policyImport + "-local",
+			Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+			Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT},
+		}},
+	}}); err != nil {
+		return fmt.Errorf("import policy: %w", err)
+	}
 	if err := s.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
 		Name:          globalRIB,
 		Direction:     api.PolicyDirection_POLICY_DIRECTION_IMPORT,
+		Policies:      []*api.Policy{{Name: policyImport}},
 		DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT,
 	}}); err != nil {
 		return fmt.Errorf("import policy: %w", err)
@@ -419,7 +433,7 @@ func (s *Speaker) onPeer(ev *apiutil.WatchEventMessage_PeerEvent, at time.Time) 
 	if was == bgppkt.BGP_FSM_ESTABLISHED {
 		ev2 = s.log.Warn()
 	}
-	ev2 = ev2.Str(fPeer, a.String()).Str(fSide, side.String()).Str(fState, stateName(st)).Str("was", stateName(was))
+	ev2 = ev2.Str(fPeer, a.String()).Str(fSide, side.String()).Str(fState, stateName(st)).Str(fWas, stateName(was))
 	if reason != "" && st != bgppkt.BGP_FSM_ESTABLISHED {
 		ev2 = ev2.Str(fReason, reason)
 	}
@@ -432,7 +446,7 @@ func (s *Speaker) onPeer(ev *apiutil.WatchEventMessage_PeerEvent, at time.Time) 
 		// Idle, Connect, Active, OpenSent, OpenConfirm: every attempt goes
 		// through them; at debug so a router that is away does not flood
 		// the log every ConnectRetry.
-		s.log.Debug().Str(fPeer, a.String()).Str(fSide, side.String()).Str(fState, stateName(st)).Str("was", stateName(was)).Msg("bgp session state")
+		s.log.Debug().Str(fPeer, a.String()).Str(fSide, side.String()).Str(fState, stateName(st)).Str(fWas, stateName(was)).Msg("bgp session state")
 	}
 }
 

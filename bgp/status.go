@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	bgppkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 // Status is a snapshot of a Speaker for `holdfast bgp` and /stats: its
@@ -36,13 +38,16 @@ type PeerStatus struct {
 	Since time.Time // the last state change
 	// Uptime is how long the session has been established; 0 when it is not.
 	Uptime time.Duration
-	// LastError is why the session last went down (the notification or
-	// the TCP error, as GoBGP reports it); empty if it never did.
+	// LastError is why the established session last went down (the
+	// notification or the TCP error, as GoBGP reports it); empty if it
+	// never did. A session that never came up has none: GoBGP keeps its
+	// connect errors to its debug log.
 	LastError string
 	// Advertised is the number of prefixes the peer has been sent and not
-	// withdrawn; Received those it sent us (all rejected by the import
-	// policy: Accepted stays 0).
-	Advertised, Received, Accepted uint64
+	// withdrawn; Received those it sent us (GoBGP's Adj-RIB-In); Imported
+	// those of its routes in the speaker's RIB, which the import policy
+	// keeps at 0.
+	Advertised, Received, Imported uint64
 	// UpdatesSent counts the UPDATE messages sent to the peer, as GoBGP
 	// counts them.
 	UpdatesSent uint64
@@ -61,7 +66,7 @@ type Counters struct {
 // speaker last saw them.
 func (s *Speaker) Status() Status {
 	type gobgpPeer struct {
-		advertised, received, accepted, updates uint64
+		advertised, received, imported, updates uint64
 	}
 	got := map[netip.Addr]gobgpPeer{}
 	s.mu.Lock()
@@ -79,11 +84,24 @@ func (s *Speaker) Status() Status {
 			for _, af := range p.GetAfiSafis() {
 				g.advertised += af.GetState().GetAdvertised()
 				g.received += af.GetState().GetReceived()
-				g.accepted += af.GetState().GetAccepted()
 			}
 			g.updates = p.GetState().GetMessages().GetSent().GetUpdate()
 			got[a] = g
 		})
+		// GoBGP's Accepted counts what passed the peer's own policies, not
+		// the global import policy: count what is in the RIB instead.
+		for _, f := range []bgppkt.Family{bgppkt.RF_IPv4_UC, bgppkt.RF_IPv6_UC} {
+			_ = s.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: f},
+				func(_ bgppkt.NLRI, paths []*apiutil.Path) {
+					for _, p := range paths {
+						if p.PeerAddress.IsValid() && !p.PeerAddress.IsUnspecified() {
+							g := got[p.PeerAddress]
+							g.imported++
+							got[p.PeerAddress] = g
+						}
+					}
+				})
+		}
 	}
 
 	s.mu.Lock()
@@ -103,7 +121,7 @@ func (s *Speaker) Status() Status {
 		ps := PeerStatus{
 			Addr: a, Side: p.side, AS: s.cfg.PeerAS,
 			State: stateName(p.state), Since: p.since, LastError: p.lastError,
-			Advertised: g.advertised, Received: g.received, Accepted: g.accepted,
+			Advertised: g.advertised, Received: g.received, Imported: g.imported,
 			UpdatesSent: g.updates,
 		}
 		if !p.upSince.IsZero() {
