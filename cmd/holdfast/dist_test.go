@@ -160,3 +160,29 @@ func TestKeepalivedSample(t *testing.T) {
 		t.Error("the IPv6 instances were not uncommented: the test checks nothing")
 	}
 }
+
+// The routers' samples for BGP (deploy/) parse: BIRD's with bird -p, FRR's
+// with vtysh --dryrun (both exit non-zero on an unknown statement).
+func TestRouterSamples(t *testing.T) {
+	for _, tc := range []struct {
+		tool  string
+		args  []string
+		files []string
+	}{
+		{"bird", []string{"-p", "-c"}, []string{"bird-client-side.conf", "bird-real-side.conf"}},
+		{"vtysh", []string{"--dryrun", "-f"}, []string{"frr-client-side.conf", "frr-real-side.conf"}},
+	} {
+		t.Run(tc.tool, func(t *testing.T) {
+			bin, err := exec.LookPath(tc.tool)
+			if err != nil {
+				t.Skipf("skipping: %s is not installed (.ci/run installs bird2 and frr)", tc.tool)
+			}
+			for _, f := range tc.files {
+				out, err := exec.Command(bin, append(tc.args, filepath.Join("../../deploy", f))...).CombinedOutput()
+				if err != nil {
+					t.Errorf("%s %s: %v\n%s", tc.tool, f, err, out)
+				}
+			}
+		})
+	}
+}
