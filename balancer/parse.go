@@ -106,27 +106,63 @@ func ParseService(s string) (Proto, netip.AddrPort, error) {
 var errSyntax = errors.New("not ADDR:PORT")
 
 // parseAddrPort parses ADDR:PORT and rejects what cannot be a VIP or a real:
-// port 0, the unspecified address, multicast, and IPv6 zones (a zone names a
-// host interface, which the director's TUN does not have). An IPv4-mapped IPv6
-// address becomes plain IPv4 so that it compares equal to the same address
-// written as IPv4.
+// port 0 and the addresses AddrProblem names. An IPv4-mapped IPv6 address
+// becomes plain IPv4 so that it compares equal to the same address written as
+// IPv4. An IPv6 address with a port but no brackets gets its own message.
 func parseAddrPort(s string) (netip.AddrPort, error) {
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil {
+		if hint := BracketHint(s); hint != "" {
+			return netip.AddrPort{}, errors.New(hint)
+		}
 		return netip.AddrPort{}, errSyntax
 	}
 	a := ap.Addr()
-	switch {
-	case a.Zone() != "":
-		return netip.AddrPort{}, fmt.Errorf("address %s has a zone, which is not supported", a)
-	case a.IsUnspecified():
-		return netip.AddrPort{}, fmt.Errorf("address %s is unspecified", a)
-	case a.IsMulticast():
-		return netip.AddrPort{}, fmt.Errorf("address %s is multicast", a)
-	case ap.Port() == 0:
+	if p := AddrProblem(a); p != "" {
+		return netip.AddrPort{}, fmt.Errorf("address %s %s", a, p)
+	}
+	if ap.Port() == 0 {
 		return netip.AddrPort{}, errors.New("port 0 is not allowed; expected 1..65535")
 	}
 	return netip.AddrPortFrom(a.Unmap(), ap.Port()), nil
+}
+
+// BracketHint says how to write s if it is an IPv6 address followed by a
+// port without the brackets RFC 3986 (3.2.2) puts around the address:
+// 2001:2::1:80 is read as [2001:2::1]:80, though it is also an IPv6 address
+// alone; which was meant only the brackets tell. "" if s is not that.
+func BracketHint(s string) string {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 || strings.ContainsAny(s, "[]") || strings.Count(s, ":") < 2 {
+		return ""
+	}
+	host, port := s[:i], s[i+1:]
+	a, err := netip.ParseAddr(host)
+	if err != nil || !a.Is6() || port == "" || strings.Trim(port, "0123456789") != "" {
+		return ""
+	}
+	return fmt.Sprintf("put IPv6 addresses in brackets: [%s]:%s", host, port)
+}
+
+// AddrProblem says why a cannot be a VIP, a real or a recovery address, or
+// returns "": a zone (it names a host interface, which the director's TUN does
+// not have), the unspecified address, multicast, and link-local unicast (never
+// forwarded between links, so it cannot reach the director through a
+// router), of either family. Loopback is not refused here: the health-check
+// tests use reals on 127.0.0.1 (a recovery address refuses it itself). The
+// text follows the address in a message: "address fe80::1 is link-local".
+func AddrProblem(a netip.Addr) string {
+	switch {
+	case a.Zone() != "":
+		return "has a zone, which is not supported"
+	case a.IsUnspecified():
+		return "is unspecified"
+	case a.IsMulticast():
+		return "is multicast"
+	case a.IsLinkLocalUnicast():
+		return "is link-local"
+	}
+	return ""
 }
 
 // ServiceConfig is one service as written in a config file (and assembled

@@ -39,7 +39,15 @@ func TestParseReal(t *testing.T) {
 		{in: "rs1.example:80", wantErr: `invalid real "rs1.example:80"` + syntax},
 		{in: "198.18.0.1:http", wantErr: `invalid real "198.18.0.1:http"` + syntax},
 		{in: "198.18.0.1:65536", wantErr: `invalid real "198.18.0.1:65536"` + syntax},
-		{in: "2001:db8::1:80", wantErr: `invalid real "2001:db8::1:80"` + syntax},
+		{in: "2001:db8::1:80", wantErr: `invalid real "2001:db8::1:80": put IPv6 addresses in brackets: [2001:db8::1]:80`},
+		{in: "2001:2::11:80*2", wantErr: `invalid real "2001:2::11:80*2": put IPv6 addresses in brackets: [2001:2::11]:80`},
+		{in: "2001:2::11", wantErr: `invalid real "2001:2::11"` + syntax},
+		{in: "[2001:2::11]:80", wantAddr: "[2001:2::11]:80", wantWeight: 1},
+		{in: "[fe80::1]:80", wantErr: `invalid real "[fe80::1]:80": address fe80::1 is link-local`},
+		{in: "[ff02::1]:80", wantErr: `invalid real "[ff02::1]:80": address ff02::1 is multicast`},
+		{in: "[::]:80", wantErr: `invalid real "[::]:80": address :: is unspecified`},
+		{in: "169.254.0.1:80", wantErr: `invalid real "169.254.0.1:80": address 169.254.0.1 is link-local`},
+		{in: "127.0.0.1:80", wantAddr: "127.0.0.1:80", wantWeight: 1}, // the checker's tests use such reals
 		{in: "198.18.0.1:0", wantErr: `invalid real "198.18.0.1:0": port 0 is not allowed; expected 1..65535`},
 		{in: "198.18.0.1:80*", wantErr: `invalid real "198.18.0.1:80*": weight "": expected a number 0..65535`},
 		{in: "198.18.0.1:80*x", wantErr: `invalid real "198.18.0.1:80*x": weight "x": expected a number 0..65535`},
@@ -92,6 +100,11 @@ func TestParseService(t *testing.T) {
 		{in: "tcp:198.18.0.10:80*2", wantErr: `invalid service "tcp:198.18.0.10:80*2"` + syntax},
 		{in: "tcp:198.18.0.10:0", wantErr: `invalid service "tcp:198.18.0.10:0": port 0 is not allowed; expected 1..65535`},
 		{in: "tcp:0.0.0.0:80", wantErr: `invalid service "tcp:0.0.0.0:80": address 0.0.0.0 is unspecified`},
+		{in: "tcp:[2001:2::10]:80", wantProto: TCP, wantVIP: "[2001:2::10]:80"},
+		{in: "tcp:2001:2::10:80", wantErr: `invalid service "tcp:2001:2::10:80": put IPv6 addresses in brackets: [2001:2::10]:80`},
+		{in: "tcp:[fe80::10%eth0]:80", wantErr: `invalid service "tcp:[fe80::10%eth0]:80": address fe80::10%eth0 has a zone, which is not supported`},
+		{in: "tcp:[fe80::10]:80", wantErr: `invalid service "tcp:[fe80::10]:80": address fe80::10 is link-local`},
+		{in: "udp:[ff05::1:3]:547", wantErr: `invalid service "udp:[ff05::1:3]:547": address ff05::1:3 is multicast`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -149,6 +162,10 @@ func TestServiceConfigBuild(t *testing.T) {
 			`reals[2]: duplicate real 198.18.10.11:80, already given as reals[0]`},
 		{"mixed IP versions", valid(func(c *ServiceConfig) { c.Reals = []string{"[2001:db8::1]:80"} }),
 			`reals[0]: real [2001:db8::1]:80 and VIP 198.18.0.10 are of different IP versions`},
+		{"IPv4 real of an IPv6 service", valid(func(c *ServiceConfig) {
+			c.Service, c.Reals = "tcp:[2001:2::10]:80", []string{"[2001:2::11]:80", "198.18.10.11:80"}
+		}),
+			`reals[1]: real 198.18.10.11:80 and VIP 2001:2::10 are of different IP versions`},
 		{"real is the VIP", valid(func(c *ServiceConfig) { c.Reals = []string{"198.18.0.10:80"} }),
 			`reals[0]: real 198.18.0.10:80 is the service's own VIP:PORT`},
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"holdfast/balancer"
@@ -105,6 +106,28 @@ type Recovery struct {
 	CookieBits int
 }
 
+// Serves returns an error naming the first service that r, enabled, has no
+// recovery address for: a recovery dials the service's real from a recovery
+// address, which must be of the real's IP version (no NAT46 or NAT64). Nil
+// with recovery off: nothing is dialled then.
+func (r Recovery) Serves(svcs []*balancer.Service) error {
+	if !r.Enabled {
+		return nil
+	}
+	for _, svc := range svcs {
+		v4 := svc.VIP.Addr().Is4()
+		if slices.ContainsFunc(r.Addrs, func(a netip.Addr) bool { return a.Unmap().Is4() == v4 }) {
+			continue
+		}
+		version, have := "IPv6", "IPv4"
+		if v4 {
+			version, have = "IPv4", "IPv6"
+		}
+		return fmt.Errorf("service %s is %s and every recovery address is %s (a recovery dials the service's real from a recovery address of its IP version)", svc, version, have)
+	}
+	return nil
+}
+
 // withDefaults returns c with its zero values that have a default filled
 // in, or an ErrInvalid error naming the first field that cannot work.
 func (c Config) withDefaults() (Config, error) {
@@ -148,6 +171,8 @@ func (c Config) withDefaults() (Config, error) {
 		switch {
 		case len(r.Addrs) == 0:
 			return c, invalid(PartRecovery, errors.New("recovery enabled without a recovery address"))
+		case r.Serves(c.Services) != nil:
+			return c, invalid(PartRecovery, r.Serves(c.Services))
 		case r.Timeout <= 0:
 			return c, invalid(PartRecovery, fmt.Errorf("timeout %v: expected a positive duration", r.Timeout))
 		case r.Rate <= 0 || r.MaxInflight <= 0 || r.ParkBytes <= 0:

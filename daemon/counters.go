@@ -228,7 +228,7 @@ var counters = []counterDef{
 	scalar("rehomes_succeeded_total", "Re-homed flows recovered onto another real.", counterType, func(s *snapshot) uint64 { return s.nat.Rehomed }),
 	scalar("rehomes_kept_total", "Re-homes not started because no other real could take the flow (it stays on its real).", counterType, func(s *snapshot) uint64 { return s.nat.RehomeKept }),
 	scalar("flow_index_refused_total", "Flows not inserted because one of their keys was already in the index (an entry is never overwritten).", counterType, func(s *snapshot) uint64 { return s.nat.IndexRefused }),
-	scalar("netstack_stray_packets_total", "Packets of the recovery netstack dropped by its tap (RSTs after a handshake, retransmissions).", counterType, func(s *snapshot) uint64 { return s.stray }),
+	scalar("netstack_stray_packets_total", "Packets of the recovery netstack dropped by its tap (RSTs after a handshake, retransmissions, IPv6 neighbour discovery or MLD).", counterType, func(s *snapshot) uint64 { return s.stray }),
 	{name: "real_active_flows", help: "ESTABLISHED flows per real.", typ: gaugeType, labels: []string{"service", "real"},
 		each: eachReal(func(r *nat.RealInfo, emit func(uint64, ...string)) { emit(uint64(r.Active)) })},
 	{name: "real_inactive_flows", help: "Other flows per real.", typ: gaugeType, labels: []string{"service", "real"},

@@ -311,6 +311,9 @@ func TestRunBadConfig(t *testing.T) {
 		{"bad checks", func(c *Config) { c.Checks = balancer.CheckTiming{Interval: time.Second} }, PartChecks, "timeout"},
 		{"recovery without address", func(c *Config) { c.Recovery.Addrs = nil }, PartRecovery, "recovery address"},
 		{"recovery without rate", func(c *Config) { c.Recovery.Rate = 0 }, PartRecovery, "rate 0"},
+		{"recovery address of the other IP version only", func(c *Config) {
+			c.Recovery.Addrs = []netip.Addr{netip.MustParseAddr("2001:2:0:30::1")}
+		}, PartRecovery, "is IPv4 and every recovery address is IPv6"},
 		{"budget prefix too long", func(c *Config) { c.Recovery.PrefixLen4 = 33 }, PartRecovery, "/33 (IPv4)"},
 		{"negative per-prefix flows", func(c *Config) { c.Recovery.PrefixFlows = -1 }, PartRecovery, "flows -1"},
 		{"cookie too wide", func(c *Config) { c.Recovery.CookieBits = 10 }, PartRecovery, "timestamp cookie bits 10: expected 0..9"},

@@ -183,6 +183,9 @@ func (r *runner) reload() {
 		r.log.Info().Msg("reload: " + err.Error())
 		return
 	}
+	if err == nil {
+		err = r.cfg.Recovery.Serves(next)
+	}
 	if err != nil {
 		r.log.Error().Err(err).Msg("reload rejected; the running configuration stays")
 		return

@@ -248,4 +248,16 @@ func TestReloadKeepsRuntimeChanges(t *testing.T) {
 	if w := weights(); w[realB] != 2 {
 		t.Fatalf("weights after a rejected reload: %v", w)
 	}
+
+	// An IPv6 service, and every recovery address is IPv4: rejected
+	// before the Director sees it.
+	v6, err := balancer.ServiceConfig{Service: "tcp:[2001:2::10]:80", Reals: []string{"[2001:2:0:20::11]:80"}}.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	next <- answer{svcs: []*balancer.Service{svc(t, "rr", "", realA.String(), realB.String()+"*2"), v6}}
+	l = hup("reload rejected; the running configuration stays")
+	if e, _ := l["error"].(string); !strings.Contains(e, "service tcp:[2001:2::10]:80 is IPv6 and every recovery address is IPv4") {
+		t.Errorf("rejected reload line %v", l)
+	}
 }

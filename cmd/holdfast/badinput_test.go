@@ -21,11 +21,21 @@ func TestBadInputs(t *testing.T) {
 	if err := os.WriteFile(config, []byte(`{"services":[{"service":"tcp:198.18.0.10:80","reals":["198.18.10.11:80"]}]}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	config6 := filepath.Join(dir, "services6.json") // valid, with an IPv6 service
+	if err := os.WriteFile(config6, []byte(`{"services":[{"service":"tcp:198.18.0.10:80","reals":["198.18.10.11:80"]},{"service":"tcp:[2001:2::10]:80","reals":["[2001:2:0:20::11]:80"]}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	const (
 		tcp80  = "tcp:198.18.0.10:80"
 		udp53  = "udp:198.18.0.10:53"
 		rs1_80 = "198.18.10.11:80"
 		rs1_53 = "198.18.10.11:53"
+	)
+	const (
+		tcp6 = "tcp:[2001:2::10]:80"
+		rs6  = "[2001:2:0:20::11]:80"
+		// What a bad --recovery-addr expects.
+		recAddrWant = "; expected a unicast IPv4 or global unicast IPv6 address, e.g. 198.18.200.1 or 2001:2:0:30::1"
 	)
 	const one = "--service=tcp:198.18.0.10:80 --real=198.18.10.11:80" // a valid service, for the other flags' cases
 	for _, tc := range []struct {
@@ -116,7 +126,23 @@ func TestBadInputs(t *testing.T) {
 		{name: "an argument", args: []string{one, "extra"}, want: `run: unexpected argument "extra" (every setting is a --flag)`},
 		// Recovery.
 		{name: "recovery on or off", args: []string{"--recovery", "maybe", one}, want: `--recovery "maybe": expected on or off`},
-		{name: "recovery address of the other family", args: []string{"--recovery-addr", "224.0.0.1", one}, want: `--recovery-addr "224.0.0.1": expected an IPv4 unicast address, e.g. 198.18.200.1`},
+		{name: "recovery address multicast", args: []string{"--recovery-addr", "224.0.0.1", one}, want: `--recovery-addr "224.0.0.1": is multicast` + recAddrWant},
+		{name: "recovery address not an address", args: []string{"--recovery-addr", "2001:2:0:30::1/64", one},
+			want: `--recovery-addr "2001:2:0:30::1/64": expected a unicast IPv4 or IPv6 address, e.g. 198.18.200.1 or 2001:2:0:30::1`},
+		{name: "recovery address IPv6 link-local", args: []string{"--recovery-addr", "fe80::1", one}, want: `--recovery-addr "fe80::1": is link-local` + recAddrWant},
+		{name: "recovery address IPv6 multicast", args: []string{"--recovery-addr", "ff02::1", one}, want: `--recovery-addr "ff02::1": is multicast` + recAddrWant},
+		{name: "recovery address IPv6 unspecified", args: []string{"--recovery-addr", "::", one}, want: `--recovery-addr "::": is unspecified` + recAddrWant},
+		{name: "recovery address IPv6 loopback", args: []string{"--recovery-addr", "::1", one}, want: `--recovery-addr "::1": is loopback` + recAddrWant},
+		{name: "recovery address with a zone", args: []string{"--recovery-addr", "fe80::1%eth0", one}, want: `--recovery-addr "fe80::1%eth0": has a zone, which is not supported` + recAddrWant},
+		{name: "recovery address twice", args: []string{"--recovery-addr", "::ffff:198.18.200.1", one}, want: "--recovery-addr 198.18.200.1 given twice"},
+		{name: "IPv6 service with IPv4 recovery addresses only", args: []string{"--service", tcp6, "--real", rs6},
+			want: "service tcp:[2001:2::10]:80 is IPv6 and every recovery address is IPv4 (a recovery dials the service's real from a recovery address of its IP version): give --recovery-addr an address of that version too, or --recovery=off"},
+		{name: "IPv4 service with IPv6 recovery addresses only", cmd: []string{"run", "--tun", "hf0", "--recovery-addr", "2001:2:0:30::1", one},
+			want: "service tcp:198.18.0.10:80 is IPv4 and every recovery address is IPv6 (a recovery dials the service's real from a recovery address of its IP version): give --recovery-addr an address of that version too, or --recovery=off"},
+		{name: "IPv6 service in a config with IPv4 recovery addresses only", args: []string{"--config", config6},
+			want: "service tcp:[2001:2::10]:80 is IPv6 and every recovery address is IPv4 (a recovery dials the service's real from a recovery address of its IP version): give --recovery-addr an address of that version too, or --recovery=off"},
+		{name: "recovery allow IPv6 with host bits", args: []string{"--recovery-allow", "2001:2::1/48", one}, want: `--recovery-allow "2001:2::1/48": host bits set; expected a network prefix (2001:2::/48?)`},
+		{name: "recovery allow not a prefix", args: []string{"--recovery-allow", "2001:2::", one}, want: `--recovery-allow "2001:2::": expected an IPv4 or IPv6 CIDR prefix, e.g. 198.18.0.0/15 or 2001:2::/48`},
 		{name: "recovery address a VIP", cmd: []string{"run", "--tun", "hf0", "--recovery-addr", "198.18.0.10", one},
 			want: "--recovery-addr 198.18.0.10: is the VIP of service tcp:198.18.0.10:80 (a recovery address is the director's own, routed to it, never a VIP or a real)"},
 		{name: "recovery address a real", cmd: []string{"run", "--tun", "hf0", "--recovery-addr", "198.18.10.11", one},
@@ -128,7 +154,7 @@ func TestBadInputs(t *testing.T) {
 		{name: "recovery ports over a real's port", args: []string{"--recovery-ports", "8000-8100", "--service", "tcp:198.18.0.10:80", "--real", "198.18.10.11:8080"},
 			want: "--recovery-ports 8000-8100: holds port 8080 of service tcp:198.18.0.10:80; a recovered connection from it reads as the service's reply on the reals' side: choose a range clear of the services' ports"},
 		{name: "recovery window scale", args: []string{"--recovery-wscale", "15", one}, want: "--recovery-wscale 15: expected 0..14"},
-		{name: "recovery MSS", args: []string{"--recovery-mss", "100", one}, want: "--recovery-mss 100: expected 536..65495 (or unset for TUN MTU - 40)"},
+		{name: "recovery MSS", args: []string{"--recovery-mss", "100", one}, want: "--recovery-mss 100: expected 536..65495 (or unset for the TUN MTU - 40 on IPv4, - 60 on IPv6)"},
 		{name: "recovery allow with host bits", args: []string{"--recovery-allow", "198.18.0.1/15", one}, want: `--recovery-allow "198.18.0.1/15": host bits set; expected a network prefix (198.18.0.0/15?)`},
 		{name: "park bytes", args: []string{"--park-bytes", "10", one}, want: `--park-bytes "10": expected a size of at least 64KiB, e.g. 64MiB`},
 		{name: "cookie bits", args: []string{"--ts-cookie-bits", "99", one}, want: "--ts-cookie-bits 99: expected 0..9 (0: no timestamp cookies)"},
@@ -138,6 +164,23 @@ func TestBadInputs(t *testing.T) {
 			want: "--check: service udp:198.18.0.10:53: the check tcp probes its reals over TCP; a UDP service takes no check (none)"},
 		{name: "weight out of range", args: []string{one, "--real", "198.18.10.12:80*70000"}, want: `--real: invalid real "198.18.10.12:80*70000": weight 70000: expected a number 0..65535`},
 		{name: "real is the VIP", args: []string{"--service", "tcp:198.18.0.10:80", "--real", "198.18.0.10:80"}, want: "--real: real 198.18.0.10:80 is the service's own VIP:PORT (--service tcp:198.18.0.10:80)"},
+		// IPv6 services (refused before nat runs: these need no IPv6 packet path).
+		{name: "IPv4 real of an IPv6 service", args: []string{"--service", tcp6, "--real", rs6, "--real", rs1_80},
+			want: "--real: real 198.18.10.11:80 and VIP 2001:2::10 are of different IP versions (--service tcp:[2001:2::10]:80)"},
+		{name: "IPv6 real without brackets", args: []string{"--service", tcp6, "--real", "2001:2:0:20::11:80"},
+			want: `--real: invalid real "2001:2:0:20::11:80": put IPv6 addresses in brackets: [2001:2:0:20::11]:80`},
+		{name: "IPv6 VIP without brackets", args: []string{"--service", "tcp:2001:2::10:80", "--real", rs6},
+			want: `--service: invalid service "tcp:2001:2::10:80": put IPv6 addresses in brackets: [2001:2::10]:80`},
+		{name: "IPv6 link-local VIP", args: []string{"--service", "tcp:[fe80::10]:80", "--real", rs6},
+			want: `--service: invalid service "tcp:[fe80::10]:80": address fe80::10 is link-local`},
+		{name: "IPv6 multicast VIP", args: []string{"--service", "udp:[ff05::1:3]:547", "--real", "[2001:2:0:20::11]:547"},
+			want: `--service: invalid service "udp:[ff05::1:3]:547": address ff05::1:3 is multicast`},
+		{name: "IPv6 link-local real", args: []string{"--service", tcp6, "--real", "[fe80::11]:80"},
+			want: `--real: invalid real "[fe80::11]:80": address fe80::11 is link-local`},
+		{name: "IPv6 real with a zone", args: []string{"--service", tcp6, "--real", "[fe80::11%eth1]:80"},
+			want: `--real: invalid real "[fe80::11%eth1]:80": address fe80::11%eth1 has a zone, which is not supported`},
+		{name: "IPv6 multicast real in a config", config: `{"services":[{"service":"tcp:[2001:2::10]:80","reals":["[ff02::1]:80"]}]}`,
+			want: `config {config}: services[0].reals[0]: invalid real "[ff02::1]:80": address ff02::1 is multicast`},
 		// The config file.
 		{name: "config missing", cmd: []string{"run", "--tun", "hf0", "--recovery-addr", "198.18.200.1", "--config", filepath.Join(dir, "none.json")},
 			want: "--config: open " + filepath.Join(dir, "none.json") + ": no such file or directory"},
@@ -159,6 +202,9 @@ func TestBadInputs(t *testing.T) {
 		{name: "conns state", cmd: []string{"conns", "--state", "bogus"}, want: `--state "bogus": expected one of ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, UDP`},
 		{name: "conns service", cmd: []string{"conns", "--service", "x"}, want: `--service: invalid service "x": expected PROTO:VIP:PORT with PROTO tcp or udp, e.g. tcp:198.18.0.10:80`},
 		{name: "conns real", cmd: []string{"conns", "--real", "y"}, want: `--real "y": expected ADDR:PORT`},
+		{name: "conns IPv6 real without brackets", cmd: []string{"conns", "--real", "2001:2:0:20::11:80"}, want: `--real "2001:2:0:20::11:80": put IPv6 addresses in brackets: [2001:2:0:20::11]:80`},
+		{name: "real weight IPv6 real without brackets", cmd: []string{"real", "weight", "--service", "tcp:[2001:2::10]:80", "--real", "2001:2:0:20::11:80", "--weight", "1"},
+			want: `--real "2001:2:0:20::11:80": put IPv6 addresses in brackets: [2001:2:0:20::11]:80`},
 		{name: "stats watch with JSON", cmd: []string{"stats", "--watch", "--json"}, want: "stats: --watch is for the table, not --json"},
 		{name: "stats negative interval", cmd: []string{"stats", "--interval", "-1s"}, want: "stats: --interval -1s: expected a positive duration (0 without --watch: no rates)"},
 		{name: "real add without flags", cmd: []string{"real", "add"}, want: "real add: --service, --real not set (see 'holdfast real add --help')"},

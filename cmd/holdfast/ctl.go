@@ -179,6 +179,9 @@ func newConnFilter(c *cli.Context) (connFilter, error) {
 	}
 	if s := c.String("real"); s != "" {
 		ap, err := netip.ParseAddrPort(s)
+		if hint := balancer.BracketHint(s); err != nil && hint != "" {
+			return f, usagef("--real %q: %s", s, hint)
+		}
 		if err != nil {
 			return f, usagef("--real %q: expected ADDR:PORT", s)
 		}
@@ -438,6 +441,9 @@ func sendReal(c *cli.Context, ch adminapi.RealChange) error {
 			return usagef("--real: %v", err)
 		}
 	} else if _, err := netip.ParseAddrPort(ch.Real); err != nil {
+		if hint := balancer.BracketHint(ch.Real); hint != "" {
+			return usagef("--%s %q: %s", map[bool]string{true: "rehome", false: "real"}[ch.Rehome], ch.Real, hint)
+		}
 		return usagef("--%s %q: expected ADDR:PORT (no weight, no id: they are not part of a real's name)", map[bool]string{true: "rehome", false: "real"}[ch.Rehome], ch.Real)
 	}
 	if err := ctlClient(c).changeReal(ch); err != nil {

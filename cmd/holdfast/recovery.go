@@ -2,9 +2,11 @@ package main
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
+	"holdfast/balancer"
 	"holdfast/daemon"
 	"holdfast/nat"
 
@@ -23,8 +25,23 @@ func parseRecovery(c *cli.Context) (daemon.Recovery, error) {
 	}
 	for _, s := range c.StringSlice(recoveryAddrFlag.Name) {
 		a, err := netip.ParseAddr(s)
-		if err != nil || !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
-			return r, usagef("--recovery-addr %q: expected an IPv4 unicast address, e.g. 198.18.200.1", s)
+		if err != nil {
+			return r, usagef("--recovery-addr %q: expected a unicast IPv4 or IPv6 address, e.g. 198.18.200.1 or 2001:2:0:30::1", s)
+		}
+		// The recovery address is routed to the director from beyond
+		// its links (and shared by a pair): an IPv6 one is global
+		// unicast, as a VIP is, and neither is loopback (the kernel
+		// routes no loopback address out of the host).
+		p := balancer.AddrProblem(a)
+		if p == "" && a.IsLoopback() {
+			p = "is loopback"
+		}
+		if p != "" {
+			return r, usagef("--recovery-addr %q: %s; expected a unicast IPv4 or global unicast IPv6 address, e.g. 198.18.200.1 or 2001:2:0:30::1", s, p)
+		}
+		a = a.Unmap()
+		if slices.Contains(r.Addrs, a) {
+			return r, usagef("--recovery-addr %s given twice", a)
 		}
 		r.Addrs = append(r.Addrs, a)
 	}
@@ -45,7 +62,7 @@ func parseRecovery(c *cli.Context) (daemon.Recovery, error) {
 		return r, usagef("--recovery-wscale %d: expected 0..14", r.WScale)
 	}
 	if r.MSS = c.Int(recoveryMSSFlag.Name); r.MSS != 0 && (r.MSS < 536 || r.MSS > 65495) {
-		return r, usagef("--recovery-mss %d: expected 536..65495 (or unset for TUN MTU - 40)", r.MSS)
+		return r, usagef("--recovery-mss %d: expected 536..65495 (or unset for the TUN MTU - 40 on IPv4, - 60 on IPv6)", r.MSS)
 	}
 	if r.Timeout = c.Duration(recoveryTimeoutFlag.Name); r.Timeout <= 0 {
 		return r, usagef("--recovery-timeout %s: expected a positive duration, e.g. 3s", r.Timeout)
@@ -58,8 +75,10 @@ func parseRecovery(c *cli.Context) (daemon.Recovery, error) {
 	}
 	for _, s := range c.StringSlice(recoveryAllowFlag.Name) {
 		p, err := netip.ParsePrefix(s)
-		if err != nil || !p.Addr().Is4() {
-			return r, usagef("--recovery-allow %q: expected an IPv4 CIDR prefix, e.g. 198.18.0.0/15", s)
+		if err != nil || p.Addr().Is4In6() {
+			// netip refuses a zone in a prefix; an IPv4-mapped one
+			// would match no client (nat sees IPv4 as IPv4).
+			return r, usagef("--recovery-allow %q: expected an IPv4 or IPv6 CIDR prefix, e.g. 198.18.0.0/15 or 2001:2::/48", s)
 		}
 		if p.Masked() != p {
 			return r, usagef("--recovery-allow %q: host bits set; expected a network prefix (%s?)", s, p.Masked())

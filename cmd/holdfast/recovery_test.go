@@ -2,6 +2,8 @@ package main
 
 import (
 	"errors"
+	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -142,5 +144,40 @@ func TestRecoveryAllowHostBits(t *testing.T) {
 	var ec cli.ExitCoder
 	if !errors.As(err, &ec) || ec.ExitCode() != exitUsage || err.Error() != `--recovery-allow "198.18.1.5/24": host bits set; expected a network prefix (198.18.1.0/24?)` {
 		t.Fatalf("host bits: %v", err)
+	}
+}
+
+// A dual-stack director: IPv4 and IPv6 services side by side (a VIP of each
+// family on the same port), a recovery address of each family (an
+// IPv4-mapped one written as IPv4), IPv6 --recovery-allow prefixes. All of
+// it parses; nothing here needs nat's IPv6 packet path.
+func TestParseRunDualStack(t *testing.T) {
+	var cfg daemon.Config
+	var perr error
+	app := &cli.App{Name: "t", Flags: runFlags(), Action: func(c *cli.Context) error {
+		cfg, perr = parseRun(c)
+		return nil
+	}}
+	args := []string{"t", "--tun", "hf0",
+		"--recovery-addr", "::ffff:198.18.200.1", "--recovery-addr", "2001:2:0:30::1",
+		"--recovery-allow", "198.18.0.0/15", "--recovery-allow", "2001:2::/48",
+		"--service", "tcp:198.18.0.10:80", "--real", "198.18.10.11:80",
+		"--service", "tcp:[2001:2::10]:80", "--real", "[2001:2:0:20::11]:80", "--real", "[2001:2:0:20::12]:80*2"}
+	if err := app.Run(args); err != nil {
+		t.Fatal(err)
+	}
+	if perr != nil {
+		t.Fatalf("parseRun: %v", perr)
+	}
+	r := cfg.Recovery
+	if want := []netip.Addr{netip.MustParseAddr("198.18.200.1"), netip.MustParseAddr("2001:2:0:30::1")}; !slices.Equal(r.Addrs, want) {
+		t.Errorf("recovery addresses %v, want %v", r.Addrs, want)
+	}
+	if want := []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("2001:2::/48")}; !slices.Equal(r.Allow, want) {
+		t.Errorf("recovery allow %v, want %v", r.Allow, want)
+	}
+	if len(cfg.Services) != 2 || cfg.Services[1].String() != "tcp:[2001:2::10]:80" || len(cfg.Services[1].Reals) != 2 ||
+		cfg.Services[1].Reals[1].Addr != netip.MustParseAddrPort("[2001:2:0:20::12]:80") {
+		t.Errorf("services %v", cfg.Services)
 	}
 }

@@ -181,8 +181,13 @@ func validIfName(name string) bool {
 // reals' side, as a reply of the web service, which stateless filters
 // ("source port 80, let it in") pass and captures mislabel. A range derived
 // from --director-id is not the operator's choice to refuse: the allocator
-// never dials a real from the real's own port (nat portAlloc.get).
+// never dials a real from the real's own port (nat portAlloc.get). With
+// recovery on, each service needs a recovery address of its own IP version
+// (daemon.Recovery.Serves).
 func recoveryClear(r daemon.Recovery, svcs []*balancer.Service, explicitPorts bool) error {
+	if err := r.Serves(svcs); err != nil {
+		return usagef("%v: give --%s an address of that version too, or --%s=off", err, recoveryAddrFlag.Name, recoveryFlag.Name)
+	}
 	for _, svc := range svcs {
 		for _, a := range r.Addrs {
 			if a == svc.VIP.Addr() {

@@ -25,6 +25,10 @@ const (
 	// accept 576-byte datagrams (RFC 791, RFC 1122 3.3.2), so a smaller link MTU
 	// is a misconfiguration, not a path to adapt to.
 	MinTUNMTU = 576
+	// MinTUNMTU6 is the smallest TUN MTU when an IPv6 prefix is routed into
+	// it: every IPv6 link has an MTU of at least 1280 (RFC 8200 section 5),
+	// and Linux turns IPv6 off on a link below it.
+	MinTUNMTU6 = 1280
 
 	// tunTxQueueLen is the TUN's queue length set by SetupRoutes.
 	tunTxQueueLen = 10000
@@ -50,13 +54,15 @@ const (
 	logFieldSysctl    = "sysctl"
 	logFieldOld       = "old"
 	logFieldNew       = "new"
+	logFieldIPv6      = "ipv6"
+	logFieldIfaces    = "ifaces"
 )
 
 // RouteConfig says what SetupRoutes installs.
 type RouteConfig struct {
 	TUN       string         // the TUN device name (already created and owned by this process)
 	RealIface string         // interface facing the real servers
-	Prefixes  []netip.Prefix // VIPs (/32) and later recovery addresses, routed into the TUN in the main table
+	Prefixes  []netip.Prefix // VIPs and recovery addresses (/32, /128), routed into the TUN in the main table
 	Table     int            // policy routing table for packets arriving on RealIface (DefaultRouteTable if 0)
 	Priority  int            // ip rule priority (DefaultRulePriority if 0)
 	MTU       int            // TUN MTU; 0 = auto: the smallest MTU of the other up, non-loopback links in the namespace
@@ -67,7 +73,9 @@ type RouteConfig struct {
 // namespace must hold runtime.LockOSThread): the TUN's MTU and up state, the
 // sysctls forwarding needs, a main-table route into the TUN for each prefix, and
 // policy routing that sends every packet arriving on RealIface, except those
-// addressed to the director itself, into the TUN.
+// addressed to the director itself, into the TUN. IPv4 is always set up; IPv6
+// (its forwarding, the TUN's IPv6, a default route and a rule of its own) only
+// when a prefix is IPv6, and the TUN's IPv6 is disabled otherwise.
 //
 // It returns undo, which removes the routes and the rule and writes back every
 // sysctl SetupRoutes changed, in reverse order. Routes and rules already gone
@@ -123,14 +131,22 @@ func SetupRoutes(cfg RouteConfig, log zerolog.Logger) (undo func() error, err er
 	if mtu < MinTUNMTU {
 		return nil, fmt.Errorf("TUN MTU %d (%s) is below the IPv4 minimum of %d", mtu, mtuFrom, MinTUNMTU)
 	}
+	ipv6 := hasIPv6(cfg.Prefixes)
+	if ipv6 && mtu < MinTUNMTU6 {
+		return nil, fmt.Errorf("TUN MTU %d (%s) is below the IPv6 minimum of %d (an IPv6 VIP or recovery address is routed into the TUN)", mtu, mtuFrom, MinTUNMTU6)
+	}
 	if err := netlink.LinkSetMTU(tun, mtu); err != nil {
 		return nil, fmt.Errorf("set MTU %d on %s: %w", mtu, cfg.TUN, err)
 	}
-	// 3. Sysctls, before the TUN comes up: an IPv6-enabled TUN would send
-	// router solicitations into the packet loop the moment it is up.
-	for _, s := range routeSysctls(cfg.TUN, cfg.RealIface) {
-		if err := setSysctl(s, td, log); err != nil {
+	// 3. Sysctls, before the TUN comes up: its IPv6 (on or off, and without
+	// a link-local address) must be settled before the kernel starts it.
+	for _, s := range routeSysctls(cfg.TUN, cfg.RealIface, ipv6) {
+		changed, err := setSysctl(s, td, log)
+		if err != nil {
 			return nil, err
+		}
+		if changed && s.name == ipv6ForwardingSysctl {
+			warnAcceptRA(cfg.TUN, log)
 		}
 	}
 	// A deeper queue toward the TUN: the kernel drops what does not fit
@@ -151,7 +167,7 @@ func SetupRoutes(cfg RouteConfig, log zerolog.Logger) (undo func() error, err er
 		r := &netlink.Route{
 			LinkIndex: tunIndex,
 			Dst:       ipNet(p),
-			Scope:     netlink.SCOPE_LINK,
+			Scope:     routeScope(p.Addr()),
 		}
 		if err := netlink.RouteReplace(r); err != nil {
 			return nil, fmt.Errorf("route %s dev %s: %w", p, cfg.TUN, err)
@@ -164,41 +180,53 @@ func SetupRoutes(cfg RouteConfig, log zerolog.Logger) (undo func() error, err er
 
 	// 5. Policy routing: whatever arrives from the real servers (replies to
 	// clients, replies to recovery handshakes) is routed into the TUN, where the
-	// NAT translates it back.
-	def := &netlink.Route{
-		LinkIndex: tunIndex,
-		Dst:       &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
-		Table:     cfg.Table,
-		Scope:     netlink.SCOPE_LINK,
+	// NAT translates it back. IPv6 has rules and tables of its own (ip -6).
+	families := []int{netlink.FAMILY_V4}
+	if ipv6 {
+		families = append(families, netlink.FAMILY_V6)
 	}
-	if err := netlink.RouteReplace(def); err != nil {
-		return nil, fmt.Errorf("route default dev %s table %d: %w", cfg.TUN, cfg.Table, err)
+	// A killed run left its rules behind (rules match the interface by name and
+	// outlive the TUN), maybe at another priority, maybe of a family this run
+	// does not serve: remove every rule steering RealIface into our table, so
+	// each rule below exists exactly once and none is left of the other.
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		if err := deleteRules(fam, cfg.RealIface, cfg.Table, log); err != nil {
+			return nil, err
+		}
 	}
-	td.add(fmt.Sprintf("delete route default dev %s table %d", cfg.TUN, cfg.Table), func() error {
-		return ignoreGone(netlink.RouteDel(def))
-	})
+	for _, fam := range families {
+		ip := familyName(fam)
+		def := &netlink.Route{
+			LinkIndex: tunIndex,
+			Dst:       defaultDst(fam),
+			Table:     cfg.Table,
+			Scope:     familyScope(fam),
+		}
+		if err := netlink.RouteReplace(def); err != nil {
+			return nil, fmt.Errorf("%s route default dev %s table %d: %w", ip, cfg.TUN, cfg.Table, err)
+		}
+		td.add(fmt.Sprintf("delete %s route default dev %s table %d", ip, cfg.TUN, cfg.Table), func() error {
+			return ignoreGone(netlink.RouteDel(def))
+		})
 
-	// A killed run left its rule behind (rules match the interface by name and
-	// outlive the TUN), maybe at another priority: remove every rule steering
-	// RealIface into our table, so the rule below exists exactly once.
-	if err := deleteRules(cfg.RealIface, cfg.Table, log); err != nil {
-		return nil, err
+		// The kernel evaluates its "lookup local" rule at priority 0 before
+		// this one, so packets addressed to the director itself that arrive
+		// on RealIface (health-check replies, management traffic, and for
+		// IPv6 neighbour discovery: the local table holds the multicast
+		// and link-local routes) are still delivered locally; only
+		// forwarded traffic is sent into the TUN.
+		rule := netlink.NewRule()
+		rule.Family = fam
+		rule.IifName = cfg.RealIface
+		rule.Table = cfg.Table
+		rule.Priority = cfg.Priority
+		if err := netlink.RuleAdd(rule); err != nil {
+			return nil, fmt.Errorf("%s rule iif %s lookup %d priority %d: %w", ip, cfg.RealIface, cfg.Table, cfg.Priority, err)
+		}
+		td.add(fmt.Sprintf("delete %s rule iif %s lookup %d priority %d", ip, cfg.RealIface, cfg.Table, cfg.Priority), func() error {
+			return ignoreGone(netlink.RuleDel(rule))
+		})
 	}
-	// The kernel evaluates its "lookup local" rule at priority 0 before this
-	// one, so packets addressed to the director itself that arrive on RealIface
-	// (health-check replies, management traffic) are still delivered locally;
-	// only forwarded traffic is sent into the TUN.
-	rule := netlink.NewRule()
-	rule.Family = netlink.FAMILY_V4
-	rule.IifName = cfg.RealIface
-	rule.Table = cfg.Table
-	rule.Priority = cfg.Priority
-	if err := netlink.RuleAdd(rule); err != nil {
-		return nil, fmt.Errorf("rule iif %s lookup %d priority %d: %w", cfg.RealIface, cfg.Table, cfg.Priority, err)
-	}
-	td.add(fmt.Sprintf("delete rule iif %s lookup %d priority %d", cfg.RealIface, cfg.Table, cfg.Priority), func() error {
-		return ignoreGone(netlink.RuleDel(rule))
-	})
 
 	// 6. Summary.
 	prefixes := make([]string, len(cfg.Prefixes))
@@ -212,6 +240,7 @@ func SetupRoutes(cfg RouteConfig, log zerolog.Logger) (undo func() error, err er
 		Str(logFieldRealIface, cfg.RealIface).
 		Int(logFieldTable, cfg.Table).
 		Int(logFieldPriority, cfg.Priority).
+		Bool(logFieldIPv6, ipv6).
 		Strs(logFieldPrefixes, prefixes).
 		Msg("host routes installed")
 
@@ -261,8 +290,8 @@ func (cfg RouteConfig) withDefaults() (RouteConfig, error) {
 		switch {
 		case !p.IsValid():
 			return cfg, fmt.Errorf("prefix %q: invalid", p)
-		case !p.Addr().Is4():
-			return cfg, fmt.Errorf("prefix %s: only IPv4 is routed into the TUN (IPv6 is disabled on it)", p)
+		case p.Addr().Zone() != "" || p.Addr().Is4In6():
+			return cfg, fmt.Errorf("prefix %s: expected an IPv4 or IPv6 prefix without a zone, not IPv4-mapped", p)
 		case p.Masked() != p:
 			return cfg, fmt.Errorf("prefix %s: host bits set (the prefix is %s)", p, p.Masked())
 		}
@@ -331,10 +360,40 @@ func newSysctl(value string, optional bool, parts ...string) sysctl {
 	}
 }
 
-// routeSysctls lists the sysctls SetupRoutes sets, in order. See
-// https://docs.kernel.org/networking/ip-sysctl.html for each.
-func routeSysctls(tun, realIface string) []sysctl {
-	return []sysctl{
+// ipv6ForwardingSysctl is the sysctl that turns IPv6 forwarding on; see
+// warnAcceptRA.
+const ipv6ForwardingSysctl = "net.ipv6.conf.all.forwarding"
+
+// routeSysctls lists the sysctls SetupRoutes sets, in order, with IPv6's if
+// ipv6. See https://docs.kernel.org/networking/ip-sysctl.html for each.
+func routeSysctls(tun, realIface string, ipv6 bool) []sysctl {
+	v6 := []sysctl{
+		// holdfast serves no IPv6 here; IPv6 on the TUN would only bring
+		// router solicitations and link-local chatter into the NAT.
+		newSysctl("1", true, "net", "ipv6", "conf", tun, "disable_ipv6"),
+	}
+	if ipv6 {
+		v6 = []sysctl{
+			// Not optional: an IPv6 VIP needs the kernel's IPv6. Writing
+			// conf.all sets every interface's forwarding (and undo's
+			// write of the old value does too).
+			newSysctl("1", false, "net", "ipv6", "conf", "all", "forwarding"),
+			// No link-local address on the TUN (addr_gen_mode 1: none),
+			// set before IPv6 is on: the kernel then joins no
+			// solicited-node group on it (fewer MLD reports into the
+			// NAT), and it sends no ICMPv6 redirect for a packet the
+			// NAT writes into the TUN that routes back into it (a
+			// redirect needs a link-local source, RFC 4861 8.2; IPv6
+			// has no send_redirects). Optional: kernels before 4.11
+			// have no such file.
+			newSysctl("1", true, "net", "ipv6", "conf", tun, "addr_gen_mode"),
+			// The TUN carries IPv6 (the default may have it off).
+			newSysctl("0", false, "net", "ipv6", "conf", tun, "disable_ipv6"),
+		}
+		// IPv6 has no rp_filter (reverse-path filtering is netfilter's
+		// rpfilter match there, which holdfast leaves to the operator).
+	}
+	v4 := []sysctl{
 		newSysctl("1", false, "net", "ipv4", "ip_forward"),
 		// Reverse-path filtering would drop traffic holdfast forwards
 		// asymmetrically: packets the NAT writes into the TUN carry client
@@ -345,33 +404,102 @@ func routeSysctls(tun, realIface string) []sysctl {
 		newSysctl("0", false, "net", "ipv4", "conf", "all", "rp_filter"),
 		newSysctl("0", false, "net", "ipv4", "conf", tun, "rp_filter"),
 		newSysctl("0", false, "net", "ipv4", "conf", realIface, "rp_filter"),
-		// holdfast serves IPv4 only; IPv6 on the TUN would only bring router
-		// solicitations and link-local chatter into the NAT.
-		newSysctl("1", true, "net", "ipv6", "conf", tun, "disable_ipv6"),
+	}
+	return append(append(v4, v6...),
 		// A packet the NAT writes into the TUN that routes back into the TUN
 		// would make the kernel send the "sender" an ICMP redirect. The kernel
 		// ORs conf.all and conf.<dev> for send_redirects, so both must be 0.
 		newSysctl("0", false, "net", "ipv4", "conf", tun, "send_redirects"),
 		newSysctl("0", false, "net", "ipv4", "conf", "all", "send_redirects"),
-	}
+	)
 }
 
-// setSysctl writes s if it differs from the current value and records the old
-// value in td.
-func setSysctl(s sysctl, td *teardown, log zerolog.Logger) error {
+// warnAcceptRA says, once IPv6 forwarding was turned on, which interfaces
+// stop accepting router advertisements: with forwarding on the kernel
+// ignores them where accept_ra is 1, so an uplink configured by SLAAC or
+// whose default route comes from RAs loses it when the route expires. Set
+// accept_ra=2 there (accept them even when forwarding).
+func warnAcceptRA(tun string, log zerolog.Logger) {
+	paths, err := filepath.Glob("/proc/sys/net/ipv6/conf/*/accept_ra")
+	if err != nil {
+		return
+	}
+	var ifaces []string
+	for _, p := range paths {
+		name := filepath.Base(filepath.Dir(p))
+		if name == "all" || name == "default" || name == "lo" || name == tun {
+			continue
+		}
+		if v, err := readSysctl(p); err == nil && v == "1" {
+			ifaces = append(ifaces, name)
+		}
+	}
+	if len(ifaces) == 0 {
+		return
+	}
+	log.Warn().Strs(logFieldIfaces, ifaces).
+		Msg("net.ipv6.conf.all.forwarding=1: these interfaces (accept_ra=1) no longer accept router advertisements; set net.ipv6.conf.IFACE.accept_ra=2 on an uplink that needs them")
+}
+
+// hasIPv6 reports whether a prefix is IPv6.
+func hasIPv6(prefixes []netip.Prefix) bool {
+	for _, p := range prefixes {
+		if p.Addr().Is6() {
+			return true
+		}
+	}
+	return false
+}
+
+// routeScope is the scope of a route into the TUN: link for IPv4 (no
+// gateway); IPv6 routes have no scope (the kernel reports universe for
+// every one, and matches a replace or delete by it).
+func routeScope(a netip.Addr) netlink.Scope {
+	if a.Is4() {
+		return familyScope(netlink.FAMILY_V4)
+	}
+	return familyScope(netlink.FAMILY_V6)
+}
+
+func familyScope(fam int) netlink.Scope {
+	if fam == netlink.FAMILY_V6 {
+		return netlink.SCOPE_UNIVERSE
+	}
+	return netlink.SCOPE_LINK
+}
+
+// defaultDst is the default route's destination of a family.
+func defaultDst(fam int) *net.IPNet {
+	if fam == netlink.FAMILY_V6 {
+		return &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	}
+	return &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+}
+
+// familyName names a family in messages, as ip(8) -4/-6 would.
+func familyName(fam int) string {
+	if fam == netlink.FAMILY_V6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// setSysctl writes s if it differs from the current value, records the old
+// value in td, and reports whether it wrote.
+func setSysctl(s sysctl, td *teardown, log zerolog.Logger) (bool, error) {
 	old, err := readSysctl(s.path)
 	if s.optional && errors.Is(err, os.ErrNotExist) {
 		log.Debug().Str(logFieldSysctl, s.name).Msg("sysctl absent, skipped")
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read sysctl %s: %w", s.name, err)
+		return false, fmt.Errorf("read sysctl %s: %w", s.name, err)
 	}
 	if old == s.value {
-		return nil
+		return false, nil
 	}
 	if err := writeSysctl(s.path, s.value); err != nil {
-		return fmt.Errorf("set sysctl %s=%s: %w", s.name, s.value, err)
+		return false, fmt.Errorf("set sysctl %s=%s: %w", s.name, s.value, err)
 	}
 	log.Debug().Str(logFieldSysctl, s.name).Str(logFieldOld, old).Str(logFieldNew, s.value).Msg("sysctl set")
 	td.add(fmt.Sprintf("restore sysctl %s=%s", s.name, old), func() error {
@@ -382,7 +510,7 @@ func setSysctl(s sysctl, td *teardown, log zerolog.Logger) error {
 		}
 		return err
 	})
-	return nil
+	return true, nil
 }
 
 func readSysctl(path string) (string, error) {
@@ -403,21 +531,25 @@ func writeSysctl(path, value string) error {
 	return err
 }
 
-// deleteRules removes every IPv4 rule that sends packets arriving on iif to
-// table, whatever its priority.
-func deleteRules(iif string, table int, log zerolog.Logger) error {
-	rules, err := retryDump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlink.FAMILY_V4) })
+// deleteRules removes every rule of family fam that sends packets arriving on
+// iif to table, whatever its priority.
+func deleteRules(fam int, iif string, table int, log zerolog.Logger) error {
+	rules, err := retryDump(func() ([]netlink.Rule, error) { return netlink.RuleList(fam) })
+	if fam == netlink.FAMILY_V6 && errors.Is(err, syscall.EAFNOSUPPORT) {
+		return nil // no IPv6 in this kernel: no IPv6 rule left either
+	}
 	if err != nil {
-		return fmt.Errorf("list rules: %w", err)
+		return fmt.Errorf("list %s rules: %w", familyName(fam), err)
 	}
 	for _, r := range rules {
 		if r.IifName != iif || r.Table != table {
 			continue
 		}
 		if err := ignoreGone(netlink.RuleDel(&r)); err != nil {
-			return fmt.Errorf("delete leftover rule iif %s lookup %d priority %d: %w", iif, table, r.Priority, err)
+			return fmt.Errorf("delete leftover %s rule iif %s lookup %d priority %d: %w", familyName(fam), iif, table, r.Priority, err)
 		}
 		log.Warn().
+			Bool(logFieldIPv6, fam == netlink.FAMILY_V6).
 			Str(logFieldRealIface, iif).
 			Int(logFieldTable, table).
 			Int(logFieldPriority, r.Priority).
@@ -434,7 +566,7 @@ func warnLocalPrefixes(prefixes []netip.Prefix, log zerolog.Logger) {
 	if len(prefixes) == 0 {
 		return
 	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		log.Debug().Err(err).Msg("list addresses to check the prefixes against")
 		return

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -35,6 +36,13 @@ var testPrefixes = []netip.Prefix{
 	netip.MustParsePrefix("198.18.0.11/32"),
 	netip.MustParsePrefix("198.19.255.0/24"),
 }
+
+// testPrefixes6 adds IPv6 VIPs and a recovery address from 2001:2::/48 (RFC
+// 5180 benchmarking space) to testPrefixes: a dual-stack director.
+var testPrefixes6 = append(slices.Clone(testPrefixes),
+	netip.MustParsePrefix("2001:2::10/128"),
+	netip.MustParsePrefix("2001:2:0:30::1/128"),
+)
 
 // routesLab is a fresh namespace holding a real-server interface (MTU 1500),
 // another up interface (MTU 1400) and a TUN owned by the test.
@@ -125,21 +133,32 @@ func mustLinkMTU(t *testing.T, name string) int {
 	return mtu
 }
 
-// testSysctls are the sysctls SetupRoutes sets and their wanted values, listed
-// independently of routes.go.
-var testSysctls = []struct {
+type testSysctl struct {
 	path  string // under /proc/sys
 	want  string
 	ipv6  bool
 	onTUN bool // vanishes with the TUN
-}{
-	{path: "net/ipv4/ip_forward", want: "1"},
-	{path: "net/ipv4/conf/all/rp_filter", want: "0"},
-	{path: "net/ipv4/conf/" + testTUN + "/rp_filter", want: "0", onTUN: true},
-	{path: "net/ipv4/conf/" + testReal + "/rp_filter", want: "0"},
-	{path: "net/ipv6/conf/" + testTUN + "/disable_ipv6", want: "1", ipv6: true, onTUN: true},
-	{path: "net/ipv4/conf/" + testTUN + "/send_redirects", want: "0", onTUN: true},
-	{path: "net/ipv4/conf/all/send_redirects", want: "0"},
+}
+
+// testSysctls are the sysctls SetupRoutes sets and their wanted values, listed
+// independently of routes.go; served6: with IPv6 prefixes.
+func testSysctls(served6 bool) []testSysctl {
+	v := []testSysctl{
+		{path: "net/ipv4/ip_forward", want: "1"},
+		{path: "net/ipv4/conf/all/rp_filter", want: "0"},
+		{path: "net/ipv4/conf/" + testTUN + "/rp_filter", want: "0", onTUN: true},
+		{path: "net/ipv4/conf/" + testReal + "/rp_filter", want: "0"},
+		{path: "net/ipv4/conf/" + testTUN + "/send_redirects", want: "0", onTUN: true},
+		{path: "net/ipv4/conf/all/send_redirects", want: "0"},
+	}
+	if !served6 {
+		return append(v, testSysctl{path: "net/ipv6/conf/" + testTUN + "/disable_ipv6", want: "1", ipv6: true, onTUN: true})
+	}
+	return append(v,
+		testSysctl{path: "net/ipv6/conf/all/forwarding", want: "1", ipv6: true},
+		testSysctl{path: "net/ipv6/conf/" + testTUN + "/addr_gen_mode", want: "1", ipv6: true, onTUN: true},
+		testSysctl{path: "net/ipv6/conf/" + testTUN + "/disable_ipv6", want: "0", ipv6: true, onTUN: true},
+	)
 }
 
 func readTestSysctl(t *testing.T, path string) string {
@@ -158,12 +177,19 @@ func writeTestSysctl(t *testing.T, path, value string) {
 	}
 }
 
-// snapshotSysctls reads the sysctls SetupRoutes touches (the IPv6 one only when
-// the kernel has IPv6; the TUN's only while it exists).
+// snapshotSysctls reads the sysctls SetupRoutes touches for IPv4 prefixes (the
+// IPv6 one only when the kernel has IPv6; the TUN's only while it exists).
 func (lab *routesLab) snapshotSysctls(t *testing.T, withTUN bool) map[string]string {
 	t.Helper()
+	return lab.snapshotSysctlsFor(t, withTUN, false)
+}
+
+// snapshotSysctlsFor reads the sysctls SetupRoutes touches, for IPv6 prefixes
+// too if served6.
+func (lab *routesLab) snapshotSysctlsFor(t *testing.T, withTUN, served6 bool) map[string]string {
+	t.Helper()
 	m := make(map[string]string)
-	for _, s := range testSysctls {
+	for _, s := range testSysctls(served6) {
 		if (s.ipv6 && !lab.ipv6) || (s.onTUN && !withTUN) {
 			continue
 		}
@@ -175,7 +201,14 @@ func (lab *routesLab) snapshotSysctls(t *testing.T, withTUN bool) map[string]str
 // steeringRules returns the IPv4 rules sending packets from iif to table.
 func steeringRules(t *testing.T, iif string, table int) []netlink.Rule {
 	t.Helper()
-	rules, err := netlink.RuleList(netlink.FAMILY_V4)
+	return steeringRulesOf(t, netlink.FAMILY_V4, iif, table)
+}
+
+// steeringRulesOf returns the rules of family fam sending packets from iif to
+// table.
+func steeringRulesOf(t *testing.T, fam int, iif string, table int) []netlink.Rule {
+	t.Helper()
+	rules, err := netlink.RuleList(fam)
 	if err != nil {
 		t.Fatalf("list rules: %v", err)
 	}
@@ -190,8 +223,13 @@ func steeringRules(t *testing.T, iif string, table int) []netlink.Rule {
 
 func addSteeringRule(t *testing.T, iif string, table, priority int) {
 	t.Helper()
+	addSteeringRuleOf(t, netlink.FAMILY_V4, iif, table, priority)
+}
+
+func addSteeringRuleOf(t *testing.T, fam int, iif string, table, priority int) {
+	t.Helper()
 	r := netlink.NewRule()
-	r.Family = netlink.FAMILY_V4
+	r.Family = fam
 	r.IifName = iif
 	r.Table = table
 	r.Priority = priority
@@ -203,7 +241,13 @@ func addSteeringRule(t *testing.T, iif string, table, priority int) {
 // tableRoutes returns the IPv4 routes of table.
 func tableRoutes(t *testing.T, table int) []netlink.Route {
 	t.Helper()
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	return tableRoutesOf(t, netlink.FAMILY_V4, table)
+}
+
+// tableRoutesOf returns the routes of family fam in table.
+func tableRoutesOf(t *testing.T, fam, table int) []netlink.Route {
+	t.Helper()
+	routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		t.Fatalf("list routes of table %d: %v", table, err)
 	}
@@ -211,7 +255,9 @@ func tableRoutes(t *testing.T, table int) []netlink.Route {
 }
 
 // tunPrefixes returns the destinations of the main-table routes through the
-// TUN, with their scope checked.
+// TUN, of both families, with the IPv4 ones' scope checked. The kernel's own
+// IPv6 routes on the TUN (multicast ff00::/8, and fe80::/64 if it had a
+// link-local address) are left out.
 func (lab *routesLab) tunPrefixes(t *testing.T) []netip.Prefix {
 	t.Helper()
 	var out []netip.Prefix
@@ -223,6 +269,14 @@ func (lab *routesLab) tunPrefixes(t *testing.T) []netip.Prefix {
 			t.Errorf("route %s dev %s: scope %v, want link", r.Dst, testTUN, r.Scope)
 		}
 		out = append(out, ipNetPrefix(t, r.Dst))
+	}
+	if lab.ipv6 {
+		for _, r := range tableRoutesOf(t, netlink.FAMILY_V6, syscall.RT_TABLE_MAIN) {
+			if r.LinkIndex != lab.tunIndex || r.Protocol == unix.RTPROT_KERNEL {
+				continue
+			}
+			out = append(out, ipNetPrefix(t, r.Dst))
+		}
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out
@@ -241,26 +295,42 @@ func ipNetPrefix(t *testing.T, n *net.IPNet) netip.Prefix {
 	return netip.PrefixFrom(a.Unmap(), ones)
 }
 
-// checkInstalled checks everything SetupRoutes installs with the default
-// table and priority.
+// checkInstalled checks everything SetupRoutes installs for testPrefixes with
+// the default table and priority.
 func (lab *routesLab) checkInstalled(t *testing.T) {
 	t.Helper()
-	if got := lab.tunPrefixes(t); !slices.Equal(got, testPrefixes) {
-		t.Errorf("main-table routes dev %s = %v, want %v", testTUN, got, testPrefixes)
+	lab.checkInstalledFor(t, testPrefixes)
+}
+
+// checkInstalledFor checks everything SetupRoutes installs for prefixes (IPv6
+// ones among them or not) with the default table and priority.
+func (lab *routesLab) checkInstalledFor(t *testing.T, prefixes []netip.Prefix) {
+	t.Helper()
+	served6 := slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Addr().Is6() })
+	if got := lab.tunPrefixes(t); !slices.Equal(got, prefixes) {
+		t.Errorf("main-table routes dev %s = %v, want %v", testTUN, got, prefixes)
 	}
-	routes := tableRoutes(t, DefaultRouteTable)
-	if len(routes) != 1 || routes[0].LinkIndex != lab.tunIndex || ipNetPrefix(t, routes[0].Dst).Bits() != 0 {
-		t.Errorf("table %d = %v, want exactly: default dev %s", DefaultRouteTable, routes, testTUN)
-	}
-	rules := steeringRules(t, testReal, DefaultRouteTable)
-	if len(rules) != 1 || rules[0].Priority != DefaultRulePriority {
-		t.Errorf("rules iif %s lookup %d = %v, want exactly one at priority %d", testReal, DefaultRouteTable, rules, DefaultRulePriority)
-	}
-	for path, got := range lab.snapshotSysctls(t, true) {
-		for _, s := range testSysctls {
-			if s.path == path && got != s.want {
-				t.Errorf("sysctl %s = %s, want %s", path, got, s.want)
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		want := 1
+		if fam == netlink.FAMILY_V6 && !served6 {
+			if !lab.ipv6 {
+				continue
 			}
+			want = 0
+		}
+		routes := tableRoutesOf(t, fam, DefaultRouteTable)
+		if len(routes) != want || (want == 1 && (routes[0].LinkIndex != lab.tunIndex || ipNetPrefix(t, routes[0].Dst).Bits() != 0)) {
+			t.Errorf("family %d: table %d = %v, want %d route: default dev %s", fam, DefaultRouteTable, routes, want, testTUN)
+		}
+		rules := steeringRulesOf(t, fam, testReal, DefaultRouteTable)
+		if len(rules) != want || (want == 1 && rules[0].Priority != DefaultRulePriority) {
+			t.Errorf("family %d: rules iif %s lookup %d = %v, want %d at priority %d", fam, testReal, DefaultRouteTable, rules, want, DefaultRulePriority)
+		}
+	}
+	got := lab.snapshotSysctlsFor(t, true, served6)
+	for _, s := range testSysctls(served6) {
+		if v, ok := got[s.path]; ok && v != s.want {
+			t.Errorf("sysctl %s = %s, want %s", s.path, v, s.want)
 		}
 	}
 }
@@ -405,23 +475,126 @@ func TestSetupRoutesUndoRestores(t *testing.T) {
 // holdfast closes its TUN before undo runs on a normal exit: the kernel has
 // already dropped the routes through it, and undo must not call that an error.
 func TestSetupRoutesUndoAfterTUNGone(t *testing.T) {
-	lab := newRoutesLab(t)
-	writeTestSysctl(t, "net/ipv4/conf/all/rp_filter", "2")
-	before := lab.snapshotSysctls(t, false)
+	for _, served6 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "IPv4", true: "dual-stack"}[served6], func(t *testing.T) {
+			lab := newRoutesLab(t)
+			if served6 && !lab.ipv6 {
+				t.Skip("no IPv6 in this kernel")
+			}
+			prefixes := testPrefixes
+			if served6 {
+				prefixes = testPrefixes6
+			}
+			writeTestSysctl(t, "net/ipv4/conf/all/rp_filter", "2")
+			before := lab.snapshotSysctlsFor(t, false, served6)
 
-	undo, err := SetupRoutes(RouteConfig{TUN: testTUN, RealIface: testReal, Prefixes: testPrefixes}, testLogger(t))
+			undo, err := SetupRoutes(RouteConfig{TUN: testTUN, RealIface: testReal, Prefixes: prefixes}, testLogger(t))
+			if err != nil {
+				t.Fatalf("SetupRoutes: %v", err)
+			}
+			lab.closeTUN(t)
+			if err := undo(); err != nil {
+				t.Fatalf("undo after the TUN is gone: %v", err)
+			}
+			for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+				if got := steeringRulesOf(t, fam, testReal, DefaultRouteTable); len(got) != 0 {
+					t.Errorf("family %d: rules left: %v", fam, got)
+				}
+			}
+			if got := lab.snapshotSysctlsFor(t, false, served6); !maps.Equal(got, before) {
+				t.Errorf("sysctls after undo = %v, want %v", got, before)
+			}
+		})
+	}
+}
+
+// A dual-stack director: IPv6 VIP and recovery routes into the TUN, a
+// default route and a rule of IPv6's own, IPv6 forwarding on, the TUN's IPv6
+// on (though off by default here) and without a link-local address, a
+// warning about router advertisements; undo takes every piece back.
+func TestSetupRoutesInstallsIPv6(t *testing.T) {
+	lab := newRoutesLab(t)
+	if !lab.ipv6 {
+		t.Skip("no IPv6 in this kernel")
+	}
+	writeTestSysctl(t, "net/ipv6/conf/all/forwarding", "0")
+	writeTestSysctl(t, "net/ipv6/conf/"+testTUN+"/disable_ipv6", "1")
+	before := lab.snapshotSysctlsFor(t, true, true)
+	var logs bytes.Buffer
+	undo, err := SetupRoutes(RouteConfig{TUN: testTUN, RealIface: testReal, Prefixes: testPrefixes6}, testLogger(t, &logs))
 	if err != nil {
 		t.Fatalf("SetupRoutes: %v", err)
 	}
-	lab.closeTUN(t)
+	lab.checkInstalledFor(t, testPrefixes6)
+	tun, err := netlink.LinkByName(testTUN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := netlink.AddrList(tun, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(addrs) != 0 {
+		t.Errorf("IPv6 addresses on %s: %v, want none (no link-local)", testTUN, addrs)
+	}
+	if !strings.Contains(logs.String(), `"level":"warn","ifaces":["`+testOther+`","`+testReal+`"],"message":"net.ipv6.conf.all.forwarding=1: these interfaces (accept_ra=1) no longer accept router advertisements`) {
+		t.Errorf("no warning about accept_ra in:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), `"ipv6":true,"prefixes":[`) {
+		t.Errorf("the summary does not say ipv6: true:\n%s", logs.String())
+	}
+
 	if err := undo(); err != nil {
-		t.Fatalf("undo after the TUN is gone: %v", err)
+		t.Fatalf("undo: %v", err)
 	}
-	if got := steeringRules(t, testReal, DefaultRouteTable); len(got) != 0 {
-		t.Errorf("rules left: %v", got)
+	if got := lab.tunPrefixes(t); len(got) != 0 {
+		t.Errorf("main-table routes dev %s left: %v", testTUN, got)
 	}
-	if got := lab.snapshotSysctls(t, false); !maps.Equal(got, before) {
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		if got := tableRoutesOf(t, fam, DefaultRouteTable); len(got) != 0 {
+			t.Errorf("family %d: table %d left: %v", fam, DefaultRouteTable, got)
+		}
+		if got := steeringRulesOf(t, fam, testReal, DefaultRouteTable); len(got) != 0 {
+			t.Errorf("family %d: rules left: %v", fam, got)
+		}
+	}
+	if got := lab.snapshotSysctlsFor(t, true, true); !maps.Equal(got, before) {
 		t.Errorf("sysctls after undo = %v, want %v", got, before)
+	}
+}
+
+// A killed dual-stack run leaves an IPv6 rule too: the next run, dual-stack
+// or IPv4 only, removes it (an IPv4-only run must not steer the reals' IPv6
+// into a TUN that has IPv6 off), and keeps a foreign IPv6 rule.
+func TestSetupRoutesKilledRunLeftoversIPv6(t *testing.T) {
+	lab := newRoutesLab(t)
+	if !lab.ipv6 {
+		t.Skip("no IPv6 in this kernel")
+	}
+	addSteeringRuleOf(t, netlink.FAMILY_V6, testReal, DefaultRouteTable, 900)
+	addSteeringRuleOf(t, netlink.FAMILY_V6, testReal, 200, 800)
+	dual := RouteConfig{TUN: testTUN, RealIface: testReal, Prefixes: testPrefixes6}
+	if _, err := SetupRoutes(dual, testLogger(t)); err != nil { // killed: no undo
+		t.Fatalf("first SetupRoutes: %v", err)
+	}
+	if _, err := SetupRoutes(dual, testLogger(t)); err != nil { // killed again
+		t.Fatalf("second SetupRoutes over the leftovers: %v", err)
+	}
+	lab.checkInstalledFor(t, testPrefixes6)
+	// The next run serves IPv4 only.
+	v4 := RouteConfig{TUN: testTUN, RealIface: testReal, Prefixes: testPrefixes}
+	undo, err := SetupRoutes(v4, testLogger(t))
+	if err != nil {
+		t.Fatalf("IPv4 SetupRoutes over the dual-stack leftovers: %v", err)
+	}
+	if got := steeringRulesOf(t, netlink.FAMILY_V6, testReal, DefaultRouteTable); len(got) != 0 {
+		t.Errorf("IPv6 rules iif %s lookup %d after an IPv4 run: %v, want none", testReal, DefaultRouteTable, got)
+	}
+	if err := undo(); err != nil {
+		t.Fatalf("undo: %v", err)
+	}
+	if n := len(steeringRulesOf(t, netlink.FAMILY_V6, testReal, 200)); n != 1 {
+		t.Errorf("IPv6 rules iif %s lookup 200: %d, want the foreign one kept", testReal, n)
 	}
 }
 
@@ -466,12 +639,19 @@ func TestSetupRoutesErrors(t *testing.T) {
 		// The kernel's answer follows the context.
 		wantErr: "set MTU 70000 on " + testTUN + ": ",
 	}, {
-		name: "IPv6 prefix",
+		name: "IPv6 prefix on an MTU below IPv6's",
 		cfg: func(c RouteConfig) RouteConfig {
-			c.Prefixes = append(slices.Clone(c.Prefixes), netip.MustParsePrefix("2001:db8::1/128"))
+			c.Prefixes, c.MTU = testPrefixes6, 1279
 			return c
 		},
-		wantErr: "only IPv4",
+		wantErr: "TUN MTU 1279 (configured) is below the IPv6 minimum of 1280",
+	}, {
+		name: "IPv4-mapped prefix",
+		cfg: func(c RouteConfig) RouteConfig {
+			c.Prefixes = []netip.Prefix{netip.MustParsePrefix("::ffff:198.18.0.10/128")}
+			return c
+		},
+		wantErr: "not IPv4-mapped",
 	}, {
 		name: "host bits",
 		cfg: func(c RouteConfig) RouteConfig {
@@ -512,6 +692,9 @@ func TestSetupRoutesErrors(t *testing.T) {
 			}
 			if got := steeringRules(t, testReal, DefaultRouteTable); len(got) != 0 {
 				t.Errorf("rules left: %v", got)
+			}
+			if got := steeringRulesOf(t, netlink.FAMILY_V6, testReal, DefaultRouteTable); len(got) != 0 {
+				t.Errorf("IPv6 rules left: %v", got)
 			}
 			if got := lab.snapshotSysctls(t, true); !maps.Equal(got, before) {
 				t.Errorf("sysctls = %v, want unchanged %v", got, before)

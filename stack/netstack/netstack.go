@@ -1,7 +1,8 @@
 // Package netstack is the gVisor TCP/IP stack that performs recovery
-// handshakes: it dials a real server from a recovery address, captures the
-// SYN, SYN-ACK and final ACK on its link, and aborts the endpoint. It sees
-// nothing but its own handshakes, and writes nothing after a final ACK.
+// handshakes: it dials a real server from a recovery address (IPv4 or IPv6),
+// captures the SYN, SYN-ACK and final ACK on its link, and aborts the
+// endpoint. It sees nothing but its own handshakes, and writes nothing after
+// a final ACK.
 package netstack
 
 import (
@@ -24,6 +25,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -82,11 +84,11 @@ type dial struct {
 	done     func(wire.Handshake, error)
 }
 
-// New builds the stack with the recovery addresses on one NIC whose
-// packets go to out. mtu is the TUN's MTU.
-func New(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logger) (*Stack, error) {
+// New builds the stack with the recovery addresses, of either family, on one
+// NIC whose packets go to out. mtu is the TUN's MTU.
+func New(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logger) (_ *Stack, err error) {
 	s := gstack.New(gstack.Options{
-		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
+		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol, newIPv6},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
 	})
 	n := &Stack{
@@ -97,23 +99,38 @@ func New(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logger) (*St
 		settling: workq.New[*dial](),
 		stop:     make(chan struct{}),
 	}
+	defer func() {
+		if err != nil {
+			// The stack's own goroutines (the TCP processors) stop
+			// only with it.
+			s.Close()
+			s.Wait()
+		}
+	}()
 	n.ep = &linkEP{Endpoint: channel.New(1, uint32(mtu), ""), n: n}
 	if err := s.CreateNIC(nicID, n.ep); err != nil {
 		return nil, fmt.Errorf("netstack: create NIC: %s", err)
 	}
 	for _, a := range addrs {
-		if !a.Is4() {
-			return nil, fmt.Errorf("netstack: recovery address %s: only IPv4 is supported", a)
+		a = a.Unmap()
+		if a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() || (a.Is6() && !a.IsGlobalUnicast()) {
+			// A recovery address is routed to the director from beyond
+			// its links: an IPv6 link-local one (or a zone) names a link
+			// the netstack, behind the TUN, is not on.
+			return nil, fmt.Errorf("netstack: recovery address %s: expected a unicast address (IPv6: global unicast, no zone)", a)
 		}
 		pa := tcpip.ProtocolAddress{
-			Protocol:          ipv4.ProtocolNumber,
-			AddressWithPrefix: tcpip.AddrFrom4(a.As4()).WithPrefix(),
+			Protocol:          netProto(a),
+			AddressWithPrefix: tcpipAddr(a).WithPrefix(),
 		}
 		if err := s.AddProtocolAddress(nicID, pa, gstack.AddressProperties{}); err != nil {
 			return nil, fmt.Errorf("netstack: add recovery address %s: %s", a, err)
 		}
 	}
-	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}})
+	s.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, NIC: nicID},
+	})
 	sack := tcpip.TCPSACKEnabled(true)
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return nil, fmt.Errorf("netstack: enable SACK: %s", err)
@@ -133,6 +150,49 @@ func New(addrs []netip.Addr, mtu int, out func([]byte), log zerolog.Logger) (*St
 
 const settleWorkers = 2
 
+// newIPv6 is gVisor's IPv6 with everything but unicast turned off. The NIC
+// is the far side of a layer-3 TUN: neighbour discovery there is the
+// kernel's, and the stack's addresses are the director's own, assigned
+// once. So no duplicate address detection (its Neighbor Solicitations
+// would go to the reals, and the address would stay tentative, refusing
+// dials, for a second), no MLD reports for the solicited-node groups the
+// addresses join, no router solicitations, no router advertisements
+// handled, no link-local or SLAAC addresses. Whatever the stack still sends
+// that is not a handshake is dropped and counted by the tap (Stray).
+var newIPv6 = ipv6.NewProtocolWithOptions(ipv6.Options{
+	NDPConfigs: ipv6.NDPConfigurations{
+		MaxRtrSolicitations: 0,
+		HandleRAs:           ipv6.HandlingRAsDisabled,
+	},
+	AutoGenLinkLocal: false,
+	MLD:              ipv6.MLDOptions{Enabled: false},
+	DADConfigs:       gstack.DADConfigurations{DupAddrDetectTransmits: 0},
+})
+
+// netProto is the network protocol of a (unmapped) address.
+func netProto(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Is4() {
+		return ipv4.ProtocolNumber
+	}
+	return ipv6.ProtocolNumber
+}
+
+// tcpipAddr converts an (unmapped) address to gVisor's.
+func tcpipAddr(a netip.Addr) tcpip.Address {
+	if a.Is4() {
+		return tcpip.AddrFrom4(a.As4())
+	}
+	return tcpip.AddrFrom16(a.As16())
+}
+
+// netipAddr converts a gVisor address of 4 or 16 bytes.
+func netipAddr(a tcpip.Address) netip.Addr {
+	if a.Len() == header.IPv4AddressSize {
+		return netip.AddrFrom4(a.As4())
+	}
+	return netip.AddrFrom16(a.As16())
+}
+
 // Close stops the stack. Dials still in progress never end: callers end
 // theirs first.
 func (n *Stack) Close() {
@@ -143,7 +203,8 @@ func (n *Stack) Close() {
 }
 
 // Stray counts packets the tap dropped: anything the stack sent that was not
-// part of a handshake in progress (RSTs after Abort, retransmissions).
+// part of a handshake in progress (RSTs after Abort, retransmissions, and
+// any NDP or MLD the IPv6 protocol sends though newIPv6 turns them off).
 func (n *Stack) Stray() uint64 { return n.stray.Load() }
 
 // rcvBufForShift is the receive buffer that makes gVisor advertise shift s
@@ -163,6 +224,13 @@ func rcvBufForShift(s int) int64 {
 // handshake completed first). An error from Start itself means done will
 // not be called.
 func (n *Stack) Start(o wire.DialOptions, timeout time.Duration, done func(wire.Handshake, error)) (cancel func(cause error), err error) {
+	// The tuple is matched against the addresses of the packets, which
+	// are never IPv4-mapped.
+	o.Local = netip.AddrPortFrom(o.Local.Addr().Unmap(), o.Local.Port())
+	o.Remote = netip.AddrPortFrom(o.Remote.Addr().Unmap(), o.Remote.Port())
+	if !o.Local.Addr().IsValid() || o.Local.Addr().Is4() != o.Remote.Addr().Is4() {
+		return nil, fmt.Errorf("dial %s -> %s: the addresses are not of one IP version", o.Local, o.Remote)
+	}
 	d := &dial{t: tuple{o.Local, o.Remote}, opts: o, done: done}
 	n.mu.Lock()
 	if _, busy := n.dials[d.t]; busy {
@@ -171,7 +239,7 @@ func (n *Stack) Start(o wire.DialOptions, timeout time.Duration, done func(wire.
 	}
 	n.dials[d.t] = d
 	n.mu.Unlock()
-	ep, terr := n.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &d.wq)
+	ep, terr := n.s.NewEndpoint(tcp.ProtocolNumber, netProto(o.Local.Addr()), &d.wq)
 	if terr != nil {
 		n.forget(d)
 		return nil, fmt.Errorf("dial %s -> %s: new endpoint: %s", o.Local, o.Remote, terr)
@@ -193,7 +261,7 @@ func (n *Stack) Start(o wire.DialOptions, timeout time.Duration, done func(wire.
 		}
 	}
 	ep.SocketOptions().SetReuseAddress(true)
-	if err := ep.Bind(tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(o.Local.Addr().As4()), Port: o.Local.Port()}); err != nil {
+	if err := ep.Bind(tcpip.FullAddress{NIC: nicID, Addr: tcpipAddr(o.Local.Addr()), Port: o.Local.Port()}); err != nil {
 		return fail(fmt.Errorf("dial %s -> %s: bind: %s", o.Local, o.Remote, err))
 	}
 	// Writable fires before the final ACK is written: an event only asks
@@ -205,7 +273,7 @@ func (n *Stack) Start(o wire.DialOptions, timeout time.Duration, done func(wire.
 		d.deadline = time.Now().Add(timeout)
 		n.mu.Unlock()
 	}
-	if err := ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(o.Remote.Addr().As4()), Port: o.Remote.Port()}); err != nil {
+	if err := ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: tcpipAddr(o.Remote.Addr()), Port: o.Remote.Port()}); err != nil {
 		if _, started := err.(*tcpip.ErrConnectStarted); !started {
 			d.wq.EventUnregister(&d.we)
 			return fail(fmt.Errorf("dial %s -> %s: connect: %s", o.Local, o.Remote, err))
@@ -341,21 +409,65 @@ func (e *DialError) Unwrap() []error {
 	return []error{e.Err}
 }
 
+// segment is the TCP segment of an IPv4 or IPv6 packet.
+type segment struct {
+	proto    tcpip.NetworkProtocolNumber
+	src, dst tcpip.Address
+	tcp      header.TCP
+}
+
+// parseSegment finds the TCP segment of an IPv4 packet or of an IPv6 packet
+// with the fixed header only: neither gVisor's recovery segments nor a
+// real's answers to them carry extension headers, and anything else is not
+// the stack's to see.
+func parseSegment(b []byte) (segment, bool) {
+	var s segment
+	if len(b) == 0 {
+		return s, false
+	}
+	switch header.IPVersion(b) {
+	case header.IPv4Version:
+		ip := header.IPv4(b)
+		if !ip.IsValid(len(b)) || ip.TransportProtocol() != header.TCPProtocolNumber {
+			return s, false
+		}
+		s = segment{proto: ipv4.ProtocolNumber, src: ip.SourceAddress(), dst: ip.DestinationAddress(), tcp: ip.Payload()}
+	case header.IPv6Version:
+		ip := header.IPv6(b)
+		if !ip.IsValid(len(b)) || ip.NextHeader() != uint8(header.TCPProtocolNumber) {
+			return s, false
+		}
+		s = segment{proto: ipv6.ProtocolNumber, src: ip.SourceAddress(), dst: ip.DestinationAddress(), tcp: ip.Payload()}
+	default:
+		return s, false
+	}
+	if len(s.tcp) < header.TCPMinimumSize || int(s.tcp.DataOffset()) < header.TCPMinimumSize || int(s.tcp.DataOffset()) > len(s.tcp) {
+		return s, false
+	}
+	return s, true
+}
+
+// setChecksum computes the TCP checksum of s over its pseudo-header (RFC
+// 9293 3.1 for IPv4, RFC 8200 8.1 for IPv6: the same sum over addresses of
+// either length, protocol and length).
+func (s segment) setChecksum() {
+	s.tcp.SetChecksum(0)
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, s.src, s.dst, uint16(len(s.tcp)))
+	s.tcp.SetChecksum(^checksum.Checksum(s.tcp, xsum))
+}
+
 // Inject hands a packet from a real to the stack if it belongs to a dial in
 // progress, and reports whether it did. pkt is copied; a partial checksum
 // (virtio-net NEEDS_CSUM) is completed first, as gVisor verifies it.
 func (n *Stack) Inject(pkt []byte, partial bool) bool {
-	ip := header.IPv4(pkt)
-	if !ip.IsValid(len(pkt)) || ip.TransportProtocol() != header.TCPProtocolNumber {
+	seg, ok := parseSegment(pkt)
+	if !ok {
 		return false
 	}
-	tcph := header.TCP(ip.Payload())
-	if len(tcph) < header.TCPMinimumSize || int(tcph.DataOffset()) > len(tcph) {
-		return false
-	}
+	tcph := seg.tcp
 	t := tuple{
-		local:  netip.AddrPortFrom(netip.AddrFrom4(ip.DestinationAddress().As4()), tcph.DestinationPort()),
-		remote: netip.AddrPortFrom(netip.AddrFrom4(ip.SourceAddress().As4()), tcph.SourcePort()),
+		local:  netip.AddrPortFrom(netipAddr(seg.dst), tcph.DestinationPort()),
+		remote: netip.AddrPortFrom(netipAddr(seg.src), tcph.SourcePort()),
 	}
 	n.mu.Lock()
 	d := n.dials[t]
@@ -382,14 +494,11 @@ func (n *Stack) Inject(pkt []byte, partial bool) bool {
 	n.mu.Unlock()
 	if partial {
 		pkt = append([]byte(nil), pkt...)
-		ip := header.IPv4(pkt)
-		t := header.TCP(ip.Payload())
-		t.SetChecksum(0)
-		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(t)))
-		t.SetChecksum(^checksum.Checksum(t, xsum))
+		seg, _ := parseSegment(pkt)
+		seg.setChecksum()
 	}
 	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-	n.ep.InjectInbound(ipv4.ProtocolNumber, pb)
+	n.ep.InjectInbound(seg.proto, pb)
 	pb.DecRef()
 	return true
 }
@@ -416,19 +525,20 @@ func (e *linkEP) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 // tap decides one outbound packet of the stack: a SYN of a dial in progress
 // (timestamps stripped if the client has none), the final ACK (captured, and
 // the tuple silenced in the same step), a RST (dropped), or anything else of
-// a dial in progress (let out). The
+// a dial in progress (let out). Anything else (no TCP: the NDP or MLD the
+// IPv6 stack might still send) is dropped and counted. The
 // decision is made under n.mu; the write to the device is not (the pump's
 // Inject takes n.mu too, and a device write may block).
 func (n *Stack) tap(b []byte) {
-	ip := header.IPv4(b)
-	if !ip.IsValid(len(b)) || ip.TransportProtocol() != header.TCPProtocolNumber {
+	seg, ok := parseSegment(b)
+	if !ok {
 		n.stray.Add(1)
 		return
 	}
-	tcph := header.TCP(ip.Payload())
+	tcph := seg.tcp
 	t := tuple{
-		local:  netip.AddrPortFrom(netip.AddrFrom4(ip.SourceAddress().As4()), tcph.SourcePort()),
-		remote: netip.AddrPortFrom(netip.AddrFrom4(ip.DestinationAddress().As4()), tcph.DestinationPort()),
+		local:  netip.AddrPortFrom(netipAddr(seg.src), tcph.SourcePort()),
+		remote: netip.AddrPortFrom(netipAddr(seg.dst), tcph.DestinationPort()),
 	}
 	n.mu.Lock()
 	d := n.dials[t]
@@ -458,7 +568,7 @@ func (n *Stack) tap(b []byte) {
 			d.hs.SynTSval = o.TSVal
 		}
 		if !d.opts.Timestamps || !d.opts.SACK {
-			stripOptions(ip, tcph, !d.opts.Timestamps, !d.opts.SACK)
+			stripOptions(seg, !d.opts.Timestamps, !d.opts.SACK)
 		}
 	case d.synAck && f == header.TCPFlagAck && len(tcph.Payload()) == 0:
 		o := header.ParseTCPOptions(tcph.Options())
@@ -483,18 +593,21 @@ func (n *Stack) tap(b []byte) {
 // stripOptions replaces the timestamp and/or SACK-permitted options of a SYN
 // with NOPs (gVisor always offers both; a client without them must not get a
 // server that uses them) and recomputes the TCP checksum.
-func stripOptions(ip header.IPv4, tcph header.TCP, ts, sack bool) {
-	opts := tcph.Options()
+func stripOptions(seg segment, ts, sack bool) {
+	opts := seg.tcp.Options()
+	// Options already replaced stay replaced when the list ends early (an
+	// EOL, a malformed option): the checksum below covers them.
+scan:
 	for i := 0; i < len(opts); {
 		switch kind := opts[i]; kind {
 		case header.TCPOptionEOL:
-			return
+			break scan
 		case header.TCPOptionNOP:
 			i++
 			continue
 		}
 		if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
-			return
+			break scan
 		}
 		l := int(opts[i+1])
 		if (ts && opts[i] == header.TCPOptionTS) || (sack && opts[i] == header.TCPOptionSACKPermitted) {
@@ -504,7 +617,5 @@ func stripOptions(ip header.IPv4, tcph header.TCP, ts, sack bool) {
 		}
 		i += l
 	}
-	tcph.SetChecksum(0)
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcph)))
-	tcph.SetChecksum(^checksum.Checksum(tcph, xsum))
+	seg.setChecksum()
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,7 +15,6 @@ import (
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -22,27 +23,55 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
+// family is one IP version's addresses for the tests: the recovery address
+// and a real (198.18.0.0/15 and 2001:2::/48 only).
+type family struct {
+	name string
+	rec  netip.Addr
+	real netip.AddrPort
+}
+
+var families = []family{
+	{"IPv4", netip.MustParseAddr("198.18.200.1"), netip.MustParseAddrPort("198.18.10.11:8080")},
+	{"IPv6", netip.MustParseAddr("2001:2:0:30::1"), netip.MustParseAddrPort("[2001:2:0:20::11]:8080")},
+}
+
+// forFamilies runs f as a subtest for each family.
+func forFamilies(t *testing.T, f func(t *testing.T, fam family)) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) { f(t, fam) })
+	}
+}
+
 // peer is a second gVisor stack playing the real server, wired back to back
 // with the recovery Netstack: what the tap lets out reaches the peer, what the
 // peer sends goes through Netstack.Inject (as the director's NAT would).
 type peer struct {
-	s    *gstack.Stack
-	ep   *channel.Endpoint
-	seen chan []byte // every packet the peer received, copied
+	s     *gstack.Stack
+	ep    *channel.Endpoint
+	proto tcpip.NetworkProtocolNumber
+	seen  chan []byte // every packet the peer received, copied
+	// partial hands the peer's packets to Inject as a virtio-net
+	// NEEDS_CSUM packet would come: the TCP checksum field holding the
+	// pseudo-header sum only.
+	partial bool
 }
 
 func newPeer(t *testing.T, addr netip.Addr, n **Stack) *peer {
 	t.Helper()
 	s := gstack.New(gstack.Options{
-		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
+		// DAD off: a peer's tentative address would refuse the SYN.
+		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol, newIPv6},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
 	})
-	p := &peer{s: s, ep: channel.New(64, 1500, ""), seen: make(chan []byte, 64)}
+	p := &peer{s: s, ep: channel.New(64, 1500, ""), proto: netProto(addr), seen: make(chan []byte, 64)}
 	if err := s.CreateNIC(1, p.ep); err != nil {
 		t.Fatal(err)
 	}
-	s.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddrFrom4(addr.As4()).WithPrefix()}, gstack.AddressProperties{})
-	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
+	if err := s.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: p.proto, AddressWithPrefix: tcpipAddr(addr).WithPrefix()}, gstack.AddressProperties{}); err != nil {
+		t.Fatal(err)
+	}
+	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}, {Destination: header.IPv6EmptySubnet, NIC: 1}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -57,7 +86,15 @@ func newPeer(t *testing.T, addr netip.Addr, n **Stack) *peer {
 				b = append(b, s...)
 			}
 			pkt.DecRef()
-			(*n).Inject(b, false)
+			if p.partial {
+				seg, ok := parseSegment(b)
+				if !ok {
+					t.Errorf("the peer sent a packet that is not TCP: % x", b)
+					continue
+				}
+				seg.tcp.SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, seg.src, seg.dst, uint16(len(seg.tcp))))
+			}
+			(*n).Inject(b, p.partial)
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done; s.Close(); s.Wait() })
@@ -85,13 +122,23 @@ func (p *peer) deliver(b []byte) {
 	default:
 	}
 	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
-	p.ep.InjectInbound(ipv4.ProtocolNumber, pb)
+	p.ep.InjectInbound(p.proto, pb)
 	pb.DecRef()
+}
+
+// seenTCP is the TCP header of a packet the peer saw.
+func seenTCP(t *testing.T, b []byte) header.TCP {
+	t.Helper()
+	seg, ok := parseSegment(b)
+	if !ok {
+		t.Fatalf("the peer saw a packet that is not TCP: % x", b)
+	}
+	return seg.tcp
 }
 
 func (p *peer) listen(t *testing.T, port uint16) (tcpip.Endpoint, *waiter.Queue) {
 	var wq waiter.Queue
-	ep, err := p.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	ep, err := p.s.NewEndpoint(tcp.ProtocolNumber, p.proto, &wq)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,9 +153,20 @@ func (p *peer) listen(t *testing.T, port uint16) (tcpip.Endpoint, *waiter.Queue)
 }
 
 func TestNetstackDialCapturesHandshake(t *testing.T) {
-	rec := netip.MustParseAddr("198.18.200.1")
-	real := netip.MustParseAddrPort("198.18.10.11:8080")
+	forFamilies(t, func(t *testing.T, fam family) { testDialCapturesHandshake(t, fam, false) })
+}
+
+// The real's packets come with a partial checksum (a virtio-net TUN's
+// NEEDS_CSUM): Inject completes it over the pseudo-header of their family,
+// or the stack would drop them and the dial time out.
+func TestNetstackDialPartialChecksum(t *testing.T) {
+	forFamilies(t, func(t *testing.T, fam family) { testDialCapturesHandshake(t, fam, true) })
+}
+
+func testDialCapturesHandshake(t *testing.T, fam family, partial bool) {
+	rec, real := fam.rec, fam.real
 	n, p := newPair(t, rec, real)
+	p.partial = partial
 	ln, lwq := p.listen(t, real.Port())
 
 	for _, ts := range []bool{true, false} {
@@ -134,7 +192,7 @@ func TestNetstackDialCapturesHandshake(t *testing.T) {
 		// The peer saw SYN and final ACK; with ts off its SYN carried no
 		// timestamp option.
 		syn := <-p.seen
-		o := header.ParseSynOptions(header.TCP(header.IPv4(syn).Payload()).Options(), false)
+		o := header.ParseSynOptions(seenTCP(t, syn).Options(), false)
 		if o.TS != ts || o.WS != 7 || o.MSS != 1400 {
 			t.Fatalf("ts=%v: SYN options %+v", ts, o)
 		}
@@ -154,7 +212,7 @@ func TestNetstackDialCapturesHandshake(t *testing.T) {
 		}
 		select {
 		case b := <-p.seen:
-			t.Fatalf("ts=%v: a packet leaked after the handshake: flags %v", ts, header.TCP(header.IPv4(b).Payload()).Flags())
+			t.Fatalf("ts=%v: a packet leaked after the handshake: flags %v", ts, seenTCP(t, b).Flags())
 		default:
 		}
 		if st := tcp.EndpointState(conn.State()); st != tcp.StateEstablished {
@@ -167,9 +225,11 @@ func TestNetstackDialCapturesHandshake(t *testing.T) {
 	}
 }
 
-func TestNetstackDialRefused(t *testing.T) {
-	rec := netip.MustParseAddr("198.18.200.1")
-	real := netip.MustParseAddrPort("198.18.10.11:8081") // nothing listens
+func TestNetstackDialRefused(t *testing.T) { forFamilies(t, testDialRefused) }
+
+func testDialRefused(t *testing.T, fam family) {
+	rec := fam.rec
+	real := netip.AddrPortFrom(fam.real.Addr(), 8081) // nothing listens
 	n, _ := newPair(t, rec, real)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -181,19 +241,44 @@ func TestNetstackDialRefused(t *testing.T) {
 }
 
 func TestNetstackInjectOnlyForDials(t *testing.T) {
-	n, err := New([]netip.Addr{netip.MustParseAddr("198.18.200.1")}, 1500, func([]byte) {}, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
+	forFamilies(t, func(t *testing.T, fam family) {
+		n, err := New([]netip.Addr{fam.rec}, 1500, func([]byte) {}, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(n.Close)
+		b := tcpPacket(fam.real, netip.AddrPortFrom(fam.rec, 20000), 1, 0, header.TCPFlagAck, nil)
+		if n.Inject(b, false) {
+			t.Fatal("a packet for no dial was injected")
+		}
+	})
+}
+
+// tcpPacket is an IPv4 or IPv6 (fixed header only) TCP segment from src to
+// dst with valid checksums.
+func tcpPacket(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags, opts []byte) []byte {
+	tl := header.TCPMinimumSize + len(opts)
+	var b []byte
+	var tcph header.TCP
+	if src.Addr().Is4() {
+		b = make([]byte, header.IPv4MinimumSize+tl)
+		ip := header.IPv4(b)
+		ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(tcp.ProtocolNumber),
+			SrcAddr: tcpipAddr(src.Addr()), DstAddr: tcpipAddr(dst.Addr())})
+		ip.SetChecksum(^ip.CalculateChecksum())
+		tcph = header.TCP(b[header.IPv4MinimumSize:])
+	} else {
+		b = make([]byte, header.IPv6MinimumSize+tl)
+		header.IPv6(b).Encode(&header.IPv6Fields{PayloadLength: uint16(tl), TransportProtocol: tcp.ProtocolNumber, HopLimit: 64,
+			SrcAddr: tcpipAddr(src.Addr()), DstAddr: tcpipAddr(dst.Addr())})
+		tcph = header.TCP(b[header.IPv6MinimumSize:])
 	}
-	t.Cleanup(n.Close)
-	b := make([]byte, 40)
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{TotalLength: 40, TTL: 64, Protocol: uint8(tcp.ProtocolNumber),
-		SrcAddr: tcpip.AddrFrom4([4]byte{198, 18, 10, 11}), DstAddr: tcpip.AddrFrom4([4]byte{198, 18, 200, 1})})
-	header.TCP(b[20:]).Encode(&header.TCPFields{SrcPort: 80, DstPort: 20000, DataOffset: 20, Flags: header.TCPFlagAck})
-	if n.Inject(b, false) {
-		t.Fatal("a packet for no dial was injected")
-	}
+	tcph.Encode(&header.TCPFields{SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: seq, AckNum: ack,
+		DataOffset: uint8(tl), Flags: flags, WindowSize: 65535})
+	copy(tcph[header.TCPMinimumSize:], opts)
+	seg, _ := parseSegment(b)
+	seg.setChecksum()
+	return b
 }
 
 func isWouldBlock(e tcpip.Error) bool {
@@ -204,14 +289,16 @@ func isWouldBlock(e tcpip.Error) bool {
 // TestNetstackStartTimeout: a real that never answers ends the dial at its
 // deadline (to reapEvery) with an error wrapping context.DeadlineExceeded,
 // done is called once, and the tuple is free for a new dial.
-func TestNetstackStartTimeout(t *testing.T) {
+func TestNetstackStartTimeout(t *testing.T) { forFamilies(t, testStartTimeout) }
+
+func testStartTimeout(t *testing.T, fam family) {
 	syns := make(chan struct{}, 16)
-	n, err := New([]netip.Addr{netip.MustParseAddr("198.18.200.1")}, 1500, func([]byte) { syns <- struct{}{} }, zerolog.Nop())
+	n, err := New([]netip.Addr{fam.rec}, 1500, func([]byte) { syns <- struct{}{} }, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Close)
-	o := wire.DialOptions{Local: netip.MustParseAddrPort("198.18.200.1:20000"), Remote: netip.MustParseAddrPort("198.18.10.11:80"), WScale: 7, MSS: 1460}
+	o := wire.DialOptions{Local: netip.AddrPortFrom(fam.rec, 20000), Remote: netip.AddrPortFrom(fam.real.Addr(), 80), WScale: 7, MSS: 1460}
 	const timeout = 300 * time.Millisecond
 	errs := make(chan error, 2)
 	start := time.Now()
@@ -270,15 +357,16 @@ func dialOnce(ctx context.Context, n *Stack, o wire.DialOptions) (wire.Handshake
 // the stack before the real's changes nothing captured: only a SYN-ACK that
 // acknowledges our SYN (ack = ISS+1) is recorded, and the stack's RST for the
 // forged one does not leave.
-func TestNetstackForgedSynAckIgnored(t *testing.T) {
-	rec := netip.MustParseAddr("198.18.200.1")
-	real := netip.MustParseAddrPort("198.18.10.11:8080")
+func TestNetstackForgedSynAckIgnored(t *testing.T) { forFamilies(t, testForgedSynAckIgnored) }
+
+func testForgedSynAckIgnored(t *testing.T, fam family) {
+	rec, real := fam.rec, fam.real
 	local := netip.AddrPortFrom(rec, 20000)
 	var n *Stack
 	p := newPeer(t, real.Addr(), &n)
 	var forged atomic.Bool
 	out := func(b []byte) {
-		tcph := header.TCP(header.IPv4(b).Payload())
+		tcph := seenTCP(t, b)
 		if f := tcph.Flags(); f == header.TCPFlagSyn && !forged.Swap(true) {
 			// Before the peer sees the first SYN, the forger answers it.
 			if !n.Inject(forgedSynAck(real, local, tcph.SequenceNumber()+1000), false) {
@@ -310,7 +398,7 @@ func TestNetstackForgedSynAckIgnored(t *testing.T) {
 	for {
 		select {
 		case b := <-p.seen:
-			if f := header.TCP(header.IPv4(b).Payload()).Flags(); f&header.TCPFlagRst != 0 {
+			if f := seenTCP(t, b).Flags(); f&header.TCPFlagRst != 0 {
 				t.Fatalf("a RST reached the real: flags %v", f)
 			}
 			continue
@@ -323,17 +411,72 @@ func TestNetstackForgedSynAckIgnored(t *testing.T) {
 // forgedSynAck is a SYN-ACK from real to local, seq 777, acknowledging ack,
 // with MSS 1460 and window scale 14 and no timestamps.
 func forgedSynAck(real, local netip.AddrPort, ack uint32) []byte {
-	opts := []byte{2, 4, 0x05, 0xb4, 1, 3, 3, 14}
-	b := make([]byte, 20+20+len(opts))
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(tcp.ProtocolNumber),
-		SrcAddr: tcpip.AddrFrom4(real.Addr().As4()), DstAddr: tcpip.AddrFrom4(local.Addr().As4())})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	tcph := header.TCP(b[20:])
-	tcph.Encode(&header.TCPFields{SrcPort: real.Port(), DstPort: local.Port(), SeqNum: 777, AckNum: ack,
-		DataOffset: uint8(20 + len(opts)), Flags: header.TCPFlagSyn | header.TCPFlagAck, WindowSize: 65535})
-	copy(tcph[20:], opts)
-	xsum := header.PseudoHeaderChecksum(tcp.ProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcph)))
-	tcph.SetChecksum(^checksum.Checksum(tcph, xsum))
-	return b
+	return tcpPacket(real, local, 777, ack, header.TCPFlagSyn|header.TCPFlagAck, []byte{2, 4, 0x05, 0xb4, 1, 3, 3, 14})
+}
+
+// What the IPv6 stack might send besides its handshakes (a Neighbor
+// Solicitation, an MLD report) and an IPv6 segment with an extension header
+// never reach the device: the tap drops them and counts them as strays.
+func TestNetstackTapDropsStrayIPv6(t *testing.T) {
+	var outs atomic.Int32
+	n, err := New([]netip.Addr{families[1].rec}, 1500, func([]byte) { outs.Add(1) }, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	rec := tcpipAddr(families[1].rec)
+	solicited := header.SolicitedNodeAddr(rec)
+	icmp6 := func(typ header.ICMPv6Type, size int, dst tcpip.Address) []byte {
+		b := make([]byte, header.IPv6MinimumSize+size)
+		header.IPv6(b).Encode(&header.IPv6Fields{PayloadLength: uint16(size), TransportProtocol: header.ICMPv6ProtocolNumber,
+			HopLimit: 255, SrcAddr: rec, DstAddr: dst})
+		header.ICMPv6(b[header.IPv6MinimumSize:]).SetType(typ)
+		return b
+	}
+	// A TCP segment of a dial in progress behind a hop-by-hop header (PadN).
+	syn := tcpPacket(netip.AddrPortFrom(families[1].rec, 20000), families[1].real, 1, 0, header.TCPFlagSyn, nil)
+	withExt := slices.Concat(syn[:header.IPv6MinimumSize], []byte{uint8(header.TCPProtocolNumber), 0, 1, 4, 0, 0, 0, 0}, syn[header.IPv6MinimumSize:])
+	header.IPv6(withExt).SetPayloadLength(uint16(len(withExt) - header.IPv6MinimumSize))
+	withExt[header.IPv6NextHeaderOffset] = uint8(header.IPv6HopByHopOptionsExtHdrIdentifier)
+	if n.Inject(withExt, false) {
+		t.Error("Inject took an IPv6 segment with an extension header")
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{
+		{"neighbor solicitation", icmp6(header.ICMPv6NeighborSolicit, header.ICMPv6NeighborSolicitMinimumSize, solicited)},
+		{"MLDv2 report", icmp6(header.ICMPv6MulticastListenerV2Report, header.ICMPv6HeaderSize+4, header.MLDv2RoutersAddress)},
+		{"TCP behind an extension header", withExt},
+		{"an IPv6 header cut short", syn[:header.IPv6MinimumSize-1]},
+	} {
+		before := n.Stray()
+		n.tap(tc.b)
+		if n.Stray() != before+1 {
+			t.Errorf("%s: stray %d, want %d", tc.name, n.Stray(), before+1)
+		}
+	}
+	if outs.Load() != 0 {
+		t.Errorf("%d stray packets reached the device", outs.Load())
+	}
+}
+
+// A recovery address and a real of different IP versions cannot be one
+// dial; an IPv6 recovery address that is not global unicast is refused.
+func TestNetstackRefusesFamilyMix(t *testing.T) {
+	n, err := New([]netip.Addr{families[0].rec, families[1].rec}, 1500, func([]byte) {}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	o := wire.DialOptions{Local: netip.AddrPortFrom(families[1].rec, 20000), Remote: families[0].real, WScale: 7, MSS: 1400}
+	if _, err := n.Start(o, time.Second, func(wire.Handshake, error) { t.Error("done called") }); err == nil || !strings.Contains(err.Error(), "not of one IP version") {
+		t.Errorf("Start of an IPv6 local to an IPv4 real: %v, want an error", err)
+	}
+	for _, a := range []string{"fe80::1", "ff02::1", "::", "::1"} {
+		if n, err := New([]netip.Addr{netip.MustParseAddr(a)}, 1500, func([]byte) {}, zerolog.Nop()); err == nil {
+			n.Close()
+			t.Errorf("New with recovery address %s: no error", a)
+		}
+	}
 }
