@@ -45,31 +45,7 @@ func (f family) addr(r *lab.Real) netip.Addr {
 	return r.Addr
 }
 
-// client is the client's address of the family.
-func (f family) client() netip.Addr {
-	if f.ipv6 {
-		return lab.ClientAddr6
-	}
-	return lab.ClientAddr
-}
-
-// recovery is the directors' recovery address of the family.
-func (f family) recovery() netip.Addr {
-	if f.ipv6 {
-		return lab.RecoveryAddr6
-	}
-	return lab.RecoveryAddr
-}
-
-// network is the Go dial network of the family's TCP.
-func (f family) network() string {
-	if f.ipv6 {
-		return "tcp6"
-	}
-	return "tcp4"
-}
-
-// realFlagsOf is realFlags for the family's addresses of the reals.
+// realFlags is realFlags for the family's addresses of the reals.
 func (f family) realFlags(l *lab.Lab, port int) []string {
 	var args []string
 	for _, r := range l.Reals {

@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -138,4 +140,81 @@ func nsRole(t *testing.T, l *lab.Lab, role string) *lab.NS {
 	}
 	t.Fatalf("the lab has no %s namespace", role)
 	return nil
+}
+
+// TestLabUpIPv6: as root, `lab up --ipv6` builds a dual-stack lab whose
+// directors serve both families: the banner shows the IPv6 addresses and a
+// curl of the IPv6 VIP, `lab status --json` lists the four services, an
+// HTTP connection and a UDP flow to the IPv6 VIP are answered, the HTTP
+// connection survives `lab failover`, and `lab down` removes everything.
+func TestLabUpIPv6(t *testing.T) {
+	requireRoot(t)
+	bin := holdfastBinary(t)
+	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
+		t.Skipf("skipping: a lab made by `holdfast lab up` is running on this machine (%v)", left)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(bin, "lab", "up", "--ipv6")
+	cmd.Stderr = &stderr
+	u := startLabUp(t, cmd, &stderr)
+	t.Cleanup(func() {
+		cmd.Process.Kill() // by PID; a no-op once it exited
+		<-u.exited
+		if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
+			exec.Command(bin, "lab", "down").Run()
+		}
+	})
+	if line := u.bannerLine(t, "addresses in"); !strings.Contains(line, "2001:2::/48") {
+		t.Errorf("banner's first line: %q, want it to name 2001:2::/48", line)
+	}
+	if line := u.bannerLine(t, "VIP "); !strings.Contains(line, lab.VIP6.String()) {
+		t.Errorf("banner's VIP line: %q, want %v in it", line, lab.VIP6)
+	}
+	// The banner's own IPv6 curl, as a user would paste it.
+	curl := strings.Fields(u.bannerLine(t, "curl -s http://["))
+	if r := runCmd(t, exec.Command(curl[0], curl[1:]...)); r.code != 0 || !strings.HasPrefix(r.stdout, "rs") {
+		t.Errorf("%v: exit %d, stdout %q, stderr %q; want a real's name", curl, r.code, r.stdout, r.stderr)
+	}
+
+	st := parseLabStatus(t, runCmd(t, exec.Command(bin, "lab", "status", "--json")))
+	want := []string{"tcp:" + vipHTTP.String(), "udp:198.18.100.1:5353", "tcp:" + ipv6.vip().String(), "udp:[2001:2:0:100::1]:5353"}
+	if strings.Join(st.Services, " ") != strings.Join(want, " ") {
+		t.Errorf("lab status --json: services %v, want %v", st.Services, want)
+	}
+
+	client := &lab.NS{Name: lab.SupervisedPrefix + "client"}
+	conns := dialVIP(t, client, ipv6.vip(), 1)
+	before, _, _, err := conns[0].get("/")
+	if err != nil {
+		t.Fatalf("HTTP to %v: %v", ipv6.vip(), err)
+	}
+	uc, err := client.Dial("udp6", netip.AddrPortFrom(lab.VIP6, lab.DefaultUDPPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	uc.SetDeadline(time.Now().Add(10 * time.Second))
+	resp := make([]byte, 64)
+	if _, err := uc.Write([]byte("echo me")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := uc.Read(resp); err != nil || string(resp[:n]) != "echo me" {
+		t.Fatalf("UDP echo through the IPv6 VIP: %q, %v", resp[:n], err)
+	}
+	if r := runCmd(t, exec.Command(bin, "lab", "failover")); r.code != 0 {
+		t.Fatalf("lab failover: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	after, _, _, err := conns[0].get("/")
+	if err != nil || after != before {
+		t.Errorf("the IPv6 connection after lab failover: answered by %q (%v), before by %q; want the same real", after, err, before)
+	}
+	if r := runCmd(t, exec.Command(bin, "lab", "down")); r.code != 0 || r.stdout != "the lab is down\n" {
+		t.Fatalf("lab down: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	if err := u.wait(t); err != nil {
+		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(stderr.String(), 20))
+	}
+	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
+		t.Fatalf("namespaces left: %v", left)
+	}
 }

@@ -67,3 +67,28 @@ func mirror6(p netip.Prefix) netip.Prefix {
 func ip6Step(n *NS, p netip.Prefix, dev string) func() error {
 	return ipStep(n, "-6", "addr", "add", p.String(), "dev", dev, "nodad")
 }
+
+// IPv6 reports whether the lab is dual-stack (Options.IPv6).
+func (l *Lab) IPv6() bool { return l.ipv6 }
+
+// VIPs are the lab's first virtual IPs: VIP, then VIP6 in a dual-stack lab.
+func (l *Lab) VIPs() []netip.Addr {
+	if l.ipv6 {
+		return []netip.Addr{VIP, VIP6}
+	}
+	return []netip.Addr{VIP}
+}
+
+// ServiceArgs are the `holdfast run` flags of the service proto:VIP:port
+// with rr over every real on port, and in a dual-stack lab of its twin
+// proto:[VIP6]:port over the reals' IPv6 addresses: a dual-stack director.
+func (l *Lab) ServiceArgs(proto string, port uint16) []string {
+	var args []string
+	for i, vip := range l.VIPs() {
+		args = append(args, "--service", proto+":"+netip.AddrPortFrom(vip, port).String(), "--scheduler", "rr")
+		for _, r := range l.Reals {
+			args = append(args, "--real", netip.AddrPortFrom(r.Addrs()[i], port).String())
+		}
+	}
+	return args
+}
