@@ -254,3 +254,27 @@ func TestUploadFailoverSteeringFamilies(t *testing.T) {
 		}
 	}
 }
+
+// TestFailoverBusyFamilies: 64 keep-alive connections to the family's VIP
+// download 16 KiB..1 MiB bodies without pause (TestFailoverBusy's load)
+// through a failover: every body intact, every connection found by B.
+func TestFailoverBusyFamilies(t *testing.T) {
+	for _, f := range bothFamilies {
+		t.Run(f.String(), func(t *testing.T) {
+			p := newFamilyPair(t, f, nil)
+			busyThrough(t, p, 64, busySizes, func() { p.failover(t) })
+		})
+	}
+}
+
+// TestRehomeDeadRealFamilies: TestRehomeDeadReal over each family in a
+// dual-stack lab: 120 keep-alive connections, one real black-holed, every
+// connection keeps working and those on the dead real are recovered on
+// another one (over IPv6, a recovery dial from RecoveryAddr6).
+func TestRehomeDeadRealFamilies(t *testing.T) {
+	for _, f := range bothFamilies {
+		t.Run(f.String(), func(t *testing.T) {
+			testRehomeDeadReal(t, NewLab(t, lab.Options{Directors: 1, Reals: 3, IPv6: true}), f)
+		})
+	}
+}
