@@ -11,7 +11,8 @@ import (
 	"sync/atomic"
 )
 
-// Addresses of the topology. All of them are in 198.18.0.0/15.
+// Addresses of the topology. All of them are in 198.18.0.0/15; ipv6.go has
+// their IPv6 twins.
 var (
 	// ClientAddr is the client's address on its link to the router (/24).
 	ClientAddr = netip.MustParseAddr("198.18.1.2")
