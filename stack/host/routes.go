@@ -82,7 +82,8 @@ type RouteConfig struct {
 // (the TUN closed and the kernel dropped its routes with it) are not errors.
 // undo returns the joined errors of the steps that failed; calling it again
 // retries only those, and after a fully successful call it does nothing.
-// undo leaves the TUN's MTU and up state alone: the TUN belongs to its owner.
+// undo leaves the TUN's MTU, multicast flag and up state alone: the TUN belongs
+// to its owner.
 //
 // If SetupRoutes fails it rolls back what it had done and returns nil undo.
 //
@@ -155,6 +156,15 @@ func SetupRoutes(cfg RouteConfig, log zerolog.Logger) (undo func() error, err er
 	if tun.Attrs().TxQLen < tunTxQueueLen {
 		if err := netlink.LinkSetTxQLen(tun, tunTxQueueLen); err != nil {
 			return nil, fmt.Errorf("set txqueuelen %d on %s: %w", tunTxQueueLen, cfg.TUN, err)
+		}
+	}
+	// No multicast on the TUN with IPv6 on it: the kernel would send MLD
+	// reports (from ::, for ff02::2 and the like, once forwarding is on)
+	// into the packet loop when it comes up. The NAT serves unicast only,
+	// and a layer-3 TUN has no neighbours to discover.
+	if ipv6 && tun.Attrs().Flags&net.FlagMulticast != 0 {
+		if err := netlink.LinkSetMulticastOff(tun); err != nil {
+			return nil, fmt.Errorf("turn multicast off on %s: %w", cfg.TUN, err)
 		}
 	}
 	if err := netlink.LinkSetUp(tun); err != nil {
@@ -379,13 +389,12 @@ func routeSysctls(tun, realIface string, ipv6 bool) []sysctl {
 			// write of the old value does too).
 			newSysctl("1", false, "net", "ipv6", "conf", "all", "forwarding"),
 			// No link-local address on the TUN (addr_gen_mode 1: none),
-			// set before IPv6 is on: the kernel then joins no
-			// solicited-node group on it (fewer MLD reports into the
-			// NAT), and it sends no ICMPv6 redirect for a packet the
-			// NAT writes into the TUN that routes back into it (a
-			// redirect needs a link-local source, RFC 4861 8.2; IPv6
-			// has no send_redirects). Optional: kernels before 4.11
-			// have no such file.
+			// set before IPv6 is on: the kernel then sends no ICMPv6
+			// redirect for a packet the NAT writes into the TUN that
+			// routes back into it (a redirect needs a link-local
+			// source, RFC 4861 8.2; IPv6 has no send_redirects), and
+			// joins no solicited-node group there. Optional: kernels
+			// before 4.11 have no such file.
 			newSysctl("1", true, "net", "ipv6", "conf", tun, "addr_gen_mode"),
 			// The TUN carries IPv6 (the default may have it off).
 			newSysctl("0", false, "net", "ipv6", "conf", tun, "disable_ipv6"),

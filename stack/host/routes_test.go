@@ -537,6 +537,9 @@ func TestSetupRoutesInstallsIPv6(t *testing.T) {
 	if len(addrs) != 0 {
 		t.Errorf("IPv6 addresses on %s: %v, want none (no link-local)", testTUN, addrs)
 	}
+	if f := tun.Attrs().Flags; f&net.FlagMulticast != 0 || f&net.FlagUp == 0 {
+		t.Errorf("%s flags %v, want up and no multicast (no MLD reports into the NAT)", testTUN, f)
+	}
 	if !strings.Contains(logs.String(), `"level":"warn","ifaces":["`+testOther+`","`+testReal+`"],"message":"net.ipv6.conf.all.forwarding=1: these interfaces (accept_ra=1) no longer accept router advertisements`) {
 		t.Errorf("no warning about accept_ra in:\n%s", logs.String())
 	}

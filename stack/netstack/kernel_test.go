@@ -73,35 +73,40 @@ func TestNetstackDialKernel(t *testing.T) {
 	t.Cleanup(func() { dev.Close(); <-read; n.Close() })
 
 	// Not subtests: those run on other goroutines, whose threads are
-	// outside the namespace, and the listeners must be inside.
+	// outside the namespace, and the listeners must be inside. Without
+	// timestamps and SACK the tap rewrites the SYN's options: the kernel
+	// checks the checksum the tap computed.
 	for _, fam := range families {
-		func() {
-			ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(fam.real))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			hs, err := dialOnce(ctx, n, wire.DialOptions{Local: netip.AddrPortFrom(fam.rec, 20000), Remote: fam.real, Timestamps: true, SACK: true, WScale: 7, MSS: 1400})
-			if err != nil {
-				t.Fatalf("%s: dial the kernel: %v", fam.name, err)
-			}
-			if hs.AckSeq != hs.ISS+1 || hs.AckAck != hs.IRS+1 || !hs.TS || !hs.SACKPermitted || hs.PeerWScale < 0 {
-				t.Fatalf("%s: handshake %+v", fam.name, hs)
-			}
-			if err := ln.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
-				t.Fatal(err)
-			}
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				t.Fatalf("%s: the kernel accepted no connection: %v", fam.name, err)
-			}
-			defer c.Close()
-			if got := c.RemoteAddr().(*net.TCPAddr).AddrPort(); got != netip.AddrPortFrom(fam.rec, 20000) {
-				t.Errorf("%s: the kernel's connection is from %s, want %s", fam.name, got, netip.AddrPortFrom(fam.rec, 20000))
-			}
-		}()
+		for i, opts := range []bool{true, false} {
+			func() {
+				local := netip.AddrPortFrom(fam.rec, 20000+uint16(i))
+				ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(fam.real))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ln.Close()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				hs, err := dialOnce(ctx, n, wire.DialOptions{Local: local, Remote: fam.real, Timestamps: opts, SACK: opts, WScale: 7, MSS: 1400})
+				if err != nil {
+					t.Fatalf("%s, options %v: dial the kernel: %v", fam.name, opts, err)
+				}
+				if hs.AckSeq != hs.ISS+1 || hs.AckAck != hs.IRS+1 || hs.TS != opts || hs.SACKPermitted != opts || hs.PeerWScale < 0 {
+					t.Fatalf("%s, options %v: handshake %+v", fam.name, opts, hs)
+				}
+				if err := ln.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+					t.Fatal(err)
+				}
+				c, err := ln.AcceptTCP()
+				if err != nil {
+					t.Fatalf("%s, options %v: the kernel accepted no connection: %v", fam.name, opts, err)
+				}
+				defer c.Close()
+				if got := c.RemoteAddr().(*net.TCPAddr).AddrPort(); got != local {
+					t.Errorf("%s: the kernel's connection is from %s, want %s", fam.name, got, local)
+				}
+			}()
+		}
 	}
 }
 
