@@ -15,11 +15,25 @@ import (
 // checks the issue's promise: within 60 s, no failed request and no reset
 // connection with holdfast, and some without recovery.
 func TestDemo(t *testing.T) {
+	testDemo(t, ipv4)
+}
+
+// TestDemoIPv6 is TestDemo with --ipv6: the load goes to [VIP6]:80
+// through a dual-stack lab and directors (issue 15).
+func TestDemoIPv6(t *testing.T) {
+	testDemo(t, ipv6)
+}
+
+func testDemo(t *testing.T, f family) {
 	requireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, holdfastBinary(t), "lab", "demo", "--json")
+	args := []string{"lab", "demo", "--json"}
+	if f.ipv6 {
+		args = append(args, "--ipv6")
+	}
+	cmd := exec.CommandContext(ctx, holdfastBinary(t), args...)
 	out, err := cmd.Output()
 	took := time.Since(start)
 	if err != nil {
@@ -41,6 +55,11 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("runs %+v", res.Runs)
 	}
 	hf, off := res.Runs[0], res.Runs[1]
+	for _, r := range res.Runs {
+		if r.VIP != f.vip().String() {
+			t.Errorf("%s run: the load went to %q, want %v", r.Mode, r.VIP, f.vip())
+		}
+	}
 	if hf.RequestsFailed != 0 || hf.ConnectionsReset != 0 || hf.NewConnections != 0 || hf.RequestsOK == 0 {
 		t.Errorf("holdfast: %d failed, %d reset, %d new connections, %d ok; want 0, 0, 0 and some",
 			hf.RequestsFailed, hf.ConnectionsReset, hf.NewConnections, hf.RequestsOK)

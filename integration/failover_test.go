@@ -29,9 +29,11 @@ import (
 // cleanup.
 var killed sync.Map // *lab.Proc -> true
 
-// pair is a lab with both directors running, A active.
+// pair is a lab with both directors running, A active; the test's load
+// goes to vip.
 type pair struct {
 	l      *lab.Lab
+	vip    netip.AddrPort
 	dirs   [2]*lab.Proc
 	args   [2][]string
 	active int
@@ -41,18 +43,27 @@ type pair struct {
 // i. setup runs inside the lab before the directors start (sysctls, iptables).
 func newPair(t *testing.T, setup func(*lab.Lab), extra ...[]string) *pair {
 	t.Helper()
-	l := NewLab(t, lab.Options{Directors: 2, Reals: 3})
+	return buildPair(t, lab.Options{Directors: 2, Reals: 3}, ipv4, setup, extra...)
+}
+
+// newFamilyPair is newPair in a dual-stack lab whose directors serve the
+// HTTP service of both families (familyServices); the load goes to f's VIP.
+func newFamilyPair(t *testing.T, f family, setup func(*lab.Lab), extra ...[]string) *pair {
+	t.Helper()
+	return buildPair(t, lab.Options{Directors: 2, Reals: 3, IPv6: true}, f, setup, extra...)
+}
+
+func buildPair(t *testing.T, opts lab.Options, f family, setup func(*lab.Lab), extra ...[]string) *pair {
+	t.Helper()
+	l := NewLab(t, opts)
 	if err := l.ServeBackends(); err != nil {
 		t.Fatal(err)
 	}
 	if setup != nil {
 		setup(l)
 	}
-	p := &pair{l: l}
-	reals := []string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr"}
-	for _, r := range l.Reals {
-		reals = append(reals, "--real", netip.AddrPortFrom(r.Addr, lab.DefaultHTTPPort).String())
-	}
+	p := &pair{l: l, vip: f.vip()}
+	reals := familyServices(l)
 	for i, d := range l.Directors {
 		args := append(directorArgs(d, reals...), "--recovery-rate", "100000")
 		if i < len(extra) {
@@ -108,33 +119,51 @@ func directorCounters(t *testing.T, d *lab.Director) lab.DirectorStats {
 	return c
 }
 
-// httpConn is one client TCP connection to the VIP, used for requests one at
+// httpConn is one client TCP connection to a VIP, used for requests one at
 // a time with Go's net/http wire code. It never reconnects: an error on it is
 // a connection that did not survive.
 type httpConn struct {
-	c  net.Conn
-	br *bufio.Reader
+	c   net.Conn
+	br  *bufio.Reader
+	vip netip.AddrPort // what c is connected to, for the URL and Host header
 }
 
+// dialHTTP opens n connections from ns to vipHTTP.
 func dialHTTP(t *testing.T, ns *lab.NS, n int) []*httpConn {
 	t.Helper()
+	return dialVIP(t, ns, vipHTTP, n)
+}
+
+// dialVIP opens n connections from ns to vip, of vip's family.
+func dialVIP(t *testing.T, ns *lab.NS, vip netip.AddrPort, n int) []*httpConn {
+	t.Helper()
+	network := "tcp4"
+	if vip.Addr().Is6() {
+		network = "tcp6"
+	}
 	conns := make([]*httpConn, n)
 	for i := range conns {
-		c, err := ns.Dial("tcp4", vipHTTP.String())
+		c, err := ns.Dial(network, vip.String())
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}
 		t.Cleanup(func() { c.Close() })
-		conns[i] = &httpConn{c: c, br: bufio.NewReader(c)}
+		conns[i] = &httpConn{c: c, br: bufio.NewReader(c), vip: vip}
 	}
 	return conns
+}
+
+// dial opens n connections from the lab's client to the pair's VIP.
+func (p *pair) dial(t *testing.T, n int) []*httpConn {
+	t.Helper()
+	return dialVIP(t, p.l.Client, p.vip, n)
 }
 
 // get sends GET path and reads the whole response; it returns the real that
 // answered and the body's length and SHA-256.
 func (h *httpConn) get(path string) (real string, n int64, sum string, err error) {
 	h.c.SetDeadline(time.Now().Add(20 * time.Second))
-	req, _ := http.NewRequest("GET", "http://"+vipHTTP.String()+path, nil)
+	req, _ := http.NewRequest("GET", "http://"+h.vip.String()+path, nil)
 	if err := req.Write(h.c); err != nil {
 		return "", 0, "", fmt.Errorf("%s: write: %w", h.c.LocalAddr(), err)
 	}
@@ -209,8 +238,12 @@ func requireNoErrors(t *testing.T, what string, errs []error) {
 // the active director dies, and each makes 5 more on the same socket. It
 // returns the pair and connections for follow-ups.
 func idleFailover(t *testing.T, setup func(*lab.Lab), extraB ...string) (*pair, []*httpConn, []error) {
-	p := newPair(t, setup, nil, extraB)
-	conns := dialHTTP(t, p.l.Client, 200)
+	return idleFailoverOn(t, newPair(t, setup, nil, extraB))
+}
+
+// idleFailoverOn is idleFailover on a given pair.
+func idleFailoverOn(t *testing.T, p *pair) (*pair, []*httpConn, []error) {
+	conns := p.dial(t, 200)
 	requireNoErrors(t, "before failover", eachConn(conns, requests(1)))
 	p.failover(t)
 	// The first request of each connection is the one that needs its flow
@@ -224,6 +257,13 @@ func idleFailover(t *testing.T, setup func(*lab.Lab), extraB ...string) (*pair, 
 
 func TestFailoverIdle(t *testing.T) {
 	p, conns, errs := idleFailover(t, nil)
+	checkIdleFailover(t, p, conns, errs)
+}
+
+// checkIdleFailover requires every connection of an idle failover to have
+// survived and been found by the new director.
+func checkIdleFailover(t *testing.T, p *pair, conns []*httpConn, errs []error) {
+	t.Helper()
 	requireNoErrors(t, "after failover", errs)
 	c := directorCounters(t, p.l.Directors[1])
 	t.Logf("B: %d steered by probe, %d by cookie, %d recovered, %d adopted, %d stale, drops %v",
@@ -277,6 +317,12 @@ func TestFailoverIdleClientOptions(t *testing.T) {
 // client acknowledges bytes that crossed A. Each connection keeps working.
 func TestFailbackAndSecondFailover(t *testing.T) {
 	p, conns, errs := idleFailover(t, nil)
+	failbackAndSecondFailover(t, p, conns, errs)
+}
+
+// failbackAndSecondFailover is test (e) after an idle failover.
+func failbackAndSecondFailover(t *testing.T, p *pair, conns []*httpConn, errs []error) {
+	t.Helper()
 	requireNoErrors(t, "after failover", errs)
 	p.restart(t, 0)
 	p.active = 0
@@ -312,10 +358,10 @@ func busyThrough(t *testing.T, p *pair, conns int, sizes []int64, failover func(
 		failedOver              atomic.Bool
 		stallBefore, stallAfter atomic.Int64 // longest time a connection went without progress
 	)
-	cs := dialHTTP(t, p.l.Client, conns)
+	cs := p.dial(t, conns)
 	for i, h := range cs {
 		pc := &progressConn{Conn: h.c, last: time.Now(), failedOver: &failedOver, before: &stallBefore, after: &stallAfter}
-		cs[i] = &httpConn{c: pc, br: bufio.NewReader(pc)}
+		cs[i] = &httpConn{c: pc, br: bufio.NewReader(pc), vip: h.vip}
 	}
 	sums := map[int64]string{}
 	for _, n := range sizes {

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/http"
@@ -20,16 +19,22 @@ import (
 
 const rehomePort = 8080
 
-// realServers runs the lab backend on rehomePort on every real, each server
-// owned by the test so that it can be stopped and started again.
+// realServers runs the lab backend on rehomePort on every real's address of
+// a family, each server owned by the test so that it can be stopped and
+// started again.
 type realServers struct {
 	l    *lab.Lab
+	f    family
 	mu   sync.Mutex
 	srvs []*http.Server
 }
 
 func startRealServers(t *testing.T, l *lab.Lab) *realServers {
-	rs := &realServers{l: l, srvs: make([]*http.Server, len(l.Reals))}
+	return startRealServersOf(t, l, ipv4)
+}
+
+func startRealServersOf(t *testing.T, l *lab.Lab, f family) *realServers {
+	rs := &realServers{l: l, f: f, srvs: make([]*http.Server, len(l.Reals))}
 	for i := range l.Reals {
 		rs.start(t, i)
 	}
@@ -48,7 +53,7 @@ func startRealServers(t *testing.T, l *lab.Lab) *realServers {
 func (rs *realServers) start(t *testing.T, i int) {
 	t.Helper()
 	r := rs.l.Reals[i]
-	ln, err := r.Listen("tcp4", netip.AddrPortFrom(r.Addr, rehomePort).String())
+	ln, err := r.Listen("tcp", netip.AddrPortFrom(rs.f.addr(r), rehomePort).String())
 	if err != nil {
 		t.Fatalf("%s: %v", r.Label, err)
 	}
@@ -67,40 +72,47 @@ func (rs *realServers) stop(i int) {
 }
 
 func rehomeArgs(l *lab.Lab, extra ...string) []string {
-	a := []string{"--service", "tcp:" + netip.AddrPortFrom(lab.VIP, rehomePort).String(), "--scheduler", "rr",
+	return rehomeArgsOf(l, ipv4, extra...)
+}
+
+// rehomeArgsOf are the director flags of the rehome service of family f:
+// VIP:rehomePort (or [VIP6]) over the reals' addresses of f, health checked.
+func rehomeArgsOf(l *lab.Lab, f family, extra ...string) []string {
+	vip := netip.AddrPortFrom(f.vip().Addr(), rehomePort)
+	a := []string{"--service", "tcp:" + vip.String(), "--scheduler", "rr",
 		"--check", "tcp", "--check-interval", "300ms", "--check-timeout", "200ms", "--check-fall", "3", "--check-rise", "2"}
-	for _, r := range l.Reals {
-		a = append(a, "--real", netip.AddrPortFrom(r.Addr, rehomePort).String())
-	}
+	a = append(a, f.realFlags(l, rehomePort)...)
 	return append(a, extra...)
 }
 
 func rehomeConns(t *testing.T, l *lab.Lab, n int) []*httpConn {
 	t.Helper()
-	conns := make([]*httpConn, n)
-	for i := range conns {
-		c, err := l.Client.Dial("tcp4", netip.AddrPortFrom(lab.VIP, rehomePort).String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		conns[i] = &httpConn{c: c, br: bufio.NewReader(c)}
-	}
-	return conns
+	return dialVIP(t, l.Client, netip.AddrPortFrom(lab.VIP, rehomePort), n)
 }
 
 // 120 keep-alive connections over 3 reals; one real is black-holed (it stays
 // silent, as a dead machine does); every connection makes 5 more requests on
 // its socket: none fails, none reconnects.
 func TestRehomeDeadReal(t *testing.T) {
-	l := NewLab(t, lab.Options{Directors: 1, Reals: 3})
-	startRealServers(t, l)
-	StartDirector(t, l.Directors[0].NS, directorArgs(l.Directors[0], rehomeArgs(l)...)...)
-	conns := rehomeConns(t, l, 120)
+	testRehomeDeadReal(t, NewLab(t, lab.Options{Directors: 1, Reals: 3}), ipv4)
+}
+
+// testRehomeDeadReal is TestRehomeDeadReal in l over family f; the
+// connections that move are recovered on another real, a recovery dial
+// from f's recovery address.
+func testRehomeDeadReal(t *testing.T, l *lab.Lab, f family) {
+	t.Helper()
+	startRealServersOf(t, l, f)
+	StartDirector(t, l.Directors[0].NS, directorArgs(l.Directors[0], rehomeArgsOf(l, f)...)...)
+	conns := dialVIP(t, l.Client, netip.AddrPortFrom(f.vip().Addr(), rehomePort), 120)
 	owner := owners(t, conns)
 	dead := l.Reals[1]
+	tables := "iptables"
+	if f.ipv6 {
+		tables = "ip6tables"
+	}
 	for _, chain := range []string{"INPUT", "OUTPUT"} {
-		if out, err := runIn(dead.NS, 10*time.Second, "iptables", "-w", "-A", chain, "-j", "DROP"); err != nil {
+		if out, err := runIn(dead.NS, 10*time.Second, tables, "-w", "-A", chain, "-j", "DROP"); err != nil {
 			t.Fatalf("black-holing %s: %v\n%s", dead.Label, err, out)
 		}
 	}

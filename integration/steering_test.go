@@ -23,7 +23,15 @@ import (
 func holdfastRig(t *testing.T, name string, setup func(*lab.Lab), extra ...string) *uploadRig {
 	t.Helper()
 	p := newPair(t, setup, extra, extra)
-	return &uploadRig{name: name, l: p.l, failover: p.failover}
+	return &uploadRig{name: name, l: p.l, vip: p.vip, failover: p.failover}
+}
+
+// familyRig is holdfastRig on a dual-stack pair, the uploads going to f's
+// VIP.
+func familyRig(t *testing.T, f family, name string, setup func(*lab.Lab), extra ...string) *uploadRig {
+	t.Helper()
+	p := newFamilyPair(t, f, setup, extra, extra)
+	return &uploadRig{name: name, l: p.l, vip: p.vip, failover: p.failover}
 }
 
 // TestUploadFailoverSteering is the slow-upload failover through holdfast,

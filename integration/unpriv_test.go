@@ -193,19 +193,35 @@ func directorsRunning(bin string) bool {
 
 // demoAsNobody is `holdfast lab demo` as nobody (with a private TUN node
 // where needed), bounded by unprivDemoTimeout; bin is the copy it runs.
-func demoAsNobody(t *testing.T) (bin string, cmd *exec.Cmd, stdout, stderr *bytes.Buffer) {
+func demoAsNobody(t *testing.T, args ...string) (bin string, cmd *exec.Cmd, stdout, stderr *bytes.Buffer) {
 	t.Helper()
 	bin = unprivBinary(t)
 	tun := privateTUN(t, bin)
 	ctx, cancel := context.WithTimeout(context.Background(), unprivDemoTimeout)
 	t.Cleanup(cancel)
-	cmd, stdout, stderr = asNobodyEnv(ctx, bin, tun, []string{"TMPDIR=" + nobodyTmp(t, bin)}, "lab", "demo")
+	cmd, stdout, stderr = asNobodyEnv(ctx, bin, tun, []string{"TMPDIR=" + nobodyTmp(t, bin)}, append([]string{"lab", "demo"}, args...)...)
 	return bin, cmd, stdout, stderr
 }
 
 // TestUnprivilegedDemo runs the whole demo as nobody and wants its table.
 func TestUnprivilegedDemo(t *testing.T) {
-	bin, cmd, stdout, stderr := demoAsNobody(t)
+	testUnprivilegedDemo(t)
+}
+
+// TestUnprivilegedDemoIPv6 is TestUnprivilegedDemo with --ipv6: the
+// dual-stack lab in a user namespace, the load to the IPv6 VIP.
+func TestUnprivilegedDemoIPv6(t *testing.T) {
+	stdout := testUnprivilegedDemo(t, "--ipv6")
+	if want := "keep-alive HTTP to " + ipv6.vip().String(); !strings.Contains(stdout, want) {
+		t.Errorf("the demo table does not say %q:\n%s", want, stdout)
+	}
+}
+
+// testUnprivilegedDemo runs `holdfast lab demo args...` as nobody, checks
+// its table and returns its output.
+func testUnprivilegedDemo(t *testing.T, args ...string) string {
+	t.Helper()
+	bin, cmd, stdout, stderr := demoAsNobody(t, args...)
 	err := cmd.Run()
 	if err != nil {
 		skipIfRefused(t, stderr.String())
@@ -220,7 +236,8 @@ func TestUnprivilegedDemo(t *testing.T) {
 	if pids := procsRunning(bin); len(pids) > 0 {
 		t.Errorf("the demo exited 0 but left processes running: %v", pids)
 	}
-	t.Logf("holdfast lab demo as nobody:\n%s", stdout)
+	t.Logf("holdfast lab demo %s as nobody:\n%s", strings.Join(args, " "), stdout)
+	return stdout.String()
 }
 
 // Ctrl-C (SIGINT to the process the user started, outside the namespaces)

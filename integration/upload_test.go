@@ -59,6 +59,7 @@ const (
 type uploadRig struct {
 	name     string
 	l        *lab.Lab
+	vip      netip.AddrPort // the uploads go there; zero means vipHTTP
 	failover func(t *testing.T)
 	// beforeFailover, if set, runs once every connection made its first
 	// request, before the uploads start (the anchor checks its sync there).
@@ -169,7 +170,11 @@ func (r uploadReport) String() string {
 // slowUploads runs the slow-upload failover on rig and returns its figures.
 func slowUploads(t *testing.T, rig *uploadRig) uploadReport {
 	t.Helper()
-	conns := dialHTTP(t, rig.l.Client, uploadConns)
+	vip := rig.vip
+	if !vip.IsValid() {
+		vip = vipHTTP
+	}
+	conns := dialVIP(t, rig.l.Client, vip, uploadConns)
 	owner := owners(t, conns)
 	if rig.beforeFailover != nil {
 		rig.beforeFailover(t, conns)
@@ -259,8 +264,8 @@ func (h *httpConn) slowUpload(sent *atomic.Int64, marked func(), hold <-chan str
 	once := sync.OnceFunc(marked)
 	defer once()
 	h.c.SetDeadline(time.Now().Add(uploadDeadline))
-	req, _ := http.NewRequest("POST", "http://"+vipHTTP.String()+"/upload", nil)
-	head := fmt.Sprintf("POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", vipHTTP, uploadSize)
+	req, _ := http.NewRequest("POST", "http://"+h.vip.String()+"/upload", nil)
+	head := fmt.Sprintf("POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", h.vip, uploadSize)
 	if _, err := io.WriteString(h.c, head); err != nil {
 		return 0, res, fmt.Errorf("%s: write head: %w", h.c.LocalAddr(), err)
 	}

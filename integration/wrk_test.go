@@ -75,34 +75,42 @@ func TestFailoverWrk(t *testing.T) {
 					}
 				}
 			}
-			p := newPair(t, setup)
-			url := httpURL(vipHTTP, "/bytes?n="+strconv.Itoa(c.size))
-			done := make(chan string, 1)
-			go func() {
-				out, err := runIn(p.l.Client, 60*time.Second, "wrk", "-t2", "-c"+strconv.Itoa(conns), "-d8s", "--timeout", "3s", url)
-				if err != nil {
-					out += "\nwrk: " + err.Error()
-				}
-				done <- out
-			}()
-			// The event to fail over on: every wrk connection has its flow
-			// on A. Nothing announces it: poll A's counters.
-			deadline := time.Now().Add(5 * time.Second)
-			for directorCounters(t, p.l.Directors[0]).FlowsCreated < conns {
-				if time.Now().After(deadline) {
-					t.Fatalf("wrk did not open %d connections through A in 5 s", conns)
-				}
-				time.Sleep(20 * time.Millisecond) // poll interval
-			}
-			p.failover(t)
-			r := parseWrk(t, <-done)
-			b := directorCounters(t, p.l.Directors[1])
-			t.Logf("wrk %s through a failover: %d requests; socket errors connect %d, read %d, write %d, timeout %d; non-2xx %d; B: %d steered by cookie, %d by probe, %d recovered, %d adopted, %d client resets",
-				c.name, r.requests, r.connectErr, r.readErr, r.writeErr, r.timeoutErr, r.non2xx,
-				b.CookieConfirmed, b.ProbeSteers, b.Recovered, b.Adopted, b.ClientResets)
-			if r.requests == 0 || r.connectErr+r.readErr+r.writeErr+r.timeoutErr+r.non2xx != 0 || b.ClientResets != 0 {
-				t.Fatalf("want requests, no error, no timeout, no non-2xx, no client reset; wrk said:\n%s", r.out)
-			}
+			wrkFailover(t, newPair(t, setup), c.name, conns, c.size)
 		})
+	}
+}
+
+// wrkFailover runs wrk (conns keep-alive connections, 2 threads, 8 s, a
+// request times out after 3 s) from the client to the pair's VIP for size
+// byte responses, fails over once every connection has its flow on A, and
+// requires no socket error, no timeout, no non-2xx and no client reset.
+func wrkFailover(t *testing.T, p *pair, name string, conns, size int) {
+	t.Helper()
+	url := httpURL(p.vip, "/bytes?n="+strconv.Itoa(size))
+	done := make(chan string, 1)
+	go func() {
+		out, err := runIn(p.l.Client, 60*time.Second, "wrk", "-t2", "-c"+strconv.Itoa(conns), "-d8s", "--timeout", "3s", url)
+		if err != nil {
+			out += "\nwrk: " + err.Error()
+		}
+		done <- out
+	}()
+	// The event to fail over on: every wrk connection has its flow
+	// on A. Nothing announces it: poll A's counters.
+	deadline := time.Now().Add(5 * time.Second)
+	for directorCounters(t, p.l.Directors[0]).FlowsCreated < conns {
+		if time.Now().After(deadline) {
+			t.Fatalf("wrk did not open %d connections through A in 5 s", conns)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+	p.failover(t)
+	r := parseWrk(t, <-done)
+	b := directorCounters(t, p.l.Directors[1])
+	t.Logf("wrk %s to %s through a failover: %d requests; socket errors connect %d, read %d, write %d, timeout %d; non-2xx %d; B: %d steered by cookie, %d by probe, %d recovered, %d adopted, %d client resets",
+		name, url, r.requests, r.connectErr, r.readErr, r.writeErr, r.timeoutErr, r.non2xx,
+		b.CookieConfirmed, b.ProbeSteers, b.Recovered, b.Adopted, b.ClientResets)
+	if r.requests == 0 || r.connectErr+r.readErr+r.writeErr+r.timeoutErr+r.non2xx != 0 || b.ClientResets != 0 {
+		t.Fatalf("want requests, no error, no timeout, no non-2xx, no client reset; wrk said:\n%s", r.out)
 	}
 }

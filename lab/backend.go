@@ -123,27 +123,41 @@ func ServeUDPEcho(pc net.PacketConn, c *Counters) error {
 }
 
 // Serve starts the real's backends inside its namespace: HTTPHandler on
-// Addr:httpPort (keep-alive on) and ServeUDPEcho on Addr:udpPort; a port of 0
-// skips that server. The lab stops them on Close.
+// httpPort (keep-alive on) and ServeUDPEcho on udpPort, of each of its
+// addresses (Addrs: IPv6 too in a dual-stack lab); a port of 0 skips that
+// server. The lab stops them on Close.
 func (r *Real) Serve(httpPort, udpPort int) error {
 	var wg sync.WaitGroup
 	var srv *http.Server
-	var pc net.PacketConn
+	var pcs []net.PacketConn
 	stop := func() error {
 		var errs []error
 		if srv != nil {
 			errs = append(errs, srv.Close())
 		}
-		if pc != nil {
+		for _, pc := range pcs {
 			errs = append(errs, pc.Close())
 		}
 		wg.Wait()
 		return errors.Join(errs...)
 	}
+	network := func(proto string, a netip.Addr) string {
+		if a.Is4() {
+			return proto + "4"
+		}
+		return proto + "6"
+	}
 	if httpPort != 0 {
-		ln, err := r.Listen("tcp4", netip.AddrPortFrom(r.Addr, uint16(httpPort)).String())
-		if err != nil {
-			return err
+		var lns []net.Listener
+		for _, a := range r.Addrs() {
+			ln, err := r.Listen(network("tcp", a), netip.AddrPortFrom(a, uint16(httpPort)).String())
+			if err != nil {
+				for _, ln := range lns {
+					ln.Close()
+				}
+				return err
+			}
+			lns = append(lns, ln)
 		}
 		srv = &http.Server{
 			Handler:           HTTPHandler(r.Label, &r.Stats),
@@ -155,15 +169,19 @@ func (r *Real) Serve(httpPort, udpPort int) error {
 				}
 			},
 		}
-		wg.Go(func() { srv.Serve(ln) }) //nolint:errcheck // ErrServerClosed on stop
+		for _, ln := range lns {
+			wg.Go(func() { srv.Serve(ln) }) //nolint:errcheck // ErrServerClosed on stop
+		}
 	}
 	if udpPort != 0 {
-		var err error
-		pc, err = r.ListenPacket("udp4", netip.AddrPortFrom(r.Addr, uint16(udpPort)).String())
-		if err != nil {
-			return errors.Join(err, stop())
+		for _, a := range r.Addrs() {
+			pc, err := r.ListenPacket(network("udp", a), netip.AddrPortFrom(a, uint16(udpPort)).String())
+			if err != nil {
+				return errors.Join(err, stop())
+			}
+			pcs = append(pcs, pc)
+			wg.Go(func() { ServeUDPEcho(pc, &r.Stats) }) //nolint:errcheck
 		}
-		wg.Go(func() { ServeUDPEcho(pc, &r.Stats) }) //nolint:errcheck
 	}
 	if err := r.lab.register(nil, stop); err != nil {
 		return errors.Join(err, stop())

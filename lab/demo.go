@@ -24,12 +24,14 @@ type DemoOptions struct {
 	Busy     int           // connections that download without pause (default 24)
 	Phase    time.Duration // time on A, after the failover, after the failback (default 3s)
 	VRRP     bool          // keepalived moves the routes (see Options.VRRP)
+	IPv6     bool          // the load goes to VIP6 through a dual-stack lab and directors (Options.IPv6); not with VRRP
 	Progress func(phase string)
 }
 
 // DemoResult is what the built-in client saw, and what the directors counted.
 type DemoResult struct {
 	Mode             string        `json:"mode"`
+	VIP              string        `json:"vip"` // the service the load went to: VIP:80, or [VIP6]:80 with DemoOptions.IPv6
 	Connections      int           `json:"connections"`
 	RequestsOK       int64         `json:"requests_ok"`
 	RequestsFailed   int64         `json:"requests_failed"`
@@ -64,7 +66,7 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	}
 
 	progress("building the lab")
-	l, err := New(Options{Directors: 2, Reals: 3, VRRP: o.VRRP})
+	l, err := New(Options{Directors: 2, Reals: 3, VRRP: o.VRRP, IPv6: o.IPv6})
 	if err != nil {
 		return res, err
 	}
@@ -77,11 +79,7 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 		return res, err
 	}
 	args := func(d *Director) []string {
-		a := []string{"--service", "tcp:" + netip.AddrPortFrom(VIP, DefaultHTTPPort).String(), "--scheduler", "rr"}
-		for _, r := range l.Reals {
-			a = append(a, "--real", netip.AddrPortFrom(r.Addr, DefaultHTTPPort).String())
-		}
-		return HoldfastArgs(d, append(a, extra...)...)
+		return HoldfastArgs(d, append(l.ServiceArgs("tcp", DefaultHTTPPort), extra...)...)
 	}
 	start := func(d *Director) (*Proc, error) {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -103,7 +101,12 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	}
 
 	progress(fmt.Sprintf("connecting %d clients", o.Idle+o.Busy))
-	load := newDemoLoad(l.Client)
+	vip := netip.AddrPortFrom(VIP, DefaultHTTPPort)
+	if o.IPv6 {
+		vip = netip.AddrPortFrom(VIP6, DefaultHTTPPort)
+	}
+	res.VIP = vip.String()
+	load := newDemoLoad(l.Client, vip)
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
 	if err := load.start(lctx, o.Idle, o.Busy); err != nil {
@@ -203,15 +206,20 @@ func demoStats(ctx context.Context, d *Director) (DirectorStats, error) {
 // request is the time from its first attempt to its success.
 type demoLoad struct {
 	ns                         *NS
+	vip                        netip.AddrPort
 	ok, failed, reset, redials atomic.Int64
 	stall                      atomic.Int64 // longest, ns
 	wg                         sync.WaitGroup
 }
 
-func newDemoLoad(ns *NS) *demoLoad { return &demoLoad{ns: ns} }
+func newDemoLoad(ns *NS, vip netip.AddrPort) *demoLoad { return &demoLoad{ns: ns, vip: vip} }
 
 func (d *demoLoad) dial() (net.Conn, *bufio.Reader, error) {
-	c, err := d.ns.Dial("tcp4", netip.AddrPortFrom(VIP, DefaultHTTPPort).String())
+	network := "tcp4"
+	if d.vip.Addr().Is6() {
+		network = "tcp6"
+	}
+	c, err := d.ns.Dial(network, d.vip.String())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -253,7 +261,7 @@ func (d *demoLoad) run(ctx context.Context, c net.Conn, br *bufio.Reader, busy b
 		}
 		first := time.Now()
 		for {
-			err := demoGet(c, br, path)
+			err := demoGet(c, br, d.vip, path)
 			if err == nil {
 				break
 			}
@@ -282,9 +290,9 @@ func (d *demoLoad) run(ctx context.Context, c net.Conn, br *bufio.Reader, busy b
 }
 
 // demoGet sends one GET on the connection and reads the whole response.
-func demoGet(c net.Conn, br *bufio.Reader, path string) error {
+func demoGet(c net.Conn, br *bufio.Reader, vip netip.AddrPort, path string) error {
 	c.SetDeadline(time.Now().Add(15 * time.Second))
-	req, _ := http.NewRequest("GET", "http://"+netip.AddrPortFrom(VIP, DefaultHTTPPort).String()+path, nil)
+	req, _ := http.NewRequest("GET", "http://"+vip.String()+path, nil)
 	if err := req.Write(c); err != nil {
 		return err
 	}

@@ -13,12 +13,18 @@ import (
 // HoldfastArgs is `holdfast run` for director d with the lab's plumbing:
 // TUN hf0, routes set up on its real-server side, JSON logs (for the tests
 // that look for an operator's message), the shared recovery address, d's
-// own recovery port range (--director-id) and admin socket. extra follows
-// (services, scheduler, reals; a later --recovery=off wins).
+// own recovery port range (--director-id) and admin socket. In a dual-stack
+// lab (Options.IPv6) the director is dual-stack too: RecoveryAddr6 is a
+// second --recovery-addr. extra follows (services, scheduler, reals; a
+// later --recovery=off wins).
 func HoldfastArgs(d *Director, extra ...string) []string {
-	return append([]string{"run", "--tun", "hf0", "--setup-routes", "--real-iface", d.RSIface, "--log-format", "json",
-		"--recovery-addr", RecoveryAddr.String(), "--director-id", strconv.Itoa(d.ID),
-		"--admin-socket", AdminSocket(d)}, extra...)
+	args := []string{"run", "--tun", "hf0", "--setup-routes", "--real-iface", d.RSIface, "--log-format", "json",
+		"--recovery-addr", RecoveryAddr.String()}
+	if d.lab != nil && d.lab.ipv6 {
+		args = append(args, "--recovery-addr", RecoveryAddr6.String())
+	}
+	args = append(args, "--director-id", strconv.Itoa(d.ID), "--admin-socket", AdminSocket(d))
+	return append(args, extra...)
 }
 
 // AdminSocket is the admin socket of director d's holdfast: a file, not
@@ -64,6 +70,7 @@ type DirectorStats struct {
 	ChallengesSent  int               // challenge ACKs sent to clients before a recovery
 	ChallengesOK    int               // challenges answered with numbers a parked segment fits
 	ChallengeResets int               // challenges answered by the source's no-socket reset
+	ICMPTranslated  int               // ICMP and ICMPv6 errors about a flow translated
 	RecoveryFailed  map[string]int    // failed recoveries by reason
 	Drops           map[string]uint64 // dropped packets by reason
 	ReadByQueue     []uint64          // packets read, by TUN queue (index = queue number)
@@ -138,6 +145,7 @@ func decodeStats(data []byte) (DirectorStats, error) {
 		{"challenges_sent_total", &s.ChallengesSent},
 		{"challenges_passed_total", &s.ChallengesOK},
 		{"challenges_reset_total", &s.ChallengeResets},
+		{"icmp_errors_translated_total", &s.ICMPTranslated},
 		{"recoveries_failed_total", &s.RecoveryFailed},
 		{"drops_total", &s.Drops},
 		{"device_queue_packets_read_total", &byQueue},

@@ -29,7 +29,7 @@ const statsSample = `{
   "stale_flows_total": 6,
   "old_real_resets_total": 3,
   "misses_total": 0, "recoveries_inflight": 0, "cookie_steers_total": 0, "cookie_steers_confirmed_total": 0, "probe_steers_total": 0,
-  "challenges_sent_total": 0, "challenges_passed_total": 0, "challenges_reset_total": 0,
+  "challenges_sent_total": 0, "challenges_passed_total": 0, "challenges_reset_total": 0, "icmp_errors_translated_total": 2,
   "drops_total": {"no_flow": 3, "recovery_rate": 7},
   "packets_total": {"forward": 100, "to_stack": 4},
   "device_queue_packets_read_total": {"2": 30, "0": 100, "10": 7, "1": 50, "3": 0, "4": 1, "5": 1, "6": 1, "7": 1, "8": 1, "9": 1}
@@ -42,7 +42,7 @@ func TestDecodeStats(t *testing.T) {
 	}
 	want := DirectorStats{
 		Flows: 6, FlowsCreated: 12, RecoveryStarted: 5, Recovered: 4, Adopted: 2, AdoptAborts: 1,
-		ClientResets: 1, StaleFlows: 6, OldRealResets: 3,
+		ClientResets: 1, StaleFlows: 6, OldRealResets: 3, ICMPTranslated: 2,
 		RecoveryFailed: map[string]int{"refused": 1, "timeout": 0, "no_real": 0, "error": 0},
 		Drops:          map[string]uint64{"no_flow": 3, "recovery_rate": 7},
 		// By queue number, not by the keys' text order ("10" after "9").

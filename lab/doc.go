@@ -4,8 +4,9 @@
 //	client ns -- router ns --+-- director A ns --+-- switch ns (bridge) -- rs1..rsN ns
 //	                         +-- director B ns --+
 //
-// Every address is in 198.18.0.0/15 (RFC 2544 benchmarking range) and nothing
-// is routed out of the lab. A Lab owns what it creates: its namespaces (and so
+// Every address is in 198.18.0.0/15 (RFC 2544 benchmarking range), and with
+// Options.IPv6 its twin in 2001:2::/48 (RFC 5180, ipv6.go); nothing is
+// routed out of the lab. A Lab owns what it creates: its namespaces (and so
 // their veths and bridge), the processes started in them and the backend
 // servers it runs; Close removes all of it, also after a build that failed
 // half-way.
@@ -19,7 +20,7 @@
 //
 // What it holds: the topology (lab.go, netns.go), the processes it starts
 // and their output (proc.go), the built-in backends and load (backend.go,
-// demo.go), keepalived (vrrp.go), the user-namespace re-exec that lets an
+// demo.go), the IPv6 plan (ipv6.go), keepalived (vrrp.go), the user-namespace re-exec that lets an
 // ordinary user run a lab (userns.go), where its sockets live (rundir.go),
 // and the supervisor behind `holdfast lab up` (supervisor.go) with its
 // directors' log rings (logring.go).
@@ -31,7 +32,9 @@
 //
 // With Options.VRRP the directors share the router's segment and keepalived
 // (one per director namespace) moves the floating next-hop and the reals'
-// gateway, instead of Flip.
+// gateway, instead of Flip (IPv4 only). With Options.RealHopMTU the reals
+// sit behind two routers (hop1, hop2 ns) joined by a narrow link, for the
+// path-MTU tests.
 //
 // It needs CAP_SYS_ADMIN and CAP_NET_ADMIN (root, or root of a user
 // namespace through ReexecUnprivileged) and iproute2's ip(8); Options.VRRP

@@ -11,7 +11,8 @@ import (
 	"sync/atomic"
 )
 
-// Addresses of the topology. All of them are in 198.18.0.0/15.
+// Addresses of the topology. All of them are in 198.18.0.0/15; ipv6.go has
+// their IPv6 twins.
 var (
 	// ClientAddr is the client's address on its link to the router (/24).
 	ClientAddr = netip.MustParseAddr("198.18.1.2")
@@ -34,6 +35,16 @@ var (
 
 	// RealPrefix is the real-server segment (the bridge in the switch ns).
 	RealPrefix = netip.MustParsePrefix("198.18.10.0/24")
+
+	// A lab with Options.RealHopMTU puts the reals behind two routers: the
+	// directors' segment RealPrefix holds HopNear (namespace "hop1"), joined
+	// by the hop link HopPrefix (HopNear's end .1, HopFar's .2) to the far
+	// router (namespace "hop2"), whose bridge is RealHopPrefix, with the
+	// reals' gateway RealHopGateway.
+	HopNear        = netip.MustParseAddr("198.18.10.254")
+	HopPrefix      = netip.MustParsePrefix("198.18.9.0/24")
+	RealHopPrefix  = netip.MustParsePrefix("198.18.11.0/24")
+	RealHopGateway = netip.MustParseAddr("198.18.11.1")
 )
 
 // Interface names. Each lives in its own namespace, so they repeat freely.
@@ -51,10 +62,12 @@ const (
 	DefaultUDPPort  = 5353
 )
 
-// MaxReals is the largest Options.Reals: reals use 198.18.10.11 upwards.
+// MaxReals is the largest Options.Reals: reals use 198.18.10.11 upwards
+// (198.18.11.11 with Options.RealHopMTU).
 const MaxReals = 100
 
-// Options shape a Lab. The zero value is one director, three reals, MTU 1500.
+// Options shape a Lab. The zero value is one director, three reals, MTU 1500,
+// IPv4 only.
 type Options struct {
 	// Prefix starts the name of every namespace the lab creates. Empty means
 	// "hf<pid>-<n>-", unique per build in this process, which SweepStale
@@ -74,6 +87,25 @@ type Options struct {
 	// keepalived in each director namespace moves both addresses to the
 	// director whose holdfast runs. Needs keepalived(8) installed.
 	VRRP bool
+	// IPv6 makes the lab dual-stack: every link also gets the IPv6 mirror
+	// of its IPv4 address (Mirror6: ClientAddr6, VIPPrefix6, Real.Addr6 and
+	// so on, all in 2001:2::/48), without duplicate address detection, and
+	// every route of the IPv4 plan has its IPv6 twin (Flip moves both).
+	// The backends listen on both addresses. Not with VRRP: keepalived
+	// would need a VRRPv3 instance per family, which the lab does not
+	// build.
+	IPv6 bool
+	// RealLinkMTU is the MTU of the real-server segment: the reals' and
+	// the directors' ports and the bridge (0 means 1500).
+	RealLinkMTU int
+	// RealHopMTU, if not 0, puts the reals behind two routers joined by a
+	// link of this MTU that neither the directors nor the reals sit on
+	// (HopNear, HopPrefix, RealHopPrefix): a packet a director sends
+	// towards a real that is too big for the hop draws the near router's
+	// ICMP "fragmentation needed" or ICMPv6 Packet Too Big, addressed to
+	// the packet's source, the client, and routed back through the
+	// director. Every other link stays at 1500. Not with VRRP.
+	RealHopMTU int
 }
 
 // Lab is a built topology. Its fields are set by New and read-only after;
@@ -88,7 +120,9 @@ type Lab struct {
 
 	mu         sync.Mutex
 	closed     bool
-	namespaces []*NS // created ones, in creation order
+	namespaces []*NS  // created ones, in creation order
+	ipv6       bool   // Options.IPv6
+	hop        [2]*NS // Options.RealHopMTU: the near and the far router
 	procs      []*Proc
 	closers    []func() error // backends, closed before the namespaces go
 	active     int
@@ -105,6 +139,11 @@ type Director struct {
 	RSAddr      netip.Prefix // its address on the real-server segment, e.g. 198.18.10.2/24
 	UplinkIface string       // DirectorUplink
 	RSIface     string       // DirectorRSIface: pass it to `holdfast run --real-iface`
+
+	// IPv6 twins of Uplink, RouterAddr and RSAddr (Options.IPv6; else invalid).
+	Uplink6     netip.Prefix
+	RouterAddr6 netip.Addr
+	RSAddr6     netip.Prefix
 }
 
 // Real is a real server's namespace, address and backend counters.
@@ -112,7 +151,16 @@ type Real struct {
 	*NS
 	Label string     // "rs1", "rs2", ...
 	Addr  netip.Addr // 198.18.10.11, .12, ...
+	Addr6 netip.Addr // 2001:2:0:10::11, ... (Options.IPv6; else invalid)
 	Stats Counters   // traffic its backends served
+}
+
+// Addrs are the real's addresses: Addr, then Addr6 in a dual-stack lab.
+func (r *Real) Addrs() []netip.Addr {
+	if r.Addr6.IsValid() {
+		return []netip.Addr{r.Addr, r.Addr6}
+	}
+	return []netip.Addr{r.Addr}
 }
 
 var builds atomic.Int64
@@ -145,6 +193,13 @@ func New(opts Options) (_ *Lab, err error) {
 		// 576: the IPv4 minimum any host must accept; 1500: what client and
 		// reals use, so a larger link would never be the bottleneck.
 		return nil, fmt.Errorf("lab: DirectorLinkMTU = %d, want 576..1500", opts.DirectorLinkMTU)
+	case opts.RealLinkMTU != 0 && (opts.RealLinkMTU < 1280 || opts.RealLinkMTU > 1500):
+		// 1280: the IPv6 minimum, which a dual-stack segment needs.
+		return nil, fmt.Errorf("lab: RealLinkMTU = %d, want 1280..1500", opts.RealLinkMTU)
+	case opts.RealHopMTU != 0 && (opts.RealHopMTU < 1280 || opts.RealHopMTU > 1500):
+		return nil, fmt.Errorf("lab: RealHopMTU = %d, want 1280..1500", opts.RealHopMTU)
+	case opts.VRRP && (opts.IPv6 || opts.RealHopMTU != 0):
+		return nil, errors.New("lab: VRRP with IPv6 or RealHopMTU: the VRRP lab is IPv4 only, with the reals on the directors' segment")
 	case !validPrefix.MatchString(opts.Prefix):
 		return nil, fmt.Errorf("lab: Prefix %q, want 1-40 characters of [A-Za-z0-9_.-]", opts.Prefix)
 	}
@@ -153,7 +208,10 @@ func New(opts Options) (_ *Lab, err error) {
 	if _, err := EnsureRuntimeDir(); err != nil {
 		return nil, err
 	}
-	l := &Lab{Prefix: opts.Prefix}
+	if opts.RealLinkMTU == 0 {
+		opts.RealLinkMTU = 1500
+	}
+	l := &Lab{Prefix: opts.Prefix, ipv6: opts.IPv6}
 	defer func() {
 		if err != nil {
 			if cerr := l.Close(); cerr != nil {
@@ -171,6 +229,13 @@ func New(opts Options) (_ *Lab, err error) {
 	if l.Switch, err = l.addNS("switch"); err != nil {
 		return nil, err
 	}
+	if opts.RealHopMTU != 0 {
+		for i, role := range []string{"hop1", "hop2"} {
+			if l.hop[i], err = l.addNS(role); err != nil {
+				return nil, err
+			}
+		}
+	}
 	for i := range opts.Directors {
 		label := string(rune('A' + i))
 		ns, err := l.addNS("dir" + label)
@@ -183,7 +248,7 @@ func New(opts Options) (_ *Lab, err error) {
 		if opts.VRRP {
 			uplink = [4]byte{198, 18, 2, byte(2 + i)}
 		}
-		l.Directors = append(l.Directors, &Director{
+		d := &Director{
 			NS:          ns,
 			Label:       label,
 			ID:          i + 1,
@@ -192,7 +257,11 @@ func New(opts Options) (_ *Lab, err error) {
 			RSAddr:      netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 10, byte(2 + i)}), 24),
 			UplinkIface: DirectorUplink,
 			RSIface:     DirectorRSIface,
-		})
+		}
+		if opts.IPv6 {
+			d.Uplink6, d.RouterAddr6, d.RSAddr6 = mirror6(d.Uplink), Mirror6(d.RouterAddr), mirror6(d.RSAddr)
+		}
+		l.Directors = append(l.Directors, d)
 	}
 	for i := range opts.Reals {
 		label := "rs" + strconv.Itoa(i+1)
@@ -200,11 +269,18 @@ func New(opts Options) (_ *Lab, err error) {
 		if err != nil {
 			return nil, err
 		}
-		l.Reals = append(l.Reals, &Real{
+		r := &Real{
 			NS:    ns,
 			Label: label,
 			Addr:  netip.AddrFrom4([4]byte{198, 18, 10, byte(11 + i)}),
-		})
+		}
+		if opts.RealHopMTU != 0 {
+			r.Addr = netip.AddrFrom4([4]byte{198, 18, 11, byte(11 + i)})
+		}
+		if opts.IPv6 {
+			r.Addr6 = Mirror6(r.Addr)
+		}
+		l.Reals = append(l.Reals, r)
 	}
 
 	if err := l.wire(opts); err != nil {
@@ -218,8 +294,10 @@ func New(opts Options) (_ *Lab, err error) {
 	return l, nil
 }
 
-// addNS creates one namespace with lo up and IPv6 off (the lab is IPv4 only,
-// and IPv6 link-local chatter would only add noise to captures).
+// addNS creates one namespace with lo up. An IPv4-only lab turns IPv6 off
+// there (its link-local chatter would only add noise to captures); a
+// dual-stack one turns duplicate address detection off, for the link-local
+// addresses too (the global ones are added with nodad).
 func (l *Lab) addNS(role string) (*NS, error) {
 	n := &NS{Name: l.Prefix + role, Role: role, lab: l}
 	if _, err := run("ip", "netns", "add", n.Name); err != nil {
@@ -228,10 +306,17 @@ func (l *Lab) addNS(role string) (*NS, error) {
 	l.mu.Lock()
 	l.namespaces = append(l.namespaces, n)
 	l.mu.Unlock()
-	for _, kv := range [][2]string{
+	sysctls := [][2]string{
 		{"net.ipv6.conf.all.disable_ipv6", "1"},
 		{"net.ipv6.conf.default.disable_ipv6", "1"},
-	} {
+	}
+	if l.ipv6 {
+		sysctls = [][2]string{
+			{"net.ipv6.conf.all.accept_dad", "0"},
+			{"net.ipv6.conf.default.accept_dad", "0"},
+		}
+	}
+	for _, kv := range sysctls {
 		if err := n.SetSysctl(kv[0], kv[1]); err != nil {
 			return nil, err
 		}
@@ -244,17 +329,35 @@ func (l *Lab) addNS(role string) (*NS, error) {
 
 // wire creates the links, addresses and routes.
 func (l *Lab) wire(opts Options) error {
+	// With IPv6 the bridges forward multicast to every port: without an MLD
+	// querier in the lab, snooping could keep a neighbour solicitation from
+	// a port whose report it never saw.
+	bridge := []string{"link", "add", BridgeName, "type", "bridge"}
+	if l.ipv6 {
+		bridge = append(bridge, "mcast_snooping", "0")
+	}
 	steps := []func() error{
 		func() error { return veth(l.Client, ClientIface, l.Router, "cl0", 1500) },
 		ipStep(l.Client, "addr", "add", netip.PrefixFrom(ClientAddr, 24).String(), "dev", ClientIface),
 		ipStep(l.Router, "addr", "add", netip.PrefixFrom(ClientGateway, 24).String(), "dev", "cl0"),
 		ipStep(l.Client, "route", "add", "default", "via", ClientGateway.String()),
 		func() error { return l.Router.SetSysctl("net.ipv4.ip_forward", "1") },
-		ipStep(l.Switch, "link", "add", BridgeName, "type", "bridge"),
+		ipStep(l.Switch, bridge...),
 		ipStep(l.Switch, "link", "set", BridgeName, "up"),
+	}
+	if l.ipv6 {
+		steps = append(steps,
+			ip6Step(l.Client, netip.PrefixFrom(ClientAddr6, 64), ClientIface),
+			ip6Step(l.Router, netip.PrefixFrom(ClientGateway6, 64), "cl0"),
+			ipStep(l.Client, "-6", "route", "add", "default", "via", ClientGateway6.String()),
+			func() error { return l.Router.SetSysctl("net.ipv6.conf.all.forwarding", "1") },
+		)
 	}
 	if opts.VRRP {
 		steps = append(steps, l.vrrpUplinkSteps()...)
+	}
+	if l.hop[0] != nil {
+		steps = append(steps, l.hopSteps(opts.RealHopMTU, bridge)...)
 	}
 	for _, d := range l.Directors {
 		routerSide := "d" + d.Label + "0"
@@ -269,16 +372,46 @@ func (l *Lab) wire(opts Options) error {
 			steps = append(steps, ipStep(l.Router, "addr", "add", netip.PrefixFrom(d.RouterAddr, 24).String(), "dev", routerSide))
 		}
 		steps = append(steps,
-			func() error { return l.port(d.NS, d.RSIface, "dir"+d.Label) },
+			func() error { return port(l.Switch, d.NS, d.RSIface, "dir"+d.Label, opts.RealLinkMTU) },
 			ipStep(d.NS, "addr", "add", d.RSAddr.String(), "dev", d.RSIface),
 			ipStep(d.NS, "route", "add", "default", "via", d.RouterAddr.String()),
 		)
+		if l.ipv6 {
+			steps = append(steps,
+				ip6Step(d.NS, d.Uplink6, d.UplinkIface),
+				ip6Step(l.Router, netip.PrefixFrom(d.RouterAddr6, 64), routerSide),
+				ip6Step(d.NS, d.RSAddr6, d.RSIface),
+				ipStep(d.NS, "-6", "route", "add", "default", "via", d.RouterAddr6.String()),
+			)
+		}
+		if l.hop[0] != nil {
+			// The reals are not on the directors' segment: their prefix
+			// is behind the near router.
+			steps = append(steps, ipStep(d.NS, "route", "add", RealHopPrefix.String(), "via", HopNear.String(), "dev", d.RSIface))
+			if l.ipv6 {
+				steps = append(steps, ipStep(d.NS, "-6", "route", "add", Mirror6Prefix(RealHopPrefix).String(), "via", Mirror6(HopNear).String(), "dev", d.RSIface))
+			}
+		}
+	}
+	realSwitch := l.Switch
+	if l.hop[0] != nil {
+		realSwitch = l.hop[1]
 	}
 	for _, r := range l.Reals {
 		steps = append(steps,
-			func() error { return l.port(r.NS, RealIface, r.Label) },
+			func() error { return port(realSwitch, r.NS, RealIface, r.Label, opts.RealLinkMTU) },
 			ipStep(r.NS, "addr", "add", netip.PrefixFrom(r.Addr, 24).String(), "dev", RealIface),
 		)
+		if l.ipv6 {
+			steps = append(steps, ip6Step(r.NS, netip.PrefixFrom(r.Addr6, 64), RealIface))
+		}
+		if l.hop[0] != nil {
+			// Their gateway is the far router, whatever director is active.
+			steps = append(steps, ipStep(r.NS, "route", "add", "default", "via", RealHopGateway.String()))
+			if l.ipv6 {
+				steps = append(steps, ipStep(r.NS, "-6", "route", "add", "default", "via", Mirror6(RealHopGateway).String()))
+			}
+		}
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -289,6 +422,42 @@ func (l *Lab) wire(opts Options) error {
 		return l.vrrpRoutes()
 	}
 	return l.Flip(0)
+}
+
+// hopSteps build the routers of Options.RealHopMTU: the near one (hop1) a
+// port of the directors' segment, the far one (hop2) holding the reals'
+// bridge, and the hop link of the given MTU between them.
+func (l *Lab) hopSteps(mtu int, bridge []string) []func() error {
+	near, far := l.hop[0], l.hop[1]
+	nearHop := netip.PrefixFrom(HopPrefix.Addr().Next(), 24)
+	farHop := netip.PrefixFrom(nearHop.Addr().Next(), 24)
+	steps := []func() error{
+		func() error { return port(l.Switch, near, RealIface, "hop1", 1500) },
+		ipStep(near, "addr", "add", netip.PrefixFrom(HopNear, 24).String(), "dev", RealIface),
+		func() error { return veth(near, "hop0", far, "hop0", mtu) },
+		ipStep(near, "addr", "add", nearHop.String(), "dev", "hop0"),
+		ipStep(far, "addr", "add", farHop.String(), "dev", "hop0"),
+		ipStep(far, bridge...),
+		ipStep(far, "link", "set", BridgeName, "up"),
+		ipStep(far, "addr", "add", netip.PrefixFrom(RealHopGateway, 24).String(), "dev", BridgeName),
+		ipStep(near, "route", "add", RealHopPrefix.String(), "via", farHop.Addr().String()),
+		ipStep(far, "route", "add", "default", "via", nearHop.Addr().String()),
+		func() error { return near.SetSysctl("net.ipv4.ip_forward", "1") },
+		func() error { return far.SetSysctl("net.ipv4.ip_forward", "1") },
+	}
+	if l.ipv6 {
+		steps = append(steps,
+			ip6Step(near, netip.PrefixFrom(Mirror6(HopNear), 64), RealIface),
+			ip6Step(near, mirror6(nearHop), "hop0"),
+			ip6Step(far, mirror6(farHop), "hop0"),
+			ip6Step(far, netip.PrefixFrom(Mirror6(RealHopGateway), 64), BridgeName),
+			ipStep(near, "-6", "route", "add", Mirror6Prefix(RealHopPrefix).String(), "via", Mirror6(farHop.Addr()).String()),
+			ipStep(far, "-6", "route", "add", "default", "via", Mirror6(nearHop.Addr()).String()),
+			func() error { return near.SetSysctl("net.ipv6.conf.all.forwarding", "1") },
+			func() error { return far.SetSysctl("net.ipv6.conf.all.forwarding", "1") },
+		)
+	}
+	return steps
 }
 
 func ipStep(n *NS, args ...string) func() error {
@@ -311,18 +480,21 @@ func veth(a *NS, aName string, b *NS, bName string, mtu int) error {
 	return err
 }
 
-// port attaches n:ifname to the real-server bridge as switch port swName.
-func (l *Lab) port(n *NS, ifname, swName string) error {
-	if err := veth(n, ifname, l.Switch, swName, 1500); err != nil {
+// port attaches n:ifname to the bridge in sw as port swName, both ends with
+// the given MTU.
+func port(sw, n *NS, ifname, swName string, mtu int) error {
+	if err := veth(n, ifname, sw, swName, mtu); err != nil {
 		return err
 	}
-	_, err := l.Switch.IP("link", "set", swName, "master", BridgeName)
+	_, err := sw.IP("link", "set", swName, "master", BridgeName)
 	return err
 }
 
-// Flip makes Directors[i] the active one: the router sends VIPPrefix to it
-// and every real uses it as its default gateway (what a VRRP floating address
-// would do). A VRRP lab refuses: keepalived decides there (WaitVRRPMaster).
+// Flip makes Directors[i] the active one: the router sends VIPPrefix (and
+// VIPPrefix6) to it and every real uses it as its default gateway (what a
+// VRRP floating address would do; with Options.RealHopMTU, the near
+// router's default route moves instead). A VRRP lab refuses: keepalived
+// decides there (WaitVRRPMaster).
 func (l *Lab) Flip(i int) error {
 	if l.vrrp != nil {
 		return fmt.Errorf("lab: Flip(%d): this lab runs VRRP; keepalived moves the routes (stop a director's holdfast, then WaitVRRPMaster)", i)
@@ -331,11 +503,30 @@ func (l *Lab) Flip(i int) error {
 		return fmt.Errorf("lab: Flip(%d): have %d directors", i, len(l.Directors))
 	}
 	d := l.Directors[i]
-	if _, err := l.Router.IP("route", "replace", VIPPrefix.String(), "via", d.Uplink.Addr().String()); err != nil {
-		return err
+	type route struct {
+		ns   *NS
+		args []string
 	}
-	for _, r := range l.Reals {
-		if _, err := r.IP("route", "replace", "default", "via", d.RSAddr.Addr().String()); err != nil {
+	routes := []route{{l.Router, []string{"route", "replace", VIPPrefix.String(), "via", d.Uplink.Addr().String()}}}
+	if l.ipv6 {
+		routes = append(routes, route{l.Router, []string{"-6", "route", "replace", VIPPrefix6.String(), "via", d.Uplink6.Addr().String()}})
+	}
+	gateways := []*NS{}
+	if l.hop[0] != nil {
+		gateways = append(gateways, l.hop[0])
+	} else {
+		for _, r := range l.Reals {
+			gateways = append(gateways, r.NS)
+		}
+	}
+	for _, n := range gateways {
+		routes = append(routes, route{n, []string{"route", "replace", "default", "via", d.RSAddr.Addr().String()}})
+		if l.ipv6 {
+			routes = append(routes, route{n, []string{"-6", "route", "replace", "default", "via", d.RSAddr6.Addr().String()}})
+		}
+	}
+	for _, r := range routes {
+		if _, err := r.ns.IP(r.args...); err != nil {
 			return err
 		}
 	}

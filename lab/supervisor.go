@@ -50,6 +50,7 @@ type SupervisorOptions struct {
 	Directors int            // 1 or 2
 	Reals     int            // 1..MaxReals
 	VRRP      bool           // keepalived moves the routes (Options.VRRP); needs 2 directors
+	IPv6      bool           // a dual-stack lab (Options.IPv6) and directors; not with VRRP
 	Log       zerolog.Logger // errors of the control socket's server
 }
 
@@ -95,7 +96,7 @@ func StartSupervisor(ctx context.Context, o SupervisorOptions) (_ *Supervisor, e
 	if err != nil {
 		return nil, err
 	}
-	l, err := New(Options{Prefix: SupervisedPrefix, Directors: o.Directors, Reals: o.Reals, VRRP: o.VRRP})
+	l, err := New(Options{Prefix: SupervisedPrefix, Directors: o.Directors, Reals: o.Reals, VRRP: o.VRRP, IPv6: o.IPv6})
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -164,14 +165,11 @@ var supervisedServices = []struct {
 }{{"tcp", DefaultHTTPPort}, {"udp", DefaultUDPPort}}
 
 // serviceArgs are the `holdfast run` flags of supervisedServices, rr over
-// the reals.
+// the reals, of both families in a dual-stack lab (Lab.ServiceArgs).
 func (s *Supervisor) serviceArgs() []string {
 	var args []string
 	for _, svc := range supervisedServices {
-		args = append(args, "--service", svc.proto+":"+netip.AddrPortFrom(VIP, svc.port).String(), "--scheduler", "rr")
-		for _, r := range s.l.Reals {
-			args = append(args, "--real", netip.AddrPortFrom(r.Addr, svc.port).String())
-		}
+		args = append(args, s.l.ServiceArgs(svc.proto, svc.port)...)
 	}
 	return args
 }
@@ -284,8 +282,10 @@ type RealStatus struct {
 // Status describes the lab now.
 func (s *Supervisor) Status(ctx context.Context) Status {
 	st := Status{Prefix: s.l.Prefix, Client: ClientAddr.String(), VIP: VIP.String(), Active: "none", Enter: EnterArgv()}
-	for _, svc := range supervisedServices {
-		st.Services = append(st.Services, svc.proto+":"+netip.AddrPortFrom(VIP, svc.port).String())
+	for _, vip := range s.l.VIPs() {
+		for _, svc := range supervisedServices {
+			st.Services = append(st.Services, svc.proto+":"+netip.AddrPortFrom(vip, svc.port).String())
+		}
 	}
 	if a := s.l.Active(); a != nil {
 		st.Active = a.Label

@@ -18,7 +18,7 @@ import (
 func labCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "lab",
-		Usage: "a network-namespace lab: two directors, a router, real servers and a client (198.18.0.0/15 only)",
+		Usage: "a network-namespace lab: two directors, a router, real servers and a client (198.18.0.0/15 only; with --ipv6 2001:2::/48 too)",
 		Subcommands: []*cli.Command{
 			labDemoCommand(),
 			labUpCommand(),
@@ -40,6 +40,7 @@ var (
 	demoIdleFlag = &cli.IntFlag{Name: "idle", Value: 40, Usage: "keep-alive connections that make a request now and then"}
 	demoBusyFlag = &cli.IntFlag{Name: "busy", Value: 24, Usage: "keep-alive connections that download without pause"}
 	labVRRPFlag  = &cli.BoolFlag{Name: "vrrp", Usage: "keepalived (VRRP) in each director namespace moves the routes, as in a real deployment"}
+	labIPv6Flag  = &cli.BoolFlag{Name: "ipv6", Usage: "a dual-stack lab (IPv6 in 2001:2::/48 too) and directors; the demo's load goes to the IPv6 VIP (not with --vrrp)"}
 )
 
 // unprivileged wraps the Action of a `holdfast lab` subcommand: run as an
@@ -67,7 +68,7 @@ func labDemoCommand() *cli.Command {
 	return &cli.Command{
 		Name:         "demo",
 		Usage:        "build the lab, run a load, fail over and back, twice (holdfast, and --recovery=off), print the table",
-		Flags:        []cli.Flag{demoJSONFlag, demoPhaseFlag, demoIdleFlag, demoBusyFlag, labVRRPFlag},
+		Flags:        []cli.Flag{demoJSONFlag, demoPhaseFlag, demoIdleFlag, demoBusyFlag, labVRRPFlag, labIPv6Flag},
 		OnUsageError: usageError,
 		Action:       unprivileged(labDemo),
 	}
@@ -79,8 +80,11 @@ func labDemo(c *cli.Context) error {
 		Idle:  c.Int(demoIdleFlag.Name),
 		Busy:  c.Int(demoBusyFlag.Name),
 		VRRP:  c.Bool(labVRRPFlag.Name),
+		IPv6:  c.Bool(labIPv6Flag.Name),
 	}
 	switch {
+	case o.IPv6 && o.VRRP:
+		return usagef("--ipv6 with --vrrp: the VRRP lab is IPv4 only (keepalived would need a VRRPv3 instance per family)")
 	case o.Phase < 500*time.Millisecond || o.Phase > time.Minute:
 		return usagef("--phase %s: expected 500ms..1m", o.Phase)
 	case o.Idle < 0 || o.Busy < 0 || o.Idle+o.Busy == 0 || o.Idle+o.Busy > 2000:
@@ -147,7 +151,11 @@ func printDemoTable(rs []lab.DemoResult, took time.Duration) {
 	num := func(f func(lab.DemoResult) int64) func(lab.DemoResult) string {
 		return func(r lab.DemoResult) string { return fmt.Sprint(f(r)) }
 	}
-	fmt.Printf("Failover demo: keep-alive HTTP through director A, A killed (failover to B), A restarted (failback).\n\n")
+	vip := ""
+	if len(rs) > 0 {
+		vip = " to " + rs[0].VIP
+	}
+	fmt.Printf("Failover demo: keep-alive HTTP%s through director A, A killed (failover to B), A restarted (failback).\n\n", vip)
 	row("", func(r lab.DemoResult) string { return r.Mode })
 	row("connections", num(func(r lab.DemoResult) int64 { return int64(r.Connections) }))
 	row("requests ok", num(func(r lab.DemoResult) int64 { return r.RequestsOK }))

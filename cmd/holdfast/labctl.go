@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -34,7 +35,7 @@ func labUpCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "up",
 		Usage: "build the lab, start the directors and backends, and supervise them until Ctrl-C or `holdfast lab down`",
-		Flags: []cli.Flag{labDirectorsFlag, labRealsFlag, labVRRPFlag}, OnUsageError: usageError,
+		Flags: []cli.Flag{labDirectorsFlag, labRealsFlag, labVRRPFlag, labIPv6Flag}, OnUsageError: usageError,
 		Action: unprivileged(labUp),
 	}
 }
@@ -49,7 +50,7 @@ func labSimpleCommand(command, usage string) *cli.Command {
 }
 
 func labUp(c *cli.Context) error {
-	n, reals, vrrp := c.Int(labDirectorsFlag.Name), c.Int(labRealsFlag.Name), c.Bool(labVRRPFlag.Name)
+	n, reals, vrrp, ipv6 := c.Int(labDirectorsFlag.Name), c.Int(labRealsFlag.Name), c.Bool(labVRRPFlag.Name), c.Bool(labIPv6Flag.Name)
 	if n != 1 && n != 2 {
 		return usagef("--directors %d: expected 1 or 2", n)
 	}
@@ -58,6 +59,9 @@ func labUp(c *cli.Context) error {
 	}
 	if vrrp && n != 2 {
 		return usagef("--vrrp needs --directors 2")
+	}
+	if vrrp && ipv6 {
+		return usagef("--ipv6 with --vrrp: the VRRP lab is IPv4 only (keepalived would need a VRRPv3 instance per family)")
 	}
 	// Root's lab leaves named namespaces when its `lab up` is killed; an
 	// unprivileged lab's die with it, and its socket says whether it runs
@@ -75,7 +79,7 @@ func labUp(c *cli.Context) error {
 	defer stop()
 
 	fmt.Fprintln(os.Stderr, "building the lab...")
-	s, err := lab.StartSupervisor(ctx, lab.SupervisorOptions{Binary: bin, Directors: n, Reals: reals, VRRP: vrrp, Log: newQuietLogger()})
+	s, err := lab.StartSupervisor(ctx, lab.SupervisorOptions{Binary: bin, Directors: n, Reals: reals, VRRP: vrrp, IPv6: ipv6, Log: newQuietLogger()})
 	if errors.Is(err, lab.ErrLabUp) {
 		return cli.Exit("holdfast lab up: "+err.Error()+": run `holdfast lab down` first", exitRuntime)
 	}
@@ -102,24 +106,34 @@ func unprivilegedLab() bool { return lab.HostPID() != 0 || os.Geteuid() != 0 }
 
 func printLabUp(l *lab.Lab) {
 	enter := strings.Join(lab.EnterArgv(), " ")
-	fmt.Printf("The lab is up (namespaces %s*, addresses in 198.18.0.0/15):\n\n", l.Prefix)
-	fmt.Printf("  client     %-16s ns %s\n", lab.ClientAddr, l.Client.Name)
-	fmt.Printf("  router     %-16s ns %s\n", lab.ClientGateway, l.Router.Name)
+	plan := "198.18.0.0/15"
+	// also names the IPv6 twin of an address in a dual-stack lab.
+	also := func(a netip.Addr) string { return "" }
+	if l.IPv6() {
+		plan += " and 2001:2::/48"
+		also = func(a netip.Addr) string { return ", " + lab.Mirror6(a).String() }
+	}
+	fmt.Printf("The lab is up (namespaces %s*, addresses in %s):\n\n", l.Prefix, plan)
+	fmt.Printf("  client     %-16s ns %s%s\n", lab.ClientAddr, l.Client.Name, also(lab.ClientAddr))
+	fmt.Printf("  router     %-16s ns %s%s\n", lab.ClientGateway, l.Router.Name, also(lab.ClientGateway))
 	for _, d := range l.Directors {
-		fmt.Printf("  director %s %-16s ns %s (real side %s)\n", d.Label, d.Uplink.Addr(), d.Name, d.RSAddr.Addr())
+		fmt.Printf("  director %s %-16s ns %s (real side %s%s)%s\n", d.Label, d.Uplink.Addr(), d.Name, d.RSAddr.Addr(), also(d.RSAddr.Addr()), also(d.Uplink.Addr()))
 	}
 	for _, r := range l.Reals {
-		fmt.Printf("  %-10s %-16s ns %s (HTTP :%d, UDP echo :%d)\n", r.Label, r.Addr, r.Name, lab.DefaultHTTPPort, lab.DefaultUDPPort)
+		fmt.Printf("  %-10s %-16s ns %s (HTTP :%d, UDP echo :%d)%s\n", r.Label, r.Addr, r.Name, lab.DefaultHTTPPort, lab.DefaultUDPPort, also(r.Addr))
 	}
 	active := "none yet"
 	if a := l.Active(); a != nil {
 		active = a.Label
 	}
-	fmt.Printf("  VIP        %-16s tcp:%d (HTTP) and udp:%d (echo), rr over the reals; active director %s\n\n",
-		lab.VIP, lab.DefaultHTTPPort, lab.DefaultUDPPort, active)
+	fmt.Printf("  VIP        %-16s tcp:%d (HTTP) and udp:%d (echo), rr over the reals; active director %s%s\n\n",
+		lab.VIP, lab.DefaultHTTPPort, lab.DefaultUDPPort, active, also(lab.VIP))
 	fmt.Printf("Try, from another terminal:\n")
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "  %s %s curl -s http://%s/\t# answered by a real\n", enter, l.Client.Name, lab.VIP)
+	if l.IPv6() {
+		fmt.Fprintf(w, "  %s %s curl -s http://[%s]/\t# the same over IPv6\n", enter, l.Client.Name, lab.VIP6)
+	}
 	fmt.Fprintf(w, "  holdfast conns --admin-socket %s\t# director A's flows\n", lab.AdminSocket(l.Directors[0]))
 	fmt.Fprintf(w, "  holdfast lab status [--json]\t# directors, keepalived, flows per real\n")
 	fmt.Fprintf(w, "  holdfast lab logs A [-f]\t# director A's log\n")
