@@ -17,9 +17,10 @@
 //
 // It runs whatever `holdfast run` is (built from ./cmd/holdfast, or -holdfast)
 // and does not change it. It needs root, iproute2, and the peers: iperf3,
-// wrk, haproxy, iptables, and nginx (the lab's Go backend stands in without
-// it), and nftables for the IPv6 kernel NAT. Everything it creates (namespaces, processes, files in a temporary
-// directory) is removed on exit, on error and on SIGINT.
+// wrk, haproxy, iptables, nftables (the IPv6 kernel NAT, the cookie group's
+// loss) and nginx (the lab's Go backend stands in without it). Everything it
+// creates (namespaces, processes, files in a temporary directory) is removed
+// on exit, on error and on SIGINT.
 package main
 
 import (
