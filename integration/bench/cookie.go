@@ -311,7 +311,7 @@ func (b *bench) cookieRun(ctx context.Context, cfg string, download bool, varian
 			return r, err
 		}
 	}
-	if err := b.checkPath(ctx); err != nil {
+	if err := b.checkPath(ctx, b.l.VIPs()...); err != nil {
 		return r, err
 	}
 	loss0, err := b.lossCounters(ctx)
@@ -489,7 +489,7 @@ func (e *iperfKilled) Error() string {
 // first.
 func (b *bench) cookieIperf(ctx context.Context, r *CookieRun, limit time.Duration, during func(started time.Time) error, args ...string) (cookieIperfResult, error) {
 	var res cookieIperfResult
-	srv, err := b.iperfServer(ctx)
+	srv, err := b.iperfServer(ctx, ipv4)
 	if err != nil {
 		return res, err
 	}

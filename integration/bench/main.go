@@ -7,16 +7,20 @@
 // time until each has made one request through the backup) and holdfast's
 // memory per flow; and what holdfast's timestamp cookie costs the real's TCP
 // (one iperf3 stream under 1 % loss, cookies on, off, and on a flow moved to
-// the backup: -rows cookie). It prints a table and writes bench/results.json.
+// the backup: -rows cookie). The ipv6 rows (issue 15) repeat the 1-stream
+// TCP and the keep-alive rows over IPv6 in the same lab, built dual-stack for
+// them, the kernel's NAT being nftables ip6 DNAT there. It prints a table and
+// writes bench/results.json.
 //
 //	client ns -- router ns -- director A ns --+-- switch -- rs1, rs2, rs3
 //	                       \- director B ns --+
 //
 // It runs whatever `holdfast run` is (built from ./cmd/holdfast, or -holdfast)
 // and does not change it. It needs root, iproute2, and the peers: iperf3,
-// wrk, haproxy, iptables, and nginx (the lab's Go backend stands in without
-// it). Everything it creates (namespaces, processes, files in a temporary
-// directory) is removed on exit, on error and on SIGINT.
+// wrk, haproxy, iptables, nftables (the IPv6 kernel NAT, the cookie group's
+// loss) and nginx (the lab's Go backend stands in without it). Everything it
+// creates (namespaces, processes, files in a temporary directory) is removed
+// on exit, on error and on SIGINT.
 package main
 
 import (
@@ -42,9 +46,10 @@ const (
 	groupWrk    = "wrk"    // wrk keep-alive and new connection
 	groupStorm  = "storm"  // recovery storm and memory per flow
 	groupCookie = "cookie" // the timestamp cookie's cost on the real's TCP (cookie.go)
+	groupIPv6   = "ipv6"   // iperf3 TCP 1 stream and wrk keep-alive over IPv6 (a dual-stack lab)
 )
 
-var allGroups = []string{groupIperf, groupUDP, groupWrk, groupStorm, groupCookie}
+var allGroups = []string{groupIperf, groupUDP, groupWrk, groupIPv6, groupStorm, groupCookie}
 
 // Directors, as -directors names them, in their order within a turn (see
 // measureAll). The kernel's NAT runs on director B, holdfast and HAProxy on
@@ -221,19 +226,19 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 func checkTools(cfg config) error {
 	type tool struct{ bin, pkg string }
 	need := []tool{{"ip", "iproute2"}, {"ss", "iproute2"}}
-	if cfg.groups[groupIperf] || cfg.groups[groupUDP] || cfg.groups[groupCookie] {
+	if cfg.groups[groupIperf] || cfg.groups[groupUDP] || cfg.groups[groupCookie] || cfg.groups[groupIPv6] {
 		need = append(need, tool{"iperf3", "iperf3"})
 	}
-	if cfg.groups[groupCookie] {
+	if cfg.groups[groupCookie] || (cfg.directors[dirKernel] && cfg.groups[groupIPv6]) {
 		need = append(need, tool{"nft", "nftables"})
 	}
-	if cfg.groups[groupWrk] {
+	if cfg.groups[groupWrk] || cfg.groups[groupIPv6] {
 		need = append(need, tool{"wrk", "wrk"})
 	}
-	if cfg.directors[dirHAProxy] && (cfg.groups[groupIperf] || cfg.groups[groupWrk]) {
+	if cfg.directors[dirHAProxy] && (cfg.groups[groupIperf] || cfg.groups[groupWrk] || cfg.groups[groupIPv6]) {
 		need = append(need, tool{"haproxy", "haproxy"})
 	}
-	if cfg.directors[dirKernel] && (cfg.groups[groupIperf] || cfg.groups[groupUDP] || cfg.groups[groupWrk]) {
+	if cfg.directors[dirKernel] && (cfg.groups[groupIperf] || cfg.groups[groupUDP] || cfg.groups[groupWrk] || cfg.groups[groupIPv6]) {
 		need = append(need, tool{"iptables", "iptables"})
 	}
 	if cfg.holdfast == "" {

@@ -141,7 +141,9 @@ http {
     keepalive_timeout 600s;
     keepalive_requests 100000000;
     server {
-        listen {{.Addr}}:{{.Port}} backlog=8192 reuseport;
+{{- range .Listen}}
+        listen {{.}} backlog=8192 reuseport;
+{{- end}}
         location / {
             add_header {{.Header}} {{.Label}};
             return 200 "{{.Label}}\n";
@@ -159,10 +161,14 @@ func startNginx(ctx context.Context, r *lab.Real, dir string) (*nginx, error) {
 		return nil, err
 	}
 	workers := runtime.NumCPU()
+	var listen []netip.AddrPort // IPv6 too in a dual-stack lab
+	for _, a := range r.Addrs() {
+		listen = append(listen, netip.AddrPortFrom(a, httpPort))
+	}
 	var conf bytes.Buffer
 	err := nginxConf.Execute(&conf, map[string]any{
 		"Dir": dir, "Workers": workers, "NoFile": lim.Max, "Conns": min(lim.Max-64, 65536),
-		"Addr": r.Addr, "Port": httpPort, "Header": lab.RealHeader, "Label": r.Label,
+		"Listen": listen, "Header": lab.RealHeader, "Label": r.Label,
 	})
 	if err != nil {
 		return nil, err
@@ -178,7 +184,7 @@ func startNginx(ctx context.Context, r *lab.Real, dir string) (*nginx, error) {
 		return nil, err
 	}
 	n := &nginx{p: p}
-	if err := waitListening(ctx, r.NS, p, 10*time.Second, netip.AddrPortFrom(r.Addr, httpPort)); err != nil {
+	if err := waitListening(ctx, r.NS, p, 10*time.Second, listen...); err != nil {
 		return n, fmt.Errorf("nginx on %s: %w", r.Label, err)
 	}
 	// The master forks its workers after opening the sockets.
@@ -223,29 +229,91 @@ func children(pid int) []int {
 // --- the three directors ---
 
 // setupKernelNAT is LVS's neighbour in the kernel: iptables DNAT of each
-// VIP:port to rs1 in director A's namespace, with conntrack. No SNAT: the
-// reals route back through the director, which un-NATs the replies.
+// VIP:port to rs1 in director B's namespace (see measureOrder), with
+// conntrack, and in a dual-stack lab the same for VIP6 (kernelNAT6). No
+// SNAT: the reals route back through the director, which un-NATs the
+// replies.
 func setupKernelNAT(ctx context.Context, b *bench) (int, func() error, error) {
 	d := b.dirB
 	if err := b.use(d); err != nil {
 		return 0, nil, err
 	}
+	var undo6 func() error
 	flush := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_, err := d.Run(ctx, "iptables", "-w", "-t", "nat", "-F", "PREROUTING")
+		if undo6 != nil {
+			err = errors.Join(err, undo6())
+		}
 		return err
 	}
-	for _, s := range []struct {
-		proto string
-		port  int
-	}{{"tcp", iperfPort}, {"udp", iperfPort}, {"tcp", httpPort}} {
-		to := netip.AddrPortFrom(b.rs1.Addr, uint16(s.port)).String()
-		if err := d.KernelNAT(ctx, s.proto, s.port, to); err != nil {
+	for _, s := range throughputPorts {
+		to := netip.AddrPortFrom(b.rs1.Addr, s.port).String()
+		if err := d.KernelNAT(ctx, s.proto, int(s.port), to); err != nil {
+			return 0, nil, errors.Join(err, flush())
+		}
+	}
+	if b.l.IPv6() {
+		var err error
+		if undo6, err = b.kernelNAT6(ctx, d); err != nil {
 			return 0, nil, errors.Join(err, flush())
 		}
 	}
 	return 0, flush, nil
+}
+
+// nat6Table is the nftables table of the kernel's IPv6 NAT on director B.
+const nat6Table = "holdfast_bench_nat6"
+
+var nat6Conf = template.Must(template.New("nat6.nft").Parse(`# written by holdfast's bench, removed with it
+table ip6 {{.Table}} {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+{{- range .Rules}}
+        ip6 daddr {{$.VIP}} {{.Proto}} dport {{.Port}} dnat to {{.To}}
+{{- end}}
+    }
+}
+`))
+
+// kernelNAT6 is lab's KernelNAT for VIP6 on director d: IPv6 forwarding
+// on, and an nftables ip6 nat table that DNATs each of VIP6's services to
+// rs1's IPv6 address, with conntrack (the nat hook implies it); no SNAT.
+// nftables rather than ip6tables: on Debian the latter is the former
+// anyway, and one table is one thing to delete. It returns the undo.
+func (b *bench) kernelNAT6(ctx context.Context, d *lab.Director) (func() error, error) {
+	if err := d.SetSysctl("net.ipv6.conf.all.forwarding", "1"); err != nil {
+		return nil, err
+	}
+	type rule struct {
+		Proto string
+		Port  uint16
+		To    netip.AddrPort
+	}
+	var rules []rule
+	for _, s := range throughputPorts {
+		rules = append(rules, rule{s.proto, s.port, netip.AddrPortFrom(b.rs1.Addr6, s.port)})
+	}
+	var conf bytes.Buffer
+	if err := nat6Conf.Execute(&conf, map[string]any{"Table": nat6Table, "VIP": lab.VIP6, "Rules": rules}); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(b.tmp, "nat6.nft")
+	if err := os.WriteFile(path, conf.Bytes(), 0o600); err != nil {
+		return nil, err
+	}
+	if out, err := d.Run(ctx, "nft", "-f", path); err != nil {
+		return nil, fmt.Errorf("nft ip6 DNAT in %s: %w: %s", d.Name, err, out)
+	}
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if out, err := d.Run(ctx, "nft", "delete", "table", "ip6", nat6Table); err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	}, nil
 }
 
 var haproxyConf = template.Must(template.New("haproxy.cfg").Parse(`# written by holdfast's bench, removed with it
@@ -259,27 +327,55 @@ defaults
     timeout client 60s
     timeout server 60s
 {{range .Services}}
-frontend fe_{{.Port}}
-    bind {{$.VIP}}:{{.Port}}
-    default_backend be_{{.Port}}
-backend be_{{.Port}}
-    server {{$.Label}} {{$.Real}}:{{.Port}}
+frontend fe_{{.Name}}
+    bind {{.Bind}}
+    default_backend be_{{.Name}}
+backend be_{{.Name}}
+    server {{$.Label}} {{.Real}}
 {{end}}`))
 
-// setupHAProxy runs HAProxy in TCP mode on director A, listening on the VIP,
-// which it needs as a local address: on lo, for this director's run only.
+// setupHAProxy runs HAProxy in TCP mode on director A, listening on the VIP
+// (and VIP6 in a dual-stack lab), which it needs as a local address: on lo,
+// for this director's run only.
 func setupHAProxy(ctx context.Context, b *bench) (int, func() error, error) {
 	d := b.dirA
 	if err := b.use(d); err != nil {
 		return 0, nil, err
 	}
-	vip := netip.PrefixFrom(lab.VIP, 32).String()
-	if _, err := d.IP("addr", "add", vip, "dev", "lo"); err != nil {
-		return 0, nil, err
+	type service struct {
+		Name       string // fe_NAME, be_NAME: the port, 6_PORT for VIP6
+		Bind, Real netip.AddrPort
 	}
+	var services []service
+	var listen []netip.AddrPort
+	var added []netip.Prefix
 	delVIP := func() error {
-		_, err := d.IP("addr", "del", vip, "dev", "lo")
-		return err
+		var errs []error
+		for _, p := range added {
+			_, err := d.IP("addr", "del", p.String(), "dev", "lo")
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	}
+	for _, f := range b.families() {
+		vip := netip.PrefixFrom(f.vip(), f.vip().BitLen())
+		args := []string{"addr", "add", vip.String(), "dev", "lo"}
+		if f == ipv6 {
+			args = append(args, "nodad") // else tentative, unbindable, for a second
+		}
+		if _, err := d.IP(args...); err != nil {
+			return 0, nil, errors.Join(err, delVIP())
+		}
+		added = append(added, vip)
+		for _, port := range []uint16{iperfPort, httpPort} {
+			name := strconv.Itoa(int(port))
+			if f == ipv6 {
+				name = "6_" + name
+			}
+			s := service{Name: name, Bind: netip.AddrPortFrom(f.vip(), port), Real: netip.AddrPortFrom(f.addr(b.rs1), port)}
+			services = append(services, s)
+			listen = append(listen, s.Bind)
+		}
 	}
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
@@ -287,9 +383,8 @@ func setupHAProxy(ctx context.Context, b *bench) (int, func() error, error) {
 	}
 	var conf bytes.Buffer
 	err := haproxyConf.Execute(&conf, map[string]any{
-		"MaxConn": (lim.Max - 256) / 2, "Threads": runtime.NumCPU(), "VIP": lab.VIP,
-		"Label": b.rs1.Label, "Real": b.rs1.Addr,
-		"Services": []struct{ Port int }{{iperfPort}, {httpPort}},
+		"MaxConn": (lim.Max - 256) / 2, "Threads": runtime.NumCPU(),
+		"Label": b.rs1.Label, "Services": services,
 	})
 	if err != nil {
 		return 0, nil, errors.Join(err, delVIP())
@@ -307,7 +402,7 @@ func setupHAProxy(ctx context.Context, b *bench) (int, func() error, error) {
 		_, err := stopProc(p, syscall.SIGTERM, 5*time.Second)
 		return errors.Join(err, delVIP(), dropTimeWait(b, d.NS))
 	}
-	if err := waitListening(ctx, d.NS, p, 10*time.Second, netip.AddrPortFrom(lab.VIP, iperfPort), netip.AddrPortFrom(lab.VIP, httpPort)); err != nil {
+	if err := waitListening(ctx, d.NS, p, 10*time.Second, listen...); err != nil {
 		return 0, nil, errors.Join(err, teardown())
 	}
 	return p.PID(), teardown, nil
@@ -414,33 +509,33 @@ type iperfResult struct {
 	} `json:"end"`
 }
 
-// iperfServer starts a one-off iperf3 server on rs1 and waits until it
-// listens; the caller stops it.
-func (b *bench) iperfServer(ctx context.Context) (*lab.Proc, error) {
+// iperfServer starts a one-off iperf3 server on rs1's address of family f
+// and waits until it listens; the caller stops it.
+func (b *bench) iperfServer(ctx context.Context, f family) (*lab.Proc, error) {
 	rs := b.rs1
-	srv, err := rs.Start("iperf3-server", "iperf3", "-s", "-1", "-B", rs.Addr.String(), "-p", strconv.Itoa(iperfPort))
+	srv, err := rs.Start("iperf3-server", "iperf3", "-s", "-1", "-B", f.addr(rs).String(), "-p", strconv.Itoa(iperfPort))
 	if err != nil {
 		return nil, err
 	}
-	if err := waitListening(ctx, rs.NS, srv, 5*time.Second, netip.AddrPortFrom(rs.Addr, iperfPort)); err != nil {
+	if err := waitListening(ctx, rs.NS, srv, 5*time.Second, netip.AddrPortFrom(f.addr(rs), iperfPort)); err != nil {
 		stopProc(srv, syscall.SIGTERM, 5*time.Second) //nolint:errcheck // the error that matters is err
 		return nil, err
 	}
 	return srv, nil
 }
 
-// iperf runs one iperf3 test from the client to VIP:iperfPort against a
-// one-off server on rs1.
-func (b *bench) iperf(ctx context.Context, args ...string) (iperfResult, error) {
+// iperf runs one iperf3 test from the client to the VIP of family f, port
+// iperfPort, against a one-off server on rs1.
+func (b *bench) iperf(ctx context.Context, f family, args ...string) (iperfResult, error) {
 	var res iperfResult
-	srv, err := b.iperfServer(ctx)
+	srv, err := b.iperfServer(ctx, f)
 	if err != nil {
 		return res, err
 	}
 	defer stopProc(srv, syscall.SIGTERM, 5*time.Second) //nolint:errcheck // a one-off server has usually exited
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.duration+30*time.Second)
 	defer cancel()
-	argv := append([]string{"iperf3", "-c", lab.VIP.String(), "-p", strconv.Itoa(iperfPort), "-J", "--connect-timeout", "3000"}, args...)
+	argv := append([]string{"iperf3", "-c", f.vip().String(), "-p", strconv.Itoa(iperfPort), "-J", "--connect-timeout", "3000"}, args...)
 	out, runErr := b.l.Client.Run(ctx, argv...)
 	// -J prints its error inside the JSON, with a failing exit status.
 	if err := json.Unmarshal(out, &res); err != nil {
@@ -457,11 +552,11 @@ func (b *bench) seconds() string {
 	return strconv.Itoa(max(1, int(b.cfg.duration.Round(time.Second)/time.Second)))
 }
 
-// iperfTCP is a TCP row: Gbit/s received by the server, slow start (the
-// first second) omitted.
-func iperfTCP(streams int) func(context.Context, *bench) (float64, []string, error) {
+// iperfTCP is a TCP row of family f: Gbit/s received by the server, slow
+// start (the first second) omitted.
+func iperfTCP(f family, streams int) func(context.Context, *bench) (float64, []string, error) {
 	return func(ctx context.Context, b *bench) (float64, []string, error) {
-		res, err := b.iperf(ctx, "-t", b.seconds(), "-O", "1", "-P", strconv.Itoa(streams))
+		res, err := b.iperf(ctx, f, "-t", b.seconds(), "-O", "1", "-P", strconv.Itoa(streams))
 		if err != nil {
 			return 0, nil, err
 		}
@@ -472,7 +567,7 @@ func iperfTCP(streams int) func(context.Context, *bench) (float64, []string, err
 // iperfUDP is the UDP row: 64-byte payloads sent as fast as the client can
 // (-b 0), packets per second that reached the server.
 func iperfUDP(ctx context.Context, b *bench) (float64, []string, error) {
-	res, err := b.iperf(ctx, "-u", "-l", "64", "-b", "0", "-t", b.seconds())
+	res, err := b.iperf(ctx, ipv4, "-u", "-l", "64", "-b", "0", "-t", b.seconds())
 	if err != nil {
 		return 0, nil, err
 	}
@@ -495,9 +590,10 @@ var (
 	wrkNon2xx     = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
 )
 
-// wrkRun is an HTTP row: wrk with 64 connections against the VIP, keeping
-// connections alive or opening one per request (Connection: close).
-func wrkRun(closeEach bool) func(context.Context, *bench) (float64, []string, error) {
+// wrkRun is an HTTP row: wrk with 64 connections against the VIP of family
+// f, keeping connections alive or opening one per request (Connection:
+// close).
+func wrkRun(f family, closeEach bool) func(context.Context, *bench) (float64, []string, error) {
 	return func(ctx context.Context, b *bench) (float64, []string, error) {
 		ctx, cancel := context.WithTimeout(ctx, b.cfg.duration+30*time.Second)
 		defer cancel()
@@ -505,7 +601,7 @@ func wrkRun(closeEach bool) func(context.Context, *bench) (float64, []string, er
 		if closeEach {
 			argv = append(argv, "-H", "Connection: close")
 		}
-		argv = append(argv, "http://"+netip.AddrPortFrom(lab.VIP, httpPort).String()+"/")
+		argv = append(argv, "http://"+netip.AddrPortFrom(f.vip(), httpPort).String()+"/")
 		out, err := b.l.Client.Run(ctx, argv...)
 		if err != nil {
 			return 0, nil, fmt.Errorf("%w: %s", err, out)

@@ -79,14 +79,15 @@ func newResults(cfg config) *Results {
 		RunSeconds:  cfg.duration.Seconds(),
 		Counters:    map[string]json.RawMessage{},
 		Method: map[string]string{
-			"topology":      "client ns -- router ns -- director A or B ns (identical links) -- switch -- rs1 (throughput rows: every VIP port to rs1 only); rs2, rs3 join for the storm; addresses in 198.18.0.0/15",
+			"topology":      "client ns -- router ns -- director A or B ns (identical links) -- switch -- rs1 (throughput rows: every VIP port to rs1 only); rs2, rs3 join for the storm; addresses in 198.18.0.0/15, and with the ipv6 rows their twins in 2001:2::/48 (lab.Mirror6: the lab is dual-stack and every director carries both VIPs in every run)",
 			"order":         "interleaved: for each run, for each row, each director in turn (the order rotating), set up for that one measurement and torn down after; the storm and the cookie group first",
-			"kernel_nat":    "iptables -t nat PREROUTING DNAT to rs1 in director B's namespace (lab.Flip(1)), conntrack, no SNAT (the reals route back through B); on B because its conntrack hooks stay registered in that namespace after the rules go",
-			"haproxy":       "haproxy -db in TCP mode on director A, the VIP on lo for its run only",
+			"kernel_nat":    "iptables -t nat PREROUTING DNAT to rs1 in director B's namespace (lab.Flip(1)), conntrack, no SNAT (the reals route back through B); on B because its conntrack hooks stay registered in that namespace after the rules go; for VIP6 an nftables ip6 nat table (prerouting, dnat to rs1's IPv6 address), net.ipv6.conf.all.forwarding=1",
+			"haproxy":       "haproxy -db in TCP mode on director A, the VIP (and VIP6, bind [VIP6]:port) on lo for its run only",
 			"holdfast":      "holdfast run with lab.HoldfastArgs (--setup-routes) on director A, the build under test",
 			"tcp":           "iperf3 -c VIP -t D -O 1 [-P 4]: receiver bits/s, the first second omitted",
 			"udp_64":        "iperf3 -u -l 64 -b 0 -t D: (packets sent - lost) / seconds, i.e. packets received by the server",
 			"http":          "wrk -t CORES -c64 -d D [-H 'Connection: close'] against nginx on rs1 (return 200)",
+			"ipv6":          "tcp6_1 and http6_keepalive: the tcp_1 and http_keepalive runs to VIP6 (2001:2:0:100::1) and rs1's IPv6 address (nginx and iperf3 -B listen there), interleaved with the IPv4 rows; no targets, the ratios only",
 			"packets":       "received by the measured director's two veths (uplink and real-server side) during the run: one per packet forwarded in either direction; a GSO packet counts once",
 			"director_cpu":  "utime+stime of the director process (/proc/PID/stat) during the run; n/a for the kernel's NAT (softirq time in whatever context the packets arrive, not separable from the client's and server's)",
 			"host_cpu":      "busy time of all CPUs (/proc/stat: user, nice, system, irq, softirq) during the run: client, server and director together",
@@ -131,6 +132,9 @@ func cstr(b []int8) string {
 
 func newRow(def rowDef) *Row {
 	r := &Row{Key: def.key, Name: def.name, Unit: def.unit, Cells: map[string]*Cell{}, def: def}
+	if def.fam == ipv6 {
+		return r // the ratios only (rowDefs)
+	}
 	var t []string
 	if def.minKernel > 0 {
 		t = append(t, fmt.Sprintf(">= %.2fx kernel NAT", def.minKernel))

@@ -219,7 +219,7 @@ func (b *bench) stormPass(ctx context.Context, s *StormPass) error {
 		}
 	}
 	a, bp := procs[0], procs[1]
-	if err := b.checkPath(ctx); err != nil {
+	if err := b.checkPath(ctx, lab.VIP); err != nil { // the storm's one service
 		return err
 	}
 	settle(ctx, 500*time.Millisecond)
