@@ -50,9 +50,10 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseReal -fuzztime $(FUZZTIME) ./balancer/
 
 # Microbenchmarks, then holdfast side by side with the kernel's NAT and
-# HAProxy (IPv4 and IPv6 rows), and the recovery storm (issue 6). The second part needs root (a
-# namespace lab) and iperf3, wrk, haproxy, nginx-light, iptables, nft; it takes
-# about 8 minutes, prints a table and writes bench/results.json.
+# HAProxy (IPv4 and IPv6 rows), and the recovery storm (issue 6). The
+# second part needs root (a namespace lab) and iperf3, wrk, haproxy,
+# nginx-light, iptables, nft; it takes about 8 minutes, prints a table and
+# writes bench/results.json.
 # BENCHFLAGS passes flags, e.g. BENCHFLAGS="-rows wrk,storm -runs 1".
 bench: build
 	$(GO) test -run XXX -bench . -benchmem ./nat/ ./balancer/
