@@ -31,6 +31,12 @@ func TestDist(t *testing.T) {
 	n := 0
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
+		// A commented-out setting is an example to uncomment: its name
+		// must be a flag's too.
+		line = strings.TrimPrefix(line, "#HOLDFAST_")
+		if line != strings.TrimSpace(sc.Text()) {
+			line = "HOLDFAST_" + line
+		}
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
