@@ -6,7 +6,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -182,4 +186,249 @@ func TestBGPLabSessions(t *testing.T) {
 	if b := directorCounters(t, l.Directors[1]); b.FlowsCreated != 0 {
 		t.Errorf("B created %d flows while A announces the lower MED", b.FlowsCreated)
 	}
+}
+
+// bgpFailoverResult is what one failover of TestBGPLabFailover measured.
+type bgpFailoverResult struct {
+	mode                   string
+	clientMoved, realMoved time.Duration // from the links going down to each router's kernel route through B
+	idle, idleLost         int           // idle keep-alive connections, and those that did not survive
+	wrk                    wrkResult
+	wrkMax                 string // wrk's longest request
+}
+
+func (r bgpFailoverResult) wrkErrors() int {
+	return r.wrk.connectErr + r.wrk.readErr + r.wrk.writeErr + r.wrk.non2xx
+}
+
+// bgpWrkTimeout is wrk's --timeout in the BGP failovers: a request in
+// flight when A dies waits for the real-side router, which notices only
+// after its hold timer (9 s: A's link to it stays up), and then for the
+// TCP retransmission that follows (the backoff doubles from 200 ms: the
+// one after a 9 s blackout comes 12.6 s after the first loss at worst). A
+// stalled socket is one that waits longer than that.
+const bgpWrkTimeout = 20 * time.Second
+
+var wrkLatency = regexp.MustCompile(`Latency\s+\S+\s+\S+\s+(\S+)`)
+
+// startWrk runs wrk (16 keep-alive connections, 2 threads, for d) from the
+// lab's client to VIP:80 for 16 KiB responses; the channel gets its output.
+func startWrk(l *lab.Lab, d time.Duration) <-chan string {
+	done := make(chan string, 1)
+	go func() {
+		out, err := runIn(l.Client, d+60*time.Second, "wrk", "-t2", "-c16", "-d"+strconv.Itoa(int(d.Seconds()))+"s",
+			"--timeout", strconv.Itoa(int(bgpWrkTimeout.Seconds()))+"s", httpURL(vipHTTP, "/bytes?n=16384"))
+		if err != nil {
+			out += "\nwrk: " + err.Error()
+		}
+		done <- out
+	}()
+	return done
+}
+
+// bgpFailover is the acceptance failover in a BGP lab whose routers send
+// the traffic to A: 200 idle keep-alive connections make a request, wrk
+// runs; once loaded (all of it through A) says the load has its flows on
+// A, A's links go down, then kill kills A's announcer (holdfast, or BIRD
+// of the kernel-NAT anchor); once both routers send the traffic to B,
+// each idle connection makes 5 more requests on its socket, and wrk ends.
+func bgpFailover(t *testing.T, l *lab.Lab, mode string, loaded func() bool, kill func()) bgpFailoverResult {
+	t.Helper()
+	res := bgpFailoverResult{mode: mode, idle: 200}
+	conns := dialVIP(t, l.Client, vipHTTP, res.idle)
+	requireNoErrors(t, "before the failover", eachConn(conns, requests(1)))
+	wrk := startWrk(l, 25*time.Second)
+	// The event to fail over on: the load has its flows on A. Nothing
+	// announces it: poll.
+	if d, ok := within(10*time.Second, loaded); !ok {
+		t.Fatalf("the load has no flows on A after %v", d)
+	}
+	start := time.Now()
+	if err := l.Unplug(0); err != nil {
+		t.Fatal(err)
+	}
+	kill()
+	// Each router's kernel route moves when BIRD exports the new best
+	// route, which says so to nobody: poll both.
+	if d, ok := within(30*time.Second, func() bool {
+		vip, reals, err := l.BGPRoutes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vip == l.Directors[1] && res.clientMoved == 0 {
+			res.clientMoved = time.Since(start)
+		}
+		if reals == l.Directors[1] && res.realMoved == 0 {
+			res.realMoved = time.Since(start)
+		}
+		return res.clientMoved != 0 && res.realMoved != 0
+	}); !ok {
+		t.Fatalf("the routers did not move to B within %v (client side after %v, real side after %v)", d, res.clientMoved, res.realMoved)
+	}
+	errs := eachConn(conns, func(_ int, h *httpConn) error {
+		// Five requests, the first needs the connection's flow on B.
+		return requests(5)(0, h)
+	})
+	res.idleLost = len(errs)
+	if len(errs) > 0 {
+		t.Logf("%s: %d of %d idle connections lost; first: %v", mode, len(errs), res.idle, errs[0])
+	}
+	out := <-wrk
+	res.wrk = parseWrk(t, out)
+	if m := wrkLatency.FindStringSubmatch(out); m != nil {
+		res.wrkMax = m[1]
+	}
+	t.Logf("%s: client-side router through B %v after the links went down, real-side router %v; idle connections %d/%d survived; wrk %d requests, socket errors connect %d read %d write %d, timeouts (> %v) %d, non-2xx %d, longest request %s",
+		mode, res.clientMoved.Round(time.Millisecond), res.realMoved.Round(time.Millisecond), res.idle-res.idleLost, res.idle,
+		res.wrk.requests, res.wrk.connectErr, res.wrk.readErr, res.wrk.writeErr, bgpWrkTimeout, res.wrk.timeoutErr, res.wrk.non2xx, res.wrkMax)
+	if res.clientMoved > time.Second {
+		t.Errorf("%s: the client-side router took %v to move (its link to A went down: BIRD's check link should drop the session at once)", mode, res.clientMoved)
+	}
+	if res.realMoved > lab.BGPHoldTime+2*time.Second {
+		t.Errorf("%s: the real-side router took %v to move, more than the hold time (%v)", mode, res.realMoved, lab.BGPHoldTime)
+	}
+	t.Cleanup(func() {
+		for _, h := range conns {
+			h.c.Close()
+		}
+	})
+	return res
+}
+
+// TestBGPLabFailover is issue 16's acceptance failover, holdfast against
+// its anchor in the same BGP lab: d1 (A) dies (its links go down, then
+// SIGKILL), the routers move to d2 (B): the client-side router at once,
+// the real-side router after its hold timer. With holdfast all 200 idle
+// keep-alive connections survive on their sockets and wrk sees no error
+// and no stalled socket; then d1 comes back (the routers return to it,
+// MED 10) and d2 gets SIGTERM (withdraw, drain, exit 0) with wrk running,
+// losing nothing. With kernel NAT (iptables DNAT on each director, BIRD
+// announcing the VIP from each with the same MEDs) the same failover loses
+// connections. Both are logged side by side.
+func TestBGPLabFailover(t *testing.T) {
+	requireBIRD(t)
+	if _, err := exec.LookPath("wrk"); err != nil {
+		t.Fatal("needs wrk (.ci/run installs it)")
+	}
+	var results []bgpFailoverResult
+	t.Run("holdfast", func(t *testing.T) { results = append(results, bgpFailoverHoldfast(t)) })
+	t.Run("kernel_NAT", func(t *testing.T) { results = append(results, bgpFailoverKernelNAT(t)) })
+	var b strings.Builder
+	fmt.Fprintf(&b, "BGP failover, d1 unplugged then killed, side by side:\n%-34s", "")
+	for _, r := range results {
+		fmt.Fprintf(&b, "%14s", r.mode)
+	}
+	row := func(name string, f func(bgpFailoverResult) string) {
+		fmt.Fprintf(&b, "\n%-34s", name)
+		for _, r := range results {
+			fmt.Fprintf(&b, "%14s", f(r))
+		}
+	}
+	row("client-side router moved after", func(r bgpFailoverResult) string { return r.clientMoved.Round(time.Millisecond).String() })
+	row("real-side router moved after", func(r bgpFailoverResult) string { return r.realMoved.Round(time.Millisecond).String() })
+	row("idle connections survived", func(r bgpFailoverResult) string { return fmt.Sprintf("%d/%d", r.idle-r.idleLost, r.idle) })
+	row("wrk requests", func(r bgpFailoverResult) string { return fmt.Sprint(r.wrk.requests) })
+	row("wrk socket errors + non-2xx", func(r bgpFailoverResult) string { return fmt.Sprint(r.wrkErrors()) })
+	row("wrk stalled sockets (timeouts)", func(r bgpFailoverResult) string { return fmt.Sprint(r.wrk.timeoutErr) })
+	row("wrk longest request", func(r bgpFailoverResult) string { return r.wrkMax })
+	t.Log(b.String())
+}
+
+func bgpFailoverHoldfast(t *testing.T) bgpFailoverResult {
+	p := newBGPPair(t, nil)
+	l := p.l
+	res := bgpFailover(t, l, "holdfast",
+		func() bool { return directorCounters(t, l.Directors[0]).FlowsCreated >= 200+16 },
+		func() { killDirector(t, p.dirs[0]) })
+	b := directorCounters(t, l.Directors[1])
+	t.Logf("B after the failover: %d steered by cookie, %d by probe, %d recovered, %d adopted, %d client resets, failed recoveries %v",
+		b.CookieConfirmed, b.ProbeSteers, b.Recovered, b.Adopted, b.ClientResets, b.RecoveryFailed)
+	if res.idleLost != 0 || res.wrk.requests == 0 || res.wrkErrors() != 0 || res.wrk.timeoutErr != 0 || b.ClientResets != 0 {
+		t.Fatalf("holdfast: want every idle connection, wrk requests with no error and no stalled socket, no client reset; wrk said:\n%s", res.wrk.out)
+	}
+
+	// d1 comes back, then d2 leaves (SIGTERM) with wrk running.
+	wrk := startWrk(l, 15*time.Second)
+	conns := dialVIP(t, l.Client, vipHTTP, 50)
+	requireNoErrors(t, "on B", eachConn(conns, requests(1)))
+	if err := l.Replug(0); err != nil {
+		t.Fatal(err)
+	}
+	p.restart(t, 0)
+	back := waitActive(t, l, 0, 20*time.Second)
+	requireNoErrors(t, "after d1 came back", eachConn(conns, requests(2)))
+	if err := p.dirs[1].Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	killed.Store(p.dirs[1], true) // stopped here, not by StartDirector's cleanup
+	sigterm := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	st, err := p.dirs[1].Wait(ctx)
+	if err != nil {
+		t.Fatalf("d2 did not exit after SIGTERM: %v", err)
+	}
+	took := time.Since(sigterm)
+	requireNoErrors(t, "after d2 stopped", eachConn(conns, requests(2)))
+	r := parseWrk(t, <-wrk)
+	a := directorCounters(t, l.Directors[0])
+	t.Logf("holdfast: d1 back, routers through it %v after its READY=1; d2 SIGTERM: exit %d after %v; wrk %d requests, socket errors connect %d read %d write %d, timeouts %d, non-2xx %d; 50 connections made 5 requests across both; A: %d recovered, %d steered by cookie, %d client resets",
+		back.Round(time.Millisecond), st.ExitCode(), took.Round(time.Millisecond), r.requests, r.connectErr, r.readErr, r.writeErr, r.timeoutErr, r.non2xx,
+		a.Recovered, a.CookieConfirmed, a.ClientResets)
+	if st.ExitCode() != 0 || r.requests == 0 || r.connectErr+r.readErr+r.writeErr+r.timeoutErr+r.non2xx != 0 || a.ClientResets != 0 {
+		t.Fatalf("d1 back and d2 stopped: want exit 0, wrk with no error and no timeout, no client reset; wrk said:\n%s", r.out)
+	}
+	return res
+}
+
+func bgpFailoverKernelNAT(t *testing.T) bgpFailoverResult {
+	requireBIRD(t)
+	l := NewLab(t, bgpLabOptions)
+	if err := l.ServeBackends(); err != nil {
+		t.Fatal(err)
+	}
+	var reals []netip.AddrPort
+	for _, r := range l.Reals {
+		reals = append(reals, netip.AddrPortFrom(r.Addr, lab.DefaultHTTPPort))
+	}
+	for i, d := range l.Directors {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := d.KernelNATPerConnection(ctx, "tcp", lab.DefaultHTTPPort, reals)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// As setupKernelNAT: what conntrack does not translate must not go
+		// back to the router.
+		if _, err := d.IP("route", "add", "blackhole", lab.VIPPrefix.String()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.StartDirectorBIRD(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitSessions(t, l, l.Directors...)
+	waitActive(t, l, 0, 10*time.Second)
+	a := l.Directors[0]
+	res := bgpFailover(t, l, "kernel NAT",
+		func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			entries, err := a.ConntrackTable(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(entries) >= 200+16
+		},
+		func() {
+			b := l.BIRD("dir" + a.Label)
+			if err := b.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			<-b.Done()
+		})
+	if res.idleLost == 0 && res.wrkErrors() == 0 {
+		t.Errorf("kernel NAT lost nothing in the failover: the anchor no longer shows what holdfast adds")
+	}
+	return res
 }

@@ -100,6 +100,12 @@ template bgp director {
 	passive on;
 	hold time {{.Hold}};
 	keepalive time {{.Keepalive}};
+	# After a session fails (a dead director: its link went down, or the
+	# hold timer), BIRD waits error wait time before it accepts the
+	# director again, 60 s by default (up to 300 s after repeated errors):
+	# a director that comes back would wait that long. The lab restarts
+	# directors within seconds.
+	error wait time 1, 10;
 	direct;
 {{- if .CheckLink}}
 	# Each director's link is its own: when it goes down, drop the session
@@ -448,18 +454,18 @@ protocol static defaults {
 	ipv4;
 	route 0.0.0.0/0 blackhole;
 }
-template bgp router {
+template bgp toward {
 	local as {{.DirectorAS}};
 	hold time {{.Hold}};
 	keepalive time {{.Keepalive}};
 	direct;
 }
-protocol bgp client from router {
+protocol bgp to_client from toward {
 	neighbor {{.ClientPeer}} as {{.RouterAS}};
 	source address {{.ClientLocal}};
 	ipv4 { import none; export filter { if proto = "vips" then { bgp_med = {{.MED}}; accept; } reject; }; };
 }
-protocol bgp real from router {
+protocol bgp to_real from toward {
 	neighbor {{.RealPeer}} as {{.RouterAS}};
 	source address {{.RealLocal}};
 	ipv4 { import none; export filter { if proto = "defaults" then { bgp_med = {{.MED}}; accept; } reject; }; };
