@@ -1,15 +1,18 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os/exec"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -431,4 +434,247 @@ func bgpFailoverKernelNAT(t *testing.T) bgpFailoverResult {
 		t.Errorf("kernel NAT lost nothing in the failover: the anchor no longer shows what holdfast adds")
 	}
 	return res
+}
+
+// TestBGPLabHealthGate: a director announces a VIP to the client side
+// only while a real of it has passed a health check. With every real's
+// port closed the client-side router learns nothing from it over three
+// check intervals (the real side, which health does not gate, has its
+// routes); the VIP appears within a check interval (plus the director's
+// quarter-second announce tick and the update's trip) of a real starting to
+// listen, and is withdrawn as fast when the last real stops, the session
+// staying up.
+func TestBGPLabHealthGate(t *testing.T) {
+	requireBIRD(t)
+	const interval = time.Second
+	l := NewLab(t, lab.Options{Directors: 1, Reals: 2, BGP: true})
+	d := l.Directors[0]
+	svc := netip.AddrPortFrom(lab.VIP, 8080) // nothing listens on the reals' 8080 yet
+	args := []string{"--check-interval", interval.String(), "--check-timeout", "500ms", "--check-rise", "1", "--check-fall", "1",
+		"--service", "tcp:" + svc.String(), "--scheduler", "rr", "--check", "tcp"}
+	for _, r := range l.Reals {
+		args = append(args, "--real", netip.AddrPortFrom(r.Addr, svc.Port()).String())
+	}
+	StartDirector(t, d.NS, directorArgs(d, args...)...)
+	waitSessions(t, l, d)
+	client, real := routerBIRD(l, lab.BGPClientSide), routerBIRD(l, lab.BGPRealSide)
+	proto := lab.BGPProtocol(d)
+
+	// Nothing to wait for: the VIP must stay absent. Watch for three check
+	// intervals, every poll a chance to see it.
+	if took, seen := within(3*interval, func() bool { return len(client.routes(t, proto)) != 0 }); seen {
+		t.Fatalf("with every real down, the client-side router learned %v from the director after %v", prefixSet(client.routes(t, proto)), took)
+	}
+	if st := bgpShow(t, d); len(st.ClientSide) != 0 {
+		t.Errorf("with every real down, holdfast bgp says it announces %v to the client side", st.ClientSide)
+	}
+	if got := real.routes(t, proto); !samePrefixes(got, "0.0.0.0/0", netip.PrefixFrom(lab.RecoveryAddr, 32).String()) {
+		t.Errorf("the real-side router learned %v, want the default route and the recovery address (not gated by health)", prefixSet(got))
+	}
+
+	ln, err := l.Reals[1].Listen("tcp", netip.AddrPortFrom(l.Reals[1].Addr, svc.Port()).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	vip := netip.PrefixFrom(lab.VIP, 32).String()
+	limit := interval + time.Second
+	up, ok := within(3*limit, func() bool { return samePrefixes(client.routes(t, proto), vip) })
+	if !ok || up > limit {
+		t.Fatalf("the VIP reached the client-side router %v after a real came up (seen: %v), want within %v", up, ok, limit)
+	}
+	if vipVia, _, err := l.BGPRoutes(); err != nil || vipVia != d {
+		t.Errorf("the client-side router's kernel routes the VIP to %v (%v), want director %s", vipVia, err, d.Label)
+	}
+	ln.Close()
+	down, ok := within(3*limit, func() bool { return len(client.routes(t, proto)) == 0 })
+	if !ok || down > limit {
+		t.Fatalf("the VIP left the client-side router %v after the last real went down (gone: %v), want within %v", down, ok, limit)
+	}
+	if st := protoState(t, l, lab.BGPClientSide, d); st != "Established" {
+		t.Errorf("client-side session %s after the withdrawal, want Established (withdrawn, not dropped)", st)
+	}
+	t.Logf("every real down: no VIP over %v; a real up: VIP on the client-side router after %v; the last real down: withdrawn after %v (check interval %v, rise 1, fall 1)",
+		3*interval, up.Round(time.Millisecond), down.Round(time.Millisecond), interval)
+}
+
+// pinnedClient is a second client address whose traffic both routers
+// keep sending to A whatever BGP says (policy routes, as a router that
+// has not converged yet would): what A does with a connection during its
+// drain is then visible.
+var pinnedClient = netip.MustParseAddr("198.18.1.3")
+
+func pinToA(t *testing.T, l *lab.Lab) {
+	t.Helper()
+	a := l.Directors[0]
+	for _, s := range []struct {
+		ns   *lab.NS
+		args []string
+	}{
+		{l.Client, []string{"addr", "add", netip.PrefixFrom(pinnedClient, 24).String(), "dev", lab.ClientIface}},
+		{l.Router, []string{"rule", "add", "from", pinnedClient.String(), "lookup", "200", "pref", "100"}},
+		{l.Router, []string{"route", "add", netip.PrefixFrom(lab.VIP, 32).String(), "via", a.Uplink.Addr().String(), "table", "200"}},
+		{l.RealRouter, []string{"rule", "add", "to", pinnedClient.String(), "lookup", "200", "pref", "100"}},
+		{l.RealRouter, []string{"route", "add", "default", "via", a.BGPAddr.Addr().String(), "table", "200"}},
+	} {
+		if _, err := s.ns.IP(s.args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// reqLoop makes requests on h back to back until stop is closed or one
+// fails, and records when each succeeded.
+type reqLoop struct {
+	mu    sync.Mutex
+	ok    []time.Time
+	err   error
+	errAt time.Time
+	done  chan struct{}
+}
+
+func startReqLoop(h *httpConn, stop <-chan struct{}) *reqLoop {
+	r := &reqLoop{done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _, _, err := h.get("/")
+			r.mu.Lock()
+			if err != nil {
+				r.err, r.errAt = err, time.Now()
+				r.mu.Unlock()
+				return
+			}
+			r.ok = append(r.ok, time.Now())
+			r.mu.Unlock()
+		}
+	}()
+	return r
+}
+
+func (r *reqLoop) snapshot() (ok []time.Time, err error, errAt time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.ok), r.err, r.errAt
+}
+
+// okAfter is how many requests succeeded after t.
+func okAfter(ok []time.Time, t time.Time) int {
+	n := 0
+	for _, at := range ok {
+		if at.After(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestBGPLabWithdrawBeforeDrain: SIGTERM on the active director (A) with
+// a keep-alive connection making requests back to back: both routers lose
+// A's routes at once (withdrawn, the sessions still up) and send the
+// traffic to B; A keeps forwarding an established connection for the
+// drain (a client whose packets the routers still send to A, pinToA),
+// then exits 0; the connection the routers moved loses no request.
+func TestBGPLabWithdrawBeforeDrain(t *testing.T) {
+	const drain = 4 * time.Second
+	p := newBGPPair(t, func(l *lab.Lab) { pinToA(t, l) }, []string{"--bgp-drain", drain.String()})
+	l := p.l
+	a := l.Directors[0]
+	moving := dialVIP(t, l.Client, vipHTTP, 1)[0]
+	dial := l.Client.Dialer(&net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(pinnedClient, 0))})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	pc, err := dial(ctx, "tcp4", vipHTTP.String())
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := &httpConn{c: pc, br: bufio.NewReader(pc), vip: vipHTTP}
+	t.Cleanup(func() { pc.Close() })
+	requireNoErrors(t, "through A", eachConn([]*httpConn{moving, pinned}, requests(1)))
+	if n := directorCounters(t, a).FlowsCreated; n != 2 {
+		t.Fatalf("A created %d flows, want the 2 connections", n)
+	}
+
+	stop := make(chan struct{})
+	mv, pn := startReqLoop(moving, stop), startReqLoop(pinned, stop)
+	// Requests flow on both before the signal: wait for a few.
+	if _, ok := within(5*time.Second, func() bool {
+		m, _, _ := mv.snapshot()
+		q, _, _ := pn.snapshot()
+		return len(m) >= 5 && len(q) >= 5
+	}); !ok {
+		t.Fatal("no requests on the two connections")
+	}
+	sigterm := time.Now()
+	killed.Store(p.dirs[0], true) // stopped here, not by StartDirector's cleanup
+	if err := p.dirs[0].Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	client, real := routerBIRD(l, lab.BGPClientSide), routerBIRD(l, lab.BGPRealSide)
+	proto := lab.BGPProtocol(a)
+	gone, ok := within(drain, func() bool { return len(client.routes(t, proto)) == 0 && len(real.routes(t, proto)) == 0 })
+	if !ok || gone > time.Second {
+		t.Fatalf("A's routes still on the routers %v after SIGTERM (gone: %v): client side %v, real side %v", gone, ok,
+			prefixSet(client.routes(t, proto)), prefixSet(real.routes(t, proto)))
+	}
+	for _, r := range []string{lab.BGPClientSide, lab.BGPRealSide} {
+		if st := protoState(t, l, r, a); st != "Established" {
+			t.Errorf("%s router's session with A is %s once A withdrew, want Established (withdrawn during the drain, not dropped)", r, st)
+		}
+	}
+	moved := waitActive(t, l, 1, drain)
+	moved += gone
+
+	wctx, wcancel := context.WithTimeout(context.Background(), drain+10*time.Second)
+	defer wcancel()
+	st, err := p.dirs[0].Wait(wctx)
+	if err != nil {
+		t.Fatalf("A did not exit after SIGTERM: %v", err)
+	}
+	exited := time.Since(sigterm)
+	if st.ExitCode() != 0 || exited < drain {
+		t.Errorf("A exited with %v %v after SIGTERM, want status 0 after the drain (%v)", st, exited, drain)
+	}
+	exitAt := time.Now()
+	// The moved connection goes on after A is gone: wait for 10 more.
+	if _, ok := within(10*time.Second, func() bool { m, _, _ := mv.snapshot(); return okAfter(m, exitAt) >= 10 }); !ok {
+		t.Errorf("the moved connection made no 10 requests after A exited")
+	}
+	close(stop)
+	pc.Close() // A no longer forwards it: unblock its last request
+	<-mv.done
+	<-pn.done
+	mOK, mErr, _ := mv.snapshot()
+	pOK, pErr, pErrAt := pn.snapshot()
+	if mErr != nil {
+		t.Errorf("the connection the routers moved lost a request: %v", mErr)
+	}
+	lastPinned := time.Duration(0)
+	if len(pOK) > 0 {
+		lastPinned = pOK[len(pOK)-1].Sub(sigterm)
+	}
+	if lastPinned < drain-500*time.Millisecond {
+		t.Errorf("A forwarded the pinned connection until %v after SIGTERM (error %v at %v), want through the drain (%v)", lastPinned, pErr, pErrAt.Sub(sigterm), drain)
+	}
+	b := directorCounters(t, l.Directors[1])
+	t.Logf("SIGTERM on A: its routes gone from both routers after %v (sessions up), both routers through B after %v; A forwarded the pinned connection until %v after SIGTERM (%d requests during the drain), exited %d after %v; the moved connection: %d requests in all, %d during the drain, error %v; B: %d steered by cookie, %d client resets",
+		gone.Round(time.Millisecond), moved.Round(time.Millisecond), lastPinned.Round(time.Millisecond), okAfter(pOK, sigterm), st.ExitCode(), exited.Round(time.Millisecond),
+		len(mOK), okAfter(mOK, sigterm)-okAfter(mOK, exitAt), mErr, b.CookieConfirmed, b.ClientResets)
+	if b.ClientResets != 0 || b.FlowsCreated == 0 {
+		t.Errorf("B: %d flows created, %d client resets; want the moved connection, no reset", b.FlowsCreated, b.ClientResets)
+	}
 }
