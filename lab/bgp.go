@@ -507,3 +507,52 @@ func (l *Lab) BIRDSocket(router string) string {
 	}
 	return filepath.Join(l.bgp.dir, router+".ctl")
 }
+
+// WaitBGPEstablished waits (bounded by ctx) until both routers have an
+// Established session with Directors[i]: it can take the traffic over.
+func (l *Lab) WaitBGPEstablished(ctx context.Context, i int) error {
+	if l.bgp == nil {
+		return errors.New("lab: WaitBGPEstablished: not a BGP lab (Options.BGP)")
+	}
+	d := l.Directors[i]
+	for {
+		up := true
+		var states []string
+		for _, r := range []string{BGPClientSide, BGPRealSide} {
+			st, err := l.BGPProtocolState(ctx, r, d)
+			if err != nil && ctx.Err() == nil {
+				return err
+			}
+			states = append(states, r+" "+st)
+			up = up && st == "Established"
+		}
+		if up {
+			return nil
+		}
+		// BIRD tells no one when a session comes up: poll.
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("lab: director %s's sessions not up (%s): %w", d.Label, strings.Join(states, ", "), ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// bgpFailoverTimeout bounds a BGP lab's failover: the real-side router
+// moves after its hold timer, with room for a loaded machine.
+const bgpFailoverTimeout = BGPHoldTime + 10*time.Second
+
+// bgpStates is director d's session state on each router, for Status.
+func (l *Lab) bgpStates(ctx context.Context, d *Director) string {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var out []string
+	for _, r := range []string{BGPClientSide, BGPRealSide} {
+		st, err := l.BGPProtocolState(ctx, r, d)
+		if err != nil {
+			st = "unknown"
+		}
+		out = append(out, r+" "+st)
+	}
+	return strings.Join(out, ", ")
+}
