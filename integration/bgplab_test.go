@@ -566,10 +566,10 @@ func startReqLoop(h *httpConn, stop <-chan struct{}) *reqLoop {
 	return r
 }
 
-func (r *reqLoop) snapshot() (ok []time.Time, err error, errAt time.Time) {
+func (r *reqLoop) snapshot() (ok []time.Time, errAt time.Time, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return slices.Clone(r.ok), r.err, r.errAt
+	return slices.Clone(r.ok), r.errAt, r.err
 }
 
 // okAfter is how many requests succeeded after t.
@@ -658,8 +658,8 @@ func TestBGPLabWithdrawBeforeDrain(t *testing.T) {
 	pc.Close() // A no longer forwards it: unblock its last request
 	<-mv.done
 	<-pn.done
-	mOK, mErr, _ := mv.snapshot()
-	pOK, pErr, pErrAt := pn.snapshot()
+	mOK, _, mErr := mv.snapshot()
+	pOK, pErrAt, pErr := pn.snapshot()
 	if mErr != nil {
 		t.Errorf("the connection the routers moved lost a request: %v", mErr)
 	}

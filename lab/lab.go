@@ -22,13 +22,14 @@ var (
 	ClientPrefix = netip.MustParsePrefix("198.18.1.0/24")
 
 	// VIP is the first virtual IP; the router sends all of VIPPrefix to the
-	// active director. VIPs are never assigned to an interface.
+	// active director (in a BGP lab, each VIP's /32 the director announces). VIPs are never assigned to an interface.
 	VIP       = netip.MustParseAddr("198.18.100.1")
 	VIPPrefix = netip.MustParsePrefix("198.18.100.0/24")
 
 	// RecoveryPrefix holds the directors' recovery addresses (DESIGN.md
 	// section 2). The lab routes nothing to it: the reals reach it through
-	// their default route, which points at the active director.
+	// their default route, which points at the active director (in a BGP
+	// lab, at the real-side router, which learned it from the directors).
 	RecoveryPrefix = netip.MustParsePrefix("198.18.200.0/24")
 	// RecoveryAddr is the recovery address the directors of a lab share.
 	RecoveryAddr = netip.MustParseAddr("198.18.200.1")
@@ -532,7 +533,8 @@ func port(sw, n *NS, ifname, swName string, mtu int) error {
 // VIPPrefix6) to it and every real uses it as its default gateway (what a
 // VRRP floating address would do; with Options.RealHopMTU, the near
 // router's default route moves instead). A VRRP lab refuses: keepalived
-// decides there (WaitVRRPMaster).
+// decides there (WaitVRRPMaster); so does a BGP lab, where the routers
+// follow the directors' announcements (WaitBGPActive).
 func (l *Lab) Flip(i int) error {
 	if l.vrrp != nil {
 		return fmt.Errorf("lab: Flip(%d): this lab runs VRRP; keepalived moves the routes (stop a director's holdfast, then WaitVRRPMaster)", i)
