@@ -671,9 +671,9 @@ func TestBGPLabWithdrawBeforeDrain(t *testing.T) {
 		t.Errorf("A forwarded the pinned connection until %v after SIGTERM (error %v at %v), want through the drain (%v)", lastPinned, pErr, pErrAt.Sub(sigterm), drain)
 	}
 	b := directorCounters(t, l.Directors[1])
-	t.Logf("SIGTERM on A: its routes gone from both routers after %v (sessions up), both routers through B after %v; A forwarded the pinned connection until %v after SIGTERM (%d requests during the drain), exited %d after %v; the moved connection: %d requests in all, %d during the drain, error %v; B: %d steered by cookie, %d client resets",
+	t.Logf("SIGTERM on A: its routes gone from both routers after %v (sessions up), both routers through B after %v; A forwarded the pinned connection until %v after SIGTERM (%d requests during the drain), exited %d after %v; the moved connection: %d requests in all, %d during the drain, error %v; B: %d flows created, %d steered by cookie, %d by probe, %d adopted, %d recovered, %d client resets",
 		gone.Round(time.Millisecond), moved.Round(time.Millisecond), lastPinned.Round(time.Millisecond), okAfter(pOK, sigterm), st.ExitCode(), exited.Round(time.Millisecond),
-		len(mOK), okAfter(mOK, sigterm)-okAfter(mOK, exitAt), mErr, b.CookieConfirmed, b.ClientResets)
+		len(mOK), okAfter(mOK, sigterm)-okAfter(mOK, exitAt), mErr, b.FlowsCreated, b.CookieConfirmed, b.ProbeSteers, b.Adopted, b.Recovered, b.ClientResets)
 	if b.ClientResets != 0 || b.FlowsCreated == 0 {
 		t.Errorf("B: %d flows created, %d client resets; want the moved connection, no reset", b.FlowsCreated, b.ClientResets)
 	}

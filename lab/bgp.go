@@ -268,11 +268,11 @@ func (l *Lab) startBIRD(ns *NS, name, bin, conf string) (*Proc, error) {
 // stop ends the BIRD processes (SIGTERM, by PID) and removes the directory.
 func (b *bgpState) stop(l *Lab) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	var procs []*Proc
 	for _, p := range b.birds {
 		procs = append(procs, p)
 	}
+	l.mu.Unlock()
 	return stopProcs(procs, b.dir)
 }
 
