@@ -25,13 +25,20 @@ type DemoOptions struct {
 	Phase    time.Duration // time on A, after the failover, after the failback (default 3s)
 	VRRP     bool          // keepalived moves the routes (see Options.VRRP)
 	IPv6     bool          // the load goes to VIP6 through a dual-stack lab and directors (Options.IPv6); not with VRRP
+	// BGP: the directors announce by BGP to BIRD routers (Options.BGP);
+	// the failover takes A's links down, then kills it: the client-side
+	// router moves to B at once, the real-side router after its hold
+	// timer (9 s), and the failback is A announcing again (MED 10). Not
+	// with VRRP or IPv6.
+	BGP      bool
 	Progress func(phase string)
 }
 
 // DemoResult is what the built-in client saw, and what the directors counted.
 type DemoResult struct {
 	Mode             string        `json:"mode"`
-	VIP              string        `json:"vip"` // the service the load went to: VIP:80, or [VIP6]:80 with DemoOptions.IPv6
+	Routing          string        `json:"routing"` // what moved the traffic: "static routes", "vrrp" or "bgp"
+	VIP              string        `json:"vip"`     // the service the load went to: VIP:80, or [VIP6]:80 with DemoOptions.IPv6
 	Connections      int           `json:"connections"`
 	RequestsOK       int64         `json:"requests_ok"`
 	RequestsFailed   int64         `json:"requests_failed"`
@@ -44,8 +51,9 @@ type DemoResult struct {
 }
 
 // RunDemo builds a two-director lab, runs a keep-alive HTTP load through it,
-// fails over from A to B (SIGKILL, routes moved), fails back to a restarted
-// A, and tears everything down, also when ctx ends first.
+// fails over from A to B (SIGKILL, routes moved; with BGP, A's links down
+// first, and the routers follow the announcements), fails back to a
+// restarted A, and tears everything down, also when ctx ends first.
 func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	if o.Idle == 0 && o.Busy == 0 {
 		o.Idle, o.Busy = 40, 24
@@ -59,6 +67,13 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 		}
 	}
 	res.Mode = "holdfast"
+	res.Routing = "static routes"
+	switch {
+	case o.VRRP:
+		res.Routing = "vrrp"
+	case o.BGP:
+		res.Routing = "bgp"
+	}
 	var extra []string
 	if !o.Recovery {
 		res.Mode = "recovery off"
@@ -66,7 +81,7 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	}
 
 	progress("building the lab")
-	l, err := New(Options{Directors: 2, Reals: 3, VRRP: o.VRRP, IPv6: o.IPv6})
+	l, err := New(Options{Directors: 2, Reals: 3, VRRP: o.VRRP, IPv6: o.IPv6, BGP: o.BGP})
 	if err != nil {
 		return res, err
 	}
@@ -95,9 +110,19 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 			return res, err
 		}
 	}
+	if o.BGP { // the routers send the traffic to A before the load starts
+		if err := waitBGP(ctx, l.WaitBGPActive, 0); err != nil {
+			return res, err
+		}
+	}
 	b, err := start(l.Directors[1])
 	if err != nil {
 		return res, err
+	}
+	if o.BGP { // B can take over
+		if err := waitBGP(ctx, l.WaitBGPEstablished, 1); err != nil {
+			return res, err
+		}
 	}
 
 	progress(fmt.Sprintf("connecting %d clients", o.Idle+o.Busy))
@@ -107,6 +132,13 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	}
 	res.VIP = vip.String()
 	load := newDemoLoad(l.Client, vip)
+	if o.BGP {
+		// A request in flight at the failover waits for the real-side
+		// router's hold timer (9 s), then for TCP's next retransmission,
+		// whose backoff has grown meanwhile: give it time before calling
+		// the connection dead.
+		load.timeout = 30 * time.Second
+	}
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
 	if err := load.start(lctx, o.Idle, o.Busy); err != nil {
@@ -127,7 +159,11 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	if err := failover(ctx, l, 1, a); err != nil {
 		return res, err
 	}
-	if err := wait("failover: A killed, traffic moved to B"); err != nil {
+	moved := "failover: A killed, traffic moved to B"
+	if o.BGP {
+		moved = "failover: A's links down, A killed, both routers through B"
+	}
+	if err := wait(moved); err != nil {
 		return res, err
 	}
 	bStats, err := demoStats(ctx, l.Directors[1])
@@ -136,10 +172,21 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	}
 	// The restarted directors are the lab's to stop (Close); the demo reads
 	// their counters through their admin sockets.
+	if o.BGP {
+		if err := l.Replug(0); err != nil {
+			return res, err
+		}
+	}
 	if _, err = start(l.Directors[0]); err != nil {
 		return res, err
 	}
-	if o.VRRP {
+	switch {
+	case o.BGP:
+		// A announces again with the lower MED: both routers return to it.
+		if err := waitBGP(ctx, l.WaitBGPActive, 0); err != nil {
+			return res, err
+		}
+	case o.VRRP:
 		// nopreempt: A takes mastership back only when B's holdfast dies.
 		if err := failover(ctx, l, 0, b); err != nil {
 			return res, err
@@ -147,8 +194,10 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 		if _, err = start(l.Directors[1]); err != nil {
 			return res, err
 		}
-	} else if err := l.Flip(0); err != nil {
-		return res, err
+	default:
+		if err := l.Flip(0); err != nil {
+			return res, err
+		}
 	}
 	if err := wait("failback: A restarted, traffic moved back to A"); err != nil {
 		return res, err
@@ -175,9 +224,14 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 }
 
 // failover kills p (the active director's holdfast) and makes director to
-// active.
+// active (in a BGP lab: A's links go down first, and it waits for the
+// routers, the real-side one after its hold timer).
 func failover(ctx context.Context, l *Lab, to int, p *Proc) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	timeout := 10 * time.Second
+	if l.BGP() {
+		timeout = bgpFailoverTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return l.Failover(ctx, to, func() error {
 		if err := p.Signal(syscall.SIGKILL); err != nil {
@@ -186,6 +240,14 @@ func failover(ctx context.Context, l *Lab, to int, p *Proc) error {
 		<-p.Done()
 		return nil
 	})
+}
+
+// waitBGP runs wait (WaitBGPActive, WaitBGPEstablished) for director i,
+// bounded by the time sessions take to come up and routes to move.
+func waitBGP(ctx context.Context, wait func(context.Context, int) error, i int) error {
+	ctx, cancel := context.WithTimeout(ctx, bgpFailoverTimeout)
+	defer cancel()
+	return wait(ctx, i)
 }
 
 func waitMaster(ctx context.Context, l *Lab, i int) error {
@@ -207,12 +269,15 @@ func demoStats(ctx context.Context, d *Director) (DirectorStats, error) {
 type demoLoad struct {
 	ns                         *NS
 	vip                        netip.AddrPort
+	timeout                    time.Duration // a request's, before its connection counts as dead
 	ok, failed, reset, redials atomic.Int64
 	stall                      atomic.Int64 // longest, ns
 	wg                         sync.WaitGroup
 }
 
-func newDemoLoad(ns *NS, vip netip.AddrPort) *demoLoad { return &demoLoad{ns: ns, vip: vip} }
+func newDemoLoad(ns *NS, vip netip.AddrPort) *demoLoad {
+	return &demoLoad{ns: ns, vip: vip, timeout: 15 * time.Second}
+}
 
 func (d *demoLoad) dial() (net.Conn, *bufio.Reader, error) {
 	network := "tcp4"
@@ -261,7 +326,7 @@ func (d *demoLoad) run(ctx context.Context, c net.Conn, br *bufio.Reader, busy b
 		}
 		first := time.Now()
 		for {
-			err := demoGet(c, br, d.vip, path)
+			err := demoGet(c, br, d.vip, path, d.timeout)
 			if err == nil {
 				break
 			}
@@ -289,9 +354,10 @@ func (d *demoLoad) run(ctx context.Context, c net.Conn, br *bufio.Reader, busy b
 	}
 }
 
-// demoGet sends one GET on the connection and reads the whole response.
-func demoGet(c net.Conn, br *bufio.Reader, vip netip.AddrPort, path string) error {
-	c.SetDeadline(time.Now().Add(15 * time.Second))
+// demoGet sends one GET on the connection and reads the whole response,
+// within timeout.
+func demoGet(c net.Conn, br *bufio.Reader, vip netip.AddrPort, path string, timeout time.Duration) error {
+	c.SetDeadline(time.Now().Add(timeout))
 	req, _ := http.NewRequest("GET", "http://"+vip.String()+path, nil)
 	if err := req.Write(c); err != nil {
 		return err

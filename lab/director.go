@@ -15,7 +15,8 @@ import (
 // that look for an operator's message), the shared recovery address, d's
 // own recovery port range (--director-id) and admin socket. In a dual-stack
 // lab (Options.IPv6) the director is dual-stack too: RecoveryAddr6 is a
-// second --recovery-addr. extra follows (services, scheduler, reals; a
+// second --recovery-addr. In a BGP lab (Options.BGP) it adds the --bgp-*
+// flags: peers, MED (BGPMED), timers, --bgp-announce 0.0.0.0/0. extra follows (services, scheduler, reals; a
 // later --recovery=off wins).
 func HoldfastArgs(d *Director, extra ...string) []string {
 	args := []string{"run", "--tun", "hf0", "--setup-routes", "--real-iface", d.RSIface, "--log-format", "json",
@@ -24,6 +25,9 @@ func HoldfastArgs(d *Director, extra ...string) []string {
 		args = append(args, "--recovery-addr", RecoveryAddr6.String())
 	}
 	args = append(args, "--director-id", strconv.Itoa(d.ID), "--admin-socket", AdminSocket(d))
+	if d.lab != nil && d.lab.bgp != nil {
+		args = append(args, bgpArgs(d)...)
+	}
 	return append(args, extra...)
 }
 
@@ -177,13 +181,29 @@ func decodeStats(data []byte) (DirectorStats, error) {
 // Failover makes director to the active one after stop (which kills the
 // active director's holdfast) has run: by moving the routes by hand (Flip),
 // or in a VRRP lab by waiting until keepalived has moved the floating
-// addresses to it (bounded by ctx).
+// addresses to it (bounded by ctx). In a BGP lab the other director's
+// links go down first (Unplug, as when its host dies), then stop runs, and
+// Failover waits until both routers send the traffic to director to: the
+// client-side router moves at once (its link to the dead director went
+// down), the real-side router after the hold time (BGPHoldTime), so ctx
+// must allow for it. Replug the dead director before starting it again.
 func (l *Lab) Failover(ctx context.Context, to int, stop func() error) error {
+	if l.bgp != nil {
+		if to < 0 || to >= len(l.Directors) || len(l.Directors) < 2 {
+			return fmt.Errorf("lab: Failover(%d): have %d directors", to, len(l.Directors))
+		}
+		if err := l.Unplug(1 - to); err != nil {
+			return err
+		}
+	}
 	if err := stop(); err != nil {
 		return err
 	}
-	if l.vrrp != nil {
+	switch {
+	case l.vrrp != nil:
 		return l.WaitVRRPMaster(ctx, to)
+	case l.bgp != nil:
+		return l.WaitBGPActive(ctx, to)
 	}
 	return l.Flip(to)
 }

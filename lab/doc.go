@@ -20,7 +20,8 @@
 //
 // What it holds: the topology (lab.go, netns.go), the processes it starts
 // and their output (proc.go), the built-in backends and load (backend.go,
-// demo.go), the IPv6 plan (ipv6.go), keepalived (vrrp.go), the user-namespace re-exec that lets an
+// demo.go), the IPv6 plan (ipv6.go), keepalived (vrrp.go), the BIRD routers
+// of a BGP lab (bgp.go), the user-namespace re-exec that lets an
 // ordinary user run a lab (userns.go), where its sockets live (rundir.go),
 // and the supervisor behind `holdfast lab up` (supervisor.go) with its
 // directors' log rings (logring.go).
@@ -32,11 +33,15 @@
 //
 // With Options.VRRP the directors share the router's segment and keepalived
 // (one per director namespace) moves the floating next-hop and the reals'
-// gateway, instead of Flip (IPv4 only). With Options.RealHopMTU the reals
+// gateway, instead of Flip (IPv4 only). With Options.BGP the directors'
+// holdfast announce by BGP to BIRD 2 on the router (the client side) and on
+// a real-side router on the reals' segment, which is their gateway: the
+// routers' kernels follow the announcements, nothing moves routes (IPv4
+// only). With Options.RealHopMTU the reals
 // sit behind two routers (hop1, hop2 ns) joined by a narrow link, for the
 // path-MTU tests.
 //
 // It needs CAP_SYS_ADMIN and CAP_NET_ADMIN (root, or root of a user
 // namespace through ReexecUnprivileged) and iproute2's ip(8); Options.VRRP
-// also needs keepalived(8).
+// also needs keepalived(8), Options.BGP bird(8) and birdc(8) (Debian bird2).
 package lab

@@ -22,13 +22,14 @@ var (
 	ClientPrefix = netip.MustParsePrefix("198.18.1.0/24")
 
 	// VIP is the first virtual IP; the router sends all of VIPPrefix to the
-	// active director. VIPs are never assigned to an interface.
+	// active director (in a BGP lab, each VIP's /32 the director announces). VIPs are never assigned to an interface.
 	VIP       = netip.MustParseAddr("198.18.100.1")
 	VIPPrefix = netip.MustParsePrefix("198.18.100.0/24")
 
 	// RecoveryPrefix holds the directors' recovery addresses (DESIGN.md
 	// section 2). The lab routes nothing to it: the reals reach it through
-	// their default route, which points at the active director.
+	// their default route, which points at the active director (in a BGP
+	// lab, at the real-side router, which learned it from the directors).
 	RecoveryPrefix = netip.MustParsePrefix("198.18.200.0/24")
 	// RecoveryAddr is the recovery address the directors of a lab share.
 	RecoveryAddr = netip.MustParseAddr("198.18.200.1")
@@ -106,17 +107,29 @@ type Options struct {
 	// the packet's source, the client, and routed back through the
 	// director. Every other link stays at 1500. Not with VRRP.
 	RealHopMTU int
+	// BGP replaces the routes Flip moves by BGP (see bgp.go): a client-side
+	// router (the Router namespace) and a real-side router (RealRouter, on
+	// the reals' segment, their default gateway) run BIRD 2, and the
+	// directors' holdfast (HoldfastArgs adds the --bgp-* flags) announce
+	// the VIPs to the one, the recovery address and 0.0.0.0/0 to the
+	// other, A with MED 10, B with 20. Each director's uplink is then
+	// 198.18.1N.0/24 (N its ID). IPv4 only, not with VRRP or RealHopMTU.
+	// Needs bird(8) and birdc(8) installed.
+	BGP bool
 }
 
 // Lab is a built topology. Its fields are set by New and read-only after;
 // methods are safe for concurrent use.
 type Lab struct {
-	Prefix    string
-	Client    *NS
-	Router    *NS
-	Switch    *NS
-	Directors []*Director // A, then B if Options.Directors == 2
-	Reals     []*Real     // rs1..rsN
+	Prefix string
+	Client *NS
+	Router *NS // the client-side router
+	Switch *NS
+	// RealRouter is the real-side router of a BGP lab (Options.BGP); nil
+	// otherwise.
+	RealRouter *NS
+	Directors  []*Director // A, then B if Options.Directors == 2
+	Reals      []*Real     // rs1..rsN
 
 	mu         sync.Mutex
 	closed     bool
@@ -127,6 +140,7 @@ type Lab struct {
 	closers    []func() error // backends, closed before the namespaces go
 	active     int
 	vrrp       *vrrpState // nil unless Options.VRRP
+	bgp        *bgpState  // nil unless Options.BGP
 }
 
 // Director is a director's namespace and its addresses.
@@ -139,6 +153,10 @@ type Director struct {
 	RSAddr      netip.Prefix // its address on the real-server segment, e.g. 198.18.10.2/24
 	UplinkIface string       // DirectorUplink
 	RSIface     string       // DirectorRSIface: pass it to `holdfast run --real-iface`
+	// BGPAddr is its address on BGPRealPeerPrefix, on the reals' segment,
+	// from which it peers with the real-side router (Options.BGP; else
+	// invalid).
+	BGPAddr netip.Prefix
 
 	// IPv6 twins of Uplink, RouterAddr and RSAddr (Options.IPv6; else invalid).
 	Uplink6     netip.Prefix
@@ -200,6 +218,8 @@ func New(opts Options) (_ *Lab, err error) {
 		return nil, fmt.Errorf("lab: RealHopMTU = %d, want 1280..1500", opts.RealHopMTU)
 	case opts.VRRP && (opts.IPv6 || opts.RealHopMTU != 0):
 		return nil, errors.New("lab: VRRP with IPv6 or RealHopMTU: the VRRP lab is IPv4 only, with the reals on the directors' segment")
+	case opts.BGP && (opts.VRRP || opts.IPv6 || opts.RealHopMTU != 0):
+		return nil, errors.New("lab: BGP with VRRP, IPv6 or RealHopMTU: the BGP lab is IPv4 only, with the reals on the directors' segment")
 	case !validPrefix.MatchString(opts.Prefix):
 		return nil, fmt.Errorf("lab: Prefix %q, want 1-40 characters of [A-Za-z0-9_.-]", opts.Prefix)
 	}
@@ -228,6 +248,11 @@ func New(opts Options) (_ *Lab, err error) {
 	}
 	if l.Switch, err = l.addNS("switch"); err != nil {
 		return nil, err
+	}
+	if opts.BGP {
+		if l.RealRouter, err = l.addNS("rrouter"); err != nil {
+			return nil, err
+		}
 	}
 	if opts.RealHopMTU != 0 {
 		for i, role := range []string{"hop1", "hop2"} {
@@ -261,6 +286,9 @@ func New(opts Options) (_ *Lab, err error) {
 		if opts.IPv6 {
 			d.Uplink6, d.RouterAddr6, d.RSAddr6 = mirror6(d.Uplink), Mirror6(d.RouterAddr), mirror6(d.RSAddr)
 		}
+		if opts.BGP {
+			bgpAddrs(d)
+		}
 		l.Directors = append(l.Directors, d)
 	}
 	for i := range opts.Reals {
@@ -288,6 +316,11 @@ func New(opts Options) (_ *Lab, err error) {
 	}
 	if opts.VRRP {
 		if err := l.startVRRP(); err != nil {
+			return nil, err
+		}
+	}
+	if opts.BGP {
+		if err := l.startBGP(); err != nil {
 			return nil, err
 		}
 	}
@@ -413,13 +446,19 @@ func (l *Lab) wire(opts Options) error {
 			}
 		}
 	}
+	if l.RealRouter != nil {
+		steps = append(steps, l.bgpSteps(opts.RealLinkMTU)...)
+	}
 	for _, step := range steps {
 		if err := step(); err != nil {
 			return err
 		}
 	}
-	if opts.VRRP {
+	switch {
+	case opts.VRRP:
 		return l.vrrpRoutes()
+	case opts.BGP:
+		return nil // BIRD installs the routers' routes; bgpSteps set the reals'
 	}
 	return l.Flip(0)
 }
@@ -494,10 +533,14 @@ func port(sw, n *NS, ifname, swName string, mtu int) error {
 // VIPPrefix6) to it and every real uses it as its default gateway (what a
 // VRRP floating address would do; with Options.RealHopMTU, the near
 // router's default route moves instead). A VRRP lab refuses: keepalived
-// decides there (WaitVRRPMaster).
+// decides there (WaitVRRPMaster); so does a BGP lab, where the routers
+// follow the directors' announcements (WaitBGPActive).
 func (l *Lab) Flip(i int) error {
 	if l.vrrp != nil {
 		return fmt.Errorf("lab: Flip(%d): this lab runs VRRP; keepalived moves the routes (stop a director's holdfast, then WaitVRRPMaster)", i)
+	}
+	if l.bgp != nil {
+		return fmt.Errorf("lab: Flip(%d): this lab runs BGP; the routers follow the directors' announcements (WaitBGPActive)", i)
 	}
 	if i < 0 || i >= len(l.Directors) {
 		return fmt.Errorf("lab: Flip(%d): have %d directors", i, len(l.Directors))
@@ -538,10 +581,15 @@ func (l *Lab) Flip(i int) error {
 
 // Active returns the director the router and the reals currently use. In a
 // VRRP lab that is the VRRP master (VRRPMaster), nil while no director holds
-// both floating addresses.
+// both floating addresses; in a BGP lab the director the client-side
+// router's VIP route goes through (BGPRoutes), nil while it has none.
 func (l *Lab) Active() *Director {
 	if l.vrrp != nil {
 		d, _ := l.VRRPMaster()
+		return d
+	}
+	if l.bgp != nil {
+		d, _, _ := l.BGPRoutes()
 		return d
 	}
 	l.mu.Lock()

@@ -51,6 +51,7 @@ type SupervisorOptions struct {
 	Reals     int            // 1..MaxReals
 	VRRP      bool           // keepalived moves the routes (Options.VRRP); needs 2 directors
 	IPv6      bool           // a dual-stack lab (Options.IPv6) and directors; not with VRRP
+	BGP       bool           // the directors announce by BGP to BIRD routers (Options.BGP); not with VRRP or IPv6
 	Log       zerolog.Logger // errors of the control socket's server
 }
 
@@ -61,6 +62,7 @@ type Supervisor struct {
 	l        *Lab
 	bin      string
 	vrrp     bool
+	bgp      bool
 	stopSock func()
 
 	mu   sync.Mutex
@@ -96,12 +98,12 @@ func StartSupervisor(ctx context.Context, o SupervisorOptions) (_ *Supervisor, e
 	if err != nil {
 		return nil, err
 	}
-	l, err := New(Options{Prefix: SupervisedPrefix, Directors: o.Directors, Reals: o.Reals, VRRP: o.VRRP, IPv6: o.IPv6})
+	l, err := New(Options{Prefix: SupervisedPrefix, Directors: o.Directors, Reals: o.Reals, VRRP: o.VRRP, IPv6: o.IPv6, BGP: o.BGP})
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
-	s := &Supervisor{l: l, bin: o.Binary, vrrp: o.VRRP, dirs: make([]*Proc, len(l.Directors)),
+	s := &Supervisor{l: l, bin: o.Binary, vrrp: o.VRRP, bgp: o.BGP, dirs: make([]*Proc, len(l.Directors)),
 		down: make(chan struct{}), gone: make(chan struct{})}
 	for range l.Directors {
 		s.logs = append(s.logs, newLogRing(logRingLines))
@@ -131,6 +133,18 @@ func StartSupervisor(ctx context.Context, o SupervisorOptions) (_ *Supervisor, e
 	if o.VRRP {
 		if err := s.waitStandby(ctx, 1); err != nil {
 			return nil, err
+		}
+	}
+	if o.BGP {
+		// The lab is up once the routers send the traffic to A and every
+		// director's sessions are up (a standby that can take over).
+		if err := waitBGP(ctx, l.WaitBGPActive, 0); err != nil {
+			return nil, err
+		}
+		for i := range l.Directors {
+			if err := waitBGP(ctx, l.WaitBGPEstablished, i); err != nil {
+				return nil, err
+			}
 		}
 	}
 	s.stopSock = unixhttp.ServeListener(ln, s.handler(), o.Log)
@@ -260,9 +274,12 @@ type DirectorStatus struct {
 	Running     bool   `json:"running"`
 	PID         int    `json:"pid,omitempty"`
 	VRRP        string `json:"vrrp,omitempty"` // keepalived's state (VRRPMasterState, ...) in a VRRP lab
-	Flows       int    `json:"flows"`
-	Recovered   int    `json:"recovered"`
-	Adopted     int    `json:"adopted"`
+	// BGP is, in a BGP lab, the state of its session on each router as
+	// BIRD says it: "client Established, real Established".
+	BGP       string `json:"bgp,omitempty"`
+	Flows     int    `json:"flows"`
+	Recovered int    `json:"recovered"`
+	Adopted   int    `json:"adopted"`
 }
 
 // RealStatus is one real server of a Status: the flows the directors hold
@@ -300,6 +317,9 @@ func (s *Supervisor) Status(ctx context.Context) Status {
 	for i, d := range s.l.Directors {
 		ds := DirectorStatus{Label: d.Label, Namespace: d.Name, Uplink: d.Uplink.String(), RS: d.RSAddr.String(),
 			AdminSocket: AdminSocket(d), VRRP: s.l.VRRPState(i)}
+		if s.bgp {
+			ds.BGP = s.l.bgpStates(ctx, d)
+		}
 		if p := dirs[i]; p != nil {
 			select {
 			case <-p.Done():
@@ -363,7 +383,11 @@ func (s *Supervisor) Failover(ctx context.Context) (Status, error) {
 	s.mu.Lock()
 	p := s.dirs[from]
 	s.mu.Unlock()
-	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	timeout := 10 * time.Second
+	if s.bgp {
+		timeout = bgpFailoverTimeout
+	}
+	fctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	err := s.l.Failover(fctx, to, func() error {
 		if p != nil {
@@ -375,6 +399,11 @@ func (s *Supervisor) Failover(ctx context.Context) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
+	if s.bgp {
+		if err := s.l.Replug(from); err != nil {
+			return Status{}, err
+		}
+	}
 	if err := s.start(ctx, from); err != nil {
 		return Status{}, fmt.Errorf("restarting %s as the standby: %w", s.l.Directors[from].Label, err)
 	}
@@ -383,13 +412,28 @@ func (s *Supervisor) Failover(ctx context.Context) (Status, error) {
 			return Status{}, err
 		}
 	}
-	st := s.Status(ctx)
-	how := "routes moved"
-	if s.vrrp {
-		how = "keepalived moved the floating addresses"
+	if s.bgp {
+		// The restarted director announces its lower MED (A) and takes the
+		// traffic back, or stands by with the higher one (B).
+		if err := waitBGP(ctx, s.l.WaitBGPEstablished, from); err != nil {
+			return Status{}, err
+		}
 	}
-	st.Message = fmt.Sprintf("director %s killed (SIGKILL); %s to %s; %s restarted as the standby",
-		s.l.Directors[from].Label, how, s.l.Directors[to].Label, s.l.Directors[from].Label)
+	st := s.Status(ctx)
+	how, killed := "routes moved", "killed (SIGKILL)"
+	switch {
+	case s.vrrp:
+		how = "keepalived moved the floating addresses"
+	case s.bgp:
+		killed = "unplugged (its links down) and killed (SIGKILL)"
+		how = "the routers moved (the client side at once, the real side after its hold timer)"
+	}
+	restarted := "restarted as the standby"
+	if s.bgp && from == 0 {
+		restarted = "restarted: it announces the lower MED, so the routers went back to it"
+	}
+	st.Message = fmt.Sprintf("director %s %s; %s to %s; %s %s",
+		s.l.Directors[from].Label, killed, how, s.l.Directors[to].Label, s.l.Directors[from].Label, restarted)
 	return st, nil
 }
 

@@ -40,6 +40,7 @@ var (
 	demoIdleFlag = &cli.IntFlag{Name: "idle", Value: 40, Usage: "keep-alive connections that make a request now and then"}
 	demoBusyFlag = &cli.IntFlag{Name: "busy", Value: 24, Usage: "keep-alive connections that download without pause"}
 	labVRRPFlag  = &cli.BoolFlag{Name: "vrrp", Usage: "keepalived (VRRP) in each director namespace moves the routes, as in a real deployment"}
+	labBGPFlag   = &cli.BoolFlag{Name: "bgp", Usage: "the directors announce by BGP (holdfast run --bgp-*) to a client-side and a real-side router running BIRD 2, instead of moved static routes (not with --vrrp or --ipv6)"}
 	labIPv6Flag  = &cli.BoolFlag{Name: "ipv6", Usage: "a dual-stack lab (IPv6 in 2001:2::/48 too) and directors; the demo's load goes to the IPv6 VIP (not with --vrrp)"}
 )
 
@@ -68,7 +69,7 @@ func labDemoCommand() *cli.Command {
 	return &cli.Command{
 		Name:         "demo",
 		Usage:        "build the lab, run a load, fail over and back, twice (holdfast, and --recovery=off), print the table",
-		Flags:        []cli.Flag{demoJSONFlag, demoPhaseFlag, demoIdleFlag, demoBusyFlag, labVRRPFlag, labIPv6Flag},
+		Flags:        []cli.Flag{demoJSONFlag, demoPhaseFlag, demoIdleFlag, demoBusyFlag, labVRRPFlag, labIPv6Flag, labBGPFlag},
 		OnUsageError: usageError,
 		Action:       unprivileged(labDemo),
 	}
@@ -81,6 +82,10 @@ func labDemo(c *cli.Context) error {
 		Busy:  c.Int(demoBusyFlag.Name),
 		VRRP:  c.Bool(labVRRPFlag.Name),
 		IPv6:  c.Bool(labIPv6Flag.Name),
+		BGP:   c.Bool(labBGPFlag.Name),
+	}
+	if err := bgpLabUsage(o.BGP, o.VRRP, o.IPv6); err != nil {
+		return err
 	}
 	switch {
 	case o.IPv6 && o.VRRP:
@@ -139,6 +144,17 @@ func labDemo(c *cli.Context) error {
 	return nil
 }
 
+// bgpLabUsage refuses --bgp with --vrrp or --ipv6.
+func bgpLabUsage(bgp, vrrp, ipv6 bool) error {
+	switch {
+	case bgp && vrrp:
+		return usagef("--bgp with --vrrp: choose one way to move the traffic (BGP announcements or keepalived)")
+	case bgp && ipv6:
+		return usagef("--bgp with --ipv6: the BGP lab is IPv4 only (IPv6 would need a session per family on each router)")
+	}
+	return nil
+}
+
 func printDemoTable(rs []lab.DemoResult, took time.Duration) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', tabwriter.AlignRight)
 	row := func(name string, f func(lab.DemoResult) string) {
@@ -155,7 +171,14 @@ func printDemoTable(rs []lab.DemoResult, took time.Duration) {
 	if len(rs) > 0 {
 		vip = " to " + rs[0].VIP
 	}
-	fmt.Printf("Failover demo: keep-alive HTTP%s through director A, A killed (failover to B), A restarted (failback).\n\n", vip)
+	if len(rs) > 0 && rs[0].Routing == "bgp" {
+		fmt.Printf("Failover demo: keep-alive HTTP%s through director A, announced by BGP (MED 10; B 20) to BIRD routers.\n", vip)
+		fmt.Printf("A's links go down and A is killed: the client-side router moves to B at once, the real-side router after\n")
+		fmt.Printf("its hold timer (9 s; its link to A stays up), so the longest stall is about that. A restarted announces\n")
+		fmt.Printf("again and both routers return to it (failback).\n\n")
+	} else {
+		fmt.Printf("Failover demo: keep-alive HTTP%s through director A, A killed (failover to B), A restarted (failback).\n\n", vip)
+	}
 	row("", func(r lab.DemoResult) string { return r.Mode })
 	row("connections", num(func(r lab.DemoResult) int64 { return int64(r.Connections) }))
 	row("requests ok", num(func(r lab.DemoResult) int64 { return r.RequestsOK }))

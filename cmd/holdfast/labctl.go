@@ -35,7 +35,7 @@ func labUpCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "up",
 		Usage: "build the lab, start the directors and backends, and supervise them until Ctrl-C or `holdfast lab down`",
-		Flags: []cli.Flag{labDirectorsFlag, labRealsFlag, labVRRPFlag, labIPv6Flag}, OnUsageError: usageError,
+		Flags: []cli.Flag{labDirectorsFlag, labRealsFlag, labVRRPFlag, labIPv6Flag, labBGPFlag}, OnUsageError: usageError,
 		Action: unprivileged(labUp),
 	}
 }
@@ -50,7 +50,7 @@ func labSimpleCommand(command, usage string) *cli.Command {
 }
 
 func labUp(c *cli.Context) error {
-	n, reals, vrrp, ipv6 := c.Int(labDirectorsFlag.Name), c.Int(labRealsFlag.Name), c.Bool(labVRRPFlag.Name), c.Bool(labIPv6Flag.Name)
+	n, reals, vrrp, ipv6, bgp := c.Int(labDirectorsFlag.Name), c.Int(labRealsFlag.Name), c.Bool(labVRRPFlag.Name), c.Bool(labIPv6Flag.Name), c.Bool(labBGPFlag.Name)
 	if n != 1 && n != 2 {
 		return usagef("--directors %d: expected 1 or 2", n)
 	}
@@ -62,6 +62,9 @@ func labUp(c *cli.Context) error {
 	}
 	if vrrp && ipv6 {
 		return usagef("--ipv6 with --vrrp: the VRRP lab is IPv4 only (keepalived would need a VRRPv3 instance per family)")
+	}
+	if err := bgpLabUsage(bgp, vrrp, ipv6); err != nil {
+		return err
 	}
 	// Root's lab leaves named namespaces when its `lab up` is killed; an
 	// unprivileged lab's die with it, and its socket says whether it runs
@@ -79,7 +82,7 @@ func labUp(c *cli.Context) error {
 	defer stop()
 
 	fmt.Fprintln(os.Stderr, "building the lab...")
-	s, err := lab.StartSupervisor(ctx, lab.SupervisorOptions{Binary: bin, Directors: n, Reals: reals, VRRP: vrrp, IPv6: ipv6, Log: newQuietLogger()})
+	s, err := lab.StartSupervisor(ctx, lab.SupervisorOptions{Binary: bin, Directors: n, Reals: reals, VRRP: vrrp, IPv6: ipv6, BGP: bgp, Log: newQuietLogger()})
 	if errors.Is(err, lab.ErrLabUp) {
 		return cli.Exit("holdfast lab up: "+err.Error()+": run `holdfast lab down` first", exitRuntime)
 	}
@@ -116,8 +119,16 @@ func printLabUp(l *lab.Lab) {
 	fmt.Printf("The lab is up (namespaces %s*, addresses in %s):\n\n", l.Prefix, plan)
 	fmt.Printf("  client     %-16s ns %s%s\n", lab.ClientAddr, l.Client.Name, also(lab.ClientAddr))
 	fmt.Printf("  router     %-16s ns %s%s\n", lab.ClientGateway, l.Router.Name, also(lab.ClientGateway))
+	if l.BGP() {
+		fmt.Printf("  real-side router %s (the reals' gateway %s) ns %s; both routers run BIRD (AS %d), the directors AS %d\n",
+			lab.BGPRealPeer, lab.BGPRealGateway, l.RealRouter.Name, lab.BGPRouterAS, lab.BGPDirectorAS)
+	}
 	for _, d := range l.Directors {
-		fmt.Printf("  director %s %-16s ns %s (real side %s%s)%s\n", d.Label, d.Uplink.Addr(), d.Name, d.RSAddr.Addr(), also(d.RSAddr.Addr()), also(d.Uplink.Addr()))
+		bgp := ""
+		if l.BGP() {
+			bgp = fmt.Sprintf(", BGP MED %d, peers %s and %s", lab.BGPMED(d), d.RouterAddr, lab.BGPRealPeer)
+		}
+		fmt.Printf("  director %s %-16s ns %s (real side %s%s%s)%s\n", d.Label, d.Uplink.Addr(), d.Name, d.RSAddr.Addr(), also(d.RSAddr.Addr()), bgp, also(d.Uplink.Addr()))
 	}
 	for _, r := range l.Reals {
 		fmt.Printf("  %-10s %-16s ns %s (HTTP :%d, UDP echo :%d)%s\n", r.Label, r.Addr, r.Name, lab.DefaultHTTPPort, lab.DefaultUDPPort, also(r.Addr))
@@ -135,10 +146,18 @@ func printLabUp(l *lab.Lab) {
 		fmt.Fprintf(w, "  %s %s curl -s http://[%s]/\t# the same over IPv6\n", enter, l.Client.Name, lab.VIP6)
 	}
 	fmt.Fprintf(w, "  holdfast conns --admin-socket %s\t# director A's flows\n", lab.AdminSocket(l.Directors[0]))
+	if l.BGP() {
+		fmt.Fprintf(w, "  holdfast bgp --admin-socket %s\t# A's sessions and announcements\n", lab.AdminSocket(l.Directors[0]))
+		fmt.Fprintf(w, "  birdc -s %s show route all\t# what the client-side router learned\n", l.BIRDSocket(lab.BGPClientSide))
+	}
 	fmt.Fprintf(w, "  holdfast lab status [--json]\t# directors, keepalived, flows per real\n")
 	fmt.Fprintf(w, "  holdfast lab logs A [-f]\t# director A's log\n")
 	if len(l.Directors) > 1 {
-		fmt.Fprintf(w, "  holdfast lab failover\t# kill the active director, move the routes\n")
+		if l.BGP() {
+			fmt.Fprintf(w, "  holdfast lab failover\t# unplug and kill the active director, the routers move\n")
+		} else {
+			fmt.Fprintf(w, "  holdfast lab failover\t# kill the active director, move the routes\n")
+		}
 	}
 	fmt.Fprintf(w, "  holdfast lab down\t# or Ctrl-C here\n")
 	w.Flush()
@@ -205,6 +224,9 @@ func printLabStatus(st lab.Status) {
 		}
 		if d.VRRP != "" {
 			state = "keepalived " + d.VRRP + ", holdfast " + state
+		}
+		if d.BGP != "" {
+			state += "; BGP sessions: " + d.BGP
 		}
 		fmt.Printf("  director %s  %-18s ns %-16s %s\n", d.Label, d.Uplink, d.Namespace, state)
 	}

@@ -1,0 +1,140 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"holdfast/lab"
+)
+
+// TestDemoBGP runs `holdfast lab demo --bgp --json`: the directors
+// announce by BGP to BIRD routers, the failover unplugs and kills A (the
+// client-side router moves at once, the real-side router after its hold
+// timer), the failback is A announcing again. With holdfast no request
+// fails and no connection is reset; without recovery some are.
+func TestDemoBGP(t *testing.T) {
+	requireBIRD(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, holdfastBinary(t), "lab", "demo", "--bgp", "--json")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("holdfast lab demo --bgp: %v\n%s\n%s", err, out, tail(stderr.String(), 20))
+	}
+	var res struct {
+		Runs []lab.DemoResult `json:"runs"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("demo output %q: %v", out, err)
+	}
+	if len(res.Runs) != 2 || res.Runs[0].Mode != "holdfast" || res.Runs[1].Mode != "recovery off" {
+		t.Fatalf("runs %+v", res.Runs)
+	}
+	for _, r := range res.Runs {
+		t.Logf("%s (%s): %d connections, %d ok, %d failed, %d reset, %d new, longest stall %v, %d steered, %d recovered, %d adopted",
+			r.Mode, r.Routing, r.Connections, r.RequestsOK, r.RequestsFailed, r.ConnectionsReset, r.NewConnections,
+			r.LongestStall.Round(time.Millisecond), r.Steered, r.Recoveries, r.Adoptions)
+		if r.Routing != "bgp" {
+			t.Errorf("%s run: routing %q, want bgp", r.Mode, r.Routing)
+		}
+	}
+	hf, off := res.Runs[0], res.Runs[1]
+	if hf.RequestsFailed != 0 || hf.ConnectionsReset != 0 || hf.NewConnections != 0 || hf.RequestsOK == 0 {
+		t.Errorf("holdfast: %d failed, %d reset, %d new connections, %d ok; want 0, 0, 0 and some",
+			hf.RequestsFailed, hf.ConnectionsReset, hf.NewConnections, hf.RequestsOK)
+	}
+	if off.ConnectionsReset == 0 {
+		t.Errorf("recovery off: no connection reset: the demo shows nothing")
+	}
+	t.Logf("the demo took %v", took.Round(100*time.Millisecond))
+	if left, _ := lab.List(fmt.Sprintf("hf%d-", cmd.Process.Pid)); len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
+	}
+}
+
+// TestLabUpBGP: `holdfast lab up --bgp` comes up with both directors'
+// sessions Established on both routers and A active; `lab failover`
+// unplugs and kills A, the routers move to B, and A, restarted, takes the
+// traffic back (the lower MED); a request through the VIP works after.
+func TestLabUpBGP(t *testing.T) {
+	requireBIRD(t)
+	bin := holdfastBinary(t)
+	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
+		t.Skipf("skipping: a lab made by `holdfast lab up` is running on this machine (%v)", left)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(bin, "lab", "up", "--bgp")
+	cmd.Stderr = &stderr
+	u := startLabUp(t, cmd, &stderr)
+	t.Cleanup(func() {
+		cmd.Process.Kill() // by PID; a no-op once it exited
+		<-u.exited
+		if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
+			exec.Command(bin, "lab", "down").Run()
+		}
+	})
+	u.bannerLine(t, "real-side router")
+	u.bannerLine(t, "holdfast bgp --admin-socket")
+	up := "client Established, real Established"
+	st := parseLabStatus(t, runCmd(t, exec.Command(bin, "lab", "status", "--json")))
+	if st.Active != "A" || len(st.Directors) != 2 || st.Directors[0].BGP != up || st.Directors[1].BGP != up {
+		t.Errorf("lab status --json: active %q, directors %+v; want A, every session Established", st.Active, st.Directors)
+	}
+	get := func(what string) {
+		t.Helper()
+		client := &lab.NS{Name: lab.SupervisedPrefix + "client"}
+		c, err := client.Dial("tcp4", lab.VIP.String()+":80")
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: lab\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		resp := make([]byte, 512)
+		n, err := c.Read(resp)
+		if err != nil || !bytes.Contains(resp[:n], []byte("X-Real: rs")) {
+			t.Fatalf("%s: HTTP through the VIP: %q, %v", what, resp[:n], err)
+		}
+	}
+	get("before the failover")
+	start := time.Now()
+	r := runCmd(t, exec.Command(bin, "lab", "failover"))
+	wantOK(t, "lab failover", r)
+	t.Logf("lab failover took %v: %s", time.Since(start).Round(time.Millisecond), firstLineOf(r.stdout))
+	if !strings.Contains(r.stdout, "director A unplugged (its links down) and killed (SIGKILL); the routers moved") {
+		t.Errorf("lab failover said:\n%s", r.stdout)
+	}
+	// A restarted announces MED 10 again: the routers go back to it.
+	if d, ok := within(20*time.Second, func() bool {
+		return parseLabStatus(t, runCmd(t, exec.Command(bin, "lab", "status", "--json"))).Active == "A"
+	}); !ok {
+		t.Errorf("A not active again %v after the failover", d)
+	}
+	get("after the failover")
+	if r := runCmd(t, exec.Command(bin, "lab", "down")); r.code != 0 {
+		t.Fatalf("lab down: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if err := u.wait(t); err != nil {
+		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(stderr.String(), 20))
+	}
+	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
+		t.Fatalf("namespaces left: %v", left)
+	}
+}
+
+func firstLineOf(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
