@@ -53,7 +53,7 @@ func newVRRPPair(t *testing.T) *pair {
 	if m := l.Active(); m != nil {
 		t.Fatalf("director %s is VRRP master before any holdfast runs", m.Label)
 	}
-	p := &pair{l: l}
+	p := &pair{l: l, vip: vipHTTP}
 	reals := append([]string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr"}, realFlags(l, lab.DefaultHTTPPort)...)
 	for i, d := range l.Directors {
 		args := append(directorArgs(d, reals...), "--recovery-rate", "100000")
