@@ -50,6 +50,10 @@ type Config struct {
 	// the embedded speaker (bgp.go).
 	BGP *BGP
 
+	// Adoption: whether a real's packet with no flow is adopted (nat's
+	// Config.Adoption; the zero value follows Recovery.Enabled).
+	Adoption nat.AdoptMode
+
 	Timeouts nat.Timeouts // every state's idle timeout, positive (nat.NewTimeouts)
 	MaxFlows int          // most flows at once, positive
 	Recovery Recovery

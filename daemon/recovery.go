@@ -29,7 +29,7 @@ const attempts = 3
 // dials.
 func newDirector(ctx context.Context, cfg Config, mtu int, write func([]byte), clk *clock.Clock, st *stages, log zerolog.Logger) (*nat.Director, *netstack.Stack, error) {
 	r := cfg.Recovery
-	ncfg := nat.Config{Services: cfg.Services, Timeouts: cfg.Timeouts, MaxFlows: cfg.MaxFlows,
+	ncfg := nat.Config{Services: cfg.Services, Timeouts: cfg.Timeouts, MaxFlows: cfg.MaxFlows, Adoption: cfg.Adoption,
 		Recovery: nat.RecoveryConfig{Addrs: r.Addrs}, CookieBits: r.CookieBits}
 	var ns *netstack.Stack
 	if len(r.Addrs) > 0 {

@@ -50,6 +50,7 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 			// SYN's flow goes, and the segment finds its connection's real.
 			// (A director that did not see the SYN-ACK, the replies going
 			// through another one, cannot tell, and does not judge.)
+			d.noteReplacedSyn(f.clientKey(), now)
 			d.removeFlow(slot, now)
 			d.stats.SynFlowsReplaced++
 			found = false

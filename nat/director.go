@@ -26,7 +26,24 @@ type Config struct {
 	// MaxCookieBits: 0 turns cookies off. The reals of every service get
 	// their cookie ids (balancer.AssignCookieIDs) in New.
 	CookieBits int
+	// Adoption says whether a real's packet with no flow is adopted (the
+	// real proves it holds the connection: real.go). It is plain NAT, no
+	// recovery: a director behind ECMP that sees only the reals' half of
+	// a flow needs it with recovery off too. AdoptAuto follows recovery,
+	// so that a director with recovery off stays the plain NAT director
+	// the comparisons need.
+	Adoption AdoptMode
 }
+
+// AdoptMode is Config.Adoption.
+type AdoptMode uint8
+
+// Adoption modes.
+const (
+	AdoptAuto AdoptMode = iota // adopt when recovery is on
+	AdoptOn
+	AdoptOff
+)
 
 // Director is the NAT of one director: services, flow table, every piece of
 // recovery state (recoveries in flight with their parked segments, the dial
@@ -40,11 +57,16 @@ type Config struct {
 // and never calls back into the Director from Dial or Cancel.
 type Director struct {
 	mu        sync.Mutex
-	services  []service
-	bySvc     map[svcKey]uint16
-	vips      map[netip.Addr]struct{}
-	realAddrs map[netip.Addr]struct{}
-	realSvcs  map[svcKey][]uint16 // (proto, real addr:port) -> services it serves
+	adoptMode AdoptMode
+	// replacedSyn holds, until when, the client tuples of SYN flows found
+	// not to be the client's: their SYN-ACKs are not adopted (real.go).
+	replacedSyn    map[fkey]int64
+	replacedPruned int64
+	services       []service
+	bySvc          map[svcKey]uint16
+	vips           map[netip.Addr]struct{}
+	realAddrs      map[netip.Addr]struct{}
+	realSvcs       map[svcKey][]uint16 // (proto, real addr:port) -> services it serves
 	// servesProto marks the protocols of the services: a fragment from a real
 	// in such a protocol may belong to a flow (it carries no ports to tell).
 	servesProto [256]bool
@@ -81,6 +103,7 @@ func New(cfg Config) (*Director, error) {
 		emitFn:    cfg.Emit,
 	}
 	d.cookieBits = uint8(cfg.CookieBits)
+	d.adoptMode = cfg.Adoption
 	for _, s := range cfg.Services {
 		k := svcKey{uint8(s.Proto), s.VIP}
 		if _, dup := d.bySvc[k]; dup {
@@ -110,6 +133,17 @@ func New(cfg Config) (*Director, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// adopting reports whether a real's packet with no flow may be adopted.
+func (d *Director) adopting() bool {
+	switch d.adoptMode {
+	case AdoptOn:
+		return true
+	case AdoptOff:
+		return false
+	}
+	return d.rec.enabled
 }
 
 // checkFamilies refuses a service whose reals are not all of its VIP's

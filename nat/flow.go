@@ -483,6 +483,7 @@ func (d *Director) Sweep(now int64, budget int) int {
 		}
 	}
 	d.missTimers(now)
+	d.pruneReplacedSyn(now)
 	for i := range d.services {
 		s := &d.services[i]
 		n := 0

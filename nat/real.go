@@ -1,6 +1,8 @@
 package nat
 
 import (
+	"time"
+
 	"holdfast/internal/wire"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -57,6 +59,7 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 				// overtook the SYN-ACK). Swallowed; the client's
 				// retransmission finds its connection's real through the
 				// miss path.
+				d.noteReplacedSyn(f.clientKey(), now)
 				d.removeFlow(slot, now)
 				d.stats.SynFlowsReplaced++
 				return wire.Consume, DropNone, nil
@@ -98,14 +101,79 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 	if !ok {
 		return wire.Forward, DropNone, p.ip // the real's other traffic
 	}
-	if !d.rec.enabled || (p.proto == protoTCP && p.flags&(header.TCPFlagRst|header.TCPFlagSyn) != 0) {
+	if !d.adopting() || (p.proto == protoTCP && p.flags&header.TCPFlagRst != 0) {
 		// The patent's step 5: a real's service port talking to no flow.
-		// A reset proves nothing, and a SYN-ACK answers a SYN whose flow
-		// is gone (replaced, expired): adopting it would pin the tuple to
-		// that real.
+		// A reset proves nothing.
+		return wire.Drop, DropNoFlow, nil
+	}
+	if p.proto == protoTCP && p.flags&header.TCPFlagSyn != 0 && d.synAckSuspect(svcs, p, now) {
 		return wire.Drop, DropNoFlow, nil
 	}
 	return d.adopt(svcs, p, now)
+}
+
+// synAckSuspect reports whether a real's SYN-ACK with no flow must not be
+// adopted: one that is not a SYN-ACK, or one whose client tuple has a miss
+// in progress. Behind ECMP the SYN-ACK of a SYN another director carried
+// comes to this one with no flow at all, and is adopted as the start of
+// the flow (and after a failover in the middle of a handshake, the same).
+// A miss in progress means the client's tuple belongs to a connection
+// being looked for: the SYN-ACK answers a SYN that was not that
+// connection's (forged or stale, its flow replaced), and taken as the owner
+// speaking it would send the connection to the wrong real.
+func (d *Director) synAckSuspect(svcs []uint16, p *packet, now int64) bool {
+	if p.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn|header.TCPFlagAck {
+		return true // a bare SYN from a real's service port
+	}
+	for _, s := range svcs {
+		ck := Key{p.proto, p.dst, d.services[s].VIP}
+		if d.rec.pending[ck] != nil {
+			return true
+		}
+		if until, ok := d.replacedSyn[packKey(ck)]; ok && until > now {
+			return true // the SYN this answers was found not the client's
+		}
+	}
+	return false
+}
+
+// replacedSynTTL is how long a SYN flow found not to be the client's (its
+// tuple's connection lives elsewhere) keeps its real's SYN-ACK from being
+// adopted: Linux retransmits a SYN-ACK five times over about 63 s.
+const replacedSynTTL = 64 * int64(time.Second)
+
+// maxReplacedSyn bounds the replaced SYN tuples remembered: a flood of
+// forged SYNs each replaced fills it at worst, and then a replaced SYN's
+// SYN-ACK may be adopted again (pinning that tuple until the client's
+// segments prove the flow stale), the behaviour without the record.
+const maxReplacedSyn = 1 << 16
+
+// noteReplacedSyn records the client tuple k of a SYN flow found not the
+// client's.
+func (d *Director) noteReplacedSyn(k fkey, now int64) {
+	if d.replacedSyn == nil {
+		d.replacedSyn = make(map[fkey]int64)
+	}
+	if len(d.replacedSyn) < maxReplacedSyn {
+		d.replacedSyn[k] = now + replacedSynTTL
+	}
+}
+
+// pruneReplacedSyn forgets the expired records (from Sweep, once a second:
+// a full map is 65,536 entries to walk).
+func (d *Director) pruneReplacedSyn(now int64) {
+	if len(d.replacedSyn) == 0 || now < d.replacedPruned+int64(time.Second) {
+		return
+	}
+	d.replacedPruned = now
+	for k, until := range d.replacedSyn {
+		if until <= now {
+			delete(d.replacedSyn, k)
+		}
+	}
+	if len(d.replacedSyn) == 0 {
+		d.replacedSyn = nil // give the room back after a flood
+	}
 }
 
 // seeSynAck completes the handshake record with the real's SYN-ACK. Window

@@ -7,8 +7,9 @@ import "testing"
 // client, whose established TCP answers with its own numbers. That segment,
 // and the client's next request, do not answer the SYN-ACK: the SYN's flow
 // goes and the request takes the miss path (here: no real holds it, the
-// client answers the challenge, a recovery dial). A SYN-ACK with no flow is
-// never adopted (it would pin the tuple to its real).
+// client answers the challenge, a recovery dial). The real's SYN-ACK for the
+// replaced SYN is not adopted (it would pin the tuple to its real) for as
+// long as the real retransmits it.
 func TestForgedSYNDoesNotPinTheTuple(t *testing.T) {
 	d, fr := newRecDirector(t)
 	handle(t, d, tcp4(client, vip, syn, 777, 0, nil), 1) // forged
@@ -23,7 +24,8 @@ func TestForgedSYNDoesNotPinTheTuple(t *testing.T) {
 	if st.SynFlowsReplaced != 1 || st.Flows != 0 {
 		t.Fatalf("SYN flows replaced %d, flows %d; want 1, 0", st.SynFlowsReplaced, st.Flows)
 	}
-	// The real retransmits its SYN-ACK: no flow, not adopted.
+	// The real retransmits its SYN-ACK: its SYN was not the client's, not
+	// adopted.
 	if out := handle(t, d, tcp4(real, client, synack, 9000, 778, nil), 3); out != nil || d.Stats().Adopted != 0 {
 		t.Fatalf("a SYN-ACK with no flow was adopted: %x", out)
 	}

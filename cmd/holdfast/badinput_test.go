@@ -147,6 +147,7 @@ func TestBadInputs(t *testing.T) {
 			want: "--recovery-addr 198.18.0.10: is the VIP of service tcp:198.18.0.10:80 (a recovery address is the director's own, routed to it, never a VIP or a real)"},
 		{name: "recovery address a real", cmd: []string{"run", "--tun", "hf0", "--recovery-addr", "198.18.10.11", one},
 			want: "--recovery-addr 198.18.10.11: is a real of service tcp:198.18.0.10:80 (a recovery address is the director's own, routed to it, never a VIP or a real)"},
+		{name: "adoption", args: []string{"--adoption", "maybe", one}, want: `--adoption "maybe": expected auto, on or off`},
 		{name: "director id", args: []string{"--director-id", "9", one}, want: "--director-id 9: expected 1..8"},
 		{name: "recovery ports upside down", args: []string{"--recovery-ports", "80-10", one}, want: `--recovery-ports "80-10": expected LO-HI with 1 <= LO <= HI <= 65535, e.g. 10000-16499`},
 		{name: "recovery ports over a service port", args: []string{"--recovery-ports", "1-100", one},

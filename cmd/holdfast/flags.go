@@ -110,6 +110,10 @@ var (
 		Name: "recovery-addr", Category: catRecover, EnvVars: env("RECOVERY_ADDR"),
 		Usage: "address recovery connections come from, IPv4 or IPv6 (repeatable; with recovery on, one of each IP version the services use; shared by the directors of a pair, routed to the active one, never on-link for the reals)",
 	}
+	adoptionFlag = &cli.StringFlag{
+		Name: "adoption", Value: "auto", Category: catRecover, EnvVars: env("ADOPTION"),
+		Usage: "auto, on or off: adopt a real's packet that has no flow (the real proves it holds the connection; plain NAT, no recovery); auto follows --recovery, so that --recovery=off stays a plain NAT director; on with --recovery=off for a director behind ECMP that sees only the reals' replies",
+	}
 	recoveryPortsFlag = &cli.StringFlag{
 		Name: "recovery-ports", Category: catRecover, EnvVars: env("RECOVERY_PORTS"),
 		Usage: "local port range LO-HI of recovery connections (default: derived from --director-id)",
@@ -289,7 +293,7 @@ func runFlags() []cli.Flag {
 		configFlag,
 		tunFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag, tunOffloadFlag, tunQueuesFlag, packetNiceFlag,
 		timeoutTCPFlag, timeoutTCPFinFlag, timeoutUDPFlag, maxFlowsFlag,
-		recoveryFlag, directorIDFlag, recoveryAddrFlag, recoveryPortsFlag, recoveryAllowFlag,
+		recoveryFlag, adoptionFlag, directorIDFlag, recoveryAddrFlag, recoveryPortsFlag, recoveryAllowFlag,
 		recoveryRateFlag, recoveryMaxInflightFlag,
 		recoveryPrefixLen4Flag, recoveryPrefixLen6Flag, recoveryPrefixInflightFlag, recoveryPrefixFlowsFlag,
 		parkBytesFlag, recoveryTimeoutFlag, recoveryWScaleFlag, recoveryMSSFlag,

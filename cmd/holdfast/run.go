@@ -109,6 +109,15 @@ func parseRun(c *cli.Context) (daemon.Config, error) {
 	if s.BGP, err = parseBGP(c); err != nil {
 		return s, err
 	}
+	switch v := c.String(adoptionFlag.Name); v {
+	case "auto":
+	case "on":
+		s.Adoption = nat.AdoptOn
+	case "off":
+		s.Adoption = nat.AdoptOff
+	default:
+		return s, usagef("--%s %q: expected auto, on or off", adoptionFlag.Name, v)
+	}
 	if err := recoveryClear(s.Recovery, s.Services, c.IsSet(recoveryPortsFlag.Name)); err != nil {
 		return s, err
 	}

@@ -1,0 +1,123 @@
+package nat
+
+import (
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// Adoption is a switch of its own: with recovery off it adopts when asked
+// to (a director behind ECMP seeing only the reals' half of a flow), and
+// by default it follows recovery, so that a recovery-off director stays
+// plain NAT; with recovery on it can be turned off.
+func TestAdoptionSwitch(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		recovery bool
+		mode     AdoptMode
+		adopted  bool
+	}{
+		{"recovery off, auto", false, AdoptAuto, false},
+		{"recovery off, on", false, AdoptOn, true},
+		{"recovery on, auto", true, AdoptAuto, true},
+		{"recovery on, off", true, AdoptOff, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var d *Director
+			if tc.recovery {
+				d, _ = newRecDirector(t)
+				d.adoptMode = tc.mode
+			} else {
+				d = newTestDirector(t, func(c *Config) { c.Adoption = tc.mode })
+			}
+			out := handle(t, d, tcp4(rs1, client, psh, 5000, 3000, []byte("data")), 1)
+			if got := out != nil; got != tc.adopted {
+				t.Fatalf("a real's mid-stream segment forwarded %v, want %v", got, tc.adopted)
+			}
+			if got := d.Stats().Adopted; got != map[bool]uint64{true: 1}[tc.adopted] {
+				t.Fatalf("%d adopted", got)
+			}
+			if tc.adopted {
+				if src, dst := addrs(out); src != ap(vip) || dst != ap(client) {
+					t.Fatalf("forwarded %v -> %v, want %v -> %v", src, dst, vip, client)
+				}
+			}
+		})
+	}
+}
+
+// Behind ECMP the routers hash the two directions apart: director X sees
+// the client's SYN and every client segment, director Y the real's
+// SYN-ACK and every reply. Y adopts the SYN-ACK (it never saw the SYN),
+// X lets the client's handshake ACK through without having seen the
+// SYN-ACK, and the connection carries data both ways, with recovery off
+// and adoption on (plain NAT).
+func TestHalfFlows(t *testing.T) {
+	mk := func() *Director { return newTestDirector(t, func(c *Config) { c.Adoption = AdoptOn }) }
+	x, y := mk(), mk()
+	out := handle(t, x, tcp4(client, vip, syn, 1000, 0, nil, 2, 4, 5, 0xb4), 1)
+	if out == nil {
+		t.Fatal("X dropped the SYN")
+	}
+	_, real := addrs(out)
+	if out = handle(t, y, tcp4(real.String(), client, synack, 9000, 1001, nil, 2, 4, 5, 0xb4), 1); out == nil {
+		t.Fatal("Y dropped the SYN-ACK of a SYN X carried")
+	}
+	if src, dst := addrs(out); src != ap(vip) || dst != ap(client) {
+		t.Fatalf("SYN-ACK forwarded %v -> %v", src, dst)
+	}
+	for i, seg := range []struct {
+		d        *Director
+		from, to string
+		flags    header.TCPFlags
+		seq, ack uint32
+		data     string
+	}{
+		{x, client, vip, ack, 1001, 9001, ""},
+		{x, client, vip, psh, 1001, 9001, "GET / HTTP/1.1\r\n\r\n"},
+		{y, real.String(), client, psh, 9001, 1019, "HTTP/1.1 200 OK\r\n\r\n"},
+		{x, client, vip, ack, 1019, 9020, ""},
+		{x, client, vip, psh, 1019, 9020, "GET /2 HTTP/1.1\r\n\r\n"},
+		{y, real.String(), client, psh, 9020, 1039, "HTTP/1.1 200 OK\r\n\r\n"},
+	} {
+		if out := handle(t, seg.d, tcp4(seg.from, seg.to, seg.flags, seg.seq, seg.ack, []byte(seg.data)), int64(2+i)); out == nil {
+			t.Fatalf("segment %d (%s -> %s) dropped", i, seg.from, seg.to)
+		}
+	}
+	for name, d := range map[string]*Director{"X": x, "Y": y} {
+		st := d.Stats()
+		if st.StaleSuspects != 0 || st.OutOfWindow[DirToReal] != 0 || st.OutOfWindow[DirToClient] != 0 || st.Flows != 1 {
+			t.Errorf("%s: %d stale suspects, out of window %v, %d flows; want 0, none, 1", name, st.StaleSuspects, st.OutOfWindow, st.Flows)
+		}
+	}
+}
+
+// A real's SYN-ACK is not adopted while the client's tuple has a miss in
+// progress (the connection being looked for is another one), nor a bare
+// SYN from a real's service port; a replaced SYN's record expires with the
+// real's last retransmission, and the SYN-ACK is then adopted.
+func TestSynAckAdoptionLimits(t *testing.T) {
+	d, _, pr := newRecDirectorPeers(t)
+	pr.Quiet = true // nobody answers: the miss stays in progress
+	handle(t, d, tcp4(client, vip, psh, 100, 200, []byte("GET /")), 1)
+	if out := handle(t, d, tcp4(rs1, client, synack, 9000, 778, nil), 1); out != nil || d.Stats().Adopted != 0 {
+		t.Fatalf("a SYN-ACK on a tuple with a miss in progress was adopted: %x", out)
+	}
+	if out := handle(t, d, tcp4(rs1, client2, syn, 9000, 0, nil), 1); out != nil || d.Stats().Adopted != 0 {
+		t.Fatalf("a real's bare SYN was adopted: %x", out)
+	}
+
+	d, _ = newRecDirector(t)
+	d.noteReplacedSyn(packKey(Key{protoTCP, ap(client2), ap(vip)}), 1)
+	if out := handle(t, d, tcp4(rs1, client2, synack, 9000, 778, nil), 2); out != nil {
+		t.Fatal("a replaced SYN's SYN-ACK was adopted")
+	}
+	later := 1 + replacedSynTTL
+	d.Sweep(later, 10)
+	if len(d.replacedSyn) != 0 {
+		t.Fatalf("%d replaced SYN records after their time", len(d.replacedSyn))
+	}
+	if out := handle(t, d, tcp4(rs1, client2, synack, 9000, 778, nil), later); out == nil || d.Stats().Adopted != 1 {
+		t.Fatal("a SYN-ACK with no flow and no record was not adopted")
+	}
+}
