@@ -58,8 +58,14 @@ const (
 	BGPRealSide   = "real"   // the real-side router (the RealRouter namespace)
 )
 
-// BGPMED is director d's --bgp-med: 10 for A, 20 for B.
-func BGPMED(d *Director) int { return 10 * d.ID }
+// BGPMED is director d's --bgp-med: 10 for A, 20 for B; ECMPMED for
+// every director of an ECMP lab (Options.ECMP).
+func BGPMED(d *Director) int {
+	if d.lab != nil && d.lab.ecmp {
+		return ECMPMED
+	}
+	return 10 * d.ID
+}
 
 // BGPProtocol is the name of director d's session in the routers' BIRD
 // (`birdc show protocols`): "director_a", "director_b".
@@ -88,11 +94,21 @@ filter from_director {
 	reject;
 }
 
+{{- if .ECMP}}
+# The learned routes go to the kernel: the equal routes of every director
+# (same MED, same AS path) merged into one multipath route, which the
+# kernel hashes on L4 (fib_multipath_hash_policy=1).
+protocol kernel {
+	merge paths yes;
+	ipv4 { export filter { if source = RTS_BGP then accept; reject; }; };
+}
+{{- else}}
 # The learned routes go to the kernel, which forwards to the director
 # with the lower MED.
 protocol kernel {
 	ipv4 { export filter { if source = RTS_BGP then accept; reject; }; };
 }
+{{- end}}
 
 template bgp director {
 	local as {{.RouterAS}};
@@ -158,6 +174,9 @@ func (l *Lab) bgpSteps(realMTU int) []func() error {
 	for _, d := range l.Directors {
 		steps = append(steps, ipStep(d.NS, "addr", "add", d.BGPAddr.String(), "dev", d.RSIface))
 	}
+	if l.ecmp {
+		steps = append(steps, l.ecmpSteps()...)
+	}
 	for _, r := range l.Reals {
 		steps = append(steps,
 			func() error { return r.SetSysctl("net.ipv4.conf.all.accept_redirects", "0") },
@@ -212,7 +231,7 @@ func (l *Lab) startBGP() error {
 		}
 		var conf strings.Builder
 		if err := birdRouterConf.Execute(&conf, map[string]any{
-			"Side": side.name, "Lab": l.Prefix, "RouterID": side.id,
+			"Side": side.name, "Lab": l.Prefix, "RouterID": side.id, "ECMP": l.ecmp,
 			"Accepts": side.accepts, "Filter": side.filter, "CheckLink": side.checkLink,
 			"RouterAS": BGPRouterAS, "DirectorAS": BGPDirectorAS,
 			"Hold": int(BGPHoldTime.Seconds()), "Keepalive": int(BGPKeepalive.Seconds()),

@@ -12,7 +12,8 @@ import (
 
 // HoldfastArgs is `holdfast run` for director d with the lab's plumbing:
 // TUN hf0, routes set up on its real-server side, JSON logs (for the tests
-// that look for an operator's message), the shared recovery address, d's
+// that look for an operator's message), the recovery address
+// (RecoveryAddrOf: shared, or d's own in an ECMP lab), d's
 // own recovery port range (--director-id) and admin socket. In a dual-stack
 // lab (Options.IPv6) the director is dual-stack too: RecoveryAddr6 is a
 // second --recovery-addr. In a BGP lab (Options.BGP) it adds the --bgp-*
@@ -20,7 +21,7 @@ import (
 // later --recovery=off wins).
 func HoldfastArgs(d *Director, extra ...string) []string {
 	args := []string{"run", "--tun", "hf0", "--setup-routes", "--real-iface", d.RSIface, "--log-format", "json",
-		"--recovery-addr", RecoveryAddr.String()}
+		"--recovery-addr", RecoveryAddrOf(d).String()}
 	if d.lab != nil && d.lab.ipv6 {
 		args = append(args, "--recovery-addr", RecoveryAddr6.String())
 	}
@@ -189,7 +190,7 @@ func decodeStats(data []byte) (DirectorStats, error) {
 // must allow for it. Replug the dead director before starting it again.
 func (l *Lab) Failover(ctx context.Context, to int, stop func() error) error {
 	if l.bgp != nil {
-		if to < 0 || to >= len(l.Directors) || len(l.Directors) < 2 {
+		if to < 0 || to >= len(l.Directors) || len(l.Directors) != 2 {
 			return fmt.Errorf("lab: Failover(%d): have %d directors", to, len(l.Directors))
 		}
 		if err := l.Unplug(1 - to); err != nil {

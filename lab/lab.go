@@ -31,7 +31,8 @@ var (
 	// their default route, which points at the active director (in a BGP
 	// lab, at the real-side router, which learned it from the directors).
 	RecoveryPrefix = netip.MustParsePrefix("198.18.200.0/24")
-	// RecoveryAddr is the recovery address the directors of a lab share.
+	// RecoveryAddr is the recovery address the directors of a lab share
+	// (an ECMP lab gives each its own: RecoveryAddrOf).
 	RecoveryAddr = netip.MustParseAddr("198.18.200.1")
 
 	// RealPrefix is the real-server segment (the bridge in the switch ns).
@@ -74,7 +75,7 @@ type Options struct {
 	// "hf<pid>-<n>-", unique per build in this process, which SweepStale
 	// recognises once the process is gone.
 	Prefix string
-	// Directors is 1 or 2 (0 means 1).
+	// Directors is 1 or 2 (0 means 1); 3 with ECMP.
 	Directors int
 	// Reals is the number of real servers, 1..MaxReals (0 means 3).
 	Reals int
@@ -116,6 +117,13 @@ type Options struct {
 	// 198.18.1N.0/24 (N its ID). IPv4 only, not with VRRP or RealHopMTU.
 	// Needs bird(8) and birdc(8) installed.
 	BGP bool
+	// ECMP makes a BGP lab active-active (see ecmp.go, issue 17): every
+	// director announces with the same MED (ECMPMED), both routers merge
+	// the equal routes into one multipath route hashed on L4
+	// (fib_multipath_hash_policy=1, ignore_routes_with_linkdown=1), and
+	// each director has its own recovery address (RecoveryAddrOf) instead
+	// of the shared RecoveryAddr. Needs BGP; allows Directors 3.
+	ECMP bool
 }
 
 // Lab is a built topology. Its fields are set by New and read-only after;
@@ -128,7 +136,7 @@ type Lab struct {
 	// RealRouter is the real-side router of a BGP lab (Options.BGP); nil
 	// otherwise.
 	RealRouter *NS
-	Directors  []*Director // A, then B if Options.Directors == 2
+	Directors  []*Director // A, then B and C as Options.Directors says
 	Reals      []*Real     // rs1..rsN
 
 	mu         sync.Mutex
@@ -139,6 +147,7 @@ type Lab struct {
 	procs      []*Proc
 	closers    []func() error // backends, closed before the namespaces go
 	active     int
+	ecmp       bool       // Options.ECMP
 	vrrp       *vrrpState // nil unless Options.VRRP
 	bgp        *bgpState  // nil unless Options.BGP
 }
@@ -146,8 +155,8 @@ type Lab struct {
 // Director is a director's namespace and its addresses.
 type Director struct {
 	*NS
-	Label       string       // "A" or "B"
-	ID          int          // 1 for A, 2 for B: holdfast --director-id
+	Label       string       // "A", "B" or "C"
+	ID          int          // 1 for A, 2 for B, 3 for C: holdfast --director-id
 	Uplink      netip.Prefix // its address on the router link, e.g. 198.18.2.2/24 (VRRP: on the shared uplink segment)
 	RouterAddr  netip.Addr   // the router's end of that link (or segment), its default gateway
 	RSAddr      netip.Prefix // its address on the real-server segment, e.g. 198.18.10.2/24
@@ -203,8 +212,12 @@ func New(opts Options) (_ *Lab, err error) {
 		opts.Prefix = fmt.Sprintf("hf%d-%d-", os.Getpid(), builds.Add(1))
 	}
 	switch {
-	case opts.Directors != 1 && opts.Directors != 2:
-		return nil, fmt.Errorf("lab: Directors = %d, want 1 or 2", opts.Directors)
+	case opts.ECMP && !opts.BGP:
+		return nil, errors.New("lab: ECMP without BGP: the routers learn the equal routes from the directors' announcements")
+	case opts.ECMP && (opts.Directors < 1 || opts.Directors > 3):
+		return nil, fmt.Errorf("lab: Directors = %d, want 1..3", opts.Directors)
+	case !opts.ECMP && opts.Directors != 1 && opts.Directors != 2:
+		return nil, fmt.Errorf("lab: Directors = %d, want 1 or 2 (3 with ECMP)", opts.Directors)
 	case opts.Reals < 1 || opts.Reals > MaxReals:
 		return nil, fmt.Errorf("lab: Reals = %d, want 1..%d", opts.Reals, MaxReals)
 	case opts.DirectorLinkMTU < 576 || opts.DirectorLinkMTU > 1500:
@@ -231,7 +244,7 @@ func New(opts Options) (_ *Lab, err error) {
 	if opts.RealLinkMTU == 0 {
 		opts.RealLinkMTU = 1500
 	}
-	l := &Lab{Prefix: opts.Prefix, ipv6: opts.IPv6}
+	l := &Lab{Prefix: opts.Prefix, ipv6: opts.IPv6, ecmp: opts.ECMP}
 	defer func() {
 		if err != nil {
 			if cerr := l.Close(); cerr != nil {
@@ -268,7 +281,7 @@ func New(opts Options) (_ *Lab, err error) {
 			return nil, err
 		}
 		// A point-to-point link per director: 198.18.2.2, 198.18.3.2; with
-		// VRRP one segment: 198.18.2.2, 198.18.2.3.
+		// VRRP one segment: 198.18.2.2, 198.18.2.3 (BGP: bgpAddrs).
 		uplink := [4]byte{198, 18, byte(2 + i), 2}
 		if opts.VRRP {
 			uplink = [4]byte{198, 18, 2, byte(2 + i)}

@@ -1,0 +1,100 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"holdfast/lab"
+)
+
+// The ECMP lab (lab.Options.ECMP, issue 17): directors A, B and C (d1..d3)
+// announce with the same MED to the BGP lab's two BIRD routers, which
+// merge the equal routes into multipath routes hashed on L4. The two
+// directions of a flow are hashed apart, so a director often carries only
+// half of it: each runs --scheduler mh (every director picks the same
+// real for a tuple) and --adoption on (it takes up a real's reply to a SYN
+// another director forwarded), with its own --recovery-addr.
+
+// ecmpLabOptions is the acceptance lab: three directors, three reals, ECMP.
+var ecmpLabOptions = lab.Options{Directors: 3, Reals: 3, BGP: true, ECMP: true}
+
+// newECMPGroup builds the ECMP lab, starts holdfast on every director and
+// waits until every session is up and both routers spread the traffic
+// over all three.
+func newECMPGroup(t *testing.T) *lab.Lab {
+	t.Helper()
+	requireBIRD(t)
+	l := NewLab(t, ecmpLabOptions)
+	if err := l.ServeBackends(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range l.Directors {
+		args := append([]string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "mh"}, ipv4.realFlags(l, lab.DefaultHTTPPort)...)
+		args = append(args, "--adoption", "on", "--recovery-rate", "100000")
+		StartDirector(t, d.NS, directorArgs(d, args...)...)
+	}
+	waitSessions(t, l, l.Directors...)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := l.WaitECMP(ctx, l.Directors...); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestECMPLabSessions: both routers' kernel routes (the VIP's on the
+// client side, the reals' default on the real side) have the three
+// directors as next hops, 300 new connections from the client (a new
+// source port each) all get their answer, and every director carried
+// some of them.
+func TestECMPLabSessions(t *testing.T) {
+	l := newECMPGroup(t)
+	for _, r := range []struct {
+		ns    *lab.NS
+		route string
+		want  func(*lab.Director) netip.Addr
+	}{
+		{l.Router, netip.PrefixFrom(lab.VIP, 32).String(), func(d *lab.Director) netip.Addr { return d.Uplink.Addr() }},
+		{l.RealRouter, "default", func(d *lab.Director) netip.Addr { return d.BGPAddr.Addr() }},
+	} {
+		out, err := r.ns.IP("route", "show", "exact", r.route)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range l.Directors {
+			if !strings.Contains(out, "nexthop via "+r.want(d).String()+" ") {
+				t.Errorf("%s: route %s has no next hop via director %s (%s):\n%s", r.ns.Role, r.route, d.Label, r.want(d), out)
+			}
+		}
+		if n := strings.Count(out, "nexthop via"); n != len(l.Directors) {
+			t.Errorf("%s: route %s has %d next hops, want %d:\n%s", r.ns.Role, r.route, n, len(l.Directors), out)
+		}
+		t.Logf("%s: ip route show exact %s:\n%s", r.ns.Role, r.route, strings.TrimSpace(out))
+	}
+	for _, d := range l.Directors {
+		if got := lab.RecoveryAddrOf(d); !slices.Contains(bgpShow(t, d).RealSide, netip.PrefixFrom(got, 32).String()) {
+			t.Errorf("director %s does not announce its recovery address %s to the real side", d.Label, got)
+		}
+	}
+
+	const conns = 300
+	c := newVIPClient(t, l.Client, false, netip.Addr{}) // a connection per request
+	reals := countReals(t, c, httpURL(vipHTTP, "/"), conns, 8)
+	if n := c.dials.Load(); n < conns {
+		t.Errorf("%d requests made %d connections, want %d", conns, n, conns)
+	}
+	var split []string
+	for _, d := range l.Directors {
+		s := directorCounters(t, d)
+		split = append(split, fmt.Sprintf("%s %d flows created, %d adopted", d.Label, s.FlowsCreated, s.Adopted))
+		if s.FlowsCreated+s.Adopted == 0 {
+			t.Errorf("director %s carried none of the %d connections", d.Label, conns)
+		}
+	}
+	t.Logf("%d connections, 0 failed; reals %v; directors %s", conns, reals, strings.Join(split, "; "))
+}
