@@ -201,6 +201,8 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		want string
 	}{
 		{Options{Directors: 3}, "Directors = 3"},
+		{Options{Directors: 3, ECMP: true}, "ECMP without BGP"},
+		{Options{Directors: 4, BGP: true, ECMP: true}, "Directors = 4"},
 		{Options{Reals: 101}, "Reals = 101"},
 		{Options{Reals: -1}, "Reals = -1"},
 		{Options{DirectorLinkMTU: 9000}, "DirectorLinkMTU = 9000"},
