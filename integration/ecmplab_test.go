@@ -49,7 +49,8 @@ func newECMPGroup(t *testing.T) *lab.Lab {
 
 // TestECMPLabSessions: both routers' kernel routes (the VIP's on the
 // client side, the reals' default on the real side) have the three
-// directors as next hops, 300 new connections from the client (a new
+// directors as next hops, each director announces its own recovery
+// address to the real side, 300 new connections from the client (a new
 // source port each) all get their answer, and every director carried
 // some of them.
 func TestECMPLabSessions(t *testing.T) {

@@ -29,7 +29,8 @@ import (
 // second subnet of that segment, BGPRealPeerPrefix (router .1, director
 // 1+ID): its link stays up when a director dies, so it notices only after
 // the hold time. A announces with MED 10, B with 20: both routers send
-// the traffic to A while A announces, else to B.
+// the traffic to A while A announces, else to B (an ECMP lab, ecmp.go,
+// spreads it over all of them).
 var (
 	// BGPRealPeerPrefix is the subnet of the reals' segment on which the
 	// directors peer with the real-side router (as in
