@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"context"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"holdfast/lab"
 )
@@ -19,6 +21,13 @@ func TestLogsForPeople(t *testing.T) {
 	d := l.Directors[0]
 	args := append([]string{"--service", "tcp:" + vipHTTP.String(), "--scheduler", "rr", "--persistence", "10m"}, realFlags(l, lab.DefaultHTTPPort)...)
 	p := StartDirector(t, d.NS, directorArgs(d, args...)...)
+	// The lines are written before READY=1, but read from the pipe by
+	// another goroutine: wait for the last start-up line to be read.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := p.WaitForLine(ctx, func(l lab.Line) bool { return strings.Contains(l.Text, `"message":"serving"`) }); err != nil {
+		t.Fatalf("no serving line: %v\n%s", err, p.Stderr())
+	}
 	out := p.Stderr()
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) < 3 {
