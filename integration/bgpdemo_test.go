@@ -69,20 +69,7 @@ func TestDemoBGP(t *testing.T) {
 func TestLabUpBGP(t *testing.T) {
 	requireBIRD(t)
 	bin := holdfastBinary(t)
-	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
-		t.Skipf("skipping: a lab made by `holdfast lab up` is running on this machine (%v)", left)
-	}
-	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "lab", "up", "--bgp")
-	cmd.Stderr = &stderr
-	u := startLabUp(t, cmd, &stderr)
-	t.Cleanup(func() {
-		cmd.Process.Kill() // by PID; a no-op once it exited
-		<-u.exited
-		if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
-			exec.Command(bin, "lab", "down").Run()
-		}
-	})
+	u := rootLabUp(t, bin, "--bgp")
 	u.bannerLine(t, "real-side router")
 	u.bannerLine(t, "holdfast bgp --admin-socket")
 	up := "client Established, real Established"
@@ -127,7 +114,7 @@ func TestLabUpBGP(t *testing.T) {
 		t.Fatalf("lab down: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	if err := u.wait(t); err != nil {
-		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(stderr.String(), 20))
+		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(u.stderr.String(), 20))
 	}
 	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
 		t.Fatalf("namespaces left: %v", left)

@@ -390,22 +390,8 @@ func bgpFailoverKernelNAT(t *testing.T) bgpFailoverResult {
 	if err := l.ServeBackends(); err != nil {
 		t.Fatal(err)
 	}
-	var reals []netip.AddrPort
-	for _, r := range l.Reals {
-		reals = append(reals, netip.AddrPortFrom(r.Addr, lab.DefaultHTTPPort))
-	}
 	for i, d := range l.Directors {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := d.KernelNATPerConnection(ctx, "tcp", lab.DefaultHTTPPort, reals)
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		// As setupKernelNAT: what conntrack does not translate must not go
-		// back to the router.
-		if _, err := d.IP("route", "add", "blackhole", lab.VIPPrefix.String()); err != nil {
-			t.Fatal(err)
-		}
+		kernelNATDirector(t, l, d)
 		if _, err := l.StartDirectorBIRD(i); err != nil {
 			t.Fatal(err)
 		}

@@ -167,19 +167,17 @@ func wantServingLog(t *testing.T, r result) {
 	}
 }
 
-// TestLabUpStatusVRRPLogs: as root, `lab up --vrrp`; `lab status --json`
-// names A MASTER and B BACKUP and counts, per real, the TCP connection and
-// the UDP flow held open through the VIP (the UDP echo the banner
-// advertises answers), `lab status` prints the same, `lab logs A` has
-// holdfast's lines, `lab logs B` too, and `lab down` ends it all.
-func TestLabUpStatusVRRPLogs(t *testing.T) {
-	requireKeepalived(t)
-	bin := holdfastBinary(t)
+// rootLabUp runs `holdfast lab up` with args as root until its banner is
+// out, and stops it (by PID, then `lab down` for anything left) when t
+// ends. It skips t while a lab of the same name, which another `lab up` on
+// this machine made, is up: the supervised lab is one per host.
+func rootLabUp(t *testing.T, bin string, args ...string) *labUp {
+	t.Helper()
 	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
-		t.Skipf("skipping: a lab made by `holdfast lab up` is running on this machine (%v)", left)
+		t.Skipf("skipping: a lab made by `holdfast lab up` is running on this machine (%v): one per host", left)
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "lab", "up", "--vrrp")
+	cmd := exec.Command(bin, append([]string{"lab", "up"}, args...)...)
 	cmd.Stderr = &stderr
 	u := startLabUp(t, cmd, &stderr)
 	t.Cleanup(func() {
@@ -189,6 +187,18 @@ func TestLabUpStatusVRRPLogs(t *testing.T) {
 			exec.Command(bin, "lab", "down").Run()
 		}
 	})
+	return u
+}
+
+// TestLabUpStatusVRRPLogs: as root, `lab up --vrrp`; `lab status --json`
+// names A MASTER and B BACKUP and counts, per real, the TCP connection and
+// the UDP flow held open through the VIP (the UDP echo the banner
+// advertises answers), `lab status` prints the same, `lab logs A` has
+// holdfast's lines, `lab logs B` too, and `lab down` ends it all.
+func TestLabUpStatusVRRPLogs(t *testing.T) {
+	requireKeepalived(t)
+	bin := holdfastBinary(t)
+	u := rootLabUp(t, bin, "--vrrp")
 	if vip := u.bannerLine(t, "VIP"); !strings.Contains(vip, "tcp:80 (HTTP) and udp:5353 (echo)") {
 		t.Errorf("banner's VIP line: %q", vip)
 	}
@@ -272,7 +282,7 @@ func TestLabUpStatusVRRPLogs(t *testing.T) {
 		t.Errorf("lab logs A -f still running 30 s after lab down")
 	}
 	if err := u.wait(t); err != nil {
-		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(stderr.String(), 20))
+		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(u.stderr.String(), 20))
 	}
 	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
 		t.Fatalf("namespaces left: %v", left)

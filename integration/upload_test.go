@@ -339,22 +339,8 @@ func newAnchorPair(t *testing.T, setup func(*lab.Lab)) *anchorPair {
 	if setup != nil {
 		setup(l)
 	}
-	var reals []netip.AddrPort
-	for _, r := range l.Reals {
-		reals = append(reals, netip.AddrPortFrom(r.Addr, lab.DefaultHTTPPort))
-	}
 	for _, d := range l.Directors {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := d.KernelNATPerConnection(ctx, "tcp", lab.DefaultHTTPPort, reals)
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		// As setupKernelNAT: a segment conntrack finds INVALID is not
-		// translated, and must not go back to the router.
-		if _, err := d.IP("route", "add", "blackhole", lab.VIPPrefix.String()); err != nil {
-			t.Fatal(err)
-		}
+		kernelNATDirector(t, l, d)
 	}
 	s, err := l.StartConntrackSync()
 	if err != nil {
@@ -509,5 +495,26 @@ func TestUploadFailover(t *testing.T) {
 			r := slowUploads(t, a.rig())
 			t.Logf("slow uploads, %s, client %s: %v", r.name, timestampsName(ts), r)
 		})
+	}
+}
+
+// kernelNATDirector makes d a kernel NAT director for the lab's HTTP
+// service: DNAT spread per connection over the reals, and a blackhole for
+// the VIPs, since (as setupKernelNAT says) a segment conntrack finds
+// INVALID is not translated, and must not go back to the router.
+func kernelNATDirector(t *testing.T, l *lab.Lab, d *lab.Director) {
+	t.Helper()
+	var reals []netip.AddrPort
+	for _, r := range l.Reals {
+		reals = append(reals, netip.AddrPortFrom(r.Addr, lab.DefaultHTTPPort))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := d.KernelNATPerConnection(ctx, "tcp", lab.DefaultHTTPPort, reals)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.IP("route", "add", "blackhole", lab.VIPPrefix.String()); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -150,20 +149,7 @@ func nsRole(t *testing.T, l *lab.Lab, role string) *lab.NS {
 func TestLabUpIPv6(t *testing.T) {
 	requireRoot(t)
 	bin := holdfastBinary(t)
-	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
-		t.Skipf("skipping: a lab made by `holdfast lab up` is running on this machine (%v)", left)
-	}
-	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "lab", "up", "--ipv6")
-	cmd.Stderr = &stderr
-	u := startLabUp(t, cmd, &stderr)
-	t.Cleanup(func() {
-		cmd.Process.Kill() // by PID; a no-op once it exited
-		<-u.exited
-		if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
-			exec.Command(bin, "lab", "down").Run()
-		}
-	})
+	u := rootLabUp(t, bin, "--ipv6")
 	if line := u.bannerLine(t, "addresses in"); !strings.Contains(line, "2001:2::/48") {
 		t.Errorf("banner's first line: %q, want it to name 2001:2::/48", line)
 	}
@@ -212,7 +198,7 @@ func TestLabUpIPv6(t *testing.T) {
 		t.Fatalf("lab down: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
 	if err := u.wait(t); err != nil {
-		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(stderr.String(), 20))
+		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(u.stderr.String(), 20))
 	}
 	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
 		t.Fatalf("namespaces left: %v", left)

@@ -69,10 +69,10 @@ func TestDist(t *testing.T) {
 // with its mode; a second run keeps an edited configuration.
 func TestMakeInstall(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds holdfast")
+		t.Skip("skipping in -short mode: it builds holdfast with make")
 	}
 	if _, err := exec.LookPath("make"); err != nil {
-		t.Skip("make not installed")
+		t.Skip("skipping: make is not installed (CI runs the tests through make, so it has it)")
 	}
 	dest, bin := t.TempDir(), filepath.Join(t.TempDir(), "holdfast")
 	install := func() {

@@ -101,7 +101,7 @@ func completionShell(t *testing.T) (path string) {
 func TestBashCompletion(t *testing.T) {
 	bash, err := exec.LookPath("bash")
 	if err != nil {
-		t.Skip("bash not installed")
+		t.Skip("skipping: bash is not installed (the completion script is bash's)")
 	}
 	code, script, stderr := holdfast(t, nil, "completion", "bash")
 	if code != 0 || stderr != "" || !strings.Contains(script, "--generate-bash-completion") ||

@@ -479,7 +479,7 @@ func TestSetupRoutesUndoAfterTUNGone(t *testing.T) {
 		t.Run(map[bool]string{false: "IPv4", true: "dual-stack"}[served6], func(t *testing.T) {
 			lab := newRoutesLab(t)
 			if served6 && !lab.ipv6 {
-				t.Skip("no IPv6 in this kernel")
+				t.Skip("skipping: this kernel has no IPv6 (no /proc/sys/net/ipv6)")
 			}
 			prefixes := testPrefixes
 			if served6 {
@@ -515,7 +515,7 @@ func TestSetupRoutesUndoAfterTUNGone(t *testing.T) {
 func TestSetupRoutesInstallsIPv6(t *testing.T) {
 	lab := newRoutesLab(t)
 	if !lab.ipv6 {
-		t.Skip("no IPv6 in this kernel")
+		t.Skip("skipping: this kernel has no IPv6 (no /proc/sys/net/ipv6)")
 	}
 	writeTestSysctl(t, "net/ipv6/conf/all/forwarding", "0")
 	writeTestSysctl(t, "net/ipv6/conf/"+testTUN+"/disable_ipv6", "1")
@@ -572,7 +572,7 @@ func TestSetupRoutesInstallsIPv6(t *testing.T) {
 func TestSetupRoutesKilledRunLeftoversIPv6(t *testing.T) {
 	lab := newRoutesLab(t)
 	if !lab.ipv6 {
-		t.Skip("no IPv6 in this kernel")
+		t.Skip("skipping: this kernel has no IPv6 (no /proc/sys/net/ipv6)")
 	}
 	addSteeringRuleOf(t, netlink.FAMILY_V6, testReal, DefaultRouteTable, 900)
 	addSteeringRuleOf(t, netlink.FAMILY_V6, testReal, 200, 800)
