@@ -72,6 +72,9 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 		if p.flags&(header.TCPFlagSyn|header.TCPFlagRst|header.TCPFlagAck) == header.TCPFlagAck &&
 			(f.win.flags&winSrvSeen != 0 || p.seq == f.win.cli.end) {
 			f.win.flags &^= winHandshake
+			if f.win.flags&winSrvSeen == 0 {
+				d.cookieSynAckEcho(p, f)
+			}
 			if p.seq != f.win.cli.end {
 				// The ack answers the real's numbers, but the seq is
 				// not the byte after the SYN: the real answered the SYN

@@ -39,9 +39,11 @@ import (
 // may give, where rounding down could fake a spurious retransmission
 // (tcp_packet_delayed) and undo a cwnd reduction. An echo this director
 // cannot attribute to a rewrite passes unchanged: any echo before the flow's
-// first rewritten TSval, and one that equals the raw SYN-ACK TSval (the
-// final ACK; recent kernels reject a SYN_RECV ACK whose TSecr they did not
-// send).
+// first rewritten TSval where the SYN-ACK crossed here, and one that equals
+// the raw SYN-ACK TSval (the final ACK; recent kernels reject a SYN_RECV ACK
+// whose TSecr they did not send). Where the SYN-ACK went through another
+// director (ECMP hashes the two directions apart), the client's handshake
+// ACK tells the SYN-ACK's TSval, and every other echo is rounded up.
 //
 // Recovered flows are encoded with id 0 after their translation and
 // restored before it: the cookie works in the client's space. All
@@ -185,15 +187,17 @@ func (d *Director) cookieToClient(p *packet, f *flow, realID uint16) {
 func (d *Director) cookieToReal(p *packet, f *flow) {
 	k := d.cookieBits
 	c := &f.ck
-	// TSecr is meaningful only on an ACK (RFC 7323, section 3.2). On a
-	// flow whose handshake crossed here nothing is restored before the
-	// first rewrite (the echo is the SYN-ACK's, or raw), nor on a
-	// recovered flow (its TSecrDelta maps the raw echo of the trigger); a
-	// flow picked up mid-stream by its own real (adopted, steered: a moved
-	// flow) echoes what another director wrote, and is rounded up from the
-	// start.
+	// TSecr is meaningful only on an ACK (RFC 7323, section 3.2). Nothing
+	// is restored on a recovered flow before its first rewrite (its
+	// TSecrDelta maps the raw echo of the trigger), nor on a SYN's flow
+	// while the SYN-ACK's TSval is unknown here (the echo may be it, or
+	// raw). A flow whose handshake crossed here knows it; a SYN's flow
+	// whose replies go through another director (behind ECMP) learns it
+	// from the client's handshake ACK (cookieSynAckEcho), and from then on
+	// restores what the other director wrote by rounding up; so does a
+	// flow picked up mid-stream (adopted, steered: a moved flow).
 	if k == 0 || p.flags&(header.TCPFlagAck|header.TCPFlagSyn) != header.TCPFlagAck || p.proto != protoTCP ||
-		c.flags&ckSent == 0 && (f.Kind == KindPlain && f.hs.view < 0 || f.Kind == KindRecovered) {
+		c.flags&ckSent == 0 && (f.Kind == KindPlain && f.hs.view < 0 && c.flags&ckSynAck == 0 || f.Kind == KindRecovered) {
 		return
 	}
 	t := header.TCP(p.l4)
@@ -221,6 +225,24 @@ func (d *Director) cookieToReal(p *packet, f *flow) {
 	xsum := putTS32(t, at+6, v, t.Checksum())
 	if !p.partial {
 		t.SetChecksum(xsum)
+	}
+}
+
+// cookieSynAckEcho records the TSecr of p, the client's handshake ACK on
+// f, a SYN's flow whose SYN-ACK went through another director: it is the
+// real's SYN-ACK TSval, raw (the SYN-ACK is never rewritten), which the
+// client echoes until the real's first rewritten TSval reaches it and
+// which must reach the real unchanged (a real in SYN_RECV rejects an ACK
+// whose TSecr it did not send; Linux SYN cookies read options from its
+// low bits). Any later echo on the flow is one another director wrote.
+func (d *Director) cookieSynAckEcho(p *packet, f *flow) {
+	if d.cookieBits == 0 || f.ck.flags&(ckSynAck|ckSent) != 0 {
+		return
+	}
+	t := header.TCP(p.l4)
+	if at := tsOption(t); at >= 0 {
+		f.ck.synAck = binary.BigEndian.Uint32(t[at+6:])
+		f.ck.flags |= ckSynAck
 	}
 }
 

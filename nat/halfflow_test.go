@@ -121,3 +121,57 @@ func TestSynAckAdoptionLimits(t *testing.T) {
 		t.Fatal("a SYN-ACK with no flow and no record was not adopted")
 	}
 }
+
+// The cookie on half flows: Y, which sees the real's replies, writes it;
+// X, which sees the client's segments and never the real's TSvals, passes
+// the echo of the SYN-ACK's TSval unchanged (learned from the client's
+// handshake ACK) and rounds every other echo up to the end of the raw
+// bucket it came from.
+func TestHalfFlowCookie(t *testing.T) {
+	mk := func() *Director {
+		return newTestDirector(t, func(c *Config) { c.Adoption, c.CookieBits = AdoptOn, 4 })
+	}
+	x, y := mk(), mk()
+	out := handle(t, x, tcp4(client, vip, syn, 1000, 0, nil, tsOpt(500, 0)...), 1)
+	if out == nil {
+		t.Fatal("X dropped the SYN")
+	}
+	_, real := addrs(out)
+	rs := real.String()
+	if out = handle(t, y, tcp4(rs, client, synack, 9000, 1001, nil, tsOpt(1000, 500)...), 1); out == nil {
+		t.Fatal("Y dropped the SYN-ACK")
+	}
+	if val, _ := tsOf(t, out); val != 1000 {
+		t.Fatalf("Y rewrote the SYN-ACK's TSval: %d", val)
+	}
+	echo := func(flags header.TCPFlags, seq, ack, ecr uint32, data string, now int64) uint32 {
+		t.Helper()
+		out := handle(t, x, tcp4(client, vip, flags, seq, ack, []byte(data), tsOpt(501, ecr)...), now)
+		if out == nil {
+			t.Fatalf("X dropped the client's segment echoing %d", ecr)
+		}
+		_, e := tsOf(t, out)
+		return e
+	}
+	if e := echo(ack, 1001, 9001, 1000, "", 1); e != 1000 {
+		t.Fatalf("handshake ACK's echo %d at the real, want 1000", e)
+	}
+	if e := echo(psh, 1001, 9001, 1000, "GET / HTTP/1.1\r\n\r\n", 2); e != 1000 {
+		t.Fatalf("request's echo of the SYN-ACK %d at the real, want 1000", e)
+	}
+	out = handle(t, y, tcp4(rs, client, psh, 9001, 1019, []byte("HTTP/1.1 200 OK\r\n\r\n"), tsOpt(1005, 501)...), 2)
+	val, _ := tsOf(t, out)
+	if val != cookieEncode(1005, uint16(val&15), 4) || val&15 == 0 {
+		t.Fatalf("Y sent TSval %d for raw 1005, want a cookie", val)
+	}
+	// 1005 is in raw bucket 62, which ends at 1007.
+	if e := echo(ack, 1019, 9020, val, "", 3); e != 1007 {
+		t.Fatalf("echo %d of Y's cookie restored to %d, want 1007", val, e)
+	}
+	if e := echo(ack, 1019, 9020, 1000, "", 3); e != 1000 {
+		t.Fatalf("a late echo of the SYN-ACK restored to %d, want 1000", e)
+	}
+	if st := x.Stats(); st.StaleSuspects != 0 || st.Flows != 1 {
+		t.Fatalf("X: %d stale suspects, %d flows", st.StaleSuspects, st.Flows)
+	}
+}
