@@ -386,26 +386,32 @@ func (d *Director) trackSeg(f *flow, p *packet, sg *seg, fromClient bool, v winV
 	if !fromClient && (!f.hiSrvSeen || seqAfter(sg.end, f.hiSrv)) {
 		f.hiSrv, f.hiSrvSeen = sg.end, true
 	}
-	ns := nextState(f.State, fromClient, p.flags)
-	if ns != f.State {
-		r := d.services[f.svc].Reals[f.real]
-		if f.State == StateEstablished {
-			r.Active--
-			r.Inactive++
-		}
-		if ns == StateEstablished {
-			r.Inactive--
-			r.Active++
-		}
-		d.stats.FlowsBy[f.Kind][f.State]--
-		d.stats.FlowsBy[f.Kind][ns]++
-		f.State = ns
-	}
+	d.setState(f, nextState(f.State, fromClient, p.flags))
 	if f.unconfirmed {
 		d.unconfirmedExpiry(f, fromClient, now)
 		return
 	}
 	f.Expires = now + d.timeouts[f.State]
+}
+
+// setState moves f to state ns, with the accounting of its real's active
+// and inactive flows and of the flows by kind and state.
+func (d *Director) setState(f *flow, ns State) {
+	if ns == f.State {
+		return
+	}
+	r := d.services[f.svc].Reals[f.real]
+	if f.State == StateEstablished {
+		r.Active--
+		r.Inactive++
+	}
+	if ns == StateEstablished {
+		r.Inactive--
+		r.Active++
+	}
+	d.stats.FlowsBy[f.Kind][f.State]--
+	d.stats.FlowsBy[f.Kind][ns]++
+	f.State = ns
 }
 
 // expireFlow removes the flow in slot, idle past its expiry. A recovered

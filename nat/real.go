@@ -285,6 +285,15 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, Dro
 	ck := Key{p.proto, p.dst, d.services[si].VIP}
 	d.stats.Adopted++
 	f := &d.flows.slab[slot]
+	if p.flags&header.TCPFlagSyn != 0 {
+		// A SYN-ACK: the client's SYN went through another director.
+		// The flow starts where that SYN would have put it (IPVS's
+		// SYN_RECV), so that the real's next segments make it
+		// established; from NONE the real's SYN reads as the real's own
+		// active open, and its flow would stay SYN_SENT (2 minutes idle,
+		// an inactive flow) for all its life.
+		d.setState(f, StateSynRecv)
+	}
 	d.track(f, p, false, now)
 	d.toClient(p, f)
 	switch {
