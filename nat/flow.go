@@ -80,6 +80,37 @@ type fkey struct {
 
 func packKey(k Key) fkey { return fkey{endpointOf(k.Src), endpointOf(k.Dst), k.Proto} }
 
+// fkey4 is an IPv4 fkey (14 bytes): the index keeps the IPv4 flows apart,
+// where a key is hashed and compared in about a third of the bytes, and
+// four times as many fit a cache line as of fkey's 38 (with their slot).
+type fkey4 struct {
+	src, dst     [4]byte
+	sport, dport uint16
+	proto        uint8
+}
+
+// v4mapped is the prefix of an IPv4 address in its IPv4-mapped form.
+var v4mapped = [12]byte{10: 0xff, 11: 0xff}
+
+// v4 returns k as an fkey4 when both its endpoints are IPv4.
+func (k fkey) v4() (fkey4, bool) {
+	if [12]byte(k.src.ip[:12]) != v4mapped || [12]byte(k.dst.ip[:12]) != v4mapped {
+		return fkey4{}, false
+	}
+	return fkey4{[4]byte(k.src.ip[12:]), [4]byte(k.dst.ip[12:]), k.src.port, k.dst.port, k.proto}, true
+}
+
+// key is the fkey of k4.
+func (k4 fkey4) key() fkey {
+	k := fkey{proto: k4.proto}
+	copy(k.src.ip[:], v4mapped[:])
+	copy(k.src.ip[12:], k4.src[:])
+	copy(k.dst.ip[:], v4mapped[:])
+	copy(k.dst.ip[12:], k4.dst[:])
+	k.src.port, k.dst.port = k4.sport, k4.dport
+	return k
+}
+
 // Flow is a copy of one NATed connection, as Director.Flows returns it.
 type Flow struct {
 	Proto   uint8
@@ -177,25 +208,61 @@ const (
 	sideReal   = 1
 )
 
-// table stores flows in a slab indexed by slot; the map holds slot<<1|side for
-// both keys of every flow, so a lookup from either side is one map access and
-// flows never move (a slot stays valid until removed).
+// table stores flows in a slab indexed by slot; the index holds slot<<1|side
+// for both keys of every flow (IPv4 keys in index4, the others in index6),
+// so a lookup from either side is one map access and flows never move (a
+// slot stays valid until removed).
 type table struct {
 	slab   []flow
 	free   []uint32
-	index  map[fkey]uint32
+	index4 map[fkey4]uint32
+	index6 map[fkey]uint32
 	n      int
 	cursor int // Sweep position
 }
 
 func newTable() table {
-	return table{index: make(map[fkey]uint32)}
+	return table{index4: make(map[fkey4]uint32), index6: make(map[fkey]uint32)}
 }
 
 func (t *table) lookup(k Key) (slot uint32, side int, ok bool) {
-	v, ok := t.index[packKey(k)]
+	var v uint32
+	if s, d := k.Src.Addr(), k.Dst.Addr(); s.Is4() && d.Is4() {
+		v, ok = t.index4[fkey4{s.As4(), d.As4(), k.Src.Port(), k.Dst.Port(), k.Proto}]
+	} else {
+		v, ok = t.index6[packKey(k)]
+	}
 	return v >> 1, int(v & 1), ok
 }
+
+// get, put and del are the index's operations on a packed key.
+func (t *table) get(k fkey) (uint32, bool) {
+	if k4, ok := k.v4(); ok {
+		v, ok := t.index4[k4]
+		return v, ok
+	}
+	v, ok := t.index6[k]
+	return v, ok
+}
+
+func (t *table) put(k fkey, v uint32) {
+	if k4, ok := k.v4(); ok {
+		t.index4[k4] = v
+	} else {
+		t.index6[k] = v
+	}
+}
+
+func (t *table) del(k fkey) {
+	if k4, ok := k.v4(); ok {
+		delete(t.index4, k4)
+	} else {
+		delete(t.index6, k)
+	}
+}
+
+// indexLen is the number of keys in the index.
+func (t *table) indexLen() int { return len(t.index4) + len(t.index6) }
 
 // insert adds f under both its keys. It never overwrites an entry: if
 // either key is already in the index (or both keys are the same), it
@@ -209,10 +276,10 @@ func (t *table) insert(f flow) (uint32, bool) {
 	if ck == rk {
 		return 0, false
 	}
-	if _, taken := t.index[ck]; taken {
+	if _, taken := t.get(ck); taken {
 		return 0, false
 	}
-	if _, taken := t.index[rk]; taken {
+	if _, taken := t.get(rk); taken {
 		return 0, false
 	}
 	var slot uint32
@@ -225,16 +292,16 @@ func (t *table) insert(f flow) (uint32, bool) {
 	}
 	f.used = true
 	t.slab[slot] = f
-	t.index[ck] = slot<<1 | sideClient
-	t.index[rk] = slot<<1 | sideReal
+	t.put(ck, slot<<1|sideClient)
+	t.put(rk, slot<<1|sideReal)
 	t.n++
 	return slot, true
 }
 
 func (t *table) remove(slot uint32) {
 	f := &t.slab[slot]
-	delete(t.index, f.clientKey())
-	delete(t.index, f.realKey())
+	t.del(f.clientKey())
+	t.del(f.realKey())
 	*f = flow{}
 	t.free = append(t.free, slot)
 	t.n--

@@ -52,7 +52,7 @@ func TestIndexNeverOverwrites(t *testing.T) {
 	d := newTestDirector(t)
 	handle(t, d, tcp4(client, vip, syn, 1, 0, nil), 1)
 	f := d.flows.slab[0]
-	before := len(d.flows.index)
+	before := d.flows.indexLen()
 	for _, g := range []flow{
 		{Proto: f.Proto, Client: f.Client, VIP: f.VIP, Real: endpointOf(ap(rs2)), svc: f.svc, real: 1},           // same client key
 		{Proto: f.Proto, Client: f.Client, VIP: endpointOf(ap(vip2)), Real: f.Real, svc: f.svc, real: f.real},    // same real key
@@ -62,8 +62,8 @@ func TestIndexNeverOverwrites(t *testing.T) {
 			t.Fatalf("inserted %+v over %+v", g, f)
 		}
 	}
-	if len(d.flows.index) != before || d.flows.n != 1 || d.Stats().IndexRefused != 3 {
-		t.Fatalf("index %d entries (was %d), %d flows, refused %d", len(d.flows.index), before, d.flows.n, d.Stats().IndexRefused)
+	if d.flows.indexLen() != before || d.flows.n != 1 || d.Stats().IndexRefused != 3 {
+		t.Fatalf("index %d entries (was %d), %d flows, refused %d", d.flows.indexLen(), before, d.flows.n, d.Stats().IndexRefused)
 	}
 	slot, side, ok := d.flows.lookup(Key{protoTCP, ap(client), ap(vip)})
 	if !ok || slot != 0 || side != sideClient || d.flows.slab[0].Real != endpointOf(ap(rs1)) {

@@ -3,6 +3,7 @@ package nat
 import (
 	"cmp"
 	"encoding/binary"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -623,7 +624,7 @@ func checkDirector(t *testing.T, d *Director) {
 		}
 		used++
 		for side, k := range []fkey{f.clientKey(), f.realKey()} {
-			if v, ok := d.flows.index[k]; !ok || v != uint32(i)<<1|uint32(side) {
+			if v, ok := d.flows.get(k); !ok || v != uint32(i)<<1|uint32(side) {
 				t.Errorf("flow %d (%+v): key %+v (side %d) in the index as %d, %v", i, f.export(), k, side, v, ok)
 			}
 		}
@@ -648,7 +649,23 @@ func checkDirector(t *testing.T, d *Director) {
 	if used != d.flows.n {
 		t.Errorf("flows.n %d, used slots %d", d.flows.n, used)
 	}
-	for k, v := range d.flows.index {
+	index := maps.Clone(d.flows.index6)
+	for k4, v := range d.flows.index4 {
+		k := k4.key()
+		if _, dup := index[k]; dup {
+			t.Errorf("key %+v in both index4 and index6", k)
+		}
+		if _, ok := k.v4(); !ok {
+			t.Errorf("index4 key %+v is not IPv4", k)
+		}
+		index[k] = v
+	}
+	for k := range d.flows.index6 {
+		if _, ok := k.v4(); ok {
+			t.Errorf("IPv4 key %+v in index6", k)
+		}
+	}
+	for k, v := range index {
 		slot, side := v>>1, int(v&1)
 		if int(slot) >= len(d.flows.slab) || !d.flows.slab[slot].used {
 			t.Errorf("index entry %+v -> slot %d, not a used flow", k, slot)
@@ -659,8 +676,8 @@ func checkDirector(t *testing.T, d *Director) {
 			t.Errorf("index entry %+v -> slot %d side %d, whose key is %+v", k, slot, side, want)
 		}
 	}
-	if len(d.flows.index) != 2*used {
-		t.Errorf("index holds %d entries for %d flows", len(d.flows.index), used)
+	if d.flows.indexLen() != 2*used {
+		t.Errorf("index holds %d entries for %d flows", d.flows.indexLen(), used)
 	}
 
 	// Counters.
