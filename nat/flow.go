@@ -128,13 +128,12 @@ type Flow struct {
 }
 
 // flow is one NATed connection as the table keeps it: fields as in Flow,
-// addresses packed, the one-byte fields last so that nothing pads
-// (136 bytes in all, 29 of them window tracking and 24 the timestamp
-// cookie; 112 before the cookie, 88 before window tracking).
+// the client and recovery endpoints packed, the VIP and the real as
+// indices (svc, real), the one-byte fields last so that nothing pads (152
+// bytes in all, 32 of them window tracking, 24 the timestamp cookie, 36
+// the two endpoints of either family).
 type flow struct {
 	Client  endpoint
-	VIP     endpoint
-	Real    endpoint
 	Local   endpoint // recovered flows: the recovery address:port the real sees
 	Expires int64    // monotonic ns
 
@@ -183,23 +182,34 @@ type flow struct {
 	tentative bool
 }
 
-func (f *flow) export() Flow {
+// vipOf and realOf are f's VIP and real: its service's VIP and the
+// service's real at f.real. A flow keeps the indices, not the addresses (36
+// bytes less a flow): a service and a real keep their index for as long as
+// they have flows (service.go).
+func (d *Director) vipOf(f *flow) netip.AddrPort { return d.services[f.svc].VIP }
+
+func (d *Director) realOf(f *flow) netip.AddrPort { return d.services[f.svc].Reals[f.real].Addr }
+
+func (d *Director) export(f *flow) Flow {
 	return Flow{
-		Proto: f.Proto, Client: f.Client.AddrPort(), VIP: f.VIP.AddrPort(), Real: f.Real.AddrPort(),
+		Proto: f.Proto, Client: f.Client.AddrPort(), VIP: d.vipOf(f), Real: d.realOf(f),
 		Local: f.Local.AddrPort(), State: f.State, Kind: f.Kind, Expires: f.Expires,
 		SeqDelta: f.SeqDelta, AckDelta: f.AckDelta, TSvalDelta: f.TSvalDelta, TSecrDelta: f.TSecrDelta,
 	}
 }
 
-func (f *flow) clientKey() fkey { return fkey{f.Client, f.VIP, f.Proto} }
+// clientKey is the key of f's client's packets.
+func (d *Director) clientKey(f *flow) fkey {
+	return fkey{f.Client, endpointOf(d.vipOf(f)), f.Proto}
+}
 
 // realKey is the key of the real's packets: they are addressed to the client,
 // or to the recovery address:port for a recovered flow.
-func (f *flow) realKey() fkey {
+func (d *Director) realKey(f *flow) fkey {
 	if f.Kind == KindRecovered {
-		return fkey{f.Real, f.Local, f.Proto}
+		return fkey{endpointOf(d.realOf(f)), f.Local, f.Proto}
 	}
-	return fkey{f.Real, f.Client, f.Proto}
+	return fkey{endpointOf(d.realOf(f)), f.Client, f.Proto}
 }
 
 // side of a Key in the index.
@@ -264,15 +274,15 @@ func (t *table) del(k fkey) {
 // indexLen is the number of keys in the index.
 func (t *table) indexLen() int { return len(t.index4) + len(t.index6) }
 
-// insert adds f under both its keys. It never overwrites an entry: if
+// insert adds f under both its keys, ck (its client's) and rk (its real's).
+// It never overwrites an entry: if
 // either key is already in the index (or both keys are the same), it
 // inserts nothing and returns false. An overwritten entry would leave
 // another flow (or itself) reachable from one side only, and its removal
 // would later delete the entry of the flow that took its key; callers check
 // both keys (and the dial gate) first, and the Director counts a refusal
 // (Stats.IndexRefused).
-func (t *table) insert(f flow) (uint32, bool) {
-	ck, rk := f.clientKey(), f.realKey()
+func (t *table) insert(f flow, ck, rk fkey) (uint32, bool) {
 	if ck == rk {
 		return 0, false
 	}
@@ -298,10 +308,11 @@ func (t *table) insert(f flow) (uint32, bool) {
 	return slot, true
 }
 
-func (t *table) remove(slot uint32) {
+// remove takes the flow in slot, whose keys are ck and rk, out.
+func (t *table) remove(slot uint32, ck, rk fkey) {
 	f := &t.slab[slot]
-	t.del(f.clientKey())
-	t.del(f.realKey())
+	t.del(ck)
+	t.del(rk)
 	*f = flow{}
 	t.free = append(t.free, slot)
 	t.n--
@@ -361,7 +372,7 @@ func (d *Director) insertFlow(f flow) (slot uint32, ok bool) {
 	if f.Proto == protoUDP {
 		f.State = StateUDP
 	}
-	if slot, ok = d.flows.insert(f); !ok {
+	if slot, ok = d.flows.insert(f, d.clientKey(&f), d.realKey(&f)); !ok {
 		d.stats.IndexRefused++
 		return 0, false
 	}
@@ -490,7 +501,7 @@ func (d *Director) setState(f *flow, ns State) {
 func (d *Director) expireFlow(slot uint32, now int64) {
 	f := &d.flows.slab[slot]
 	if f.Kind == KindRecovered && f.unconfirmed && f.win.flags&winCliSeen != 0 {
-		d.emit(buildRST(nil, f.Local.AddrPort(), f.Real.AddrPort(), f.win.cli.end-f.SeqDelta, 0, false))
+		d.emit(buildRST(nil, f.Local.AddrPort(), d.realOf(f), f.win.cli.end-f.SeqDelta, 0, false))
 		d.stats.UnconfirmedResets++
 	}
 	d.removeFlow(slot, now)
@@ -520,11 +531,11 @@ func (d *Director) removeFlow(slot uint32, now int64) {
 		// The recovery port was reserved for this flow's real when its
 		// dial was asked for: the flow's end frees it, and the flow's
 		// place in its client prefix's budget.
-		d.rec.ports.release(f.Local, f.Real)
+		d.rec.ports.release(f.Local, endpointOf(d.realOf(f)))
 		d.rec.prefixAdd(f.Client.Addr(), prefixUse{flows: -1})
 	}
 	d.stats.FlowsBy[f.Kind][f.State]--
-	d.flows.remove(slot)
+	d.flows.remove(slot, d.clientKey(f), d.realKey(f))
 }
 
 // Sweep does the Director's periodic work, at most budget steps of each
@@ -600,7 +611,7 @@ func (d *Director) flowsChunk(out []Flow, i int, now int64) (_ []Flow, next int,
 	end := min(i+flowsChunk, len(d.flows.slab))
 	for ; i < end; i++ {
 		if f := &d.flows.slab[i]; f.used && f.Expires > now {
-			out = append(out, f.export())
+			out = append(out, d.export(f))
 		}
 	}
 	return out, i, i < len(d.flows.slab)

@@ -295,8 +295,8 @@ func TestProbeClassification(t *testing.T) {
 			}
 			f := &d.flows.slab[slot]
 			a := c.answers[c.owner]
-			if f.Kind != KindProbe || f.Real != endpointOf(ap(c.owner)) || f.SeqDelta != 0 || f.AckDelta != 0 {
-				t.Fatalf("flow %+v", f.export())
+			if f.Kind != KindProbe || d.realOf(f) != ap(c.owner) || f.SeqDelta != 0 || f.AckDelta != 0 {
+				t.Fatalf("flow %+v", d.export(f))
 			}
 			if f.win.flags&winSrvSeen == 0 || f.win.srv.end != a[0] || f.win.srv.ack != a[1] || !f.hiSrvSeen || f.hiSrv != a[0] {
 				t.Fatalf("windows not seeded from the answer: %+v, hiSrv %d", f.win, f.hiSrv)

@@ -487,7 +487,7 @@ func (s *stepper) step(op byte, r *stepReader) {
 		}
 		if len(tent) > 0 {
 			f := &s.d.flows.slab[tent[pick%len(tent)]]
-			real, cl = f.Real.AddrPort().String(), f.Client.AddrPort().String()
+			real, cl = s.d.realOf(f).String(), f.Client.AddrPort().String()
 			ci = slices.Index(sfClients, cl)
 		}
 		s.d.mu.Unlock()
@@ -623,13 +623,13 @@ func checkDirector(t *testing.T, d *Director) {
 			continue
 		}
 		used++
-		for side, k := range []fkey{f.clientKey(), f.realKey()} {
+		for side, k := range []fkey{d.clientKey(f), d.realKey(f)} {
 			if v, ok := d.flows.get(k); !ok || v != uint32(i)<<1|uint32(side) {
-				t.Errorf("flow %d (%+v): key %+v (side %d) in the index as %d, %v", i, f.export(), k, side, v, ok)
+				t.Errorf("flow %d (%+v): key %+v (side %d) in the index as %d, %v", i, d.export(f), k, side, v, ok)
 			}
 		}
 		if f.Expires == 0 {
-			t.Errorf("flow %d (%+v) has no expiry", i, f.export())
+			t.Errorf("flow %d (%+v) has no expiry", i, d.export(f))
 		}
 		by[f.Kind][f.State]++
 		ref := realRef{f.svc, f.real}
@@ -639,9 +639,9 @@ func checkDirector(t *testing.T, d *Director) {
 			inactive[ref]++
 		}
 		if f.Kind == KindRecovered {
-			p := pair{f.Local, f.Real}
+			p := pair{f.Local, endpointOf(d.realOf(f))}
 			if who, dup := ports[p]; dup {
-				t.Errorf("port pair %+v held by %s and recovered flow %+v", p, who, f.export())
+				t.Errorf("port pair %+v held by %s and recovered flow %+v", p, who, d.export(f))
 			}
 			ports[p] = "recovered flow"
 		}
@@ -672,7 +672,7 @@ func checkDirector(t *testing.T, d *Director) {
 			continue
 		}
 		f := &d.flows.slab[slot]
-		if want := [2]fkey{f.clientKey(), f.realKey()}[side]; want != k {
+		if want := [2]fkey{d.clientKey(f), d.realKey(f)}[side]; want != k {
 			t.Errorf("index entry %+v -> slot %d side %d, whose key is %+v", k, slot, side, want)
 		}
 	}
@@ -806,11 +806,11 @@ func checkMiss(t *testing.T, d *Director) {
 			}
 		case phaseSteer:
 			if found && (side != sideClient || !d.flows.slab[slot].tentative || d.flows.slab[slot].Kind != KindCookie) {
-				t.Errorf("cookie steer of %+v: its flow %+v is not a tentative cookie flow", ck, d.flows.slab[slot].export())
+				t.Errorf("cookie steer of %+v: its flow %+v is not a tentative cookie flow", ck, d.export(&d.flows.slab[slot]))
 			}
 		}
 		if found && (pd.phase == phaseProbe || pd.phase == phaseChallenge) {
-			t.Errorf("miss of %+v (phase %d) while a flow %+v holds the tuple", ck, pd.phase, d.flows.slab[slot].export())
+			t.Errorf("miss of %+v (phase %d) while a flow %+v holds the tuple", ck, pd.phase, d.export(&d.flows.slab[slot]))
 		}
 		if pd.phase != phaseDial && (pd.dialing || pd.superseded) {
 			t.Errorf("miss of %+v (phase %d) dialing %v, superseded %v", ck, pd.phase, pd.dialing, pd.superseded)

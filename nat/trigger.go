@@ -127,7 +127,7 @@ func (d *Director) rehome(slot uint32, si uint16, p *packet, now int64) (wire.Ve
 		return wire.Drop, DropRecoveryPending, nil
 	}
 	f := &d.flows.slab[slot]
-	from := f.Real.AddrPort()
+	from := d.realOf(f)
 	if !d.otherReal(si, from) {
 		return d.keepOnReal(f, p, now)
 	}
