@@ -245,7 +245,10 @@ func (d *Director) tentativeAnswer(slot uint32, f *flow, p *packet, now int64) (
 		} else {
 			d.stats.CookieUnfit++
 		}
-		if pd != nil {
+		switch {
+		case pd != nil && pd.noData:
+			d.endMiss(ck, pd) // a pure ACK's steer: nothing else to try
+		case pd != nil:
 			for i := range pd.probes {
 				if pd.probes[i].real == ri {
 					pd.probes[i].state = probeReset
