@@ -275,23 +275,41 @@ func (l *Lab) startBGP() error {
 		return errors.Join(err, os.RemoveAll(dir))
 	}
 	l.bgp = b
+	confs, err := l.routerConfs()
+	if err != nil {
+		return err
+	}
+	for _, side := range []struct {
+		name string
+		ns   *NS
+	}{{BGPClientSide, l.Router}, {BGPRealSide, l.RealRouter}} {
+		if _, err := l.startBIRD(side.ns, side.name, bin, confs[side.name]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// routerConfs are the routers' BIRD configurations, by BGPClientSide and
+// BGPRealSide.
+func (l *Lab) routerConfs() (map[string]string, error) {
+	confs := map[string]string{}
 	for _, side := range []struct {
 		name      string
-		ns        *NS
 		id        netip.Addr
 		families  []birdFamily
 		checkLink bool
 		// The router's and the director's end of d's session of a family.
 		local, neighbor func(d *Director, v6 bool) netip.Addr
 	}{
-		{BGPClientSide, l.Router, l.Directors[0].RouterAddr,
+		{BGPClientSide, l.Directors[0].RouterAddr,
 			[]birdFamily{
 				{"ipv4", "VIP host routes", VIPPrefix.String() + "{32,32}"},
 				{"ipv6", "VIP6 host routes", VIPPrefix6.String() + "{128,128}"},
 			}, true,
 			func(d *Director, v6 bool) netip.Addr { return pick(v6, d.RouterAddr6, d.RouterAddr) },
 			func(d *Director, v6 bool) netip.Addr { return pick(v6, d.Uplink6.Addr(), d.Uplink.Addr()) }},
-		{BGPRealSide, l.RealRouter, BGPRealPeer,
+		{BGPRealSide, BGPRealPeer,
 			[]birdFamily{
 				{"ipv4", "recovery addresses and the default route", RecoveryPrefix.String() + "{32,32}, 0.0.0.0/0"},
 				{"ipv6", "IPv6 recovery addresses and the default route", RecoveryPrefix6.String() + "{128,128}, ::/0"},
@@ -318,13 +336,11 @@ func (l *Lab) startBGP() error {
 			"Hold": int(BGPHoldTime.Seconds()), "Keepalive": int(BGPKeepalive.Seconds()),
 			"Directors": ns,
 		}); err != nil {
-			return fmt.Errorf("lab: BIRD configuration: %w", err)
+			return nil, fmt.Errorf("lab: BIRD configuration: %w", err)
 		}
-		if _, err := l.startBIRD(side.ns, side.name, bin, conf.String()); err != nil {
-			return err
-		}
+		confs[side.name] = conf.String()
 	}
-	return nil
+	return confs, nil
 }
 
 // pick is v6's address if v6, else v4's.

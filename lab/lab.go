@@ -287,33 +287,8 @@ func New(opts Options) (_ *Lab, err error) {
 		if err != nil {
 			return nil, err
 		}
-		// A point-to-point link per director: 198.18.2.2, 198.18.3.2; with
-		// VRRP one segment: 198.18.2.2, 198.18.2.3 (BGP: bgpAddrs).
-		uplink := [4]byte{198, 18, byte(2 + i), 2}
-		if opts.VRRP {
-			uplink = [4]byte{198, 18, 2, byte(2 + i)}
-		}
-		d := &Director{
-			NS:          ns,
-			Label:       label,
-			ID:          i + 1,
-			Uplink:      netip.PrefixFrom(netip.AddrFrom4(uplink), 24),
-			RouterAddr:  netip.AddrFrom4([4]byte{198, 18, uplink[2], 1}),
-			RSAddr:      netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 10, byte(2 + i)}), 24),
-			UplinkIface: DirectorUplink,
-			RSIface:     DirectorRSIface,
-		}
-		if opts.BGP {
-			bgpAddrs(d)
-		}
-		// The IPv6 plan mirrors the IPv4 one as it ends up, a BGP lab's
-		// uplinks 198.18.1N.0/24 included.
-		if opts.IPv6 {
-			d.Uplink6, d.RouterAddr6, d.RSAddr6 = mirror6(d.Uplink), Mirror6(d.RouterAddr), mirror6(d.RSAddr)
-			if opts.BGP {
-				d.BGPAddr6 = mirror6(d.BGPAddr)
-			}
-		}
+		d := directorPlan(i, opts)
+		d.NS = ns
 		l.Directors = append(l.Directors, d)
 	}
 	for i := range opts.Reals {
@@ -350,6 +325,37 @@ func New(opts Options) (_ *Lab, err error) {
 		}
 	}
 	return l, nil
+}
+
+// directorPlan is Directors[i]'s label, ID and addresses (no namespace).
+func directorPlan(i int, opts Options) *Director {
+	// A point-to-point link per director: 198.18.2.2, 198.18.3.2; with
+	// VRRP one segment: 198.18.2.2, 198.18.2.3 (BGP: bgpAddrs).
+	uplink := [4]byte{198, 18, byte(2 + i), 2}
+	if opts.VRRP {
+		uplink = [4]byte{198, 18, 2, byte(2 + i)}
+	}
+	d := &Director{
+		Label:       string(rune('A' + i)),
+		ID:          i + 1,
+		Uplink:      netip.PrefixFrom(netip.AddrFrom4(uplink), 24),
+		RouterAddr:  netip.AddrFrom4([4]byte{198, 18, uplink[2], 1}),
+		RSAddr:      netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 10, byte(2 + i)}), 24),
+		UplinkIface: DirectorUplink,
+		RSIface:     DirectorRSIface,
+	}
+	if opts.BGP {
+		bgpAddrs(d)
+	}
+	// The IPv6 plan mirrors the IPv4 one as it ends up, a BGP lab's
+	// uplinks 198.18.1N.0/24 included.
+	if opts.IPv6 {
+		d.Uplink6, d.RouterAddr6, d.RSAddr6 = mirror6(d.Uplink), Mirror6(d.RouterAddr), mirror6(d.RSAddr)
+		if opts.BGP {
+			d.BGPAddr6 = mirror6(d.BGPAddr)
+		}
+	}
+	return d
 }
 
 // addNS creates one namespace with lo up. An IPv4-only lab turns IPv6 off
