@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -304,4 +305,46 @@ func TestECMPLabIPv6(t *testing.T) {
 	}
 	t.Logf("director %s (client side of %d idle connections) died; routers at 2 next hops (both families) after %v; %d of %d connections answered by their real; %s",
 		dead.Label, most, moved.Round(time.Millisecond), idle-len(errs), idle, strings.Join(notes, "; "))
+}
+
+// TestLabUpBGPIPv6: as root, `lab up --bgp --ipv6` (refused before issue
+// 17) comes up with both directors' sessions of both families Established
+// on both routers (`lab status --json`); a keep-alive connection to the
+// IPv6 VIP survives `lab failover` (A unplugged and killed, the routers
+// move to B on both families), and `lab down` removes everything.
+func TestLabUpBGPIPv6(t *testing.T) {
+	requireBIRD(t)
+	bin := holdfastBinary(t)
+	u := rootLabUp(t, bin, "--bgp", "--ipv6")
+	if line := u.bannerLine(t, "VIP "); !strings.Contains(line, lab.VIP6.String()) {
+		t.Errorf("banner's VIP line: %q, want %v in it", line, lab.VIP6)
+	}
+	up := "client Established, real Established, client6 Established, real6 Established"
+	st := parseLabStatus(t, runCmd(t, exec.Command(bin, "lab", "status", "--json")))
+	if st.Active != "A" || len(st.Directors) != 2 || st.Directors[0].BGP != up || st.Directors[1].BGP != up {
+		t.Errorf("lab status --json: active %q, directors %+v; want A, every session of both families Established", st.Active, st.Directors)
+	}
+	client := &lab.NS{Name: lab.SupervisedPrefix + "client"}
+	conns := dialVIP(t, client, ipv6.vip(), 1)
+	before, _, _, err := conns[0].get("/")
+	if err != nil {
+		t.Fatalf("HTTP to %v: %v", ipv6.vip(), err)
+	}
+	start := time.Now()
+	r := runCmd(t, exec.Command(bin, "lab", "failover"))
+	wantOK(t, "lab failover", r)
+	t.Logf("lab failover took %v: %s", time.Since(start).Round(time.Millisecond), firstLineOf(r.stdout))
+	after, _, _, err := conns[0].get("/")
+	if err != nil || after != before {
+		t.Errorf("the IPv6 connection after lab failover: answered by %q (%v), before by %q; want the same real", after, err, before)
+	}
+	if r := runCmd(t, exec.Command(bin, "lab", "down")); r.code != 0 {
+		t.Fatalf("lab down: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if err := u.wait(t); err != nil {
+		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(u.stderr.String(), 20))
+	}
+	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
+		t.Fatalf("namespaces left: %v", left)
+	}
 }
