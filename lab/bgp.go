@@ -214,9 +214,9 @@ func (l *Lab) bgpSteps(realMTU int) []func() error {
 		ipStep(rr, "addr", "add", netip.PrefixFrom(BGPRealPeer, BGPRealPeerPrefix.Bits()).String(), "dev", RealIface),
 	}
 	if l.ipv6 {
-		// Linux sends no IPv6 redirect to a router that is not a
-		// link-local neighbour (ndisc_send_redirect), and the directors'
-		// next hops here are global: nothing to turn off on the sending side.
+		// IPv6 has no send_redirects; Linux sends no redirect whose
+		// target, the next hop, is not link-local (ndisc_send_redirect),
+		// and the directors' next hops here are global addresses.
 		steps = append(steps,
 			func() error { return rr.SetSysctl("net.ipv6.conf.all.forwarding", "1") },
 			ip6Step(rr, netip.PrefixFrom(BGPRealGateway6, RealPrefix6.Bits()), RealIface),
