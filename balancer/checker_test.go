@@ -18,7 +18,12 @@ import (
 // fast is the timing of most checker tests: short enough to run many checks,
 // long enough that a loopback check does not time out on a loaded machine
 // under -race (20ms did, now and then, on two busy CPUs).
-var fast = CheckTiming{Interval: 50 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 2, Fall: 3}
+// fast checks every 100 ms, its timeout the whole interval: on a loaded
+// machine under -race a loopback server's answer can take more than 50 ms,
+// and a timeout is a failed check the test did not ask for (seen with 50 ms
+// at load average 10: "down after 2 answers of 503", an unexpected
+// "timeout after 50ms").
+var fast = CheckTiming{Interval: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 2, Fall: 3}
 
 // patience is how long a test waits for something that should happen within a
 // few intervals; generous, for a loaded machine under -race.

@@ -124,10 +124,9 @@ func BenchmarkLookup(b *testing.B) {
 		f := flow{
 			Proto:  protoTCP,
 			Client: endpointOf(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), uint16(1024+i%60000))),
-			VIP:    endpointOf(ap(vip)), Real: endpointOf(ap(rs1)),
 		}
-		t.insert(f)
-		keys[i] = Key{protoTCP, f.Client.AddrPort(), f.VIP.AddrPort()}
+		t.insert(f, fkey{f.Client, endpointOf(ap(vip)), protoTCP}, fkey{endpointOf(ap(rs1)), f.Client, protoTCP})
+		keys[i] = Key{protoTCP, f.Client.AddrPort(), ap(vip)}
 	}
 	b.ReportAllocs()
 	i := 0

@@ -50,7 +50,7 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 			// SYN's flow goes, and the segment finds its connection's real.
 			// (A director that did not see the SYN-ACK, the replies going
 			// through another one, cannot tell, and does not judge.)
-			d.noteReplacedSyn(f.clientKey(), now)
+			d.noteReplacedSyn(d.clientKey(f), now)
 			d.removeFlow(slot, now)
 			d.stats.SynFlowsReplaced++
 			found = false
@@ -175,8 +175,8 @@ func (d *Director) toReal(p *packet, f *flow) {
 		f.toServer().apply(p)
 		rewriteSrc(p, f.Local.AddrPort())
 	}
-	rewriteDst(p, f.Real.AddrPort())
 	r := d.services[f.svc].Reals[f.real]
+	rewriteDst(p, r.Addr)
 	r.PacketsIn++
 	r.BytesIn += uint64(len(p.ip))
 }
@@ -213,8 +213,6 @@ func (d *Director) newFlow(si uint16, p *packet, now int64) (uint32, DropReason)
 	slot, ok := d.insertFlow(flow{
 		Proto:  p.proto,
 		Client: endpointOf(p.src),
-		VIP:    endpointOf(p.dst),
-		Real:   endpointOf(real),
 		Kind:   KindPlain,
 		svc:    si,
 		real:   uint16(ri),

@@ -89,6 +89,16 @@ func TestHalfFlows(t *testing.T) {
 		if st.StaleSuspects != 0 || st.OutOfWindow[DirToReal] != 0 || st.OutOfWindow[DirToClient] != 0 || st.Flows != 1 {
 			t.Errorf("%s: %d stale suspects, out of window %v, %d flows; want 0, none, 1", name, st.StaleSuspects, st.OutOfWindow, st.Flows)
 		}
+		// Each half is an established flow on the established timeout,
+		// an active connection of its real (Y's began with the SYN-ACK:
+		// not the real's own active open, SYN_SENT).
+		last := map[string]int64{"X": 6, "Y": 7}[name] // its last segment's time
+		if fl := d.Flows(8); len(fl) != 1 || fl[0].State != StateEstablished || fl[0].Expires != last+d.timeouts[StateEstablished] {
+			t.Errorf("%s: flows %+v, want one ESTABLISHED expiring at %d", name, fl, last+d.timeouts[StateEstablished])
+		}
+		if r := d.services[0].Reals[d.realIndex(0, real)]; r.Active != 1 || r.Inactive != 0 {
+			t.Errorf("%s: real %s has %d active, %d inactive flows; want 1, 0", name, real, r.Active, r.Inactive)
+		}
 	}
 }
 

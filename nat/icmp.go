@@ -169,14 +169,14 @@ func (d *Director) icmpToVIP(p *packet) (wire.Verdict, DropReason, []byte) {
 			return wire.Drop, DropICMPNoFlow, nil
 		}
 		f := &d.flows.slab[slot]
-		setQuoted(icmp, q, true, f.Real.AddrPort())
+		setQuoted(icmp, q, true, d.realOf(f))
 		if f.Kind == KindRecovered {
 			// The real knows this segment as real -> recovery address,
 			// in its own sequence space.
 			setQuoted(icmp, q, false, f.Local.AddrPort())
 			setQuotedSeq(icmp, q, -f.AckDelta)
 		}
-		setAddr(p, false, f.Real.Addr())
+		setAddr(p, false, d.realOf(f).Addr())
 		d.stats.ICMPErrors++
 		return wire.Forward, DropNone, p.ip
 	}
@@ -204,7 +204,7 @@ func (d *Director) icmpErrorFromRealSide(p *packet) (v wire.Verdict, r DropReaso
 	}
 	f := &d.flows.slab[slot]
 	icmp := header.ICMPv4(p.l4)
-	setQuoted(icmp, q, false, f.VIP.AddrPort())
+	setQuoted(icmp, q, false, d.vipOf(f))
 	if f.Kind == KindRecovered {
 		// The client knows this segment as client -> VIP, in its own
 		// sequence space (Linux ignores an error whose quoted sequence is
@@ -213,11 +213,11 @@ func (d *Director) icmpErrorFromRealSide(p *packet) (v wire.Verdict, r DropReaso
 		setQuotedSeq(icmp, q, f.SeqDelta)
 		setAddr(p, false, f.Client.Addr())
 	}
-	if p.src.Addr() == f.Real.Addr() {
+	if p.src.Addr() == d.realOf(f).Addr() {
 		// The client must not learn the real's address, and Linux matches
 		// errors to sockets by the quote, not the sender: say it came from
 		// the VIP, as IPVS does.
-		setAddr(p, true, f.VIP.Addr())
+		setAddr(p, true, d.vipOf(f).Addr())
 	}
 	d.stats.ICMPErrors++
 	return wire.Forward, DropNone, true

@@ -52,21 +52,29 @@ func TestIndexNeverOverwrites(t *testing.T) {
 	d := newTestDirector(t)
 	handle(t, d, tcp4(client, vip, syn, 1, 0, nil), 1)
 	f := d.flows.slab[0]
-	before := len(d.flows.index)
-	for _, g := range []flow{
-		{Proto: f.Proto, Client: f.Client, VIP: f.VIP, Real: endpointOf(ap(rs2)), svc: f.svc, real: 1},           // same client key
-		{Proto: f.Proto, Client: f.Client, VIP: endpointOf(ap(vip2)), Real: f.Real, svc: f.svc, real: f.real},    // same real key
-		{Proto: f.Proto, Client: f.Real, VIP: f.Client, Real: f.Real, Kind: KindPlain, svc: f.svc, real: f.real}, // its client key is f's real key
+	ck, rk := d.clientKey(&f), d.realKey(&f)
+	before := d.flows.indexLen()
+	other := func(a string) endpoint { return endpointOf(ap(a)) }
+	for _, keys := range [][2]fkey{
+		{ck, fkey{other(rs2), f.Client, f.Proto}},                                        // same client key
+		{fkey{f.Client, other(vip2), f.Proto}, rk},                                       // same real key
+		{rk, fkey{other(rs2), rk.src, f.Proto}},                                          // its client key is f's real key
+		{fkey{f.Client, other(vip2), f.Proto}, ck},                                       // its real key is f's client key
+		{fkey{other(rs2), other(vip2), f.Proto}, fkey{other(rs2), other(vip2), f.Proto}}, // both its keys the same
 	} {
-		if _, ok := d.insertFlow(g); ok {
-			t.Fatalf("inserted %+v over %+v", g, f)
+		if _, ok := d.flows.insert(flow{Proto: f.Proto, Client: f.Client, svc: f.svc, real: 1}, keys[0], keys[1]); ok {
+			t.Fatalf("inserted a flow with keys %+v over %+v", keys, f)
 		}
 	}
-	if len(d.flows.index) != before || d.flows.n != 1 || d.Stats().IndexRefused != 3 {
-		t.Fatalf("index %d entries (was %d), %d flows, refused %d", len(d.flows.index), before, d.flows.n, d.Stats().IndexRefused)
+	// The Director counts a refusal: a flow of the same client to rs2.
+	if _, ok := d.insertFlow(flow{Proto: f.Proto, Client: f.Client, svc: f.svc, real: 1}); ok {
+		t.Fatalf("inserted a second flow of the client's key")
+	}
+	if d.flows.indexLen() != before || d.flows.n != 1 || d.Stats().IndexRefused != 1 {
+		t.Fatalf("index %d entries (was %d), %d flows, refused %d", d.flows.indexLen(), before, d.flows.n, d.Stats().IndexRefused)
 	}
 	slot, side, ok := d.flows.lookup(Key{protoTCP, ap(client), ap(vip)})
-	if !ok || slot != 0 || side != sideClient || d.flows.slab[0].Real != endpointOf(ap(rs1)) {
+	if !ok || slot != 0 || side != sideClient || d.realOf(&d.flows.slab[0]) != ap(rs1) {
 		t.Fatalf("the first flow's entry changed: %d %d %v", slot, side, ok)
 	}
 }
@@ -367,7 +375,7 @@ func TestRecoveredKeyTaken(t *testing.T) {
 	key := Key{protoTCP, ap(client), ap(vip)}
 	handle(t, d, tcp4(client, vip, psh, 100, 200, []byte("GET /")), 1)
 	// A flow (forged past the source check) holding (rs1, local).
-	squatter := flow{Proto: protoTCP, Client: endpointOf(ap(local)), VIP: endpointOf(ap(vip)), Real: endpointOf(ap(rs1)), svc: 0, real: 0}
+	squatter := flow{Proto: protoTCP, Client: endpointOf(ap(local)), svc: 0, real: 0} // rs1's
 	if _, ok := d.insertFlow(squatter); !ok {
 		t.Fatal("setup")
 	}

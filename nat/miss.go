@@ -165,7 +165,7 @@ func (d *Director) steerByCookie(key Key, pd *pending, p *packet, ri int, now in
 	// answers (a forged cookie that reaches the owner gets only its
 	// challenge ACK, which the client ignores).
 	slot, inserted := d.insertFlow(flow{
-		Proto: protoTCP, Client: endpointOf(key.Src), VIP: endpointOf(key.Dst), Real: endpointOf(real),
+		Proto: protoTCP, Client: endpointOf(key.Src),
 		Kind: KindCookie, svc: pd.svc, real: uint16(ri), tentative: true, unconfirmed: true,
 	})
 	if !inserted {
@@ -224,7 +224,7 @@ func (d *Director) unpark(pd *pending, client netip.Addr) {
 // may have come from a forged segment). handled is false when the caller
 // goes on with the segment as for any flow.
 func (d *Director) tentativeAnswer(slot uint32, f *flow, p *packet, now int64) (handled bool) {
-	ck := Key{protoTCP, f.Client.AddrPort(), f.VIP.AddrPort()}
+	ck := Key{protoTCP, f.Client.AddrPort(), d.vipOf(f)}
 	pd := d.rec.pending[ck]
 	if pd != nil && pd.phase != phaseSteer {
 		pd = nil
@@ -245,7 +245,10 @@ func (d *Director) tentativeAnswer(slot uint32, f *flow, p *packet, now int64) (
 		} else {
 			d.stats.CookieUnfit++
 		}
-		if pd != nil {
+		switch {
+		case pd != nil && pd.noData:
+			d.endMiss(ck, pd) // a pure ACK's steer: nothing else to try
+		case pd != nil:
 			for i := range pd.probes {
 				if pd.probes[i].real == ri {
 					pd.probes[i].state = probeReset
@@ -528,7 +531,7 @@ func (d *Director) steerByProbe(key Key, pd *pending, q probe, now int64) {
 		return
 	}
 	slot, ok := d.insertFlow(flow{
-		Proto: protoTCP, Client: endpointOf(key.Src), VIP: endpointOf(key.Dst), Real: endpointOf(real),
+		Proto: protoTCP, Client: endpointOf(key.Src),
 		Kind: KindProbe, State: StateEstablished, svc: pd.svc, real: q.real,
 		hiSrv: q.seq, hiSrvSeen: true, marked: true,
 		win: tcpWin{
@@ -745,7 +748,7 @@ func (d *Director) staleAnswer(slot uint32, a *packet, now int64) (v wire.Verdic
 // with numbers short of the suspect segment (a socket the connection left
 // behind: the client's answer decides).
 func (d *Director) staleAccepted(f *flow, sg *seg) bool {
-	key := Key{f.Proto, f.Client.AddrPort(), f.VIP.AddrPort()}
+	key := Key{f.Proto, f.Client.AddrPort(), d.vipOf(f)}
 	pd := d.rec.pending[key]
 	if pd == nil || pd.phase != phaseStale {
 		return true
@@ -760,7 +763,7 @@ func (d *Director) staleAccepted(f *flow, sg *seg) bool {
 // endStale ends the stale challenge of the flow in slot, if one is out: the
 // flow is going.
 func (d *Director) endStale(f *flow, slot uint32) {
-	key := Key{f.Proto, f.Client.AddrPort(), f.VIP.AddrPort()}
+	key := Key{f.Proto, f.Client.AddrPort(), d.vipOf(f)}
 	if pd := d.rec.pending[key]; pd != nil && pd.phase == phaseStale && pd.slot == slot {
 		d.endMiss(key, pd)
 	}

@@ -295,8 +295,8 @@ func TestProbeClassification(t *testing.T) {
 			}
 			f := &d.flows.slab[slot]
 			a := c.answers[c.owner]
-			if f.Kind != KindProbe || f.Real != endpointOf(ap(c.owner)) || f.SeqDelta != 0 || f.AckDelta != 0 {
-				t.Fatalf("flow %+v", f.export())
+			if f.Kind != KindProbe || d.realOf(f) != ap(c.owner) || f.SeqDelta != 0 || f.AckDelta != 0 {
+				t.Fatalf("flow %+v", d.export(f))
 			}
 			if f.win.flags&winSrvSeen == 0 || f.win.srv.end != a[0] || f.win.srv.ack != a[1] || !f.hiSrvSeen || f.hiSrv != a[0] {
 				t.Fatalf("windows not seeded from the answer: %+v, hiSrv %d", f.win, f.hiSrv)
@@ -836,4 +836,53 @@ func TestProbeRoundPacing(t *testing.T) {
 	if got := len(pr.Probes) - n; got != 3 || d.Stats().ProbeRoundsDelayed != 1 {
 		t.Fatalf("%d probes at the retry time, delayed rounds %d; want 3, 1", got, d.Stats().ProbeRoundsDelayed)
 	}
+}
+
+// A pure ACK or FIN with no flow starts no search (refuseRecovery), but
+// one whose cookie names a live real is steered there: behind ECMP, the
+// client side of a moved flow sees only the client's ACKs while the real's
+// data goes through another director. Nothing else is tried for it: the
+// real's no-socket reset ends the miss with no probe, challenge or dial; a
+// pure ACK whose cookie names no real is dropped as before.
+func TestCookieSteersPureACK(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		flags header.TCPFlags
+	}{{"ack", ack}, {"fin", fin | ack}} {
+		t.Run(c.name, func(t *testing.T) {
+			d, fr, pr := newMissDirector(t, 4)
+			pkt := tcp4(client, vip, c.flags, trigSeq, trigAck, nil, tsOpt(50, cookieOf(d, 1))...)
+			v, out := d.Handle(pkt, false, 1)
+			if v != wire.Forward {
+				t.Fatalf("verdict %v, want forward (steered)", v)
+			}
+			if in := infoOf(t, out); in.dst != ap(rs2) || in.seq != trigSeq || in.ack != trigAck {
+				t.Fatalf("steered %+v, want the segment to %s", in, rs2)
+			}
+			if f := d.Flows(1); len(f) != 1 || f[0].Kind != KindCookie || f[0].Real != ap(rs2) {
+				t.Fatalf("flows %+v, want one cookie flow to %s", f, rs2)
+			}
+			if st := d.Stats(); st.CookieSteers != 1 || st.Misses != 1 || st.Drop(DropNoTrigger) != 0 {
+				t.Fatalf("cookie steers %d, misses %d, no_trigger %d; want 1, 1, 0", st.CookieSteers, st.Misses, st.Drop(DropNoTrigger))
+			}
+			if v, _ := d.Handle(tcp4(rs2, client, rst, trigAck, 0, nil), false, 2); v != wire.Consume {
+				t.Fatalf("the real's no-socket reset: verdict %v, want consume", v)
+			}
+			if st := d.Stats(); st.CookieResets != 1 || st.Flows != 0 || len(pr.Probes) != 0 || len(pr.Challenges) != 0 || len(fr.dials) != 0 {
+				t.Fatalf("after the reset: cookie resets %d, flows %d, probes %d, challenges %d, dials %d; want 1, 0, 0, 0, 0",
+					st.CookieResets, st.Flows, len(pr.Probes), len(pr.Challenges), len(fr.dials))
+			}
+			checkMissOver(t, d)
+		})
+	}
+	t.Run("no real's cookie", func(t *testing.T) {
+		d, _, pr := newMissDirector(t, 4)
+		if v, _ := d.Handle(tcp4(client, vip, ack, trigSeq, trigAck, nil, tsOpt(50, 0x1000)...), false, 1); v != wire.Drop {
+			t.Fatalf("verdict %v, want drop", v)
+		}
+		if st := d.Stats(); st.Drop(DropNoTrigger) != 1 || st.Flows != 0 || len(pr.Probes) != 0 {
+			t.Fatalf("no_trigger %d, flows %d, probes %d; want 1, 0, 0", st.Drop(DropNoTrigger), st.Flows, len(pr.Probes))
+		}
+		checkMissOver(t, d)
+	})
 }

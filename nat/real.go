@@ -59,7 +59,7 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 				// overtook the SYN-ACK). Swallowed; the client's
 				// retransmission finds its connection's real through the
 				// miss path.
-				d.noteReplacedSyn(f.clientKey(), now)
+				d.noteReplacedSyn(d.clientKey(f), now)
 				d.removeFlow(slot, now)
 				d.stats.SynFlowsReplaced++
 				return wire.Consume, DropNone, nil
@@ -198,7 +198,7 @@ func (d *Director) toClient(p *packet, f *flow) {
 	}
 	r := d.services[f.svc].Reals[f.real]
 	d.cookieToClient(p, f, r.CookieID)
-	rewriteSrc(p, f.VIP.AddrPort())
+	rewriteSrc(p, d.services[f.svc].VIP)
 	r.PacketsOut++
 	r.BytesOut += uint64(len(p.ip))
 }
@@ -273,8 +273,6 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, Dro
 	slot, ok := d.insertFlow(flow{
 		Proto:  p.proto,
 		Client: endpointOf(p.dst),
-		VIP:    endpointOf(d.services[si].VIP),
-		Real:   endpointOf(p.src),
 		Kind:   KindAdopted,
 		svc:    uint16(si),
 		real:   uint16(ri),
@@ -285,6 +283,15 @@ func (d *Director) adopt(svcs []uint16, p *packet, now int64) (wire.Verdict, Dro
 	ck := Key{p.proto, p.dst, d.services[si].VIP}
 	d.stats.Adopted++
 	f := &d.flows.slab[slot]
+	if p.flags&header.TCPFlagSyn != 0 {
+		// A SYN-ACK: the client's SYN went through another director.
+		// The flow starts where that SYN would have put it (IPVS's
+		// SYN_RECV), so that the real's next segments make it
+		// established; from NONE the real's SYN reads as the real's own
+		// active open, and its flow would stay SYN_SENT (2 minutes idle,
+		// an inactive flow) for all its life.
+		d.setState(f, StateSynRecv)
+	}
 	d.track(f, p, false, now)
 	d.toClient(p, f)
 	switch {

@@ -201,6 +201,7 @@ type pending struct {
 	lastEnd    uint32 // end of the last parked segment
 	tried      []netip.AddrPort
 	superseded bool // the flow was adopted meanwhile
+	noData     bool // a cookie steer of a pure ACK or FIN: nothing else is tried (steerNoData)
 	// A re-home: the client's handshake as the director saw it, and the
 	// real left behind (whose packets for this tuple are never adopted).
 	hs   clientHandshake

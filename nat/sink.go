@@ -59,8 +59,6 @@ func (d *Director) Recovered(key Key, hs wire.Handshake, now int64) [][]byte {
 	f := flow{
 		Proto:      protoTCP,
 		Client:     endpointOf(key.Src),
-		VIP:        endpointOf(key.Dst),
-		Real:       endpointOf(real),
 		Local:      pd.local,
 		State:      StateEstablished,
 		Kind:       KindRecovered,

@@ -3,6 +3,7 @@ package nat
 import (
 	"cmp"
 	"encoding/binary"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -486,7 +487,7 @@ func (s *stepper) step(op byte, r *stepReader) {
 		}
 		if len(tent) > 0 {
 			f := &s.d.flows.slab[tent[pick%len(tent)]]
-			real, cl = f.Real.AddrPort().String(), f.Client.AddrPort().String()
+			real, cl = s.d.realOf(f).String(), f.Client.AddrPort().String()
 			ci = slices.Index(sfClients, cl)
 		}
 		s.d.mu.Unlock()
@@ -622,13 +623,13 @@ func checkDirector(t *testing.T, d *Director) {
 			continue
 		}
 		used++
-		for side, k := range []fkey{f.clientKey(), f.realKey()} {
-			if v, ok := d.flows.index[k]; !ok || v != uint32(i)<<1|uint32(side) {
-				t.Errorf("flow %d (%+v): key %+v (side %d) in the index as %d, %v", i, f.export(), k, side, v, ok)
+		for side, k := range []fkey{d.clientKey(f), d.realKey(f)} {
+			if v, ok := d.flows.get(k); !ok || v != uint32(i)<<1|uint32(side) {
+				t.Errorf("flow %d (%+v): key %+v (side %d) in the index as %d, %v", i, d.export(f), k, side, v, ok)
 			}
 		}
 		if f.Expires == 0 {
-			t.Errorf("flow %d (%+v) has no expiry", i, f.export())
+			t.Errorf("flow %d (%+v) has no expiry", i, d.export(f))
 		}
 		by[f.Kind][f.State]++
 		ref := realRef{f.svc, f.real}
@@ -638,9 +639,9 @@ func checkDirector(t *testing.T, d *Director) {
 			inactive[ref]++
 		}
 		if f.Kind == KindRecovered {
-			p := pair{f.Local, f.Real}
+			p := pair{f.Local, endpointOf(d.realOf(f))}
 			if who, dup := ports[p]; dup {
-				t.Errorf("port pair %+v held by %s and recovered flow %+v", p, who, f.export())
+				t.Errorf("port pair %+v held by %s and recovered flow %+v", p, who, d.export(f))
 			}
 			ports[p] = "recovered flow"
 		}
@@ -648,19 +649,35 @@ func checkDirector(t *testing.T, d *Director) {
 	if used != d.flows.n {
 		t.Errorf("flows.n %d, used slots %d", d.flows.n, used)
 	}
-	for k, v := range d.flows.index {
+	index := maps.Clone(d.flows.index6)
+	for k4, v := range d.flows.index4 {
+		k := k4.key()
+		if _, dup := index[k]; dup {
+			t.Errorf("key %+v in both index4 and index6", k)
+		}
+		if _, ok := k.v4(); !ok {
+			t.Errorf("index4 key %+v is not IPv4", k)
+		}
+		index[k] = v
+	}
+	for k := range d.flows.index6 {
+		if _, ok := k.v4(); ok {
+			t.Errorf("IPv4 key %+v in index6", k)
+		}
+	}
+	for k, v := range index {
 		slot, side := v>>1, int(v&1)
 		if int(slot) >= len(d.flows.slab) || !d.flows.slab[slot].used {
 			t.Errorf("index entry %+v -> slot %d, not a used flow", k, slot)
 			continue
 		}
 		f := &d.flows.slab[slot]
-		if want := [2]fkey{f.clientKey(), f.realKey()}[side]; want != k {
+		if want := [2]fkey{d.clientKey(f), d.realKey(f)}[side]; want != k {
 			t.Errorf("index entry %+v -> slot %d side %d, whose key is %+v", k, slot, side, want)
 		}
 	}
-	if len(d.flows.index) != 2*used {
-		t.Errorf("index holds %d entries for %d flows", len(d.flows.index), used)
+	if d.flows.indexLen() != 2*used {
+		t.Errorf("index holds %d entries for %d flows", d.flows.indexLen(), used)
 	}
 
 	// Counters.
@@ -789,11 +806,11 @@ func checkMiss(t *testing.T, d *Director) {
 			}
 		case phaseSteer:
 			if found && (side != sideClient || !d.flows.slab[slot].tentative || d.flows.slab[slot].Kind != KindCookie) {
-				t.Errorf("cookie steer of %+v: its flow %+v is not a tentative cookie flow", ck, d.flows.slab[slot].export())
+				t.Errorf("cookie steer of %+v: its flow %+v is not a tentative cookie flow", ck, d.export(&d.flows.slab[slot]))
 			}
 		}
 		if found && (pd.phase == phaseProbe || pd.phase == phaseChallenge) {
-			t.Errorf("miss of %+v (phase %d) while a flow %+v holds the tuple", ck, pd.phase, d.flows.slab[slot].export())
+			t.Errorf("miss of %+v (phase %d) while a flow %+v holds the tuple", ck, pd.phase, d.export(&d.flows.slab[slot]))
 		}
 		if pd.phase != phaseDial && (pd.dialing || pd.superseded) {
 			t.Errorf("miss of %+v (phase %d) dialing %v, superseded %v", ck, pd.phase, pd.dialing, pd.superseded)

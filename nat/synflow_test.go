@@ -14,7 +14,7 @@ func TestForgedSYNDoesNotPinTheTuple(t *testing.T) {
 	d, fr := newRecDirector(t)
 	handle(t, d, tcp4(client, vip, syn, 777, 0, nil), 1) // forged
 	f := flowOf(d, client)
-	real := f.Real.AddrPort().String()
+	real := d.realOf(f).String()
 	if out := handle(t, d, tcp4(real, client, synack, 9000, 778, nil), 1); out == nil {
 		t.Fatal("the real's SYN-ACK was not forwarded")
 	}
@@ -41,7 +41,7 @@ func TestSYNFlowCompletes(t *testing.T) {
 	d, _ := newRecDirector(t)
 	handle(t, d, tcp4(client, vip, syn, 777, 0, nil), 1)
 	f := flowOf(d, client)
-	handle(t, d, tcp4(f.Real.AddrPort().String(), client, synack, 9000, 778, nil), 1)
+	handle(t, d, tcp4(d.realOf(f).String(), client, synack, 9000, 778, nil), 1)
 	if out := handle(t, d, tcp4(client, vip, ack, 778, 9001, nil), 2); out == nil || f.State != StateEstablished {
 		t.Fatalf("final ACK: forwarded %v, state %v", out != nil, f.State)
 	}
@@ -57,7 +57,7 @@ func TestForgedSYNRealRejects(t *testing.T) {
 	d, _ := newRecDirector(t)
 	handle(t, d, tcp4(client, vip, syn, 777, 0, nil), 1) // forged
 	f := flowOf(d, client)
-	real := f.Real.AddrPort().String()
+	real := d.realOf(f).String()
 	if out := handle(t, d, tcp4(client, vip, psh, 5000, 3000, []byte("GET /")), 2); out == nil {
 		t.Fatal("the client's segment on the SYN's flow was not forwarded")
 	}
@@ -79,7 +79,7 @@ func TestForgedSYNAnsweredByTheOwner(t *testing.T) {
 	d, _ := newRecDirector(t)
 	handle(t, d, tcp4(client, vip, syn, 3042012064, 0, nil), 1) // forged
 	f := flowOf(d, client)
-	real := f.Real.AddrPort().String()
+	real := d.realOf(f).String()
 	handle(t, d, tcp4(real, client, ack, 654406734, 2273632763, nil), 1) // the owner's challenge ACK
 	if out := handle(t, d, tcp4(client, vip, psh, 2273632763, 654406734, make([]byte, 73)), 2); out == nil {
 		t.Fatal("the client's request was not forwarded to the owner")
@@ -103,7 +103,7 @@ func TestNoOrphanResetForPlainFlows(t *testing.T) {
 	d, _ := newRecDirector(t)
 	handle(t, d, tcp4(client, vip, syn, 777, 0, nil), 1) // forged, to some real
 	other := rs1
-	if flowOf(d, client).Real.AddrPort() == ap(rs1) {
+	if d.realOf(flowOf(d, client)) == ap(rs1) {
 		other = rs2
 	}
 	if out := handle(t, d, tcp4(other, client, psh, 5000, 3000, []byte("data")), 2); out != nil {

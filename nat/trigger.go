@@ -42,10 +42,44 @@ func (d *Director) recoverMiss(si uint16, p *packet, now int64) (wire.Verdict, D
 		}
 		return v, r, out
 	}
+	if p.data == 0 {
+		return d.steerNoData(si, p, now)
+	}
 	if r := d.refuseRecovery(p, now); r != DropNone {
 		return wire.Drop, r, nil
 	}
 	return d.startMiss(si, p, now)
+}
+
+// steerNoData handles p, a pure ACK or a FIN with no flow. It proves no
+// connection worth a search (refuseRecovery) and is dropped, unless its
+// cookie names a live real: then it is steered there on a tentative flow,
+// as a segment with data would be, but nothing else is tried (no probe,
+// no challenge, no recovery). Behind ECMP the client side of a flow the
+// routers moved may never send anything else: during a download its ACKs
+// come here while the real's data goes through another director, and
+// without them the real's window would never open again.
+func (d *Director) steerNoData(si uint16, p *packet, now int64) (wire.Verdict, DropReason, []byte) {
+	_, ts, _, tsecr := tcpOptions(header.TCP(p.l4))
+	if !ts || p.flags&header.TCPFlagAck == 0 {
+		return wire.Drop, DropNoTrigger, nil
+	}
+	ri, ok := d.cookieReal(si, tsecr)
+	if !ok {
+		return wire.Drop, DropNoTrigger, nil
+	}
+	if r := d.refuseSearch(p, now); r != DropNone {
+		return wire.Drop, r, nil
+	}
+	key := Key{p.proto, p.src, p.dst}
+	pd := newPending(si, p, now, unknownHandshake, netip.AddrPort{})
+	pd.noData = true
+	v, r, out, ok := d.steerByCookie(key, pd, p, ri, now)
+	if !ok {
+		return wire.Drop, DropNoTrigger, nil
+	}
+	d.stats.Misses++
+	return v, r, out
 }
 
 // refuseRecovery says why a segment may not start a miss (the search for
@@ -59,10 +93,16 @@ func (d *Director) recoverMiss(si uint16, p *packet, now int64) (wire.Verdict, D
 // as such), but never becomes the trigger of a recovery dial, nor does a
 // segment with SACK blocks (see challengeAnswer).
 func (d *Director) refuseRecovery(p *packet, now int64) DropReason {
-	rc := &d.rec
 	if p.data == 0 {
 		return DropNoTrigger
 	}
+	return d.refuseSearch(p, now)
+}
+
+// refuseSearch is refuseRecovery for a segment that may start a miss
+// whatever its data: the budgets and the allowed sources.
+func (d *Director) refuseSearch(p *packet, now int64) DropReason {
+	rc := &d.rec
 	if !rc.allowed(p.src.Addr()) {
 		return DropRecoveryDenied
 	}
@@ -127,7 +167,7 @@ func (d *Director) rehome(slot uint32, si uint16, p *packet, now int64) (wire.Ve
 		return wire.Drop, DropRecoveryPending, nil
 	}
 	f := &d.flows.slab[slot]
-	from := f.Real.AddrPort()
+	from := d.realOf(f)
 	if !d.otherReal(si, from) {
 		return d.keepOnReal(f, p, now)
 	}
