@@ -37,6 +37,12 @@ type BGP struct {
 	Drain time.Duration
 }
 
+// Log field names of the BGP stage.
+const (
+	fPrefix = "prefix"
+	fSide   = "side"
+)
+
 // announceEvery is how often the announcements follow health: a real's
 // check interval is 2 s by default, a router's hold time 9 s; a quarter
 // second is quick beside both and costs nothing.
@@ -62,12 +68,27 @@ func (r *runner) startBGP(ctx context.Context, st *stages) error {
 }
 
 // announce sets the speaker's two sides every announceEvery until ctx ends
-// or stopBGP says so.
+// or stopBGP says so. A prefix no peer can be sent (unsent) is logged once.
 func (r *runner) announce(ctx context.Context) {
 	t := time.NewTicker(announceEvery)
 	defer t.Stop()
+	warned := map[netip.Prefix]bool{}
 	for {
-		r.bgpSet(r.log)
+		client, real := r.bgpSet(r.log)
+		for _, side := range []struct {
+			name  string
+			peers []netip.Addr
+			want  []netip.Prefix
+		}{{"client", r.cfg.BGP.ClientPeers, client}, {"real", r.cfg.BGP.RealPeers, real}} {
+			for _, p := range unsent(side.peers, side.want) {
+				if warned[p] {
+					continue
+				}
+				warned[p] = true
+				r.log.Warn().Str(fPrefix, p.String()).Str(fSide, side.name).
+					Msgf("bgp: no %s %s-side peer: %s is announced to no router (a prefix goes only over sessions of its family); add a peer of that family on that side", familyOf(p), side.name, p)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -79,18 +100,55 @@ func (r *runner) announce(ctx context.Context) {
 }
 
 // bgpSet gives the speaker what to announce now (it changes only what
-// differs, and logs it).
-func (r *runner) bgpSet(log zerolog.Logger) {
-	if err := r.bgp.SetClientSide(r.clientSide()); err != nil {
+// differs, and logs it), and returns it.
+func (r *runner) bgpSet(log zerolog.Logger) (client, real []netip.Prefix) {
+	client = r.clientSide()
+	if err := r.bgp.SetClientSide(client); err != nil {
 		log.Error().Err(err).Msg("bgp: client side")
 	}
-	real := slices.Clone(r.cfg.BGP.Announce)
+	real = slices.Clone(r.cfg.BGP.Announce)
 	for _, a := range r.cfg.Recovery.Addrs {
 		real = append(real, netip.PrefixFrom(a, a.BitLen()))
 	}
 	if err := r.bgp.SetRealSide(real); err != nil {
 		log.Error().Err(err).Msg("bgp: real side")
 	}
+	return client, real
+}
+
+// unsent are the prefixes of want that none of a side's peers is sent:
+// the speaker sends a prefix only over sessions of its family (bgp/doc.go:
+// next hop self needs an address of the family), so a dual-stack
+// director's IPv6 VIP with IPv4 client-side peers only is announced to no
+// router and attracts no traffic. A side without peers sends nothing on
+// purpose (its routes are static): nothing of it is reported.
+func unsent(peers []netip.Addr, want []netip.Prefix) []netip.Prefix {
+	if len(peers) == 0 {
+		return nil
+	}
+	var has4, has6 bool
+	for _, a := range peers {
+		if a.Unmap().Is4() {
+			has4 = true
+		} else {
+			has6 = true
+		}
+	}
+	var out []netip.Prefix
+	for _, p := range want {
+		if is4 := p.Addr().Unmap().Is4(); is4 && !has4 || !is4 && !has6 {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// familyOf is "IPv4" or "IPv6", p's family.
+func familyOf(p netip.Prefix) string {
+	if p.Addr().Unmap().Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // clientSide is the VIPs (/32 or /128) one of whose services has a real

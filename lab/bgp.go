@@ -31,6 +31,15 @@ import (
 // the hold time. A announces with MED 10, B with 20: both routers send
 // the traffic to A while A announces, else to B (an ECMP lab, ecmp.go,
 // spreads it over all of them).
+//
+// A dual-stack BGP lab (Options.IPv6, issue 17) mirrors all of it
+// (Mirror6): each director also has an IPv6 session with each router, the
+// client-side one at 2001:2:0:1N::1, the real-side one at BGPRealPeer6
+// (2001:2:0:20::1), and announces VIP6 over the one and its IPv6 recovery
+// address and ::/0 over the other. holdfast sends each family only over
+// sessions of that family (bgp/doc.go: next hop self needs an address of
+// the family), so the routers run a BIRD protocol per director and family:
+// BGPProtocol for IPv4, BGPProtocol6 for IPv6.
 var (
 	// BGPRealPeerPrefix is the subnet of the reals' segment on which the
 	// directors peer with the real-side router (as in
@@ -42,6 +51,13 @@ var (
 	// BGPRealGateway is the real-side router's address on the reals'
 	// subnet: their default gateway.
 	BGPRealGateway = netip.MustParseAddr("198.18.10.1")
+
+	// IPv6 twins of the above (Options.IPv6): 2001:2:0:20::/64, the
+	// router's 2001:2:0:20::1 there, and the reals' IPv6 gateway
+	// 2001:2:0:10::1.
+	BGPRealPeerPrefix6 = Mirror6Prefix(BGPRealPeerPrefix)
+	BGPRealPeer6       = Mirror6(BGPRealPeer)
+	BGPRealGateway6    = Mirror6(BGPRealGateway)
 )
 
 // BGP numbers of the lab: the routers' AS, the directors' AS, and the
@@ -72,6 +88,19 @@ func BGPMED(d *Director) int {
 // (`birdc show protocols`): "director_a", "director_b".
 func BGPProtocol(d *Director) string { return "director_" + strings.ToLower(d.Label) }
 
+// BGPProtocol6 is the name of director d's IPv6 session in the routers'
+// BIRD in a dual-stack lab: "director_a6", "director_b6".
+func BGPProtocol6(d *Director) string { return BGPProtocol(d) + "6" }
+
+// BGPProtocols are the names of director d's sessions on each router:
+// BGPProtocol, and in a dual-stack lab BGPProtocol6.
+func (l *Lab) BGPProtocols(d *Director) []string {
+	if l.ipv6 {
+		return []string{BGPProtocol(d), BGPProtocol6(d)}
+	}
+	return []string{BGPProtocol(d)}
+}
+
 // bgpState is what a BGP lab adds: the two routers' BIRD processes (client
 // side, real side) and the directory holding their configurations and
 // control sockets. Set once in New, read-only after.
@@ -81,36 +110,38 @@ type bgpState struct {
 }
 
 // birdRouterConf is a router's BIRD: deploy/bird-client-side.conf and
-// deploy/bird-real-side.conf with the lab's addresses, IPv4 only.
+// deploy/bird-real-side.conf with the lab's addresses; in a dual-stack lab
+// with an IPv6 twin of each filter, kernel protocol and session.
 var birdRouterConf = template.Must(template.New("bird.conf").Parse(`# BIRD 2, {{.Side}}-side router of lab {{.Lab}}: written by holdfast's
 # namespace lab, removed with it. See deploy/bird-{{.Side}}-side.conf.
 router id {{.RouterID}};
 
 protocol device {
 }
-
-# Only what this side needs from the directors: {{.Accepts}}.
-filter from_director {
+{{range .Families}}
+# Only what this side needs from the directors over {{.Name}}: {{.Accepts}}.
+filter from_director_{{.Name}} {
 	if net ~ [ {{.Filter}} ] then accept;
 	reject;
 }
+{{- if $.ECMP}}
 
-{{- if .ECMP}}
-# The learned routes go to the kernel: the equal routes of every director
-# (same MED, same AS path) merged into one multipath route, which the
-# kernel hashes on L4 (fib_multipath_hash_policy=1).
+# The learned {{.Name}} routes go to the kernel: the equal routes of every
+# director (same MED, same AS path) merged into one multipath route, which
+# the kernel hashes on L4 (fib_multipath_hash_policy=1).
 protocol kernel {
 	merge paths yes;
-	ipv4 { export filter { if source = RTS_BGP then accept; reject; }; };
+	{{.Name}} { export filter { if source = RTS_BGP then accept; reject; }; };
 }
 {{- else}}
-# The learned routes go to the kernel, which forwards to the director
-# with the lower MED.
+
+# The learned {{.Name}} routes go to the kernel, which forwards to the
+# director with the lower MED.
 protocol kernel {
-	ipv4 { export filter { if source = RTS_BGP then accept; reject; }; };
+	{{.Name}} { export filter { if source = RTS_BGP then accept; reject; }; };
 }
 {{- end}}
-
+{{end}}
 template bgp director {
 	local as {{.RouterAS}};
 	# holdfast dials and never listens.
@@ -132,22 +163,32 @@ template bgp director {
 	# A shared segment: a dead director's link stays up here, the hold
 	# timer notices.
 {{- end}}
-	ipv4 { import filter from_director; export none; };
 }
 {{range .Directors}}
+# One session per family: holdfast announces each family only over
+# sessions of that family.
 protocol bgp {{.Name}} from director {
 	neighbor {{.Addr}} as {{$.DirectorAS}};
 	source address {{.Local}};
+	{{.Family}} { import filter from_director_{{.Family}}; export none; };
 }
 {{end}}`))
 
+// birdFamily is one address family of a router's BIRD: its channel name
+// ("ipv4", "ipv6"), and the prefixes it accepts from the directors.
+type birdFamily struct {
+	Name, Accepts, Filter string
+}
+
 type birdNeighbor struct {
 	Name        string
+	Family      string // "ipv4" or "ipv6": its channel
 	Addr, Local netip.Addr
 }
 
-// bgpAddrs sets the directors' addresses of a BGP lab: the uplink
-// 198.18.1N.2/24 (router .1) and BGPAddr on BGPRealPeerPrefix.
+// bgpAddrs sets the directors' IPv4 addresses of a BGP lab: the uplink
+// 198.18.1N.2/24 (router .1) and BGPAddr on BGPRealPeerPrefix (New mirrors
+// them into IPv6 in a dual-stack lab).
 func bgpAddrs(d *Director) {
 	d.Uplink = netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(10 + d.ID), 2}), 24)
 	d.RouterAddr = netip.AddrFrom4([4]byte{198, 18, byte(10 + d.ID), 1})
@@ -172,8 +213,27 @@ func (l *Lab) bgpSteps(realMTU int) []func() error {
 		ipStep(rr, "addr", "add", netip.PrefixFrom(BGPRealGateway, RealPrefix.Bits()).String(), "dev", RealIface),
 		ipStep(rr, "addr", "add", netip.PrefixFrom(BGPRealPeer, BGPRealPeerPrefix.Bits()).String(), "dev", RealIface),
 	}
+	if l.ipv6 {
+		// IPv6 has no send_redirects; Linux sends no redirect whose
+		// target, the next hop, is not link-local (ndisc_send_redirect),
+		// and the directors' next hops here are global addresses.
+		steps = append(steps,
+			func() error { return rr.SetSysctl("net.ipv6.conf.all.forwarding", "1") },
+			ip6Step(rr, netip.PrefixFrom(BGPRealGateway6, RealPrefix6.Bits()), RealIface),
+			ip6Step(rr, netip.PrefixFrom(BGPRealPeer6, BGPRealPeerPrefix6.Bits()), RealIface),
+		)
+	}
 	for _, d := range l.Directors {
 		steps = append(steps, ipStep(d.NS, "addr", "add", d.BGPAddr.String(), "dev", d.RSIface))
+		if l.ipv6 {
+			steps = append(steps,
+				ip6Step(d.NS, d.BGPAddr6, d.RSIface),
+				// Unplug takes the links down, which flushes a link's IPv6
+				// addresses unless this is on (IPv4 keeps them): a
+				// director plugged back in would have none.
+				func() error { return d.SetSysctl("net.ipv6.conf.all.keep_addr_on_down", "1") },
+			)
+		}
 	}
 	if l.ecmp {
 		steps = append(steps, l.ecmpSteps()...)
@@ -183,6 +243,14 @@ func (l *Lab) bgpSteps(realMTU int) []func() error {
 			func() error { return r.SetSysctl("net.ipv4.conf.all.accept_redirects", "0") },
 			ipStep(r.NS, "route", "replace", "default", "via", BGPRealGateway.String()),
 		)
+		if l.ipv6 {
+			// IPv6 reads accept_redirects per interface ("all" does not
+			// reach an existing one).
+			steps = append(steps,
+				func() error { return r.SetSysctl("net.ipv6.conf."+RealIface+".accept_redirects", "0") },
+				ipStep(r.NS, "-6", "route", "replace", "default", "via", BGPRealGateway6.String()),
+			)
+		}
 	}
 	return steps
 }
@@ -207,44 +275,80 @@ func (l *Lab) startBGP() error {
 		return errors.Join(err, os.RemoveAll(dir))
 	}
 	l.bgp = b
+	confs, err := l.routerConfs()
+	if err != nil {
+		return err
+	}
 	for _, side := range []struct {
-		name      string
-		ns        *NS
-		id        netip.Addr
-		accepts   string
-		filter    string
-		checkLink bool
-		local     func(*Director) netip.Addr
-		neighbor  func(*Director) netip.Addr
-	}{
-		{BGPClientSide, l.Router, l.Directors[0].RouterAddr, "VIP host routes",
-			VIPPrefix.String() + "{32,32}", true,
-			func(d *Director) netip.Addr { return d.RouterAddr },
-			func(d *Director) netip.Addr { return d.Uplink.Addr() }},
-		{BGPRealSide, l.RealRouter, BGPRealPeer, "recovery addresses and the default route",
-			RecoveryPrefix.String() + "{32,32}, 0.0.0.0/0", false,
-			func(*Director) netip.Addr { return BGPRealPeer },
-			func(d *Director) netip.Addr { return d.BGPAddr.Addr() }},
-	} {
-		var ns []birdNeighbor
-		for _, d := range l.Directors {
-			ns = append(ns, birdNeighbor{Name: BGPProtocol(d), Addr: side.neighbor(d), Local: side.local(d)})
-		}
-		var conf strings.Builder
-		if err := birdRouterConf.Execute(&conf, map[string]any{
-			"Side": side.name, "Lab": l.Prefix, "RouterID": side.id, "ECMP": l.ecmp,
-			"Accepts": side.accepts, "Filter": side.filter, "CheckLink": side.checkLink,
-			"RouterAS": BGPRouterAS, "DirectorAS": BGPDirectorAS,
-			"Hold": int(BGPHoldTime.Seconds()), "Keepalive": int(BGPKeepalive.Seconds()),
-			"Directors": ns,
-		}); err != nil {
-			return fmt.Errorf("lab: BIRD configuration: %w", err)
-		}
-		if _, err := l.startBIRD(side.ns, side.name, bin, conf.String()); err != nil {
+		name string
+		ns   *NS
+	}{{BGPClientSide, l.Router}, {BGPRealSide, l.RealRouter}} {
+		if _, err := l.startBIRD(side.ns, side.name, bin, confs[side.name]); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// routerConfs are the routers' BIRD configurations, by BGPClientSide and
+// BGPRealSide.
+func (l *Lab) routerConfs() (map[string]string, error) {
+	confs := map[string]string{}
+	for _, side := range []struct {
+		name      string
+		id        netip.Addr
+		families  []birdFamily
+		checkLink bool
+		// The router's and the director's end of d's session of a family.
+		local, neighbor func(d *Director, v6 bool) netip.Addr
+	}{
+		{BGPClientSide, l.Directors[0].RouterAddr,
+			[]birdFamily{
+				{"ipv4", "VIP host routes", VIPPrefix.String() + "{32,32}"},
+				{"ipv6", "VIP6 host routes", VIPPrefix6.String() + "{128,128}"},
+			}, true,
+			func(d *Director, v6 bool) netip.Addr { return pick(v6, d.RouterAddr6, d.RouterAddr) },
+			func(d *Director, v6 bool) netip.Addr { return pick(v6, d.Uplink6.Addr(), d.Uplink.Addr()) }},
+		{BGPRealSide, BGPRealPeer,
+			[]birdFamily{
+				{"ipv4", "recovery addresses and the default route", RecoveryPrefix.String() + "{32,32}, 0.0.0.0/0"},
+				{"ipv6", "IPv6 recovery addresses and the default route", RecoveryPrefix6.String() + "{128,128}, ::/0"},
+			}, false,
+			func(_ *Director, v6 bool) netip.Addr { return pick(v6, BGPRealPeer6, BGPRealPeer) },
+			func(d *Director, v6 bool) netip.Addr { return pick(v6, d.BGPAddr6.Addr(), d.BGPAddr.Addr()) }},
+	} {
+		families := side.families[:1]
+		if l.ipv6 {
+			families = side.families
+		}
+		var ns []birdNeighbor
+		for _, d := range l.Directors {
+			for i, name := range l.BGPProtocols(d) {
+				v6 := i == 1
+				ns = append(ns, birdNeighbor{Name: name, Family: families[i].Name, Addr: side.neighbor(d, v6), Local: side.local(d, v6)})
+			}
+		}
+		var conf strings.Builder
+		if err := birdRouterConf.Execute(&conf, map[string]any{
+			"Side": side.name, "Lab": l.Prefix, "RouterID": side.id, "ECMP": l.ecmp,
+			"Families": families, "CheckLink": side.checkLink,
+			"RouterAS": BGPRouterAS, "DirectorAS": BGPDirectorAS,
+			"Hold": int(BGPHoldTime.Seconds()), "Keepalive": int(BGPKeepalive.Seconds()),
+			"Directors": ns,
+		}); err != nil {
+			return nil, fmt.Errorf("lab: BIRD configuration: %w", err)
+		}
+		confs[side.name] = conf.String()
+	}
+	return confs, nil
+}
+
+// pick is v6's address if v6, else v4's.
+func pick(v6 bool, a6, a4 netip.Addr) netip.Addr {
+	if v6 {
+		return a6
+	}
+	return a4
 }
 
 // startBIRD writes conf to the BGP directory, checks it (bird -p) and
@@ -327,17 +431,23 @@ func (l *Lab) birdc(ctx context.Context, router string, args ...string) (string,
 	return string(out), nil
 }
 
-// BGPProtocolState is the state of director d's session on router
+// BGPProtocolState is the state of director d's (IPv4) session on router
 // (`birdc show protocols`: "Established", "Active", "Connect", ...; "" if
 // BIRD does not say).
 func (l *Lab) BGPProtocolState(ctx context.Context, router string, d *Director) (string, error) {
-	out, err := l.Birdc(ctx, router, "show", "protocols", BGPProtocol(d))
+	return l.BGPSessionState(ctx, router, BGPProtocol(d))
+}
+
+// BGPSessionState is the state of the session named proto (BGPProtocols)
+// on router, as BGPProtocolState.
+func (l *Lab) BGPSessionState(ctx context.Context, router, proto string) (string, error) {
+	out, err := l.Birdc(ctx, router, "show", "protocols", proto)
 	if err != nil {
 		return "", err
 	}
 	for _, line := range strings.Split(out, "\n") {
 		// name proto table state since info: "director_a BGP --- up 03:12:40.123 Established"
-		if f := strings.Fields(line); len(f) >= 6 && f[0] == BGPProtocol(d) {
+		if f := strings.Fields(line); len(f) >= 6 && f[0] == proto {
 			return f[5], nil
 		}
 	}
@@ -347,7 +457,7 @@ func (l *Lab) BGPProtocolState(ctx context.Context, router string, d *Director) 
 // routeVia is the gateway of ns's kernel route to exactly p (invalid if
 // it has none, or no gateway).
 func routeVia(ns *NS, p netip.Prefix) (netip.Addr, error) {
-	out, err := ns.IP("-o", "route", "show", "exact", p.String())
+	out, err := ns.IP("-o", familyFlag(p), "route", "show", "exact", p.String())
 	if err != nil {
 		return netip.Addr{}, err
 	}
@@ -360,32 +470,93 @@ func routeVia(ns *NS, p netip.Prefix) (netip.Addr, error) {
 	return netip.Addr{}, nil
 }
 
-// BGPRoutes are the directors the routers' kernels send the traffic to
-// now: the client-side router's route to VIP (its /32 from BGP) and the
+// familyFlag is ip(8)'s family option for p: without -6, `ip route`
+// shows and parses IPv4 only.
+func familyFlag(p netip.Prefix) string {
+	if p.Addr().Is6() {
+		return "-6"
+	}
+	return "-4"
+}
+
+// defaultRoute is the default route of the family: 0.0.0.0/0 or ::/0.
+func defaultRoute(v6 bool) netip.Prefix {
+	if v6 {
+		return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	}
+	return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+}
+
+// BGPRoutes are the directors the routers' kernels send the IPv4 traffic
+// to now: the client-side router's route to VIP (its /32 from BGP) and the
 // real-side router's default route; nil for a route that is not there.
-func (l *Lab) BGPRoutes() (vip, reals *Director, err error) {
-	cv, err := routeVia(l.Router, netip.PrefixFrom(VIP, 32))
+func (l *Lab) BGPRoutes() (vip, reals *Director, err error) { return l.bgpRoutes(false) }
+
+// BGPRoutes6 are BGPRoutes for IPv6 in a dual-stack lab: the client-side
+// router's route to VIP6/128 and the real-side router's ::/0.
+func (l *Lab) BGPRoutes6() (vip, reals *Director, err error) {
+	if !l.ipv6 {
+		return nil, nil, errors.New("lab: BGPRoutes6: not a dual-stack lab (Options.IPv6)")
+	}
+	return l.bgpRoutes(true)
+}
+
+func (l *Lab) bgpRoutes(v6 bool) (vip, reals *Director, err error) {
+	cv, err := routeVia(l.Router, vipRoute(v6))
 	if err != nil {
 		return nil, nil, err
 	}
-	rv, err := routeVia(l.RealRouter, netip.MustParsePrefix("0.0.0.0/0"))
+	rv, err := routeVia(l.RealRouter, defaultRoute(v6))
 	if err != nil {
 		return nil, nil, err
 	}
 	for _, d := range l.Directors {
-		if d.Uplink.Addr() == cv {
+		if d.uplinkAddr(v6) == cv {
 			vip = d
 		}
-		if d.BGPAddr.Addr() == rv {
+		if d.bgpAddr(v6) == rv {
 			reals = d
 		}
 	}
 	return vip, reals, nil
 }
 
+// vipRoute is VIP's host route (/32), or VIP6's (/128).
+func vipRoute(v6 bool) netip.Prefix {
+	if v6 {
+		return netip.PrefixFrom(VIP6, 128)
+	}
+	return netip.PrefixFrom(VIP, 32)
+}
+
+// uplinkAddr is d's address on its uplink of the family: the client-side
+// router's next hop to it.
+func (d *Director) uplinkAddr(v6 bool) netip.Addr { return pick(v6, d.Uplink6.Addr(), d.Uplink.Addr()) }
+
+// bgpAddr is d's peering address of the family on the reals' segment:
+// the real-side router's next hop to it.
+func (d *Director) bgpAddr(v6 bool) netip.Addr { return pick(v6, d.BGPAddr6.Addr(), d.BGPAddr.Addr()) }
+
+// families are the lab's address families, as "is IPv6": IPv4, then IPv6
+// in a dual-stack lab.
+func (l *Lab) families() []bool {
+	if l.ipv6 {
+		return []bool{false, true}
+	}
+	return []bool{false}
+}
+
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
 // WaitBGPActive waits (bounded by ctx) until both routers send the
 // traffic to Directors[i]: the client-side router's VIP route and the
-// real-side router's default route go through it.
+// real-side router's default route go through it, in a dual-stack lab
+// those of both families.
 func (l *Lab) WaitBGPActive(ctx context.Context, i int) error {
 	if l.bgp == nil {
 		return errors.New("lab: WaitBGPActive: not a BGP lab (Options.BGP)")
@@ -395,19 +566,24 @@ func (l *Lab) WaitBGPActive(ctx context.Context, i int) error {
 	}
 	want := l.Directors[i]
 	for {
-		vip, reals, err := l.BGPRoutes()
-		if err != nil {
-			return err
+		var wrong []string
+		for _, v6 := range l.families() {
+			vip, reals, err := l.bgpRoutes(v6)
+			if err != nil {
+				return err
+			}
+			if vip != want || reals != want {
+				wrong = append(wrong, fmt.Sprintf("%s: VIP via %s, reals' default via %s", familyName(v6), label(vip), label(reals)))
+			}
 		}
-		if vip == want && reals == want {
+		if len(wrong) == 0 {
 			return nil
 		}
 		// The kernel routes change when BIRD exports a new best route;
 		// nothing announces it to the lab: poll.
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("lab: routers not through director %s: VIP via %s, reals' default via %s: %w",
-				want.Label, label(vip), label(reals), ctx.Err())
+			return fmt.Errorf("lab: routers not through director %s (%s): %w", want.Label, strings.Join(wrong, "; "), ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -434,7 +610,7 @@ func (l *Lab) Unplug(i int) error {
 }
 
 // Replug brings Directors[i]'s links up again and restores its default
-// route (which the kernel deleted with the link going down). Idempotent.
+// routes (which the kernel deleted with the link going down). Idempotent.
 func (l *Lab) Replug(i int) error {
 	d := l.Directors[i]
 	for _, ifname := range []string{d.UplinkIface, d.RSIface} {
@@ -442,19 +618,32 @@ func (l *Lab) Replug(i int) error {
 			return err
 		}
 	}
-	_, err := d.IP("route", "replace", "default", "via", d.RouterAddr.String())
-	return err
+	if _, err := d.IP("route", "replace", "default", "via", d.RouterAddr.String()); err != nil {
+		return err
+	}
+	if l.ipv6 {
+		if _, err := d.IP("-6", "route", "replace", "default", "via", d.RouterAddr6.String()); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// bgpArgs are director d's --bgp-* flags in a BGP lab.
+// bgpArgs are director d's --bgp-* flags in a BGP lab; in a dual-stack
+// lab with the IPv6 peers and ::/0 too, so that VIP6, the IPv6 recovery
+// address and ::/0 have sessions of their family to go over.
 func bgpArgs(d *Director) []string {
-	return []string{
+	args := []string{
 		"--bgp-local-as", strconv.Itoa(BGPDirectorAS), "--bgp-peer-as", strconv.Itoa(BGPRouterAS),
 		"--bgp-router-id", d.Uplink.Addr().String(),
 		"--bgp-peer", d.RouterAddr.String(), "--bgp-real-peer", BGPRealPeer.String(),
-		"--bgp-announce", "0.0.0.0/0", "--bgp-med", strconv.Itoa(BGPMED(d)),
-		"--bgp-hold-time", BGPHoldTime.String(), "--bgp-keepalive", BGPKeepalive.String(),
+		"--bgp-announce", "0.0.0.0/0",
 	}
+	if d.lab != nil && d.lab.ipv6 {
+		args = append(args, "--bgp-peer", d.RouterAddr6.String(), "--bgp-real-peer", BGPRealPeer6.String(), "--bgp-announce", "::/0")
+	}
+	return append(args, "--bgp-med", strconv.Itoa(BGPMED(d)),
+		"--bgp-hold-time", BGPHoldTime.String(), "--bgp-keepalive", BGPKeepalive.String())
 }
 
 // directorBIRDConf is BIRD on a director of the kernel-NAT anchor: it
@@ -495,7 +684,8 @@ protocol bgp to_real from toward {
 // StartDirectorBIRD starts BIRD in Directors[i]'s namespace announcing,
 // as holdfast run --bgp-* does there, VIP/32 to the client-side router and
 // 0.0.0.0/0 to the real-side router with the director's MED (BGPMED): the
-// kernel-NAT anchor's announcer. Its name for BIRD and Birdc is
+// kernel-NAT anchor's announcer, IPv4 only (in a dual-stack lab the IPv6
+// sessions stay down). Its name for BIRD and Birdc is
 // "dir"+Label; the lab stops it on Close, a caller may kill it first.
 func (l *Lab) StartDirectorBIRD(i int) (*Proc, error) {
 	if l.bgp == nil {
@@ -529,7 +719,8 @@ func (l *Lab) BIRDSocket(router string) string {
 }
 
 // WaitBGPEstablished waits (bounded by ctx) until both routers have an
-// Established session with Directors[i]: it can take the traffic over.
+// Established session with Directors[i], in a dual-stack lab one of each
+// family: it can take the traffic over.
 func (l *Lab) WaitBGPEstablished(ctx context.Context, i int) error {
 	if l.bgp == nil {
 		return errors.New("lab: WaitBGPEstablished: not a BGP lab (Options.BGP)")
@@ -539,12 +730,14 @@ func (l *Lab) WaitBGPEstablished(ctx context.Context, i int) error {
 		up := true
 		var states []string
 		for _, r := range []string{BGPClientSide, BGPRealSide} {
-			st, err := l.BGPProtocolState(ctx, r, d)
-			if err != nil && ctx.Err() == nil {
-				return err
+			for _, proto := range l.BGPProtocols(d) {
+				st, err := l.BGPSessionState(ctx, r, proto)
+				if err != nil && ctx.Err() == nil {
+					return err
+				}
+				states = append(states, r+"/"+proto+" "+st)
+				up = up && st == "Established"
 			}
-			states = append(states, r+" "+st)
-			up = up && st == "Established"
 		}
 		if up {
 			return nil
@@ -562,17 +755,25 @@ func (l *Lab) WaitBGPEstablished(ctx context.Context, i int) error {
 // moves after its hold timer, with room for a loaded machine.
 const bgpFailoverTimeout = BGPHoldTime + 10*time.Second
 
-// bgpStates is director d's session state on each router, for Status.
+// bgpStates is director d's session state on each router, for Status:
+// "client Established, real Established", in a dual-stack lab followed by
+// the IPv6 sessions' ("client6 Established, real6 Established").
 func (l *Lab) bgpStates(ctx context.Context, d *Director) string {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	var out []string
-	for _, r := range []string{BGPClientSide, BGPRealSide} {
-		st, err := l.BGPProtocolState(ctx, r, d)
-		if err != nil {
-			st = "unknown"
+	for i, proto := range l.BGPProtocols(d) {
+		for _, r := range []string{BGPClientSide, BGPRealSide} {
+			st, err := l.BGPSessionState(ctx, r, proto)
+			if err != nil {
+				st = "unknown"
+			}
+			name := r
+			if i == 1 {
+				name += "6"
+			}
+			out = append(out, name+" "+st)
 		}
-		out = append(out, r+" "+st)
 	}
 	return strings.Join(out, ", ")
 }

@@ -15,7 +15,7 @@ import (
 // that look for an operator's message), the recovery address
 // (RecoveryAddrOf: shared, or d's own in an ECMP lab), d's
 // own recovery port range (--director-id) and admin socket. In a dual-stack
-// lab (Options.IPv6) the director is dual-stack too: RecoveryAddr6 is a
+// lab (Options.IPv6) the director is dual-stack too: RecoveryAddr6Of is a
 // second --recovery-addr. In a BGP lab (Options.BGP) it adds the --bgp-*
 // flags: peers, MED (BGPMED), timers, --bgp-announce 0.0.0.0/0. extra follows (services, scheduler, reals; a
 // later --recovery=off wins).
@@ -23,7 +23,7 @@ func HoldfastArgs(d *Director, extra ...string) []string {
 	args := []string{"run", "--tun", "hf0", "--setup-routes", "--real-iface", d.RSIface, "--log-format", "json",
 		"--recovery-addr", RecoveryAddrOf(d).String()}
 	if d.lab != nil && d.lab.ipv6 {
-		args = append(args, "--recovery-addr", RecoveryAddr6.String())
+		args = append(args, "--recovery-addr", RecoveryAddr6Of(d).String())
 	}
 	args = append(args, "--director-id", strconv.Itoa(d.ID), "--admin-socket", AdminSocket(d))
 	if d.lab != nil && d.lab.bgp != nil {

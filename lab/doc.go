@@ -36,8 +36,8 @@
 // gateway, instead of Flip (IPv4 only). With Options.BGP the directors'
 // holdfast announce by BGP to BIRD 2 on the router (the client side) and on
 // a real-side router on the reals' segment, which is their gateway: the
-// routers' kernels follow the announcements, nothing moves routes (IPv4
-// only). With Options.RealHopMTU the reals
+// routers' kernels follow the announcements, nothing moves routes (with
+// Options.IPv6 over a session of each family). With Options.RealHopMTU the reals
 // sit behind two routers (hop1, hop2 ns) joined by a narrow link, for the
 // path-MTU tests.
 //

@@ -26,6 +26,11 @@ import (
 // has its own recovery address, RecoveryAddrOf, announced to the
 // real-side router: a recovered flow's replies reach the director that
 // dialled it.
+//
+// A dual-stack ECMP lab (Options.IPv6) does the same for IPv6: the routers
+// merge the directors' equal VIP6/128 and ::/0 routes learned over the IPv6
+// sessions (bgp.go), hash them on L4 too, and each director has its own
+// IPv6 recovery address, RecoveryAddr6Of.
 
 // ECMPMED is every director's --bgp-med in an ECMP lab: equal MEDs make
 // equal routes, which BIRD merges.
@@ -47,11 +52,19 @@ func RecoveryAddrOf(d *Director) netip.Addr {
 	return netip.AddrFrom4(b)
 }
 
+// RecoveryAddr6Of is director d's IPv6 --recovery-addr in a dual-stack lab:
+// the mirror of RecoveryAddrOf (RecoveryAddr6, shared, for a pair; in an
+// ECMP lab 2001:2:0:200::N, its own).
+func RecoveryAddr6Of(d *Director) netip.Addr { return Mirror6(RecoveryAddrOf(d)) }
+
 // ecmpSteps set the routers' kernels up for multipath: hash on the L4
-// tuple, not only the addresses (policy 0), so that the client's
-// connections spread over the directors; and ignore a next hop whose link
-// is down, so that a director whose link went down gets no more traffic
-// before BIRD withdraws its route (Documentation/networking/ip-sysctl.rst).
+// tuple, not only the addresses (policy 0; for IPv6 policy 0 hashes the
+// addresses and the flow label), so that the client's connections spread
+// over the directors; and ignore a next hop whose link is down, so that a
+// director whose link went down gets no more traffic before BIRD
+// withdraws its route (Documentation/networking/ip-sysctl.rst, both
+// families). IPv6 reads ignore_routes_with_linkdown per interface; writing
+// "all" sets every existing interface's and the default for new ones.
 func (l *Lab) ecmpSteps() []func() error {
 	var steps []func() error
 	for _, ns := range []*NS{l.Router, l.RealRouter} {
@@ -59,6 +72,12 @@ func (l *Lab) ecmpSteps() []func() error {
 			func() error { return ns.SetSysctl("net.ipv4.fib_multipath_hash_policy", "1") },
 			func() error { return ns.SetSysctl("net.ipv4.conf.all.ignore_routes_with_linkdown", "1") },
 		)
+		if l.ipv6 {
+			steps = append(steps,
+				func() error { return ns.SetSysctl("net.ipv6.fib_multipath_hash_policy", "1") },
+				func() error { return ns.SetSysctl("net.ipv6.conf.all.ignore_routes_with_linkdown", "1") },
+			)
+		}
 	}
 	return steps
 }
@@ -67,7 +86,7 @@ func (l *Lab) ecmpSteps() []func() error {
 // plain route, one per next hop of a multipath route ("nexthop via"),
 // none if there is no such route.
 func routeVias(ns *NS, p netip.Prefix) ([]netip.Addr, error) {
-	out, err := ns.IP("route", "show", "exact", p.String())
+	out, err := ns.IP(familyFlag(p), "route", "show", "exact", p.String())
 	if err != nil {
 		return nil, err
 	}
@@ -85,53 +104,71 @@ func routeVias(ns *NS, p netip.Prefix) ([]netip.Addr, error) {
 	return vias, nil
 }
 
-// ECMPRoutes are the directors the routers' kernels spread the traffic
-// over now, in Directors order: the next hops of the client-side router's
-// VIP route and those of the real-side router's default route. A next hop
-// that is no director is an error.
-func (l *Lab) ECMPRoutes() (vip, reals []*Director, err error) {
-	cv, err := routeVias(l.Router, netip.PrefixFrom(VIP, 32))
+// ECMPRoutes are the directors the routers' kernels spread the IPv4
+// traffic over now, in Directors order: the next hops of the client-side
+// router's VIP route and those of the real-side router's default route. A
+// next hop that is no director is an error.
+func (l *Lab) ECMPRoutes() (vip, reals []*Director, err error) { return l.ecmpRoutes(false) }
+
+// ECMPRoutes6 are ECMPRoutes for IPv6 in a dual-stack lab: the next hops
+// of the client-side router's VIP6/128 route and of the real-side
+// router's ::/0.
+func (l *Lab) ECMPRoutes6() (vip, reals []*Director, err error) {
+	if !l.ipv6 {
+		return nil, nil, errors.New("lab: ECMPRoutes6: not a dual-stack lab (Options.IPv6)")
+	}
+	return l.ecmpRoutes(true)
+}
+
+func (l *Lab) ecmpRoutes(v6 bool) (vip, reals []*Director, err error) {
+	cv, err := routeVias(l.Router, vipRoute(v6))
 	if err != nil {
 		return nil, nil, err
 	}
-	rv, err := routeVias(l.RealRouter, netip.MustParsePrefix("0.0.0.0/0"))
+	rv, err := routeVias(l.RealRouter, defaultRoute(v6))
 	if err != nil {
 		return nil, nil, err
 	}
 	for _, d := range l.Directors {
-		if slices.Contains(cv, d.Uplink.Addr()) {
+		if slices.Contains(cv, d.uplinkAddr(v6)) {
 			vip = append(vip, d)
 		}
-		if slices.Contains(rv, d.BGPAddr.Addr()) {
+		if slices.Contains(rv, d.bgpAddr(v6)) {
 			reals = append(reals, d)
 		}
 	}
 	if len(vip) != len(cv) || len(reals) != len(rv) {
-		return nil, nil, fmt.Errorf("lab: routers' next hops %v (VIP) and %v (reals' default) are not all directors", cv, rv)
+		return nil, nil, fmt.Errorf("lab: routers' %s next hops %v (VIP) and %v (reals' default) are not all directors", familyName(v6), cv, rv)
 	}
 	return vip, reals, nil
 }
 
 // WaitECMP waits (bounded by ctx) until both routers' kernel routes have
 // exactly the directors ds as next hops: the VIP route on the client
-// side, the reals' default route on the real side.
+// side, the reals' default route on the real side; in a dual-stack lab
+// those of both families (ECMPRoutes, ECMPRoutes6).
 func (l *Lab) WaitECMP(ctx context.Context, ds ...*Director) error {
 	if !l.ecmp {
 		return errors.New("lab: WaitECMP: not an ECMP lab (Options.ECMP)")
 	}
 	for {
-		vip, reals, err := l.ECMPRoutes()
-		if err != nil {
-			return err
+		var wrong []string
+		for _, v6 := range l.families() {
+			vip, reals, err := l.ecmpRoutes(v6)
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(vip, ds) || !slices.Equal(reals, ds) {
+				wrong = append(wrong, fmt.Sprintf("%s: VIP via %s, reals' default via %s", familyName(v6), labels(vip), labels(reals)))
+			}
 		}
-		if slices.Equal(vip, ds) && slices.Equal(reals, ds) {
+		if len(wrong) == 0 {
 			return nil
 		}
 		// BIRD tells no one when it exports a merged route: poll.
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("lab: routers not through %s: VIP via %s, reals' default via %s: %w",
-				labels(ds), labels(vip), labels(reals), ctx.Err())
+			return fmt.Errorf("lab: routers not through %s (%s): %w", labels(ds), strings.Join(wrong, "; "), ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -114,8 +114,11 @@ type Options struct {
 	// directors' holdfast (HoldfastArgs adds the --bgp-* flags) announce
 	// the VIPs to the one, the recovery address and 0.0.0.0/0 to the
 	// other, A with MED 10, B with 20. Each director's uplink is then
-	// 198.18.1N.0/24 (N its ID). IPv4 only, not with VRRP or RealHopMTU.
-	// Needs bird(8) and birdc(8) installed.
+	// 198.18.1N.0/24 (N its ID). With IPv6 the lab is dual-stack here too:
+	// every director has an IPv6 session with each router as well (the
+	// mirrors of the IPv4 peering addresses), over which it announces VIP6
+	// and its IPv6 recovery address and ::/0 (bgp.go). Not with VRRP or
+	// RealHopMTU. Needs bird(8) and birdc(8) installed.
 	BGP bool
 	// ECMP makes a BGP lab active-active (see ecmp.go, issue 17): every
 	// director announces with the same MED (ECMPMED), both routers merge
@@ -171,6 +174,10 @@ type Director struct {
 	Uplink6     netip.Prefix
 	RouterAddr6 netip.Addr
 	RSAddr6     netip.Prefix
+	// BGPAddr6 is BGPAddr's IPv6 twin on BGPRealPeerPrefix6, from which it
+	// peers with the real-side router over IPv6 (Options.BGP with
+	// Options.IPv6; else invalid).
+	BGPAddr6 netip.Prefix
 }
 
 // Real is a real server's namespace, address and backend counters.
@@ -231,8 +238,8 @@ func New(opts Options) (_ *Lab, err error) {
 		return nil, fmt.Errorf("lab: RealHopMTU = %d, want 1280..1500", opts.RealHopMTU)
 	case opts.VRRP && (opts.IPv6 || opts.RealHopMTU != 0):
 		return nil, errors.New("lab: VRRP with IPv6 or RealHopMTU: the VRRP lab is IPv4 only, with the reals on the directors' segment")
-	case opts.BGP && (opts.VRRP || opts.IPv6 || opts.RealHopMTU != 0):
-		return nil, errors.New("lab: BGP with VRRP, IPv6 or RealHopMTU: the BGP lab is IPv4 only, with the reals on the directors' segment")
+	case opts.BGP && (opts.VRRP || opts.RealHopMTU != 0):
+		return nil, errors.New("lab: BGP with VRRP or RealHopMTU: the BGP lab has the reals on the directors' segment, and BGP moves the routes")
 	case !validPrefix.MatchString(opts.Prefix):
 		return nil, fmt.Errorf("lab: Prefix %q, want 1-40 characters of [A-Za-z0-9_.-]", opts.Prefix)
 	}
@@ -280,28 +287,8 @@ func New(opts Options) (_ *Lab, err error) {
 		if err != nil {
 			return nil, err
 		}
-		// A point-to-point link per director: 198.18.2.2, 198.18.3.2; with
-		// VRRP one segment: 198.18.2.2, 198.18.2.3 (BGP: bgpAddrs).
-		uplink := [4]byte{198, 18, byte(2 + i), 2}
-		if opts.VRRP {
-			uplink = [4]byte{198, 18, 2, byte(2 + i)}
-		}
-		d := &Director{
-			NS:          ns,
-			Label:       label,
-			ID:          i + 1,
-			Uplink:      netip.PrefixFrom(netip.AddrFrom4(uplink), 24),
-			RouterAddr:  netip.AddrFrom4([4]byte{198, 18, uplink[2], 1}),
-			RSAddr:      netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 10, byte(2 + i)}), 24),
-			UplinkIface: DirectorUplink,
-			RSIface:     DirectorRSIface,
-		}
-		if opts.IPv6 {
-			d.Uplink6, d.RouterAddr6, d.RSAddr6 = mirror6(d.Uplink), Mirror6(d.RouterAddr), mirror6(d.RSAddr)
-		}
-		if opts.BGP {
-			bgpAddrs(d)
-		}
+		d := directorPlan(i, opts)
+		d.NS = ns
 		l.Directors = append(l.Directors, d)
 	}
 	for i := range opts.Reals {
@@ -338,6 +325,37 @@ func New(opts Options) (_ *Lab, err error) {
 		}
 	}
 	return l, nil
+}
+
+// directorPlan is Directors[i]'s label, ID and addresses (no namespace).
+func directorPlan(i int, opts Options) *Director {
+	// A point-to-point link per director: 198.18.2.2, 198.18.3.2; with
+	// VRRP one segment: 198.18.2.2, 198.18.2.3 (BGP: bgpAddrs).
+	uplink := [4]byte{198, 18, byte(2 + i), 2}
+	if opts.VRRP {
+		uplink = [4]byte{198, 18, 2, byte(2 + i)}
+	}
+	d := &Director{
+		Label:       string(rune('A' + i)),
+		ID:          i + 1,
+		Uplink:      netip.PrefixFrom(netip.AddrFrom4(uplink), 24),
+		RouterAddr:  netip.AddrFrom4([4]byte{198, 18, uplink[2], 1}),
+		RSAddr:      netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 10, byte(2 + i)}), 24),
+		UplinkIface: DirectorUplink,
+		RSIface:     DirectorRSIface,
+	}
+	if opts.BGP {
+		bgpAddrs(d)
+	}
+	// The IPv6 plan mirrors the IPv4 one as it ends up, a BGP lab's
+	// uplinks 198.18.1N.0/24 included.
+	if opts.IPv6 {
+		d.Uplink6, d.RouterAddr6, d.RSAddr6 = mirror6(d.Uplink), Mirror6(d.RouterAddr), mirror6(d.RSAddr)
+		if opts.BGP {
+			d.BGPAddr6 = mirror6(d.BGPAddr)
+		}
+	}
+	return d
 }
 
 // addNS creates one namespace with lo up. An IPv4-only lab turns IPv6 off

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -71,7 +72,7 @@ func parseBGP(c *cli.Context) (*daemon.BGP, error) {
 		for _, s := range c.StringSlice(f.Name) {
 			a, err := netip.ParseAddr(s)
 			if err != nil || !a.IsGlobalUnicast() || a.Zone() != "" {
-				return nil, usagef("--%s %q: expected a router's unicast address, e.g. 198.18.1.1", f.Name, s)
+				return nil, usagef("--%s %q: expected a router's unicast address, IPv4 or IPv6 (no brackets), e.g. 198.18.1.1 or 2001:2:0:1::1", f.Name, s)
 			}
 			a = a.Unmap()
 			if prev, dup := seen[a]; dup {
@@ -100,6 +101,19 @@ func parseBGP(c *cli.Context) (*daemon.BGP, error) {
 	}
 	if len(b.RealPeers) == 0 && len(b.Announce) > 0 {
 		return nil, usagef("--%s needs a --%s: the prefixes go to the real-side routers", bgpAnnounceFlag.Name, bgpRealPeerFlag.Name)
+	}
+	// A prefix goes only over sessions of its family (bgp/doc.go: next hop
+	// self needs an address of the family): an announce prefix of a family
+	// no real-side peer has would reach no router.
+	for _, p := range b.Announce {
+		is4 := p.Addr().Unmap().Is4() // the speaker sends a mapped prefix as IPv4
+		if !slices.ContainsFunc(b.RealPeers, func(a netip.Addr) bool { return a.Is4() == is4 }) {
+			fam, other := "IPv6", "IPv4"
+			if is4 {
+				fam, other = other, fam
+			}
+			return nil, usagef("--%s %s is %s and every --%s is %s: it would reach no router (a prefix goes only over sessions of its family); add an %s --%s", bgpAnnounceFlag.Name, p, fam, bgpRealPeerFlag.Name, other, fam, bgpRealPeerFlag.Name)
+		}
 	}
 	m := c.Uint(bgpMEDFlag.Name)
 	if m > math.MaxUint32 {

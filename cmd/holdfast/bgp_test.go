@@ -2,11 +2,16 @@ package main
 
 import (
 	"bytes"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"holdfast/daemon"
 	"holdfast/daemon/adminapi"
+
+	"github.com/urfave/cli/v2"
 )
 
 // holdfast bgp's table: one line per session, established ones with their
@@ -42,5 +47,35 @@ func TestWriteBGP(t *testing.T) {
 	}
 	if !strings.HasSuffix(lines[2], "up 1m2s") || !strings.HasSuffix(lines[3], "read-failed") {
 		t.Errorf("info column:\n%s\n%s", lines[2], lines[3])
+	}
+}
+
+// A dual-stack director in a group (issue 17) has a client-side and a
+// real-side peer of each family and a default route of each to announce:
+// parseBGP keeps each peer on its side, IPv6 ones as given.
+func TestParseBGPDualStack(t *testing.T) {
+	var got *daemon.BGP
+	app := &cli.App{
+		Flags: []cli.Flag{bgpLocalASFlag, bgpPeerASFlag, bgpRouterIDFlag, bgpPeerFlag, bgpRealPeerFlag, bgpAnnounceFlag,
+			bgpMEDFlag, bgpHoldFlag, bgpKeepaliveFlag, bgpPasswordFlag, bgpDrainFlag},
+		Action: func(c *cli.Context) (err error) { got, err = parseBGP(c); return err },
+	}
+	err := app.Run([]string{"holdfast", "--bgp-local-as", "65001", "--bgp-peer-as", "65000", "--bgp-router-id", "198.18.12.2",
+		"--bgp-peer", "198.18.12.1", "--bgp-real-peer", "198.18.20.1", "--bgp-announce", "0.0.0.0/0",
+		"--bgp-peer", "2001:2:0:12::1", "--bgp-real-peer", "2001:2:0:20::1", "--bgp-announce", "::/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := func(ss ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, s := range ss {
+			out = append(out, netip.MustParseAddr(s))
+		}
+		return out
+	}
+	wantAnnounce := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+	if !slices.Equal(got.ClientPeers, addrs("198.18.12.1", "2001:2:0:12::1")) || !slices.Equal(got.RealPeers, addrs("198.18.20.1", "2001:2:0:20::1")) ||
+		!slices.Equal(got.Announce, wantAnnounce) {
+		t.Errorf("client peers %v, real peers %v, announce %v; want each family's on its side", got.ClientPeers, got.RealPeers, got.Announce)
 	}
 }

@@ -40,7 +40,7 @@ var (
 	demoIdleFlag = &cli.IntFlag{Name: "idle", Value: 40, Usage: "keep-alive connections that make a request now and then"}
 	demoBusyFlag = &cli.IntFlag{Name: "busy", Value: 24, Usage: "keep-alive connections that download without pause"}
 	labVRRPFlag  = &cli.BoolFlag{Name: "vrrp", Usage: "keepalived (VRRP) in each director namespace moves the routes, as in a real deployment"}
-	labBGPFlag   = &cli.BoolFlag{Name: "bgp", Usage: "the directors announce by BGP (holdfast run --bgp-*) to a client-side and a real-side router running BIRD 2, instead of moved static routes (not with --vrrp or --ipv6)"}
+	labBGPFlag   = &cli.BoolFlag{Name: "bgp", Usage: "the directors announce by BGP (holdfast run --bgp-*) to a client-side and a real-side router running BIRD 2, instead of moved static routes; with --ipv6 over a session of each family (not with --vrrp)"}
 	labIPv6Flag  = &cli.BoolFlag{Name: "ipv6", Usage: "a dual-stack lab (IPv6 in 2001:2::/48 too) and directors; the demo's load goes to the IPv6 VIP (not with --vrrp)"}
 )
 
@@ -84,7 +84,7 @@ func labDemo(c *cli.Context) error {
 		IPv6:  c.Bool(labIPv6Flag.Name),
 		BGP:   c.Bool(labBGPFlag.Name),
 	}
-	if err := bgpLabUsage(o.BGP, o.VRRP, o.IPv6); err != nil {
+	if err := bgpLabUsage(o.BGP, o.VRRP); err != nil {
 		return err
 	}
 	switch {
@@ -144,13 +144,11 @@ func labDemo(c *cli.Context) error {
 	return nil
 }
 
-// bgpLabUsage refuses --bgp with --vrrp or --ipv6.
-func bgpLabUsage(bgp, vrrp, ipv6 bool) error {
-	switch {
-	case bgp && vrrp:
+// bgpLabUsage refuses --bgp with --vrrp. With --ipv6 the BGP lab is
+// dual-stack: each director has an IPv6 session with each router too.
+func bgpLabUsage(bgp, vrrp bool) error {
+	if bgp && vrrp {
 		return usagef("--bgp with --vrrp: choose one way to move the traffic (BGP announcements or keepalived)")
-	case bgp && ipv6:
-		return usagef("--bgp with --ipv6: the BGP lab is IPv4 only (IPv6 would need a session per family on each router)")
 	}
 	return nil
 }

@@ -25,7 +25,6 @@ func TestLabUsageErrors(t *testing.T) {
 		{[]string{"lab", "up", "--directors", "two"}, `--directors "two": expected an integer`},
 		{[]string{"lab", "demo", "--phase", "100ms"}, "--phase 100ms: expected 500ms..1m"},
 		{[]string{"lab", "up", "--bgp", "--vrrp"}, "--bgp with --vrrp: choose one way"},
-		{[]string{"lab", "demo", "--bgp", "--ipv6"}, "--bgp with --ipv6: the BGP lab is IPv4 only"},
 		{[]string{"lab", "demo", "--idle", "0", "--busy", "0"}, "--idle 0 --busy 0: expected 1..2000 connections in all"},
 		{[]string{"lab", "status", "--yaml"}, "unknown flag --yaml"},
 		{[]string{"lab", "logs"}, `lab logs "": expected one director, A or B`},

@@ -63,7 +63,7 @@ func labUp(c *cli.Context) error {
 	if vrrp && ipv6 {
 		return usagef("--ipv6 with --vrrp: the VRRP lab is IPv4 only (keepalived would need a VRRPv3 instance per family)")
 	}
-	if err := bgpLabUsage(bgp, vrrp, ipv6); err != nil {
+	if err := bgpLabUsage(bgp, vrrp); err != nil {
 		return err
 	}
 	// Root's lab leaves named namespaces when its `lab up` is killed; an
