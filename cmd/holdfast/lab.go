@@ -90,7 +90,7 @@ func labDemo(c *cli.Context) error {
 		ECMP:  c.Bool(labECMPFlag.Name),
 	}
 	if o.ECMP {
-		if err := ecmpLabUsage(o.VRRP); err != nil {
+		if err := ecmpLabUsage(o.VRRP, o.IPv6); err != nil {
 			return err
 		}
 		o.BGP = true // the ECMP demo is a BGP lab: --ecmp says it all
@@ -155,11 +155,14 @@ func labDemo(c *cli.Context) error {
 	return nil
 }
 
-// ecmpLabUsage refuses --ecmp with --vrrp, which it would otherwise meet
-// as "--bgp with --vrrp".
-func ecmpLabUsage(vrrp bool) error {
-	if vrrp {
+// ecmpLabUsage refuses --ecmp with --vrrp or --ipv6, which it would
+// otherwise meet as "--bgp with ...", a flag the user may not have typed.
+func ecmpLabUsage(vrrp, ipv6 bool) error {
+	switch {
+	case vrrp:
 		return usagef("--ecmp with --vrrp: keepalived gives the routes to one director, ECMP spreads them over all (the ECMP lab is a BGP lab)")
+	case ipv6:
+		return usagef("--ecmp with --ipv6: the ECMP lab is a BGP lab, IPv4 only")
 	}
 	return nil
 }

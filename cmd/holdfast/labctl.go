@@ -56,7 +56,7 @@ func labUp(c *cli.Context) error {
 	if ecmp && !c.IsSet(labDirectorsFlag.Name) {
 		n = 3 // the group of issue 17
 	}
-	if err := labDirectorsUsage(n, ecmp, bgp, vrrp); err != nil {
+	if err := labDirectorsUsage(n, ecmp, bgp, vrrp, ipv6); err != nil {
 		return err
 	}
 	if reals < 1 || reals > lab.MaxReals {

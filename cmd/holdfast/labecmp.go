@@ -27,10 +27,10 @@ const expectDirector = "expected one director, A, B or C (or its number, 1..3)"
 
 // labDirectorsUsage checks --directors against the kind of lab: 1 or 2 in
 // a pair, 1..3 in an ECMP lab, which is a BGP lab without keepalived.
-func labDirectorsUsage(n int, ecmp, bgp, vrrp bool) error {
+func labDirectorsUsage(n int, ecmp, bgp, vrrp, ipv6 bool) error {
 	switch {
-	case ecmp && vrrp:
-		return ecmpLabUsage(vrrp)
+	case ecmp && (vrrp || ipv6):
+		return ecmpLabUsage(vrrp, ipv6)
 	case ecmp && !bgp:
 		return usagef("--ecmp needs --bgp: the routers learn the equal routes from the directors' announcements")
 	case ecmp && (n < 1 || n > 3):
@@ -52,7 +52,17 @@ func labDirectorCommand(command, usage string) *cli.Command {
 }
 
 func labDirectorRequest(c *cli.Context, command string) error {
-	args := c.Args().Slice()
+	// urfave/cli stops parsing flags at the first argument, and `lab kill
+	// A --json` is what a user types after `lab kill A`.
+	asJSON := c.Bool(labJSONFlag.Name)
+	var args []string
+	for _, a := range c.Args().Slice() {
+		if a == "--json" || a == "-json" {
+			asJSON = true
+			continue
+		}
+		args = append(args, a)
+	}
 	label, ok := "", len(args) == 1
 	if ok {
 		label, ok = lab.ParseDirector(args[0])
@@ -67,7 +77,7 @@ func labDirectorRequest(c *cli.Context, command string) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("holdfast lab %s %s: %v", command, label, err), exitRuntime)
 	}
-	if c.Bool(labJSONFlag.Name) {
+	if asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
@@ -128,6 +138,16 @@ func printECMPDemoTable(rs []lab.DemoResult, took time.Duration) {
 		})
 	}
 	w.Flush()
+	for _, r := range rs {
+		if r.Mode == "recovery off" && r.RequestsFailed == 0 && r.ConnectionsReset == 0 {
+			// Say why the comparison shows no loss, lest it read as a
+			// demo that tests nothing.
+			fmt.Printf("\nWith --recovery=off no connection was lost either: a director schedules a flow the routers moved\n")
+			fmt.Printf("to it as a new one, and mh picks the real it was on while the reals stay the same, so plain NAT\n")
+			fmt.Printf("(with --adoption on for the replies) carries it; the timestamp cookie (\"steered\") is what still\n")
+			fmt.Printf("finds the real when mh's choice differs (a real added, removed or reweighted).\n")
+		}
+	}
 	fmt.Printf("\n(next hops: both routers', or client side / real side where they differ; flows via a director: what its\n")
 	fmt.Printf("holdfast processes created, of a client's SYN or adopted from a real's reply; %s in all; every namespace\n", took.Round(100*time.Millisecond))
 	fmt.Printf("was removed)\n")
