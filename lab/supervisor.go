@@ -708,13 +708,16 @@ func (s *Supervisor) serveLogs(w http.ResponseWriter, r *http.Request) {
 	unixhttp.WriteJSON(w, Logs{Director: label, Lines: lines, Next: next, Dropped: dropped})
 }
 
-// labels lists the directors' labels: "A and B", or "A".
+// labels lists the directors' labels: "A, B and C", "A and B", or "A".
 func (s *Supervisor) labels() string {
 	var ls []string
 	for _, d := range s.l.Directors {
 		ls = append(ls, d.Label)
 	}
-	return strings.Join(ls, " and ")
+	if len(ls) < 2 {
+		return strings.Join(ls, "")
+	}
+	return strings.Join(ls[:len(ls)-1], ", ") + " and " + ls[len(ls)-1]
 }
 
 // firstLine is s up to its first newline: an error that carries a
