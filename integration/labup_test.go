@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -286,5 +287,122 @@ func TestLabUpStatusVRRPLogs(t *testing.T) {
 	}
 	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
 		t.Fatalf("namespaces left: %v", left)
+	}
+}
+
+// TestLabUpECMP (issue 17): `holdfast lab up --bgp --ecmp` comes up with
+// three directors, every session Established, and both routers' ECMP
+// next hops A, B and C (lab status --json); `lab kill B` takes B's links
+// down and kills it, and both routers drop it; `lab start 2` (B by its
+// --director-id) runs a fresh holdfast there and both routers have three
+// next hops again; `lab leave C` stops C gracefully (exit 0) and both
+// routers drop it. Requests through the VIP work after each step, a pair's
+// `lab failover` is refused, and `lab down` leaves no namespace.
+func TestLabUpECMP(t *testing.T) {
+	requireBIRD(t)
+	bin := holdfastBinary(t)
+	u := rootLabUp(t, bin, "--bgp", "--ecmp")
+	u.bannerLine(t, "holdfast lab kill A")
+	u.bannerLine(t, "holdfast lab leave C")
+	if vip := u.bannerLine(t, "VIP"); !strings.Contains(vip, "both routers' ECMP next hops 3 (A, B, C)") {
+		t.Errorf("banner's VIP line: %q", vip)
+	}
+	status := func() lab.Status {
+		t.Helper()
+		return parseLabStatus(t, runCmd(t, exec.Command(bin, "lab", "status", "--json")))
+	}
+	wantHops := func(what string, st lab.Status, want ...string) {
+		t.Helper()
+		if st.NextHops == nil || !slices.Equal(st.NextHops.ClientSide, want) || !slices.Equal(st.NextHops.RealSide, want) {
+			t.Errorf("%s: lab status --json next hops %+v, want %v on both routers", what, st.NextHops, want)
+		}
+	}
+	up := "client Established, real Established"
+	st := status()
+	wantHops("at the start", st, "A", "B", "C")
+	if st.Active != "ECMP" || len(st.Directors) != 3 {
+		t.Fatalf("lab status --json: active %q, %d directors; want ECMP, 3", st.Active, len(st.Directors))
+	}
+	for _, d := range st.Directors {
+		if !d.Running || d.BGP != up {
+			t.Errorf("at the start: director %+v, want running with every session Established", d)
+		}
+	}
+	bPID := st.Directors[1].PID
+	labVIPGets(t, "at the start", 12)
+
+	step := func(args ...string) string {
+		t.Helper()
+		start := time.Now()
+		r := runCmd(t, exec.Command(bin, append([]string{"lab"}, args...)...))
+		wantOK(t, "lab "+strings.Join(args, " "), r)
+		t.Logf("lab %s took %v: %s", strings.Join(args, " "), time.Since(start).Round(time.Millisecond), firstLineOf(r.stdout))
+		return r.stdout
+	}
+	if out := step("kill", "B"); !strings.Contains(out, "director B unplugged (its links down) and killed (SIGKILL") {
+		t.Errorf("lab kill B said:\n%s", out)
+	}
+	st = status()
+	wantHops("after lab kill B", st, "A", "C")
+	if b := st.Directors[1]; b.Running || !b.LinksDown || b.Ended != "signal: killed" {
+		t.Errorf("after lab kill B: director B %+v, want not running, links down, ended by SIGKILL", b)
+	}
+	labVIPGets(t, "after lab kill B", 12)
+
+	if out := step("start", "2"); !strings.Contains(out, "director B started (a fresh holdfast") {
+		t.Errorf("lab start 2 said:\n%s", out)
+	}
+	st = status()
+	wantHops("after lab start 2", st, "A", "B", "C")
+	if b := st.Directors[1]; !b.Running || b.LinksDown || b.PID == bPID || b.BGP != up {
+		t.Errorf("after lab start 2: director B %+v, want a new process (not pid %d) with its links up and sessions Established", b, bPID)
+	}
+	labVIPGets(t, "after lab start 2", 12)
+
+	if out := step("leave", "C"); !strings.Contains(out, "director C left (SIGTERM") {
+		t.Errorf("lab leave C said:\n%s", out)
+	}
+	st = status()
+	wantHops("after lab leave C", st, "A", "B")
+	if c := st.Directors[2]; c.Running || c.LinksDown || c.Ended != "exit status 0" {
+		t.Errorf("after lab leave C: director C %+v, want not running, links up, exit status 0", c)
+	}
+	labVIPGets(t, "after lab leave C", 12)
+
+	if r := runCmd(t, exec.Command(bin, "lab", "failover")); r.code != 1 || !strings.Contains(r.stderr, "no active director to fail over from") {
+		t.Errorf("lab failover in an ECMP lab: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := runCmd(t, exec.Command(bin, "lab", "down")); r.code != 0 {
+		t.Fatalf("lab down: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if err := u.wait(t); err != nil {
+		t.Fatalf("holdfast lab up exited with %v\nstderr:\n%s", err, tail(u.stderr.String(), 20))
+	}
+	if left, _ := lab.List(lab.SupervisedPrefix); len(left) > 0 {
+		t.Fatalf("namespaces left: %v", left)
+	}
+}
+
+// labVIPGets makes n HTTP requests through the supervised lab's VIP, each
+// on a new connection (a new source port, which the routers' L4 hash
+// spreads over the directors), and fails t unless a real answers each.
+func labVIPGets(t *testing.T, what string, n int) {
+	t.Helper()
+	client := &lab.NS{Name: lab.SupervisedPrefix + "client"}
+	for i := range n {
+		c, err := client.Dial("tcp4", lab.VIP.String()+":80")
+		if err != nil {
+			t.Fatalf("%s: request %d: %v", what, i, err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = c.Write([]byte("GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"))
+		var resp []byte
+		if err == nil {
+			resp, err = io.ReadAll(c)
+		}
+		c.Close()
+		if err != nil || !bytes.Contains(resp, []byte("X-Real: rs")) {
+			t.Fatalf("%s: request %d through the VIP: %q, %v", what, i, resp, err)
+		}
 	}
 }

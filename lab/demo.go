@@ -29,15 +29,21 @@ type DemoOptions struct {
 	// the failover takes A's links down, then kills it: the client-side
 	// router moves to B at once, the real-side router after its hold
 	// timer (9 s), and the failback is A announcing again (MED 10). Not
-	// with VRRP or IPv6.
-	BGP      bool
+	// with VRRP; with IPv6 over a session of each family.
+	BGP bool
+	// ECMP: three directors active together behind both routers' ECMP
+	// (Options.ECMP, ECMPHoldfastArgs); under the load A crashes (links
+	// down, SIGKILL), comes back as a fresh process 4 s later, and 4 s
+	// after that C leaves (SIGTERM). Phase is the time before the first
+	// event and after the last. Implies BGP; not with VRRP.
+	ECMP     bool
 	Progress func(phase string)
 }
 
 // DemoResult is what the built-in client saw, and what the directors counted.
 type DemoResult struct {
 	Mode             string        `json:"mode"`
-	Routing          string        `json:"routing"` // what moved the traffic: "static routes", "vrrp" or "bgp"
+	Routing          string        `json:"routing"` // what moved the traffic: "static routes", "vrrp", "bgp" or "bgp ecmp"
 	VIP              string        `json:"vip"`     // the service the load went to: VIP:80, or [VIP6]:80 with DemoOptions.IPv6
 	Connections      int           `json:"connections"`
 	RequestsOK       int64         `json:"requests_ok"`
@@ -48,12 +54,14 @@ type DemoResult struct {
 	Steered          int           `json:"steered"` // found on their own real (owner probe, timestamp cookie)
 	Recoveries       int           `json:"recoveries"`
 	Adoptions        int           `json:"adoptions"`
+	ECMP             *DemoECMP     `json:"ecmp,omitempty"` // DemoOptions.ECMP: the routers' next hops per event, the directors' flows
 }
 
 // RunDemo builds a two-director lab, runs a keep-alive HTTP load through it,
 // fails over from A to B (SIGKILL, routes moved; with BGP, A's links down
 // first, and the routers follow the announcements), fails back to a
-// restarted A, and tears everything down, also when ctx ends first.
+// restarted A, and tears everything down, also when ctx ends first. With
+// ECMP it builds the three-director ECMP lab instead (runECMPDemo).
 func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	if o.Idle == 0 && o.Busy == 0 {
 		o.Idle, o.Busy = 40, 24
@@ -65,6 +73,9 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 		if o.Progress != nil {
 			o.Progress(s)
 		}
+	}
+	if o.ECMP {
+		return runECMPDemo(ctx, o, progress)
 	}
 	res.Mode = "holdfast"
 	res.Routing = "static routes"

@@ -22,8 +22,9 @@ import (
 
 // The lab supervisor: `holdfast lab up` builds a lab and supervises it in
 // the foreground (the built-in backends live in its process); `lab status`,
-// `lab failover` and `lab down`, from another terminal, ask it on a unix
-// socket (Ask): SupervisorSocket, in the user's RuntimeDir, so that the
+// `lab failover` and `lab down` (and in an ECMP lab `lab kill`, `lab start`
+// and `lab leave`), from another terminal, ask it on a unix socket (Ask,
+// AskDirector): SupervisorSocket, in the user's RuntimeDir, so that the
 // user's other shells reach an unprivileged lab too, whose namespaces and
 // /run they do not see.
 
@@ -47,11 +48,12 @@ var ErrLabUp = errors.New("a lab is already up")
 // SupervisorOptions shape a supervised lab.
 type SupervisorOptions struct {
 	Binary    string         // the holdfast binary the directors run
-	Directors int            // 1 or 2
+	Directors int            // 1 or 2; 1..3 with ECMP
 	Reals     int            // 1..MaxReals
 	VRRP      bool           // keepalived moves the routes (Options.VRRP); needs 2 directors
 	IPv6      bool           // a dual-stack lab (Options.IPv6) and directors; not with VRRP
-	BGP       bool           // the directors announce by BGP to BIRD routers (Options.BGP); not with VRRP or IPv6
+	BGP       bool           // the directors announce by BGP to BIRD routers (Options.BGP); not with VRRP
+	ECMP      bool           // the directors are a group behind the routers' ECMP (Options.ECMP, ECMPHoldfastArgs); needs BGP
 	Log       zerolog.Logger // errors of the control socket's server
 }
 
@@ -63,10 +65,18 @@ type Supervisor struct {
 	bin      string
 	vrrp     bool
 	bgp      bool
+	ecmp     bool
 	stopSock func()
 
-	mu   sync.Mutex
-	dirs []*Proc // holdfast of each director, nil before its first start
+	// ops serialises the commands that change the directors (failover,
+	// kill, start, leave): each waits for the routers to settle, which a
+	// second one at the same time would confuse.
+	ops sync.Mutex
+
+	mu        sync.Mutex
+	dirs      []*Proc // holdfast of each director, nil before its first start
+	unplugged []bool  // director i's links are down (Kill), until Start
+	leaving   []bool  // director i's holdfast got SIGTERM (Leave): it withdrew and drains
 
 	logs []*logRing // each director's log, over its restarts; set once
 
@@ -98,12 +108,14 @@ func StartSupervisor(ctx context.Context, o SupervisorOptions) (_ *Supervisor, e
 	if err != nil {
 		return nil, err
 	}
-	l, err := New(Options{Prefix: SupervisedPrefix, Directors: o.Directors, Reals: o.Reals, VRRP: o.VRRP, IPv6: o.IPv6, BGP: o.BGP})
+	l, err := New(Options{Prefix: SupervisedPrefix, Directors: o.Directors, Reals: o.Reals, VRRP: o.VRRP, IPv6: o.IPv6, BGP: o.BGP, ECMP: o.ECMP})
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
-	s := &Supervisor{l: l, bin: o.Binary, vrrp: o.VRRP, bgp: o.BGP, dirs: make([]*Proc, len(l.Directors)),
+	n := len(l.Directors)
+	s := &Supervisor{l: l, bin: o.Binary, vrrp: o.VRRP, bgp: o.BGP, ecmp: o.ECMP,
+		dirs: make([]*Proc, n), unplugged: make([]bool, n), leaving: make([]bool, n),
 		down: make(chan struct{}), gone: make(chan struct{})}
 	for range l.Directors {
 		s.logs = append(s.logs, newLogRing(logRingLines))
@@ -135,7 +147,14 @@ func StartSupervisor(ctx context.Context, o SupervisorOptions) (_ *Supervisor, e
 			return nil, err
 		}
 	}
-	if o.BGP {
+	switch {
+	case o.ECMP:
+		// The lab is up once both routers spread the traffic over every
+		// director.
+		if _, err := l.waitECMP(ctx, l.Directors); err != nil {
+			return nil, err
+		}
+	case o.BGP:
 		// The lab is up once the routers send the traffic to A and every
 		// director's sessions are up (a standby that can take over).
 		if err := waitBGP(ctx, l.WaitBGPActive, 0); err != nil {
@@ -188,28 +207,30 @@ func (s *Supervisor) serviceArgs() []string {
 	return args
 }
 
-// start runs holdfast in director i's namespace. Its output goes to the
-// director's log ring, between a line that says it starts and one that
-// says how it ended, which `lab logs` shows.
+// start runs holdfast in director i's namespace (in an ECMP lab as a
+// group member: ECMPHoldfastArgs). Its output goes to the director's log
+// ring, between a line that says it starts and one that says how it
+// ended, which `lab logs` shows.
 func (s *Supervisor) start(ctx context.Context, i int) error {
 	d, ring := s.l.Directors[i], s.logs[i]
 	ring.add(Line{Text: fmt.Sprintf("-- holdfast lab: starting holdfast in %s --", d.Name)})
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	o := procOptions{keep: dirLogKeep, sink: ring.add}
-	p, err := startHoldfast(sctx, d, s.bin, o, HoldfastArgs(d, s.serviceArgs()...)...)
+	args := HoldfastArgs(d, s.serviceArgs()...)
+	if s.ecmp {
+		args = ECMPHoldfastArgs(d, s.serviceArgs())
+	}
+	p, err := startHoldfast(sctx, d, s.bin, o, args...)
 	if err != nil {
 		ring.add(Line{Text: "-- holdfast lab: " + firstLine(err.Error()) + " --"})
 		return err
 	}
 	p.atExit(func() {
-		p.mu.Lock()
-		state := p.state
-		p.mu.Unlock()
-		ring.add(Line{Text: fmt.Sprintf("-- holdfast lab: holdfast (pid %d) ended: %v --", p.PID(), state)})
+		ring.add(Line{Text: fmt.Sprintf("-- holdfast lab: holdfast (pid %d) ended: %s --", p.PID(), procEnded(p))})
 	})
 	s.mu.Lock()
-	s.dirs[i] = p
+	s.dirs[i], s.leaving[i] = p, false
 	s.mu.Unlock()
 	return nil
 }
@@ -235,6 +256,18 @@ func (s *Supervisor) handler() http.Handler {
 		}
 		unixhttp.WriteJSON(w, st)
 	})
+	for command, f := range map[string]func(context.Context, string) (Status, error){
+		AskKill: s.Kill, AskStart: s.Start, AskLeave: s.Leave,
+	} {
+		mux.HandleFunc("POST /"+command+"/{director}", func(w http.ResponseWriter, r *http.Request) {
+			st, err := f(r.Context(), r.PathValue("director"))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusConflict)
+				return
+			}
+			unixhttp.WriteJSON(w, st)
+		})
+	}
 	mux.HandleFunc("GET /logs/{director}", s.serveLogs)
 	mux.HandleFunc("POST /down", func(w http.ResponseWriter, r *http.Request) {
 		s.downOnce.Do(func() { close(s.down) })
@@ -256,11 +289,14 @@ type Status struct {
 	Client     string           `json:"client"`
 	VIP        string           `json:"vip"`
 	Services   []string         `json:"services"` // PROTO:VIP:PORT
-	Active     string           `json:"active"`   // a director's label, or "none"
+	Active     string           `json:"active"`   // a director's label, or "none"; "ECMP" in an ECMP lab (NextHops says which)
 	Enter      []string         `json:"enter"`    // argv that runs a command in one of the lab's namespaces: append the namespace, then the command
 	Directors  []DirectorStatus `json:"directors"`
 	Reals      []RealStatus     `json:"reals"`
-	Message    string           `json:"message,omitempty"`
+	// NextHops are, in an ECMP lab, the directors both routers spread the
+	// traffic over now.
+	NextHops *NextHops `json:"next_hops,omitempty"`
+	Message  string    `json:"message,omitempty"`
 }
 
 // DirectorStatus is one director of a Status. The counters are zero when
@@ -273,7 +309,15 @@ type DirectorStatus struct {
 	AdminSocket string `json:"admin_socket"`
 	Running     bool   `json:"running"`
 	PID         int    `json:"pid,omitempty"`
-	VRRP        string `json:"vrrp,omitempty"` // keepalived's state (VRRPMasterState, ...) in a VRRP lab
+	// Ended is how its last holdfast ended ("signal: killed", "exit status
+	// 0"), while none runs.
+	Ended string `json:"ended,omitempty"`
+	// Leaving: its holdfast got SIGTERM (`lab leave`): it withdrew its
+	// routes and forwards what still comes until its drain ends.
+	Leaving bool `json:"leaving,omitempty"`
+	// LinksDown: its links are down (`lab kill`), until `lab start`.
+	LinksDown bool   `json:"links_down,omitempty"`
+	VRRP      string `json:"vrrp,omitempty"` // keepalived's state (VRRPMasterState, ...) in a VRRP lab
 	// BGP is, in a BGP lab, the state of its session on each router as
 	// BIRD says it: "client Established, real Established".
 	BGP       string `json:"bgp,omitempty"`
@@ -304,7 +348,12 @@ func (s *Supervisor) Status(ctx context.Context) Status {
 			st.Services = append(st.Services, svc.proto+":"+netip.AddrPortFrom(vip, svc.port).String())
 		}
 	}
-	if a := s.l.Active(); a != nil {
+	if s.ecmp {
+		st.Active = "ECMP"
+		if nh, err := s.l.ECMPNextHops(); err == nil {
+			st.NextHops = &nh
+		}
+	} else if a := s.l.Active(); a != nil {
 		st.Active = a.Label
 	}
 	for _, ns := range s.l.Namespaces() {
@@ -312,19 +361,21 @@ func (s *Supervisor) Status(ctx context.Context) Status {
 	}
 	s.mu.Lock()
 	dirs := append([]*Proc(nil), s.dirs...)
+	unplugged, leaving := slices.Clone(s.unplugged), slices.Clone(s.leaving)
 	s.mu.Unlock()
 	active := map[string]int{} // PROTO:ADDR -> flows held now, over the directors
 	for i, d := range s.l.Directors {
 		ds := DirectorStatus{Label: d.Label, Namespace: d.Name, Uplink: d.Uplink.String(), RS: d.RSAddr.String(),
-			AdminSocket: AdminSocket(d), VRRP: s.l.VRRPState(i)}
+			AdminSocket: AdminSocket(d), VRRP: s.l.VRRPState(i), LinksDown: unplugged[i]}
 		if s.bgp {
 			ds.BGP = s.l.bgpStates(ctx, d)
 		}
 		if p := dirs[i]; p != nil {
 			select {
 			case <-p.Done():
+				ds.Ended = procEnded(p)
 			default:
-				ds.Running, ds.PID = true, p.PID()
+				ds.Running, ds.PID, ds.Leaving = true, p.PID(), leaving[i]
 				rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 				if c, err := ReadStats(rctx, d); err == nil {
 					ds.Flows, ds.Recovered, ds.Adopted = c.Flows, c.Recovered, c.Adopted
@@ -370,6 +421,11 @@ func addActive(ctx context.Context, d *Director, active map[string]int) {
 // other (or waits for keepalived to), and starts the killed one again as
 // the standby.
 func (s *Supervisor) Failover(ctx context.Context) (Status, error) {
+	s.ops.Lock()
+	defer s.ops.Unlock()
+	if s.ecmp {
+		return Status{}, errors.New("an ECMP lab has no active director to fail over from: every director carries traffic; use holdfast lab kill, start or leave N")
+	}
 	if len(s.l.Directors) < 2 {
 		return Status{}, errors.New("this lab has one director: nothing to fail over to (holdfast lab up --directors 2)")
 	}
@@ -437,6 +493,182 @@ func (s *Supervisor) Failover(ctx context.Context) (Status, error) {
 	return st, nil
 }
 
+// procEnded is how p ended: "signal: killed", "exit status 0".
+func procEnded(p *Proc) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == nil {
+		return "running"
+	}
+	return p.state.String()
+}
+
+// ecmpDirector checks that this is an ECMP lab and finds the director
+// labelled label (lab kill, start and leave name one).
+func (s *Supervisor) ecmpDirector(command, label string) (int, error) {
+	if !s.ecmp {
+		return 0, fmt.Errorf("lab %s is for an ECMP lab (holdfast lab up --bgp --ecmp); in this one use holdfast lab failover", command)
+	}
+	return s.l.directorIndex(label)
+}
+
+// running is the directors whose holdfast runs and has not been told to
+// leave: those both routers should spread the traffic over.
+func (s *Supervisor) running() []*Director {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ds []*Director
+	for i, p := range s.dirs {
+		if p == nil || s.leaving[i] {
+			continue
+		}
+		select {
+		case <-p.Done():
+		default:
+			ds = append(ds, s.l.Directors[i])
+		}
+	}
+	return ds
+}
+
+// proc is director i's holdfast if it runs, else nil.
+func (s *Supervisor) proc(i int) *Proc {
+	s.mu.Lock()
+	p := s.dirs[i]
+	s.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	select {
+	case <-p.Done():
+		return nil
+	default:
+		return p
+	}
+}
+
+// settled waits until both routers spread the traffic over the running
+// directors and says so for a command's message.
+func (s *Supervisor) settled(ctx context.Context) (string, error) {
+	ds := s.running()
+	took, err := s.l.waitECMP(ctx, ds)
+	if err != nil {
+		return "", err
+	}
+	nh, err := s.l.ECMPNextHops()
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("both routers' next hops %s after %v", nh, took.Round(time.Millisecond)), nil
+}
+
+// Kill crashes director label of an ECMP lab as a host dies: its links go
+// down (Unplug: the client-side router drops its session at once, the
+// real-side router, whose link stays up, after the hold time, ECMPHoldTime),
+// then its holdfast gets SIGKILL. It returns once both routers have taken
+// it out of their next hops. Its links stay down until Start.
+func (s *Supervisor) Kill(ctx context.Context, label string) (Status, error) {
+	s.ops.Lock()
+	defer s.ops.Unlock()
+	i, err := s.ecmpDirector(AskKill, label)
+	if err != nil {
+		return Status{}, err
+	}
+	p := s.proc(i)
+	if p == nil {
+		return Status{}, fmt.Errorf("director %s's holdfast is not running (holdfast lab start %s)", label, label)
+	}
+	if err := s.l.Unplug(i); err != nil {
+		return Status{}, err
+	}
+	s.mu.Lock()
+	s.unplugged[i] = true
+	s.mu.Unlock()
+	p.Signal(syscall.SIGKILL) //nolint:errcheck // it may be dead already
+	<-p.Done()
+	how, err := s.settled(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	st := s.Status(ctx)
+	st.Message = fmt.Sprintf("director %s unplugged (its links down) and killed (SIGKILL, pid %d); %s", label, p.PID(), how)
+	return st, nil
+}
+
+// Start brings director label of an ECMP lab back: its links up (Replug)
+// and a fresh holdfast, which announces once it serves. It returns once
+// both routers have it among their next hops again.
+func (s *Supervisor) Start(ctx context.Context, label string) (Status, error) {
+	s.ops.Lock()
+	defer s.ops.Unlock()
+	i, err := s.ecmpDirector(AskStart, label)
+	if err != nil {
+		return Status{}, err
+	}
+	if p := s.proc(i); p != nil {
+		return Status{}, fmt.Errorf("director %s's holdfast runs already (pid %d)", label, p.PID())
+	}
+	if err := s.l.Replug(i); err != nil {
+		return Status{}, err
+	}
+	s.mu.Lock()
+	s.unplugged[i] = false
+	s.mu.Unlock()
+	if err := s.start(ctx, i); err != nil {
+		return Status{}, err
+	}
+	how, err := s.settled(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	st := s.Status(ctx)
+	st.Message = fmt.Sprintf("director %s started (a fresh holdfast, pid %d); %s", label, s.proc(i).PID(), how)
+	return st, nil
+}
+
+// Leave stops director label of an ECMP lab gracefully: SIGTERM, on which
+// holdfast withdraws its routes, forwards what still comes for its drain
+// time (--bgp-drain) while the routers move the traffic away, and exits.
+// It returns once the routers have taken it out and its holdfast has
+// exited.
+func (s *Supervisor) Leave(ctx context.Context, label string) (Status, error) {
+	s.ops.Lock()
+	defer s.ops.Unlock()
+	i, err := s.ecmpDirector(AskLeave, label)
+	if err != nil {
+		return Status{}, err
+	}
+	p := s.proc(i)
+	if p == nil {
+		return Status{}, fmt.Errorf("director %s's holdfast is not running (holdfast lab start %s)", label, label)
+	}
+	s.mu.Lock()
+	s.leaving[i] = true
+	s.mu.Unlock()
+	start := time.Now()
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		return Status{}, fmt.Errorf("director %s: SIGTERM: %w", label, err)
+	}
+	how, err := s.settled(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, leaveTimeout)
+	defer cancel()
+	state, err := p.Wait(wctx)
+	if err != nil {
+		return Status{}, err
+	}
+	st := s.Status(ctx)
+	st.Message = fmt.Sprintf("director %s left (SIGTERM, pid %d): %s; it drained and exited (%v) %v after the signal",
+		label, p.PID(), how, state, time.Since(start).Round(time.Millisecond))
+	return st, nil
+}
+
+// leaveTimeout bounds a leaving director's exit: holdfast's drain
+// (--bgp-drain, 5 s by default) and its shutdown, with room.
+const leaveTimeout = 20 * time.Second
+
 // logsWait bounds how long GET /logs/{director}?wait=1 holds an answer
 // with no new line: a follower asks again, and a dead client is noticed.
 const logsWait = 25 * time.Second
@@ -476,13 +708,16 @@ func (s *Supervisor) serveLogs(w http.ResponseWriter, r *http.Request) {
 	unixhttp.WriteJSON(w, Logs{Director: label, Lines: lines, Next: next, Dropped: dropped})
 }
 
-// labels lists the directors' labels: "A and B", or "A".
+// labels lists the directors' labels: "A, B and C", "A and B", or "A".
 func (s *Supervisor) labels() string {
 	var ls []string
 	for _, d := range s.l.Directors {
 		ls = append(ls, d.Label)
 	}
-	return strings.Join(ls, " and ")
+	if len(ls) < 2 {
+		return strings.Join(ls, "")
+	}
+	return strings.Join(ls[:len(ls)-1], ", ") + " and " + ls[len(ls)-1]
 }
 
 // firstLine is s up to its first newline: an error that carries a
@@ -492,16 +727,25 @@ func firstLine(s string) string {
 	return line
 }
 
-// Supervisor commands, for Ask.
+// Supervisor commands, for Ask; AskKill, AskStart and AskLeave name a
+// director (AskDirector) and are for an ECMP lab.
 const (
 	AskStatus   = "status"
 	AskFailover = "failover"
 	AskDown     = "down"
+	AskKill     = "kill"
+	AskStart    = "start"
+	AskLeave    = "leave"
 )
 
 // askTimeouts bound each command: a failover may wait for keepalived and a
-// director's start, and down answers once the lab is torn down.
-var askTimeouts = map[string]time.Duration{AskStatus: 10 * time.Second, AskFailover: 30 * time.Second, AskDown: 30 * time.Second}
+// director's start, and down answers once the lab is torn down; kill and
+// start wait for the routers (ecmpSettle) and a start, leave for the
+// routers and the director's drain.
+var askTimeouts = map[string]time.Duration{
+	AskStatus: 10 * time.Second, AskFailover: 30 * time.Second, AskDown: 30 * time.Second,
+	AskKill: 30 * time.Second, AskStart: 30 * time.Second, AskLeave: ecmpSettle + leaveTimeout + 10*time.Second,
+}
 
 // Ask sends a command (AskStatus, AskFailover, AskDown) to the supervisor
 // listening on socket and returns its answer. AskDown returns once the lab
@@ -509,7 +753,7 @@ var askTimeouts = map[string]time.Duration{AskStatus: 10 * time.Second, AskFailo
 // unixhttp.ErrUnreachable.
 func Ask(ctx context.Context, socket, command string) (Status, error) {
 	timeout, ok := askTimeouts[command]
-	if !ok {
+	if !ok || command == AskKill || command == AskStart || command == AskLeave {
 		return Status{}, fmt.Errorf("lab: supervisor command %q, want status, failover or down", command)
 	}
 	method := "POST"
@@ -520,6 +764,20 @@ func Ask(ctx context.Context, socket, command string) (Status, error) {
 	c.HTTP.Timeout = timeout
 	var st Status
 	err := c.Do(ctx, method, "/"+command, nil, &st)
+	return st, err
+}
+
+// AskDirector sends a command about one director (AskKill, AskStart,
+// AskLeave) to the supervisor listening on socket: POST /COMMAND/LABEL.
+// When nothing listens on socket the error wraps unixhttp.ErrUnreachable.
+func AskDirector(ctx context.Context, socket, command, label string) (Status, error) {
+	if command != AskKill && command != AskStart && command != AskLeave {
+		return Status{}, fmt.Errorf("lab: supervisor command %q about a director, want kill, start or leave", command)
+	}
+	c := unixhttp.NewClient(socket)
+	c.HTTP.Timeout = askTimeouts[command]
+	var st Status
+	err := c.Do(ctx, "POST", "/"+command+"/"+url.PathEscape(label), nil, &st)
 	return st, err
 }
 

@@ -18,12 +18,15 @@ import (
 func labCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "lab",
-		Usage: "a network-namespace lab: two directors, a router, real servers and a client (198.18.0.0/15 only; with --ipv6 2001:2::/48 too)",
+		Usage: "a network-namespace lab: two directors (with --bgp --ecmp up to three, active together), routers, real servers and a client (198.18.0.0/15 only; with --ipv6 2001:2::/48 too)",
 		Subcommands: []*cli.Command{
 			labDemoCommand(),
 			labUpCommand(),
-			labSimpleCommand(lab.AskStatus, "show the lab's topology, the active director and flow counts"),
-			labSimpleCommand(lab.AskFailover, "kill the active director (SIGKILL), move the routes to the other, restart the killed one as standby"),
+			labSimpleCommand(lab.AskStatus, "show the lab's topology, the active director (in an ECMP lab the routers' next hops) and flow counts"),
+			labSimpleCommand(lab.AskFailover, "kill the active director (SIGKILL), move the routes to the other, restart the killed one as standby (a pair; an ECMP lab has kill, start and leave)"),
+			labDirectorCommand(lab.AskKill, "ECMP lab: crash a director: its links go down, then SIGKILL; returns once both routers dropped it (the real side after the 3 s hold time); its links stay down until `lab start`"),
+			labDirectorCommand(lab.AskStart, "ECMP lab: bring a director back: its links up and a fresh holdfast, which announces once serving; returns once both routers have it again"),
+			labDirectorCommand(lab.AskLeave, "ECMP lab: stop a director gracefully: SIGTERM, on which it withdraws, drains (--bgp-drain, 5 s) and exits; returns once it exited"),
 			labSimpleCommand(lab.AskDown, "tear the lab down (also a lab whose `lab up` was killed)"),
 			labLogsCommand(),
 		},
@@ -42,6 +45,7 @@ var (
 	labVRRPFlag  = &cli.BoolFlag{Name: "vrrp", Usage: "keepalived (VRRP) in each director namespace moves the routes, as in a real deployment"}
 	labBGPFlag   = &cli.BoolFlag{Name: "bgp", Usage: "the directors announce by BGP (holdfast run --bgp-*) to a client-side and a real-side router running BIRD 2, instead of moved static routes; with --ipv6 over a session of each family (not with --vrrp)"}
 	labIPv6Flag  = &cli.BoolFlag{Name: "ipv6", Usage: "a dual-stack lab (IPv6 in 2001:2::/48 too) and directors; the demo's load goes to the IPv6 VIP (not with --vrrp)"}
+	labECMPFlag  = &cli.BoolFlag{Name: "ecmp", Usage: "the BGP lab with its directors active together (issue 17): equal MEDs, both routers spread the flows by ECMP (L4 hash); each director runs --scheduler mh --adoption on with its own recovery address (lab up: needs --bgp, --directors 1..3, default 3; demo: three directors, one crashes and comes back, another leaves)"}
 )
 
 // unprivileged wraps the Action of a `holdfast lab` subcommand: run as an
@@ -68,8 +72,8 @@ func unprivileged(action cli.ActionFunc) cli.ActionFunc {
 func labDemoCommand() *cli.Command {
 	return &cli.Command{
 		Name:         "demo",
-		Usage:        "build the lab, run a load, fail over and back, twice (holdfast, and --recovery=off), print the table",
-		Flags:        []cli.Flag{demoJSONFlag, demoPhaseFlag, demoIdleFlag, demoBusyFlag, labVRRPFlag, labIPv6Flag, labBGPFlag},
+		Usage:        "build the lab, run a load, fail over and back (--ecmp: a director crashes and comes back, another leaves), twice (holdfast, and --recovery=off), print the table",
+		Flags:        []cli.Flag{demoJSONFlag, demoPhaseFlag, demoIdleFlag, demoBusyFlag, labVRRPFlag, labIPv6Flag, labBGPFlag, labECMPFlag},
 		OnUsageError: usageError,
 		Action:       unprivileged(labDemo),
 	}
@@ -83,6 +87,13 @@ func labDemo(c *cli.Context) error {
 		VRRP:  c.Bool(labVRRPFlag.Name),
 		IPv6:  c.Bool(labIPv6Flag.Name),
 		BGP:   c.Bool(labBGPFlag.Name),
+		ECMP:  c.Bool(labECMPFlag.Name),
+	}
+	if o.ECMP {
+		if err := ecmpLabUsage(o.VRRP); err != nil {
+			return err
+		}
+		o.BGP = true // the ECMP demo is a BGP lab: --ecmp says it all
 	}
 	if err := bgpLabUsage(o.BGP, o.VRRP); err != nil {
 		return err
@@ -144,6 +155,15 @@ func labDemo(c *cli.Context) error {
 	return nil
 }
 
+// ecmpLabUsage refuses --ecmp with --vrrp, which it would otherwise meet
+// as "--bgp with --vrrp", a flag the user may not have typed.
+func ecmpLabUsage(vrrp bool) error {
+	if vrrp {
+		return usagef("--ecmp with --vrrp: keepalived gives the routes to one director, ECMP spreads them over all (the ECMP lab is a BGP lab)")
+	}
+	return nil
+}
+
 // bgpLabUsage refuses --bgp with --vrrp. With --ipv6 the BGP lab is
 // dual-stack: each director has an IPv6 session with each router too.
 func bgpLabUsage(bgp, vrrp bool) error {
@@ -168,6 +188,10 @@ func printDemoTable(rs []lab.DemoResult, took time.Duration) {
 	vip := ""
 	if len(rs) > 0 {
 		vip = " to " + rs[0].VIP
+	}
+	if len(rs) > 0 && rs[0].ECMP != nil {
+		printECMPDemoTable(rs, took)
+		return
 	}
 	if len(rs) > 0 && rs[0].Routing == "bgp" {
 		fmt.Printf("Failover demo: keep-alive HTTP%s through director A, announced by BGP (MED 10; B 20) to BIRD routers.\n", vip)

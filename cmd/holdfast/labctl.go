@@ -18,14 +18,15 @@ import (
 )
 
 // `holdfast lab up` runs a lab.Supervisor in the foreground; `lab status`,
-// `lab failover` and `lab down`, from another terminal, ask it on its
-// socket (lab.Ask), which is in the user's runtime directory
+// `lab failover` and `lab down` (and in an ECMP lab `lab kill`, `lab start`
+// and `lab leave`, labecmp.go), from another terminal, ask it on its
+// socket (lab.Ask, lab.AskDirector), which is in the user's runtime directory
 // (lab.RuntimeDir): an unprivileged lab's namespaces and /run are its own,
 // and only that socket reaches it. This file holds the commands' flags,
 // checks and output.
 
 var (
-	labDirectorsFlag = &cli.IntFlag{Name: "directors", Value: 2, Usage: "directors in the lab: 1 or 2"}
+	labDirectorsFlag = &cli.IntFlag{Name: "directors", Value: 2, Usage: "directors in the lab: 1 or 2; 1..3 with --ecmp (default 3 there)"}
 	labRealsFlag     = &cli.IntFlag{Name: "reals", Value: 3, Usage: "real servers in the lab: 1..100"}
 	labJSONFlag      = &cli.BoolFlag{Name: "json", Usage: "print the answer as JSON (for scripts)"}
 	labFollowFlag    = &cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new lines until Ctrl-C or the lab goes down"}
@@ -35,7 +36,7 @@ func labUpCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "up",
 		Usage: "build the lab, start the directors and backends, and supervise them until Ctrl-C or `holdfast lab down`",
-		Flags: []cli.Flag{labDirectorsFlag, labRealsFlag, labVRRPFlag, labIPv6Flag, labBGPFlag}, OnUsageError: usageError,
+		Flags: []cli.Flag{labDirectorsFlag, labRealsFlag, labVRRPFlag, labIPv6Flag, labBGPFlag, labECMPFlag}, OnUsageError: usageError,
 		Action: unprivileged(labUp),
 	}
 }
@@ -51,8 +52,12 @@ func labSimpleCommand(command, usage string) *cli.Command {
 
 func labUp(c *cli.Context) error {
 	n, reals, vrrp, ipv6, bgp := c.Int(labDirectorsFlag.Name), c.Int(labRealsFlag.Name), c.Bool(labVRRPFlag.Name), c.Bool(labIPv6Flag.Name), c.Bool(labBGPFlag.Name)
-	if n != 1 && n != 2 {
-		return usagef("--directors %d: expected 1 or 2", n)
+	ecmp := c.Bool(labECMPFlag.Name)
+	if ecmp && !c.IsSet(labDirectorsFlag.Name) {
+		n = 3 // the group of issue 17
+	}
+	if err := labDirectorsUsage(n, ecmp, bgp, vrrp); err != nil {
+		return err
 	}
 	if reals < 1 || reals > lab.MaxReals {
 		return usagef("--reals %d: expected 1..%d", reals, lab.MaxReals)
@@ -82,7 +87,7 @@ func labUp(c *cli.Context) error {
 	defer stop()
 
 	fmt.Fprintln(os.Stderr, "building the lab...")
-	s, err := lab.StartSupervisor(ctx, lab.SupervisorOptions{Binary: bin, Directors: n, Reals: reals, VRRP: vrrp, IPv6: ipv6, BGP: bgp, Log: newQuietLogger()})
+	s, err := lab.StartSupervisor(ctx, lab.SupervisorOptions{Binary: bin, Directors: n, Reals: reals, VRRP: vrrp, IPv6: ipv6, BGP: bgp, ECMP: ecmp, Log: newQuietLogger()})
 	if errors.Is(err, lab.ErrLabUp) {
 		return cli.Exit("holdfast lab up: "+err.Error()+": run `holdfast lab down` first", exitRuntime)
 	}
@@ -125,7 +130,9 @@ func printLabUp(l *lab.Lab) {
 	}
 	for _, d := range l.Directors {
 		bgp := ""
-		if l.BGP() {
+		if l.ECMP() {
+			bgp = fmt.Sprintf(", BGP MED %d, peers %s and %s, recovery address %s", lab.BGPMED(d), d.RouterAddr, lab.BGPRealPeer, lab.RecoveryAddrOf(d))
+		} else if l.BGP() {
 			bgp = fmt.Sprintf(", BGP MED %d, peers %s and %s", lab.BGPMED(d), d.RouterAddr, lab.BGPRealPeer)
 		}
 		fmt.Printf("  director %s %-16s ns %s (real side %s%s%s)%s\n", d.Label, d.Uplink.Addr(), d.Name, d.RSAddr.Addr(), also(d.RSAddr.Addr()), bgp, also(d.Uplink.Addr()))
@@ -133,12 +140,21 @@ func printLabUp(l *lab.Lab) {
 	for _, r := range l.Reals {
 		fmt.Printf("  %-10s %-16s ns %s (HTTP :%d, UDP echo :%d)%s\n", r.Label, r.Addr, r.Name, lab.DefaultHTTPPort, lab.DefaultUDPPort, also(r.Addr))
 	}
-	active := "none yet"
-	if a := l.Active(); a != nil {
-		active = a.Label
+	if l.ECMP() {
+		nh := "unknown"
+		if h, err := l.ECMPNextHops(); err == nil {
+			nh = h.String()
+		}
+		fmt.Printf("  VIP        %-16s tcp:%d (HTTP) and udp:%d (echo), mh over the reals; both routers' ECMP next hops %s\n\n",
+			lab.VIP, lab.DefaultHTTPPort, lab.DefaultUDPPort, nh)
+	} else {
+		active := "none yet"
+		if a := l.Active(); a != nil {
+			active = a.Label
+		}
+		fmt.Printf("  VIP        %-16s tcp:%d (HTTP) and udp:%d (echo), rr over the reals; active director %s%s\n\n",
+			lab.VIP, lab.DefaultHTTPPort, lab.DefaultUDPPort, active, also(lab.VIP))
 	}
-	fmt.Printf("  VIP        %-16s tcp:%d (HTTP) and udp:%d (echo), rr over the reals; active director %s%s\n\n",
-		lab.VIP, lab.DefaultHTTPPort, lab.DefaultUDPPort, active, also(lab.VIP))
 	fmt.Printf("Try, from another terminal:\n")
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "  %s %s curl -s http://%s/\t# answered by a real\n", enter, l.Client.Name, lab.VIP)
@@ -150,9 +166,18 @@ func printLabUp(l *lab.Lab) {
 		fmt.Fprintf(w, "  holdfast bgp --admin-socket %s\t# A's sessions and announcements\n", lab.AdminSocket(l.Directors[0]))
 		fmt.Fprintf(w, "  birdc -s %s show route all\t# what the client-side router learned\n", l.BIRDSocket(lab.BGPClientSide))
 	}
-	fmt.Fprintf(w, "  holdfast lab status [--json]\t# directors, keepalived, flows per real\n")
+	if l.ECMP() {
+		fmt.Fprintf(w, "  holdfast lab status [--json]\t# directors, sessions, the routers' next hops, flows per real\n")
+	} else {
+		fmt.Fprintf(w, "  holdfast lab status [--json]\t# directors, keepalived, flows per real\n")
+	}
 	fmt.Fprintf(w, "  holdfast lab logs A [-f]\t# director A's log\n")
-	if len(l.Directors) > 1 {
+	if l.ECMP() {
+		last := l.Directors[len(l.Directors)-1].Label
+		fmt.Fprintf(w, "  holdfast lab kill A\t# A crashes: links down, SIGKILL; the routers drop it\n")
+		fmt.Fprintf(w, "  holdfast lab start A\t# A comes back: links up, a fresh holdfast\n")
+		fmt.Fprintf(w, "  holdfast lab leave %s\t# %s leaves: SIGTERM, it withdraws, drains, stops\n", last, last)
+	} else if len(l.Directors) > 1 {
 		if l.BGP() {
 			fmt.Fprintf(w, "  holdfast lab failover\t# unplug and kill the active director, the routers move\n")
 		} else {
@@ -216,11 +241,24 @@ func printLabStatus(st lab.Status) {
 	if st.Message != "" {
 		fmt.Println(st.Message)
 	}
-	fmt.Printf("lab %s*: client %s, VIP %s (%s), active director %s\n", st.Prefix, st.Client, st.VIP, strings.Join(st.Services, ", "), st.Active)
+	if st.NextHops != nil {
+		fmt.Printf("lab %s*: client %s, VIP %s (%s), ECMP: both routers' next hops %s\n", st.Prefix, st.Client, st.VIP, strings.Join(st.Services, ", "), st.NextHops)
+	} else {
+		fmt.Printf("lab %s*: client %s, VIP %s (%s), active director %s\n", st.Prefix, st.Client, st.VIP, strings.Join(st.Services, ", "), st.Active)
+	}
 	for _, d := range st.Directors {
 		state := "not running"
+		if d.Ended != "" {
+			state += " (ended: " + d.Ended + ")"
+		}
 		if d.Running {
 			state = fmt.Sprintf("running (pid %d): %d flows, %d recovered, %d adopted", d.PID, d.Flows, d.Recovered, d.Adopted)
+		}
+		if d.Leaving {
+			state += "; leaving (withdrawn, draining)"
+		}
+		if d.LinksDown {
+			state += "; links down"
 		}
 		if d.VRRP != "" {
 			state = "keepalived " + d.VRRP + ", holdfast " + state
@@ -238,7 +276,7 @@ func printLabStatus(st lab.Status) {
 
 func labLogsCommand() *cli.Command {
 	return &cli.Command{
-		Name: "logs", Usage: "print a director's log (the last 5000 lines, over its restarts)", ArgsUsage: "A|B",
+		Name: "logs", Usage: "print a director's log (the last 5000 lines, over its restarts)", ArgsUsage: "A|B|C",
 		Flags: []cli.Flag{labFollowFlag}, OnUsageError: usageError, Action: labLogs,
 	}
 }
@@ -255,10 +293,12 @@ func labLogsArgs(args []string, follow bool) (string, bool, error) {
 		}
 		pos = append(pos, a)
 	}
-	if len(pos) != 1 || (pos[0] != "A" && pos[0] != "B") {
-		return "", false, usagef("lab logs %q: expected one director, A or B", strings.Join(pos, " "))
+	if len(pos) == 1 {
+		if label, ok := lab.ParseDirector(pos[0]); ok {
+			return label, follow, nil
+		}
 	}
-	return pos[0], follow, nil
+	return "", false, usagef("lab logs %q: %s", strings.Join(pos, " "), expectDirector)
 }
 
 func labLogs(c *cli.Context) error {
