@@ -2,8 +2,8 @@ package fastpath
 
 import (
 	"bytes"
-	"fmt"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"os"
 	"runtime"
@@ -370,4 +370,3 @@ func ttl1(b []byte) []byte {
 	ip.SetChecksum(^ip.CalculateChecksum())
 	return b
 }
-
