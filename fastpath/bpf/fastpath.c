@@ -83,6 +83,7 @@ enum {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // memory follows the flows in it
 	__uint(max_entries, 1 << 17);
 	__type(key, struct flow_key);
 	__type(value, struct flow_val);
