@@ -440,7 +440,7 @@ func printFastPath(w io.Writer, r *FastPathResults) {
 				fmt.Fprintf(w, " | %s: -", d)
 				continue
 			}
-			fmt.Fprintf(w, " | %s %.4g [%.4g-%.4g]", d, *c.Median, *c.Min, *c.Max)
+			fmt.Fprintf(w, " | %s %s [%s-%s]", d, num(*c.Median), num(*c.Min), num(*c.Max))
 		}
 		fmt.Fprintf(w, " %s\n", row.Unit)
 		ratio := func(a, b string) string {
@@ -481,6 +481,15 @@ func printFastPath(w io.Writer, r *FastPathResults) {
 			}
 		}
 	}
+}
+
+// num prints a row's value: whole numbers for rates, three digits for
+// Gbit/s.
+func num(v float64) string {
+	if v >= 1000 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.3g", v)
 }
 
 func medStr(v []float64) string {
