@@ -44,6 +44,11 @@ type fastpathFlowVal struct {
 	_        [4]byte
 	Packets  uint64
 	Bytes    uint64
+	Egress   uint32
+	Gen      uint32
+	Dmac     [6]uint8
+	Smac     [6]uint8
+	_        [4]byte
 }
 
 // Names of all BPF objects in the ELF.
@@ -51,9 +56,11 @@ type fastpathFlowVal struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	fastpathMapCookies           = "cookies"
+	fastpathMapFibGen            = "fib_gen"
 	fastpathMapFlows             = "flows"
 	fastpathMapStats             = "stats"
 	fastpathProgHoldfastFastpath = "holdfast_fastpath"
+	fastpathVarCacheFib          = "cache_fib"
 	fastpathVarCookieBits        = "cookie_bits"
 )
 
@@ -107,6 +114,7 @@ type fastpathProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
 	Cookies *ebpf.MapSpec `ebpf:"cookies"`
+	FibGen  *ebpf.MapSpec `ebpf:"fib_gen"`
 	Flows   *ebpf.MapSpec `ebpf:"flows"`
 	Stats   *ebpf.MapSpec `ebpf:"stats"`
 }
@@ -115,6 +123,7 @@ type fastpathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
+	CacheFib   *ebpf.VariableSpec `ebpf:"cache_fib"`
 	CookieBits *ebpf.VariableSpec `ebpf:"cookie_bits"`
 }
 
@@ -139,6 +148,7 @@ func (o *fastpathObjects) Close() error {
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
 	Cookies *ebpf.Map `ebpf:"cookies"`
+	FibGen  *ebpf.Map `ebpf:"fib_gen"`
 	Flows   *ebpf.Map `ebpf:"flows"`
 	Stats   *ebpf.Map `ebpf:"stats"`
 }
@@ -146,6 +156,7 @@ type fastpathMaps struct {
 func (m *fastpathMaps) Close() error {
 	return _FastpathClose(
 		m.Cookies,
+		m.FibGen,
 		m.Flows,
 		m.Stats,
 	)
@@ -155,6 +166,7 @@ func (m *fastpathMaps) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
+	CacheFib   *ebpf.Variable `ebpf:"cache_fib"`
 	CookieBits *ebpf.Variable `ebpf:"cookie_bits"`
 }
 

@@ -157,7 +157,9 @@ type harness struct {
 	now int64
 }
 
-func newHarness(t testing.TB) *harness {
+func newHarness(t testing.TB) *harness { return newHarnessWith(t, Config{CookieBits: k}) }
+
+func newHarnessWith(t testing.TB, cfg Config) *harness {
 	t.Helper()
 	n := newTestNet(t)
 	svc, err := balancer.ServiceConfig{Service: "tcp:" + vip, Scheduler: "rr", Reals: []string{real}}.Build()
@@ -172,7 +174,7 @@ func newHarness(t testing.TB) *harness {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		t.Fatal(err)
 	}
-	p, err := Load(Config{CookieBits: k})
+	p, err := Load(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +274,13 @@ const (
 // SYN-ACK's echo unchanged) must be the Director's, and the segments the
 // fast path must not carry pass unchanged.
 func TestSameAsNAT(t *testing.T) {
-	h := newHarness(t)
+	for _, cache := range []bool{false, true} {
+		t.Run(fmt.Sprintf("CacheFIB=%v", cache), func(t *testing.T) { testSameAsNAT(t, cache) })
+	}
+}
+
+func testSameAsNAT(t *testing.T, cache bool) {
+	h := newHarnessWith(t, Config{CookieBits: k, CacheFIB: cache})
 	n := h.n
 	// The handshake through the Director only (the fast path punts SYN).
 	h.nat(nattest.TCP4(client, vip, header.TCPFlagSyn, cISN, 0, nil, ts(1000, 0)...))
@@ -372,8 +380,8 @@ func ttl1(b []byte) []byte {
 }
 
 // newBenchHarness is newHarness with the connection's flow in the map.
-func newBenchHarness(b *testing.B) *harness {
-	h := newHarness(b)
+func newBenchHarness(b *testing.B, cfg Config) *harness {
+	h := newHarnessWith(b, cfg)
 	f := Flow{Client: nattest.AP(client), VIP: nattest.AP(vip), Real: nattest.AP(real), CookieID: 1,
 		Cookie: CookieState{SynAck: 5000, Flags: CookieSynAck}}
 	if err := h.p.Add(f); err != nil {
@@ -388,16 +396,20 @@ func newBenchHarness(b *testing.B) *harness {
 // (ns/op adds the system call of BPF_PROG_TEST_RUN). One run per call: a
 // run rewrites the packet, and a repeat would see the rewritten one, a miss.
 func BenchmarkForward(b *testing.B) {
-	h := newBenchHarness(b)
-	pkt := nattest.TCP4(client, vip, psh, cISN+1, sISN+1, make([]byte, 1448), ts(1010, 5000)...)
-	benchProgram(b, h, pkt, tcRedirect)
+	for _, cache := range []bool{false, true} {
+		b.Run(fmt.Sprintf("CacheFIB=%v", cache), func(b *testing.B) {
+			h := newBenchHarness(b, Config{CookieBits: k, CacheFIB: cache})
+			pkt := nattest.TCP4(client, vip, psh, cISN+1, sISN+1, make([]byte, 1448), ts(1010, 5000)...)
+			benchProgram(b, h, pkt, tcRedirect)
+		})
+	}
 }
 
 // BenchmarkMiss is the program's cost for a segment of a flow it does not
 // carry (one lookup, then TC_ACT_OK): what every punted packet pays on top
 // of the TUN path.
 func BenchmarkMiss(b *testing.B) {
-	h := newBenchHarness(b)
+	h := newBenchHarness(b, Config{CookieBits: k})
 	pkt := nattest.TCP4("198.18.0.3:40000", vip, psh, 1, 1, make([]byte, 1448), ts(1010, 5000)...)
 	benchProgram(b, h, pkt, tcOK)
 }
@@ -438,5 +450,55 @@ func benchProgram(b *testing.B, h *harness, pkt []byte, want uint32) {
 	}
 	if n := after.RunCount - before.RunCount; n > 0 {
 		b.ReportMetric(float64((after.Runtime-before.Runtime).Nanoseconds())/float64(n), "prog-ns/op")
+	}
+}
+
+// TestFIBCache: with CacheFIB a flow keeps the FIB's answer until BumpFIB,
+// so a neighbour whose MAC changed is written with the old MAC until then
+// and with the new one after (the product bumps on every netlink route or
+// neighbour change); without it the new MAC is there at once.
+func TestFIBCache(t *testing.T) {
+	for _, cache := range []bool{false, true} {
+		t.Run(fmt.Sprintf("CacheFIB=%v", cache), func(t *testing.T) {
+			h := newHarnessWith(t, Config{CookieBits: k, CacheFIB: cache})
+			f := Flow{Client: nattest.AP(client), VIP: nattest.AP(vip), Real: nattest.AP(real), CookieID: 1}
+			if err := h.p.Add(f); err != nil {
+				t.Fatal(err)
+			}
+			pkt := nattest.TCP4(client, vip, ack, cISN+1, sISN+1, nil, ts(1010, 5000)...)
+			dmac := func() net.HardwareAddr {
+				t.Helper()
+				ret, frame := h.run(bytes.Clone(pkt), h.n.up)
+				if ret != tcRedirect {
+					t.Fatalf("verdict %d, want TC_ACT_REDIRECT", ret)
+				}
+				return frame[0:6]
+			}
+			if got := dmac(); !bytes.Equal(got, realMAC) {
+				t.Fatalf("first segment to %v, want the real's %v", got, realMAC)
+			}
+			moved := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xa2}
+			var err error
+			h.n.do(func() {
+				err = netlink.NeighSet(&netlink.Neigh{LinkIndex: h.n.rs, State: netlink.NUD_PERMANENT,
+					IP: net.ParseIP(nattest.AP(real).Addr().String()), HardwareAddr: moved})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := moved
+			if cache {
+				want = realMAC
+			}
+			if got := dmac(); !bytes.Equal(got, want) {
+				t.Errorf("after the neighbour moved, before BumpFIB: to %v, want %v", got, want)
+			}
+			if err := h.p.BumpFIB(); err != nil {
+				t.Fatal(err)
+			}
+			if got := dmac(); !bytes.Equal(got, moved) {
+				t.Errorf("after BumpFIB: to %v, want %v", got, moved)
+			}
+		})
 	}
 }

@@ -49,6 +49,12 @@ struct flow_val {
 	__u8 pad;
 	__u64 packets; // segments carried (a GSO packet counts its segments)
 	__u64 bytes;
+	// The FIB's answer for the rewritten tuple, cached (with cache_fib)
+	// while fib_gen[0] equals gen: the egress link and the MACs.
+	__u32 egress;
+	__u32 gen;
+	__u8 dmac[ETH_ALEN];
+	__u8 smac[ETH_ALEN];
 };
 
 // cookie_state mirrors nat's cookieFlow: all TSvals in the client's space.
@@ -103,8 +109,21 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+// fib_gen[0] is the generation of the routes and neighbours: the Go side
+// bumps it on any change (netlink), which drops every cached FIB answer.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} fib_gen SEC(".maps");
+
 // cookie_bits is nat.Config.CookieBits (0: cookies off), set at load.
 volatile const __u32 cookie_bits = 0;
+
+// cache_fib: keep the FIB's answer in the flow and ask the FIB again only
+// when the generation moved (Config.CacheFIB), checking the MTU per packet.
+volatile const __u32 cache_fib = 0;
 
 #define ETH_OFF 0
 #define IP_OFF (ETH_OFF + sizeof(struct ethhdr))
@@ -237,7 +256,32 @@ int holdfast_fastpath(struct __sk_buff *skb)
 		.ipv4_dst = f->daddr,
 		.ifindex = skb->ingress_ifindex,
 	};
-	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
+	long rc;
+	__u32 zero = 0, gen = 0;
+	__u32 *g = cache_fib ? bpf_map_lookup_elem(&fib_gen, &zero) : 0;
+	if (g)
+		gen = *g;
+	if (g && f->egress && f->gen == gen) {
+		// The cached answer; the MTU check the FIB made, made here
+		// (GSO packets by their segments).
+		__u32 mtu = 0;
+		if (bpf_check_mtu(skb, f->egress, &mtu, 0, 0) != BPF_MTU_CHK_RET_SUCCESS) {
+			count(STAT_PUNT_MTU);
+			return TC_ACT_OK;
+		}
+		rc = BPF_FIB_LKUP_RET_SUCCESS;
+		fib.ifindex = f->egress;
+		__builtin_memcpy(fib.dmac, f->dmac, ETH_ALEN);
+		__builtin_memcpy(fib.smac, f->smac, ETH_ALEN);
+	} else {
+		rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
+		if (g && rc == BPF_FIB_LKUP_RET_SUCCESS) {
+			__builtin_memcpy(f->dmac, fib.dmac, ETH_ALEN);
+			__builtin_memcpy(f->smac, fib.smac, ETH_ALEN);
+			f->gen = gen;
+			f->egress = fib.ifindex;
+		}
+	}
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		count(STAT_PUNT_MTU);
 		return TC_ACT_OK;
