@@ -157,8 +157,9 @@ type harness struct {
 	now int64
 }
 
-func newHarness(t testing.TB) *harness { return newHarnessWith(t, Config{CookieBits: k}) }
 
+// newHarnessWith loads the program with cfg next to a Director with one
+// service, cookies on.
 func newHarnessWith(t testing.TB, cfg Config) *harness {
 	t.Helper()
 	n := newTestNet(t)

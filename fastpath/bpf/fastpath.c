@@ -8,8 +8,8 @@
 // destination (client -> VIP becomes client -> real) or the source (real ->
 // client becomes VIP -> client), write or restore the timestamp cookie
 // (DESIGN.md section 5, item 1; nat/cookie.go), decrement the TTL -- and
-// sends it out of the egress interface that the kernel's FIB names, with
-// the neighbour's MAC. Everything else passes to the kernel unchanged
+// sends it out of the egress interface that the kernel's FIB names (or the
+// flow's cached FIB answer, with cache_fib), with the neighbour's MAC. Everything else passes to the kernel unchanged
 // (TC_ACT_OK), which routes it into the TUN as before: misses, SYN, FIN and
 // RST (the flow's state machine lives in Go), IP options, fragments,
 // packets the next link cannot carry (the TUN path answers them with
@@ -125,21 +125,11 @@ volatile const __u32 cookie_bits = 0;
 // when the generation moved (Config.CacheFIB), checking the MTU per packet.
 volatile const __u32 cache_fib = 0;
 
-#define ETH_OFF 0
-#define IP_OFF (ETH_OFF + sizeof(struct ethhdr))
-#define IP_CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
-#define IP_TTL_OFF (IP_OFF + offsetof(struct iphdr, ttl))
-#define IP_SRC_OFF (IP_OFF + offsetof(struct iphdr, saddr))
-#define IP_DST_OFF (IP_OFF + offsetof(struct iphdr, daddr))
+#define IP_OFF sizeof(struct ethhdr)
 #define TCP_OFF (IP_OFF + sizeof(struct iphdr))
 #define TCP_CSUM_OFF (TCP_OFF + offsetof(struct tcphdr, check))
-#define TCP_SPORT_OFF (TCP_OFF + offsetof(struct tcphdr, source))
-#define TCP_DPORT_OFF (TCP_OFF + offsetof(struct tcphdr, dest))
 // Linux sends the timestamp option first, after two NOPs; the prototype
 // handles that layout only (nat walks the options otherwise).
-#define TS_OFF (TCP_OFF + sizeof(struct tcphdr))
-#define TSVAL_OFF (TS_OFF + 4)
-#define TSECR_OFF (TS_OFF + 8)
 
 static __always_inline void count(__u32 i)
 {
@@ -150,24 +140,33 @@ static __always_inline void count(__u32 i)
 
 static __always_inline int seq_after(__u32 a, __u32 b) { return (__s32)(a - b) > 0; }
 
-// replace32 writes v at off and folds the change into the TCP checksum.
-static __always_inline int replace32(struct __sk_buff *skb, __u32 off, __be32 old, __be32 v, __u64 l4flags)
+// One's complement arithmetic on raw (network order) words, as the
+// kernel's csum_add and csum_fold: a checksum change is accumulated as a
+// diff (~old + new for each changed word, RFC 1624) and applied once.
+static __always_inline __u32 csum_add(__u32 s, __u32 v)
 {
-	if (old == v)
-		return 0;
-	if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF, old, v, l4flags | 4))
-		return -1;
-	return bpf_skb_store_bytes(skb, off, &v, 4, 0);
+	s += v;
+	return s + (s < v);
 }
 
-// cookie_to_client is nat's cookieToClient for an established segment.
-static __always_inline int cookie_to_client(struct __sk_buff *skb, struct flow_val *f, __be32 tsval)
+static __always_inline __u32 diff32(__u32 d, __u32 from, __u32 to) { return csum_add(csum_add(d, ~from), to); }
+
+static __always_inline __u16 csum_fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+// cookie_to_client is nat's cookieToClient for an established segment: the
+// TSval to write (the state updated as if it is written).
+static __always_inline __be32 cookie_to_client(struct flow_val *f, __be32 tsval)
 {
 	__u32 k = cookie_bits;
 	__u32 mask = (1u << k) - 1;
 	struct cookie_state *c = bpf_map_lookup_elem(&cookies, &f->slot);
 	if (!c)
-		return -1;
+		return tsval;
 	__u32 raw = bpf_ntohl(tsval);
 	__u32 v = (((raw >> k) + 1) << k) | f->cookie_id;
 	if ((c->flags & CK_SENT) && seq_after(c->last, v)) {
@@ -188,21 +187,20 @@ static __always_inline int cookie_to_client(struct __sk_buff *skb, struct flow_v
 	}
 	c->last = v;
 	c->flags |= CK_SENT;
-	return replace32(skb, TSVAL_OFF, tsval, bpf_htonl(v), 0);
+	return bpf_htonl(v);
 }
 
-// cookie_to_real is nat's cookieToReal for an established segment.
-static __always_inline int cookie_to_real(struct __sk_buff *skb, struct flow_val *f, __be32 tsecr)
+// cookie_to_real is nat's cookieToReal for an established segment: the
+// TSecr to write.
+static __always_inline __be32 cookie_to_real(struct flow_val *f, __be32 tsecr)
 {
 	__u32 k = cookie_bits;
 	struct cookie_state *c = bpf_map_lookup_elem(&cookies, &f->slot);
-	if (!c)
-		return -1;
-	if (!(c->flags & (CK_SENT | CK_SYNACK | CK_ROUNDUP)))
-		return 0;
+	if (!c || !(c->flags & (CK_SENT | CK_SYNACK | CK_ROUNDUP)))
+		return tsecr;
 	__u32 e = bpf_ntohl(tsecr);
 	if ((c->flags & CK_SYNACK) && e == c->syn_ack)
-		return 0;
+		return tsecr;
 	__u32 v;
 	if ((e >> k) == (c->last >> k))
 		v = c->raw;
@@ -210,7 +208,7 @@ static __always_inline int cookie_to_real(struct __sk_buff *skb, struct flow_val
 		v = c->prev_raw;
 	else
 		v = (e & ~((1u << k) - 1)) - 1;
-	return replace32(skb, TSECR_OFF, tsecr, bpf_htonl(v), 0);
+	return bpf_htonl(v);
 }
 
 SEC("tc")
@@ -291,62 +289,55 @@ int holdfast_fastpath(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
-	// Everything read from the packet before the helpers below change it
-	// (they invalidate the packet pointers).
+	// The rewrite, by direct writes: the checksum changes are
+	// accumulated and applied by two helper calls at the end (which also
+	// do the right thing for a CHECKSUM_PARTIAL skb: only the pseudo
+	// header's change then goes into the field). Per-field helpers cost
+	// about 380 ns a packet (BenchmarkForward).
 	__be32 old_src = ip->saddr, old_dst = ip->daddr;
-	__be16 old_sport = tcp->source, old_dport = tcp->dest;
-	__u16 old_ttl = *(__u16 *)((void *)ip + offsetof(struct iphdr, ttl)); // ttl and protocol
-	__be32 ts_word = 0, tsval = 0, tsecr = 0;
-	int has_ts = 0;
-	if (cookie_bits && tcp->doff >= 8 && (void *)tcp + 32 <= data_end) {
-		ts_word = *(__be32 *)((void *)tcp + 20);
-		tsval = *(__be32 *)((void *)tcp + 24);
-		tsecr = *(__be32 *)((void *)tcp + 28);
-		has_ts = ts_word == bpf_htonl(0x0101080a);
-	}
-	int ack = tcp->ack;
-	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
-
-	if (has_ts) {
-		int err = f->to_client ? cookie_to_client(skb, f, tsval) : (ack ? cookie_to_real(skb, f, tsecr) : 0);
-		if (err)
-			return TC_ACT_SHOT;
-	}
-	if (replace32(skb, IP_SRC_OFF, old_src, f->saddr, BPF_F_PSEUDO_HDR) ||
-	    replace32(skb, IP_DST_OFF, old_dst, f->daddr, BPF_F_PSEUDO_HDR))
-		return TC_ACT_SHOT;
-	if (old_src != f->saddr && bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_src, f->saddr, 4))
-		return TC_ACT_SHOT;
-	if (old_dst != f->daddr && bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_dst, f->daddr, 4))
-		return TC_ACT_SHOT;
-	if (old_sport != f->sport) {
-		if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF, old_sport, f->sport, 2) ||
-		    bpf_skb_store_bytes(skb, TCP_SPORT_OFF, &f->sport, 2, 0))
-			return TC_ACT_SHOT;
-	}
-	if (old_dport != f->dport) {
-		if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF, old_dport, f->dport, 2) ||
-		    bpf_skb_store_bytes(skb, TCP_DPORT_OFF, &f->dport, 2, 0))
-			return TC_ACT_SHOT;
-	}
+	__u32 l3 = 0, pseudo = 0, l4 = 0;
+	ip->saddr = f->saddr;
+	ip->daddr = f->daddr;
+	l3 = diff32(diff32(l3, old_src, f->saddr), old_dst, f->daddr);
+	pseudo = diff32(diff32(pseudo, old_src, f->saddr), old_dst, f->daddr);
 	// The TTL, as the kernel's forwarding (and the TUN path's two trips
-	// through it) would decrement it.
-	__u16 new_ttl = old_ttl;
-	((__u8 *)&new_ttl)[0] -= 1;
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ttl, new_ttl, 2) ||
-	    bpf_skb_store_bytes(skb, IP_TTL_OFF, &new_ttl, 2, 0))
-		return TC_ACT_SHOT;
-
+	// through it) would decrement it: the 16-bit word of TTL and protocol.
+	__u16 *ttlw = (__u16 *)((void *)ip + offsetof(struct iphdr, ttl));
+	__u16 old_ttl = *ttlw;
+	ip->ttl -= 1;
+	l3 = diff32(l3, old_ttl, *ttlw);
+	ip->check = csum_fold(csum_add(l3, ~(__u32)ip->check));
+	l4 = diff32(diff32(l4, tcp->source, f->sport), tcp->dest, f->dport);
+	tcp->source = f->sport;
+	tcp->dest = f->dport;
+	if (cookie_bits && tcp->doff >= 8 && (void *)tcp + 32 <= data_end &&
+	    *(__be32 *)((void *)tcp + 20) == bpf_htonl(0x0101080a)) {
+		__be32 *tsval = (__be32 *)((void *)tcp + 24), *tsecr = (__be32 *)((void *)tcp + 28);
+		if (f->to_client) {
+			__be32 v = cookie_to_client(f, *tsval);
+			l4 = diff32(l4, *tsval, v);
+			*tsval = v;
+		} else if (tcp->ack) {
+			__be32 v = cookie_to_real(f, *tsecr);
+			l4 = diff32(l4, *tsecr, v);
+			*tsecr = v;
+		}
+	}
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	}
+	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
 	__sync_fetch_and_add(&f->packets, segs);
 	__sync_fetch_and_add(&f->bytes, skb->len);
+	if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, pseudo, BPF_F_PSEUDO_HDR) ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, l4, 0))
+		return TC_ACT_SHOT;
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		struct bpf_redir_neigh nh = {.nh_family = fib.family, .ipv4_nh = fib.ipv4_dst};
 		count(STAT_FORWARD_NEIGH);
 		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
 	}
-	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib.dmac, ETH_ALEN, 0) ||
-	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib.smac, ETH_ALEN, 0))
-		return TC_ACT_SHOT;
 	count(STAT_FORWARD);
 	return bpf_redirect(fib.ifindex, 0);
 }

@@ -2,9 +2,10 @@ package main
 
 // -rows fastpath (not in the default set): the measurement behind
 // docs/fastpath.md (issue 18). The stream and keep-alive rows, interleaved
-// as measureAll does, on four directors: the kernel's NAT, HAProxy,
+// as measureAll does, on five directors: the kernel's NAT, HAProxy,
 // holdfast as shipped (the TUN path), and holdfast with the prototype tc
-// fast path of package fastpath carrying its established flows. The fast
+// fast path (asking the FIB for every packet, or caching its answer per
+// flow) of package fastpath carrying its established flows. The fast
 // path is not part of holdfast yet: this program loads it into director
 // A's namespace next to the running holdfast and fills its map from
 // holdfast's admin API (`conns`) while a row runs, so what is measured is
@@ -76,7 +77,8 @@ func plain(d directorDef) fpDirector {
 
 var fpDirectors = []fpDirector{
 	plain(directorDefs[dirHoldfast]),
-	{key: "holdfast_tc", label: "holdfast + tc fast path", setup: setupHoldfastTC},
+	{key: "holdfast_tc", label: "holdfast + tc fast path", setup: setupHoldfastTC(false)},
+	{key: "holdfast_tc_cached", label: "holdfast + tc fast path, FIB cached", setup: setupHoldfastTC(true)},
 	plain(directorDefs[dirHAProxy]),
 	plain(directorDefs[dirKernel]),
 }
@@ -127,7 +129,7 @@ type FastPathCell struct {
 	Errors   []string            `json:"errors,omitempty"`
 }
 
-// runFastPath measures the rows on the four directors, -runs times,
+// runFastPath measures the rows on the five directors, -runs times,
 // interleaved (as measureAll), writes fastpath.json next to -out and
 // prints a table.
 func (b *bench) runFastPath(ctx context.Context, stdout io.Writer) error {
@@ -136,7 +138,7 @@ func (b *bench) runFastPath(ctx context.Context, stdout io.Writer) error {
 	}
 	res := &FastPathResults{Date: time.Now().UTC().Format(time.RFC3339), Runs: b.cfg.runs, RunSeconds: b.cfg.duration.Seconds(),
 		Method: map[string]string{
-			"order":    "run by run, row by row, the four directors in a rotating order; each set up before and torn down after its measurement",
+			"order":    "run by run, row by row, the five directors in a rotating order; each set up before and torn down after its measurement",
 			"fastpath": "holdfast as shipped plus the tc program of package fastpath on director A's uplink and real-side veths (tcx ingress); the bench polls holdfast's conns every 100 ms during the row and adds each established plain IPv4 TCP flow to the map",
 			"cpu":      "director_cpu_s: utime+stime of the director's process (none for the kernel's NAT); softirq_cpu_s: /proc/stat softirq of all CPUs (every namespace: the clients' and servers' too); host_cpu_s: all busy time",
 		}}
@@ -273,12 +275,18 @@ func softirqTicks() (int64, error) {
 // path: the program loaded and attached (tcx ingress) to A's uplink and
 // real-side veths inside A's namespace. Its wrap feeds the map with
 // holdfast's established flows while the row runs.
-func setupHoldfastTC(ctx context.Context, b *bench) (int, func(context.Context, func(context.Context) (float64, []string, error)) (float64, []string, error), func() error, error) {
+func setupHoldfastTC(cacheFIB bool) func(ctx context.Context, b *bench) (int, func(context.Context, func(context.Context) (float64, []string, error)) (float64, []string, error), func() error, error) {
+	return func(ctx context.Context, b *bench) (int, func(context.Context, func(context.Context) (float64, []string, error)) (float64, []string, error), func() error, error) {
+		return b.holdfastTC(ctx, cacheFIB)
+	}
+}
+
+func (b *bench) holdfastTC(ctx context.Context, cacheFIB bool) (int, func(context.Context, func(context.Context) (float64, []string, error)) (float64, []string, error), func() error, error) {
 	pid, stopHF, err := setupHoldfast(ctx, b)
 	if err != nil {
 		return 0, nil, nil, err
 	}
-	prog, err := fastpath.Load(fastpath.Config{CookieBits: nat.DefaultCookieBits})
+	prog, err := fastpath.Load(fastpath.Config{CookieBits: nat.DefaultCookieBits, CacheFIB: cacheFIB})
 	if err != nil {
 		return 0, nil, nil, errors.Join(err, stopHF())
 	}
@@ -452,6 +460,7 @@ func printFastPath(w io.Writer, r *FastPathResults) {
 		}
 		fmt.Fprintf(w, "%-22s   tc/kernel %s  tc/haproxy %s  tun/kernel %s  tun/haproxy %s\n", "",
 			ratio("holdfast_tc", "kernel_nat"), ratio("holdfast_tc", "haproxy"), ratio("holdfast", "kernel_nat"), ratio("holdfast", "haproxy"))
+		fmt.Fprintf(w, "%-22s   cached/kernel %s  cached/haproxy %s\n", "", ratio("holdfast_tc_cached", "kernel_nat"), ratio("holdfast_tc_cached", "haproxy"))
 		for _, d := range r.Directors {
 			c := row.Cells[d]
 			var dir, soft, host []float64
