@@ -157,7 +157,6 @@ type harness struct {
 	now int64
 }
 
-
 // newHarnessWith loads the program with cfg next to a Director with one
 // service, cookies on.
 func newHarnessWith(t testing.TB, cfg Config) *harness {
