@@ -185,6 +185,11 @@ func (b *bench) run(ctx context.Context) (res *Results, err error) {
 			return res, err
 		}
 	}
+	if b.cfg.groups[groupFastPath] {
+		if err := b.runFastPath(ctx, os.Stdout); err != nil {
+			return res, err
+		}
+	}
 	if len(res.Rows) > 0 {
 		if err := b.measureAll(ctx); err != nil {
 			return res, err

@@ -100,7 +100,7 @@ func parseFlags(args []string) (config, error) {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	var err error
-	if c.groups, err = parseSet("-rows", *rows, allGroups); err != nil {
+	if c.groups, err = parseSet("-rows", *rows, append(slices.Clone(allGroups), groupFastPath)); err != nil { // fastpath.go: not in the default set
 		return c, err
 	}
 	if c.directors, err = parseSet("-directors", *dirs, measureOrder); err != nil {
