@@ -36,7 +36,10 @@ import (
 // Variants, each in a fresh lab, logged side by side: holdfast as the
 // issue runs it (asserted: nothing lost), holdfast --recovery=off (the
 // plain NAT director: --adoption auto follows --recovery, so it adopts
-// nothing either), kernel NAT behind ECMP (nftables-style DNAT through
+// nothing either, and drops the SYN-ACKs that come back through another
+// director), --recovery=off --adoption on (plain NAT that takes up the
+// reals' half of a flow: what mh and the cookie do without recovery),
+// kernel NAT behind ECMP (nftables-style DNAT through
 // iptables plus masquerade on each director, BIRD announcing the VIP with
 // equal MEDs: kube-proxy behind MetalLB), and holdfast with the client's
 // timestamps off (no cookie to read: the moved flows fall back to
@@ -95,6 +98,7 @@ type groupVariant struct {
 var groupVariants = []groupVariant{
 	{name: "holdfast", timestamps: true, strict: true},
 	{name: "recovery off", flags: []string{"--recovery=off"}, timestamps: true},
+	{name: "rec off+adopt", flags: []string{"--recovery=off", "--adoption", "on"}, timestamps: true},
 	{name: "kernel NAT", kernelNAT: true, timestamps: true},
 	{name: "timestamps off", timestamps: false},
 }
@@ -750,7 +754,8 @@ func ssSockets(ns *lab.NS) []string {
 	return socks
 }
 
-// ssLastRcv is the lastrcv (ms) of an ss -i line.
+// ssLastRcv is the lastrcv (ms) of an ss -i line: ss leaves the field
+// out when it is 0 (a socket that received in this millisecond).
 func ssLastRcv(ln string) (int64, bool) {
 	for _, f := range strings.Fields(ln) {
 		if v, ok := strings.CutPrefix(f, "lastrcv:"); ok {
@@ -758,7 +763,7 @@ func ssLastRcv(ln string) (int64, bool) {
 			return n, err == nil
 		}
 	}
-	return 0, false
+	return 0, strings.Contains(ln, "users:((")
 }
 
 // routeWatch records the routers' ECMP next hops over time: BIRD tells no
