@@ -688,12 +688,18 @@ protocol bgp to_real from toward {
 // sessions stay down). Its name for BIRD and Birdc is
 // "dir"+Label; the lab stops it on Close, a caller may kill it first.
 func (l *Lab) StartDirectorBIRD(i int) (*Proc, error) {
+	return l.startDirectorBIRD("StartDirectorBIRD", i, "")
+}
+
+// startDirectorBIRD is StartDirectorBIRD (named by fn in errors) with
+// timers added to the sessions' template (after its `direct;`), or none.
+func (l *Lab) startDirectorBIRD(fn string, i int, timers string) (*Proc, error) {
 	if l.bgp == nil {
-		return nil, errors.New("lab: StartDirectorBIRD: not a BGP lab (Options.BGP)")
+		return nil, fmt.Errorf("lab: %s: not a BGP lab (Options.BGP)", fn)
 	}
 	bin, err := exec.LookPath("bird")
 	if err != nil {
-		return nil, fmt.Errorf("lab: StartDirectorBIRD: %w", err)
+		return nil, fmt.Errorf("lab: %s: %w", fn, err)
 	}
 	d := l.Directors[i]
 	var conf strings.Builder
@@ -706,7 +712,17 @@ func (l *Lab) StartDirectorBIRD(i int) (*Proc, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("lab: BIRD configuration: %w", err)
 	}
-	return l.startBIRD(d.NS, "dir"+d.Label, bin, conf.String())
+	c := conf.String()
+	if timers != "" {
+		// The timers go into the template both sessions share: after its
+		// last line (directorBIRDConf's "direct;").
+		const anchor = "\tdirect;\n}\n"
+		if !strings.Contains(c, anchor) {
+			return nil, fmt.Errorf("lab: %s: the director's BIRD configuration has no `direct;` closing its bgp template", fn)
+		}
+		c = strings.Replace(c, anchor, "\tdirect;\n"+timers+"}\n", 1)
+	}
+	return l.startBIRD(d.NS, "dir"+d.Label, bin, c)
 }
 
 // BIRDSocket is the control socket of router's BIRD (BGPClientSide,
