@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -267,6 +268,14 @@ func newGroupRig(t *testing.T, v groupVariant) *groupRig {
 	}
 	if !v.timestamps {
 		clientTimestamps(t, false)(l)
+	}
+	if dir := os.Getenv(pcapDirEnv); dir != "" {
+		// StartDirector captures the directors; the paths between them
+		// are here (A's capture is its last process's only: the name
+		// repeats).
+		for _, ns := range []*lab.NS{l.Client, l.Router, l.RealRouter} {
+			startCapture(t, ns, dir)
+		}
 	}
 	if v.tupleHash {
 		pinTupleHash(t, l)
@@ -1005,7 +1014,9 @@ func groupCookieThroughput(t *testing.T) []groupThroughput {
 		for _, d := range l.Directors {
 			args := groupArgs(l, d, "--service", "tcp:"+netip.AddrPortFrom(lab.VIP, iperfPort).String(), "--scheduler", "mh",
 				"--real", netip.AddrPortFrom(rs1.Addr, iperfPort).String(), "--ts-cookie-bits", bits, "--bgp-drain", "0s")
-			procs = append(procs, StartDirector(t, d.NS, args...))
+			// Without -race whatever the test binary is: the race
+			// detector's cost per packet would be what is measured.
+			procs = append(procs, startDirectorBin(t, holdfastPlainBinary(t), d.NS, args...))
 		}
 		waitSessions(t, l, l.Directors...)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
