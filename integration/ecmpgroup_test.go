@@ -213,9 +213,13 @@ func (r *groupResult) check(t *testing.T) {
 	}
 	// The real-side router's link to A stays up: it can notice A's death
 	// only by its hold timer (9 s), later than A comes back (4 s); what it
-	// did meanwhile is logged. At the start it has all three, all three
-	// again once A is back, and B's withdrawal takes it to A and C.
-	for _, i := range []int{0, 2, 3} {
+	// did meanwhile is logged. At the start it has all three, and B's
+	// withdrawal takes it to A and C. Whether it has A again before B
+	// leaves is logged, not asserted: its old session with A ends only
+	// when A's links are back (A's kernel resets it), then BIRD's error
+	// wait (1 s) and holdfast's next dial follow; a -race run once took
+	// longer than the 4 s between the events.
+	for _, i := range []int{0, 3} {
 		if c := r.reached[1][i]; !c.ok {
 			t.Errorf("%s: the real-side router never showed the %d next hops of checkpoint %d (it had %d); timeline:\n%s", r.name, len(groupWant[i]), i, c.n, r.timeline)
 		}
