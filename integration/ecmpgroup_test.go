@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -212,9 +213,13 @@ func (r *groupResult) check(t *testing.T) {
 	}
 	// The real-side router's link to A stays up: it can notice A's death
 	// only by its hold timer (9 s), later than A comes back (4 s); what it
-	// did meanwhile is logged. At the start it has all three, all three
-	// again once A is back, and B's withdrawal takes it to A and C.
-	for _, i := range []int{0, 2, 3} {
+	// did meanwhile is logged. At the start it has all three, and B's
+	// withdrawal takes it to A and C. Whether it has A again before B
+	// leaves is logged, not asserted: its old session with A ends only
+	// when A's links are back (A's kernel resets it), then BIRD's error
+	// wait (1 s) and holdfast's next dial follow; a -race run once took
+	// longer than the 4 s between the events.
+	for _, i := range []int{0, 3} {
 		if c := r.reached[1][i]; !c.ok {
 			t.Errorf("%s: the real-side router never showed the %d next hops of checkpoint %d (it had %d); timeline:\n%s", r.name, len(groupWant[i]), i, c.n, r.timeline)
 		}
@@ -267,6 +272,14 @@ func newGroupRig(t *testing.T, v groupVariant) *groupRig {
 	}
 	if !v.timestamps {
 		clientTimestamps(t, false)(l)
+	}
+	if dir := os.Getenv(pcapDirEnv); dir != "" {
+		// StartDirector captures the directors; the paths between them
+		// are here (A's capture is its last process's only: the name
+		// repeats).
+		for _, ns := range []*lab.NS{l.Client, l.Router, l.RealRouter} {
+			startCapture(t, ns, dir)
+		}
 	}
 	if v.tupleHash {
 		pinTupleHash(t, l)
@@ -1005,7 +1018,9 @@ func groupCookieThroughput(t *testing.T) []groupThroughput {
 		for _, d := range l.Directors {
 			args := groupArgs(l, d, "--service", "tcp:"+netip.AddrPortFrom(lab.VIP, iperfPort).String(), "--scheduler", "mh",
 				"--real", netip.AddrPortFrom(rs1.Addr, iperfPort).String(), "--ts-cookie-bits", bits, "--bgp-drain", "0s")
-			procs = append(procs, StartDirector(t, d.NS, args...))
+			// Without -race whatever the test binary is: the race
+			// detector's cost per packet would be what is measured.
+			procs = append(procs, startDirectorBin(t, holdfastPlainBinary(t), d.NS, args...))
 		}
 		waitSessions(t, l, l.Directors...)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
