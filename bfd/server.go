@@ -339,11 +339,22 @@ func (s *Server) run(ctx context.Context, ss *session, disc uint32) {
 	detect := time.NewTimer(time.Hour)
 	defer txTimer.Stop()
 	defer detect.Stop()
-	arm := func(now time.Time) {
-		if iv := f.txInterval(); iv > 0 {
-			txTimer.Reset(jitter(iv, f.mult))
-		} else {
+	// The periodic timer is set when a packet was sent, when sending
+	// starts, and when the interval shrinks: never merely because a packet
+	// arrived, or a router sending faster than us would postpone our
+	// packets for ever.
+	var (
+		txPending bool
+		txIv      time.Duration
+	)
+	arm := func(now time.Time, sent bool) {
+		switch iv := f.txInterval(); {
+		case iv == 0:
 			txTimer.Stop()
+			txPending = false
+		case sent || !txPending || iv < txIv:
+			txTimer.Reset(jitter(iv, f.mult))
+			txPending, txIv = true, iv
 		}
 		if d := f.deadline(); !d.IsZero() {
 			detect.Reset(d.Sub(now))
@@ -363,7 +374,7 @@ func (s *Server) run(ctx context.Context, ss *session, disc uint32) {
 		}
 	}
 	remoteDiag := DiagNone
-	arm(time.Now())
+	arm(time.Now(), false)
 	for {
 		select {
 		case <-ctx.Done():
@@ -391,11 +402,12 @@ func (s *Server) run(ctx context.Context, ss *session, disc uint32) {
 			if reply {
 				send(f.packet())
 			}
-			arm(in.at)
+			arm(in.at, reply)
 			publish(remoteDiag)
 		case <-txTimer.C:
+			txPending = false
 			send(f.packet())
-			arm(time.Now())
+			arm(time.Now(), true)
 			publish(remoteDiag)
 		case <-detect.C:
 			now := time.Now()
@@ -403,7 +415,7 @@ func (s *Server) run(ctx context.Context, ss *session, disc uint32) {
 			if f.expire(now) {
 				changed(old, now)
 			}
-			arm(now)
+			arm(now, false)
 			publish(remoteDiag)
 		}
 	}

@@ -151,6 +151,22 @@ func TestServer(t *testing.T) {
 		t.Errorf("status once Up: %+v", st)
 	}
 
+	// A router sending more often than the server (every 10 ms against
+	// its 50) must not hold the server's own packets back: it keeps its
+	// interval (BIRD declared such a director dead once).
+	got := 0
+	steady := f.packet()
+	steady.Poll = false // no poll: the server answers nothing, it only sends on its own
+	for end := time.Now().Add(400 * time.Millisecond); time.Now().Before(end); {
+		router.send(steady)
+		if _, _, err := router.recv(10 * time.Millisecond); err == nil {
+			got++
+		}
+	}
+	if got < 4 {
+		t.Errorf("the server sent %d packets in 400 ms while the router sent every 10 ms; want 4 or more at 50 ms", got)
+	}
+
 	// Forged or misdirected packets are dropped and counted, and change
 	// nothing.
 	c0 := s.Counters()

@@ -62,7 +62,17 @@ func (r *runner) adminHandler() http.Handler {
 			http.Error(w, "BGP is off (holdfast run --bgp-local-as ... --bgp-peer ...)", http.StatusNotFound)
 			return
 		}
-		unixhttp.WriteJSON(w, bgpStatus(sp.Status()))
+		st := bgpStatus(sp.Status())
+		if b := r.src.bfd.Load(); b != nil {
+			for i := range st.Peers {
+				if ss, ok := b.Session(netip.MustParseAddr(st.Peers[i].Addr)); ok {
+					st.Peers[i].BFD = &adminapi.BFDSession{State: ss.State.String(), RemoteState: ss.RemoteState.String(),
+						Diag: ss.Diag.String(), Since: ss.Since.Truncate(time.Millisecond), DetectTime: ss.DetectTime.Seconds(),
+						TxInterval: ss.TxInterval.Seconds()}
+				}
+			}
+		}
+		unixhttp.WriteJSON(w, st)
 	})
 	return mux
 }

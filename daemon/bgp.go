@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/bfd"
 	"holdfast/bgp"
 
 	"github.com/rs/zerolog"
@@ -35,6 +38,10 @@ type BGP struct {
 	// Drain is how long the director keeps forwarding after it withdrew
 	// everything at stop.
 	Drain time.Duration
+	// BFD, when set, keeps a BFD session with every peer (bfd/doc.go): the
+	// routers then notice a dead director in its detection time, not its
+	// hold time. Its Peers are set from the BGP peers.
+	BFD *bfd.Config
 }
 
 // Log field names of the BGP stage.
@@ -48,16 +55,39 @@ const (
 // second is quick beside both and costs nothing.
 const announceEvery = 250 * time.Millisecond
 
-// PartBGP is the BGP speaker.
-const PartBGP Part = "bgp"
+// PartBGP is the BGP speaker, PartBFD its BFD sessions.
+const (
+	PartBGP Part = "bgp"
+	PartBFD Part = "bfd"
+)
 
 // startBGP starts the speaker and the stage that keeps its announcements
 // following the services' health. The speaker is r.bgp; stopBGP ends it.
 func (r *runner) startBGP(ctx context.Context, st *stages) error {
 	c := r.cfg.BGP.Config
 	c.Log = r.log.With().Str(fStage, string(PartBGP)).Logger()
+	if b := r.cfg.BGP.BFD; b != nil {
+		// Before the speaker: a router with BFD configured asks for a
+		// session as soon as its BGP session comes up.
+		bc := *b
+		bc.Peers = append(slices.Clone(c.ClientPeers), c.RealPeers...)
+		bc.Log = r.log.With().Str(fStage, string(PartBFD)).Logger()
+		srv, err := bfd.New(ctx, bc)
+		if err != nil {
+			return runtimeError(PartBFD, fmt.Errorf("%w (another BFD daemon on this host? --bfd off leaves BFD to it)", err))
+		}
+		r.bfd = srv
+		r.src.bfd.Store(srv)
+		mode := "passive (answers the routers that ask)"
+		if bc.Active {
+			mode = "active"
+		}
+		r.log.Info().Str(fStage, string(PartBFD)).Str("mode", mode).Int("peers", len(bc.Peers)).
+			Str("interval", cmp.Or(bc.Interval, bfd.DefaultInterval).String()).Uint8("multiplier", cmp.Or(bc.Multiplier, bfd.DefaultMultiplier)).Msg("bfd: listening")
+	}
 	sp, err := bgp.New(ctx, c)
 	if err != nil {
+		r.closeBFD()
 		return runtimeError(PartBGP, err)
 	}
 	r.bgp = sp
@@ -208,5 +238,15 @@ func (r *runner) stopBGP(drain bool) {
 	}
 	if err := r.bgp.Close(); err != nil {
 		r.log.Error().Err(err).Msg("bgp: closing")
+	}
+	r.closeBFD()
+}
+
+// closeBFD tells the routers the BFD sessions are administratively down
+// (after the BGP sessions closed: the routers then take it for the stop it
+// is, not a failure) and stops them.
+func (r *runner) closeBFD() {
+	if r.bfd != nil {
+		r.bfd.Close()
 	}
 }

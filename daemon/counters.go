@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"holdfast/bfd"
 	"holdfast/bgp"
 	"holdfast/internal/wire"
 	"holdfast/nat"
@@ -62,6 +63,13 @@ type snapshot struct {
 	stray     uint64           // netstack packets dropped by its tap
 	services  []nat.ServiceInfo
 	bgp       *bgp.Status // nil without BGP
+	bfd       *bfdSnap    // nil without BFD
+}
+
+// bfdSnap is the BFD sessions and counters of one snapshot.
+type bfdSnap struct {
+	sessions []bfd.SessionStatus
+	counters bfd.Counters
 }
 
 // sources are the live objects a snapshot reads.
@@ -71,6 +79,7 @@ type sources struct {
 	writeErrs *atomic.Uint64
 	stray     func() uint64               // nil: no netstack
 	bgp       atomic.Pointer[bgp.Speaker] // nil: no BGP (or not started yet); set while the exports run
+	bfd       atomic.Pointer[bfd.Server]  // nil: no BFD (or not started yet)
 }
 
 func (src *sources) snapshot() *snapshot {
@@ -84,6 +93,9 @@ func (src *sources) snapshot() *snapshot {
 	if sp := src.bgp.Load(); sp != nil {
 		st := sp.Status()
 		s.bgp = &st
+	}
+	if b := src.bfd.Load(); b != nil {
+		s.bfd = &bfdSnap{sessions: b.Status(), counters: b.Counters()}
 	}
 	return s
 }
@@ -274,6 +286,42 @@ var counters = []counterDef{
 	bgpCounter("bgp_updates_sent_total", "BGP UPDATE messages sent, all peers.", func(c bgp.Counters) uint64 { return c.UpdatesSent }),
 	bgpCounter("bgp_announcements_total", "Prefixes announced (or changed), one per prefix and change.", func(c bgp.Counters) uint64 { return c.Announcements }),
 	bgpCounter("bgp_withdrawals_total", "Prefixes withdrawn.", func(c bgp.Counters) uint64 { return c.Withdrawals }),
+	{name: "bfd_session_up", help: "BFD sessions: 1 up, 0 not, per router (--bfd).", typ: gaugeType, labels: []string{"peer"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			if s.bfd != nil {
+				for _, ss := range s.bfd.sessions {
+					emit(b2u(ss.State == bfd.Up), ss.Peer.String())
+				}
+			}
+		}},
+	bfdCounter("bfd_session_ups_total", "BFD sessions that came up.", func(c bfd.Counters) uint64 { return c.Ups }),
+	bfdCounter("bfd_session_downs_total", "BFD sessions that went down from up (the router went quiet or said so).", func(c bfd.Counters) uint64 { return c.Downs }),
+	bfdCounter("bfd_packets_received_total", "Valid BFD control packets from the routers.", func(c bfd.Counters) uint64 { return c.Received }),
+	bfdCounter("bfd_packets_sent_total", "BFD control packets sent.", func(c bfd.Counters) uint64 { return c.Sent }),
+	bfdCounter("bfd_send_errors_total", "BFD control packets that could not be sent.", func(c bfd.Counters) uint64 { return c.SendErrors }),
+	{name: "bfd_drops_total", help: "BFD packets dropped, by reason: ttl (not 255: sent from off the link), peer (not a BGP router of ours), malformed, discriminator (names no session of the sender), queue.", typ: counterType, labels: []string{"reason"},
+		each: func(s *snapshot, emit func(uint64, ...string)) {
+			var c bfd.Counters
+			if s.bfd != nil {
+				c = s.bfd.counters
+			}
+			emit(c.DropTTL, "ttl")
+			emit(c.DropPeer, "peer")
+			emit(c.DropMalformed, "malformed")
+			emit(c.DropDiscriminator, "discriminator")
+			emit(c.DropQueue, "queue")
+		}},
+}
+
+// bfdCounter is one of the BFD server's counters (0 without BFD).
+func bfdCounter(name, help string, f func(bfd.Counters) uint64) counterDef {
+	return counterDef{name: name, help: help, typ: counterType, each: func(s *snapshot, emit func(uint64, ...string)) {
+		var c bfd.Counters
+		if s.bfd != nil {
+			c = s.bfd.counters
+		}
+		emit(f(c))
+	}}
 }
 
 // eachPeer emits f's value for every BGP peer (none without BGP).

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/bfd"
 	"holdfast/bgp"
 	"holdfast/internal/clock"
 	"holdfast/internal/unixhttp"
@@ -68,6 +69,7 @@ type runner struct {
 	// bgp is the speaker (nil without BGP) and announceStop ends its
 	// announcing stage (bgp.go).
 	bgp          *bgp.Speaker
+	bfd          *bfd.Server // nil without BFD
 	announceStop chan struct{}
 }
 

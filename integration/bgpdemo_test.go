@@ -16,8 +16,8 @@ import (
 
 // TestDemoBGP runs `holdfast lab demo --bgp --json`: the directors
 // announce by BGP to BIRD routers, the failover unplugs and kills A (the
-// client-side router moves at once, the real-side router after its hold
-// timer), the failback is A announcing again. With holdfast no request
+// client-side router moves at once, the real-side router through BFD),
+// the failback is A announcing again. With holdfast no request
 // fails and no connection is reset; without recovery some are.
 func TestDemoBGP(t *testing.T) {
 	requireBIRD(t)

@@ -145,7 +145,8 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 	load := newDemoLoad(l.Client, vip)
 	if o.BGP {
 		// A request in flight at the failover waits for the real-side
-		// router's hold timer (9 s), then for TCP's next retransmission,
+		// router (BFD: 0.9 s; its hold timer, 9 s, for a director run
+		// with --bfd off), then for TCP's next retransmission,
 		// whose backoff has grown meanwhile: give it time before calling
 		// the connection dead.
 		load.timeout = 30 * time.Second
@@ -236,7 +237,7 @@ func RunDemo(ctx context.Context, o DemoOptions) (res DemoResult, err error) {
 
 // failover kills p (the active director's holdfast) and makes director to
 // active (in a BGP lab: A's links go down first, and it waits for the
-// routers, the real-side one after its hold timer).
+// routers, the real-side one through BFD).
 func failover(ctx context.Context, l *Lab, to int, p *Proc) error {
 	timeout := 10 * time.Second
 	if l.BGP() {

@@ -186,8 +186,8 @@ func decodeStats(data []byte) (DirectorStats, error) {
 // links go down first (Unplug, as when its host dies), then stop runs, and
 // Failover waits until both routers send the traffic to director to: the
 // client-side router moves at once (its link to the dead director went
-// down), the real-side router after the hold time (BGPHoldTime), so ctx
-// must allow for it. Replug the dead director before starting it again.
+// down), the real-side router through BFD (0.9 s), or after the hold time
+// (BGPHoldTime) for a director without it, so ctx must allow for that. Replug the dead director before starting it again.
 func (l *Lab) Failover(ctx context.Context, to int, stop func() error) error {
 	if l.bgp != nil {
 		if to < 0 || to >= len(l.Directors) || len(l.Directors) != 2 {

@@ -16,28 +16,16 @@ import (
 // of directors in an ECMP lab (ecmp.go, issue 17): what each director's
 // holdfast is given, and the events of a group whose membership changes.
 
-// The BGP timers an ECMP lab's directors propose. The real-side router
-// sits on the reals' segment, whose link stays up when a director dies,
-// so only the hold timer tells it the director is gone; until then it
-// hashes part of the replies to a dead next hop. BIRD's own hold time in
-// the lab is BGPHoldTime (9 s); a session takes the lower of the two
-// proposals (RFC 4271 section 4.2), and BIRD scales its keepalive to it
-// (birdc shows 3 and 1). 3 s is the least BGP allows. With the default 9 s
-// a director killed and restarted 4 s later (the acceptance's scenario)
-// was still a next hop of the real-side router at 4 s, dropped at 5 s
-// (its hold timer), and back at 8 s (the new process's session after
-// BIRD's error wait and a retry): "two next hops after the crash" would
-// have held on one router only. With 3 s both have dropped it within
-// about 2.5 s.
-const (
-	ECMPHoldTime  = 3 * time.Second
-	ECMPKeepalive = 1 * time.Second
-)
-
-// ecmpSettle bounds the wait for the routers after a membership change: a
-// withdrawal or a new session is a matter of milliseconds, a crash behind
-// a link that stays up the hold time, with room for a loaded machine.
-const ecmpSettle = ECMPHoldTime + 10*time.Second
+// ecmpSettle bounds the wait for the routers after a membership change. The
+// real-side router sits on the reals' segment, whose link stays up when a
+// director dies; the lab's routers run BFD with the directors (holdfast
+// answers it by default), which drops a dead director in 0.9 s, where the
+// hold timer alone would take 9 s (and a director killed and restarted 4
+// s later, the acceptance's scenario, would never have been dropped). A
+// withdrawal or a new session is a matter of milliseconds; the bound
+// leaves room for a loaded machine and for a director run with --bfd off
+// (its hold time).
+const ecmpSettle = BGPHoldTime + 10*time.Second
 
 // ECMPHoldfastArgs is `holdfast run` for director d of an ECMP lab as a
 // member of a group runs it (issue 17's acceptance): HoldfastArgs (its own
@@ -45,7 +33,7 @@ const ecmpSettle = ECMPHoldTime + 10*time.Second
 // scheduled by mh (Maglev: every director picks the same real for a
 // tuple, so a flow the routers move lands where it was), --adoption on (a
 // director that sees only a real's replies takes them up, also with
-// --recovery=off), and the ECMP timers. services are `--service` flags
+// --recovery=off); BGP and BFD keep holdfast's defaults. services are `--service` flags
 // with their reals (Lab.ServiceArgs); their scheduler is replaced. extra
 // follows.
 func ECMPHoldfastArgs(d *Director, services []string, extra ...string) []string {
@@ -55,8 +43,7 @@ func ECMPHoldfastArgs(d *Director, services []string, extra ...string) []string 
 			svc[i+1] = "mh"
 		}
 	}
-	args := append(svc, "--adoption", "on",
-		"--bgp-hold-time", ECMPHoldTime.String(), "--bgp-keepalive", ECMPKeepalive.String())
+	args := append(svc, "--adoption", "on")
 	return HoldfastArgs(d, append(args, extra...)...)
 }
 

@@ -35,7 +35,7 @@ func TestECMPHoldfastArgs(t *testing.T) {
 		t.Errorf("schedulers %q, want mh for both services", scheds)
 	}
 	joined := strings.Join(args, " ")
-	for _, want := range []string{"--adoption on", "--bgp-hold-time 3s", "--bgp-keepalive 1s", "--director-id 2",
+	for _, want := range []string{"--adoption on", "--director-id 2",
 		"--recovery-addr 198.18.200.2", "--bgp-med 10", "--bgp-peer 198.18.12.1", "--bgp-real-peer 198.18.20.1"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("args %q: no %q", joined, want)

@@ -564,7 +564,7 @@ func (s *Supervisor) settled(ctx context.Context) (string, error) {
 
 // Kill crashes director label of an ECMP lab as a host dies: its links go
 // down (Unplug: the client-side router drops its session at once, the
-// real-side router, whose link stays up, after the hold time, ECMPHoldTime),
+// real-side router, whose link stays up, through BFD in about a second),
 // then its holdfast gets SIGKILL. It returns once both routers have taken
 // it out of their next hops. Its links stay down until Start.
 func (s *Supervisor) Kill(ctx context.Context, label string) (Status, error) {

@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"holdfast/bfd"
 	"holdfast/daemon"
 	"holdfast/daemon/adminapi"
 	"holdfast/internal/unixhttp"
@@ -25,7 +26,7 @@ import (
 func parseBGP(c *cli.Context) (*daemon.BGP, error) {
 	on := c.IsSet(bgpLocalASFlag.Name) || len(c.StringSlice(bgpPeerFlag.Name))+len(c.StringSlice(bgpRealPeerFlag.Name)) > 0
 	if !on {
-		for _, f := range []cli.Flag{bgpPeerASFlag, bgpRouterIDFlag, bgpAnnounceFlag, bgpMEDFlag, bgpHoldFlag, bgpKeepaliveFlag, bgpPasswordFlag, bgpDrainFlag} {
+		for _, f := range []cli.Flag{bgpPeerASFlag, bgpRouterIDFlag, bgpAnnounceFlag, bgpMEDFlag, bgpHoldFlag, bgpKeepaliveFlag, bgpPasswordFlag, bgpDrainFlag, bfdFlag, bfdIntervalFlag, bfdMultiplierFlag} {
 			if n := f.Names()[0]; c.IsSet(n) {
 				return nil, usagef("--%s needs BGP on: --%s N and --%s or --%s ADDR", n, bgpLocalASFlag.Name, bgpPeerFlag.Name, bgpRealPeerFlag.Name)
 			}
@@ -134,7 +135,39 @@ func parseBGP(c *cli.Context) (*daemon.BGP, error) {
 	if b.Drain = c.Duration(bgpDrainFlag.Name); b.Drain < 0 {
 		return nil, usagef("--%s %s: expected a duration of 0 or more, e.g. 5s", bgpDrainFlag.Name, b.Drain)
 	}
+	if b.BFD, err = parseBFD(c); err != nil {
+		return nil, err
+	}
 	return &b, nil
+}
+
+// parseBFD reads --bfd and its timers: nil with --bfd off.
+func parseBFD(c *cli.Context) (*bfd.Config, error) {
+	var cfg bfd.Config
+	switch m := c.String(bfdFlag.Name); m {
+	case "passive":
+	case "active":
+		cfg.Active = true
+	case "off":
+		for _, f := range []cli.Flag{bfdIntervalFlag, bfdMultiplierFlag} {
+			if n := f.Names()[0]; c.IsSet(n) {
+				return nil, usagef("--%s with --%s off: BFD is off", n, bfdFlag.Name)
+			}
+		}
+		return nil, nil
+	default:
+		return nil, usagef("--%s %q: expected passive, active or off", bfdFlag.Name, m)
+	}
+	cfg.Interval = c.Duration(bfdIntervalFlag.Name)
+	if cfg.Interval < 10*time.Millisecond || cfg.Interval > 10*time.Second || cfg.Interval%time.Microsecond != 0 {
+		return nil, usagef("--%s %s: expected 10ms..10s", bfdIntervalFlag.Name, cfg.Interval)
+	}
+	m := c.Uint(bfdMultiplierFlag.Name)
+	if m < 1 || m > 255 {
+		return nil, usagef("--%s %d: expected 1..255", bfdMultiplierFlag.Name, m)
+	}
+	cfg.Multiplier = uint8(m)
+	return &cfg, nil
 }
 
 // bgpCommand is `holdfast bgp`: the sessions (as `birdc show protocols`)
@@ -177,7 +210,7 @@ func writeBGP(out io.Writer, st adminapi.BGP) error {
 	}
 	fmt.Fprintf(out, "local AS %d  router id %s  MED %d%s\n", st.LocalAS, st.RouterID, st.MED, state)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "PEER\tSIDE\tAS\tSTATE\tSINCE\tADVERTISED\tRECEIVED\tINFO")
+	fmt.Fprintln(w, "PEER\tSIDE\tAS\tSTATE\tSINCE\tADVERTISED\tRECEIVED\tBFD\tINFO")
 	for _, p := range st.Peers {
 		since := "-"
 		if !p.Since.IsZero() {
@@ -187,7 +220,16 @@ func writeBGP(out io.Writer, st adminapi.BGP) error {
 		if p.State == "Established" {
 			info = "up " + (time.Duration(p.Uptime * float64(time.Second))).Round(time.Second).String()
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n", p.Addr, p.Side, p.AS, p.State, since, p.Advertised, p.Received, info)
+		b := "off"
+		if p.BFD != nil {
+			b = p.BFD.State
+			if p.BFD.State == "Up" {
+				b += " " + time.Duration(p.BFD.DetectTime*float64(time.Second)).String()
+			} else if p.BFD.TxInterval == 0 && p.BFD.Since.IsZero() {
+				b = "not asked"
+			}
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\n", p.Addr, p.Side, p.AS, p.State, since, p.Advertised, p.Received, b, info)
 	}
 	if err := w.Flush(); err != nil {
 		return err

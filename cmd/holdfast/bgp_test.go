@@ -20,8 +20,10 @@ func TestWriteBGP(t *testing.T) {
 	var out bytes.Buffer
 	err := writeBGP(&out, adminapi.BGP{LocalAS: 65001, RouterID: "198.18.11.2", MED: 10,
 		Peers: []adminapi.BGPPeer{
-			{Addr: "198.18.11.1", Side: "client", AS: 65000, State: "Established", Since: time.Now(), Uptime: 62.4, Advertised: 2},
-			{Addr: "198.18.20.1", Side: "real", AS: 65000, State: "Active", LastError: "read-failed"},
+			{Addr: "198.18.11.1", Side: "client", AS: 65000, State: "Established", Since: time.Now(), Uptime: 62.4, Advertised: 2,
+				BFD: &adminapi.BFDSession{State: "Up", RemoteState: "Up", Since: time.Now(), DetectTime: 0.9, TxInterval: 0.3}},
+			{Addr: "198.18.20.1", Side: "real", AS: 65000, State: "Active", LastError: "read-failed", BFD: &adminapi.BFDSession{State: "Down"}},
+			{Addr: "198.18.30.1", Side: "real", AS: 65000, State: "Active"},
 		},
 		ClientSide: []string{"198.18.100.1/32", "2001:2:0:100::1/128"},
 	})
@@ -34,6 +36,7 @@ func TestWriteBGP(t *testing.T) {
 		"PEER         SIDE    AS     STATE        SINCE",
 		"198.18.11.1  client  65000  Established",
 		"198.18.20.1  real    65000  Active       -",
+		"198.18.30.1  real    65000  Active       -",
 		"announced to the client side: 198.18.100.1/32 2001:2:0:100::1/128",
 		"announced to the real side:   nothing",
 	}
@@ -48,6 +51,11 @@ func TestWriteBGP(t *testing.T) {
 	if !strings.HasSuffix(lines[2], "up 1m2s") || !strings.HasSuffix(lines[3], "read-failed") {
 		t.Errorf("info column:\n%s\n%s", lines[2], lines[3])
 	}
+	for i, w := range []string{"Up 900ms", "not asked", "off"} {
+		if !strings.Contains(lines[2+i], "  "+w+"  ") && !strings.HasSuffix(lines[2+i], "  "+w) {
+			t.Errorf("BFD column of line %d %q, want %q", 2+i, lines[2+i], w)
+		}
+	}
 }
 
 // A dual-stack director in a group (issue 17) has a client-side and a
@@ -57,7 +65,7 @@ func TestParseBGPDualStack(t *testing.T) {
 	var got *daemon.BGP
 	app := &cli.App{
 		Flags: []cli.Flag{bgpLocalASFlag, bgpPeerASFlag, bgpRouterIDFlag, bgpPeerFlag, bgpRealPeerFlag, bgpAnnounceFlag,
-			bgpMEDFlag, bgpHoldFlag, bgpKeepaliveFlag, bgpPasswordFlag, bgpDrainFlag},
+			bgpMEDFlag, bgpHoldFlag, bgpKeepaliveFlag, bgpPasswordFlag, bgpDrainFlag, bfdFlag, bfdIntervalFlag, bfdMultiplierFlag},
 		Action: func(c *cli.Context) (err error) { got, err = parseBGP(c); return err },
 	}
 	err := app.Run([]string{"holdfast", "--bgp-local-as", "65001", "--bgp-peer-as", "65000", "--bgp-router-id", "198.18.12.2",
@@ -77,5 +85,8 @@ func TestParseBGPDualStack(t *testing.T) {
 	if !slices.Equal(got.ClientPeers, addrs("198.18.12.1", "2001:2:0:12::1")) || !slices.Equal(got.RealPeers, addrs("198.18.20.1", "2001:2:0:20::1")) ||
 		!slices.Equal(got.Announce, wantAnnounce) {
 		t.Errorf("client peers %v, real peers %v, announce %v; want each family's on its side", got.ClientPeers, got.RealPeers, got.Announce)
+	}
+	if got.BFD == nil || got.BFD.Active || got.BFD.Interval != 300*time.Millisecond || got.BFD.Multiplier != 3 {
+		t.Errorf("BFD %+v, want passive by default, 300ms x 3", got.BFD)
 	}
 }

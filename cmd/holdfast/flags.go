@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/bfd"
 	"holdfast/bgp"
 	"holdfast/nat"
 
@@ -256,6 +257,18 @@ var (
 		Name: "bgp-drain", Value: 5 * time.Second, Category: catBGP, EnvVars: env("BGP_DRAIN"),
 		Usage: "on SIGTERM, time to keep forwarding after everything is withdrawn, while the routers move the traffic away",
 	}
+	bfdFlag = &cli.StringFlag{
+		Name: "bfd", Value: "passive", Category: catBGP, EnvVars: env("BFD"),
+		Usage: "passive, active or off: BFD (RFC 5880, single hop) with the BGP peers, so that a router notices a dead director in --bfd-interval x --bfd-multiplier rather than the hold time; passive answers the routers configured for it (BIRD bfd on, FRR neighbor ... bfd) and sends nothing to the others",
+	}
+	bfdIntervalFlag = &cli.DurationFlag{
+		Name: "bfd-interval", Value: bfd.DefaultInterval, Category: catBGP, EnvVars: env("BFD_INTERVAL"),
+		Usage: "BFD transmit and receive interval once a session is up (10ms..10s)",
+	}
+	bfdMultiplierFlag = &cli.UintFlag{
+		Name: "bfd-multiplier", Value: bfd.DefaultMultiplier, Category: catBGP, EnvVars: env("BFD_MULTIPLIER"),
+		Usage: "BFD detect multiplier: the router declares the director dead after this many intervals without a packet (1..255)",
+	}
 )
 
 // Names of the per-service flags.
@@ -301,6 +314,7 @@ func runFlags() []cli.Flag {
 		checkIntervalFlag, checkTimeoutFlag, checkRiseFlag, checkFallFlag,
 		bgpLocalASFlag, bgpPeerASFlag, bgpRouterIDFlag, bgpPeerFlag, bgpRealPeerFlag, bgpAnnounceFlag, bgpMEDFlag,
 		bgpHoldFlag, bgpKeepaliveFlag, bgpPasswordFlag, bgpDrainFlag,
+		bfdFlag, bfdIntervalFlag, bfdMultiplierFlag,
 		adminSocketFlag, metricsAddrFlag, pprofAddrFlag,
 		logLevelFlag, logFormatFlag,
 	}...)

@@ -24,7 +24,7 @@ func labCommand() *cli.Command {
 			labUpCommand(),
 			labSimpleCommand(lab.AskStatus, "show the lab's topology, the active director (in an ECMP lab the routers' next hops) and flow counts"),
 			labSimpleCommand(lab.AskFailover, "kill the active director (SIGKILL), move the routes to the other, restart the killed one as standby (a pair; an ECMP lab has kill, start and leave)"),
-			labDirectorCommand(lab.AskKill, "ECMP lab: crash a director: its links go down, then SIGKILL; returns once both routers dropped it (the real side after the 3 s hold time); its links stay down until `lab start`"),
+			labDirectorCommand(lab.AskKill, "ECMP lab: crash a director: its links go down, then SIGKILL; returns once both routers dropped it (the real side, whose link stays up, through BFD in about a second); its links stay down until `lab start`"),
 			labDirectorCommand(lab.AskStart, "ECMP lab: bring a director back: its links up and a fresh holdfast, which announces once serving; returns once both routers have it again"),
 			labDirectorCommand(lab.AskLeave, "ECMP lab: stop a director gracefully: SIGTERM, on which it withdraws, drains (--bgp-drain, 5 s) and exits; returns once it exited"),
 			labSimpleCommand(lab.AskDown, "tear the lab down (also a lab whose `lab up` was killed)"),
@@ -195,9 +195,8 @@ func printDemoTable(rs []lab.DemoResult, took time.Duration) {
 	}
 	if len(rs) > 0 && rs[0].Routing == "bgp" {
 		fmt.Printf("Failover demo: keep-alive HTTP%s through director A, announced by BGP (MED 10; B 20) to BIRD routers.\n", vip)
-		fmt.Printf("A's links go down and A is killed: the client-side router moves to B at once, the real-side router after\n")
-		fmt.Printf("its hold timer (9 s; its link to A stays up), so the longest stall is about that. A restarted announces\n")
-		fmt.Printf("again and both routers return to it (failback).\n\n")
+		fmt.Printf("A's links go down and A is killed: the client-side router moves to B at once, the real-side router, whose\n")
+		fmt.Printf("link to A stays up, through BFD (0.9 s). A restarted announces again and both routers return to it (failback).\n\n")
 	} else {
 		fmt.Printf("Failover demo: keep-alive HTTP%s through director A, A killed (failover to B), A restarted (failback).\n\n", vip)
 	}

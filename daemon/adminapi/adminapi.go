@@ -172,15 +172,26 @@ type BGP struct {
 
 // BGPPeer is one session.
 type BGPPeer struct {
-	Addr       string    `json:"addr"`
-	Side       string    `json:"side"` // client or real
-	AS         uint32    `json:"as"`
-	State      string    `json:"state"` // Idle, Connect, Active, OpenSent, OpenConfirm, Established
-	Since      time.Time `json:"since"`
-	Uptime     float64   `json:"uptime_seconds"` // 0 unless established
-	LastError  string    `json:"last_error,omitempty"`
-	Advertised uint64    `json:"advertised"`
-	Received   uint64    `json:"received"` // all refused: holdfast imports nothing
+	Addr       string      `json:"addr"`
+	Side       string      `json:"side"` // client or real
+	AS         uint32      `json:"as"`
+	State      string      `json:"state"` // Idle, Connect, Active, OpenSent, OpenConfirm, Established
+	Since      time.Time   `json:"since"`
+	Uptime     float64     `json:"uptime_seconds"` // 0 unless established
+	LastError  string      `json:"last_error,omitempty"`
+	Advertised uint64      `json:"advertised"`
+	Received   uint64      `json:"received"`      // all refused: holdfast imports nothing
+	BFD        *BFDSession `json:"bfd,omitempty"` // nil: BFD off (--bfd off)
+}
+
+// BFDSession is the BFD session with a BGP peer.
+type BFDSession struct {
+	State       string    `json:"state"` // Down, Init, Up, AdminDown
+	RemoteState string    `json:"remote_state"`
+	Diag        string    `json:"diag"` // why it last left Up
+	Since       time.Time `json:"since"`
+	DetectTime  float64   `json:"detect_time_seconds"` // the router's multiplier times the slower of its tx and our rx
+	TxInterval  float64   `json:"tx_interval_seconds"` // 0: silent (passive, the router has not asked)
 }
 
 // BGP returns the speaker's state; an error without BGP.
