@@ -224,8 +224,10 @@ func (r *groupResult) check(t *testing.T) {
 	}{
 		{"client-side router, A's link down", r.reached[0][1], time.Second},
 		{"real-side router, A dead (BFD, 3 x 300 ms)", r.reached[1][1], 2 * time.Second},
-		{"client-side router, B's withdrawal", r.reached[0][3], time.Second},
-		{"real-side router, B's withdrawal", r.reached[1][3], time.Second},
+		// A withdrawal reaches the kernels in 20-150 ms on a quiet
+		// machine; 1.7 s was seen with staticcheck running alongside.
+		{"client-side router, B's withdrawal", r.reached[0][3], 2 * time.Second},
+		{"real-side router, B's withdrawal", r.reached[1][3], 2 * time.Second},
 	} {
 		if c.reach.ok && c.reach.after > c.bound {
 			t.Errorf("%s: %s: moved %v after the event, want within %v", r.name, c.what, c.reach.after, c.bound)
