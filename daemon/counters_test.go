@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math"
 	"net/http/httptest"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"holdfast/bfd"
 	"holdfast/bgp"
 	"holdfast/internal/clock"
 	"holdfast/nat"
@@ -106,6 +108,14 @@ func TestCountersEverywhere(t *testing.T) {
 	}
 	defer sp.Close()
 	src.bgp.Store(sp)
+	// And BFD sessions with them that never hear from the routers
+	// (passive, on a free port).
+	bs, err := bfd.New(context.Background(), bfd.Config{Peers: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")}, Port: freeUDPPort(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bs.Close()
+	src.bfd.Store(bs)
 	var log logBuffer
 	r := &runner{log: zerolog.New(&log), d: d, src: src, clk: clock.New()}
 
@@ -230,4 +240,15 @@ func TestCountersEverywhere(t *testing.T) {
 	if got := stats["device_queue_packets_read_total"].(map[string]any); len(got) != 1 || got["0"] != 0.0 {
 		t.Errorf("device_queue_packets_read_total %v, want queue 0 with 0 packets", got)
 	}
+}
+
+// freeUDPPort is a UDP port of 127.0.0.1 nothing listens on now.
+func freeUDPPort(t *testing.T) uint16 {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }
