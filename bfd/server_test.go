@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"holdfast/internal/porttest"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -20,16 +22,6 @@ type testPeer struct {
 	ttl  int
 	oob  []byte
 	from netip.Addr
-}
-
-func freePort(t *testing.T) uint16 {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }
 
 func newTestPeer(t *testing.T, addr netip.Addr, port uint16, to netip.AddrPort, ttl int) *testPeer {
@@ -124,7 +116,7 @@ func handshake(t *testing.T, s *Server, router *testPeer, f *fsm) {
 }
 
 func TestServer(t *testing.T) {
-	srvPort, peerPort := freePort(t), freePort(t)
+	srvPort, peerPort := porttest.UDP(t), porttest.UDP(t)
 	routerAddr := netip.MustParseAddr("127.0.0.2")
 	s, err := New(context.Background(), Config{Peers: []netip.Addr{routerAddr}, Interval: 50 * time.Millisecond, Port: srvPort, PeerPort: peerPort})
 	if err != nil {
@@ -170,12 +162,12 @@ func TestServer(t *testing.T) {
 	// Forged or misdirected packets are dropped and counted, and change
 	// nothing.
 	c0 := s.Counters()
-	forged := newTestPeer(t, routerAddr, freePort(t), to, 64) // the router's address, TTL of a host farther away
+	forged := newTestPeer(t, routerAddr, porttest.UDP(t), to, 64) // the router's address, TTL of a host farther away
 	down := f.packet()
 	down.State = Down
 	forged.send(down)
 	waitCounter(t, "drops for TTL", func() uint64 { return s.Counters().DropTTL }, c0.DropTTL+1)
-	stranger := newTestPeer(t, netip.MustParseAddr("127.0.0.3"), freePort(t), to, 255)
+	stranger := newTestPeer(t, netip.MustParseAddr("127.0.0.3"), porttest.UDP(t), to, 255)
 	stranger.send(down)
 	waitCounter(t, "drops for peer", func() uint64 { return s.Counters().DropPeer }, c0.DropPeer+1)
 	wrong := f.packet()
@@ -225,7 +217,7 @@ func TestServer(t *testing.T) {
 }
 
 func TestActive(t *testing.T) {
-	srvPort, peerPort := freePort(t), freePort(t)
+	srvPort, peerPort := porttest.UDP(t), porttest.UDP(t)
 	routerAddr := netip.MustParseAddr("127.0.0.2")
 	router := newTestPeer(t, routerAddr, peerPort, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), srvPort), 255)
 	s, err := New(context.Background(), Config{Peers: []netip.Addr{routerAddr}, Active: true, Port: srvPort, PeerPort: peerPort})

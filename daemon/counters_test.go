@@ -7,7 +7,6 @@ import (
 	"maps"
 	"math"
 	"net/http/httptest"
-	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"holdfast/bfd"
 	"holdfast/bgp"
 	"holdfast/internal/clock"
+	"holdfast/internal/porttest"
 	"holdfast/nat"
 	"holdfast/nat/nattest"
 	"holdfast/stack/pump"
@@ -110,7 +110,7 @@ func TestCountersEverywhere(t *testing.T) {
 	src.bgp.Store(sp)
 	// And BFD sessions with them that never hear from the routers
 	// (passive, on a free port).
-	bs, err := bfd.New(context.Background(), bfd.Config{Peers: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")}, Port: freeUDPPort(t)})
+	bs, err := bfd.New(context.Background(), bfd.Config{Peers: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")}, Port: porttest.UDP(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,15 +240,4 @@ func TestCountersEverywhere(t *testing.T) {
 	if got := stats["device_queue_packets_read_total"].(map[string]any); len(got) != 1 || got["0"] != 0.0 {
 		t.Errorf("device_queue_packets_read_total %v, want queue 0 with 0 packets", got)
 	}
-}
-
-// freeUDPPort is a UDP port of 127.0.0.1 nothing listens on now.
-func freeUDPPort(t *testing.T) uint16 {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }
