@@ -31,6 +31,25 @@ func bfdCounters(t *testing.T, d *lab.Director) (drops map[string]uint64, downs,
 	return raw.Drops, raw.Downs, raw.Received
 }
 
+// waitBFDUp waits until every BGP peer of d has its BFD session Up
+// (holdfast bgp --json): the lab's routers ask for one with each session,
+// of either family.
+func waitBFDUp(t *testing.T, d *lab.Director) {
+	t.Helper()
+	var peers []adminapi.BGPPeer
+	if _, ok := within(10*time.Second, func() bool {
+		peers = bgpShow(t, d).Peers
+		for _, peer := range peers {
+			if peer.BFD == nil || peer.BFD.State != "Up" {
+				return false
+			}
+		}
+		return len(peers) > 0
+	}); !ok {
+		t.Fatalf("director %s: BFD sessions not all Up: %+v", d.Label, peers)
+	}
+}
+
 // TestForgedBFD: an off-path attacker on the client side forges BFD
 // packets that claim to come from each of a director's routers and say
 // Down and AdminDown, the packets that would take the director's
@@ -43,17 +62,7 @@ func TestForgedBFD(t *testing.T) {
 	p := newBGPPair(t, nil)
 	l := p.l
 	a := l.Directors[0]
-	if _, ok := within(10*time.Second, func() bool {
-		st := bgpShow(t, a)
-		for _, peer := range st.Peers {
-			if peer.BFD == nil || peer.BFD.State != "Up" {
-				return false
-			}
-		}
-		return true
-	}); !ok {
-		t.Fatalf("director A's BFD sessions not Up: %+v", bgpShow(t, a).Peers)
-	}
+	waitBFDUp(t, a)
 	drops0, downs0, _ := bfdCounters(t, a)
 
 	snd, err := forge.Open(l.Client)

@@ -122,6 +122,7 @@ func TestECMPLabIPv6(t *testing.T) {
 		if len(peers) != 0 {
 			t.Errorf("director %s: holdfast bgp lists no session with %v", d.Label, peers)
 		}
+		waitBFDUp(t, d) // of both families
 		vip4, vip6 := netip.PrefixFrom(lab.VIP, 32), netip.PrefixFrom(lab.VIP6, 128)
 		rec4, rec6 := netip.PrefixFrom(lab.RecoveryAddrOf(d), 32), netip.PrefixFrom(lab.RecoveryAddr6Of(d), 128)
 		wantClient := []string{vip4.String(), vip6.String()}
