@@ -2,9 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
-	"fmt"
 	"os/exec"
 	"slices"
 	"strings"
@@ -21,45 +18,20 @@ import (
 // fails and no connection is reset; without recovery some are.
 func TestDemoBGP(t *testing.T) {
 	requireBIRD(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	start := time.Now()
-	cmd := exec.CommandContext(ctx, holdfastBinary(t), "lab", "demo", "--bgp", "--json")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	took := time.Since(start)
-	if err != nil {
-		t.Fatalf("holdfast lab demo --bgp: %v\n%s\n%s", err, out, tail(stderr.String(), 20))
-	}
-	var res struct {
-		Runs []lab.DemoResult `json:"runs"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("demo output %q: %v", out, err)
-	}
-	if len(res.Runs) != 2 || res.Runs[0].Mode != "holdfast" || res.Runs[1].Mode != "recovery off" {
-		t.Fatalf("runs %+v", res.Runs)
-	}
-	for _, r := range res.Runs {
-		t.Logf("%s (%s): %d connections, %d ok, %d failed, %d reset, %d new, longest stall %v, %d steered, %d recovered, %d adopted",
-			r.Mode, r.Routing, r.Connections, r.RequestsOK, r.RequestsFailed, r.ConnectionsReset, r.NewConnections,
-			r.LongestStall.Round(time.Millisecond), r.Steered, r.Recoveries, r.Adoptions)
+	runs, _ := runDemo(t, 3*time.Minute, "--bgp")
+	for _, r := range runs {
+		logDemoRun(t, r)
 		if r.Routing != "bgp" {
 			t.Errorf("%s run: routing %q, want bgp", r.Mode, r.Routing)
 		}
 	}
-	hf, off := res.Runs[0], res.Runs[1]
+	hf, off := runs[0], runs[1]
 	if hf.RequestsFailed != 0 || hf.ConnectionsReset != 0 || hf.NewConnections != 0 || hf.RequestsOK == 0 {
 		t.Errorf("holdfast: %d failed, %d reset, %d new connections, %d ok; want 0, 0, 0 and some",
 			hf.RequestsFailed, hf.ConnectionsReset, hf.NewConnections, hf.RequestsOK)
 	}
 	if off.ConnectionsReset == 0 {
 		t.Errorf("recovery off: no connection reset: the demo shows nothing")
-	}
-	t.Logf("the demo took %v", took.Round(100*time.Millisecond))
-	if left, _ := lab.List(fmt.Sprintf("hf%d-", cmd.Process.Pid)); len(left) > 0 {
-		t.Errorf("namespaces left behind: %v", left)
 	}
 }
 
@@ -138,31 +110,10 @@ func firstLineOf(s string) string {
 // to the real it was on, so plain NAT may lose nothing here).
 func TestDemoECMP(t *testing.T) {
 	requireBIRD(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	start := time.Now()
-	cmd := exec.CommandContext(ctx, holdfastBinary(t), "lab", "demo", "--ecmp", "--json")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	took := time.Since(start)
-	if err != nil {
-		t.Fatalf("holdfast lab demo --ecmp: %v\n%s\n%s", err, out, tail(stderr.String(), 20))
-	}
-	var res struct {
-		Runs []lab.DemoResult `json:"runs"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("demo output %q: %v", out, err)
-	}
-	if len(res.Runs) != 2 || res.Runs[0].Mode != "holdfast" || res.Runs[1].Mode != "recovery off" {
-		t.Fatalf("runs %+v", res.Runs)
-	}
+	runs, _ := runDemo(t, 4*time.Minute, "--ecmp")
 	wantHops := [][]string{{"A", "B", "C"}, {"B", "C"}, {"A", "B", "C"}, {"A", "B"}}
-	for _, r := range res.Runs {
-		t.Logf("%s (%s): %d connections, %d ok, %d failed, %d reset, %d new, longest stall %v, %d steered, %d recovered, %d adopted",
-			r.Mode, r.Routing, r.Connections, r.RequestsOK, r.RequestsFailed, r.ConnectionsReset, r.NewConnections,
-			r.LongestStall.Round(time.Millisecond), r.Steered, r.Recoveries, r.Adoptions)
+	for _, r := range runs {
+		logDemoRun(t, r)
 		if r.Routing != "bgp ecmp" || r.ECMP == nil {
 			t.Errorf("%s run: routing %q, ECMP %v; want bgp ecmp with its events", r.Mode, r.Routing, r.ECMP)
 			continue
@@ -189,16 +140,12 @@ func TestDemoECMP(t *testing.T) {
 			}
 		}
 	}
-	hf, off := res.Runs[0], res.Runs[1]
+	hf, off := runs[0], runs[1]
 	if hf.RequestsFailed != 0 || hf.ConnectionsReset != 0 || hf.NewConnections != 0 || hf.RequestsOK == 0 {
 		t.Errorf("holdfast: %d failed, %d reset, %d new connections, %d ok; want 0, 0, 0 and some",
 			hf.RequestsFailed, hf.ConnectionsReset, hf.NewConnections, hf.RequestsOK)
 	}
 	if off.Steered != 0 || off.Recoveries != 0 {
 		t.Errorf("recovery off: %d steered, %d recovered; want none from a plain NAT director", off.Steered, off.Recoveries)
-	}
-	t.Logf("the demo took %v", took.Round(100*time.Millisecond))
-	if left, _ := lab.List(fmt.Sprintf("hf%d-", cmd.Process.Pid)); len(left) > 0 {
-		t.Errorf("namespaces left behind: %v", left)
 	}
 }

@@ -1,10 +1,12 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,36 +28,14 @@ func TestDemoIPv6(t *testing.T) {
 
 func testDemo(t *testing.T, f family) {
 	requireRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	start := time.Now()
-	args := []string{"lab", "demo", "--json"}
+	var args []string
 	if f.ipv6 {
 		args = append(args, "--ipv6")
 	}
-	cmd := exec.CommandContext(ctx, holdfastBinary(t), args...)
-	out, err := cmd.Output()
-	took := time.Since(start)
-	if err != nil {
-		var stderr []byte
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = ee.Stderr
-		}
-		t.Fatalf("holdfast lab demo: %v\n%s\n%s", err, out, stderr)
-	}
-	var res struct {
-		Seconds float64          `json:"seconds"`
-		Runs    []lab.DemoResult `json:"runs"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("demo output %q: %v", out, err)
-	}
-	t.Logf("demo took %v: %+v", took.Round(time.Millisecond), res.Runs)
-	if len(res.Runs) != 2 || res.Runs[0].Mode != "holdfast" || res.Runs[1].Mode != "recovery off" {
-		t.Fatalf("runs %+v", res.Runs)
-	}
-	hf, off := res.Runs[0], res.Runs[1]
-	for _, r := range res.Runs {
+	runs, took := runDemo(t, 2*time.Minute, args...)
+	t.Logf("demo took %v: %+v", took.Round(time.Millisecond), runs)
+	hf, off := runs[0], runs[1]
+	for _, r := range runs {
 		if r.VIP != f.vip().String() {
 			t.Errorf("%s run: the load went to %q, want %v", r.Mode, r.VIP, f.vip())
 		}
@@ -73,8 +53,45 @@ func testDemo(t *testing.T, f family) {
 	if took > 60*time.Second {
 		t.Errorf("the demo took %v, over 60 s", took)
 	}
+}
+
+// runDemo runs `holdfast lab demo --json` with args, within timeout, and
+// returns its two runs (holdfast, then --recovery=off: anything else fails
+// t) and how long it took; it fails t if the demo left a namespace.
+func runDemo(t *testing.T, timeout time.Duration, args ...string) ([]lab.DemoResult, time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, holdfastBinary(t), append([]string{"lab", "demo", "--json"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("holdfast lab demo %s: %v\n%s\n%s", strings.Join(args, " "), err, out, tail(stderr.String(), 20))
+	}
 	// The demo's labs are named after its process: hf<pid>-<n>-.
 	if left, _ := lab.List(fmt.Sprintf("hf%d-", cmd.Process.Pid)); len(left) > 0 {
 		t.Errorf("namespaces left behind: %v", left)
 	}
+	var res struct {
+		Runs []lab.DemoResult `json:"runs"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("demo output %q: %v", out, err)
+	}
+	if len(res.Runs) != 2 || res.Runs[0].Mode != "holdfast" || res.Runs[1].Mode != "recovery off" {
+		t.Fatalf("runs %+v", res.Runs)
+	}
+	t.Logf("the demo took %v", took.Round(100*time.Millisecond))
+	return res.Runs, took
+}
+
+// logDemoRun logs what one run of the demo counted.
+func logDemoRun(t *testing.T, r lab.DemoResult) {
+	t.Helper()
+	t.Logf("%s (%s): %d connections, %d ok, %d failed, %d reset, %d new, longest stall %v, %d steered, %d recovered, %d adopted",
+		r.Mode, r.Routing, r.Connections, r.RequestsOK, r.RequestsFailed, r.ConnectionsReset, r.NewConnections,
+		r.LongestStall.Round(time.Millisecond), r.Steered, r.Recoveries, r.Adoptions)
 }
