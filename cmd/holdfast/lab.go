@@ -173,18 +173,43 @@ func bgpLabUsage(bgp, vrrp bool) error {
 	return nil
 }
 
-func printDemoTable(rs []lab.DemoResult, took time.Duration) {
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', tabwriter.AlignRight)
-	row := func(name string, f func(lab.DemoResult) string) {
-		fmt.Fprintf(w, "%s\t", name)
-		for _, r := range rs {
-			fmt.Fprintf(w, "%s\t", f(r))
-		}
-		fmt.Fprintln(w)
+// demoTable is the demo's table on stdout: a row per quantity, a column
+// per run.
+type demoTable struct {
+	w  *tabwriter.Writer
+	rs []lab.DemoResult
+}
+
+func newDemoTable(rs []lab.DemoResult) demoTable {
+	return demoTable{w: tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', tabwriter.AlignRight), rs: rs}
+}
+
+// row writes name, then f of each run.
+func (t demoTable) row(name string, f func(lab.DemoResult) string) {
+	fmt.Fprintf(t.w, "%s\t", name)
+	for _, r := range t.rs {
+		fmt.Fprintf(t.w, "%s\t", f(r))
 	}
+	fmt.Fprintln(t.w)
+}
+
+// clientRows are what every demo's client counted.
+func (t demoTable) clientRows() {
 	num := func(f func(lab.DemoResult) int64) func(lab.DemoResult) string {
 		return func(r lab.DemoResult) string { return fmt.Sprint(f(r)) }
 	}
+	t.row("connections", num(func(r lab.DemoResult) int64 { return int64(r.Connections) }))
+	t.row("requests ok", num(func(r lab.DemoResult) int64 { return r.RequestsOK }))
+	t.row("requests failed", num(func(r lab.DemoResult) int64 { return r.RequestsFailed }))
+	t.row("connections reset", num(func(r lab.DemoResult) int64 { return r.ConnectionsReset }))
+	t.row("new connections", num(func(r lab.DemoResult) int64 { return r.NewConnections }))
+	t.row("longest stall", func(r lab.DemoResult) string { return r.LongestStall.Round(time.Millisecond).String() })
+	t.row("steered to their real", num(func(r lab.DemoResult) int64 { return int64(r.Steered) }))
+	t.row("recoveries", num(func(r lab.DemoResult) int64 { return int64(r.Recoveries) }))
+	t.row("adoptions", num(func(r lab.DemoResult) int64 { return int64(r.Adoptions) }))
+}
+
+func printDemoTable(rs []lab.DemoResult, took time.Duration) {
 	vip := ""
 	if len(rs) > 0 {
 		vip = " to " + rs[0].VIP
@@ -200,16 +225,9 @@ func printDemoTable(rs []lab.DemoResult, took time.Duration) {
 	} else {
 		fmt.Printf("Failover demo: keep-alive HTTP%s through director A, A killed (failover to B), A restarted (failback).\n\n", vip)
 	}
-	row("", func(r lab.DemoResult) string { return r.Mode })
-	row("connections", num(func(r lab.DemoResult) int64 { return int64(r.Connections) }))
-	row("requests ok", num(func(r lab.DemoResult) int64 { return r.RequestsOK }))
-	row("requests failed", num(func(r lab.DemoResult) int64 { return r.RequestsFailed }))
-	row("connections reset", num(func(r lab.DemoResult) int64 { return r.ConnectionsReset }))
-	row("new connections", num(func(r lab.DemoResult) int64 { return r.NewConnections }))
-	row("longest stall", func(r lab.DemoResult) string { return r.LongestStall.Round(time.Millisecond).String() })
-	row("steered to their real", num(func(r lab.DemoResult) int64 { return int64(r.Steered) }))
-	row("recoveries", num(func(r lab.DemoResult) int64 { return int64(r.Recoveries) }))
-	row("adoptions", num(func(r lab.DemoResult) int64 { return int64(r.Adoptions) }))
-	w.Flush()
+	t := newDemoTable(rs)
+	t.row("", func(r lab.DemoResult) string { return r.Mode })
+	t.clientRows()
+	t.w.Flush()
 	fmt.Printf("\n(%s in all; every namespace was removed)\n", took.Round(100*time.Millisecond))
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"holdfast/internal/unixhttp"
@@ -94,20 +93,10 @@ func printECMPDemoTable(rs []lab.DemoResult, took time.Duration) {
 	fmt.Printf("to BIRD routers that spread the flows over them (ECMP, L4 hash); each runs --scheduler mh --adoption on\n")
 	fmt.Printf("with its own recovery address. Under the load A crashes (its links go down, then SIGKILL), comes back as\n")
 	fmt.Printf("a fresh process %v later, and %v after that C leaves (SIGTERM: it withdraws, drains, stops).\n\n", lab.ECMPDemoEventGap, lab.ECMPDemoEventGap)
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', tabwriter.AlignRight)
-	row := func(name string, f func(lab.DemoResult) string) {
-		fmt.Fprintf(w, "%s\t", name)
-		for _, r := range rs {
-			fmt.Fprintf(w, "%s\t", f(r))
-		}
-		fmt.Fprintln(w)
-	}
-	num := func(f func(lab.DemoResult) int64) func(lab.DemoResult) string {
-		return func(r lab.DemoResult) string { return fmt.Sprint(f(r)) }
-	}
-	row("", func(r lab.DemoResult) string { return r.Mode })
+	t := newDemoTable(rs)
+	t.row("", func(r lab.DemoResult) string { return r.Mode })
 	for k, ev := range rs[0].ECMP.Events {
-		row("next hops "+ev.Event, func(r lab.DemoResult) string {
+		t.row("next hops "+ev.Event, func(r lab.DemoResult) string {
 			if k >= len(r.ECMP.Events) {
 				return "-"
 			}
@@ -119,17 +108,9 @@ func printECMPDemoTable(rs []lab.DemoResult, took time.Duration) {
 			return s
 		})
 	}
-	row("connections", num(func(r lab.DemoResult) int64 { return int64(r.Connections) }))
-	row("requests ok", num(func(r lab.DemoResult) int64 { return r.RequestsOK }))
-	row("requests failed", num(func(r lab.DemoResult) int64 { return r.RequestsFailed }))
-	row("connections reset", num(func(r lab.DemoResult) int64 { return r.ConnectionsReset }))
-	row("new connections", num(func(r lab.DemoResult) int64 { return r.NewConnections }))
-	row("longest stall", func(r lab.DemoResult) string { return r.LongestStall.Round(time.Millisecond).String() })
-	row("steered to their real", num(func(r lab.DemoResult) int64 { return int64(r.Steered) }))
-	row("recoveries", num(func(r lab.DemoResult) int64 { return int64(r.Recoveries) }))
-	row("adoptions", num(func(r lab.DemoResult) int64 { return int64(r.Adoptions) }))
+	t.clientRows()
 	for k, d := range rs[0].ECMP.Directors {
-		row("flows via "+d.Label, func(r lab.DemoResult) string {
+		t.row("flows via "+d.Label, func(r lab.DemoResult) string {
 			if k >= len(r.ECMP.Directors) {
 				return "-"
 			}
@@ -137,7 +118,7 @@ func printECMPDemoTable(rs []lab.DemoResult, took time.Duration) {
 			return fmt.Sprintf("%d (%d adopted)", d.Flows, d.Adopted)
 		})
 	}
-	w.Flush()
+	t.w.Flush()
 	for _, r := range rs {
 		if r.Mode == "recovery off" && r.RequestsFailed == 0 && r.ConnectionsReset == 0 {
 			// Say why the comparison shows no loss, lest it read as a
