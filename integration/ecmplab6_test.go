@@ -165,28 +165,10 @@ func TestECMPLabIPv6(t *testing.T) {
 	if !slices.Equal(vip, l.Directors) || !slices.Equal(reals, l.Directors) {
 		t.Errorf("IPv6 next hops: VIP6 via %v, ::/0 via %v; want all three directors", vip, reals)
 	}
-	for _, r := range []struct {
-		ns    *lab.NS
-		route string
-		want  func(*lab.Director) netip.Addr
-	}{
+	checkECMPRoutes(t, l, []string{"-6"}, []ecmpRoute{
 		{l.Router, netip.PrefixFrom(lab.VIP6, 128).String(), func(d *lab.Director) netip.Addr { return d.Uplink6.Addr() }},
 		{l.RealRouter, "::/0", func(d *lab.Director) netip.Addr { return d.BGPAddr6.Addr() }},
-	} {
-		out, err := r.ns.IP("-6", "route", "show", "exact", r.route)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range l.Directors {
-			if !strings.Contains(out, "nexthop via "+r.want(d).String()+" ") {
-				t.Errorf("%s: route %s has no next hop via director %s (%s):\n%s", r.ns.Role, r.route, d.Label, r.want(d), out)
-			}
-		}
-		if n := strings.Count(out, "nexthop via"); n != len(l.Directors) {
-			t.Errorf("%s: route %s has %d next hops, want %d:\n%s", r.ns.Role, r.route, n, len(l.Directors), out)
-		}
-		t.Logf("%s: ip -6 route show exact %s:\n%s", r.ns.Role, r.route, strings.TrimSpace(out))
-	}
+	})
 	for _, ns := range []*lab.NS{l.Router, l.RealRouter} {
 		for _, k := range []string{"net.ipv6.fib_multipath_hash_policy", "net.ipv6.conf.all.ignore_routes_with_linkdown"} {
 			if v, err := ns.Sysctl(k); err != nil || v != "1" {

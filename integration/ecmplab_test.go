@@ -55,28 +55,10 @@ func newECMPGroup(t *testing.T) *lab.Lab {
 // some of them.
 func TestECMPLabSessions(t *testing.T) {
 	l := newECMPGroup(t)
-	for _, r := range []struct {
-		ns    *lab.NS
-		route string
-		want  func(*lab.Director) netip.Addr
-	}{
+	checkECMPRoutes(t, l, nil, []ecmpRoute{
 		{l.Router, netip.PrefixFrom(lab.VIP, 32).String(), func(d *lab.Director) netip.Addr { return d.Uplink.Addr() }},
 		{l.RealRouter, "default", func(d *lab.Director) netip.Addr { return d.BGPAddr.Addr() }},
-	} {
-		out, err := r.ns.IP("route", "show", "exact", r.route)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range l.Directors {
-			if !strings.Contains(out, "nexthop via "+r.want(d).String()+" ") {
-				t.Errorf("%s: route %s has no next hop via director %s (%s):\n%s", r.ns.Role, r.route, d.Label, r.want(d), out)
-			}
-		}
-		if n := strings.Count(out, "nexthop via"); n != len(l.Directors) {
-			t.Errorf("%s: route %s has %d next hops, want %d:\n%s", r.ns.Role, r.route, n, len(l.Directors), out)
-		}
-		t.Logf("%s: ip route show exact %s:\n%s", r.ns.Role, r.route, strings.TrimSpace(out))
-	}
+	})
 	for _, d := range l.Directors {
 		if got := lab.RecoveryAddrOf(d); !slices.Contains(bgpShow(t, d).RealSide, netip.PrefixFrom(got, 32).String()) {
 			t.Errorf("director %s does not announce its recovery address %s to the real side", d.Label, got)
@@ -108,4 +90,33 @@ func TestECMPLabSessions(t *testing.T) {
 		t.Errorf("the directors made %d flows from a client's SYN, want %d (one per connection)", syns, conns)
 	}
 	t.Logf("%d connections, 0 failed; reals %v; directors %s", conns, reals, strings.Join(split, "; "))
+}
+
+// ecmpRoute is a router's route that has every director as a next hop.
+type ecmpRoute struct {
+	ns    *lab.NS
+	route string
+	want  func(*lab.Director) netip.Addr // the director's next hop address
+}
+
+// checkECMPRoutes checks that each route (ip ipArgs route show exact) has
+// one next hop per director, each director's.
+func checkECMPRoutes(t *testing.T, l *lab.Lab, ipArgs []string, routes []ecmpRoute) {
+	t.Helper()
+	for _, r := range routes {
+		args := append(slices.Clone(ipArgs), "route", "show", "exact", r.route)
+		out, err := r.ns.IP(args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range l.Directors {
+			if !strings.Contains(out, "nexthop via "+r.want(d).String()+" ") {
+				t.Errorf("%s: route %s has no next hop via director %s (%s):\n%s", r.ns.Role, r.route, d.Label, r.want(d), out)
+			}
+		}
+		if n := strings.Count(out, "nexthop via"); n != len(l.Directors) {
+			t.Errorf("%s: route %s has %d next hops, want %d:\n%s", r.ns.Role, r.route, n, len(l.Directors), out)
+		}
+		t.Logf("%s: ip %s:\n%s", r.ns.Role, strings.Join(args, " "), strings.TrimSpace(out))
+	}
 }
