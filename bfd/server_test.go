@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -244,5 +245,20 @@ func TestValidate(t *testing.T) {
 		if c.Validate() == nil {
 			t.Errorf("%+v: valid", c)
 		}
+	}
+}
+
+// A port another BFD daemon holds: New says so (the daemon adds the way
+// out, --bfd off).
+func TestPortTaken(t *testing.T) {
+	port := porttest.UDP(t)
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: int(port)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = New(context.Background(), Config{Peers: []netip.Addr{netip.MustParseAddr("127.0.0.2")}, Port: port})
+	if err == nil || !strings.Contains(err.Error(), "BFD control port") || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("New on a taken port: %v", err)
 	}
 }
