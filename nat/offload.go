@@ -363,3 +363,17 @@ func (f *flow) importFast(s FastState) {
 	}
 	f.hiSrv, f.hiSrvSeen, f.marked = s.Window.HiSrv, s.Window.HiSrvSeen, s.Window.Marked
 }
+
+// FastStateOf returns the cookie and window state of the flow of client
+// and vip as the Director holds it (for an offloaded flow, as it was at
+// the offload, or as the Director's own handling of the packets that
+// still reach it moved it), for tests that hold the fast path to nat.
+func (d *Director) FastStateOf(proto uint8, client, vip netip.AddrPort) (FastState, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	slot, side, ok := d.flows.lookup(Key{proto, client, vip})
+	if !ok || side != sideClient {
+		return FastState{}, false
+	}
+	return d.flows.slab[slot].fastState(), true
+}
