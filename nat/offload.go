@@ -333,35 +333,53 @@ func (f *flow) fastState() FastState {
 	return s
 }
 
-// importFast takes s, the fast path's state of f, as f's. The shifts and
-// Liberal follow from the flow's handshake, and RoundUp from its kind:
-// they are not imported.
+// importFast merges s, the fast path's state of f, into f's. Every field
+// is a maximum of what was seen (a direction's end, ack and window, the
+// stale mark), learned from in-window segments only: the merge is the
+// larger of the two, so that what the Director itself learned from
+// packets still reaching it after the offload (OffloadConfig.Settle) is
+// not lost. The cookie state is the one whose last TSval is the later.
+// The shifts and Liberal follow from the flow's handshake, and RoundUp from
+// its kind: they are not imported.
 func (f *flow) importFast(s FastState) {
 	c := &f.ck
-	c.last, c.raw, c.prev, c.prevRaw, c.synAck = s.Cookie.Last, s.Cookie.Raw, s.Cookie.Prev, s.Cookie.PrevRaw, s.Cookie.SynAck
-	c.flags = 0
-	if s.Cookie.Sent {
-		c.flags |= ckSent
+	if sc := s.Cookie; sc.Sent && (c.flags&ckSent == 0 || !seqAfter(c.last, sc.Last)) || !sc.Sent && c.flags&ckSent == 0 {
+		c.last, c.raw, c.prev, c.prevRaw = sc.Last, sc.Raw, sc.Prev, sc.PrevRaw
+		c.flags &^= ckSent | ckPrev
+		if sc.Sent {
+			c.flags |= ckSent
+		}
+		if sc.HasPrev {
+			c.flags |= ckPrev
+		}
 	}
-	if s.Cookie.HasPrev {
-		c.flags |= ckPrev
-	}
-	if s.Cookie.HasSynAck {
+	if s.Cookie.HasSynAck && c.flags&ckSynAck == 0 {
+		c.synAck = s.Cookie.SynAck
 		c.flags |= ckSynAck
 	}
 	w := &f.win
-	w.cli = dirWin{end: s.Window.Cli.End, ack: s.Window.Cli.Ack, maxWin: s.Window.Cli.MaxWin}
-	w.srv = dirWin{end: s.Window.Srv.End, ack: s.Window.Srv.Ack, maxWin: s.Window.Srv.MaxWin}
-	w.flags &^= winCliSeen | winCliAcked | winSrvSeen | winSrvAcked
-	for _, b := range []struct {
-		on   bool
-		flag winFlags
-	}{{s.Window.Cli.Seen, winCliSeen}, {s.Window.Cli.Acked, winCliAcked}, {s.Window.Srv.Seen, winSrvSeen}, {s.Window.Srv.Acked, winSrvAcked}} {
-		if b.on {
-			w.flags |= b.flag
-		}
+	mergeDir(&w.cli, &w.flags, winCliSeen, winCliAcked, s.Window.Cli)
+	mergeDir(&w.srv, &w.flags, winSrvSeen, winSrvAcked, s.Window.Srv)
+	if s.Window.HiSrvSeen && (!f.hiSrvSeen || seqAfter(s.Window.HiSrv, f.hiSrv)) {
+		f.hiSrv, f.hiSrvSeen = s.Window.HiSrv, true
 	}
-	f.hiSrv, f.hiSrvSeen, f.marked = s.Window.HiSrv, s.Window.HiSrvSeen, s.Window.Marked
+	f.marked = f.marked || s.Window.Marked
+}
+
+// mergeDir merges the fast path's d into one direction of a flow (seen and
+// acked its flags).
+func mergeDir(dw *dirWin, flags *winFlags, seen, acked winFlags, d FastDir) {
+	if d.Seen {
+		if *flags&seen == 0 || seqAfter(d.End, dw.end) {
+			dw.end = d.End
+		}
+		dw.maxWin = max(dw.maxWin, d.MaxWin)
+		*flags |= seen
+	}
+	if d.Acked && (*flags&acked == 0 || seqAfter(d.Ack, dw.ack)) {
+		dw.ack = d.Ack
+		*flags |= acked
+	}
 }
 
 // FastStateOf returns the cookie and window state of the flow of client

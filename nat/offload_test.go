@@ -278,3 +278,24 @@ func TestOffloadCountAllocs(t *testing.T) {
 		t.Fatalf("%v allocations a packet", n)
 	}
 }
+
+// Taking a flow back merges: what the Director learned itself from
+// packets that reached it after the offload (the settle time) is kept
+// where it is ahead of the map's, and the map's is taken where it is
+// ahead. Overwriting would lower the stale mark below server bytes the
+// client then acknowledges: a live flow judged stale.
+func TestFastStateMerge(t *testing.T) {
+	d := cookieDirector(t, 4)
+	f := knownFlow(t, d)
+	s := f.fastState()
+	s.Window.Cli.End += 100                                 // the map is ahead on the client's side
+	f.win.srv.end, f.hiSrv = f.win.srv.end+500, f.hiSrv+500 // nat is ahead on the real's
+	f.ck.last, f.ck.flags = 1000, f.ck.flags|ckSent
+	s.Cookie.Last, s.Cookie.Sent = 900, true // an older cookie in the map
+	wantCli, wantSrv, wantHi := s.Window.Cli.End, f.win.srv.end, f.hiSrv
+	f.importFast(s)
+	if f.win.cli.end != wantCli || f.win.srv.end != wantSrv || f.hiSrv != wantHi || f.ck.last != 1000 {
+		t.Fatalf("merged: client end %d (want %d), real end %d (want %d), mark %d (want %d), cookie last %d (want 1000)",
+			f.win.cli.end, wantCli, f.win.srv.end, wantSrv, f.hiSrv, wantHi, f.ck.last)
+	}
+}
