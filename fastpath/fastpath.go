@@ -147,8 +147,9 @@ func (p *Program) Attach(ifname string) (link.Link, error) {
 	return l, nil
 }
 
-// BumpFIB drops every cached FIB answer: the product calls it on every
-// route and neighbour change (netlink), the prototype's tests by hand.
+// BumpFIB drops every cached FIB answer. With CacheFIB the daemon must call
+// it on every route and neighbour change (netlink); it loads the program
+// without CacheFIB until it does. Tests call it by hand.
 func (p *Program) BumpFIB() error {
 	var gen uint32
 	if err := p.objs.FibGen.Lookup(uint32(0), &gen); err != nil {

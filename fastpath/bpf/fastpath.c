@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0-only)
 //
-// holdfast's kernel fast path, prototype (issue 18): a tc (cls_bpf,
+// holdfast's kernel fast path (issue 18): a tc (cls_bpf,
 // direct-action) program on the director's client-facing and real-facing
 // interfaces. For an IPv4 TCP segment whose tuple is in the flows map
 // (written from Go, see ../fastpath.go) it does what the TUN path's
@@ -162,7 +162,7 @@ volatile const __u32 cache_fib = 0;
 #define IP_OFF sizeof(struct ethhdr)
 #define TCP_OFF (IP_OFF + sizeof(struct iphdr))
 #define TCP_CSUM_OFF (TCP_OFF + offsetof(struct tcphdr, check))
-// Linux sends the timestamp option first, after two NOPs; the prototype
+// Linux sends the timestamp option first, after two NOPs; the fast path
 // handles that layout only (nat walks the options otherwise).
 
 static __always_inline void count(__u32 i)
