@@ -46,6 +46,9 @@ type Config struct {
 	// real-server side into the TUN, and undoes that when Run returns.
 	Routes Routes
 
+	// FastPath is the kernel fast path's mode (fastpath.go; "": off).
+	FastPath FastPathMode
+
 	// BGP, if not nil, announces the VIPs and the recovery addresses with
 	// the embedded speaker (bgp.go).
 	BGP *BGP
@@ -156,6 +159,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, invalid(PartRoutes, errors.New("route setup without the real servers' interface"))
 	case c.MaxFlows <= 0:
 		return c, invalid(PartFlows, fmt.Errorf("max flows %d: expected a positive number", c.MaxFlows))
+	case validFastPath(c.FastPath) != nil:
+		return c, validFastPath(c.FastPath)
 	}
 	for st, t := range c.Timeouts {
 		if t <= 0 {

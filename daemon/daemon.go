@@ -158,6 +158,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	r.d = d
 	st.run(runCtx, PartExpiry, r.expire, nil)
+	if err := r.startFastPath(runCtx, st); err != nil {
+		return err
+	}
 
 	var stk pump.Stack
 	r.src = &sources{d: d, writeErrs: &writeErrs}

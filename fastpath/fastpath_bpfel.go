@@ -13,7 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type fastpathCookieState struct {
+type fastpathFlowKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+}
+
+type fastpathFlowState struct {
 	_       structs.HostLayout
 	Last    uint32
 	Raw     uint32
@@ -21,14 +29,23 @@ type fastpathCookieState struct {
 	PrevRaw uint32
 	SynAck  uint32
 	Flags   uint32
-}
-
-type fastpathFlowKey struct {
-	_     structs.HostLayout
-	Saddr uint32
-	Daddr uint32
-	Sport uint16
-	Dport uint16
+	Cli     struct {
+		_      structs.HostLayout
+		End    uint32
+		Ack    uint32
+		MaxWin uint32
+	}
+	Srv struct {
+		_      structs.HostLayout
+		End    uint32
+		Ack    uint32
+		MaxWin uint32
+	}
+	HiSrv    uint32
+	WinFlags uint8
+	CliShift uint8
+	SrvShift uint8
+	Pad      uint8
 }
 
 type fastpathFlowVal struct {
@@ -55,9 +72,9 @@ type fastpathFlowVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fastpathMapCookies           = "cookies"
 	fastpathMapFibGen            = "fib_gen"
 	fastpathMapFlows             = "flows"
+	fastpathMapStates            = "states"
 	fastpathMapStats             = "stats"
 	fastpathProgHoldfastFastpath = "holdfast_fastpath"
 	fastpathVarCacheFib          = "cache_fib"
@@ -113,10 +130,10 @@ type fastpathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
-	Cookies *ebpf.MapSpec `ebpf:"cookies"`
-	FibGen  *ebpf.MapSpec `ebpf:"fib_gen"`
-	Flows   *ebpf.MapSpec `ebpf:"flows"`
-	Stats   *ebpf.MapSpec `ebpf:"stats"`
+	FibGen *ebpf.MapSpec `ebpf:"fib_gen"`
+	Flows  *ebpf.MapSpec `ebpf:"flows"`
+	States *ebpf.MapSpec `ebpf:"states"`
+	Stats  *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // fastpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -147,17 +164,17 @@ func (o *fastpathObjects) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
-	Cookies *ebpf.Map `ebpf:"cookies"`
-	FibGen  *ebpf.Map `ebpf:"fib_gen"`
-	Flows   *ebpf.Map `ebpf:"flows"`
-	Stats   *ebpf.Map `ebpf:"stats"`
+	FibGen *ebpf.Map `ebpf:"fib_gen"`
+	Flows  *ebpf.Map `ebpf:"flows"`
+	States *ebpf.Map `ebpf:"states"`
+	Stats  *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *fastpathMaps) Close() error {
 	return _FastpathClose(
-		m.Cookies,
 		m.FibGen,
 		m.Flows,
+		m.States,
 		m.Stats,
 	)
 }

@@ -6,4 +6,4 @@ package fastpath
 //
 //	go generate ./fastpath/
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -type flow_key -type flow_val -type cookie_state fastpath bpf/fastpath.c -- -O2 -g -Wall -I/usr/include/x86_64-linux-gnu
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -type flow_key -type flow_val -type flow_state fastpath bpf/fastpath.c -- -O2 -g -Wall -I/usr/include/x86_64-linux-gnu

@@ -29,6 +29,7 @@ func (d *Director) fromClient(p *packet, now int64) (wire.Verdict, DropReason, [
 		found = false // a VIP is never a client
 	}
 	if found {
+		d.seenOffloaded(slot, p, now)
 		f := &d.flows.slab[slot]
 		isSyn := p.proto == protoTCP && p.flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn
 		switch {

@@ -75,6 +75,7 @@ type Director struct {
 	flows       table
 	cookieBits  uint8 // Config.CookieBits
 	rec         recovery
+	off         offload // the fast path (offload.go)
 	stats       Stats
 	emitq       [][]byte // packets to Emit once the lock is released
 	emitFn      func([][]byte, int64)

@@ -180,6 +180,12 @@ type flow struct {
 	// tentative: a cookie flow whose real has not answered yet (miss.go,
 	// tentativeAnswer).
 	tentative bool
+	// offloaded: the fast path carries the flow and holds its cookie and
+	// window state (offload.go); segs counts its segments in the clock
+	// tick segTick, towards its offload.
+	offloaded bool
+	segs      uint8
+	segTick   uint8
 }
 
 // vipOf and realOf are f's VIP and real: its service's VIP and the
@@ -470,6 +476,7 @@ func (d *Director) trackSeg(f *flow, p *packet, sg *seg, fromClient bool, v winV
 		return
 	}
 	f.Expires = now + d.timeouts[f.State]
+	d.countSegment(f, now)
 }
 
 // setState moves f to state ns, with the accounting of its real's active
@@ -510,6 +517,9 @@ func (d *Director) expireFlow(slot uint32, now int64) {
 
 func (d *Director) removeFlow(slot uint32, now int64) {
 	f := &d.flows.slab[slot]
+	if f.offloaded {
+		d.withdraw(slot)
+	}
 	if f.win.flags&winSuspect != 0 {
 		d.endStale(f, slot)
 	}

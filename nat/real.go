@@ -38,6 +38,7 @@ func (d *Director) fromReal(p *packet, now int64) (wire.Verdict, DropReason, []b
 	key := Key{p.proto, p.src, p.dst}
 	slot, side, found := d.flows.lookup(key)
 	if found && side == sideReal {
+		d.seenOffloaded(slot, p, now)
 		f := &d.flows.slab[slot]
 		if f.Expires > now {
 			if p.proto != protoTCP {

@@ -233,6 +233,9 @@ func (d *Director) RemoveReal(proto balancer.Proto, vip, real netip.AddrPort, re
 	if err == nil {
 		r := s.Reals[ri]
 		r.Removed, r.Rehome, r.Weight = true, rehome, 0
+		if rehome {
+			d.withdrawWhere(func(f *flow) bool { return d.services[f.svc].Reals[f.real] == r })
+		}
 	}
 	return err
 }
@@ -244,7 +247,13 @@ func (d *Director) SetDown(proto balancer.Proto, vip, real netip.AddrPort, down 
 	defer d.mu.Unlock()
 	s, ri, err := d.real(proto, vip, real, true)
 	if err == nil {
-		s.Reals[ri].Down = down
+		r := s.Reals[ri]
+		if down && !r.Down {
+			// Its flows move (recovery on) at their next packet, which
+			// the fast path would keep from the Director.
+			d.withdrawWhere(func(f *flow) bool { return d.services[f.svc].Reals[f.real] == r })
+		}
+		r.Down = down
 	}
 	return err
 }
@@ -269,6 +278,9 @@ func (d *Director) Reconfigure(svcs []*balancer.Service) error {
 	if err != nil {
 		return err
 	}
+	// Every flow back from the fast path: a reload may remove or re-home
+	// its real, or its service.
+	d.withdrawWhere(func(*flow) bool { return true })
 	keep := make(map[svcKey]bool, len(svcs))
 	for _, ns := range svcs {
 		k := svcKey{uint8(ns.Proto), ns.VIP}

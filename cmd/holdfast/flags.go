@@ -7,6 +7,7 @@ import (
 	"holdfast/balancer"
 	"holdfast/bfd"
 	"holdfast/bgp"
+	"holdfast/daemon"
 	"holdfast/nat"
 
 	"github.com/urfave/cli/v2"
@@ -64,6 +65,10 @@ var (
 	packetNiceFlag = &cli.IntFlag{
 		Name: "packet-nice", Value: -10, Category: catDevice, EnvVars: env("PACKET_NICE"),
 		Usage: "nice value of the packet threads, -20..19 (0: leave it): they should not wait behind ordinary processes, as the kernel's own forwarding never does; needs CAP_SYS_NICE, else logged and left",
+	}
+	fastPathFlag = &cli.StringFlag{
+		Name: "fast-path", Value: "off", Category: catDevice, EnvVars: env("FAST_PATH"),
+		Usage: "kernel fast path for established flows: off (the TUN path alone), tc (a tc eBPF program on the director's links; fail at start if it cannot load or attach), auto (tc where possible, else off, logged) or xdp (not built)",
 	}
 	tunMTUFlag = &cli.IntFlag{
 		Name: "tun-mtu", Category: catDevice, EnvVars: env("TUN_MTU"),
@@ -304,7 +309,7 @@ func serviceFlags() []cli.Flag {
 func runFlags() []cli.Flag {
 	return append(serviceFlags(), []cli.Flag{
 		configFlag,
-		tunFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag, tunOffloadFlag, tunQueuesFlag, packetNiceFlag,
+		tunFlag, setupRoutesFlag, realIfaceFlag, routeTableFlag, tunMTUFlag, tunOffloadFlag, tunQueuesFlag, packetNiceFlag, fastPathFlag,
 		timeoutTCPFlag, timeoutTCPFinFlag, timeoutUDPFlag, maxFlowsFlag,
 		recoveryFlag, adoptionFlag, directorIDFlag, recoveryAddrFlag, recoveryPortsFlag, recoveryAllowFlag,
 		recoveryRateFlag, recoveryMaxInflightFlag,
@@ -318,4 +323,16 @@ func runFlags() []cli.Flag {
 		adminSocketFlag, metricsAddrFlag, pprofAddrFlag,
 		logLevelFlag, logFormatFlag,
 	}...)
+}
+
+// parseFastPath is --fast-path's value as the daemon's mode.
+func parseFastPath(c *cli.Context) (daemon.FastPathMode, error) {
+	switch v := daemon.FastPathMode(c.String(fastPathFlag.Name)); v {
+	case daemon.FastPathOff, daemon.FastPathAuto, daemon.FastPathTC:
+		return v, nil
+	case daemon.FastPathXDP:
+		return "", usagef("--%s xdp: %v", fastPathFlag.Name, strings.TrimPrefix(daemon.ErrXDPNotBuilt.Error(), "xdp: "))
+	default:
+		return "", usagef("--%s %q: expected auto, off, tc or xdp", fastPathFlag.Name, string(v))
+	}
 }

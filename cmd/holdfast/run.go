@@ -100,6 +100,9 @@ func parseRun(c *cli.Context) (daemon.Config, error) {
 	}
 	s.Timeouts = nat.NewTimeouts(c.Duration(timeoutTCPFlag.Name), c.Duration(timeoutTCPFinFlag.Name), c.Duration(timeoutUDPFlag.Name))
 	var err error
+	if s.FastPath, err = parseFastPath(c); err != nil {
+		return s, err
+	}
 	if s.Services, err = loadServices(c); err != nil {
 		return s, err
 	}

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0-only)
 //
-// holdfast's kernel fast path, prototype (issue 18): a tc (cls_bpf,
+// holdfast's kernel fast path (issue 18): a tc (cls_bpf,
 // direct-action) program on the director's client-facing and real-facing
 // interfaces. For an IPv4 TCP segment whose tuple is in the flows map
 // (written from Go, see ../fastpath.go) it does what the TUN path's
@@ -11,7 +11,10 @@
 // sends it out of the egress interface that the kernel's FIB names (or the
 // flow's cached FIB answer, with cache_fib), with the neighbour's MAC. Everything else passes to the kernel unchanged
 // (TC_ACT_OK), which routes it into the TUN as before: misses, SYN, FIN and
-// RST (the flow's state machine lives in Go), IP options, fragments,
+// RST (the flow's state machine lives in Go), segments outside the flow's
+// window (nat/window.go's checks, ported: window_ok) and a client's ack of
+// server bytes this director never carried (nat judges those: RFC 5961,
+// stale flows), IP options, fragments,
 // packets the next link cannot carry (the TUN path answers them with
 // ICMP fragmentation needed), TTL expiry, and any FIB answer other than a
 // route with a neighbour. The decision to punt is taken before any byte
@@ -57,14 +60,31 @@ struct flow_val {
 	__u8 smac[ETH_ALEN];
 };
 
-// cookie_state mirrors nat's cookieFlow: all TSvals in the client's space.
-struct cookie_state {
+// dir_win is one direction of a flow's window tracking (nat's dirWin), in
+// the client's sequence spaces.
+struct dir_win {
+	__u32 end;     // the sequence after the highest segment sent
+	__u32 ack;     // the highest ack sent (with W_*_ACKED)
+	__u32 max_win; // the largest window advertised, in bytes
+};
+
+// flow_state is the state a flow's two entries share: the timestamp
+// cookie (nat's cookieFlow, all TSvals in the client's space) and the
+// window tracking (nat's tcpWin and stale mark). The Go side writes it
+// when it offloads the flow and reads it back when it takes the flow back.
+struct flow_state {
 	__u32 last;     // the last TSval sent to the client (with CK_SENT)
 	__u32 raw;      // the largest raw TSval sent in last's bucket
 	__u32 prev;     // a TSval sent in the bucket before (with CK_PREV)
 	__u32 prev_raw; // the largest raw TSval sent in prev's bucket
 	__u32 syn_ack;  // the raw TSval of the real's SYN-ACK (with CK_SYNACK)
 	__u32 flags;
+	struct dir_win cli, srv;
+	__u32 hi_srv;    // the highest server sequence forwarded (with W_HISRV_SEEN)
+	__u8 win_flags;  // W_*
+	__u8 cli_shift;  // the shift of a client's window field
+	__u8 srv_shift;  // the shift of a real's window field
+	__u8 pad;
 };
 
 #define CK_SENT (1 << 0)
@@ -73,6 +93,19 @@ struct cookie_state {
 // CK_ROUNDUP: restore echoes before this path's first rewrite by rounding
 // up (nat: a flow whose handshake crossed the director, or a moved flow).
 #define CK_ROUNDUP (1 << 3)
+
+// Window flags (flow_state.win_flags).
+#define W_CLI_SEEN (1 << 0)
+#define W_CLI_ACKED (1 << 1)
+#define W_SRV_SEEN (1 << 2)
+#define W_SRV_ACKED (1 << 3)
+#define W_LIBERAL (1 << 4)    // picked up mid-stream: acks may pass what crossed by a window
+#define W_HISRV_SEEN (1 << 5) // hi_srv is valid
+#define W_MARKED (1 << 6)     // the stale mark is set (nat: the first client ack)
+
+// nat/window.go's constants.
+#define LIBERAL_WIN (0xffffu << 14)
+#define MIN_ACK_WIN 66000u
 
 // Counters, per CPU (stat_* indices; fastpath.go names them).
 enum {
@@ -84,6 +117,7 @@ enum {
 	STAT_PUNT_FIB,      // no route, forwarding off, blackhole...: passed
 	STAT_PUNT_MTU,      // larger than the egress link: passed (ICMP from the TUN path)
 	STAT_OTHER,         // not IPv4 TCP: passed
+	STAT_PUNT_WINDOW,   // outside the flow's window, or an ack the Director must judge: passed
 	STAT_MAX,
 };
 
@@ -99,8 +133,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1 << 16);
 	__type(key, __u32);
-	__type(value, struct cookie_state);
-} cookies SEC(".maps");
+	__type(value, struct flow_state);
+} states SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -128,7 +162,7 @@ volatile const __u32 cache_fib = 0;
 #define IP_OFF sizeof(struct ethhdr)
 #define TCP_OFF (IP_OFF + sizeof(struct iphdr))
 #define TCP_CSUM_OFF (TCP_OFF + offsetof(struct tcphdr, check))
-// Linux sends the timestamp option first, after two NOPs; the prototype
+// Linux sends the timestamp option first, after two NOPs; the fast path
 // handles that layout only (nat walks the options otherwise).
 
 static __always_inline void count(__u32 i)
@@ -160,17 +194,14 @@ static __always_inline __u16 csum_fold(__u32 s)
 
 // cookie_to_client is nat's cookieToClient for an established segment: the
 // TSval to write (the state updated as if it is written).
-static __always_inline __be32 cookie_to_client(struct flow_val *f, __be32 tsval)
+static __always_inline __be32 cookie_to_client(struct flow_state *c, __u16 cookie_id, __be32 tsval)
 {
 	__u32 k = cookie_bits;
 	__u32 mask = (1u << k) - 1;
-	struct cookie_state *c = bpf_map_lookup_elem(&cookies, &f->slot);
-	if (!c)
-		return tsval;
 	__u32 raw = bpf_ntohl(tsval);
-	__u32 v = (((raw >> k) + 1) << k) | f->cookie_id;
+	__u32 v = (((raw >> k) + 1) << k) | cookie_id;
 	if ((c->flags & CK_SENT) && seq_after(c->last, v)) {
-		v = (c->last & ~mask) | f->cookie_id;
+		v = (c->last & ~mask) | cookie_id;
 		if (seq_after(c->last, v))
 			v += 1u << k;
 	}
@@ -192,11 +223,10 @@ static __always_inline __be32 cookie_to_client(struct flow_val *f, __be32 tsval)
 
 // cookie_to_real is nat's cookieToReal for an established segment: the
 // TSecr to write.
-static __always_inline __be32 cookie_to_real(struct flow_val *f, __be32 tsecr)
+static __always_inline __be32 cookie_to_real(struct flow_state *c, __be32 tsecr)
 {
 	__u32 k = cookie_bits;
-	struct cookie_state *c = bpf_map_lookup_elem(&cookies, &f->slot);
-	if (!c || !(c->flags & (CK_SENT | CK_SYNACK | CK_ROUNDUP)))
+	if (!(c->flags & (CK_SENT | CK_SYNACK | CK_ROUNDUP)))
 		return tsecr;
 	__u32 e = bpf_ntohl(tsecr);
 	if ((c->flags & CK_SYNACK) && e == c->syn_ack)
@@ -209,6 +239,76 @@ static __always_inline __be32 cookie_to_real(struct flow_val *f, __be32 tsecr)
 	else
 		v = (e & ~((1u << k) - 1)) - 1;
 	return bpf_htonl(v);
+}
+
+static __always_inline __u32 max32(__u32 a, __u32 b) { return a > b ? a : b; }
+
+// seg is a segment's numbers (a flow the fast path carries is never a
+// recovered one: the client's spaces are the packet's).
+struct seg {
+	__u32 seq, end, ack, win;
+	int has_ack;
+};
+
+// window_ok is nat's classify (window.go) for what the fast path carries:
+// a segment without SYN, FIN or RST of a flow that is neither suspect nor
+// in its handshake. It returns 0 where nat would not say winOK, and for a
+// client's ack beyond the stale mark, which nat judges (suspect or stale):
+// the fast path punts those.
+static __always_inline int window_ok(struct flow_state *st, struct seg *sg, int from_client)
+{
+	__u8 wf = st->win_flags;
+	struct dir_win *s = from_client ? &st->cli : &st->srv;
+	struct dir_win *r = from_client ? &st->srv : &st->cli;
+	int s_seen = wf & (from_client ? W_CLI_SEEN : W_SRV_SEEN);
+	int r_seen = wf & (from_client ? W_SRV_SEEN : W_CLI_SEEN);
+	int r_acked = wf & (from_client ? W_SRV_ACKED : W_CLI_ACKED);
+	__u32 slack = (wf & W_LIBERAL) ? max32(max32(st->cli.max_win, st->srv.max_win), MIN_ACK_WIN) : 0;
+
+	if (from_client && sg->has_ack && (wf & W_SRV_SEEN)) {
+		if ((wf & W_MARKED) && seq_after(sg->ack, st->hi_srv))
+			return 0;
+		if (!(wf & W_MARKED) && seq_after(sg->ack, st->srv.end + slack))
+			return 0;
+	}
+	// seqInWindow
+	__u32 r_win = r_seen ? r->max_win : LIBERAL_WIN;
+	if (r_acked && seq_after(sg->seq, r->ack + r_win))
+		return 0;
+	if (s_seen && seq_after(s->end - max32(r_win, MIN_ACK_WIN), sg->end))
+		return 0;
+	if (sg->has_ack && r_seen) {
+		__u32 s_win = s_seen ? s->max_win : LIBERAL_WIN;
+		if (seq_after(r->end - max32(s_win, MIN_ACK_WIN), sg->ack))
+			return 0;
+		if (!from_client && seq_after(sg->ack, r->end + slack))
+			return 0;
+	}
+	return 1;
+}
+
+// window_learn is nat's learn and trackSeg's stale mark for an in-window
+// segment.
+static __always_inline void window_learn(struct flow_state *st, struct seg *sg, int from_client)
+{
+	struct dir_win *s = from_client ? &st->cli : &st->srv;
+	__u8 seen = from_client ? W_CLI_SEEN : W_SRV_SEEN;
+	__u8 acked = from_client ? W_CLI_ACKED : W_SRV_ACKED;
+	__u8 wf = st->win_flags;
+	if (!(wf & seen) || seq_after(sg->end, s->end))
+		s->end = sg->end;
+	if (sg->has_ack && (!(wf & acked) || seq_after(sg->ack, s->ack))) {
+		s->ack = sg->ack;
+		wf |= acked;
+	}
+	if (sg->win > s->max_win)
+		s->max_win = sg->win;
+	wf |= seen;
+	if (!from_client && (!(wf & W_HISRV_SEEN) || seq_after(sg->end, st->hi_srv))) {
+		st->hi_srv = sg->end;
+		wf |= W_HISRV_SEEN;
+	}
+	st->win_flags = wf;
 }
 
 SEC("tc")
@@ -236,6 +336,22 @@ int holdfast_fastpath(struct __sk_buff *skb)
 	}
 	if (tcp->syn || tcp->fin || tcp->rst) {
 		count(STAT_PUNT_FLAGS);
+		return TC_ACT_OK;
+	}
+	struct flow_state *st = bpf_map_lookup_elem(&states, &f->slot);
+	if (!st) {
+		count(STAT_OTHER);
+		return TC_ACT_OK;
+	}
+	int from_client = !f->to_client;
+	__u32 tot = bpf_ntohs(ip->tot_len);
+	if (!tot) // BIG TCP: the length is the skb's
+		tot = skb->len - IP_OFF;
+	struct seg sg = {.seq = bpf_ntohl(tcp->seq), .ack = bpf_ntohl(tcp->ack_seq), .has_ack = tcp->ack};
+	sg.end = sg.seq + tot - sizeof(struct iphdr) - tcp->doff * 4;
+	sg.win = (__u32)bpf_ntohs(tcp->window) << ((from_client ? st->cli_shift : st->srv_shift) & 15);
+	if (!window_ok(st, &sg, from_client)) {
+		count(STAT_PUNT_WINDOW);
 		return TC_ACT_OK;
 	}
 
@@ -314,11 +430,11 @@ int holdfast_fastpath(struct __sk_buff *skb)
 	    *(__be32 *)((void *)tcp + 20) == bpf_htonl(0x0101080a)) {
 		__be32 *tsval = (__be32 *)((void *)tcp + 24), *tsecr = (__be32 *)((void *)tcp + 28);
 		if (f->to_client) {
-			__be32 v = cookie_to_client(f, *tsval);
+			__be32 v = cookie_to_client(st, f->cookie_id, *tsval);
 			l4 = diff32(l4, *tsval, v);
 			*tsval = v;
 		} else if (tcp->ack) {
-			__be32 v = cookie_to_real(f, *tsecr);
+			__be32 v = cookie_to_real(st, *tsecr);
 			l4 = diff32(l4, *tsecr, v);
 			*tsecr = v;
 		}
@@ -327,6 +443,7 @@ int holdfast_fastpath(struct __sk_buff *skb)
 		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	}
+	window_learn(st, &sg, from_client);
 	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
 	__sync_fetch_and_add(&f->packets, segs);
 	__sync_fetch_and_add(&f->bytes, skb->len);
