@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -45,18 +44,9 @@ func TestDirectorLine(t *testing.T) {
 // runCLI runs the holdfast CLI with args and returns its stdout and error.
 func runCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := os.Stdout
-	os.Stdout = w
-	defer func() { os.Stdout = old }()
-	outc := make(chan string)
-	go func() { b, _ := io.ReadAll(r); outc <- string(b) }()
-	err = newApp().Run(append([]string{"holdfast"}, args...))
-	w.Close()
-	return <-outc, err
+	var err error
+	out := captureStdout(t, func() { err = newApp().Run(append([]string{"holdfast"}, args...)) })
+	return out, err
 }
 
 // TestCtlNamesTheDirector: conns, service list and stats say which

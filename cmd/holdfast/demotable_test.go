@@ -22,9 +22,10 @@ func captureStdout(t *testing.T, f func()) string {
 	os.Stdout = w
 	done := make(chan string)
 	go func() { b, _ := io.ReadAll(r); done <- string(b) }()
-	f()
-	os.Stdout = old
-	w.Close()
+	func() {
+		defer func() { os.Stdout = old; w.Close() }()
+		f()
+	}()
 	return <-done
 }
 
