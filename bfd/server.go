@@ -76,8 +76,8 @@ type Server struct {
 
 // counters are the Server's cumulative counts.
 type counters struct {
-	rx, tx, ups, downs                                 atomic.Uint64
-	dropTTL, dropPeer, dropBad, dropDisc, dropQueue, e atomic.Uint64
+	rx, tx, ups, downs                                       atomic.Uint64
+	dropTTL, dropPeer, dropBad, dropDisc, dropQueue, sendErr atomic.Uint64
 }
 
 // Counters are a Server's cumulative counts since New.
@@ -103,7 +103,6 @@ type SessionStatus struct {
 	RemoteDisc  uint32
 	TxInterval  time.Duration // the periodic interval (0: silent)
 	DetectTime  time.Duration // the remote's multiplier times the slower of our rx and its tx
-	RemoteDiag  Diag          // why the remote last left Up
 }
 
 type inbound struct {
@@ -319,21 +318,21 @@ func (s *Server) run(ctx context.Context, ss *session, disc uint32) {
 		if tx == nil {
 			var err error
 			if tx, err = dialTx(local, ss.peer); err != nil {
-				s.c.e.Add(1)
+				s.c.sendErr.Add(1)
 				log.Warn().Err(err).Msg("bfd: no socket to send from")
 				return
 			}
 		}
 		if _, err := tx.WriteToUDPAddrPort(c.Append(buf[:0]), netip.AddrPortFrom(ss.peer, s.cfg.PeerPort)); err != nil {
-			s.c.e.Add(1)
+			s.c.sendErr.Add(1)
 			return
 		}
 		s.c.tx.Add(1)
 	}
-	publish := func(remoteDiag Diag) {
+	publish := func() {
 		ss.st.Store(&SessionStatus{Peer: ss.peer, Local: local, State: f.state, RemoteState: f.remoteState, Diag: f.diag,
 			Since: since, LocalDisc: f.localDisc, RemoteDisc: f.remoteDisc, TxInterval: f.txInterval(),
-			DetectTime: f.detectTime(), RemoteDiag: remoteDiag})
+			DetectTime: f.detectTime()})
 	}
 	txTimer := time.NewTimer(time.Hour)
 	detect := time.NewTimer(time.Hour)
@@ -373,7 +372,6 @@ func (s *Server) run(ctx context.Context, ss *session, disc uint32) {
 			log.Warn().Str("diag", f.diag.String()).Str("remote_state", f.remoteState.String()).Msg("bfd session down")
 		}
 	}
-	remoteDiag := DiagNone
 	arm(time.Now(), false)
 	for {
 		select {
@@ -395,7 +393,6 @@ func (s *Server) run(ctx context.Context, ss *session, disc uint32) {
 			}
 			old := f.state
 			ch, reply := f.receive(in.c, in.at)
-			remoteDiag = in.c.Diag
 			if ch {
 				changed(old, in.at)
 			}
@@ -403,12 +400,12 @@ func (s *Server) run(ctx context.Context, ss *session, disc uint32) {
 				send(f.packet())
 			}
 			arm(in.at, reply)
-			publish(remoteDiag)
+			publish()
 		case <-txTimer.C:
 			txPending = false
 			send(f.packet())
 			arm(time.Now(), true)
-			publish(remoteDiag)
+			publish()
 		case <-detect.C:
 			now := time.Now()
 			old := f.state
@@ -416,7 +413,7 @@ func (s *Server) run(ctx context.Context, ss *session, disc uint32) {
 				changed(old, now)
 			}
 			arm(now, false)
-			publish(remoteDiag)
+			publish()
 		}
 	}
 }
@@ -454,7 +451,7 @@ func (s *Server) Session(peer netip.Addr) (SessionStatus, bool) {
 func (s *Server) Counters() Counters {
 	return Counters{Received: s.c.rx.Load(), Sent: s.c.tx.Load(), Ups: s.c.ups.Load(), Downs: s.c.downs.Load(),
 		DropTTL: s.c.dropTTL.Load(), DropPeer: s.c.dropPeer.Load(), DropMalformed: s.c.dropBad.Load(),
-		DropDiscriminator: s.c.dropDisc.Load(), DropQueue: s.c.dropQueue.Load(), SendErrors: s.c.e.Load()}
+		DropDiscriminator: s.c.dropDisc.Load(), DropQueue: s.c.dropQueue.Load(), SendErrors: s.c.sendErr.Load()}
 }
 
 // Close tells every router with a session that it is administratively

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"holdfast/balancer"
+	"holdfast/bfd"
 	"holdfast/bgp"
 	"holdfast/daemon/adminapi"
 	"holdfast/internal/buildinfo"
@@ -62,23 +63,15 @@ func (r *runner) adminHandler() http.Handler {
 			http.Error(w, "BGP is off (holdfast run --bgp-local-as ... --bgp-peer ...)", http.StatusNotFound)
 			return
 		}
-		st := bgpStatus(sp.Status())
-		if b := r.src.bfd.Load(); b != nil {
-			for i := range st.Peers {
-				if ss, ok := b.Session(netip.MustParseAddr(st.Peers[i].Addr)); ok {
-					st.Peers[i].BFD = &adminapi.BFDSession{State: ss.State.String(), RemoteState: ss.RemoteState.String(),
-						Diag: ss.Diag.String(), Since: ss.Since.Truncate(time.Millisecond), DetectTime: ss.DetectTime.Seconds(),
-						TxInterval: ss.TxInterval.Seconds()}
-				}
-			}
-		}
+		st := bgpStatus(sp.Status(), r.src.bfd.Load())
 		unixhttp.WriteJSON(w, st)
 	})
 	return mux
 }
 
-// bgpStatus is the speaker's state in the API's words.
-func bgpStatus(st bgp.Status) adminapi.BGP {
+// bgpStatus is the speaker's state in the API's words, each peer with its
+// BFD session (b nil: BFD off).
+func bgpStatus(st bgp.Status, b *bfd.Server) adminapi.BGP {
 	strs := func(ps []netip.Prefix) []string {
 		out := make([]string, 0, len(ps))
 		for _, p := range ps {
@@ -92,6 +85,14 @@ func bgpStatus(st bgp.Status) adminapi.BGP {
 		out.Peers = append(out.Peers, adminapi.BGPPeer{Addr: p.Addr.String(), Side: p.Side.String(), AS: p.AS, State: p.State,
 			Since: p.Since.Truncate(time.Millisecond), Uptime: p.Uptime.Seconds(), LastError: p.LastError,
 			Advertised: p.Advertised, Received: p.Received})
+		if b == nil {
+			continue
+		}
+		if ss, ok := b.Session(p.Addr); ok {
+			out.Peers[len(out.Peers)-1].BFD = &adminapi.BFDSession{State: ss.State.String(), RemoteState: ss.RemoteState.String(),
+				Diag: ss.Diag.String(), Since: ss.Since.Truncate(time.Millisecond), DetectTime: ss.DetectTime.Seconds(),
+				TxInterval: ss.TxInterval.Seconds()}
+		}
 	}
 	return out
 }
